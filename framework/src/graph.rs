@@ -1,0 +1,576 @@
+//! The job graph and its execution plan.
+//!
+//! The builder API ([`crate::StreamEnv`]) records nodes (sources, operators, sinks) and edges
+//! with type-erased factories. [`ExecutionPlan::new`] validates the graph, resolves edges
+//! (forward or rebalance), groups nodes into chains (forward edges of equal parallelism where
+//! neither side fans in or out) and lays out the channels between chain subtasks. The runtime
+//! asks the plan for each subtask's operator chain ([`ExecutionPlan::build_task`]) and its
+//! channel wiring; the plan is `Send + Sync` so that a restart can build a fresh chain from it.
+
+use crate::config::JobConfig;
+use crate::data::Data;
+use crate::error::{FailureCause, GraphError, StageError};
+use crate::exec::{
+    BoxStage, ErasedInput, ErasedSource, InputStage, Route, Router, Stage, StageCx, Tee,
+};
+use crate::operator::SubtaskInfo;
+use crate::partition::Partitioner;
+use std::any::Any;
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+pub(crate) type NodeId = usize;
+type AnyStage = Box<dyn Any>;
+pub(crate) type SourceBuild =
+    Arc<dyn Fn(&SubtaskInfo, AnyStage) -> Result<Box<dyn ErasedSource>, StageError> + Send + Sync>;
+pub(crate) type OperatorBuild =
+    Arc<dyn Fn(&SubtaskInfo, AnyStage) -> Result<AnyStage, StageError> + Send + Sync>;
+pub(crate) type SinkBuild = Arc<dyn Fn(&SubtaskInfo) -> AnyStage + Send + Sync>;
+
+/// How a node's subtasks are built.
+#[derive(Clone)]
+pub(crate) enum Build {
+    Source(SourceBuild),
+    Operator(OperatorBuild),
+    Sink(SinkBuild),
+}
+
+/// Typed helpers for the record type of a stream, kept behind a trait object.
+pub(crate) trait TypeOps: Send + Sync {
+    fn input(&self, head: AnyStage, name: Arc<str>) -> Result<Box<dyn ErasedInput>, StageError>;
+    fn router(&self, edge: &EdgeKind, p: RouterPlan) -> Result<AnyStage, StageError>;
+    fn tee(&self, branches: Vec<AnyStage>) -> Result<AnyStage, StageError>;
+    fn discard(&self) -> AnyStage;
+}
+
+/// Where a router writes: which output queues, how many records per batch.
+pub(crate) struct RouterPlan {
+    base: usize,
+    channels: usize,
+    batch_size: usize,
+    start: usize,
+    partitioner: Option<Arc<dyn Partitioner>>,
+}
+
+pub(crate) struct Ops<T>(PhantomData<fn() -> T>);
+
+pub(crate) fn ops<T: Data>() -> Arc<dyn TypeOps> {
+    Arc::new(Ops::<T>(PhantomData))
+}
+
+fn internal(what: &'static str) -> StageError {
+    StageError {
+        operator: "<runtime>".to_string(),
+        cause: FailureCause::Internal(what),
+    }
+}
+
+/// Unpacks a type-erased stage.
+pub(crate) fn unbox<T: 'static>(b: AnyStage) -> Result<T, StageError> {
+    b.downcast::<T>()
+        .map(|b| *b)
+        .map_err(|_| internal("operator chain built with mismatched record types"))
+}
+
+/// Packs a stage for the type-erased chain builder.
+pub(crate) fn boxed<T: 'static>(stage: BoxStage<T>) -> AnyStage {
+    Box::new(stage)
+}
+
+struct Discard;
+impl<T: Data> Stage<T> for Discard {
+    fn push(&mut self, _r: T, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn flush(&mut self, _cx: &mut StageCx) {}
+    fn close(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
+}
+
+impl<T: Data> TypeOps for Ops<T> {
+    fn input(&self, head: AnyStage, name: Arc<str>) -> Result<Box<dyn ErasedInput>, StageError> {
+        let next: BoxStage<T> = unbox(head)?;
+        Ok(Box::new(InputStage::new(next, name)))
+    }
+    fn router(&self, edge: &EdgeKind, p: RouterPlan) -> Result<AnyStage, StageError> {
+        let route = match edge {
+            EdgeKind::Auto | EdgeKind::Forward => Route::Forward,
+            EdgeKind::Rebalance => Route::Rebalance,
+            EdgeKind::Broadcast => Route::Broadcast,
+            EdgeKind::Key(h) => {
+                let hash = h
+                    .clone()
+                    .downcast::<KeyHashFn<T>>()
+                    .map_err(|_| internal("key function of the wrong record type"))?;
+                let partitioner = p
+                    .partitioner
+                    .ok_or_else(|| internal("keyed edge without partitioner"))?;
+                Route::Key {
+                    hash: (*hash).0.clone(),
+                    partitioner,
+                }
+            }
+        };
+        let r: BoxStage<T> = Box::new(Router::new(
+            route,
+            p.base,
+            p.channels,
+            p.batch_size,
+            p.start,
+        ));
+        Ok(boxed(r))
+    }
+    fn tee(&self, branches: Vec<AnyStage>) -> Result<AnyStage, StageError> {
+        let b = branches
+            .into_iter()
+            .map(unbox::<BoxStage<T>>)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(boxed::<T>(Box::new(Tee::new(b))))
+    }
+    fn discard(&self) -> AnyStage {
+        boxed::<T>(Box::new(Discard))
+    }
+}
+
+/// A record's key hash function, stored type-erased on a keyed edge.
+pub(crate) struct KeyHashFn<T>(pub Arc<dyn Fn(&T) -> u64 + Send + Sync>);
+
+/// How records cross an edge.
+#[derive(Clone)]
+pub(crate) enum EdgeKind {
+    /// Forward if parallelisms match, else rebalance (resolved by the plan).
+    Auto,
+    Forward,
+    Rebalance,
+    Broadcast,
+    /// Holds a `KeyHashFn<T>`.
+    Key(Arc<dyn Any + Send + Sync>),
+}
+
+impl EdgeKind {
+    fn is_forward(&self) -> bool {
+        matches!(self, EdgeKind::Forward)
+    }
+    fn label(&self) -> &'static str {
+        match self {
+            EdgeKind::Auto => "AUTO",
+            EdgeKind::Forward => "FORWARD",
+            EdgeKind::Rebalance => "REBALANCE",
+            EdgeKind::Broadcast => "BROADCAST",
+            EdgeKind::Key(_) => "HASH",
+        }
+    }
+}
+
+pub(crate) struct NodeDef {
+    pub name: String,
+    pub parallelism: Option<usize>,
+    pub max_parallelism: Option<usize>,
+    pub build: Build,
+    pub in_ops: Option<Arc<dyn TypeOps>>,
+    pub out_ops: Option<Arc<dyn TypeOps>>,
+}
+
+pub(crate) struct EdgeDef {
+    pub from: NodeId,
+    pub to: NodeId,
+    pub kind: EdgeKind,
+}
+
+/// The graph as the builder records it.
+pub(crate) struct GraphBuilder {
+    pub nodes: Vec<NodeDef>,
+    pub edges: Vec<EdgeDef>,
+    pub config: JobConfig,
+}
+
+struct PlanNode {
+    name: Arc<str>,
+    parallelism: usize,
+    build: Build,
+    in_ops: Option<Arc<dyn TypeOps>>,
+    out_ops: Option<Arc<dyn TypeOps>>,
+}
+
+struct PlanEdge {
+    from: NodeId,
+    to: NodeId,
+    kind: EdgeKind,
+    partitioner: Option<Arc<dyn Partitioner>>,
+}
+
+struct Chain {
+    nodes: Vec<NodeId>,
+    name: String,
+    parallelism: usize,
+    in_edges: Vec<usize>,
+    out_edges: Vec<usize>,
+}
+
+/// Identifies one subtask of one chain.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct TaskId {
+    /// The chain (a group of operators run by one actor per subtask).
+    pub chain: usize,
+    /// The subtask index within the chain.
+    pub subtask: usize,
+}
+
+/// One output channel of a task: which task it feeds and as which of its inputs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChannelTarget {
+    /// The receiving task.
+    pub task: TaskId,
+    /// The input channel index at the receiver.
+    pub in_channel: usize,
+}
+
+/// The head of a built chain.
+pub enum TaskChain {
+    /// The chain starts with a source.
+    Source(Box<dyn ErasedSource>),
+    /// The chain receives batches from upstream channels.
+    Input(Box<dyn ErasedInput>),
+}
+
+/// A validated job: nodes grouped into chains, channels laid out, factories ready.
+pub struct ExecutionPlan {
+    nodes: Vec<PlanNode>,
+    edges: Vec<PlanEdge>,
+    chains: Vec<Chain>,
+    node_chain: Vec<usize>,
+    config: JobConfig,
+}
+
+impl std::fmt::Debug for ExecutionPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl ExecutionPlan {
+    /// Validates `g` and plans its execution.
+    pub(crate) fn new(g: &GraphBuilder) -> Result<Self, GraphError> {
+        g.config.validate()?;
+        if !g.nodes.iter().any(|n| matches!(n.build, Build::Sink(_))) {
+            return Err(GraphError::NoSink);
+        }
+        let mut nodes = Vec::with_capacity(g.nodes.len());
+        for n in &g.nodes {
+            let p = n.parallelism.unwrap_or(match n.max_parallelism {
+                Some(max) => max.min(g.config.default_parallelism),
+                None => g.config.default_parallelism,
+            });
+            if p == 0 {
+                return Err(GraphError::ZeroParallelism {
+                    operator: n.name.clone(),
+                });
+            }
+            if let Some(max) = n.max_parallelism {
+                if p > max {
+                    return Err(GraphError::NonParallel {
+                        operator: n.name.clone(),
+                        parallelism: p,
+                    });
+                }
+            }
+            nodes.push(PlanNode {
+                name: n.name.as_str().into(),
+                parallelism: p,
+                build: n.build.clone(),
+                in_ops: n.in_ops.clone(),
+                out_ops: n.out_ops.clone(),
+            });
+        }
+        let edges = Self::resolve_edges(g, &nodes)?;
+        let (chains, node_chain) = Self::chain(&nodes, &edges, g.config.chaining);
+        Ok(ExecutionPlan {
+            nodes,
+            edges,
+            chains,
+            node_chain,
+            config: g.config.clone(),
+        })
+    }
+
+    fn resolve_edges(g: &GraphBuilder, nodes: &[PlanNode]) -> Result<Vec<PlanEdge>, GraphError> {
+        let mut edges = Vec::with_capacity(g.edges.len());
+        for e in &g.edges {
+            let (pf, pt) = (nodes[e.from].parallelism, nodes[e.to].parallelism);
+            let kind = match &e.kind {
+                EdgeKind::Auto if pf == pt => EdgeKind::Forward,
+                EdgeKind::Auto => EdgeKind::Rebalance,
+                EdgeKind::Forward if pf != pt => {
+                    return Err(GraphError::ForwardParallelismMismatch {
+                        from: nodes[e.from].name.to_string(),
+                        to: nodes[e.to].name.to_string(),
+                        from_parallelism: pf,
+                        to_parallelism: pt,
+                    })
+                }
+                k => k.clone(),
+            };
+            let partitioner = match kind {
+                EdgeKind::Key(_) => Some(g.config.partitioning.build(pt)),
+                _ => None,
+            };
+            edges.push(PlanEdge {
+                from: e.from,
+                to: e.to,
+                kind,
+                partitioner,
+            });
+        }
+        Ok(edges)
+    }
+
+    fn chain(nodes: &[PlanNode], edges: &[PlanEdge], chaining: bool) -> (Vec<Chain>, Vec<usize>) {
+        let out_deg = |n: NodeId| edges.iter().filter(|e| e.from == n).count();
+        let in_edges = |n: NodeId| edges.iter().enumerate().filter(move |(_, e)| e.to == n);
+        let mut node_chain = vec![usize::MAX; nodes.len()];
+        let mut chains: Vec<Chain> = Vec::new();
+        // Node ids are topological: an edge always goes from an older node to a newer one.
+        for (id, node) in nodes.iter().enumerate() {
+            let ins: Vec<_> = in_edges(id).collect();
+            let joins = match ins.as_slice() {
+                [(_, e)] if chaining => {
+                    e.kind.is_forward()
+                        && out_deg(e.from) == 1
+                        && nodes[e.from].parallelism == node.parallelism
+                }
+                _ => false,
+            };
+            if let (true, [(_, e)]) = (joins, ins.as_slice()) {
+                let c = node_chain[e.from];
+                node_chain[id] = c;
+                chains[c].nodes.push(id);
+                chains[c].name.push_str(" -> ");
+                chains[c].name.push_str(&node.name);
+            } else {
+                node_chain[id] = chains.len();
+                chains.push(Chain {
+                    nodes: vec![id],
+                    name: node.name.to_string(),
+                    parallelism: node.parallelism,
+                    in_edges: ins.iter().map(|(i, _)| *i).collect(),
+                    out_edges: Vec::new(),
+                });
+            }
+        }
+        for c in &mut chains {
+            if let Some(&tail) = c.nodes.last() {
+                c.out_edges = (0..edges.len())
+                    .filter(|&i| edges[i].from == tail)
+                    .collect();
+            }
+        }
+        (chains, node_chain)
+    }
+
+    /// The job's configuration.
+    pub fn config(&self) -> &JobConfig {
+        &self.config
+    }
+
+    /// The number of chains.
+    pub fn chain_count(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// A chain's name: its operators' names joined by ` -> `.
+    pub fn chain_name(&self, chain: usize) -> &str {
+        &self.chains[chain].name
+    }
+
+    /// A chain's parallelism.
+    pub fn parallelism(&self, chain: usize) -> usize {
+        self.chains[chain].parallelism
+    }
+
+    /// Whether the chain starts with a source.
+    pub fn is_source(&self, chain: usize) -> bool {
+        matches!(
+            self.nodes[self.chains[chain].nodes[0]].build,
+            Build::Source(_)
+        )
+    }
+
+    /// Whether the chain ends with a sink.
+    pub fn is_sink(&self, chain: usize) -> bool {
+        self.chains[chain]
+            .nodes
+            .last()
+            .is_some_and(|&n| matches!(self.nodes[n].build, Build::Sink(_)))
+    }
+
+    /// Every task, chains in topological order, subtasks ascending.
+    pub fn tasks(&self) -> Vec<TaskId> {
+        (0..self.chains.len())
+            .flat_map(|c| {
+                (0..self.chains[c].parallelism).map(move |s| TaskId {
+                    chain: c,
+                    subtask: s,
+                })
+            })
+            .collect()
+    }
+
+    fn in_offset(&self, edge: usize) -> usize {
+        let to_chain = self.node_chain[self.edges[edge].to];
+        let mut off = 0;
+        for &e in &self.chains[to_chain].in_edges {
+            if e == edge {
+                break;
+            }
+            off += self.channels_from(e);
+        }
+        off
+    }
+
+    fn channels_from(&self, edge: usize) -> usize {
+        let e = &self.edges[edge];
+        if e.kind.is_forward() {
+            1
+        } else {
+            self.nodes[e.from].parallelism
+        }
+    }
+
+    /// How many input channels `task` has (end-of-input must arrive on each).
+    pub fn in_channel_count(&self, task: TaskId) -> usize {
+        self.chains[task.chain]
+            .in_edges
+            .iter()
+            .map(|&e| self.channels_from(e))
+            .sum()
+    }
+
+    /// The output channels of `task`, in the order its routers use them.
+    pub fn out_channels(&self, task: TaskId) -> Vec<ChannelTarget> {
+        let mut out = Vec::new();
+        for &ei in &self.chains[task.chain].out_edges {
+            let e = &self.edges[ei];
+            let to_chain = self.node_chain[e.to];
+            let off = self.in_offset(ei);
+            if e.kind.is_forward() {
+                out.push(ChannelTarget {
+                    task: TaskId {
+                        chain: to_chain,
+                        subtask: task.subtask,
+                    },
+                    in_channel: off,
+                });
+            } else {
+                for t in 0..self.nodes[e.to].parallelism {
+                    out.push(ChannelTarget {
+                        task: TaskId {
+                            chain: to_chain,
+                            subtask: t,
+                        },
+                        in_channel: off + task.subtask,
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    fn info(&self, node: NodeId, subtask: usize, attempt: u32) -> SubtaskInfo {
+        SubtaskInfo {
+            operator: self.nodes[node].name.clone(),
+            index: subtask,
+            parallelism: self.nodes[node].parallelism,
+            attempt,
+        }
+    }
+
+    fn tail(&self, task: TaskId, tail: NodeId, attempt: u32) -> Result<AnyStage, StageError> {
+        let node = &self.nodes[tail];
+        if let Build::Sink(f) = &node.build {
+            return Ok(f(&self.info(tail, task.subtask, attempt)));
+        }
+        let ops = node
+            .out_ops
+            .as_ref()
+            .ok_or_else(|| internal("operator without output type"))?;
+        let mut routers = Vec::new();
+        let mut base = 0;
+        for &ei in &self.chains[task.chain].out_edges {
+            let e = &self.edges[ei];
+            let channels = if e.kind.is_forward() {
+                1
+            } else {
+                self.nodes[e.to].parallelism
+            };
+            let plan = RouterPlan {
+                base,
+                channels,
+                batch_size: self.config.batch_size,
+                start: task.subtask,
+                partitioner: e.partitioner.clone(),
+            };
+            routers.push(ops.router(&e.kind, plan)?);
+            base += channels;
+        }
+        match routers.len() {
+            0 => Ok(ops.discard()),
+            1 => routers.pop().ok_or_else(|| internal("router vanished")),
+            _ => ops.tee(routers),
+        }
+    }
+
+    /// Builds a fresh operator chain for `task` from the factories (restart attempt `attempt`).
+    ///
+    /// # Errors
+    /// Only internal errors (mismatched types in the plan), which indicate a bug in Riffle.
+    pub fn build_task(&self, task: TaskId, attempt: u32) -> Result<TaskChain, StageError> {
+        let chain = &self.chains[task.chain];
+        let (&head, rest) = chain
+            .nodes
+            .split_first()
+            .ok_or_else(|| internal("empty chain"))?;
+        let tail = *chain.nodes.last().ok_or_else(|| internal("empty chain"))?;
+        let mut stage = self.tail(task, tail, attempt)?;
+        // Build from the tail backwards; the tail node itself was built by `tail` if a sink.
+        let operators: Vec<NodeId> = std::iter::once(head).chain(rest.iter().copied()).collect();
+        for &n in operators.iter().rev() {
+            let info = self.info(n, task.subtask, attempt);
+            match &self.nodes[n].build {
+                Build::Sink(_) => {} // already the tail stage
+                Build::Operator(f) => stage = f(&info, stage)?,
+                Build::Source(f) => return Ok(TaskChain::Source(f(&info, stage)?)),
+            }
+        }
+        let ops = self.nodes[head]
+            .in_ops
+            .as_ref()
+            .ok_or_else(|| internal("input without type"))?;
+        Ok(TaskChain::Input(
+            ops.input(stage, self.nodes[head].name.clone())?,
+        ))
+    }
+
+    /// A human-readable description: chains, parallelism, edges.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        for (i, c) in self.chains.iter().enumerate() {
+            s.push_str(&format!(
+                "chain {i}: {} (parallelism {})\n",
+                c.name, c.parallelism
+            ));
+            for &e in &c.out_edges {
+                let e = &self.edges[e];
+                s.push_str(&format!(
+                    "  --{}--> chain {}\n",
+                    e.kind.label(),
+                    self.node_chain[e.to]
+                ));
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,40 @@
+//! # riffle-framework — the user API and the job graph
+//!
+//! This is the bottom layer of Riffle (framework ← actors ← cluster ← riffle). It owns
+//! everything a job *is*, with no actor library and no sockets of its own:
+//!
+//! - the operator traits users implement ([`Source`], [`Operator`], [`KeyedOperator`],
+//!   [`Sink`]) and the closures that are sugar over them (`map`, `filter`, `flat_map`,
+//!   `key_by(..).reduce/fold/sum`, `sink_fn`);
+//! - the builder ([`StreamEnv`], [`DataStream`], [`KeyedStream`]) and its validation
+//!   ([`GraphError`]);
+//! - partitioning: the specified key hash ([`Key`]), the consistent-hash [`KeyRing`] compiled
+//!   into a lookup table, and the `hash mod N` baseline ([`ModuloPartitioner`]);
+//! - the execution plan ([`ExecutionPlan`]): chains of operators, channel layout, and the
+//!   type-erased operator chains ([`exec`]) that a runtime drives;
+//! - the built-in connectors.
+//!
+//! The runtime that runs a plan — one actix actor per subtask, credit-based channels — lives in
+//! `riffle-actors`. Users normally import `riffle::prelude::*` rather than this crate.
+
+mod config;
+mod connectors;
+mod data;
+mod error;
+pub mod exec;
+mod graph;
+mod operator;
+mod partition;
+mod stream;
+
+pub use config::{JobConfig, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS, DEFAULT_FLUSH_INTERVAL};
+pub use connectors::{CollectHandle, CountHandle};
+pub use data::{canonical_key_bytes, Data, Key};
+pub use error::{panic_message, ConnectorError, FailureCause, GraphError, StageError, UserError};
+pub use graph::{ChannelTarget, ExecutionPlan, TaskChain, TaskId};
+pub use operator::{KeyedOperator, Operator, Output, Sink, Source, SourceStatus, SubtaskInfo};
+pub use partition::{
+    KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, SubtaskNode,
+    DEFAULT_VNODES,
+};
+pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};

@@ -1,0 +1,239 @@
+//! The operator traits users implement: [`Source`], [`Operator`], [`KeyedOperator`], [`Sink`].
+//!
+//! Operators are actor types: a user struct holds the operator's state and implements one of
+//! these traits, and each parallel subtask of the operator is one actor running one instance,
+//! built by a factory (`Fn(&SubtaskInfo) -> O`). Only the processing method is required; every
+//! hook has a default that does the right thing when it is not needed.
+//!
+//! User code may fail by returning an error or by panicking. Either way the runtime catches it
+//! where it calls the method, turns it into a typed failure naming the operator and subtask, and
+//! the job reports it (no panic reaches the caller of `wait()`).
+
+use crate::data::{Data, Key};
+use crate::error::{StageError, UserError};
+use crate::exec::{Stage, StageCx};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::sync::Arc;
+
+/// Which parallel instance of which operator a piece of user code runs in.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SubtaskInfo {
+    /// The operator's name.
+    pub operator: Arc<str>,
+    /// This subtask's index, `0..parallelism`.
+    pub index: usize,
+    /// How many subtasks the operator has.
+    pub parallelism: usize,
+    /// How many times this subtask has been (re)started before, 0 on the first run.
+    pub attempt: u32,
+}
+
+/// Where an operator emits its records: the next operator of its chain, or the channels to
+/// the downstream subtasks.
+pub struct Output<'a, T> {
+    next: &'a mut dyn Stage<T>,
+    cx: &'a mut StageCx,
+    failed: Option<StageError>,
+}
+
+impl<'a, T> Output<'a, T> {
+    /// An output that feeds `next`.
+    pub fn new(next: &'a mut dyn Stage<T>, cx: &'a mut StageCx) -> Self {
+        Output {
+            next,
+            cx,
+            failed: None,
+        }
+    }
+
+    /// Emits one record downstream.
+    ///
+    /// If an operator chained after this one fails on the record, the failure is kept and
+    /// reported when the current call returns; later emits of the same call are dropped,
+    /// because the whole subtask fails.
+    #[inline]
+    pub fn emit(&mut self, record: T) {
+        if self.failed.is_none() {
+            if let Err(e) = self.next.push(record, self.cx) {
+                self.failed = Some(e);
+            }
+        }
+    }
+
+    /// How many records a source should emit per call to [`Source::produce`] (the batch size).
+    pub fn budget(&self) -> usize {
+        self.cx.batch_size
+    }
+
+    /// The failure of a downstream chained operator, if one happened during this call.
+    pub fn take_failure(&mut self) -> Option<StageError> {
+        self.failed.take()
+    }
+}
+
+/// What a source says after [`Source::produce`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceStatus {
+    /// More records are ready; call again soon.
+    More,
+    /// Nothing is ready now (e.g. a socket has no data); call again after a short pause.
+    Idle,
+    /// The source is exhausted; end-of-input follows downstream.
+    Finished,
+}
+
+/// A source of records. Each subtask is one instance, which splits the work by its
+/// [`SubtaskInfo`] (index and parallelism).
+pub trait Source: Send + 'static {
+    /// The records it produces.
+    type Out: Data;
+
+    /// Emits up to `out.budget()` records and says whether more will come.
+    ///
+    /// # Errors
+    /// An error fails the subtask (and, until restarts exist, the job).
+    fn produce(&mut self, out: &mut Output<'_, Self::Out>) -> Result<SourceStatus, UserError>;
+
+    /// Called once before the first `produce`, e.g. to open a file or a socket.
+    ///
+    /// # Errors
+    /// An error fails the subtask before it emits anything.
+    fn on_start(&mut self, _info: &SubtaskInfo) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Called once after the source finished.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_close(&mut self) -> Result<(), UserError> {
+        Ok(())
+    }
+}
+
+/// A one-input operator. Only [`Operator::process`] is required.
+///
+/// ```
+/// use riffle_framework::{Operator, Output, UserError};
+///
+/// /// Emits each line's length, and the total when the input ends.
+/// #[derive(Default)]
+/// struct Lengths { total: usize }
+///
+/// impl Operator for Lengths {
+///     type In = String;
+///     type Out = usize;
+///     fn process(&mut self, line: String, out: &mut Output<'_, usize>) -> Result<(), UserError> {
+///         self.total += line.len();
+///         out.emit(line.len());
+///         Ok(())
+///     }
+///     fn on_close(&mut self, out: &mut Output<'_, usize>) -> Result<(), UserError> {
+///         out.emit(self.total);
+///         Ok(())
+///     }
+/// }
+/// ```
+pub trait Operator: Send + 'static {
+    /// Input records.
+    type In: Data;
+    /// Output records.
+    type Out: Data;
+
+    /// Handles one record, emitting any number of outputs.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn process(
+        &mut self,
+        record: Self::In,
+        out: &mut Output<'_, Self::Out>,
+    ) -> Result<(), UserError>;
+
+    /// Called once before the first record.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_start(&mut self, _info: &SubtaskInfo) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Called once when every input has ended; may emit final records.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_close(&mut self, _out: &mut Output<'_, Self::Out>) -> Result<(), UserError> {
+        Ok(())
+    }
+}
+
+/// An operator on a keyed stream. The runtime owns one `State` per key and hands the record's
+/// state to [`KeyedOperator::process`]; that is what lets state move by key when the operator
+/// is rescaled.
+pub trait KeyedOperator: Send + 'static {
+    /// The key type (matches the stream's `key_by`).
+    type Key: Key;
+    /// Input records.
+    type In: Data;
+    /// Output records.
+    type Out: Data;
+    /// Per-key state, created with `Default` the first time a key is seen.
+    type State: Default + Serialize + DeserializeOwned + Send + 'static;
+
+    /// Handles one record of `key`, with that key's state.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn process(
+        &mut self,
+        key: &Self::Key,
+        state: &mut Self::State,
+        record: Self::In,
+        out: &mut Output<'_, Self::Out>,
+    ) -> Result<(), UserError>;
+
+    /// Called once before the first record.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_start(&mut self, _info: &SubtaskInfo) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Called once when every input has ended; may emit final records.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_close(&mut self, _out: &mut Output<'_, Self::Out>) -> Result<(), UserError> {
+        Ok(())
+    }
+}
+
+/// The end of a stream. Only [`Sink::write`] is required.
+pub trait Sink: Send + 'static {
+    /// Records it accepts.
+    type In: Data;
+
+    /// Writes one record.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn write(&mut self, record: Self::In) -> Result<(), UserError>;
+
+    /// Called once before the first record (open files, connections).
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_start(&mut self, _info: &SubtaskInfo) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Called once when every input has ended (flush).
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_close(&mut self) -> Result<(), UserError> {
+        Ok(())
+    }
+}

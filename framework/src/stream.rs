@@ -1,0 +1,535 @@
+//! The job builder: [`StreamEnv`], [`DataStream`], [`KeyedStream`].
+
+use crate::config::JobConfig;
+use crate::data::{Data, Key};
+use crate::error::{GraphError, UserError};
+use crate::exec::{BoxStage, KeyFn, KeyedStage, OperatorStage, SinkStage, SourceDriver};
+use crate::graph::{
+    boxed, ops, unbox, Build, EdgeDef, EdgeKind, ExecutionPlan, GraphBuilder, KeyHashFn, NodeDef,
+    NodeId,
+};
+use crate::operator::{KeyedOperator, Operator, Output, Sink, Source, SubtaskInfo};
+use std::cell::RefCell;
+use std::marker::PhantomData;
+use std::rc::Rc;
+use std::sync::Arc;
+
+/// Builds a job: create sources on it, transform the streams, end them in sinks, then run it
+/// with the runtime (`riffle::prelude::*` brings `execute()` into scope).
+///
+/// ```
+/// use riffle_framework::StreamEnv;
+///
+/// let env = StreamEnv::new();
+/// let out = env
+///     .from_collection(vec![1u64, 2, 3, 4])
+///     .map(|x| x * 10)
+///     .filter(|x| *x > 10)
+///     .collect();
+/// let plan = env.build().unwrap();
+/// assert_eq!(plan.chain_count(), 1); // source -> map -> filter -> collect, chained
+/// # drop(out);
+/// ```
+pub struct StreamEnv {
+    graph: Rc<RefCell<GraphBuilder>>,
+}
+
+impl Default for StreamEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamEnv {
+    /// An empty job with the default configuration.
+    pub fn new() -> Self {
+        Self::with_config(JobConfig::default())
+    }
+
+    /// An empty job with `config`.
+    pub fn with_config(config: JobConfig) -> Self {
+        StreamEnv {
+            graph: Rc::new(RefCell::new(GraphBuilder {
+                nodes: Vec::new(),
+                edges: Vec::new(),
+                config,
+            })),
+        }
+    }
+
+    /// Sets the parallelism of every operator that does not set its own.
+    pub fn set_parallelism(&self, n: usize) -> &Self {
+        self.graph.borrow_mut().config.default_parallelism = n;
+        self
+    }
+
+    /// Changes the configuration in place.
+    pub fn configure(&self, f: impl FnOnce(&mut JobConfig)) -> &Self {
+        f(&mut self.graph.borrow_mut().config);
+        self
+    }
+
+    /// A copy of the current configuration.
+    pub fn config(&self) -> JobConfig {
+        self.graph.borrow().config.clone()
+    }
+
+    /// Adds a source; `factory` builds one instance per subtask.
+    pub fn source<S, F>(&self, factory: F) -> DataStream<S::Out>
+    where
+        S: Source,
+        F: Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    {
+        self.add_source("source", None, factory)
+    }
+
+    pub(crate) fn add_source<S, F>(
+        &self,
+        name: &str,
+        max_p: Option<usize>,
+        factory: F,
+    ) -> DataStream<S::Out>
+    where
+        S: Source,
+        F: Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    {
+        let build = Build::Source(Arc::new(move |info, next| {
+            let next: BoxStage<S::Out> = unbox(next)?;
+            Ok(Box::new(SourceDriver::new(
+                factory(info),
+                info.clone(),
+                next,
+            )))
+        }));
+        let node = self.graph.borrow_mut().nodes.len();
+        self.graph.borrow_mut().nodes.push(NodeDef {
+            name: name.to_string(),
+            parallelism: None,
+            max_parallelism: max_p,
+            build,
+            in_ops: None,
+            out_ops: Some(ops::<S::Out>()),
+        });
+        DataStream::new(self.graph.clone(), node)
+    }
+
+    /// Validates the job and plans its execution (what the runtime runs).
+    ///
+    /// # Errors
+    /// A [`GraphError`] for a graph that cannot run: parallelism 0, a forward edge between
+    /// different parallelisms, a non-parallel source given more than one subtask, no sink, or a
+    /// bad configuration value.
+    pub fn build(&self) -> Result<ExecutionPlan, GraphError> {
+        ExecutionPlan::new(&self.graph.borrow())
+    }
+}
+
+/// A stream of records of type `T`, the output of one operator.
+///
+/// Methods that add an operator consume the stream and return the operator's output stream;
+/// clone a stream to feed it to several operators.
+pub struct DataStream<T> {
+    graph: Rc<RefCell<GraphBuilder>>,
+    node: NodeId,
+    edge: EdgeKind,
+    _t: PhantomData<fn() -> T>,
+}
+
+impl<T> Clone for DataStream<T> {
+    fn clone(&self) -> Self {
+        DataStream {
+            graph: self.graph.clone(),
+            node: self.node,
+            edge: self.edge.clone(),
+            _t: PhantomData,
+        }
+    }
+}
+
+impl<T: Data> DataStream<T> {
+    fn new(graph: Rc<RefCell<GraphBuilder>>, node: NodeId) -> Self {
+        DataStream {
+            graph,
+            node,
+            edge: EdgeKind::Auto,
+            _t: PhantomData,
+        }
+    }
+
+    /// Sets the parallelism of the operator that produces this stream.
+    pub fn parallelism(self, n: usize) -> Self {
+        self.graph.borrow_mut().nodes[self.node].parallelism = Some(n);
+        self
+    }
+
+    /// Names the operator that produces this stream (used in logs, errors and results).
+    pub fn name(self, name: &str) -> Self {
+        self.graph.borrow_mut().nodes[self.node].name = name.to_string();
+        self
+    }
+
+    /// The next operator receives records round robin over its subtasks.
+    pub fn rebalance(mut self) -> Self {
+        self.edge = EdgeKind::Rebalance;
+        self
+    }
+
+    /// Every subtask of the next operator receives every record.
+    pub fn broadcast(mut self) -> Self {
+        self.edge = EdgeKind::Broadcast;
+        self
+    }
+
+    /// Subtask i feeds subtask i of the next operator; both need the same parallelism (checked
+    /// when the job is built). This is the default when parallelisms are equal.
+    pub fn forward(mut self) -> Self {
+        self.edge = EdgeKind::Forward;
+        self
+    }
+
+    fn add_node<U: Data>(&self, name: &str, build: Build, out: bool) -> NodeId {
+        let mut g = self.graph.borrow_mut();
+        let id = g.nodes.len();
+        g.nodes.push(NodeDef {
+            name: name.to_string(),
+            parallelism: None,
+            max_parallelism: None,
+            build,
+            in_ops: Some(ops::<T>()),
+            out_ops: if out { Some(ops::<U>()) } else { None },
+        });
+        g.edges.push(EdgeDef {
+            from: self.node,
+            to: id,
+            kind: self.edge.clone(),
+        });
+        id
+    }
+
+    /// Adds a user operator; `factory` builds one instance per subtask.
+    pub fn process<O, F>(self, factory: F) -> DataStream<O::Out>
+    where
+        O: Operator<In = T>,
+        F: Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    {
+        self.process_named("process", factory)
+    }
+
+    fn process_named<O, F>(self, name: &str, factory: F) -> DataStream<O::Out>
+    where
+        O: Operator<In = T>,
+        F: Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    {
+        let build = Build::Operator(Arc::new(move |info, next| {
+            let next: BoxStage<O::Out> = unbox(next)?;
+            Ok(boxed::<T>(Box::new(OperatorStage::new(
+                factory(info),
+                info.clone(),
+                next,
+            ))))
+        }));
+        let id = self.add_node::<O::Out>(name, build, true);
+        DataStream::new(self.graph, id)
+    }
+
+    /// Applies `f` to every record.
+    pub fn map<U: Data>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> DataStream<U> {
+        let f = Arc::new(f);
+        self.process_named("map", move |_| Map {
+            f: f.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Keeps the records for which `f` is true.
+    pub fn filter(self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DataStream<T> {
+        let f = Arc::new(f);
+        self.process_named("filter", move |_| Filter {
+            f: f.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Emits every item `f` returns for a record.
+    pub fn flat_map<U: Data, I: IntoIterator<Item = U>>(
+        self,
+        f: impl Fn(T) -> I + Send + Sync + 'static,
+    ) -> DataStream<U> {
+        let f = Arc::new(f);
+        self.process_named("flat_map", move |_| FlatMap {
+            f: f.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Applies a fallible `f`; an `Err` fails the subtask.
+    pub fn try_map<U: Data>(
+        self,
+        f: impl Fn(T) -> Result<U, UserError> + Send + Sync + 'static,
+    ) -> DataStream<U> {
+        let f = Arc::new(f);
+        self.process_named("try_map", move |_| TryMap {
+            f: f.clone(),
+            _t: PhantomData,
+        })
+    }
+
+    /// Partitions the stream by key: every record with the same key goes to the same subtask
+    /// of the next operator, over one FIFO channel per upstream subtask (so per-key order from
+    /// each upstream subtask is kept).
+    pub fn key_by<K: Key>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<T, K> {
+        let key_fn: KeyFn<T, K> = Arc::new(f);
+        let kf = key_fn.clone();
+        let hash: Arc<dyn Fn(&T) -> u64 + Send + Sync> = Arc::new(move |t| kf(t).key_hash());
+        let mut stream = self;
+        stream.edge = EdgeKind::Key(Arc::new(KeyHashFn(hash)));
+        KeyedStream { stream, key_fn }
+    }
+
+    /// Ends the stream in a user sink; `factory` builds one instance per subtask.
+    pub fn sink<S, F>(self, factory: F) -> SinkStream
+    where
+        S: Sink<In = T>,
+        F: Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    {
+        self.sink_named("sink", factory)
+    }
+
+    pub(crate) fn sink_named<S, F>(self, name: &str, factory: F) -> SinkStream
+    where
+        S: Sink<In = T>,
+        F: Fn(&SubtaskInfo) -> S + Send + Sync + 'static,
+    {
+        let build = Build::Sink(Arc::new(move |info| {
+            boxed::<T>(Box::new(SinkStage::new(factory(info), info.clone())))
+        }));
+        let id = self.add_node::<()>(name, build, false);
+        SinkStream {
+            graph: self.graph,
+            node: id,
+        }
+    }
+
+    /// Ends the stream in a function called for every record.
+    pub fn sink_fn(self, f: impl Fn(T) + Send + Sync + 'static) -> SinkStream {
+        let f = Arc::new(f);
+        self.sink_named("sink_fn", move |_| FnSink {
+            f: f.clone(),
+            _t: PhantomData,
+        })
+    }
+}
+
+/// A sink in the job graph; set its parallelism or name.
+pub struct SinkStream {
+    graph: Rc<RefCell<GraphBuilder>>,
+    node: NodeId,
+}
+
+impl SinkStream {
+    /// Sets the sink's parallelism.
+    pub fn parallelism(self, n: usize) -> Self {
+        self.graph.borrow_mut().nodes[self.node].parallelism = Some(n);
+        self
+    }
+    /// Names the sink.
+    pub fn name(self, name: &str) -> Self {
+        self.graph.borrow_mut().nodes[self.node].name = name.to_string();
+        self
+    }
+}
+
+/// A stream partitioned by a key of type `K` (see [`DataStream::key_by`]).
+pub struct KeyedStream<T, K> {
+    stream: DataStream<T>,
+    key_fn: KeyFn<T, K>,
+}
+
+impl<T: Data, K: Key> KeyedStream<T, K> {
+    /// Adds a keyed operator: the runtime keeps one `O::State` per key.
+    pub fn process<O, F>(self, factory: F) -> DataStream<O::Out>
+    where
+        O: KeyedOperator<Key = K, In = T>,
+        F: Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    {
+        self.process_named("keyed_process", factory)
+    }
+
+    fn process_named<O, F>(self, name: &str, factory: F) -> DataStream<O::Out>
+    where
+        O: KeyedOperator<Key = K, In = T>,
+        F: Fn(&SubtaskInfo) -> O + Send + Sync + 'static,
+    {
+        let key_fn = self.key_fn;
+        let build = Build::Operator(Arc::new(move |info, next| {
+            let next: BoxStage<O::Out> = unbox(next)?;
+            let stage = KeyedStage::new(factory(info), key_fn.clone(), info.clone(), next);
+            Ok(boxed::<T>(Box::new(stage)))
+        }));
+        let id = self.stream.add_node::<O::Out>(name, build, true);
+        DataStream::new(self.stream.graph, id)
+    }
+
+    /// Combines each record with the key's previous result; emits every new result.
+    pub fn reduce(self, f: impl Fn(&T, T) -> T + Send + Sync + 'static) -> DataStream<T> {
+        let f = Arc::new(f);
+        self.process_named("reduce", move |_| Reduce {
+            f: f.clone(),
+            _k: PhantomData,
+        })
+    }
+
+    /// Folds records into a per-key accumulator starting at `init`; emits `(key, acc)` after
+    /// every record.
+    pub fn fold<A: Data>(
+        self,
+        init: A,
+        f: impl Fn(&mut A, T) + Send + Sync + 'static,
+    ) -> DataStream<(K, A)> {
+        let f = Arc::new(f);
+        self.process_named("fold", move |_| Fold {
+            init: init.clone(),
+            f: f.clone(),
+            _k: PhantomData,
+        })
+    }
+
+    /// A running sum of `value(record)` per key; emits `(key, sum)` after every record.
+    pub fn sum<V>(self, value: impl Fn(&T) -> V + Send + Sync + 'static) -> DataStream<(K, V)>
+    where
+        V: Data + Default + std::ops::AddAssign,
+    {
+        self.fold(V::default(), move |acc, t| *acc += value(&t))
+            .name("sum")
+    }
+}
+
+struct Map<T, U, F> {
+    f: Arc<F>,
+    _t: PhantomData<fn(T) -> U>,
+}
+impl<T: Data, U: Data, F: Fn(T) -> U + Send + Sync + 'static> Operator for Map<T, U, F> {
+    type In = T;
+    type Out = U;
+    #[inline]
+    fn process(&mut self, r: T, out: &mut Output<'_, U>) -> Result<(), UserError> {
+        out.emit((self.f)(r));
+        Ok(())
+    }
+}
+
+struct TryMap<T, U, F> {
+    f: Arc<F>,
+    _t: PhantomData<fn(T) -> U>,
+}
+impl<T: Data, U: Data, F> Operator for TryMap<T, U, F>
+where
+    F: Fn(T) -> Result<U, UserError> + Send + Sync + 'static,
+{
+    type In = T;
+    type Out = U;
+    fn process(&mut self, r: T, out: &mut Output<'_, U>) -> Result<(), UserError> {
+        out.emit((self.f)(r)?);
+        Ok(())
+    }
+}
+
+struct Filter<T, F> {
+    f: Arc<F>,
+    _t: PhantomData<fn(T)>,
+}
+impl<T: Data, F: Fn(&T) -> bool + Send + Sync + 'static> Operator for Filter<T, F> {
+    type In = T;
+    type Out = T;
+    #[inline]
+    fn process(&mut self, r: T, out: &mut Output<'_, T>) -> Result<(), UserError> {
+        if (self.f)(&r) {
+            out.emit(r);
+        }
+        Ok(())
+    }
+}
+
+struct FlatMap<T, U, F> {
+    f: Arc<F>,
+    _t: PhantomData<fn(T) -> U>,
+}
+impl<T: Data, U: Data, I, F> Operator for FlatMap<T, U, F>
+where
+    I: IntoIterator<Item = U>,
+    F: Fn(T) -> I + Send + Sync + 'static,
+{
+    type In = T;
+    type Out = U;
+    fn process(&mut self, r: T, out: &mut Output<'_, U>) -> Result<(), UserError> {
+        for u in (self.f)(r) {
+            out.emit(u);
+        }
+        Ok(())
+    }
+}
+
+struct Reduce<T, K, F> {
+    f: Arc<F>,
+    _k: PhantomData<fn(K) -> T>,
+}
+impl<T: Data, K: Key, F: Fn(&T, T) -> T + Send + Sync + 'static> KeyedOperator for Reduce<T, K, F> {
+    type Key = K;
+    type In = T;
+    type Out = T;
+    type State = Option<T>;
+    fn process(
+        &mut self,
+        _k: &K,
+        s: &mut Option<T>,
+        r: T,
+        out: &mut Output<'_, T>,
+    ) -> Result<(), UserError> {
+        let v = match s.take() {
+            Some(prev) => (self.f)(&prev, r),
+            None => r,
+        };
+        out.emit(v.clone());
+        *s = Some(v);
+        Ok(())
+    }
+}
+
+struct Fold<T, K, A, F> {
+    init: A,
+    f: Arc<F>,
+    _k: PhantomData<fn(K, T)>,
+}
+impl<T: Data, K: Key, A: Data, F: Fn(&mut A, T) + Send + Sync + 'static> KeyedOperator
+    for Fold<T, K, A, F>
+{
+    type Key = K;
+    type In = T;
+    type Out = (K, A);
+    type State = Option<A>;
+    #[inline]
+    fn process(
+        &mut self,
+        k: &K,
+        s: &mut Option<A>,
+        r: T,
+        out: &mut Output<'_, (K, A)>,
+    ) -> Result<(), UserError> {
+        let acc = s.get_or_insert_with(|| self.init.clone());
+        (self.f)(acc, r);
+        out.emit((k.clone(), acc.clone()));
+        Ok(())
+    }
+}
+
+struct FnSink<T, F> {
+    f: Arc<F>,
+    _t: PhantomData<fn(T)>,
+}
+impl<T: Data, F: Fn(T) + Send + Sync + 'static> Sink for FnSink<T, F> {
+    type In = T;
+    fn write(&mut self, r: T) -> Result<(), UserError> {
+        (self.f)(r);
+        Ok(())
+    }
+}
