@@ -1,1 +1,78 @@
-//! placeholder
+//! # Riffle — Flink-style stream processing on actors
+//!
+//! Riffle runs dataflows (sources → operators → sinks, each with its own parallelism) where
+//! every parallel subtask is an actix actor with its own mailbox. Keyed records are routed over
+//! a consistent-hash ring, so rescaling an operator moves only about 1/(N+1) of the keys.
+//!
+//! This is the facade crate: it re-exports the layers below it and adds the test harness.
+//!
+//! | crate | layer |
+//! |---|---|
+//! | `riffle-framework` | user API, job graph, partitioning, connectors (no actors) |
+//! | `riffle-actors` | local runtime: subtask actors, credit-based channels, job supervisor |
+//! | `riffle-cluster` | nodes, wire protocol, remote mailboxes (not built yet) |
+//!
+//! ```
+//! use riffle::prelude::*;
+//!
+//! let counts = riffle::testing::run_local(|env| {
+//!     env.set_parallelism(2);
+//!     env.from_collection(vec!["a b".to_string(), "b c".into(), "b".into()])
+//!         .flat_map(|line: String| line.split(' ').map(str::to_string).collect::<Vec<_>>())
+//!         .key_by(|w: &String| w.clone())
+//!         .sum(|_| 1u64)
+//! });
+//! let b = counts.iter().filter(|(w, _)| w == "b").map(|(_, n)| *n).max();
+//! assert_eq!(b, Some(3));
+//! ```
+
+pub use riffle_actors as actors;
+pub use riffle_cluster as cluster;
+pub use riffle_framework as framework;
+
+pub use riffle_actors::{ErrorKind, Execute, JobError, JobHandle, JobResult, SubtaskMetrics};
+pub use riffle_framework::{
+    CollectHandle, ConnectorError, CountHandle, Data, DataStream, ExecutionPlan, FailureCause,
+    GraphError, JobConfig, Key, KeyRing, KeyedOperator, KeyedStream, ModuloPartitioner, Operator,
+    Output, PartitionScheme, Partitioner, Sink, SinkStream, Source, SourceStatus, StreamEnv,
+    SubtaskInfo, UserError,
+};
+
+/// Everything an operator author needs: `use riffle::prelude::*;`.
+pub mod prelude {
+    pub use riffle_actors::{Execute, JobError, JobResult};
+    pub use riffle_framework::{
+        Data, DataStream, JobConfig, Key, KeyedOperator, KeyedStream, Operator, Output, Sink,
+        Source, SourceStatus, StreamEnv, SubtaskInfo, UserError,
+    };
+}
+
+/// One-line harnesses for tests and docs.
+pub mod testing {
+    use crate::prelude::*;
+
+    /// Builds a job with `build`, collects the stream it returns, runs it locally and returns
+    /// the collected records (each subtask's records contiguous and in arrival order).
+    ///
+    /// # Panics
+    /// If the job is invalid or fails; use [`try_run_local`] to get the error instead.
+    pub fn run_local<T: Data>(build: impl FnOnce(&StreamEnv) -> DataStream<T>) -> Vec<T> {
+        match try_run_local(build) {
+            Ok(v) => v,
+            Err(e) => panic!("job failed: {e}"),
+        }
+    }
+
+    /// Like [`run_local`], returning the job's error instead of panicking.
+    ///
+    /// # Errors
+    /// Any [`JobError`] of the job.
+    pub fn try_run_local<T: Data>(
+        build: impl FnOnce(&StreamEnv) -> DataStream<T>,
+    ) -> Result<Vec<T>, JobError> {
+        let env = StreamEnv::new();
+        let out = build(&env).collect();
+        env.execute()?;
+        Ok(out.take())
+    }
+}
