@@ -1,1 +1,293 @@
-fn main() {}
+//! Keyed running sum: Riffle against hand-written loops doing the same work, in one run.
+//!
+//! `cargo bench --bench keyed_sum -- [N] [P] [RUNS]` (defaults: 10,000,000 records, P = 1 and
+//! 2, 3 runs each; the median is printed).
+//!
+//! Workload (fixed by the project's benchmark issue): record i = (key, 1u64) with
+//! key = i.wrapping_mul(0x9E3779B97F4A7C15) % 100_000; key_by key; running sum per key,
+//! emitting one (key, sum) per record; a sink that counts and keeps each key's last sum (in an
+//! array indexed by key, so that the count and sum checks cost the same everywhere).
+//!
+//! Hand-written baselines: one thread (generate + FxHashMap update + sink); two threads, each
+//! generating half of the records and routing them by key hash to the owning thread through
+//! bounded channels of 1024-record batches.
+//!
+//! Peak RSS (VmHWM of the whole benchmark process) is printed at the end; for one
+//! configuration alone use `/usr/bin/time -v target/release/deps/keyed_sum-* N P`.
+
+use riffle::prelude::*;
+use riffle::Key as _;
+use rustc_hash::FxHashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const KEYS: u64 = 100_000;
+const BATCH: usize = 1024;
+
+#[inline]
+fn key_of(i: u64) -> u64 {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS
+}
+
+/// The sink's bookkeeping: count and the last sum of every key.
+struct Tally {
+    count: u64,
+    last: Vec<u64>,
+}
+
+impl Tally {
+    fn new() -> Self {
+        Tally {
+            count: 0,
+            last: vec![0; KEYS as usize],
+        }
+    }
+    #[inline]
+    fn add(&mut self, key: u64, sum: u64) {
+        self.count += 1;
+        self.last[key as usize] = sum;
+    }
+    fn merge(&mut self, other: &Tally) {
+        self.count += other.count;
+        for (a, b) in self.last.iter_mut().zip(&other.last) {
+            *a = (*a).max(*b);
+        }
+    }
+    fn check(&self, n: u64, what: &str) {
+        let total: u64 = self.last.iter().sum();
+        assert_eq!(
+            self.count, n,
+            "{what}: sink saw {} records, expected {n}",
+            self.count
+        );
+        assert_eq!(
+            total, n,
+            "{what}: final per-key sums add up to {total}, expected {n}"
+        );
+    }
+}
+
+struct TallySink {
+    tally: Tally,
+    shared: Arc<Mutex<Tally>>,
+}
+
+impl Sink for TallySink {
+    type In = (u64, u64);
+    #[inline]
+    fn write(&mut self, (k, s): (u64, u64)) -> Result<(), UserError> {
+        self.tally.add(k, s);
+        Ok(())
+    }
+    fn on_close(&mut self) -> Result<(), UserError> {
+        self.shared
+            .lock()
+            .map_err(|_| "poisoned")?
+            .merge(&self.tally);
+        Ok(())
+    }
+}
+
+fn riffle(n: u64, p: usize) -> Duration {
+    let env = StreamEnv::new();
+    env.set_parallelism(p);
+    let shared = Arc::new(Mutex::new(Tally::new()));
+    let s = shared.clone();
+    env.generate(n, |i| (key_of(i), 1u64))
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .sink(move |_| TallySink {
+            tally: Tally::new(),
+            shared: s.clone(),
+        });
+    let start = Instant::now();
+    let result = env.execute().expect("riffle job failed");
+    let took = start.elapsed();
+    shared
+        .lock()
+        .expect("tally")
+        .check(n, &format!("riffle P={p}"));
+    let stalls: u64 = result.subtasks.iter().map(|m| m.credit_stalls).sum();
+    eprintln!(
+        "    riffle P={p}: {:.3}s, credit stalls {stalls}",
+        took.as_secs_f64()
+    );
+    took
+}
+
+fn hand_one(n: u64) -> Duration {
+    let start = Instant::now();
+    let mut sums: FxHashMap<u64, u64> = FxHashMap::default();
+    let mut tally = Tally::new();
+    for i in 0..n {
+        let k = key_of(i);
+        let s = sums.entry(k).or_insert(0);
+        *s += 1;
+        tally.add(k, *s);
+    }
+    let took = start.elapsed();
+    tally.check(n, "hand-written 1 thread");
+    took
+}
+
+type Batch = Vec<(u64, u64)>;
+
+/// One of the two hand-written workers: generate its half, route by key, consume its keys.
+fn hand_worker(
+    me: usize,
+    range: std::ops::Range<u64>,
+    txs: Vec<SyncSender<Option<Batch>>>,
+    rx: Receiver<Option<Batch>>,
+) -> Tally {
+    let mut sums: FxHashMap<u64, u64> = FxHashMap::default();
+    let mut tally = Tally::new();
+    let mut bufs: Vec<Batch> = vec![Vec::with_capacity(BATCH), Vec::with_capacity(BATCH)];
+    let mut ended = 0;
+    let mut consume = |b: Batch, sums: &mut FxHashMap<u64, u64>, tally: &mut Tally| {
+        for (k, v) in b {
+            let s = sums.entry(k).or_insert(0);
+            *s += v;
+            tally.add(k, *s);
+        }
+    };
+    // Sends without deadlock: while the peer's channel is full, consume our own input.
+    let send = |to: usize,
+                msg: Option<Batch>,
+                sums: &mut FxHashMap<u64, u64>,
+                tally: &mut Tally,
+                ended: &mut usize| {
+        let mut msg = msg;
+        loop {
+            match txs[to].try_send(msg) {
+                Ok(()) => return,
+                Err(TrySendError::Full(m)) => {
+                    msg = m;
+                    match rx.try_recv() {
+                        Ok(Some(b)) => consume(b, sums, tally),
+                        Ok(None) => *ended += 1,
+                        Err(_) => std::thread::yield_now(),
+                    }
+                }
+                Err(TrySendError::Disconnected(_)) => panic!("peer gone"),
+            }
+        }
+    };
+    for i in range {
+        let k = key_of(i);
+        let owner = (k.key_hash() % 2) as usize;
+        bufs[owner].push((k, 1));
+        if bufs[owner].len() == BATCH {
+            let full = std::mem::replace(&mut bufs[owner], Vec::with_capacity(BATCH));
+            send(owner, Some(full), &mut sums, &mut tally, &mut ended);
+        }
+        if i % BATCH as u64 == 0 {
+            while let Ok(m) = rx.try_recv() {
+                match m {
+                    Some(b) => consume(b, &mut sums, &mut tally),
+                    None => ended += 1,
+                }
+            }
+        }
+    }
+    for to in 0..2 {
+        let rest = std::mem::take(&mut bufs[to]);
+        send(to, Some(rest), &mut sums, &mut tally, &mut ended);
+        send(to, None, &mut sums, &mut tally, &mut ended);
+    }
+    let _ = me;
+    while ended < 2 {
+        match rx.recv() {
+            Ok(Some(b)) => consume(b, &mut sums, &mut tally),
+            Ok(None) => ended += 1,
+            Err(_) => break,
+        }
+    }
+    let _ = TryRecvError::Empty;
+    tally
+}
+
+fn hand_two(n: u64) -> Duration {
+    let start = Instant::now();
+    let (tx0, rx0) = sync_channel(16);
+    let (tx1, rx1) = sync_channel(16);
+    let txs = vec![tx0, tx1];
+    let t0 = {
+        let txs = txs.clone();
+        std::thread::spawn(move || hand_worker(0, 0..n / 2, txs, rx0))
+    };
+    let t1 = std::thread::spawn(move || hand_worker(1, n / 2..n, txs, rx1));
+    let mut tally = t0.join().expect("worker 0");
+    tally.merge(&t1.join().expect("worker 1"));
+    let took = start.elapsed();
+    tally.check(n, "hand-written 2 threads");
+    took
+}
+
+fn median(mut v: Vec<Duration>) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; ignore flags.
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let n: u64 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
+    let ps: Vec<usize> = match args.get(1).and_then(|a| a.parse().ok()) {
+        Some(p) => vec![p],
+        None => vec![1, 2],
+    };
+    let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
+    let counter = AtomicU64::new(0);
+    println!(
+        "keyed_sum: N = {n}, {runs} runs each, median; {} cores",
+        std::thread::available_parallelism()
+            .map(|c| c.get())
+            .unwrap_or(1)
+    );
+    for &p in &ps {
+        let mut r = Vec::new();
+        let mut h = Vec::new();
+        for _ in 0..runs {
+            // Interleave the two so that machine noise hits both alike.
+            r.push(riffle(n, p));
+            h.push(if p == 1 { hand_one(n) } else { hand_two(n) });
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        let (r, h) = (median(r), median(h));
+        let hand = if p == 1 {
+            "hand-written, 1 thread "
+        } else {
+            "hand-written, 2 threads"
+        };
+        println!(
+            "  P={p}: riffle {:>12.0} rec/s | {hand} {:>12.0} rec/s | ratio {:.2}",
+            rate(n, r),
+            rate(n, h),
+            h.as_secs_f64() / r.as_secs_f64()
+        );
+    }
+    if let Some(kib) = peak_rss_kib() {
+        println!(
+            "  peak RSS of the benchmark process: {:.1} MiB",
+            kib as f64 / 1024.0
+        );
+    }
+}
