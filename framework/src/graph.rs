@@ -259,12 +259,26 @@ impl ExecutionPlan {
         if !g.nodes.iter().any(|n| matches!(n.build, Build::Sink(_))) {
             return Err(GraphError::NoSink);
         }
-        let mut nodes = Vec::with_capacity(g.nodes.len());
-        for n in &g.nodes {
-            let p = n.parallelism.unwrap_or(match n.max_parallelism {
-                Some(max) => max.min(g.config.default_parallelism),
-                None => g.config.default_parallelism,
-            });
+        let mut nodes: Vec<PlanNode> = Vec::with_capacity(g.nodes.len());
+        for (id, n) in g.nodes.iter().enumerate() {
+            // A sink without its own parallelism takes its input's (no exchange in front of it,
+            // so it sees each upstream subtask's records in order).
+            let input_p = || {
+                let mut ins = g.edges.iter().filter(|e| e.to == id);
+                match (ins.next(), ins.next()) {
+                    (Some(e), None) if matches!(n.build, Build::Sink(_)) => {
+                        nodes.get(e.from).map(|n| n.parallelism)
+                    }
+                    _ => None,
+                }
+            };
+            let p = n
+                .parallelism
+                .or_else(input_p)
+                .unwrap_or(match n.max_parallelism {
+                    Some(max) => max.min(g.config.default_parallelism),
+                    None => g.config.default_parallelism,
+                });
             if p == 0 {
                 return Err(GraphError::ZeroParallelism {
                     operator: n.name.clone(),
