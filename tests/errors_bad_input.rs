@@ -1,0 +1,189 @@
+//! Bad input gets a typed error with a clear message; nothing panics, nothing hangs.
+
+use riffle::prelude::*;
+use riffle::{ConnectorError, ErrorKind, FailureCause, GraphError};
+
+fn connector_error(e: &JobError) -> &ConnectorError {
+    match e {
+        JobError::SubtaskFailed {
+            cause: FailureCause::Error(err),
+            ..
+        } => err
+            .downcast_ref::<ConnectorError>()
+            .expect("a connector error"),
+        other => panic!("expected a connector failure, got {other:?}"),
+    }
+}
+
+#[test]
+fn missing_input_file() {
+    let env = StreamEnv::new();
+    env.read_text_file("/definitely/not/here.txt").count();
+    let err = env.execute().expect_err("must fail");
+    assert!(
+        matches!(connector_error(&err), ConnectorError::ReadFile { path, .. } if path == "/definitely/not/here.txt")
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("cannot read input file /definitely/not/here.txt"),
+        "{msg}"
+    );
+    assert_eq!(err.kind(), ErrorKind::User);
+}
+
+#[test]
+fn unreachable_socket() {
+    // A port that was just free: bind, note it, close it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind")
+        .port();
+    let addr = format!("127.0.0.1:{port}");
+    let env = StreamEnv::new();
+    env.socket_text_stream(&addr).count();
+    let err = env.execute().expect_err("must fail");
+    assert!(matches!(connector_error(&err), ConnectorError::Connect { addr: a, .. } if *a == addr));
+    assert!(
+        err.to_string()
+            .contains(&format!("cannot connect to {addr}")),
+        "{err}"
+    );
+}
+
+#[test]
+fn zero_parallelism() {
+    let env = StreamEnv::new();
+    env.sequence(0..10).map(|x| x + 1).parallelism(0).discard();
+    let err = env.execute().expect_err("must fail");
+    assert!(
+        matches!(&err, JobError::Graph(GraphError::ZeroParallelism { operator }) if operator == "map")
+    );
+    assert_eq!(err.kind(), ErrorKind::Config);
+    assert!(
+        err.to_string().contains("operator `map` has parallelism 0"),
+        "{err}"
+    );
+
+    let env = StreamEnv::new();
+    env.set_parallelism(0);
+    env.sequence(0..10).discard();
+    assert!(matches!(
+        env.execute(),
+        Err(JobError::Graph(GraphError::ZeroParallelism { .. }))
+    ));
+}
+
+#[test]
+fn forward_edge_between_different_parallelisms() {
+    let env = StreamEnv::new();
+    env.sequence(0..10)
+        .parallelism(2)
+        .forward()
+        .map(|x| x)
+        .parallelism(3)
+        .discard();
+    let err = env.execute().expect_err("must fail");
+    match &err {
+        JobError::Graph(GraphError::ForwardParallelismMismatch {
+            from,
+            to,
+            from_parallelism: 2,
+            to_parallelism: 3,
+        }) => {
+            assert_eq!((from.as_str(), to.as_str()), ("sequence", "map"));
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(err.to_string().contains("use rebalance()"), "{err}");
+    // Without an explicit forward() the same job rebalances and runs.
+    let env = StreamEnv::new();
+    let n = env
+        .sequence(0..10)
+        .parallelism(2)
+        .map(|x| x)
+        .parallelism(3)
+        .count();
+    env.execute().expect("rebalanced job");
+    assert_eq!(n.get(), 10);
+}
+
+#[test]
+fn panicking_user_function_names_the_operator() {
+    let env = StreamEnv::new();
+    env.set_parallelism(2);
+    env.sequence(0..1000)
+        .map(|x| if x == 500 { panic!("boom at {x}") } else { x })
+        .name("exploding")
+        .discard();
+    let err = env.execute().expect_err("must fail");
+    match &err {
+        JobError::SubtaskFailed {
+            operator,
+            cause: FailureCause::Panic(m),
+            ..
+        } => {
+            assert_eq!(operator, "exploding");
+            assert_eq!(m, "boom at 500");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+#[test]
+fn error_returned_by_user_code() {
+    let env = StreamEnv::new();
+    env.sequence(0..100)
+        .try_map(|x| {
+            if x == 7 {
+                Err(format!("bad record {x}").into())
+            } else {
+                Ok(x)
+            }
+        })
+        .discard();
+    let err = env.execute().expect_err("must fail");
+    assert!(
+        err.to_string()
+            .contains("operator `try_map` returned error: bad record 7"),
+        "{err}"
+    );
+}
+
+#[test]
+fn graph_without_sink_and_non_parallel_source() {
+    let env = StreamEnv::new();
+    let _ = env.sequence(0..10).map(|x| x);
+    assert!(matches!(
+        env.execute(),
+        Err(JobError::Graph(GraphError::NoSink))
+    ));
+
+    let env = StreamEnv::new();
+    env.socket_text_stream("127.0.0.1:9")
+        .parallelism(2)
+        .discard();
+    assert!(matches!(
+        env.execute(),
+        Err(JobError::Graph(GraphError::NonParallel {
+            parallelism: 2,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn invalid_configuration() {
+    for f in [
+        (|c: &mut JobConfig| c.batch_size = 0) as fn(&mut JobConfig),
+        |c| c.credits = 0,
+        |c| c.workers = Some(0),
+    ] {
+        let env = StreamEnv::new();
+        env.configure(f);
+        env.sequence(0..10).discard();
+        assert!(matches!(
+            env.execute(),
+            Err(JobError::Graph(GraphError::InvalidConfig { .. }))
+        ));
+    }
+}
