@@ -16,10 +16,8 @@
 //! configuration alone use `/usr/bin/time -v target/release/deps/keyed_sum-* N P`.
 
 use riffle::prelude::*;
-use riffle::Key as _;
 use rustc_hash::FxHashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -136,7 +134,6 @@ type Batch = Vec<(u64, u64)>;
 
 /// One of the two hand-written workers: generate its half, route by key, consume its keys.
 fn hand_worker(
-    me: usize,
     range: std::ops::Range<u64>,
     txs: Vec<SyncSender<Option<Batch>>>,
     rx: Receiver<Option<Batch>>,
@@ -145,7 +142,7 @@ fn hand_worker(
     let mut tally = Tally::new();
     let mut bufs: Vec<Batch> = vec![Vec::with_capacity(BATCH), Vec::with_capacity(BATCH)];
     let mut ended = 0;
-    let mut consume = |b: Batch, sums: &mut FxHashMap<u64, u64>, tally: &mut Tally| {
+    let consume = |b: Batch, sums: &mut FxHashMap<u64, u64>, tally: &mut Tally| {
         for (k, v) in b {
             let s = sums.entry(k).or_insert(0);
             *s += v;
@@ -191,12 +188,11 @@ fn hand_worker(
             }
         }
     }
-    for to in 0..2 {
-        let rest = std::mem::take(&mut bufs[to]);
+    for (to, buf) in bufs.iter_mut().enumerate() {
+        let rest = std::mem::take(buf);
         send(to, Some(rest), &mut sums, &mut tally, &mut ended);
         send(to, None, &mut sums, &mut tally, &mut ended);
     }
-    let _ = me;
     while ended < 2 {
         match rx.recv() {
             Ok(Some(b)) => consume(b, &mut sums, &mut tally),
@@ -204,7 +200,6 @@ fn hand_worker(
             Err(_) => break,
         }
     }
-    let _ = TryRecvError::Empty;
     tally
 }
 
@@ -215,9 +210,9 @@ fn hand_two(n: u64) -> Duration {
     let txs = vec![tx0, tx1];
     let t0 = {
         let txs = txs.clone();
-        std::thread::spawn(move || hand_worker(0, 0..n / 2, txs, rx0))
+        std::thread::spawn(move || hand_worker(0..n / 2, txs, rx0))
     };
-    let t1 = std::thread::spawn(move || hand_worker(1, n / 2..n, txs, rx1));
+    let t1 = std::thread::spawn(move || hand_worker(n / 2..n, txs, rx1));
     let mut tally = t0.join().expect("worker 0");
     tally.merge(&t1.join().expect("worker 1"));
     let took = start.elapsed();
@@ -255,7 +250,6 @@ fn main() {
         None => vec![1, 2],
     };
     let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
-    let counter = AtomicU64::new(0);
     println!(
         "keyed_sum: N = {n}, {runs} runs each, median; {} cores",
         std::thread::available_parallelism()
@@ -269,7 +263,6 @@ fn main() {
             // Interleave the two so that machine noise hits both alike.
             r.push(riffle(n, p));
             h.push(if p == 1 { hand_one(n) } else { hand_two(n) });
-            counter.fetch_add(1, Ordering::Relaxed);
         }
         let (r, h) = (median(r), median(h));
         let hand = if p == 1 {

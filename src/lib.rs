@@ -26,6 +26,10 @@
 //! assert_eq!(b, Some(3));
 //! ```
 
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
+
 pub use riffle_actors as actors;
 pub use riffle_cluster as cluster;
 pub use riffle_framework as framework;

@@ -29,7 +29,7 @@ fn every_key_arrives_in_source_order_through_key_by_exchanges() {
         // Chained, equal parallelism: each source subtask feeds its own mapper.
         .map(|r: Rec| r)
         .key_by(|r: &Rec| r.0)
-        .process(|_: &SubtaskInfo| Check::default())
+        .process(|_: &SubtaskInfo| Check)
         .map(|r: Rec| r)
         .key_by(|r: &Rec| r.0)
         .map_keyed_identity()

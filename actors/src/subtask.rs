@@ -121,7 +121,7 @@ impl SubtaskActor {
             return;
         }
         tracing::error!(chain = %self.chain_name, subtask = self.task.subtask, %error, "subtask failed");
-        let _ = self.failures.do_send(TaskFailed {
+        self.failures.do_send(TaskFailed {
             task: self.task,
             chain: self.chain_name.clone(),
             error,
@@ -210,7 +210,7 @@ impl SubtaskActor {
         }
         if self.state == Lifecycle::Draining && self.become_(Lifecycle::Done) {
             self.metrics.records_out = self.cx.records_out;
-            let _ = self.job.do_send(TaskFinished {
+            self.job.do_send(TaskFinished {
                 task: self.task,
                 metrics: self.metrics.clone(),
             });
@@ -226,9 +226,10 @@ impl SubtaskActor {
         let TaskChain::Source(source) = &mut self.head else {
             return;
         };
-        let before = self.cx.records_out;
-        let status = source.produce(&mut self.cx);
-        self.metrics.records_in += self.cx.records_out - before;
+        let status = source.produce(&mut self.cx).map(|(status, emitted)| {
+            self.metrics.records_in += emitted;
+            status
+        });
         match status {
             Err(e) => self.fail(e, ctx),
             Ok(SourceStatus::Finished) => self.finish_input(ctx),
@@ -271,7 +272,7 @@ impl Drop for SubtaskActor {
     fn drop(&mut self) {
         // A runtime bug that unwinds through a handler must not leave the job hanging.
         if matches!(self.state, Lifecycle::Running | Lifecycle::Draining) {
-            let _ = self.failures.do_send(TaskFailed {
+            self.failures.do_send(TaskFailed {
                 task: self.task,
                 chain: self.chain_name.clone(),
                 error: StageError {

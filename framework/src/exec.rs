@@ -119,14 +119,14 @@ fn guarded_emit<T>(
     next: &mut dyn Stage<T>,
     cx: &mut StageCx,
     f: impl FnOnce(&mut Output<'_, T>) -> Result<(), crate::UserError>,
-) -> Result<(), StageError> {
+) -> Result<u64, StageError> {
     let mut out = Output::new(next, cx);
     let r = catch_unwind(AssertUnwindSafe(|| f(&mut out)));
     if let Some(e) = out.take_failure() {
         return Err(e);
     }
     match r {
-        Ok(Ok(())) => Ok(()),
+        Ok(Ok(())) => Ok(out.emitted()),
         Ok(Err(e)) => Err(StageError::from_error(operator, e)),
         Err(p) => Err(StageError::from_panic(operator, p)),
     }
@@ -153,6 +153,7 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
         guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
             op.process(record, out)
         })
+        .map(drop)
     }
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let (op, info) = (&mut self.op, &self.info);
@@ -218,6 +219,7 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
             op.process(&key, state, record, out)
         })
+        .map(drop)
     }
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let (op, info) = (&mut self.op, &self.info);
@@ -469,11 +471,12 @@ impl<T: Data> ErasedInput for InputStage<T> {
 
 /// The head of a chain that starts with a source, type-erased.
 pub trait ErasedSource: Send {
-    /// Asks the source for up to one batch of records.
+    /// Asks the source for up to one batch of records; returns its status and how many
+    /// records it emitted.
     ///
     /// # Errors
     /// A failure of the source or of an operator chained after it.
-    fn produce(&mut self, cx: &mut StageCx) -> Result<SourceStatus, StageError>;
+    fn produce(&mut self, cx: &mut StageCx) -> Result<(SourceStatus, u64), StageError>;
     /// Runs `on_start` of the source and the chain.
     ///
     /// # Errors
@@ -503,14 +506,14 @@ impl<S: Source> SourceDriver<S> {
 }
 
 impl<S: Source> ErasedSource for SourceDriver<S> {
-    fn produce(&mut self, cx: &mut StageCx) -> Result<SourceStatus, StageError> {
+    fn produce(&mut self, cx: &mut StageCx) -> Result<(SourceStatus, u64), StageError> {
         let source = &mut self.source;
         let mut status = SourceStatus::More;
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+        let emitted = guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
             status = source.produce(out)?;
             Ok(())
         })?;
-        Ok(status)
+        Ok((status, emitted))
     }
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let (source, info) = (&mut self.source, &self.info);

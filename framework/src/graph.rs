@@ -110,7 +110,7 @@ impl<T: Data> TypeOps for Ops<T> {
                     .partitioner
                     .ok_or_else(|| internal("keyed edge without partitioner"))?;
                 Route::Key {
-                    hash: (*hash).0.clone(),
+                    hash: hash.0.clone(),
                     partitioner,
                 }
             }

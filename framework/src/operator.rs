@@ -35,6 +35,7 @@ pub struct Output<'a, T> {
     next: &'a mut dyn Stage<T>,
     cx: &'a mut StageCx,
     failed: Option<StageError>,
+    emitted: u64,
 }
 
 impl<'a, T> Output<'a, T> {
@@ -44,6 +45,7 @@ impl<'a, T> Output<'a, T> {
             next,
             cx,
             failed: None,
+            emitted: 0,
         }
     }
 
@@ -54,6 +56,7 @@ impl<'a, T> Output<'a, T> {
     /// because the whole subtask fails.
     #[inline]
     pub fn emit(&mut self, record: T) {
+        self.emitted += 1;
         if self.failed.is_none() {
             if let Err(e) = self.next.push(record, self.cx) {
                 self.failed = Some(e);
@@ -64,6 +67,11 @@ impl<'a, T> Output<'a, T> {
     /// How many records a source should emit per call to [`Source::produce`] (the batch size).
     pub fn budget(&self) -> usize {
         self.cx.batch_size
+    }
+
+    /// How many records were emitted through this output.
+    pub fn emitted(&self) -> u64 {
+        self.emitted
     }
 
     /// The failure of a downstream chained operator, if one happened during this call.

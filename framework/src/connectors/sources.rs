@@ -169,7 +169,7 @@ impl Source for SocketSource {
                     }
                 }
             })
-            .map_err(|e| connect_err(e))?;
+            .map_err(connect_err)?;
         self.rx = Some(rx);
         Ok(())
     }
