@@ -5,7 +5,8 @@
 //! What is *not* promised (as in Flink): order between records of a key that took different
 //! paths. A `rebalance()` between a source and a `key_by` spreads one key's records over several
 //! subtasks, and they meet again at the keyed operator through different channels; this test
-//! therefore keys every exchange that must keep order.
+//! therefore keys every exchange that must keep order. `rebalance().key_by(..)` is fine: the
+//! last partitioning of a stream wins, as in Flink.
 
 use riffle::prelude::*;
 use riffle::testing::run_local;

@@ -206,14 +206,9 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
     #[inline]
     fn push(&mut self, record: O::In, cx: &mut StageCx) -> Result<(), StageError> {
         let key = guarded(&self.info.operator, || Ok((self.key_fn)(&record)))?;
-        if !self.states.contains_key(&key) {
-            self.states.insert(key.clone(), O::State::default());
-        }
-        let Some(state) = self.states.get_mut(&key) else {
-            return Err(StageError {
-                operator: self.info.operator.to_string(),
-                cause: FailureCause::Internal("keyed state vanished after insert"),
-            });
+        let state = match self.states.get_mut(&key) {
+            Some(s) => s,
+            None => self.states.entry(key.clone()).or_default(),
         };
         let op = &mut self.op;
         guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {

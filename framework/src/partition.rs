@@ -205,6 +205,11 @@ impl KeyRing {
             ends.push(*r.keys().end());
             owners.push(r.node().0);
         }
+        // The crate's ranges end at u64::MAX; make sure of it, since lookups rely on it.
+        if ends.last() != Some(&u64::MAX) {
+            ends.push(u64::MAX);
+            owners.push(owners.first().copied().unwrap_or(0));
+        }
         let bits = (ends.len() * 4)
             .next_power_of_two()
             .trailing_zeros()

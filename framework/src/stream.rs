@@ -169,6 +169,9 @@ impl<T: Data> DataStream<T> {
     }
 
     /// The next operator receives records round robin over its subtasks.
+    ///
+    /// Like every partitioning call, it applies to the edge to the next operator; a later
+    /// `rebalance()`, `broadcast()`, `forward()` or `key_by()` replaces it.
     pub fn rebalance(mut self) -> Self {
         self.edge = EdgeKind::Rebalance;
         self
@@ -278,15 +281,20 @@ impl<T: Data> DataStream<T> {
     /// of the next operator, over one FIFO channel per upstream subtask (so per-key order from
     /// each upstream subtask is kept).
     pub fn key_by<K: Key>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<T, K> {
-        let key_fn: KeyFn<T, K> = Arc::new(f);
-        let kf = key_fn.clone();
+        let f = Arc::new(f);
+        let kf = f.clone(); // the concrete closure, so the hash inlines it
         let hash: Arc<dyn Fn(&T) -> u64 + Send + Sync> = Arc::new(move |t| kf(t).key_hash());
+        let key_fn: KeyFn<T, K> = f;
         let mut stream = self;
         stream.edge = EdgeKind::Key(Arc::new(KeyHashFn(hash)));
         KeyedStream { stream, key_fn }
     }
 
     /// Ends the stream in a user sink; `factory` builds one instance per subtask.
+    ///
+    /// A sink without its own `.parallelism(n)` runs with the parallelism of its input, so no
+    /// exchange is put in front of it (each sink subtask sees its input subtask's records in
+    /// order).
     pub fn sink<S, F>(self, factory: F) -> SinkStream
     where
         S: Sink<In = T>,
