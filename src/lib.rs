@@ -46,8 +46,9 @@ pub use riffle_framework::{
 pub mod prelude {
     pub use riffle_actors::{Execute, JobError, JobResult};
     pub use riffle_framework::{
-        Data, DataStream, JobConfig, Key, KeyedOperator, KeyedStream, Operator, Output, Sink,
-        Source, SourceStatus, StreamEnv, SubtaskInfo, UserError,
+        Data, DataStream, JobConfig, Key, KeyedOperator, KeyedStream, Operator, Output, Position,
+        RestartKind, RestartStrategy, Sink, Source, SourceStatus, StreamEnv, SubtaskInfo,
+        UserError,
     };
 }
 

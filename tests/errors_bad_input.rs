@@ -8,6 +8,10 @@ fn connector_error(e: &JobError) -> &ConnectorError {
         JobError::SubtaskFailed {
             cause: FailureCause::Error(err),
             ..
+        }
+        | JobError::RestartLimit {
+            cause: FailureCause::Error(err),
+            ..
         } => err
             .downcast_ref::<ConnectorError>()
             .expect("a connector error"),
@@ -15,9 +19,16 @@ fn connector_error(e: &JobError) -> &ConnectorError {
     }
 }
 
+/// A job that fails fast instead of restarting.
+fn fail_fast() -> StreamEnv {
+    let env = StreamEnv::new();
+    env.configure(|c| c.restart = RestartStrategy::never());
+    env
+}
+
 #[test]
 fn missing_input_file() {
-    let env = StreamEnv::new();
+    let env = fail_fast();
     env.read_text_file("/definitely/not/here.txt").count();
     let err = env.execute().expect_err("must fail");
     assert!(
@@ -29,6 +40,21 @@ fn missing_input_file() {
         "{msg}"
     );
     assert_eq!(err.kind(), ErrorKind::User);
+
+    // With the default strategy the job restarts the source until the intensity limit, then
+    // reports the same root cause.
+    let env = StreamEnv::new();
+    env.configure(|c| c.restart.backoff.initial = std::time::Duration::ZERO);
+    env.read_text_file("/definitely/not/here.txt").count();
+    let err = env.execute().expect_err("must fail");
+    assert!(
+        matches!(err, JobError::RestartLimit { restarts: 10, .. }),
+        "{err:?}"
+    );
+    assert!(matches!(
+        connector_error(&err),
+        ConnectorError::ReadFile { .. }
+    ));
 }
 
 #[test]
@@ -39,7 +65,7 @@ fn unreachable_socket() {
         .expect("bind")
         .port();
     let addr = format!("127.0.0.1:{port}");
-    let env = StreamEnv::new();
+    let env = fail_fast();
     env.socket_text_stream(&addr).count();
     let err = env.execute().expect_err("must fail");
     assert!(matches!(connector_error(&err), ConnectorError::Connect { addr: a, .. } if *a == addr));
@@ -109,7 +135,7 @@ fn forward_edge_between_different_parallelisms() {
 
 #[test]
 fn panicking_user_function_names_the_operator() {
-    let env = StreamEnv::new();
+    let env = fail_fast();
     env.set_parallelism(2);
     env.sequence(0..1000)
         .map(|x| if x == 500 { panic!("boom at {x}") } else { x })
@@ -131,7 +157,7 @@ fn panicking_user_function_names_the_operator() {
 
 #[test]
 fn error_returned_by_user_code() {
-    let env = StreamEnv::new();
+    let env = fail_fast();
     env.sequence(0..100)
         .try_map(|x| {
             if x == 7 {

@@ -1,7 +1,7 @@
 //! Errors and results of a job run.
 
 use crate::message::SubtaskMetrics;
-use riffle_framework::{FailureCause, GraphError};
+use riffle_framework::{DeadLetter, FailureCause, GraphError};
 use std::time::Duration;
 
 /// Who a [`JobError`] is up to.
@@ -12,7 +12,8 @@ pub enum ErrorKind {
     /// User code failed (panic or error); fix the code or the data. Retrying the same input
     /// fails the same way unless the failure was transient (e.g. an unreachable socket).
     User,
-    /// The runtime could not run (threads could not start); retrying may help.
+    /// The runtime could not run (threads could not start, every worker stopped); retrying
+    /// may help.
     External,
     /// Riffle broke an invariant of its own; please report it.
     Internal,
@@ -24,7 +25,7 @@ pub enum JobError {
     /// The job graph or its configuration is invalid; nothing ran.
     #[error("invalid job: {0}")]
     Graph(#[from] GraphError),
-    /// A subtask failed and the job was stopped.
+    /// A subtask failed and the restart strategy does not restart it (`RestartKind::Never`).
     #[error("subtask {subtask} of `{chain}` failed: operator `{operator}` {cause}")]
     SubtaskFailed {
         /// The chain the subtask ran.
@@ -36,6 +37,43 @@ pub enum JobError {
         /// What happened.
         cause: FailureCause,
     },
+    /// Failures exceeded the restart intensity limit; the root cause is the last failure.
+    #[error(
+        "restart limit reached after {restarts} restarts; last failure in subtask {subtask} of \
+         `{chain}`: operator `{operator}` {cause}"
+    )]
+    RestartLimit {
+        /// The chain of the subtask whose failure escalated.
+        chain: String,
+        /// That subtask's index.
+        subtask: usize,
+        /// The operator that failed.
+        operator: String,
+        /// What happened.
+        cause: FailureCause,
+        /// Restarts within the window when the limit was hit.
+        restarts: u32,
+    },
+    /// A record failed the same operator too often and the poison policy says fail the job.
+    #[error(
+        "poison record: subtask {subtask} of `{chain}` failed {attempts} times on the same \
+         record: operator `{operator}` {cause}"
+    )]
+    PoisonRecord {
+        /// The chain.
+        chain: String,
+        /// The subtask index.
+        subtask: usize,
+        /// The operator that failed.
+        operator: String,
+        /// The last failure.
+        cause: FailureCause,
+        /// How many times the record failed.
+        attempts: u32,
+    },
+    /// Every worker thread stopped; nothing can run the job.
+    #[error("no worker thread is left to run the job")]
+    NoWorkers,
     /// The runtime's threads could not be started.
     #[error("cannot start the runtime: {0}")]
     Spawn(#[source] std::io::Error),
@@ -47,25 +85,59 @@ pub enum JobError {
 impl JobError {
     /// Whose problem this is; see [`ErrorKind`].
     pub fn kind(&self) -> ErrorKind {
+        let of = |cause: &FailureCause| match cause {
+            FailureCause::Internal(_) => ErrorKind::Internal,
+            _ => ErrorKind::User,
+        };
         match self {
             JobError::Graph(_) => ErrorKind::Config,
-            JobError::SubtaskFailed { cause, .. } => match cause {
-                FailureCause::Internal(_) => ErrorKind::Internal,
-                _ => ErrorKind::User,
-            },
-            JobError::Spawn(_) => ErrorKind::External,
+            JobError::SubtaskFailed { cause, .. }
+            | JobError::RestartLimit { cause, .. }
+            | JobError::PoisonRecord { cause, .. } => of(cause),
+            JobError::NoWorkers | JobError::Spawn(_) => ErrorKind::External,
             JobError::RuntimeLost => ErrorKind::Internal,
         }
     }
 }
 
+/// One restart decided by the job supervisor.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RestartEvent {
+    /// The chain of the restarted subtask.
+    pub chain: String,
+    /// The subtask index.
+    pub subtask: usize,
+    /// The attempt the restart starts (1 for the first restart).
+    pub attempt: u32,
+    /// The failure, as text.
+    pub cause: String,
+    /// The fault was injected by the chaos module.
+    pub injected: bool,
+    /// The backoff before the restart.
+    pub backoff: Duration,
+    /// Other subtasks restarted with it (one-for-all).
+    pub also_restarted: usize,
+}
+
 /// What a completed job reports.
 #[derive(Clone, Debug, Default)]
 pub struct JobResult {
-    /// Wall time from start to the last sink finishing.
+    /// Wall time from start to the last subtask finishing.
     pub elapsed: Duration,
     /// Per-subtask counters, ordered by chain then subtask.
     pub subtasks: Vec<SubtaskMetrics>,
+    /// Every restart, in the order decided.
+    pub restarts: Vec<RestartEvent>,
+    /// Restarts that completed (the subtask resumed work), including one-for-all ones.
+    pub restarts_completed: u64,
+    /// Injected faults that fired (chaos panics, errors and stops that hit a running subtask).
+    pub faults_injected: u64,
+    /// Worker threads stopped during the run.
+    pub workers_stopped: u64,
+    /// Subtasks re-created on another worker after theirs stopped.
+    pub recreated: u64,
+    /// Records set aside as poison.
+    pub dead_letters: Vec<DeadLetter>,
 }
 
 impl JobResult {
@@ -77,17 +149,22 @@ impl JobResult {
             .collect()
     }
 
-    /// A table of records in/out per subtask, for printing.
+    /// Total restarts over all subtasks (as counted by the subtasks).
+    pub fn total_restarts(&self) -> u64 {
+        self.subtasks.iter().map(|m| u64::from(m.restarts)).sum()
+    }
+
+    /// A table of records in/out and restarts per subtask, for printing.
     pub fn load_table(&self) -> String {
         let mut s = format!(
-            "{:<40} {:>7} {:>12} {:>12} {:>8}\n",
-            "chain", "subtask", "records in", "records out", "stalls"
+            "{:<40} {:>7} {:>12} {:>12} {:>8} {:>8}\n",
+            "chain", "subtask", "records in", "records out", "stalls", "restarts"
         );
         for m in &self.subtasks {
             let chain: String = m.chain.chars().take(40).collect();
             s.push_str(&format!(
-                "{:<40} {:>7} {:>12} {:>12} {:>8}\n",
-                chain, m.subtask, m.records_in, m.records_out, m.credit_stalls
+                "{:<40} {:>7} {:>12} {:>12} {:>8} {:>8}\n",
+                chain, m.subtask, m.records_in, m.records_out, m.credit_stalls, m.restarts
             ));
         }
         s

@@ -5,27 +5,33 @@
 //!
 //! - a pool of actix `Arbiter`s (worker threads; one per available core unless configured);
 //! - one **subtask actor** per parallel instance of each chain (operators joined by forward
-//!   edges are chained into one actor, as Flink chains operators), spread over the workers;
+//!   edges are chained into one actor, as Flink chains operators), spread over the workers,
+//!   each under its own actix `Supervisor`;
 //! - **credit-based channels** between subtasks: records travel in batches (flushed when full,
 //!   on a timer, and before end-of-input), each batch costs a credit that returns when the
 //!   receiver has handled it, and a sender without credit stops taking input — so memory in
 //!   flight is bounded and a slow sink slows the sources. The data plane never uses
 //!   `do_send`;
-//! - a **job supervisor** actor that collects each subtask's outcome and counters and reports
-//!   the job's [`JobResult`] or a typed [`JobError`] through [`JobHandle::wait`].
+//! - a **job supervisor** actor, the root of the supervision tree: it applies the restart
+//!   strategy (one-for-one, one-for-all, never; intensity limit; exponential backoff with
+//!   jitter), re-creates subtasks whose worker thread stopped, collects each subtask's outcome
+//!   and reports the job's [`JobResult`] or a typed [`JobError`] through [`JobHandle::wait`];
+//! - the [`chaos`] module, which crashes subtasks, stops actors and worker threads on purpose.
 //!
 //! User code runs under `catch_unwind` (in the framework's operator chain), so a panic becomes
-//! a [`JobError::SubtaskFailed`] naming the operator, never a panic in the caller.
-//!
-//! Not yet here (see the project's issues): restarts and supervision strategies, checkpoints,
-//! remote mailboxes.
+//! a typed failure naming the operator, never a panic in the caller. A failed batch's output is
+//! rolled back and the batch retried on a rebuilt chain, so stateless jobs are exact across
+//! restarts; records in the mailbox of a subtask whose *worker thread* stopped are lost (until
+//! checkpoints exist).
 
+pub mod chaos;
 mod error;
 mod message;
 mod runtime;
 mod subtask;
+mod supervisor;
 
-pub use error::{ErrorKind, JobError, JobResult};
+pub use error::{ErrorKind, JobError, JobResult, RestartEvent};
 pub use message::{DataMessage, Event, SubtaskMetrics};
-pub use runtime::{start_plan, Execute, JobHandle};
+pub use runtime::{start_plan, Execute, JobHandle, Rng};
 pub use subtask::Lifecycle;

@@ -1,9 +1,10 @@
 //! Data-plane and control messages.
 
-use actix::Message;
-use riffle_framework::exec::Payload;
-use riffle_framework::{StageError, TaskId};
-use tokio::sync::OwnedSemaphorePermit;
+use actix::prelude::*;
+use riffle_framework::exec::{Fault, Payload};
+use riffle_framework::{DeadLetter, FailureCause, TaskId};
+use std::time::Duration;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
 /// What travels on a channel: records and the control events ordered with them.
 pub enum Event {
@@ -57,25 +58,112 @@ pub struct SubtaskMetrics {
     pub batches_out: u64,
     /// How often the subtask had to wait for a credit (backpressure).
     pub credit_stalls: u64,
+    /// How many times the subtask was restarted (by its actix `Supervisor`).
+    pub restarts: u32,
+    /// How many times it was re-created on another worker after its worker stopped.
+    pub recreated: u32,
 }
 
-/// A subtask ended its work (control; sent to the job supervisor).
+/// What the job supervisor decided about a failed subtask.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Decision {
+    /// Restart after `backoff` (attempt number `attempt`).
+    Restart { attempt: u32, backoff: Duration },
+    /// Do not restart: the job is failing.
+    Abort,
+}
+
+/// Why a subtask stopped working.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub operator: String,
+    pub cause: FailureCause,
+    /// The fault was injected (chaos), not a real failure.
+    pub injected: bool,
+    /// The failing record is poison and the policy says fail the job.
+    pub poison_attempts: Option<u32>,
+}
+
+/// A subtask ended its work (control; to the job supervisor).
 pub(crate) struct TaskFinished {
     pub task: TaskId,
     pub metrics: SubtaskMetrics,
 }
-
 impl Message for TaskFinished {
     type Result = ();
 }
 
-/// A subtask failed (control; sent to the job supervisor).
+/// A subtask failed and waits for a decision (control; to the job supervisor).
 pub(crate) struct TaskFailed {
     pub task: TaskId,
-    pub chain: String,
-    pub error: StageError,
+    pub failure: Failure,
+    pub reply: Option<oneshot::Sender<Decision>>,
 }
-
 impl Message for TaskFailed {
     type Result = ();
+}
+
+/// A subtask resumed work after a restart (control; to the job supervisor).
+pub(crate) struct TaskResumed {
+    pub task: TaskId,
+}
+impl Message for TaskResumed {
+    type Result = ();
+}
+
+/// A subtask's actor was dropped before it finished: its worker thread stopped.
+pub(crate) struct TaskLost {
+    pub task: TaskId,
+}
+impl Message for TaskLost {
+    type Result = ();
+}
+
+/// A subtask set a record aside as poison.
+pub(crate) struct DeadLettered {
+    pub letter: DeadLetter,
+}
+impl Message for DeadLettered {
+    type Result = ();
+}
+
+/// A planned chaos stop is due: the supervisor stops the subtask from outside.
+pub(crate) struct StopDue {
+    pub task: TaskId,
+}
+impl Message for StopDue {
+    type Result = ();
+}
+
+/// Control messages to a subtask.
+pub(crate) enum Control {
+    /// Fail at the next record with this fault.
+    Inject(Fault),
+    /// Arm a fault that fires once the subtask has handled `after` records.
+    Arm { after: u64, fault: PlannedKind },
+    /// Stop from outside (the actix `Supervisor` restarts the actor).
+    Stop,
+    /// Restart (one-for-all): rebuild the operators after `backoff`.
+    Restart { attempt: u32, backoff: Duration },
+    /// The subtask behind output channels to `target` was re-created at `to`.
+    Rewire {
+        target: TaskId,
+        to: Recipient<DataMessage>,
+    },
+    /// These input channels will deliver nothing more (their sender finished).
+    CloseInputs(Vec<usize>),
+}
+impl Message for Control {
+    type Result = ();
+}
+
+/// A fault planned by a chaos monkey.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlannedKind {
+    /// The next record's operator panics.
+    Panic,
+    /// The next record's operator returns an error.
+    Error,
+    /// The subtask is stopped from outside.
+    Stop,
 }

@@ -1,10 +1,20 @@
-//! The subtask actor: one per parallel instance of a chain.
+//! The subtask actor: one per parallel instance of a chain, under an actix `Supervisor`.
 //!
 //! # Lifecycle
 //! `Running` → (`EndOfInput` on every input, or the source finished) → `Draining` (hooks
 //! closed, end-of-input queued on every output) → `Done` once every queued message has been
-//! sent; or `Failed` at the first error. Transitions only go forward
-//! ([`Lifecycle::can_become`]).
+//! sent. A failure moves `Running`/`Draining` to `Recovering`: the actor reports it to the job
+//! supervisor and stops itself; its actix `Supervisor` restarts it on the same address with its
+//! mailbox intact, `restarting` rebuilds the operator chain from the plan's factories, and the
+//! restarted actor waits for the job supervisor's decision (restart after a backoff, or abort)
+//! before it handles anything. Transitions are checked by [`Lifecycle::can_become`].
+//!
+//! # What a restart keeps
+//! The output queues (committed batches not yet sent), the mailbox, a source's position (kept
+//! outside the source) and the batch that failed, which is retried first. Output of a failed
+//! batch never left the chain (it is staged until the batch commits), so a stateless chain that
+//! fails and recovers emits exactly what a failure-free run emits. Operator state is rebuilt
+//! from the factory (checkpoints will restore it).
 //!
 //! # Backpressure
 //! Each output channel has a semaphore of `credits` permits. A message is sent only with a
@@ -14,13 +24,20 @@
 //! flight per channel are therefore bounded by `credits × batch_size` plus what the sender
 //! buffers (one partial batch per channel and the output of the input batch at hand).
 
-use crate::message::{DataMessage, Event, SubtaskMetrics, TaskFailed, TaskFinished};
+use crate::message::{
+    Control, DataMessage, DeadLettered, Decision, Event, Failure, PlannedKind, StopDue,
+    SubtaskMetrics, TaskFailed, TaskFinished, TaskLost, TaskResumed,
+};
+use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
-use riffle_framework::exec::{OutEvent, StageCx};
-use riffle_framework::{FailureCause, SourceStatus, StageError, TaskChain, TaskId};
-use std::sync::Arc;
+use riffle_framework::exec::{Fault, OutEvent, Payload, StageCx};
+use riffle_framework::{
+    DeadLetter, ExecutionPlan, FailureCause, PoisonAction, Position, SourceStatus, StageError,
+    TaskChain, TaskId,
+};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::sync::Semaphore;
+use tokio::sync::{oneshot, Semaphore};
 
 /// How long an idle source (nothing ready) waits before it is asked again.
 const IDLE_SOURCE_PAUSE: Duration = Duration::from_millis(1);
@@ -30,11 +47,13 @@ const IDLE_SOURCE_PAUSE: Duration = Duration::from_millis(1);
 pub enum Lifecycle {
     /// Processing input.
     Running,
+    /// Failed; waiting for the job supervisor's decision and the restart.
+    Recovering,
     /// Input ended; sending what is still queued, then end-of-input.
     Draining,
     /// Everything sent; reported to the job.
     Done,
-    /// Failed; reported to the job.
+    /// Will not run again (the job is failing).
     Failed,
 }
 
@@ -44,67 +63,121 @@ impl Lifecycle {
         use Lifecycle::*;
         matches!(
             (self, next),
-            (Running, Draining) | (Draining, Done) | (Running, Failed) | (Draining, Failed)
+            (Running, Draining)
+                | (Running, Recovering)
+                | (Running, Failed)
+                | (Recovering, Running)
+                | (Recovering, Failed)
+                | (Draining, Done)
+                | (Draining, Recovering)
+                | (Draining, Failed)
         )
     }
 }
 
 /// One output channel of a subtask.
 pub(crate) struct OutChannel {
+    pub target: TaskId,
     pub to: Recipient<DataMessage>,
     pub in_channel: u32,
     pub credits: Arc<Semaphore>,
+    pub eoi_sent: bool,
+    /// The receiver is gone; hold messages until it is re-created (`Control::Rewire`).
+    pub parked: bool,
+}
+
+/// A source's position, kept where a lost actor cannot take it along.
+pub(crate) type PositionSlot = Arc<Mutex<Option<Position>>>;
+
+pub(crate) struct SubtaskSetup {
+    pub task: TaskId,
+    pub plan: Arc<ExecutionPlan>,
+    pub outs: Vec<OutChannel>,
+    pub in_channels: usize,
+    pub closed_inputs: Vec<usize>,
+    pub job: Addr<JobSupervisor>,
+    pub position: PositionSlot,
+    pub attempt: u32,
+}
+
+/// A batch being processed, kept until it succeeds so that it can be retried.
+struct Retry {
+    payload: Payload,
+    len: usize,
+    skip: Vec<usize>,
+    fail_index: usize,
+    fail_count: u32,
+}
+
+enum Pending {
+    None,
+    Await(oneshot::Receiver<Decision>),
+    Given(Decision),
 }
 
 /// The actor running one subtask of a chain.
 pub(crate) struct SubtaskActor {
     task: TaskId,
     chain_name: String,
-    head: TaskChain,
+    plan: Arc<ExecutionPlan>,
+    head: Option<TaskChain>,
     cx: StageCx,
     outs: Vec<OutChannel>,
+    closed: Vec<bool>,
     open_inputs: usize,
     state: Lifecycle,
-    job: Recipient<TaskFinished>,
-    failures: Recipient<TaskFailed>,
+    job: Addr<JobSupervisor>,
     metrics: SubtaskMetrics,
-    flush_interval: Duration,
     epoch: u64,
-}
-
-pub(crate) struct SubtaskSetup {
-    pub task: TaskId,
-    pub chain_name: String,
-    pub head: TaskChain,
-    pub outs: Vec<OutChannel>,
-    pub in_channels: usize,
-    pub batch_size: usize,
-    pub flush_interval: Duration,
-    pub job: Recipient<TaskFinished>,
-    pub failures: Recipient<TaskFailed>,
+    attempt: u32,
+    retry: Option<Retry>,
+    pending: Pending,
+    finish_after_restart: bool,
+    position: PositionSlot,
+    armed: Vec<(u64, PlannedKind)>,
 }
 
 impl SubtaskActor {
     pub(crate) fn new(s: SubtaskSetup) -> Self {
-        let channels = s.outs.len();
-        SubtaskActor {
+        let cfg = s.plan.config();
+        let mut closed = vec![false; s.in_channels];
+        for &c in &s.closed_inputs {
+            if let Some(x) = closed.get_mut(c) {
+                *x = true;
+            }
+        }
+        let open_inputs = closed.iter().filter(|c| !**c).count();
+        let chain_name = s.plan.chain_name(s.task.chain).to_string();
+        let head = s.plan.build_task(s.task, s.attempt);
+        let mut actor = SubtaskActor {
             metrics: SubtaskMetrics {
-                chain: s.chain_name.clone(),
+                chain: chain_name.clone(),
                 subtask: s.task.subtask,
                 ..SubtaskMetrics::default()
             },
             task: s.task,
-            chain_name: s.chain_name,
-            head: s.head,
-            cx: StageCx::new(channels, s.batch_size),
+            chain_name,
+            cx: StageCx::new(s.outs.len(), cfg.batch_size),
+            plan: s.plan.clone(),
+            head: None,
             outs: s.outs,
-            open_inputs: s.in_channels,
+            closed,
+            open_inputs,
             state: Lifecycle::Running,
             job: s.job,
-            failures: s.failures,
-            flush_interval: s.flush_interval,
             epoch: 0,
+            attempt: s.attempt,
+            retry: None,
+            pending: Pending::None,
+            finish_after_restart: false,
+            position: s.position,
+            armed: Vec::new(),
+        };
+        match head {
+            Ok(h) => actor.head = Some(h),
+            Err(e) => actor.report_fatal(e),
         }
+        actor
     }
 
     fn become_(&mut self, next: Lifecycle) -> bool {
@@ -116,25 +189,148 @@ impl SubtaskActor {
         }
     }
 
-    fn fail(&mut self, error: StageError, ctx: &mut Context<Self>) {
-        if !self.become_(Lifecycle::Failed) {
+    fn is_source(&self) -> bool {
+        matches!(self.head, Some(TaskChain::Source(_)))
+    }
+
+    /// A failure that no restart can fix (the chain cannot even be built).
+    fn report_fatal(&mut self, error: StageError) {
+        self.state = Lifecycle::Failed;
+        self.job.do_send(TaskFailed {
+            task: self.task,
+            failure: Failure {
+                operator: error.operator,
+                cause: error.cause,
+                injected: false,
+                poison_attempts: Some(0),
+            },
+            reply: None,
+        });
+    }
+
+    fn fail(&mut self, failure: Failure, ctx: &mut Context<Self>) {
+        let was_draining = self.state == Lifecycle::Draining;
+        if !self.become_(Lifecycle::Recovering) {
             return;
         }
-        tracing::error!(chain = %self.chain_name, subtask = self.task.subtask, %error, "subtask failed");
-        self.failures.do_send(TaskFailed {
+        tracing::warn!(
+            chain = %self.chain_name, subtask = self.task.subtask, attempt = self.attempt,
+            operator = %failure.operator, cause = %failure.cause, injected = failure.injected,
+            "subtask failed"
+        );
+        self.finish_after_restart |= was_draining;
+        self.keep_committed_output();
+        let (tx, rx) = oneshot::channel();
+        self.job.do_send(TaskFailed {
             task: self.task,
-            chain: self.chain_name.clone(),
-            error,
+            failure,
+            reply: Some(tx),
         });
+        self.pending = Pending::Await(rx);
         ctx.stop();
     }
 
-    fn internal(&mut self, what: &'static str, ctx: &mut Context<Self>) {
-        let error = StageError {
-            operator: self.chain_name.clone(),
-            cause: FailureCause::Internal(what),
-        };
-        self.fail(error, ctx);
+    /// Moves committed records out of the routers before the chain is rebuilt.
+    fn keep_committed_output(&mut self) {
+        match &mut self.head {
+            Some(TaskChain::Source(s)) => s.flush(&mut self.cx),
+            Some(TaskChain::Input(i)) => i.flush(&mut self.cx),
+            None => {}
+        }
+        self.cx.inject = None;
+        self.cx.injected_fired = false;
+    }
+
+    fn stage_failure(&mut self, error: StageError) -> Failure {
+        let injected = std::mem::take(&mut self.cx.injected_fired);
+        Failure {
+            operator: error.operator,
+            cause: error.cause,
+            injected,
+            poison_attempts: None,
+        }
+    }
+
+    /// First start: open the chain and begin.
+    fn begin(&mut self, ctx: &mut Context<Self>) {
+        if let Err(e) = self.open_head() {
+            let f = self.stage_failure(e);
+            return self.fail(f, ctx);
+        }
+        let interval = self.plan.config().flush_interval;
+        ctx.run_interval(interval, |act, ctx| act.flush(ctx));
+        self.advance(ctx);
+    }
+
+    fn open_head(&mut self) -> Result<(), StageError> {
+        match &mut self.head {
+            Some(TaskChain::Source(s)) => {
+                s.open(&mut self.cx)?;
+                let saved = self
+                    .position
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                match saved {
+                    Some(p) => s.seek(&p)?,
+                    None => {
+                        let p = s.position()?;
+                        *self.position.lock().unwrap_or_else(|e| e.into_inner()) = p;
+                    }
+                }
+                Ok(())
+            }
+            Some(TaskChain::Input(i)) => i.open(&mut self.cx),
+            None => Err(StageError {
+                operator: self.chain_name.clone(),
+                cause: FailureCause::Internal("subtask has no operator chain"),
+            }),
+        }
+    }
+
+    /// Continues after a start or restart: retry, finish, or produce.
+    fn advance(&mut self, ctx: &mut Context<Self>) {
+        if let Some(r) = self.retry.take() {
+            self.run_batch(r, ctx);
+        }
+        if self.state != Lifecycle::Running {
+            return;
+        }
+        let finished_input = !self.is_source() && self.open_inputs == 0;
+        if std::mem::take(&mut self.finish_after_restart) || finished_input {
+            self.finish_input(ctx);
+        } else if self.is_source() {
+            self.produce(ctx);
+        } else {
+            self.drain(ctx);
+        }
+    }
+
+    fn on_decision(&mut self, decision: Decision, ctx: &mut Context<Self>) {
+        match decision {
+            Decision::Abort => {
+                self.become_(Lifecycle::Failed);
+            }
+            Decision::Restart { attempt, backoff } => {
+                self.attempt = attempt;
+                self.metrics.restarts += 1;
+                if backoff.is_zero() {
+                    self.resume(ctx);
+                } else {
+                    let sleep = fut::wrap_future::<_, Self>(tokio::time::sleep(backoff));
+                    ctx.wait(sleep.map(|_, act, ctx| act.resume(ctx)));
+                }
+            }
+        }
+    }
+
+    fn resume(&mut self, ctx: &mut Context<Self>) {
+        if !self.become_(Lifecycle::Running) {
+            return;
+        }
+        tracing::info!(chain = %self.chain_name, subtask = self.task.subtask, attempt = self.attempt, "subtask restarted");
+        self.job.do_send(TaskResumed { task: self.task });
+        self.begin(ctx);
     }
 
     /// End of all input: close the chain's hooks, queue end-of-input everywhere, drain.
@@ -143,11 +339,13 @@ impl SubtaskActor {
             return;
         }
         let closed = match &mut self.head {
-            TaskChain::Source(s) => s.close(&mut self.cx),
-            TaskChain::Input(i) => i.close(&mut self.cx),
+            Some(TaskChain::Source(s)) => s.close(&mut self.cx),
+            Some(TaskChain::Input(i)) => i.close(&mut self.cx),
+            None => Ok(()),
         };
         if let Err(e) = closed {
-            return self.fail(e, ctx);
+            let f = self.stage_failure(e);
+            return self.fail(f, ctx);
         }
         self.cx.end_all();
         self.drain(ctx);
@@ -158,63 +356,88 @@ impl SubtaskActor {
             return;
         }
         match &mut self.head {
-            TaskChain::Source(s) => s.flush(&mut self.cx),
-            TaskChain::Input(i) => i.flush(&mut self.cx),
+            Some(TaskChain::Source(s)) => s.flush(&mut self.cx),
+            Some(TaskChain::Input(i)) => i.flush(&mut self.cx),
+            None => {}
         }
         self.drain(ctx);
     }
 
-    /// Sends queued messages while credits last; waits for a credit when a channel runs out.
-    fn drain(&mut self, ctx: &mut Context<Self>) {
-        if self.state == Lifecycle::Failed {
-            return;
-        }
-        for i in 0..self.outs.len() {
-            while let Some(front) = self.cx.queues[i].front() {
-                let _ = front;
-                let out = &self.outs[i];
-                let Ok(permit) = out.credits.clone().try_acquire_owned() else {
-                    self.metrics.credit_stalls += 1;
-                    let sem = out.credits.clone();
-                    let wait = async move { sem.acquire_owned().await.ok() };
-                    ctx.wait(fut::wrap_future::<_, Self>(wait).map(|permit, act, ctx| {
-                        drop(permit);
-                        act.drain(ctx);
-                    }));
-                    return;
-                };
-                let Some(ev) = self.cx.queues[i].pop_front() else {
-                    break;
-                };
-                let event = match ev {
-                    OutEvent::Batch { payload, len } => {
-                        self.metrics.batches_out += 1;
-                        Event::Batch { payload, len }
+    /// Fires armed chaos faults whose record count has been reached (one at a time).
+    fn fire_armed(&mut self) {
+        while self.cx.inject.is_none() {
+            match self.armed.last() {
+                Some(&(after, kind)) if self.metrics.records_in >= after => {
+                    self.armed.pop();
+                    match kind {
+                        PlannedKind::Panic => self.cx.inject = Some(Fault::Panic),
+                        PlannedKind::Error => self.cx.inject = Some(Fault::Error),
+                        PlannedKind::Stop => self.job.do_send(StopDue { task: self.task }),
                     }
-                    OutEvent::EndOfInput => Event::EndOfInput,
-                };
-                let msg = DataMessage {
-                    epoch: self.epoch,
-                    channel: out.in_channel,
-                    event,
-                    credit: Some(permit),
-                };
-                if let Err(e) = out.to.try_send(msg) {
-                    let what = match e {
-                        SendError::Full(_) => "downstream mailbox full despite credits",
-                        SendError::Closed(_) => "downstream subtask is gone",
-                    };
-                    return self.internal(what, ctx);
                 }
+                _ => break,
             }
         }
-        if self.state == Lifecycle::Draining && self.become_(Lifecycle::Done) {
-            self.metrics.records_out = self.cx.records_out;
-            self.job.do_send(TaskFinished {
-                task: self.task,
-                metrics: self.metrics.clone(),
-            });
-            ctx.stop();
+    }
+
+    fn run_batch(&mut self, mut r: Retry, ctx: &mut Context<Self>) {
+        self.fire_armed();
+        let Some(TaskChain::Input(input)) = &mut self.head else {
+            return self.report_fatal(internal(
+                &self.chain_name,
+                "a source subtask received a batch",
+            ));
+        };
+        let result = input.process(&r.payload, &r.skip, &mut self.cx);
+        match result {
+            Ok(n) => {
+                self.metrics.batches_in += 1;
+                self.metrics.records_in += (n - r.skip.len().min(n)) as u64;
+                self.drain(ctx);
+            }
+            Err(failure) => {
+                let mut f = self.stage_failure(failure.error);
+                if !f.injected && failure.index < r.len {
+                    self.count_poison(&mut r, failure.index, &mut f);
+                }
+                self.retry = Some(r);
+                self.fail(f, ctx);
+            }
+        }
+    }
+
+    /// Counts a failure of the record at `index`; past the policy's attempts it is poison.
+    fn count_poison(&mut self, r: &mut Retry, index: usize, f: &mut Failure) {
+        if r.fail_index == index {
+            r.fail_count += 1;
+        } else {
+            r.fail_index = index;
+            r.fail_count = 1;
+        }
+        let policy = self.plan.config().poison;
+        if r.fail_count < policy.max_attempts {
+            return;
+        }
+        match policy.action {
+            PoisonAction::FailJob => f.poison_attempts = Some(r.fail_count),
+            PoisonAction::DeadLetter => {
+                let record = match &self.head {
+                    Some(TaskChain::Input(i)) => i.encode_record(&r.payload, index),
+                    _ => None,
+                };
+                self.job.do_send(DeadLettered {
+                    letter: DeadLetter {
+                        operator: f.operator.clone(),
+                        subtask: self.task.subtask,
+                        cause: f.cause.to_string(),
+                        attempts: r.fail_count,
+                        record: record.unwrap_or_default(),
+                    },
+                });
+                r.skip.push(index);
+                r.fail_index = usize::MAX;
+                r.fail_count = 0;
+            }
         }
     }
 
@@ -223,15 +446,21 @@ impl SubtaskActor {
         if self.state != Lifecycle::Running {
             return;
         }
-        let TaskChain::Source(source) = &mut self.head else {
+        self.fire_armed();
+        let Some(TaskChain::Source(source)) = &mut self.head else {
             return;
         };
-        let status = source.produce(&mut self.cx).map(|(status, emitted)| {
+        let status = source.produce(&mut self.cx).and_then(|(status, emitted)| {
             self.metrics.records_in += emitted;
-            status
+            let pos = source.position()?;
+            *self.position.lock().unwrap_or_else(|e| e.into_inner()) = pos;
+            Ok(status)
         });
         match status {
-            Err(e) => self.fail(e, ctx),
+            Err(e) => {
+                let f = self.stage_failure(e);
+                self.fail(f, ctx);
+            }
             Ok(SourceStatus::Finished) => self.finish_input(ctx),
             Ok(SourceStatus::More) => {
                 self.drain(ctx);
@@ -246,40 +475,163 @@ impl SubtaskActor {
             }
         }
     }
+
+    /// Sends queued messages while credits last; waits for a credit when a channel runs out.
+    fn drain(&mut self, ctx: &mut Context<Self>) {
+        if matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
+            return;
+        }
+        for i in 0..self.outs.len() {
+            if let Some(wait) = self.drain_channel(i) {
+                self.metrics.credit_stalls += 1;
+                let wait = async move { wait.acquire_owned().await.ok() };
+                ctx.wait(fut::wrap_future::<_, Self>(wait).map(|permit, act, ctx| {
+                    drop(permit);
+                    act.drain(ctx);
+                }));
+                return;
+            }
+        }
+        let idle =
+            self.outs.iter().all(|o| !o.parked) && self.cx.queues.iter().all(|q| q.is_empty());
+        if self.state == Lifecycle::Draining && idle && self.become_(Lifecycle::Done) {
+            self.metrics.records_out = self.cx.records_out;
+            self.job.do_send(TaskFinished {
+                task: self.task,
+                metrics: self.metrics.clone(),
+            });
+        }
+    }
+
+    /// Sends what channel `i` has credit for; returns its semaphore if it ran out.
+    fn drain_channel(&mut self, i: usize) -> Option<Arc<Semaphore>> {
+        let out = &mut self.outs[i];
+        while !out.parked && !self.cx.queues[i].is_empty() {
+            let Ok(permit) = out.credits.clone().try_acquire_owned() else {
+                return Some(out.credits.clone());
+            };
+            let Some(ev) = self.cx.queues[i].pop_front() else {
+                break;
+            };
+            let (event, batch) = match ev {
+                OutEvent::Batch { payload, len } => (Event::Batch { payload, len }, true),
+                OutEvent::EndOfInput => (Event::EndOfInput, false),
+            };
+            let msg = DataMessage {
+                epoch: self.epoch,
+                channel: out.in_channel,
+                event,
+                credit: Some(permit),
+            };
+            match out.to.try_send(msg) {
+                Ok(()) if batch => self.metrics.batches_out += 1,
+                Ok(()) => out.eoi_sent = true,
+                Err(SendError::Full(msg) | SendError::Closed(msg)) => {
+                    // The receiver is gone (its worker stopped) or, against the credit
+                    // accounting, full: keep the message and wait for a re-wire.
+                    let back = match msg.event {
+                        Event::Batch { payload, len } => OutEvent::Batch { payload, len },
+                        Event::EndOfInput => OutEvent::EndOfInput,
+                    };
+                    self.cx.queues[i].push_front(back);
+                    out.parked = true;
+                    tracing::warn!(chain = %self.chain_name, subtask = self.task.subtask, target = ?out.target, "receiver gone; holding its channel until it is re-created");
+                }
+            }
+        }
+        None
+    }
+
+    fn close_inputs(&mut self, channels: &[usize], ctx: &mut Context<Self>) {
+        for &c in channels {
+            if let Some(closed) = self.closed.get_mut(c) {
+                if !*closed {
+                    *closed = true;
+                    self.open_inputs -= 1;
+                }
+            }
+        }
+        if self.open_inputs == 0 && self.state == Lifecycle::Running && !self.is_source() {
+            self.finish_input(ctx);
+        }
+    }
+
+    fn rewire(&mut self, target: TaskId, to: Recipient<DataMessage>, ctx: &mut Context<Self>) {
+        let credits = self.plan.config().credits;
+        for (i, out) in self.outs.iter_mut().enumerate() {
+            if out.target != target {
+                continue;
+            }
+            out.to = to.clone();
+            out.credits = Arc::new(Semaphore::new(credits));
+            out.parked = false;
+            let queued_eoi = self.cx.queues[i]
+                .iter()
+                .any(|e| matches!(e, OutEvent::EndOfInput));
+            if out.eoi_sent && !queued_eoi {
+                // The lost receiver had our end-of-input; its successor needs it too.
+                self.cx.queues[i].push_back(OutEvent::EndOfInput);
+            }
+        }
+        if self.state == Lifecycle::Done {
+            // Late re-wire after we finished: send the repeated end-of-input directly.
+            for i in 0..self.outs.len() {
+                let _ = self.drain_channel(i);
+            }
+        } else {
+            self.drain(ctx);
+        }
+    }
+}
+
+fn internal(chain: &str, what: &'static str) -> StageError {
+    StageError {
+        operator: chain.to_string(),
+        cause: FailureCause::Internal(what),
+    }
 }
 
 impl Actor for SubtaskActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        let opened = match &mut self.head {
-            TaskChain::Source(s) => s.open(&mut self.cx),
-            TaskChain::Input(i) => i.open(&mut self.cx),
-        };
-        if let Err(e) = opened {
-            return self.fail(e, ctx);
+        match self.state {
+            Lifecycle::Running => self.begin(ctx),
+            Lifecycle::Recovering => match std::mem::replace(&mut self.pending, Pending::None) {
+                Pending::Await(rx) => {
+                    let decision = fut::wrap_future::<_, Self>(rx);
+                    ctx.wait(decision.map(|d, act, ctx| {
+                        act.on_decision(d.unwrap_or(Decision::Abort), ctx);
+                    }));
+                }
+                Pending::Given(d) => self.on_decision(d, ctx),
+                Pending::None => self.on_decision(Decision::Abort, ctx),
+            },
+            Lifecycle::Draining | Lifecycle::Done | Lifecycle::Failed => {}
         }
-        ctx.run_interval(self.flush_interval, |act, ctx| act.flush(ctx));
-        match self.head {
-            TaskChain::Source(_) => self.produce(ctx),
-            TaskChain::Input(_) if self.open_inputs == 0 => self.finish_input(ctx),
-            TaskChain::Input(_) => {}
+    }
+}
+
+impl actix::Supervised for SubtaskActor {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        if self.state != Lifecycle::Recovering {
+            return;
+        }
+        match self.plan.build_task(self.task, self.attempt + 1) {
+            Ok(h) => self.head = Some(h),
+            Err(e) => self.report_fatal(e),
         }
     }
 }
 
 impl Drop for SubtaskActor {
     fn drop(&mut self) {
-        // A runtime bug that unwinds through a handler must not leave the job hanging.
-        if matches!(self.state, Lifecycle::Running | Lifecycle::Draining) {
-            self.failures.do_send(TaskFailed {
-                task: self.task,
-                chain: self.chain_name.clone(),
-                error: StageError {
-                    operator: self.chain_name.clone(),
-                    cause: FailureCause::Internal("subtask actor dropped before it finished"),
-                },
-            });
+        // Dropped while it still had work: its worker thread stopped (or a bug unwound it).
+        if matches!(
+            self.state,
+            Lifecycle::Running | Lifecycle::Draining | Lifecycle::Recovering
+        ) {
+            self.job.do_send(TaskLost { task: self.task });
         }
     }
 }
@@ -293,24 +645,54 @@ impl Handler<DataMessage> for SubtaskActor {
         }
         match msg.event {
             Event::Batch { payload, len } => {
-                let TaskChain::Input(input) = &mut self.head else {
-                    return self.internal("a source subtask received a batch", ctx);
+                let retry = Retry {
+                    payload,
+                    len,
+                    skip: Vec::new(),
+                    fail_index: usize::MAX,
+                    fail_count: 0,
                 };
-                self.metrics.batches_in += 1;
-                self.metrics.records_in += len as u64;
-                if let Err(e) = input.push_batch(payload, &mut self.cx) {
-                    return self.fail(e, ctx);
-                }
-                self.drain(ctx);
+                self.run_batch(retry, ctx);
             }
-            Event::EndOfInput => {
-                self.open_inputs = self.open_inputs.saturating_sub(1);
-                if self.open_inputs == 0 {
-                    self.finish_input(ctx);
-                }
-            }
+            Event::EndOfInput => self.close_inputs(&[msg.channel as usize], ctx),
         }
         // `msg.credit` drops here: the sender gets its credit back.
+    }
+}
+
+impl Handler<Control> for SubtaskActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
+        match msg {
+            Control::Inject(fault) if self.state == Lifecycle::Running => {
+                self.cx.inject = Some(fault)
+            }
+            Control::Inject(_) => {}
+            Control::Arm { after, fault } => {
+                self.armed.push((after, fault));
+                self.armed.sort_by_key(|a| std::cmp::Reverse(a.0));
+            }
+            Control::Stop if self.state == Lifecycle::Running => {
+                let f = Failure {
+                    operator: self.chain_name.clone(),
+                    cause: FailureCause::Stopped,
+                    injected: true,
+                    poison_attempts: None,
+                };
+                self.fail(f, ctx);
+            }
+            Control::Stop => {}
+            Control::Restart { attempt, backoff } if self.state == Lifecycle::Running => {
+                self.become_(Lifecycle::Recovering);
+                self.keep_committed_output();
+                self.pending = Pending::Given(Decision::Restart { attempt, backoff });
+                ctx.stop();
+            }
+            Control::Restart { .. } => {}
+            Control::Rewire { target, to } => self.rewire(target, to, ctx),
+            Control::CloseInputs(channels) => self.close_inputs(&channels, ctx),
+        }
     }
 }
 
@@ -319,8 +701,8 @@ mod tests {
     use super::Lifecycle::{self, *};
 
     #[test]
-    fn lifecycle_only_moves_forward() {
-        let all = [Running, Draining, Done, Failed];
+    fn lifecycle_only_moves_forward_or_through_recovery() {
+        let all = [Running, Recovering, Draining, Done, Failed];
         let allowed: Vec<(Lifecycle, Lifecycle)> = all
             .iter()
             .flat_map(|a| all.iter().map(move |b| (*a, *b)))
@@ -329,10 +711,14 @@ mod tests {
         assert_eq!(
             allowed,
             vec![
+                (Running, Recovering),
                 (Running, Draining),
                 (Running, Failed),
+                (Recovering, Running),
+                (Recovering, Failed),
+                (Draining, Recovering),
                 (Draining, Done),
-                (Draining, Failed)
+                (Draining, Failed),
             ]
         );
     }

@@ -31,6 +31,13 @@ pub struct JobConfig {
     pub partitioning: PartitionScheme,
     /// Job name, used in logs.
     pub name: String,
+    /// How failed subtasks restart (default [`RestartStrategy::default`]); operators can
+    /// override the kind and backoff with `DataStream::restart_strategy`.
+    pub restart: RestartStrategy,
+    /// What happens to records that keep failing (default [`PoisonPolicy::default`]).
+    pub poison: PoisonPolicy,
+    /// Seed of the runtime's randomness (backoff jitter); default 0.
+    pub seed: u64,
 }
 
 impl Default for JobConfig {
@@ -44,6 +51,9 @@ impl Default for JobConfig {
             chaining: true,
             partitioning: PartitionScheme::default(),
             name: "riffle-job".to_string(),
+            restart: RestartStrategy::default(),
+            poison: PoisonPolicy::default(),
+            seed: 0,
         }
     }
 }
@@ -77,6 +87,9 @@ impl JobConfig {
         if self.flush_interval.is_zero() {
             return Err(bad("flush_interval_ms", 0, "must be positive"));
         }
+        if self.poison.max_attempts == 0 {
+            return Err(bad("poison.max_attempts", 0, "must be at least 1"));
+        }
         if let PartitionScheme::Ring { vnodes: 0 } = self.partitioning {
             return Err(bad("vnodes", 0, "must be at least 1"));
         }
@@ -90,5 +103,121 @@ impl JobConfig {
                 .map(|n| n.get())
                 .unwrap_or(1)
         })
+    }
+}
+
+/// Which subtasks restart when one fails.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RestartKind {
+    /// Only the failed subtask (default).
+    OneForOne,
+    /// Every subtask of the job (each rebuilds its operators from their factories).
+    OneForAll,
+    /// No restart: the first failure fails the job.
+    Never,
+}
+
+/// Exponential backoff between restarts of a subtask, with jitter.
+///
+/// The n-th consecutive restart of a subtask (n = 0, 1, ...) waits
+/// `min(initial × multiplier^n, max)`, scaled by a random factor in `[1 − jitter, 1 + jitter]`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Backoff {
+    /// Delay before the first restart (default 1 ms).
+    pub initial: Duration,
+    /// Largest delay (default 1 s).
+    pub max: Duration,
+    /// Growth per consecutive restart (default 2.0).
+    pub multiplier: f64,
+    /// Relative jitter, 0.0..=1.0 (default 0.2).
+    pub jitter: f64,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff {
+            initial: Duration::from_millis(1),
+            max: Duration::from_secs(1),
+            multiplier: 2.0,
+            jitter: 0.2,
+        }
+    }
+}
+
+impl Backoff {
+    /// The delay before consecutive restart `n` (0-based), before jitter.
+    pub fn base_delay(&self, n: u32) -> Duration {
+        let factor = self.multiplier.max(1.0).powi(n.min(64) as i32);
+        let d = self.initial.as_secs_f64() * factor;
+        Duration::from_secs_f64(d.min(self.max.as_secs_f64()))
+    }
+
+    /// The delay before consecutive restart `n`, with `unit` in `[0, 1)` choosing the jitter.
+    pub fn delay(&self, n: u32, unit: f64) -> Duration {
+        let j = self.jitter.clamp(0.0, 1.0);
+        let scale = 1.0 - j + 2.0 * j * unit.clamp(0.0, 1.0);
+        Duration::from_secs_f64(self.base_delay(n).as_secs_f64() * scale)
+    }
+}
+
+/// How failed subtasks are restarted. Defaults: one-for-one, at most 10 restarts within 10 s
+/// over the whole job, backoff 1 ms doubling to at most 1 s with ±20 % jitter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RestartStrategy {
+    /// Which subtasks restart.
+    pub kind: RestartKind,
+    /// Past this many restarts within `window` the failure escalates and the job fails.
+    pub max_restarts: u32,
+    /// The intensity window.
+    pub window: Duration,
+    /// Delay between restarts.
+    pub backoff: Backoff,
+}
+
+impl Default for RestartStrategy {
+    fn default() -> Self {
+        RestartStrategy {
+            kind: RestartKind::OneForOne,
+            max_restarts: 10,
+            window: Duration::from_secs(10),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl RestartStrategy {
+    /// No restarts: the first failure fails the job.
+    pub fn never() -> Self {
+        RestartStrategy {
+            kind: RestartKind::Never,
+            ..Self::default()
+        }
+    }
+}
+
+/// What happens to a record on which the same operator failed `max_attempts` times.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PoisonAction {
+    /// Set it aside on the job's dead-letter output and go on (default).
+    DeadLetter,
+    /// Fail the job with `JobError::PoisonRecord`.
+    FailJob,
+}
+
+/// Poison record handling. Default: 3 attempts, then dead-letter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoisonPolicy {
+    /// Failures of the same record before it counts as poison (at least 1; default 3).
+    pub max_attempts: u32,
+    /// What to do with it.
+    pub action: PoisonAction,
+}
+
+impl Default for PoisonPolicy {
+    fn default() -> Self {
+        PoisonPolicy {
+            max_attempts: 3,
+            action: PoisonAction::DeadLetter,
+        }
     }
 }

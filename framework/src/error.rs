@@ -101,6 +101,8 @@ pub enum FailureCause {
     Panic(String),
     /// User code returned an error.
     Error(UserError),
+    /// The subtask was stopped from outside (e.g. by the chaos module).
+    Stopped,
     /// The runtime broke one of its own invariants (a bug in Riffle).
     Internal(&'static str),
 }
@@ -110,6 +112,7 @@ impl fmt::Display for FailureCause {
         match self {
             FailureCause::Panic(m) => write!(f, "panicked: {m}"),
             FailureCause::Error(e) => write!(f, "returned error: {e}"),
+            FailureCause::Stopped => write!(f, "was stopped from outside"),
             FailureCause::Internal(m) => write!(f, "internal error: {m}"),
         }
     }

@@ -7,8 +7,9 @@
 //! asks the plan for each subtask's operator chain ([`ExecutionPlan::build_task`]) and its
 //! channel wiring; the plan is `Send + Sync` so that a restart can build a fresh chain from it.
 
-use crate::config::JobConfig;
+use crate::config::{JobConfig, RestartKind};
 use crate::data::Data;
+use crate::dead_letter::DeadLetterQueue;
 use crate::error::{FailureCause, GraphError, StageError};
 use crate::exec::{
     BoxStage, ErasedInput, ErasedSource, InputStage, Route, Router, Stage, StageCx, Tee,
@@ -85,6 +86,10 @@ impl<T: Data> Stage<T> for Discard {
     fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
     }
+    fn commit(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn rollback(&mut self) {}
     fn flush(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
@@ -168,6 +173,8 @@ impl EdgeKind {
 
 pub(crate) struct NodeDef {
     pub name: String,
+    pub restart: Option<RestartKind>,
+    pub dead_letters: bool,
     pub parallelism: Option<usize>,
     pub max_parallelism: Option<usize>,
     pub build: Build,
@@ -186,10 +193,14 @@ pub(crate) struct GraphBuilder {
     pub nodes: Vec<NodeDef>,
     pub edges: Vec<EdgeDef>,
     pub config: JobConfig,
+    pub dead_letters: DeadLetterQueue,
 }
 
 struct PlanNode {
     name: Arc<str>,
+    restart: Option<RestartKind>,
+    /// Reads the dead-letter stream (directly or downstream of it).
+    after_dead_letters: bool,
     parallelism: usize,
     build: Build,
     in_ops: Option<Arc<dyn TypeOps>>,
@@ -244,6 +255,7 @@ pub struct ExecutionPlan {
     chains: Vec<Chain>,
     node_chain: Vec<usize>,
     config: JobConfig,
+    dead_letters: DeadLetterQueue,
 }
 
 impl std::fmt::Debug for ExecutionPlan {
@@ -292,8 +304,14 @@ impl ExecutionPlan {
                     });
                 }
             }
+            let after_dead_letters = n.dead_letters
+                || g.edges
+                    .iter()
+                    .any(|e| e.to == id && nodes[e.from].after_dead_letters);
             nodes.push(PlanNode {
                 name: n.name.as_str().into(),
+                restart: n.restart,
+                after_dead_letters,
                 parallelism: p,
                 build: n.build.clone(),
                 in_ops: n.in_ops.clone(),
@@ -308,6 +326,7 @@ impl ExecutionPlan {
             chains,
             node_chain,
             config: g.config.clone(),
+            dead_letters: g.dead_letters.clone(),
         })
     }
 
@@ -388,6 +407,42 @@ impl ExecutionPlan {
     /// The job's configuration.
     pub fn config(&self) -> &JobConfig {
         &self.config
+    }
+
+    /// The queue behind the job's dead-letter stream.
+    pub fn dead_letter_queue(&self) -> &DeadLetterQueue {
+        &self.dead_letters
+    }
+
+    /// Whether the chain reads the dead-letter stream (directly or downstream of it); such
+    /// chains can only finish after the rest of the job.
+    pub fn after_dead_letters(&self, chain: usize) -> bool {
+        self.chains[chain]
+            .nodes
+            .iter()
+            .any(|&n| self.nodes[n].after_dead_letters)
+    }
+
+    /// The restart kind for the chain: the first override among its operators, else the job's.
+    pub fn restart_kind(&self, chain: usize) -> RestartKind {
+        self.chains[chain]
+            .nodes
+            .iter()
+            .find_map(|&n| self.nodes[n].restart)
+            .unwrap_or(self.config.restart.kind)
+    }
+
+    /// The input channels of `task`, as (upstream task, input channel index).
+    pub fn in_channels(&self, task: TaskId) -> Vec<(TaskId, usize)> {
+        let mut v = Vec::new();
+        for up in self.tasks() {
+            for t in self.out_channels(up) {
+                if t.task == task {
+                    v.push((up, t.in_channel));
+                }
+            }
+        }
+        v
     }
 
     /// The number of chains.

@@ -20,6 +20,7 @@
 mod config;
 mod connectors;
 mod data;
+mod dead_letter;
 mod error;
 pub mod exec;
 mod graph;
@@ -27,12 +28,18 @@ mod operator;
 mod partition;
 mod stream;
 
-pub use config::{JobConfig, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS, DEFAULT_FLUSH_INTERVAL};
+pub use config::{
+    Backoff, JobConfig, PoisonAction, PoisonPolicy, RestartKind, RestartStrategy,
+    DEFAULT_BATCH_SIZE, DEFAULT_CREDITS, DEFAULT_FLUSH_INTERVAL,
+};
 pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};
+pub use dead_letter::{DeadLetter, DeadLetterQueue};
 pub use error::{panic_message, ConnectorError, FailureCause, GraphError, StageError, UserError};
 pub use graph::{ChannelTarget, ExecutionPlan, TaskChain, TaskId};
-pub use operator::{KeyedOperator, Operator, Output, Sink, Source, SourceStatus, SubtaskInfo};
+pub use operator::{
+    KeyedOperator, Operator, Output, Position, Sink, Source, SourceStatus, SubtaskInfo,
+};
 pub use partition::{
     KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, SubtaskNode,
     DEFAULT_VNODES,

@@ -91,8 +91,37 @@ pub enum SourceStatus {
     Finished,
 }
 
+/// Where a replayable source is in its input, encoded with rmp-serde.
+///
+/// The runtime keeps a source subtask's position outside the source, so a restarted source
+/// (a fresh instance from the factory) resumes where the failed one was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Position(pub Vec<u8>);
+
+impl Position {
+    /// Encodes `value` as a position.
+    ///
+    /// # Errors
+    /// The value cannot be serialized.
+    pub fn encode<T: Serialize>(value: &T) -> Result<Self, UserError> {
+        Ok(Position(rmp_serde::to_vec(value)?))
+    }
+
+    /// Decodes a position encoded by [`Position::encode`].
+    ///
+    /// # Errors
+    /// The bytes do not decode as a `T`.
+    pub fn decode<T: DeserializeOwned>(&self) -> Result<T, UserError> {
+        Ok(rmp_serde::from_slice(&self.0)?)
+    }
+}
+
 /// A source of records. Each subtask is one instance, which splits the work by its
 /// [`SubtaskInfo`] (index and parallelism).
+///
+/// A *replayable* source also implements [`Source::position`] and [`Source::seek`]: after a
+/// failure the runtime builds a fresh instance, starts it and seeks it to the position from
+/// before the failed `produce` call, so no record is lost or repeated.
 pub trait Source: Send + 'static {
     /// The records it produces.
     type Out: Data;
@@ -117,6 +146,23 @@ pub trait Source: Send + 'static {
     /// An error fails the subtask.
     fn on_close(&mut self) -> Result<(), UserError> {
         Ok(())
+    }
+
+    /// The position of the next record this instance would emit; `None` (the default) means
+    /// the source cannot replay, and a restarted instance starts over from `on_start`.
+    ///
+    /// # Errors
+    /// The position cannot be encoded.
+    fn position(&self) -> Result<Option<Position>, UserError> {
+        Ok(None)
+    }
+
+    /// Moves a started instance to `position` (one returned by [`Source::position`]).
+    ///
+    /// # Errors
+    /// The position is invalid or the input cannot be reached.
+    fn seek(&mut self, _position: &Position) -> Result<(), UserError> {
+        Err("this source cannot seek".into())
     }
 }
 

@@ -1,7 +1,8 @@
 //! The job builder: [`StreamEnv`], [`DataStream`], [`KeyedStream`].
 
-use crate::config::JobConfig;
+use crate::config::{JobConfig, RestartKind};
 use crate::data::{Data, Key};
+use crate::dead_letter::DeadLetterQueue;
 use crate::error::{GraphError, UserError};
 use crate::exec::{BoxStage, KeyFn, KeyedStage, OperatorStage, SinkStage, SourceDriver};
 use crate::graph::{
@@ -53,6 +54,7 @@ impl StreamEnv {
                 nodes: Vec::new(),
                 edges: Vec::new(),
                 config,
+                dead_letters: DeadLetterQueue::default(),
             })),
         }
     }
@@ -104,6 +106,8 @@ impl StreamEnv {
         let node = self.graph.borrow_mut().nodes.len();
         self.graph.borrow_mut().nodes.push(NodeDef {
             name: name.to_string(),
+            restart: None,
+            dead_letters: false,
             parallelism: None,
             max_parallelism: max_p,
             build,
@@ -111,6 +115,10 @@ impl StreamEnv {
             out_ops: Some(ops::<S::Out>()),
         });
         DataStream::new(self.graph.clone(), node)
+    }
+
+    pub(crate) fn dead_letter_queue(&self) -> DeadLetterQueue {
+        self.graph.borrow().dead_letters.clone()
     }
 
     /// Validates the job and plans its execution (what the runtime runs).
@@ -168,6 +176,18 @@ impl<T: Data> DataStream<T> {
         self
     }
 
+    /// Overrides the job's restart kind for the operator that produces this stream (and the
+    /// chain it runs in).
+    pub fn restart_strategy(self, kind: RestartKind) -> Self {
+        self.graph.borrow_mut().nodes[self.node].restart = Some(kind);
+        self
+    }
+
+    pub(crate) fn mark_dead_letters(self) -> Self {
+        self.graph.borrow_mut().nodes[self.node].dead_letters = true;
+        self
+    }
+
     /// The next operator receives records round robin over its subtasks.
     ///
     /// Like every partitioning call, it applies to the edge to the next operator; a later
@@ -195,6 +215,8 @@ impl<T: Data> DataStream<T> {
         let id = g.nodes.len();
         g.nodes.push(NodeDef {
             name: name.to_string(),
+            restart: None,
+            dead_letters: false,
             parallelism: None,
             max_parallelism: None,
             build,

@@ -1,6 +1,6 @@
 use crate::data::Data;
 use crate::error::{ConnectorError, UserError};
-use crate::operator::{Output, Source, SourceStatus, SubtaskInfo};
+use crate::operator::{Output, Position, Source, SourceStatus, SubtaskInfo};
 use crate::stream::{DataStream, StreamEnv};
 use std::fs::File;
 use std::io::{BufRead, BufReader, Seek, SeekFrom};
@@ -36,6 +36,13 @@ impl<T: Data> Source for CollectionSource<T> {
             self.next += self.stride;
         }
         Ok(SourceStatus::More)
+    }
+    fn position(&self) -> Result<Option<Position>, UserError> {
+        Position::encode(&(self.next as u64)).map(Some)
+    }
+    fn seek(&mut self, position: &Position) -> Result<(), UserError> {
+        self.next = usize::try_from(position.decode::<u64>()?)?;
+        Ok(())
     }
 }
 
@@ -125,6 +132,26 @@ impl Source for FileLinesSource {
             out.emit(line);
         }
         Ok(SourceStatus::More)
+    }
+
+    fn position(&self) -> Result<Option<Position>, UserError> {
+        Position::encode(&self.pos).map(Some)
+    }
+
+    fn seek(&mut self, position: &Position) -> Result<(), UserError> {
+        let at: u64 = position.decode()?;
+        let reader = self
+            .reader
+            .as_mut()
+            .ok_or("seek before the file was opened")?;
+        reader.seek(SeekFrom::Start(at)).map_err(|e| {
+            Box::new(ConnectorError::ReadFile {
+                path: self.path.display().to_string(),
+                source: e,
+            })
+        })?;
+        self.pos = at;
+        Ok(())
     }
 }
 

@@ -1,0 +1,223 @@
+//! Chaos tooling: crash subtasks, stop actors and worker threads on purpose.
+//!
+//! A [`ChaosHandle`] (from `JobHandle::chaos`) sends faults to a running job: a panic or an
+//! error at a subtask's next record, a stop from outside, the stop of a worker thread, or a
+//! fault *armed* to fire once a subtask has handled a number of records. A [`ChaosMonkey`]
+//! plans faults from a seed — which subtasks, when, of which kind — so a chaos run can be
+//! repeated exactly; it can also run on a timer for demos. Every fault that fires is counted
+//! in `JobResult::faults_injected` (and worker stops in `workers_stopped`), next to the
+//! restarts that followed.
+
+use crate::message::Control;
+use crate::runtime::Rng;
+use crate::supervisor::JobSupervisor;
+use actix::prelude::*;
+use riffle_framework::exec::Fault;
+use riffle_framework::ExecutionPlan;
+use std::time::Duration;
+
+pub use crate::message::PlannedKind as FaultKind;
+
+/// A chaos request, handled by the job supervisor.
+pub(crate) enum ChaosCommand {
+    /// A control message for the task at this index of `ExecutionPlan::tasks()`.
+    Control { task: usize, control: Control },
+    /// Stop a worker thread (never the last live one).
+    StopWorker(usize),
+}
+
+impl Message for ChaosCommand {
+    type Result = ();
+}
+
+/// Sends faults to a running job. Cheap to clone; commands to a finished job are ignored.
+#[derive(Clone)]
+pub struct ChaosHandle {
+    job: Option<Addr<JobSupervisor>>,
+    tasks: Vec<(String, usize)>,
+    workers: usize,
+}
+
+impl ChaosHandle {
+    pub(crate) fn new(job: Addr<JobSupervisor>, plan: &ExecutionPlan, workers: usize) -> Self {
+        let tasks = plan
+            .tasks()
+            .into_iter()
+            .map(|t| (plan.chain_name(t.chain).to_string(), t.subtask))
+            .collect();
+        ChaosHandle {
+            job: Some(job),
+            tasks,
+            workers,
+        }
+    }
+
+    pub(crate) fn detached() -> Self {
+        ChaosHandle {
+            job: None,
+            tasks: Vec::new(),
+            workers: 0,
+        }
+    }
+
+    fn send(&self, cmd: ChaosCommand) {
+        if let Some(j) = &self.job {
+            j.do_send(cmd);
+        }
+    }
+
+    /// The job's subtasks as (chain name, subtask index); faults address them by position.
+    pub fn tasks(&self) -> &[(String, usize)] {
+        &self.tasks
+    }
+
+    /// The position of subtask `subtask` of the first chain whose name contains `chain`.
+    pub fn find(&self, chain: &str, subtask: usize) -> Option<usize> {
+        self.tasks
+            .iter()
+            .position(|(c, s)| c.contains(chain) && *s == subtask)
+    }
+
+    /// The number of worker threads the job started with.
+    pub fn workers(&self) -> usize {
+        self.workers
+    }
+
+    /// Whether the job is still running.
+    pub fn is_running(&self) -> bool {
+        self.job.as_ref().is_some_and(|j| j.connected())
+    }
+
+    /// Makes the subtask's next record fail with `fault` (a panic or an error in user code).
+    pub fn crash(&self, task: usize, fault: Fault) {
+        let control = Control::Inject(fault);
+        self.send(ChaosCommand::Control { task, control });
+    }
+
+    /// Stops the subtask's actor from outside; its supervisor restarts it.
+    pub fn stop(&self, task: usize) {
+        self.send(ChaosCommand::Control {
+            task,
+            control: Control::Stop,
+        });
+    }
+
+    /// Stops worker thread `worker` (ignored for the last live worker); its subtasks are
+    /// re-created on the others. Records in their mailboxes are lost until checkpoints exist.
+    pub fn stop_worker(&self, worker: usize) {
+        self.send(ChaosCommand::StopWorker(worker));
+    }
+
+    /// Arms a fault that fires once the subtask has handled `after` records.
+    pub fn arm(&self, task: usize, after: u64, kind: FaultKind) {
+        let control = Control::Arm { after, fault: kind };
+        self.send(ChaosCommand::Control { task, control });
+    }
+}
+
+/// One fault of a monkey's plan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PlannedFault {
+    /// The task's position in [`ChaosHandle::tasks`].
+    pub task: usize,
+    /// Fires once the subtask has handled this many records.
+    pub after: u64,
+    /// What happens.
+    pub kind: FaultKind,
+}
+
+/// A seeded generator of faults.
+#[derive(Clone, Debug)]
+pub struct ChaosMonkey {
+    seed: u64,
+    faults: usize,
+    within: u64,
+    kinds: Vec<FaultKind>,
+}
+
+impl ChaosMonkey {
+    /// A monkey with seed `seed`: 50 faults within the first 10,000 records of each subtask,
+    /// mixing panics, errors and stops.
+    pub fn new(seed: u64) -> Self {
+        ChaosMonkey {
+            seed,
+            faults: 50,
+            within: 10_000,
+            kinds: vec![FaultKind::Panic, FaultKind::Error, FaultKind::Stop],
+        }
+    }
+
+    /// How many faults to plan.
+    pub fn faults(mut self, n: usize) -> Self {
+        self.faults = n;
+        self
+    }
+
+    /// Faults fire after a random number of records below `records` (per subtask).
+    pub fn within_records(mut self, records: u64) -> Self {
+        self.within = records.max(1);
+        self
+    }
+
+    /// The kinds of fault to draw from.
+    pub fn kinds(mut self, kinds: &[FaultKind]) -> Self {
+        if !kinds.is_empty() {
+            self.kinds = kinds.to_vec();
+        }
+        self
+    }
+
+    /// The plan for a job with `tasks` subtasks: the same seed gives the same plan.
+    pub fn plan(&self, tasks: usize) -> Vec<PlannedFault> {
+        let mut rng = Rng::new(self.seed);
+        (0..self.faults)
+            .map(|i| PlannedFault {
+                task: rng.below(tasks as u64) as usize,
+                after: rng.below(self.within),
+                kind: self.kinds[i % self.kinds.len()],
+            })
+            .collect()
+    }
+
+    /// Plans faults for the job behind `handle` and arms them; returns the plan.
+    pub fn arm(&self, handle: &ChaosHandle) -> Vec<PlannedFault> {
+        let plan = self.plan(handle.tasks().len());
+        for f in &plan {
+            handle.arm(f.task, f.after, f.kind);
+        }
+        plan
+    }
+
+    /// Runs on a background thread: every `interval` (± half, seeded) it crashes, stops or
+    /// (with `workers`) stops a worker thread, until `faults` faults were sent or the job
+    /// ended. For demos; tests use [`ChaosMonkey::arm`], which does not depend on timing.
+    pub fn unleash(
+        self,
+        handle: ChaosHandle,
+        interval: Duration,
+        workers: bool,
+    ) -> std::thread::JoinHandle<usize> {
+        std::thread::spawn(move || {
+            let mut rng = Rng::new(self.seed);
+            let mut sent = 0;
+            let mut stopped_worker = !workers;
+            while sent < self.faults && handle.is_running() {
+                let pause = interval.as_secs_f64() * (0.5 + rng.unit());
+                // The monkey's own schedule; nothing waits on it.
+                std::thread::sleep(Duration::from_secs_f64(pause));
+                let task = rng.below(handle.tasks().len() as u64) as usize;
+                match self.kinds[sent % self.kinds.len()] {
+                    FaultKind::Panic => handle.crash(task, Fault::Panic),
+                    FaultKind::Error => handle.crash(task, Fault::Error),
+                    FaultKind::Stop => handle.stop(task),
+                }
+                if !stopped_worker && sent == self.faults / 2 && handle.workers() > 1 {
+                    handle.stop_worker(rng.below(handle.workers() as u64) as usize);
+                    stopped_worker = true;
+                }
+                sent += 1;
+            }
+            sent
+        })
+    }
+}

@@ -1,0 +1,202 @@
+//! Chain heads: the input stage (batches from upstream) and the source driver.
+
+use super::{guarded, guarded_emit, BoxStage, Payload, StageCx};
+use crate::data::Data;
+use crate::error::{FailureCause, StageError};
+use crate::operator::{Position, Source, SourceStatus, SubtaskInfo};
+use std::sync::Arc;
+
+/// A failed batch: the error, and the index of the record that was being processed.
+#[derive(Debug)]
+pub struct BatchFailure {
+    /// What failed.
+    pub error: StageError,
+    /// The index in the batch of the record that failed.
+    pub index: usize,
+}
+
+/// A record set aside as poison, encoded with rmp-serde.
+pub type DeadRecord = Vec<u8>;
+
+/// The head of a chain that receives batches from upstream subtasks, type-erased so that the
+/// runtime can hold any chain.
+pub trait ErasedInput: Send {
+    /// Pushes the records of `batch` (a `Vec<T>`), except those whose index is in `skip`,
+    /// through the chain and commits their output. The batch is left intact (records are
+    /// cloned into the chain), so a failed batch can be retried on a fresh chain.
+    ///
+    /// # Errors
+    /// The failure and the index of the failed record; the batch's output is rolled back.
+    fn process(
+        &mut self,
+        batch: &Payload,
+        skip: &[usize],
+        cx: &mut StageCx,
+    ) -> Result<usize, BatchFailure>;
+
+    /// The record at `index` of `batch`, encoded (for a dead-letter output).
+    fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord>;
+
+    /// See [`super::Stage::open`].
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+    /// See [`super::Stage::flush`].
+    fn flush(&mut self, cx: &mut StageCx);
+    /// See [`super::Stage::close`]; on failure the output of the hooks is rolled back.
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+}
+
+/// [`ErasedInput`] for a chain whose first stage takes `T`.
+pub struct InputStage<T> {
+    next: BoxStage<T>,
+    name: Arc<str>,
+}
+
+impl<T: Data> InputStage<T> {
+    /// Unpacks batches of `T` into `next`.
+    pub fn new(next: BoxStage<T>, name: Arc<str>) -> Self {
+        InputStage { next, name }
+    }
+
+    fn records<'a>(&self, batch: &'a Payload) -> Result<&'a Vec<T>, StageError> {
+        batch.downcast_ref::<Vec<T>>().ok_or_else(|| StageError {
+            operator: self.name.to_string(),
+            cause: FailureCause::Internal("batch of the wrong record type"),
+        })
+    }
+}
+
+impl<T: Data> ErasedInput for InputStage<T> {
+    fn process(
+        &mut self,
+        batch: &Payload,
+        skip: &[usize],
+        cx: &mut StageCx,
+    ) -> Result<usize, BatchFailure> {
+        let records = self
+            .records(batch)
+            .map_err(|error| BatchFailure { error, index: 0 })?;
+        for (index, record) in records.iter().enumerate() {
+            if !skip.is_empty() && skip.contains(&index) {
+                continue;
+            }
+            if let Err(error) = self.next.push(record.clone(), cx) {
+                self.next.rollback();
+                return Err(BatchFailure { error, index });
+            }
+        }
+        if let Err(error) = self.next.commit(cx) {
+            self.next.rollback();
+            return Err(BatchFailure {
+                error,
+                index: records.len(),
+            });
+        }
+        Ok(records.len())
+    }
+    fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord> {
+        let record = self.records(batch).ok()?.get(index)?;
+        rmp_serde::to_vec(record).ok()
+    }
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.open(cx)
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        self.next.flush(cx);
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.close(cx).inspect_err(|_| self.next.rollback())
+    }
+}
+
+/// The head of a chain that starts with a source, type-erased.
+pub trait ErasedSource: Send {
+    /// Asks the source for up to one batch of records and commits their output; returns the
+    /// source's status and how many records it emitted.
+    ///
+    /// # Errors
+    /// A failure of the source or of an operator chained after it; the output of the call is
+    /// rolled back, so seeking to the position from before the call and producing again
+    /// duplicates nothing.
+    fn produce(&mut self, cx: &mut StageCx) -> Result<(SourceStatus, u64), StageError>;
+    /// The source's replay position (`None`: not replayable).
+    ///
+    /// # Errors
+    /// The source could not encode its position.
+    fn position(&self) -> Result<Option<Position>, StageError>;
+    /// Moves the (opened) source to `pos`.
+    ///
+    /// # Errors
+    /// The source could not seek.
+    fn seek(&mut self, pos: &Position) -> Result<(), StageError>;
+    /// Runs `on_start` of the source and the chain.
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+    /// See [`super::Stage::flush`].
+    fn flush(&mut self, cx: &mut StageCx);
+    /// Runs `on_close` of the source and the chain.
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+}
+
+/// [`ErasedSource`] for a user [`Source`].
+pub struct SourceDriver<S: Source> {
+    source: S,
+    info: SubtaskInfo,
+    next: BoxStage<S::Out>,
+}
+
+impl<S: Source> SourceDriver<S> {
+    /// Drives `source` into `next`.
+    pub fn new(source: S, info: SubtaskInfo, next: BoxStage<S::Out>) -> Self {
+        SourceDriver { source, info, next }
+    }
+}
+
+impl<S: Source> ErasedSource for SourceDriver<S> {
+    fn produce(&mut self, cx: &mut StageCx) -> Result<(SourceStatus, u64), StageError> {
+        let source = &mut self.source;
+        let mut status = SourceStatus::More;
+        let emitted = guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            status = source.produce(out)?;
+            Ok(())
+        })
+        .and_then(|n| self.next.commit(cx).map(|()| n));
+        match emitted {
+            Ok(n) => Ok((status, n)),
+            Err(e) => {
+                self.next.rollback();
+                Err(e)
+            }
+        }
+    }
+    fn position(&self) -> Result<Option<Position>, StageError> {
+        guarded(&self.info.operator, || self.source.position())
+    }
+    fn seek(&mut self, pos: &Position) -> Result<(), StageError> {
+        let source = &mut self.source;
+        guarded(&self.info.operator, || source.seek(pos))
+    }
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let (source, info) = (&mut self.source, &self.info);
+        guarded(&info.operator, || source.on_start(info))?;
+        self.next.open(cx)
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        self.next.flush(cx);
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let source = &mut self.source;
+        guarded(&self.info.operator, || source.on_close())?;
+        self.next.close(cx).inspect_err(|_| self.next.rollback())
+    }
+}

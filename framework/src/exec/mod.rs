@@ -1,0 +1,200 @@
+//! The execution side of an operator chain, independent of any actor library.
+//!
+//! A subtask runs one *chain*: operators joined by forward edges of equal parallelism. The
+//! chain is a stack of [`Stage`]s, each pushing records into the next; its head is a source
+//! driver ([`ErasedSource`]) or an input stage ([`ErasedInput`]) that unpacks batches, its tail
+//! a sink or a [`Router`] per outgoing edge. Routers cut records into batches per output channel
+//! and queue them in the [`StageCx`]; the runtime (riffle-actors) takes the queued batches and
+//! sends them as credits allow.
+//!
+//! # Failures and retries
+//! Every call into user code is made under `catch_unwind`, so a panic becomes a [`StageError`]
+//! naming the operator. The output of one unit of work — an input batch, or one `produce` call
+//! of a source — is *staged*: routers and sinks hold it until the head [`Stage::commit`]s it
+//! when the unit succeeded, or [`Stage::rollback`]s it when the unit failed. A failed batch can
+//! therefore be retried on a fresh chain without duplicating any output, and a source can seek
+//! back to where the failed `produce` started.
+
+mod heads;
+mod router;
+mod stages;
+
+pub use heads::{BatchFailure, DeadRecord, ErasedInput, ErasedSource, InputStage, SourceDriver};
+pub use router::{Route, Router, Tee};
+pub use stages::{KeyFn, KeyedStage, OperatorStage, SinkStage};
+
+use crate::error::StageError;
+use std::any::Any;
+use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::operator::Output;
+
+/// A batch of records of some type (`Vec<T>`), moved between subtasks without serialization.
+pub type Payload = Box<dyn Any + Send>;
+
+/// What a subtask queues for one of its output channels.
+pub enum OutEvent {
+    /// A batch of `len` records.
+    Batch {
+        /// The records (`Vec<T>`).
+        payload: Payload,
+        /// How many records.
+        len: usize,
+    },
+    /// No more records will follow on this channel.
+    EndOfInput,
+}
+
+impl std::fmt::Debug for OutEvent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OutEvent::Batch { len, .. } => write!(f, "Batch({len})"),
+            OutEvent::EndOfInput => write!(f, "EndOfInput"),
+        }
+    }
+}
+
+/// A fault to inject into the next record a chain handles (chaos testing).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The operator panics.
+    Panic,
+    /// The operator returns an error.
+    Error,
+}
+
+/// The message of an injected panic or error.
+pub const INJECTED_FAULT: &str = "chaos: injected fault";
+
+/// Per-subtask context the stages write into: the output queues and counters.
+#[derive(Debug)]
+pub struct StageCx {
+    /// One queue per output channel, in the order of the task's channel list.
+    pub queues: Vec<VecDeque<OutEvent>>,
+    /// Records handed to routers or sinks (committed or not).
+    pub records_out: u64,
+    /// Records per batch.
+    pub batch_size: usize,
+    /// A fault to inject into the next record (taken by the first stage that sees it).
+    pub inject: Option<Fault>,
+    /// Set when an injected fault fired, so the runtime can tell it from a real failure.
+    pub injected_fired: bool,
+}
+
+impl StageCx {
+    /// A context with `channels` empty output queues.
+    pub fn new(channels: usize, batch_size: usize) -> Self {
+        StageCx {
+            queues: (0..channels).map(|_| VecDeque::new()).collect(),
+            records_out: 0,
+            batch_size,
+            inject: None,
+            injected_fired: false,
+        }
+    }
+
+    /// Queues end-of-input on every output channel.
+    pub fn end_all(&mut self) {
+        for q in &mut self.queues {
+            q.push_back(OutEvent::EndOfInput);
+        }
+    }
+
+    /// Takes a pending injected fault, marking that it fired.
+    #[inline]
+    fn take_fault(&mut self) -> Option<Fault> {
+        if self.inject.is_some() {
+            self.injected_fired = true;
+            self.inject.take()
+        } else {
+            None
+        }
+    }
+}
+
+/// One step of an operator chain, accepting records of type `T`.
+pub trait Stage<T>: Send {
+    /// Handles one record.
+    ///
+    /// # Errors
+    /// The failure of this or a later stage of the chain.
+    fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError>;
+
+    /// Runs `on_start` hooks, front to back.
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+
+    /// Makes everything pushed since the last commit final: routers queue their full batches,
+    /// sinks write.
+    ///
+    /// # Errors
+    /// A sink that failed while writing (what it wrote before failing stays written).
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+
+    /// Forgets everything pushed since the last commit.
+    fn rollback(&mut self);
+
+    /// Queues partly filled (committed) batches.
+    fn flush(&mut self, cx: &mut StageCx);
+
+    /// End of input: runs `on_close` hooks front to back (they may still emit), then commits
+    /// and flushes everything, so that only end-of-input is left to send.
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+}
+
+/// A boxed stage.
+pub type BoxStage<T> = Box<dyn Stage<T>>;
+
+/// Raises an injected fault inside user-code scope.
+#[inline]
+fn raise(fault: Option<Fault>) -> Result<(), crate::UserError> {
+    match fault {
+        None => Ok(()),
+        Some(Fault::Panic) => panic!("{INJECTED_FAULT} (panic)"),
+        Some(Fault::Error) => Err(format!("{INJECTED_FAULT} (error)").into()),
+    }
+}
+
+/// Runs a user call under `catch_unwind` and turns its outcome into a `StageError`.
+#[inline]
+pub(crate) fn guarded<R>(
+    operator: &str,
+    f: impl FnOnce() -> Result<R, crate::UserError>,
+) -> Result<R, StageError> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(StageError::from_error(operator, e)),
+        Err(p) => Err(StageError::from_panic(operator, p)),
+    }
+}
+
+/// Runs a user call that emits into `next`, reporting a downstream failure first; returns how
+/// many records the call emitted. A pending injected fault fires inside the call's scope.
+#[inline]
+pub(crate) fn guarded_emit<T>(
+    operator: &str,
+    next: &mut dyn Stage<T>,
+    cx: &mut StageCx,
+    f: impl FnOnce(&mut Output<'_, T>) -> Result<(), crate::UserError>,
+) -> Result<u64, StageError> {
+    let fault = cx.take_fault();
+    let mut out = Output::new(next, cx);
+    let r = catch_unwind(AssertUnwindSafe(|| {
+        raise(fault)?;
+        f(&mut out)
+    }));
+    if let Some(e) = out.take_failure() {
+        return Err(e);
+    }
+    match r {
+        Ok(Ok(())) => Ok(out.emitted()),
+        Ok(Err(e)) => Err(StageError::from_error(operator, e)),
+        Err(p) => Err(StageError::from_panic(operator, p)),
+    }
+}

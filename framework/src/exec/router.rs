@@ -1,0 +1,191 @@
+//! Routers (the tail of a chain for an outgoing edge) and tees (a stream read twice).
+
+use super::{BoxStage, OutEvent, Stage, StageCx};
+use crate::data::Data;
+use crate::error::StageError;
+use crate::partition::Partitioner;
+use std::sync::Arc;
+
+/// How a router picks the channel of a record.
+pub enum Route<T> {
+    /// Everything to the one channel (subtask i → subtask i).
+    Forward,
+    /// Round robin over the channels.
+    Rebalance,
+    /// A copy to every channel.
+    Broadcast,
+    /// By key hash through a partitioner.
+    Key {
+        /// Computes the record's key hash.
+        hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
+        /// Maps the hash to a channel.
+        partitioner: Arc<dyn Partitioner>,
+    },
+}
+
+/// The tail of a chain for one outgoing edge: cuts records into per-channel batches.
+///
+/// Batches that fill up during a unit of work are *staged* and queued for sending only at
+/// [`Stage::commit`]; [`Stage::rollback`] restores every buffer to its length at the last
+/// commit.
+pub struct Router<T> {
+    route: Route<T>,
+    base: usize,
+    buffers: Vec<Vec<T>>,
+    /// Per channel, how many records of `buffers` were committed.
+    committed: Vec<usize>,
+    /// Full batches of the current unit of work, in order, with their channel.
+    staged: Vec<(usize, Vec<T>)>,
+    next_rr: usize,
+    batch_size: usize,
+}
+
+impl<T: Data> Router<T> {
+    /// A router over output queues `base..base + channels`. Round robin starts at `start`.
+    pub fn new(
+        route: Route<T>,
+        base: usize,
+        channels: usize,
+        batch_size: usize,
+        start: usize,
+    ) -> Self {
+        let channels = channels.max(1);
+        Router {
+            route,
+            base,
+            buffers: (0..channels)
+                .map(|_| Vec::with_capacity(batch_size))
+                .collect(),
+            committed: vec![0; channels],
+            staged: Vec::new(),
+            next_rr: start % channels,
+            batch_size,
+        }
+    }
+
+    #[inline]
+    fn buffer(&mut self, ch: usize, record: T) {
+        let buf = &mut self.buffers[ch];
+        buf.push(record);
+        if buf.len() >= self.batch_size {
+            let full = std::mem::replace(buf, Vec::with_capacity(self.batch_size));
+            self.staged.push((ch, full));
+        }
+    }
+
+    fn queue(&mut self, cx: &mut StageCx, ch: usize, batch: Vec<T>) {
+        let len = batch.len();
+        cx.queues[self.base + ch].push_back(OutEvent::Batch {
+            payload: Box::new(batch),
+            len,
+        });
+    }
+}
+
+impl<T: Data> Stage<T> for Router<T> {
+    #[inline]
+    fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError> {
+        cx.records_out += 1;
+        let n = self.buffers.len();
+        match &self.route {
+            Route::Forward => self.buffer(0, record),
+            Route::Rebalance => {
+                let ch = self.next_rr;
+                self.next_rr = if ch + 1 == n { 0 } else { ch + 1 };
+                self.buffer(ch, record);
+            }
+            Route::Broadcast => {
+                for ch in 1..n {
+                    self.buffer(ch, record.clone());
+                }
+                self.buffer(0, record);
+            }
+            Route::Key { hash, partitioner } => {
+                let ch = partitioner.route(hash(&record));
+                self.buffer(ch.min(n - 1), record);
+            }
+        }
+        Ok(())
+    }
+    fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        for (ch, batch) in std::mem::take(&mut self.staged) {
+            self.queue(cx, ch, batch);
+        }
+        for (c, b) in self.committed.iter_mut().zip(&self.buffers) {
+            *c = b.len();
+        }
+        Ok(())
+    }
+    fn rollback(&mut self) {
+        // At the start of the unit, channel `ch` held its `committed[ch]` records (fewer than a
+        // batch). If the buffer filled up during the unit, the first staged batch of `ch`
+        // starts with them; otherwise they are still at the front of the buffer.
+        let mut restored = vec![false; self.buffers.len()];
+        for (ch, batch) in std::mem::take(&mut self.staged) {
+            if !restored[ch] {
+                restored[ch] = true;
+                self.buffers[ch] = batch;
+            }
+        }
+        for (buf, &keep) in self.buffers.iter_mut().zip(&self.committed) {
+            buf.truncate(keep);
+        }
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        for ch in 0..self.buffers.len() {
+            if !self.buffers[ch].is_empty() {
+                let full =
+                    std::mem::replace(&mut self.buffers[ch], Vec::with_capacity(self.batch_size));
+                self.queue(cx, ch, full);
+            }
+            self.committed[ch] = 0;
+        }
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.commit(cx)?;
+        self.flush(cx);
+        Ok(())
+    }
+}
+
+/// Feeds every record to several stages (a stream consumed by several operators).
+pub struct Tee<T> {
+    branches: Vec<BoxStage<T>>,
+}
+
+impl<T: Data> Tee<T> {
+    /// A tee over `branches` (at least one).
+    pub fn new(branches: Vec<BoxStage<T>>) -> Self {
+        Tee { branches }
+    }
+}
+
+impl<T: Data> Stage<T> for Tee<T> {
+    fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError> {
+        if let Some((last, rest)) = self.branches.split_last_mut() {
+            for b in rest {
+                b.push(record.clone(), cx)?;
+            }
+            last.push(record, cx)?;
+        }
+        Ok(())
+    }
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.branches.iter_mut().try_for_each(|b| b.open(cx))
+    }
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.branches.iter_mut().try_for_each(|b| b.commit(cx))
+    }
+    fn rollback(&mut self) {
+        self.branches.iter_mut().for_each(|b| b.rollback());
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        self.branches.iter_mut().for_each(|b| b.flush(cx));
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.branches.iter_mut().try_for_each(|b| b.close(cx))
+    }
+}

@@ -1,0 +1,174 @@
+//! Stages that run user operators and sinks.
+
+use super::{guarded, guarded_emit, raise, BoxStage, Stage, StageCx};
+use crate::error::StageError;
+use crate::operator::{KeyedOperator, Operator, Sink, SubtaskInfo};
+use rustc_hash::FxHashMap;
+use std::sync::Arc;
+
+/// A stage running a user [`Operator`].
+pub struct OperatorStage<O: Operator> {
+    op: O,
+    info: SubtaskInfo,
+    next: BoxStage<O::Out>,
+}
+
+impl<O: Operator> OperatorStage<O> {
+    /// Wraps `op`, feeding `next`.
+    pub fn new(op: O, info: SubtaskInfo, next: BoxStage<O::Out>) -> Self {
+        OperatorStage { op, info, next }
+    }
+}
+
+impl<O: Operator> Stage<O::In> for OperatorStage<O> {
+    #[inline]
+    fn push(&mut self, record: O::In, cx: &mut StageCx) -> Result<(), StageError> {
+        let op = &mut self.op;
+        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            op.process(record, out)
+        })
+        .map(drop)
+    }
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let (op, info) = (&mut self.op, &self.info);
+        guarded(&info.operator, || op.on_start(info))?;
+        self.next.open(cx)
+    }
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.commit(cx)
+    }
+    fn rollback(&mut self) {
+        self.next.rollback();
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        self.next.flush(cx);
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let op = &mut self.op;
+        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            op.on_close(out)
+        })?;
+        self.next.close(cx)
+    }
+}
+
+/// A key extractor shared by the subtasks of a keyed operator.
+pub type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
+
+/// A stage running a user [`KeyedOperator`], holding one state per key.
+pub struct KeyedStage<O: KeyedOperator> {
+    op: O,
+    key_fn: KeyFn<O::In, O::Key>,
+    states: FxHashMap<O::Key, O::State>,
+    info: SubtaskInfo,
+    next: BoxStage<O::Out>,
+}
+
+impl<O: KeyedOperator> KeyedStage<O> {
+    /// Wraps `op`, keyed by `key_fn`, feeding `next`.
+    pub fn new(
+        op: O,
+        key_fn: KeyFn<O::In, O::Key>,
+        info: SubtaskInfo,
+        next: BoxStage<O::Out>,
+    ) -> Self {
+        KeyedStage {
+            op,
+            key_fn,
+            states: FxHashMap::default(),
+            info,
+            next,
+        }
+    }
+}
+
+impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
+    #[inline]
+    fn push(&mut self, record: O::In, cx: &mut StageCx) -> Result<(), StageError> {
+        let key = guarded(&self.info.operator, || Ok((self.key_fn)(&record)))?;
+        let state = match self.states.get_mut(&key) {
+            Some(s) => s,
+            None => self.states.entry(key.clone()).or_default(),
+        };
+        let op = &mut self.op;
+        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            op.process(&key, state, record, out)
+        })
+        .map(drop)
+    }
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let (op, info) = (&mut self.op, &self.info);
+        guarded(&info.operator, || op.on_start(info))?;
+        self.next.open(cx)
+    }
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.commit(cx)
+    }
+    fn rollback(&mut self) {
+        self.next.rollback();
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        self.next.flush(cx);
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let op = &mut self.op;
+        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            op.on_close(out)
+        })?;
+        self.next.close(cx)
+    }
+}
+
+/// A stage writing into a user [`Sink`]. Records are held until the unit of work that
+/// produced them commits, so a failed batch never reaches the sink.
+pub struct SinkStage<S: Sink> {
+    sink: S,
+    info: SubtaskInfo,
+    pending: Vec<S::In>,
+}
+
+impl<S: Sink> SinkStage<S> {
+    /// Wraps `sink`.
+    pub fn new(sink: S, info: SubtaskInfo) -> Self {
+        SinkStage {
+            sink,
+            info,
+            pending: Vec::new(),
+        }
+    }
+}
+
+impl<S: Sink> Stage<S::In> for SinkStage<S> {
+    #[inline]
+    fn push(&mut self, record: S::In, cx: &mut StageCx) -> Result<(), StageError> {
+        if let Some(fault) = cx.take_fault() {
+            guarded(&self.info.operator, || raise(Some(fault)))?;
+        }
+        cx.records_out += 1;
+        self.pending.push(record);
+        Ok(())
+    }
+    fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
+        let (sink, info) = (&mut self.sink, &self.info);
+        guarded(&info.operator, || sink.on_start(info))
+    }
+    fn commit(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
+        let (sink, pending) = (&mut self.sink, &mut self.pending);
+        guarded(&self.info.operator, || {
+            for r in pending.drain(..) {
+                sink.write(r)?;
+            }
+            Ok(())
+        })
+        .inspect_err(|_| self.pending.clear())
+    }
+    fn rollback(&mut self) {
+        self.pending.clear();
+    }
+    fn flush(&mut self, _cx: &mut StageCx) {}
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.commit(cx)?;
+        let sink = &mut self.sink;
+        guarded(&self.info.operator, || sink.on_close())
+    }
+}
