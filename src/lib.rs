@@ -34,11 +34,16 @@ pub use riffle_actors as actors;
 pub use riffle_cluster as cluster;
 pub use riffle_framework as framework;
 
-pub use riffle_actors::{ErrorKind, Execute, JobError, JobHandle, JobResult, SubtaskMetrics};
+pub use riffle_actors::chaos;
+pub use riffle_actors::{
+    ErrorKind, Execute, JobError, JobHandle, JobResult, RestartEvent, SubtaskMetrics,
+};
+pub use riffle_framework::exec::Fault;
 pub use riffle_framework::{
-    CollectHandle, ConnectorError, CountHandle, Data, DataStream, ExecutionPlan, FailureCause,
-    GraphError, JobConfig, Key, KeyRing, KeyedOperator, KeyedStream, ModuloPartitioner, Operator,
-    Output, PartitionScheme, Partitioner, Sink, SinkStream, Source, SourceStatus, StreamEnv,
+    Backoff, CollectHandle, ConnectorError, CountHandle, Data, DataStream, DeadLetter,
+    ExecutionPlan, FailureCause, GraphError, JobConfig, Key, KeyRing, KeyedOperator, KeyedStream,
+    ModuloPartitioner, Operator, Output, PartitionScheme, Partitioner, PoisonAction, PoisonPolicy,
+    Position, RestartKind, RestartStrategy, Sink, SinkStream, Source, SourceStatus, StreamEnv,
     SubtaskInfo, UserError,
 };
 

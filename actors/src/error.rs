@@ -53,6 +53,8 @@ pub enum JobError {
         cause: FailureCause,
         /// Restarts within the window when the limit was hit.
         restarts: u32,
+        /// The backoff delays of the restarts that were made, in order.
+        backoffs: Vec<Duration>,
     },
     /// A record failed the same operator too often and the poison policy says fail the job.
     #[error(

@@ -248,12 +248,14 @@ impl Handler<TaskFailed> for JobSupervisor {
             Ok(n) => n,
             Err(restarts) => {
                 answer(Decision::Abort);
+                let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();
                 return self.conclude(Err(JobError::RestartLimit {
                     chain,
                     subtask: task.subtask,
                     operator: failure.operator,
                     cause: failure.cause,
                     restarts,
+                    backoffs,
                 }));
             }
         };
@@ -313,12 +315,14 @@ impl Handler<TaskLost> for JobSupervisor {
             self.alive[w] = false;
         }
         if let Err(restarts) = self.admit_restart(task) {
+            let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();
             return self.conclude(Err(JobError::RestartLimit {
                 chain: self.chain_name(task),
                 subtask: task.subtask,
                 operator: self.chain_name(task),
                 cause: riffle_framework::FailureCause::Stopped,
                 restarts,
+                backoffs,
             }));
         }
         self.recreate(task, ctx);

@@ -283,7 +283,17 @@ pub trait Sink: Send + 'static {
         Ok(())
     }
 
-    /// Called once when every input has ended (flush).
+    /// Called after the records of each completed unit of work (an input batch) were
+    /// written: make them durable or visible. A restarted subtask gets a fresh instance, so
+    /// what a sink only buffers is lost unless flushed here.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn flush(&mut self) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Called once when every input has ended (after a last `flush`).
     ///
     /// # Errors
     /// An error fails the subtask.

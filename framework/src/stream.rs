@@ -400,6 +400,24 @@ impl<T: Data, K: Key> KeyedStream<T, K> {
         DataStream::new(self.stream.graph, id)
     }
 
+    /// Applies `f` to every record, in the subtask that owns the record's key.
+    pub fn map<U: Data>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> DataStream<U> {
+        self.stream.map(f)
+    }
+
+    /// Keeps the records for which `f` is true, in the subtask that owns the record's key.
+    pub fn filter(self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DataStream<T> {
+        self.stream.filter(f)
+    }
+
+    /// Emits every item `f` returns for a record, in the subtask that owns the record's key.
+    pub fn flat_map<U: Data, I: IntoIterator<Item = U>>(
+        self,
+        f: impl Fn(T) -> I + Send + Sync + 'static,
+    ) -> DataStream<U> {
+        self.stream.flat_map(f)
+    }
+
     /// Combines each record with the key's previous result; emits every new result.
     pub fn reduce(self, f: impl Fn(&T, T) -> T + Send + Sync + 'static) -> DataStream<T> {
         let f = Arc::new(f);

@@ -11,8 +11,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 /// The records a [`DataStream::collect`] sink received, readable after the job ran.
 ///
-/// Each subtask keeps its records in arrival order and appends them here when its input ends,
-/// so the records of one subtask are contiguous and in order.
+/// Each subtask appends the records of every completed batch, so the records one subtask
+/// received appear in their arrival order (interleaved, batch by batch, with other subtasks').
 pub struct CollectHandle<T> {
     inner: Arc<Mutex<Vec<T>>>,
 }
@@ -71,7 +71,7 @@ impl<T: Data> Sink for CollectSink<T> {
         self.local.push(r);
         Ok(())
     }
-    fn on_close(&mut self) -> Result<(), UserError> {
+    fn flush(&mut self) -> Result<(), UserError> {
         let mut all = self.shared.lock().unwrap_or_else(|e| e.into_inner());
         all.append(&mut self.local);
         Ok(())
@@ -102,7 +102,7 @@ impl<T: Data> Sink for TypedCount<T> {
         self.count.local += 1;
         Ok(())
     }
-    fn on_close(&mut self) -> Result<(), UserError> {
+    fn flush(&mut self) -> Result<(), UserError> {
         self.count.publish();
         Ok(())
     }
@@ -158,6 +158,13 @@ impl<T: Data + Display> Sink for FileSink<T> {
     fn write(&mut self, r: T) -> Result<(), UserError> {
         let res = match self.out.as_mut() {
             Some(w) => writeln!(w, "{r}"),
+            None => Ok(()),
+        };
+        res.map_err(|e| self.err(e))
+    }
+    fn flush(&mut self) -> Result<(), UserError> {
+        let res = match self.out.as_mut() {
+            Some(w) => w.flush(),
             None => Ok(()),
         };
         res.map_err(|e| self.err(e))

@@ -67,6 +67,18 @@ impl<T: Data, F: Fn(u64) -> T + Send + Sync + 'static> Source for GeneratorSourc
             SourceStatus::More
         })
     }
+    fn position(&self) -> Result<Option<Position>, UserError> {
+        Position::encode(&self.range.start).map(Some)
+    }
+    fn seek(&mut self, position: &Position) -> Result<(), UserError> {
+        let at: u64 = position.decode()?;
+        if at > self.range.end {
+            let end = self.range.end;
+            return Err(format!("position {at} is past this subtask's end {end}").into());
+        }
+        self.range.start = at;
+        Ok(())
+    }
 }
 
 /// Reads the lines that start within its byte range of a file.

@@ -153,12 +153,15 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
         guarded(&info.operator, || sink.on_start(info))
     }
     fn commit(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
         let (sink, pending) = (&mut self.sink, &mut self.pending);
         guarded(&self.info.operator, || {
             for r in pending.drain(..) {
                 sink.write(r)?;
             }
-            Ok(())
+            sink.flush()
         })
         .inspect_err(|_| self.pending.clear())
     }
