@@ -4,7 +4,7 @@ use crate::operator::{Sink, SubtaskInfo};
 use crate::stream::{DataStream, SinkStream};
 use std::fmt::{Debug, Display};
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -133,7 +133,9 @@ impl<T: Data> Sink for PrintSink<T> {
 struct FileSink<T> {
     dir: PathBuf,
     path: PathBuf,
-    out: Option<BufWriter<File>>,
+    file: Option<File>,
+    /// Lines of the current unit of work, written to the file at `flush`.
+    buf: Vec<u8>,
     _t: std::marker::PhantomData<fn(T)>,
 }
 
@@ -151,27 +153,31 @@ impl<T: Data + Display> Sink for FileSink<T> {
     fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
         self.path = self.dir.join(format!("part-{}", info.index));
         std::fs::create_dir_all(&self.dir).map_err(|e| self.err(e))?;
-        let f = File::create(&self.path).map_err(|e| self.err(e))?;
-        self.out = Some(BufWriter::new(f));
+        // A restarted subtask appends to what its earlier attempts flushed.
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .append(info.attempt > 0)
+            .truncate(info.attempt == 0)
+            .open(&self.path)
+            .map_err(|e| self.err(e))?;
+        self.file = Some(f);
         Ok(())
     }
     fn write(&mut self, r: T) -> Result<(), UserError> {
-        let res = match self.out.as_mut() {
-            Some(w) => writeln!(w, "{r}"),
-            None => Ok(()),
-        };
-        res.map_err(|e| self.err(e))
+        writeln!(self.buf, "{r}").map_err(|e| self.err(e))
     }
     fn flush(&mut self) -> Result<(), UserError> {
-        let res = match self.out.as_mut() {
-            Some(w) => w.flush(),
+        let res = match self.file.as_mut() {
+            Some(f) => f.write_all(&self.buf),
             None => Ok(()),
         };
+        self.buf.clear();
         res.map_err(|e| self.err(e))
     }
     fn on_close(&mut self) -> Result<(), UserError> {
-        let res = match self.out.as_mut() {
-            Some(w) => w.flush().and_then(|_| w.get_ref().sync_all()),
+        let res = match self.file.as_mut() {
+            Some(f) => f.sync_all(),
             None => Ok(()),
         };
         res.map_err(|e| self.err(e))
@@ -241,7 +247,8 @@ impl<T: Data> DataStream<T> {
         self.sink_named("write_text_file", move |_| FileSink::<T> {
             dir: dir.clone(),
             path: dir.clone(),
-            out: None,
+            file: None,
+            buf: Vec::new(),
             _t: std::marker::PhantomData,
         })
     }

@@ -119,12 +119,18 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
     }
 }
 
-/// A stage writing into a user [`Sink`]. Records are held until the unit of work that
-/// produced them commits, so a failed batch never reaches the sink.
+/// A stage writing into a user [`Sink`].
+///
+/// Records are written as they come; the end of each successful unit of work calls
+/// [`Sink::flush`]. When a unit fails, the runtime replaces the whole chain (sink included)
+/// with fresh instances before retrying, so whatever the failed instance buffered since its
+/// last flush is dropped with it: a sink that only makes records visible in `flush` (collect,
+/// count, text file) never shows a failed unit's records. A sink that has effects in `write`
+/// (print, `sink_fn`) repeats the failed unit's effects on retry.
 pub struct SinkStage<S: Sink> {
     sink: S,
     info: SubtaskInfo,
-    pending: Vec<S::In>,
+    dirty: bool,
 }
 
 impl<S: Sink> SinkStage<S> {
@@ -133,7 +139,7 @@ impl<S: Sink> SinkStage<S> {
         SinkStage {
             sink,
             info,
-            pending: Vec::new(),
+            dirty: false,
         }
     }
 }
@@ -141,32 +147,29 @@ impl<S: Sink> SinkStage<S> {
 impl<S: Sink> Stage<S::In> for SinkStage<S> {
     #[inline]
     fn push(&mut self, record: S::In, cx: &mut StageCx) -> Result<(), StageError> {
-        if let Some(fault) = cx.take_fault() {
-            guarded(&self.info.operator, || raise(Some(fault)))?;
-        }
+        let fault = cx.take_fault();
         cx.records_out += 1;
-        self.pending.push(record);
-        Ok(())
+        self.dirty = true;
+        let sink = &mut self.sink;
+        guarded(&self.info.operator, || {
+            raise(fault)?;
+            sink.write(record)
+        })
     }
     fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         let (sink, info) = (&mut self.sink, &self.info);
         guarded(&info.operator, || sink.on_start(info))
     }
     fn commit(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
-        if self.pending.is_empty() {
+        if !std::mem::take(&mut self.dirty) {
             return Ok(());
         }
-        let (sink, pending) = (&mut self.sink, &mut self.pending);
-        guarded(&self.info.operator, || {
-            for r in pending.drain(..) {
-                sink.write(r)?;
-            }
-            sink.flush()
-        })
-        .inspect_err(|_| self.pending.clear())
+        let sink = &mut self.sink;
+        guarded(&self.info.operator, || sink.flush())
     }
     fn rollback(&mut self) {
-        self.pending.clear();
+        // The chain is rebuilt before the unit is retried; this instance is dropped.
+        self.dirty = false;
     }
     fn flush(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
