@@ -18,6 +18,20 @@ use std::time::Duration;
 
 pub use crate::message::PlannedKind as FaultKind;
 
+/// Installs a panic hook that keeps quiet about panics injected by the chaos module (they are
+/// caught, counted and reported in `JobResult`) and hands every other panic to the hook that
+/// was installed before. Call it once, before starting chaos runs.
+pub fn silence_injected_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let injected = riffle_framework::panic_message(info.payload())
+            .contains(riffle_framework::exec::INJECTED_FAULT);
+        if !injected {
+            previous(info);
+        }
+    }));
+}
+
 /// A chaos request, handled by the job supervisor.
 pub(crate) enum ChaosCommand {
     /// A control message for the task at this index of `ExecutionPlan::tasks()`.

@@ -30,7 +30,7 @@ use crate::message::{
 };
 use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
-use riffle_framework::exec::{Fault, OutEvent, Payload, StageCx};
+use riffle_framework::exec::{BatchFailure, Fault, OutEvent, Payload, StageCx};
 use riffle_framework::{
     DeadLetter, ExecutionPlan, FailureCause, PoisonAction, Position, SourceStatus, StageError,
     TaskChain, TaskId,
@@ -109,6 +109,17 @@ struct Retry {
     fail_count: u32,
 }
 
+/// Failures of one record emitted by a source: at which position and index, how often.
+struct SourcePoison {
+    at: Option<Position>,
+    index: u64,
+    count: u32,
+    /// Set once the record counts as poison: skip it on the next replay.
+    skip: Option<u64>,
+    cause: String,
+    operator: String,
+}
+
 enum Pending {
     None,
     Await(oneshot::Receiver<Decision>),
@@ -135,6 +146,7 @@ pub(crate) struct SubtaskActor {
     finish_after_restart: bool,
     position: PositionSlot,
     armed: Vec<(u64, PlannedKind)>,
+    source_poison: Option<SourcePoison>,
 }
 
 impl SubtaskActor {
@@ -172,6 +184,7 @@ impl SubtaskActor {
             finish_after_restart: false,
             position: s.position,
             armed: Vec::new(),
+            source_poison: None,
         };
         match head {
             Ok(h) => actor.head = Some(h),
@@ -447,32 +460,102 @@ impl SubtaskActor {
             return;
         }
         self.fire_armed();
+        let skip = self.source_poison.as_ref().and_then(|p| p.skip);
         let Some(TaskChain::Source(source)) = &mut self.head else {
             return;
         };
-        let status = source.produce(&mut self.cx).and_then(|(status, emitted)| {
-            self.metrics.records_in += emitted;
-            let pos = source.position()?;
-            *self.position.lock().unwrap_or_else(|e| e.into_inner()) = pos;
-            Ok(status)
+        let produced = source.produce(&mut self.cx, skip).and_then(|p| {
+            let pos = source.position().map_err(|error| BatchFailure {
+                error,
+                index: usize::MAX,
+            })?;
+            Ok((p, pos))
         });
-        match status {
-            Err(e) => {
-                let f = self.stage_failure(e);
-                self.fail(f, ctx);
+        let status = match produced {
+            Ok((p, pos)) => {
+                self.metrics.records_in += p.emitted;
+                *self.position.lock().unwrap_or_else(|e| e.into_inner()) = pos;
+                if let Some(record) = p.skipped {
+                    self.dead_letter_source_record(record);
+                }
+                p.status
             }
-            Ok(SourceStatus::Finished) => self.finish_input(ctx),
-            Ok(SourceStatus::More) => {
+            Err(failure) => {
+                let mut f = self.stage_failure(failure.error);
+                if !f.injected && failure.index != usize::MAX {
+                    self.count_source_poison(failure.index as u64, &mut f);
+                }
+                return self.fail(f, ctx);
+            }
+        };
+        match status {
+            SourceStatus::Finished => self.finish_input(ctx),
+            SourceStatus::More => {
                 self.drain(ctx);
                 ctx.spawn(
                     fut::wrap_future::<_, Self>(tokio::task::yield_now())
                         .map(|_, act, ctx| act.produce(ctx)),
                 );
             }
-            Ok(SourceStatus::Idle) => {
+            SourceStatus::Idle => {
                 self.drain(ctx);
                 ctx.run_later(IDLE_SOURCE_PAUSE, |act, ctx| act.produce(ctx));
             }
+        }
+    }
+
+    /// Counts a failure of the record a source emitted at `index` of the `produce` call that
+    /// starts at the current position; past the policy's attempts it is poison.
+    fn count_source_poison(&mut self, index: u64, f: &mut Failure) {
+        let at = self
+            .position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let p = self.source_poison.get_or_insert_with(|| SourcePoison {
+            at: at.clone(),
+            index,
+            count: 0,
+            skip: None,
+            cause: String::new(),
+            operator: String::new(),
+        });
+        if p.at != at || p.index != index {
+            *p = SourcePoison {
+                at,
+                index,
+                count: 0,
+                skip: None,
+                cause: String::new(),
+                operator: String::new(),
+            };
+        }
+        p.count += 1;
+        let policy = self.plan.config().poison;
+        if p.count < policy.max_attempts {
+            return;
+        }
+        match policy.action {
+            PoisonAction::FailJob => f.poison_attempts = Some(p.count),
+            PoisonAction::DeadLetter => {
+                p.skip = Some(index);
+                p.cause = f.cause.to_string();
+                p.operator = f.operator.clone();
+            }
+        }
+    }
+
+    fn dead_letter_source_record(&mut self, record: Vec<u8>) {
+        if let Some(p) = self.source_poison.take() {
+            self.job.do_send(DeadLettered {
+                letter: DeadLetter {
+                    operator: p.operator,
+                    subtask: self.task.subtask,
+                    cause: p.cause,
+                    attempts: p.count,
+                    record,
+                },
+            });
         }
     }
 

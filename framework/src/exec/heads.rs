@@ -1,6 +1,6 @@
 //! Chain heads: the input stage (batches from upstream) and the source driver.
 
-use super::{guarded, guarded_emit, BoxStage, Payload, StageCx};
+use super::{guarded, guarded_emit, BoxStage, Payload, Stage, StageCx};
 use crate::data::Data;
 use crate::error::{FailureCause, StageError};
 use crate::operator::{Position, Source, SourceStatus, SubtaskInfo};
@@ -37,14 +37,14 @@ pub trait ErasedInput: Send {
     /// The record at `index` of `batch`, encoded (for a dead-letter output).
     fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord>;
 
-    /// See [`super::Stage::open`].
+    /// See [`Stage::open`].
     ///
     /// # Errors
     /// The first hook that failed.
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
-    /// See [`super::Stage::flush`].
+    /// See [`Stage::flush`].
     fn flush(&mut self, cx: &mut StageCx);
-    /// See [`super::Stage::close`]; on failure the output of the hooks is rolled back.
+    /// See [`Stage::close`]; on failure the output of the hooks is rolled back.
     ///
     /// # Errors
     /// The first hook that failed.
@@ -114,16 +114,72 @@ impl<T: Data> ErasedInput for InputStage<T> {
     }
 }
 
+/// The outcome of one [`ErasedSource::produce`] call.
+#[derive(Debug)]
+pub struct Produced {
+    /// What the source said.
+    pub status: SourceStatus,
+    /// Records the source emitted (including a skipped one).
+    pub emitted: u64,
+    /// The record skipped on request, encoded.
+    pub skipped: Option<DeadRecord>,
+}
+
+/// Counts what a source emits and drops the one record at `skip`.
+struct Counting<'a, T> {
+    next: &'a mut dyn Stage<T>,
+    count: u64,
+    skip: Option<u64>,
+    skipped: Option<DeadRecord>,
+    /// The index of the record whose processing downstream failed.
+    failed_at: Option<u64>,
+}
+
+impl<T: Data> Stage<T> for Counting<'_, T> {
+    #[inline]
+    fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError> {
+        let i = self.count;
+        self.count += 1;
+        if self.skip == Some(i) {
+            self.skipped = rmp_serde::to_vec(&record).ok();
+            return Ok(());
+        }
+        let r = self.next.push(record, cx);
+        if r.is_err() {
+            self.failed_at = Some(i);
+        }
+        r
+    }
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.open(cx)
+    }
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.commit(cx)
+    }
+    fn rollback(&mut self) {
+        self.next.rollback();
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        self.next.flush(cx);
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.close(cx)
+    }
+}
+
 /// The head of a chain that starts with a source, type-erased.
 pub trait ErasedSource: Send {
-    /// Asks the source for up to one batch of records and commits their output; returns the
-    /// source's status and how many records it emitted.
+    /// Asks the source for up to one batch of records and commits their output.
+    ///
+    /// With `skip` set, the record the source emits at that index of this call is not passed
+    /// on but returned encoded (a poison record being set aside on replay).
     ///
     /// # Errors
-    /// A failure of the source or of an operator chained after it; the output of the call is
-    /// rolled back, so seeking to the position from before the call and producing again
-    /// duplicates nothing.
-    fn produce(&mut self, cx: &mut StageCx) -> Result<(SourceStatus, u64), StageError>;
+    /// A failure of the source or of an operator chained after it, with the index of the
+    /// emitted record whose processing failed (if the failure was downstream of the source);
+    /// the output of the call is rolled back, so seeking to the position from before the call
+    /// and producing again duplicates nothing.
+    fn produce(&mut self, cx: &mut StageCx, skip: Option<u64>) -> Result<Produced, BatchFailure>;
     /// The source's replay position (`None`: not replayable).
     ///
     /// # Errors
@@ -139,7 +195,7 @@ pub trait ErasedSource: Send {
     /// # Errors
     /// The first hook that failed.
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
-    /// See [`super::Stage::flush`].
+    /// See [`Stage::flush`].
     fn flush(&mut self, cx: &mut StageCx);
     /// Runs `on_close` of the source and the chain.
     ///
@@ -163,19 +219,32 @@ impl<S: Source> SourceDriver<S> {
 }
 
 impl<S: Source> ErasedSource for SourceDriver<S> {
-    fn produce(&mut self, cx: &mut StageCx) -> Result<(SourceStatus, u64), StageError> {
+    fn produce(&mut self, cx: &mut StageCx, skip: Option<u64>) -> Result<Produced, BatchFailure> {
         let source = &mut self.source;
         let mut status = SourceStatus::More;
-        let emitted = guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+        let mut counting = Counting {
+            next: &mut *self.next,
+            count: 0,
+            skip,
+            skipped: None,
+            failed_at: None,
+        };
+        let emitted = guarded_emit(&self.info.operator, &mut counting, cx, |out| {
             status = source.produce(out)?;
             Ok(())
-        })
-        .and_then(|n| self.next.commit(cx).map(|()| n));
-        match emitted {
-            Ok(n) => Ok((status, n)),
-            Err(e) => {
+        });
+        let (failed_at, skipped) = (counting.failed_at, counting.skipped);
+        match emitted.and_then(|n| self.next.commit(cx).map(|()| n)) {
+            Ok(emitted) => Ok(Produced {
+                status,
+                emitted,
+                skipped,
+            }),
+            Err(error) => {
                 self.next.rollback();
-                Err(e)
+                // `usize::MAX`: the source itself failed, not the processing of one record.
+                let index = failed_at.map_or(usize::MAX, |i| i as usize);
+                Err(BatchFailure { error, index })
             }
         }
     }

@@ -19,7 +19,9 @@ mod heads;
 mod router;
 mod stages;
 
-pub use heads::{BatchFailure, DeadRecord, ErasedInput, ErasedSource, InputStage, SourceDriver};
+pub use heads::{
+    BatchFailure, DeadRecord, ErasedInput, ErasedSource, InputStage, Produced, SourceDriver,
+};
 pub use router::{Route, Router, Tee};
 pub use stages::{KeyFn, KeyedStage, OperatorStage, SinkStage};
 

@@ -38,6 +38,8 @@ pub struct Router<T> {
     staged: Vec<(usize, Vec<T>)>,
     next_rr: usize,
     batch_size: usize,
+    /// Records pushed in the current unit of work (counted as output when it commits).
+    pushed: u64,
 }
 
 impl<T: Data> Router<T> {
@@ -60,6 +62,7 @@ impl<T: Data> Router<T> {
             staged: Vec::new(),
             next_rr: start % channels,
             batch_size,
+            pushed: 0,
         }
     }
 
@@ -84,8 +87,8 @@ impl<T: Data> Router<T> {
 
 impl<T: Data> Stage<T> for Router<T> {
     #[inline]
-    fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError> {
-        cx.records_out += 1;
+    fn push(&mut self, record: T, _cx: &mut StageCx) -> Result<(), StageError> {
+        self.pushed += 1;
         let n = self.buffers.len();
         match &self.route {
             Route::Forward => self.buffer(0, record),
@@ -111,6 +114,7 @@ impl<T: Data> Stage<T> for Router<T> {
         Ok(())
     }
     fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        cx.records_out += std::mem::take(&mut self.pushed);
         for (ch, batch) in std::mem::take(&mut self.staged) {
             self.queue(cx, ch, batch);
         }
@@ -123,6 +127,7 @@ impl<T: Data> Stage<T> for Router<T> {
         // At the start of the unit, channel `ch` held its `committed[ch]` records (fewer than a
         // batch). If the buffer filled up during the unit, the first staged batch of `ch`
         // starts with them; otherwise they are still at the front of the buffer.
+        self.pushed = 0;
         let mut restored = vec![false; self.buffers.len()];
         for (ch, batch) in std::mem::take(&mut self.staged) {
             if !restored[ch] {

@@ -130,7 +130,8 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
 pub struct SinkStage<S: Sink> {
     sink: S,
     info: SubtaskInfo,
-    dirty: bool,
+    /// Records written in the current unit of work.
+    written: u64,
 }
 
 impl<S: Sink> SinkStage<S> {
@@ -139,7 +140,7 @@ impl<S: Sink> SinkStage<S> {
         SinkStage {
             sink,
             info,
-            dirty: false,
+            written: 0,
         }
     }
 }
@@ -148,8 +149,7 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
     #[inline]
     fn push(&mut self, record: S::In, cx: &mut StageCx) -> Result<(), StageError> {
         let fault = cx.take_fault();
-        cx.records_out += 1;
-        self.dirty = true;
+        self.written += 1;
         let sink = &mut self.sink;
         guarded(&self.info.operator, || {
             raise(fault)?;
@@ -160,16 +160,18 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
         let (sink, info) = (&mut self.sink, &self.info);
         guarded(&info.operator, || sink.on_start(info))
     }
-    fn commit(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
-        if !std::mem::take(&mut self.dirty) {
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let written = std::mem::take(&mut self.written);
+        if written == 0 {
             return Ok(());
         }
+        cx.records_out += written;
         let sink = &mut self.sink;
         guarded(&self.info.operator, || sink.flush())
     }
     fn rollback(&mut self) {
         // The chain is rebuilt before the unit is retried; this instance is dropped.
-        self.dirty = false;
+        self.written = 0;
     }
     fn flush(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
