@@ -36,6 +36,9 @@ pub struct Output<'a, T> {
     cx: &'a mut StageCx,
     failed: Option<StageError>,
     emitted: u64,
+    failed_at: Option<u64>,
+    skip: Option<u64>,
+    skipped: Option<T>,
 }
 
 impl<'a, T> Output<'a, T> {
@@ -46,7 +49,17 @@ impl<'a, T> Output<'a, T> {
             cx,
             failed: None,
             emitted: 0,
+            failed_at: None,
+            skip: None,
+            skipped: None,
         }
+    }
+
+    /// Holds back the record emitted at index `skip` of this output (a poison record being
+    /// set aside on replay); see [`Output::take_skipped`].
+    pub fn skipping(mut self, skip: Option<u64>) -> Self {
+        self.skip = skip;
+        self
     }
 
     /// Emits one record downstream.
@@ -56,11 +69,18 @@ impl<'a, T> Output<'a, T> {
     /// because the whole subtask fails.
     #[inline]
     pub fn emit(&mut self, record: T) {
+        let index = self.emitted;
         self.emitted += 1;
-        if self.failed.is_none() {
-            if let Err(e) = self.next.push(record, self.cx) {
-                self.failed = Some(e);
-            }
+        if self.failed.is_some() {
+            return;
+        }
+        if self.skip == Some(index) {
+            self.skipped = Some(record);
+            return;
+        }
+        if let Err(e) = self.next.push(record, self.cx) {
+            self.failed = Some(e);
+            self.failed_at = Some(index);
         }
     }
 
@@ -72,6 +92,16 @@ impl<'a, T> Output<'a, T> {
     /// How many records were emitted through this output.
     pub fn emitted(&self) -> u64 {
         self.emitted
+    }
+
+    /// The index of the emitted record whose processing downstream failed.
+    pub fn failed_at(&self) -> Option<u64> {
+        self.failed_at
+    }
+
+    /// The record held back by [`Output::skipping`], if it was emitted.
+    pub fn take_skipped(&mut self) -> Option<T> {
+        self.skipped.take()
     }
 
     /// The failure of a downstream chained operator, if one happened during this call.

@@ -1,9 +1,11 @@
 //! Chain heads: the input stage (batches from upstream) and the source driver.
 
-use super::{guarded, guarded_emit, BoxStage, Payload, Stage, StageCx};
+use super::{guarded, raise, BoxStage, Payload, StageCx};
 use crate::data::Data;
 use crate::error::{FailureCause, StageError};
+use crate::operator::Output;
 use crate::operator::{Position, Source, SourceStatus, SubtaskInfo};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// A failed batch: the error, and the index of the record that was being processed.
@@ -13,6 +15,13 @@ pub struct BatchFailure {
     pub error: StageError,
     /// The index in the batch of the record that failed.
     pub index: usize,
+}
+
+fn internal(operator: &str, what: &'static str) -> StageError {
+    StageError {
+        operator: operator.to_string(),
+        cause: FailureCause::Internal(what),
+    }
 }
 
 /// A record set aside as poison, encoded with rmp-serde.
@@ -37,14 +46,14 @@ pub trait ErasedInput: Send {
     /// The record at `index` of `batch`, encoded (for a dead-letter output).
     fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord>;
 
-    /// See [`Stage::open`].
+    /// See [`super::Stage::open`].
     ///
     /// # Errors
     /// The first hook that failed.
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
-    /// See [`Stage::flush`].
+    /// See [`super::Stage::flush`].
     fn flush(&mut self, cx: &mut StageCx);
-    /// See [`Stage::close`]; on failure the output of the hooks is rolled back.
+    /// See [`super::Stage::close`]; on failure the output of the hooks is rolled back.
     ///
     /// # Errors
     /// The first hook that failed.
@@ -64,10 +73,9 @@ impl<T: Data> InputStage<T> {
     }
 
     fn records<'a>(&self, batch: &'a Payload) -> Result<&'a Vec<T>, StageError> {
-        batch.downcast_ref::<Vec<T>>().ok_or_else(|| StageError {
-            operator: self.name.to_string(),
-            cause: FailureCause::Internal("batch of the wrong record type"),
-        })
+        batch
+            .downcast_ref::<Vec<T>>()
+            .ok_or_else(|| internal(&self.name, "batch of the wrong record type"))
     }
 }
 
@@ -81,14 +89,27 @@ impl<T: Data> ErasedInput for InputStage<T> {
         let records = self
             .records(batch)
             .map_err(|error| BatchFailure { error, index: 0 })?;
-        for (index, record) in records.iter().enumerate() {
-            if !skip.is_empty() && skip.contains(&index) {
-                continue;
-            }
-            if let Err(error) = self.next.push(record.clone(), cx) {
-                self.next.rollback();
-                return Err(BatchFailure { error, index });
-            }
+        if let Some(fault) = cx.take_fault() {
+            let error = guarded(&self.name, || raise(Some(fault))).err();
+            let error =
+                error.unwrap_or_else(|| internal(&self.name, "injected fault did not fire"));
+            return Err(BatchFailure { error, index: 0 });
+        }
+        let pushed = if skip.is_empty() {
+            records
+                .iter()
+                .enumerate()
+                .try_for_each(|(i, r)| self.next.push(r.clone(), cx).map_err(|e| (e, i)))
+        } else {
+            records
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| !skip.contains(i))
+                .try_for_each(|(i, r)| self.next.push(r.clone(), cx).map_err(|e| (e, i)))
+        };
+        if let Err((error, index)) = pushed {
+            self.next.rollback();
+            return Err(BatchFailure { error, index });
         }
         if let Err(error) = self.next.commit(cx) {
             self.next.rollback();
@@ -125,48 +146,6 @@ pub struct Produced {
     pub skipped: Option<DeadRecord>,
 }
 
-/// Counts what a source emits and drops the one record at `skip`.
-struct Counting<'a, T> {
-    next: &'a mut dyn Stage<T>,
-    count: u64,
-    skip: Option<u64>,
-    skipped: Option<DeadRecord>,
-    /// The index of the record whose processing downstream failed.
-    failed_at: Option<u64>,
-}
-
-impl<T: Data> Stage<T> for Counting<'_, T> {
-    #[inline]
-    fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError> {
-        let i = self.count;
-        self.count += 1;
-        if self.skip == Some(i) {
-            self.skipped = rmp_serde::to_vec(&record).ok();
-            return Ok(());
-        }
-        let r = self.next.push(record, cx);
-        if r.is_err() {
-            self.failed_at = Some(i);
-        }
-        r
-    }
-    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        self.next.open(cx)
-    }
-    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        self.next.commit(cx)
-    }
-    fn rollback(&mut self) {
-        self.next.rollback();
-    }
-    fn flush(&mut self, cx: &mut StageCx) {
-        self.next.flush(cx);
-    }
-    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        self.next.close(cx)
-    }
-}
-
 /// The head of a chain that starts with a source, type-erased.
 pub trait ErasedSource: Send {
     /// Asks the source for up to one batch of records and commits their output.
@@ -195,7 +174,7 @@ pub trait ErasedSource: Send {
     /// # Errors
     /// The first hook that failed.
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
-    /// See [`Stage::flush`].
+    /// See [`super::Stage::flush`].
     fn flush(&mut self, cx: &mut StageCx);
     /// Runs `on_close` of the source and the chain.
     ///
@@ -220,25 +199,31 @@ impl<S: Source> SourceDriver<S> {
 
 impl<S: Source> ErasedSource for SourceDriver<S> {
     fn produce(&mut self, cx: &mut StageCx, skip: Option<u64>) -> Result<Produced, BatchFailure> {
+        let name = &self.info.operator;
+        if let Some(fault) = cx.take_fault() {
+            let error = guarded(name, || raise(Some(fault))).err();
+            let error = error.unwrap_or_else(|| internal(name, "injected fault did not fire"));
+            return Err(BatchFailure {
+                error,
+                index: usize::MAX,
+            });
+        }
         let source = &mut self.source;
-        let mut status = SourceStatus::More;
-        let mut counting = Counting {
-            next: &mut *self.next,
-            count: 0,
-            skip,
-            skipped: None,
-            failed_at: None,
+        let mut out = Output::new(&mut *self.next, cx).skipping(skip);
+        let r = catch_unwind(AssertUnwindSafe(|| source.produce(&mut out)));
+        let emitted = out.emitted();
+        let (failed_at, skipped) = (out.failed_at(), out.take_skipped());
+        let result = match (out.take_failure(), r) {
+            (Some(e), _) => Err(e),
+            (None, Ok(Ok(status))) => Ok(status),
+            (None, Ok(Err(e))) => Err(StageError::from_error(name, e)),
+            (None, Err(p)) => Err(StageError::from_panic(name, p)),
         };
-        let emitted = guarded_emit(&self.info.operator, &mut counting, cx, |out| {
-            status = source.produce(out)?;
-            Ok(())
-        });
-        let (failed_at, skipped) = (counting.failed_at, counting.skipped);
-        match emitted.and_then(|n| self.next.commit(cx).map(|()| n)) {
-            Ok(emitted) => Ok(Produced {
+        match result.and_then(|status| self.next.commit(cx).map(|()| status)) {
+            Ok(status) => Ok(Produced {
                 status,
                 emitted,
-                skipped,
+                skipped: skipped.and_then(|r| rmp_serde::to_vec(&r).ok()),
             }),
             Err(error) => {
                 self.next.rollback();

@@ -103,7 +103,8 @@ impl StageCx {
         }
     }
 
-    /// Takes a pending injected fault, marking that it fired.
+    /// Takes a pending injected fault, marking that it fired. Chain heads check once per unit
+    /// of work and raise it, inside `catch_unwind`, as a failure of the chain's first operator.
     #[inline]
     fn take_fault(&mut self) -> Option<Fault> {
         if self.inject.is_some() {
@@ -153,8 +154,7 @@ pub trait Stage<T>: Send {
 /// A boxed stage.
 pub type BoxStage<T> = Box<dyn Stage<T>>;
 
-/// Raises an injected fault inside user-code scope.
-#[inline]
+/// Raises an injected fault (call it under `catch_unwind`).
 fn raise(fault: Option<Fault>) -> Result<(), crate::UserError> {
     match fault {
         None => Ok(()),
@@ -177,7 +177,7 @@ pub(crate) fn guarded<R>(
 }
 
 /// Runs a user call that emits into `next`, reporting a downstream failure first; returns how
-/// many records the call emitted. A pending injected fault fires inside the call's scope.
+/// many records the call emitted.
 #[inline]
 pub(crate) fn guarded_emit<T>(
     operator: &str,
@@ -185,12 +185,8 @@ pub(crate) fn guarded_emit<T>(
     cx: &mut StageCx,
     f: impl FnOnce(&mut Output<'_, T>) -> Result<(), crate::UserError>,
 ) -> Result<u64, StageError> {
-    let fault = cx.take_fault();
     let mut out = Output::new(next, cx);
-    let r = catch_unwind(AssertUnwindSafe(|| {
-        raise(fault)?;
-        f(&mut out)
-    }));
+    let r = catch_unwind(AssertUnwindSafe(|| f(&mut out)));
     if let Some(e) = out.take_failure() {
         return Err(e);
     }
