@@ -38,6 +38,69 @@ pub struct JobConfig {
     pub poison: PoisonPolicy,
     /// Seed of the runtime's randomness (backoff jitter); default 0.
     pub seed: u64,
+    /// Checkpointing (default: off). With it on, failures restore the whole job from the
+    /// latest completed checkpoint and transactional sinks are exactly-once.
+    pub checkpoint: Option<CheckpointConfig>,
+    /// Start from a checkpoint or savepoint instead of from scratch (default: none).
+    pub restore: Option<RestoreFrom>,
+}
+
+/// Where checkpoints are kept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CheckpointStorage {
+    /// In memory (lost with the process; for tests).
+    Memory,
+    /// In `DIR/JOB/chk-N/` (survives the process; see `FsStore`).
+    Dir(std::path::PathBuf),
+}
+
+/// Checkpointing settings. Defaults: every 1 s, 60 s timeout, in memory, keep 3.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CheckpointConfig {
+    /// Time between the start of one checkpoint and the trigger of the next.
+    pub interval: Duration,
+    /// A checkpoint not complete after this long is discarded (the job goes on).
+    pub timeout: Duration,
+    /// Where checkpoints go.
+    pub storage: CheckpointStorage,
+    /// How many completed checkpoints to keep (savepoints are always kept).
+    pub keep: usize,
+}
+
+impl Default for CheckpointConfig {
+    fn default() -> Self {
+        CheckpointConfig {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(60),
+            storage: CheckpointStorage::Memory,
+            keep: 3,
+        }
+    }
+}
+
+impl CheckpointConfig {
+    /// Checkpoints every `interval`, in memory.
+    pub fn every(interval: Duration) -> Self {
+        CheckpointConfig {
+            interval,
+            ..Self::default()
+        }
+    }
+
+    /// Keeps checkpoints in `DIR/JOB/`.
+    pub fn in_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.storage = CheckpointStorage::Dir(dir.into());
+        self
+    }
+}
+
+/// Which checkpoint a job starts from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RestoreFrom {
+    /// The newest complete checkpoint or savepoint of this job (by name) under the directory.
+    Latest(std::path::PathBuf),
+    /// A given checkpoint or savepoint directory (`.../chk-N` or `.../sp-N`).
+    Path(std::path::PathBuf),
 }
 
 impl Default for JobConfig {
@@ -54,6 +117,8 @@ impl Default for JobConfig {
             restart: RestartStrategy::default(),
             poison: PoisonPolicy::default(),
             seed: 0,
+            checkpoint: None,
+            restore: None,
         }
     }
 }
@@ -86,6 +151,11 @@ impl JobConfig {
         }
         if self.flush_interval.is_zero() {
             return Err(bad("flush_interval_ms", 0, "must be positive"));
+        }
+        if let Some(c) = &self.checkpoint {
+            if c.interval.is_zero() {
+                return Err(bad("checkpoint.interval_ms", 0, "must be positive"));
+            }
         }
         if self.poison.max_attempts == 0 {
             return Err(bad("poison.max_attempts", 0, "must be at least 1"));

@@ -90,6 +90,19 @@ impl<T: Data> Stage<T> for Discard {
         Ok(())
     }
     fn rollback(&mut self) {}
+    fn snapshot(&mut self, _checkpoint: u64, _out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn restore(
+        &mut self,
+        _states: &mut std::slice::Iter<'_, Vec<u8>>,
+        _last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), StageError> {
+        Ok(())
+    }
     fn flush(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())

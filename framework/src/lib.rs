@@ -17,6 +17,7 @@
 //! The runtime that runs a plan — one actix actor per subtask, credit-based channels — lives in
 //! `riffle-actors`. Users normally import `riffle::prelude::*` rather than this crate.
 
+mod checkpoint;
 mod config;
 mod connectors;
 mod data;
@@ -28,9 +29,13 @@ mod operator;
 mod partition;
 mod stream;
 
+pub use checkpoint::{
+    Checkpoint, CheckpointId, CheckpointStore, FsStore, MemoryStore, StoreError, TaskSnapshot,
+};
 pub use config::{
-    Backoff, JobConfig, PoisonAction, PoisonPolicy, RestartKind, RestartStrategy,
-    DEFAULT_BATCH_SIZE, DEFAULT_CREDITS, DEFAULT_FLUSH_INTERVAL,
+    Backoff, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction, PoisonPolicy,
+    RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS,
+    DEFAULT_FLUSH_INTERVAL,
 };
 pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};
@@ -38,7 +43,8 @@ pub use dead_letter::{DeadLetter, DeadLetterQueue};
 pub use error::{panic_message, ConnectorError, FailureCause, GraphError, StageError, UserError};
 pub use graph::{ChannelTarget, ExecutionPlan, TaskChain, TaskId};
 pub use operator::{
-    KeyedOperator, Operator, Output, Position, Sink, Source, SourceStatus, SubtaskInfo,
+    Encoded, KeyedOperator, Operator, Output, Position, Sink, Snapshot, Source, SourceStatus,
+    SubtaskInfo,
 };
 pub use partition::{
     KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, SubtaskNode,

@@ -121,23 +121,20 @@ pub enum SourceStatus {
     Finished,
 }
 
-/// Where a replayable source is in its input, encoded with rmp-serde.
-///
-/// The runtime keeps a source subtask's position outside the source, so a restarted source
-/// (a fresh instance from the factory) resumes where the failed one was.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-pub struct Position(pub Vec<u8>);
+/// Bytes encoded with rmp-serde: a source's [`Position`] or an operator's [`Snapshot`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Encoded(pub Vec<u8>);
 
-impl Position {
-    /// Encodes `value` as a position.
+impl Encoded {
+    /// Encodes `value`.
     ///
     /// # Errors
     /// The value cannot be serialized.
     pub fn encode<T: Serialize>(value: &T) -> Result<Self, UserError> {
-        Ok(Position(rmp_serde::to_vec(value)?))
+        Ok(Encoded(rmp_serde::to_vec(value)?))
     }
 
-    /// Decodes a position encoded by [`Position::encode`].
+    /// Decodes bytes written by [`Encoded::encode`].
     ///
     /// # Errors
     /// The bytes do not decode as a `T`.
@@ -145,6 +142,16 @@ impl Position {
         Ok(rmp_serde::from_slice(&self.0)?)
     }
 }
+
+/// Where a replayable source is in its input.
+///
+/// The runtime keeps a source subtask's position outside the source (and in every checkpoint),
+/// so a restarted source — a fresh instance from the factory — resumes where the failed one was.
+pub type Position = Encoded;
+
+/// An operator's own state, written at a checkpoint by `snapshot` and handed back to a fresh
+/// instance by `restore`.
+pub type Snapshot = Encoded;
 
 /// A source of records. Each subtask is one instance, which splits the work by its
 /// [`SubtaskInfo`] (index and parallelism).
@@ -250,6 +257,23 @@ pub trait Operator: Send + 'static {
     fn on_close(&mut self, _out: &mut Output<'_, Self::Out>) -> Result<(), UserError> {
         Ok(())
     }
+
+    /// The operator's own state at a checkpoint (default: none). Keyed state held by the
+    /// runtime is saved without this hook.
+    ///
+    /// # Errors
+    /// The state cannot be encoded; the checkpoint fails (the job goes on).
+    fn snapshot(&self) -> Result<Option<Snapshot>, UserError> {
+        Ok(None)
+    }
+
+    /// Restores what [`Self::snapshot`] wrote into a fresh instance, after `on_start`.
+    ///
+    /// # Errors
+    /// The state cannot be decoded; the subtask fails.
+    fn restore(&mut self, _snapshot: &Snapshot) -> Result<(), UserError> {
+        Ok(())
+    }
 }
 
 /// An operator on a keyed stream. The runtime owns one `State` per key and hands the record's
@@ -292,6 +316,23 @@ pub trait KeyedOperator: Send + 'static {
     fn on_close(&mut self, _out: &mut Output<'_, Self::Out>) -> Result<(), UserError> {
         Ok(())
     }
+
+    /// The operator's own state at a checkpoint (default: none). Keyed state held by the
+    /// runtime is saved without this hook.
+    ///
+    /// # Errors
+    /// The state cannot be encoded; the checkpoint fails (the job goes on).
+    fn snapshot(&self) -> Result<Option<Snapshot>, UserError> {
+        Ok(None)
+    }
+
+    /// Restores what [`Self::snapshot`] wrote into a fresh instance, after `on_start`.
+    ///
+    /// # Errors
+    /// The state cannot be decoded; the subtask fails.
+    fn restore(&mut self, _snapshot: &Snapshot) -> Result<(), UserError> {
+        Ok(())
+    }
 }
 
 /// The end of a stream. Only [`Sink::write`] is required.
@@ -323,11 +364,40 @@ pub trait Sink: Send + 'static {
         Ok(())
     }
 
-    /// Called once when every input has ended (after a last `flush`).
+    /// Called once when every input has ended (after a last `flush` or `pre_commit`).
     ///
     /// # Errors
     /// An error fails the subtask.
     fn on_close(&mut self) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Two-phase commit, phase one (only with checkpointing on, instead of `flush`): stage
+    /// everything written since the last `pre_commit` under `checkpoint`, durably, without
+    /// making it visible. Default: `flush` (visible at once: at-least-once).
+    ///
+    /// # Errors
+    /// An error fails the subtask (and so the checkpoint).
+    fn pre_commit(&mut self, _checkpoint: u64) -> Result<(), UserError> {
+        self.flush()
+    }
+
+    /// Two-phase commit, phase two: `checkpoint` completed; make everything staged under it
+    /// and earlier visible. Must be idempotent.
+    ///
+    /// # Errors
+    /// An error fails the subtask; the commit is retried by `recover`.
+    fn commit(&mut self, _checkpoint: u64) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// Called after `on_start` when the subtask starts from a checkpoint, or from nothing:
+    /// commit what was staged under `last_completed` and earlier (idempotently) and drop what
+    /// was staged under later checkpoints.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn recover(&mut self, _last_completed: Option<u64>) -> Result<(), UserError> {
         Ok(())
     }
 }

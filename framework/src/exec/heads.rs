@@ -46,6 +46,25 @@ pub trait ErasedInput: Send {
     /// The record at `index` of `batch`, encoded (for a dead-letter output).
     fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord>;
 
+    /// The chain's state at `checkpoint` (see [`super::Stage::snapshot`]).
+    ///
+    /// # Errors
+    /// A hook that failed.
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError>;
+    /// Restores a freshly opened chain (see [`super::Stage::restore`]).
+    ///
+    /// # Errors
+    /// State that does not decode, or a hook that failed.
+    fn restore(
+        &mut self,
+        states: &[Vec<u8>],
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError>;
+    /// A checkpoint completed (see [`super::Stage::checkpoint_complete`]).
+    ///
+    /// # Errors
+    /// A sink that failed to commit.
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError>;
     /// See [`super::Stage::open`].
     ///
     /// # Errors
@@ -124,6 +143,21 @@ impl<T: Data> ErasedInput for InputStage<T> {
         let record = self.records(batch).ok()?.get(index)?;
         rmp_serde::to_vec(record).ok()
     }
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError> {
+        let mut out = Vec::new();
+        self.next.snapshot(checkpoint, &mut out)?;
+        Ok(out)
+    }
+    fn restore(
+        &mut self,
+        states: &[Vec<u8>],
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        self.next.restore(&mut states.iter(), last_completed)
+    }
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+        self.next.checkpoint_complete(checkpoint)
+    }
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.next.open(cx)
     }
@@ -169,6 +203,25 @@ pub trait ErasedSource: Send {
     /// # Errors
     /// The source could not seek.
     fn seek(&mut self, pos: &Position) -> Result<(), StageError>;
+    /// The chain's state at `checkpoint` (see [`super::Stage::snapshot`]).
+    ///
+    /// # Errors
+    /// A hook that failed.
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError>;
+    /// Restores a freshly opened chain (see [`super::Stage::restore`]).
+    ///
+    /// # Errors
+    /// State that does not decode, or a hook that failed.
+    fn restore(
+        &mut self,
+        states: &[Vec<u8>],
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError>;
+    /// A checkpoint completed (see [`super::Stage::checkpoint_complete`]).
+    ///
+    /// # Errors
+    /// A sink that failed to commit.
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError>;
     /// Runs `on_start` of the source and the chain.
     ///
     /// # Errors
@@ -239,6 +292,21 @@ impl<S: Source> ErasedSource for SourceDriver<S> {
     fn seek(&mut self, pos: &Position) -> Result<(), StageError> {
         let source = &mut self.source;
         guarded(&self.info.operator, || source.seek(pos))
+    }
+    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError> {
+        let mut out = Vec::new();
+        self.next.snapshot(checkpoint, &mut out)?;
+        Ok(out)
+    }
+    fn restore(
+        &mut self,
+        states: &[Vec<u8>],
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        self.next.restore(&mut states.iter(), last_completed)
+    }
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+        self.next.checkpoint_complete(checkpoint)
     }
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let (source, info) = (&mut self.source, &self.info);

@@ -82,6 +82,9 @@ pub struct StageCx {
     pub inject: Option<Fault>,
     /// Set when an injected fault fired, so the runtime can tell it from a real failure.
     pub injected_fired: bool,
+    /// Checkpointing is on: sinks stage their output at barriers (`pre_commit`) instead of
+    /// flushing it after every unit of work.
+    pub checkpointing: bool,
 }
 
 impl StageCx {
@@ -93,6 +96,7 @@ impl StageCx {
             batch_size,
             inject: None,
             injected_fired: false,
+            checkpointing: false,
         }
     }
 
@@ -143,6 +147,30 @@ pub trait Stage<T>: Send {
     /// Queues partly filled (committed) batches.
     fn flush(&mut self, cx: &mut StageCx);
 
+    /// Appends the state of this stage and of the rest of the chain at `checkpoint`: one entry
+    /// per operator or sink, in chain order (empty when it has none). Sinks pre-commit.
+    ///
+    /// # Errors
+    /// A hook that failed.
+    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError>;
+
+    /// Restores the entries written by [`Stage::snapshot`] (taken in the same order) into a
+    /// freshly opened chain; sinks recover their transactions up to `last_completed`.
+    ///
+    /// # Errors
+    /// State that does not decode, or a hook that failed.
+    fn restore(
+        &mut self,
+        states: &mut std::slice::Iter<'_, Vec<u8>>,
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError>;
+
+    /// `checkpoint` completed: sinks commit what they staged under it.
+    ///
+    /// # Errors
+    /// A sink that failed to commit.
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError>;
+
     /// End of input: runs `on_close` hooks front to back (they may still emit), then commits
     /// and flushes everything, so that only end-of-input is left to send.
     ///
@@ -153,6 +181,17 @@ pub trait Stage<T>: Send {
 
 /// A boxed stage.
 pub type BoxStage<T> = Box<dyn Stage<T>>;
+
+/// The next state entry of a chain being restored.
+pub(crate) fn next_state<'a>(
+    states: &mut std::slice::Iter<'a, Vec<u8>>,
+    operator: &str,
+) -> Result<&'a Vec<u8>, StageError> {
+    states.next().ok_or_else(|| StageError {
+        operator: operator.to_string(),
+        cause: crate::error::FailureCause::Internal("the checkpoint does not match the chain"),
+    })
+}
 
 /// Raises an injected fault (call it under `catch_unwind`).
 fn raise(fault: Option<Fault>) -> Result<(), crate::UserError> {

@@ -139,6 +139,19 @@ impl<T: Data> Stage<T> for Router<T> {
             buf.truncate(keep);
         }
     }
+    fn snapshot(&mut self, _checkpoint: u64, _out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn restore(
+        &mut self,
+        _states: &mut std::slice::Iter<'_, Vec<u8>>,
+        _last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), StageError> {
+        Ok(())
+    }
     fn flush(&mut self, cx: &mut StageCx) {
         for ch in 0..self.buffers.len() {
             if !self.buffers[ch].is_empty() {
@@ -186,6 +199,25 @@ impl<T: Data> Stage<T> for Tee<T> {
     }
     fn rollback(&mut self) {
         self.branches.iter_mut().for_each(|b| b.rollback());
+    }
+    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+        self.branches
+            .iter_mut()
+            .try_for_each(|b| b.snapshot(checkpoint, out))
+    }
+    fn restore(
+        &mut self,
+        states: &mut std::slice::Iter<'_, Vec<u8>>,
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        self.branches
+            .iter_mut()
+            .try_for_each(|b| b.restore(states, last_completed))
+    }
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+        self.branches
+            .iter_mut()
+            .try_for_each(|b| b.checkpoint_complete(checkpoint))
     }
     fn flush(&mut self, cx: &mut StageCx) {
         self.branches.iter_mut().for_each(|b| b.flush(cx));

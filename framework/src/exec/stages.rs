@@ -1,7 +1,9 @@
 //! Stages that run user operators and sinks.
 
-use super::{guarded, guarded_emit, BoxStage, Stage, StageCx};
+use super::{guarded, guarded_emit, next_state, BoxStage, Stage, StageCx};
+use crate::data::Key;
 use crate::error::StageError;
+use crate::operator::Encoded;
 use crate::operator::{KeyedOperator, Operator, Sink, SubtaskInfo};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
@@ -39,6 +41,28 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
     }
     fn rollback(&mut self) {
         self.next.rollback();
+    }
+    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+        let op = &self.op;
+        let state = guarded(&self.info.operator, || op.snapshot())?;
+        out.push(state.map(|s| s.0).unwrap_or_default());
+        self.next.snapshot(checkpoint, out)
+    }
+    fn restore(
+        &mut self,
+        states: &mut std::slice::Iter<'_, Vec<u8>>,
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        let state = next_state(states, &self.info.operator)?;
+        if !state.is_empty() {
+            let op = &mut self.op;
+            let snap = Encoded(state.clone());
+            guarded(&self.info.operator, || op.restore(&snap))?;
+        }
+        self.next.restore(states, last_completed)
+    }
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+        self.next.checkpoint_complete(checkpoint)
     }
     fn flush(&mut self, cx: &mut StageCx) {
         self.next.flush(cx);
@@ -107,6 +131,34 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
     fn rollback(&mut self) {
         self.next.rollback();
     }
+    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+        // Sorted by key hash, so that a range of the ring can be cut out for rescaling.
+        let mut entries: Vec<(u64, &O::Key, &O::State)> = self
+            .states
+            .iter()
+            .map(|(k, s)| (k.key_hash(), k, s))
+            .collect();
+        entries.sort_unstable_by_key(|e| e.0);
+        let bytes = guarded(&self.info.operator, || Ok(rmp_serde::to_vec(&entries)?))?;
+        out.push(bytes);
+        self.next.snapshot(checkpoint, out)
+    }
+    fn restore(
+        &mut self,
+        states: &mut std::slice::Iter<'_, Vec<u8>>,
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        let state = next_state(states, &self.info.operator)?;
+        if !state.is_empty() {
+            let entries: Vec<(u64, O::Key, O::State)> =
+                guarded(&self.info.operator, || Ok(rmp_serde::from_slice(state)?))?;
+            self.states = entries.into_iter().map(|(_, k, s)| (k, s)).collect();
+        }
+        self.next.restore(states, last_completed)
+    }
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+        self.next.checkpoint_complete(checkpoint)
+    }
     fn flush(&mut self, cx: &mut StageCx) {
         self.next.flush(cx);
     }
@@ -162,12 +214,35 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
             return Ok(());
         }
         cx.records_out += written;
+        if cx.checkpointing {
+            // Staged at the next barrier (`pre_commit`), visible when that checkpoint completes.
+            return Ok(());
+        }
         let sink = &mut self.sink;
         guarded(&self.info.operator, || sink.flush())
     }
     fn rollback(&mut self) {
         // The chain is rebuilt before the unit is retried; this instance is dropped.
         self.written = 0;
+    }
+    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+        let sink = &mut self.sink;
+        guarded(&self.info.operator, || sink.pre_commit(checkpoint))?;
+        out.push(Vec::new());
+        Ok(())
+    }
+    fn restore(
+        &mut self,
+        states: &mut std::slice::Iter<'_, Vec<u8>>,
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        next_state(states, &self.info.operator)?;
+        let sink = &mut self.sink;
+        guarded(&self.info.operator, || sink.recover(last_completed))
+    }
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+        let sink = &mut self.sink;
+        guarded(&self.info.operator, || sink.commit(checkpoint))
     }
     fn flush(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
