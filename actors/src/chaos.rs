@@ -80,6 +80,10 @@ impl ChaosHandle {
         }
     }
 
+    pub(crate) fn supervisor(&self) -> Option<&Addr<JobSupervisor>> {
+        self.job.as_ref()
+    }
+
     /// The job's subtasks as (chain name, subtask index); faults address them by position.
     pub fn tasks(&self) -> &[(String, usize)] {
         &self.tasks

@@ -73,6 +73,23 @@ pub enum JobError {
         /// How many times the record failed.
         attempts: u32,
     },
+    /// The checkpoint to start from could not be loaded.
+    #[error("cannot restore the job: {0}")]
+    Restore(#[from] riffle_framework::StoreError),
+    /// The checkpoint to start from does not fit this job (another job, or other parallelism).
+    #[error("checkpoint {checkpoint} does not fit this job: {reason}")]
+    CheckpointMismatch {
+        /// The checkpoint.
+        checkpoint: u64,
+        /// What does not fit.
+        reason: String,
+    },
+    /// A savepoint could not be taken.
+    #[error("savepoint failed: {reason}")]
+    SavepointFailed {
+        /// Why.
+        reason: String,
+    },
     /// Every worker thread stopped; nothing can run the job.
     #[error("no worker thread is left to run the job")]
     NoWorkers,
@@ -96,7 +113,11 @@ impl JobError {
             JobError::SubtaskFailed { cause, .. }
             | JobError::RestartLimit { cause, .. }
             | JobError::PoisonRecord { cause, .. } => of(cause),
-            JobError::NoWorkers | JobError::Spawn(_) => ErrorKind::External,
+            JobError::NoWorkers | JobError::Spawn(_) | JobError::SavepointFailed { .. } => {
+                ErrorKind::External
+            }
+            JobError::Restore(_) => ErrorKind::External,
+            JobError::CheckpointMismatch { .. } => ErrorKind::Config,
             JobError::RuntimeLost => ErrorKind::Internal,
         }
     }
@@ -121,6 +142,32 @@ pub struct RestartEvent {
     pub also_restarted: usize,
 }
 
+/// A completed checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckpointStats {
+    /// Its id.
+    pub id: u64,
+    /// From trigger to saved.
+    pub duration: Duration,
+    /// Bytes of operator state.
+    pub bytes: usize,
+    /// Whether it was a savepoint.
+    pub savepoint: bool,
+}
+
+/// A recovery of the whole job from a checkpoint (checkpointing on).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecoveryEvent {
+    /// The epoch the recovery started.
+    pub epoch: u64,
+    /// What failed.
+    pub cause: String,
+    /// The checkpoint restored (`None`: from the start).
+    pub restored_from: Option<u64>,
+    /// From the failure to the first record processed again.
+    pub restore_time: Option<Duration>,
+}
+
 /// What a completed job reports.
 #[derive(Clone, Debug, Default)]
 pub struct JobResult {
@@ -140,6 +187,10 @@ pub struct JobResult {
     pub recreated: u64,
     /// Records set aside as poison.
     pub dead_letters: Vec<DeadLetter>,
+    /// Completed checkpoints (the last is the final one taken when the job ended).
+    pub checkpoints: Vec<CheckpointStats>,
+    /// Recoveries from checkpoints.
+    pub recoveries: Vec<RecoveryEvent>,
 }
 
 impl JobResult {

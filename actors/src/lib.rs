@@ -25,13 +25,14 @@
 //! checkpoints exist).
 
 pub mod chaos;
+mod coordinator;
 mod error;
 mod message;
 mod runtime;
 mod subtask;
 mod supervisor;
 
-pub use error::{ErrorKind, JobError, JobResult, RestartEvent};
+pub use error::{CheckpointStats, ErrorKind, JobError, JobResult, RecoveryEvent, RestartEvent};
 pub use message::{DataMessage, Event, SubtaskMetrics};
 pub use runtime::{start_plan, Execute, JobHandle, Rng};
 pub use subtask::Lifecycle;

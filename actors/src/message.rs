@@ -2,7 +2,7 @@
 
 use actix::prelude::*;
 use riffle_framework::exec::{Fault, Payload};
-use riffle_framework::{DeadLetter, FailureCause, TaskId};
+use riffle_framework::{DeadLetter, FailureCause, TaskId, TaskSnapshot};
 use std::time::Duration;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -15,6 +15,8 @@ pub enum Event {
         /// How many.
         len: usize,
     },
+    /// Checkpoint barrier `n`: the sender's records before it belong to checkpoint `n`.
+    Barrier(u64),
     /// The sender will send nothing more on this channel.
     EndOfInput,
 }
@@ -64,11 +66,25 @@ pub struct SubtaskMetrics {
     pub recreated: u32,
 }
 
+/// How a subtask starts over from a checkpoint (or from scratch) in a new epoch.
+pub(crate) struct ResetOrder {
+    pub epoch: u64,
+    /// Its state in the checkpoint restored (`None`: start from nothing).
+    pub snapshot: Option<TaskSnapshot>,
+    /// The checkpoint restored, for the sinks' transactions.
+    pub last_completed: Option<u64>,
+    pub attempt: u32,
+    pub backoff: Duration,
+    /// Output targets that were re-created, with their new addresses.
+    pub rewire: Vec<(TaskId, Recipient<DataMessage>)>,
+}
+
 /// What the job supervisor decided about a failed subtask.
-#[derive(Clone, Copy, Debug)]
 pub(crate) enum Decision {
     /// Restart after `backoff` (attempt number `attempt`).
     Restart { attempt: u32, backoff: Duration },
+    /// Start over from a checkpoint with the whole job (checkpointing on).
+    Reset(Box<ResetOrder>),
     /// Do not restart: the job is failing.
     Abort,
 }
@@ -152,6 +168,14 @@ pub(crate) enum Control {
     },
     /// These input channels will deliver nothing more (their sender finished).
     CloseInputs(Vec<usize>),
+    /// Take checkpoint `n` now (sources; subtasks whose input has ended).
+    Trigger(u64),
+    /// Checkpoint `id` completed: commit; with `ack`, answer with `Committed`.
+    Complete { id: u64, ack: bool },
+    /// Start over from a checkpoint in a new epoch (recovery), then wait for `Go`.
+    Reset(Box<ResetOrder>),
+    /// Every subtask of `epoch` is reset: run.
+    Go(u64),
 }
 impl Message for Control {
     type Result = ();
@@ -166,4 +190,50 @@ pub enum PlannedKind {
     Error,
     /// The subtask is stopped from outside.
     Stop,
+}
+
+/// A subtask's snapshot for a checkpoint (to the job supervisor's coordinator).
+pub(crate) struct CheckpointAck {
+    pub task: TaskId,
+    pub epoch: u64,
+    pub id: u64,
+    pub snapshot: TaskSnapshot,
+}
+impl Message for CheckpointAck {
+    type Result = ();
+}
+
+/// A subtask's input ended: it will see no more barriers and needs direct triggers.
+pub(crate) struct TaskDraining {
+    pub task: TaskId,
+    pub epoch: u64,
+}
+impl Message for TaskDraining {
+    type Result = ();
+}
+
+/// A subtask finished its reset for `epoch` and waits for `Go`.
+pub(crate) struct ResetDone {
+    pub task: TaskId,
+    pub epoch: u64,
+}
+impl Message for ResetDone {
+    type Result = ();
+}
+
+/// A subtask processed its first record in `epoch` (measures restore time).
+pub(crate) struct FirstRecord {
+    pub epoch: u64,
+}
+impl Message for FirstRecord {
+    type Result = ();
+}
+
+/// A subtask committed checkpoint `id` (answer to `Control::Complete { ack: true }`).
+pub(crate) struct Committed {
+    pub task: TaskId,
+    pub id: u64,
+}
+impl Message for Committed {
+    type Result = ();
 }

@@ -1,11 +1,15 @@
 //! Starting a job: the worker pool, the job supervisor and the wiring of subtask actors.
 
 use crate::chaos::ChaosHandle;
+use crate::coordinator::{Coordinator, SavepointRequest};
 use crate::error::{JobError, JobResult};
-use crate::subtask::{OutChannel, PositionSlot, SubtaskActor, SubtaskSetup};
+use crate::subtask::{OutChannel, PositionSlot, RestoreState, SubtaskActor, SubtaskSetup};
 use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
-use riffle_framework::{ExecutionPlan, StreamEnv, TaskId};
+use riffle_framework::{
+    Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan, FsStore,
+    JobConfig, MemoryStore, RestoreFrom, StreamEnv, TaskId, TaskSnapshot,
+};
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -84,6 +88,26 @@ impl JobHandle {
             None => ChaosHandle::detached(),
         }
     }
+
+    /// Takes a savepoint: a checkpoint that is kept and can start the job later
+    /// (`JobConfig::restore`). Blocks until it is saved; returns its id.
+    ///
+    /// # Errors
+    /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first.
+    pub fn savepoint(&self) -> Result<u64, JobError> {
+        let failed = |reason: &str| JobError::SavepointFailed {
+            reason: reason.to_string(),
+        };
+        let job = self
+            .chaos
+            .as_ref()
+            .and_then(|c| c.supervisor())
+            .ok_or_else(|| failed("the job is not running"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        job.do_send(SavepointRequest { reply: tx });
+        rx.blocking_recv()
+            .map_err(|_| failed("the job ended first"))?
+    }
 }
 
 /// Runs a job on the local actor runtime.
@@ -115,6 +139,7 @@ impl Execute for StreamEnv {
 /// # Errors
 /// [`JobError::Spawn`] if the runtime thread cannot start.
 pub fn start_plan(plan: ExecutionPlan) -> Result<JobHandle, JobError> {
+    let restored = load_restore(&plan)?;
     let plan = Arc::new(plan);
     let (tx, rx) = mpsc::channel();
     let (chaos_tx, chaos_rx) = mpsc::channel();
@@ -122,7 +147,7 @@ pub fn start_plan(plan: ExecutionPlan) -> Result<JobHandle, JobError> {
     let p = plan.clone();
     let thread = std::thread::Builder::new()
         .name(name)
-        .spawn(move || run_system(p, tx, chaos_tx))
+        .spawn(move || run_system(p, restored, tx, chaos_tx))
         .map_err(JobError::Spawn)?;
     let chaos = chaos_rx.recv().ok();
     Ok(JobHandle {
@@ -134,12 +159,13 @@ pub fn start_plan(plan: ExecutionPlan) -> Result<JobHandle, JobError> {
 
 fn run_system(
     plan: Arc<ExecutionPlan>,
+    restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
     chaos: mpsc::Sender<ChaosHandle>,
 ) {
     let sys = System::new();
     let arbiters = sys.block_on(async {
-        let (arbiters, supervisor) = launch(&plan, tx);
+        let (arbiters, supervisor) = launch(&plan, restored, tx);
         let _ = chaos.send(ChaosHandle::new(supervisor, &plan, arbiters.len()));
         arbiters
     });
@@ -150,17 +176,45 @@ fn run_system(
     }
 }
 
+/// How a subtask starts: its place in the epochs and what it restores.
+pub(crate) struct SpawnState {
+    pub closed_inputs: Vec<usize>,
+    pub position: PositionSlot,
+    pub attempt: u32,
+    pub epoch: u64,
+    pub restore: Option<RestoreState>,
+    pub paused: bool,
+}
+
+/// What subtask `task` restores from `snapshot` (or from nothing) with checkpointing on.
+pub(crate) fn restore_state(
+    plan: &ExecutionPlan,
+    task: TaskId,
+    snapshot: Option<&TaskSnapshot>,
+    last_completed: Option<u64>,
+) -> RestoreState {
+    match snapshot {
+        Some(s) => RestoreState {
+            states: s.states.clone(),
+            last_completed,
+            finished: s.finished,
+        },
+        None => RestoreState {
+            states: vec![Vec::new(); plan.state_entries(task.chain)],
+            last_completed,
+            finished: false,
+        },
+    }
+}
+
 /// Starts one subtask actor (under an actix `Supervisor`) on `worker`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn spawn_subtask(
     plan: &Arc<ExecutionPlan>,
     task: TaskId,
     worker: &ArbiterHandle,
     addrs: &HashMap<TaskId, Addr<SubtaskActor>>,
-    closed_inputs: Vec<usize>,
+    state: SpawnState,
     job: Addr<JobSupervisor>,
-    position: PositionSlot,
-    attempt: u32,
 ) -> Addr<SubtaskActor> {
     let cfg = plan.config();
     let outs: Vec<OutChannel> = plan
@@ -184,10 +238,13 @@ pub(crate) fn spawn_subtask(
         plan: plan.clone(),
         outs,
         in_channels,
-        closed_inputs,
+        closed_inputs: state.closed_inputs,
         job,
-        position,
-        attempt,
+        position: state.position,
+        attempt: state.attempt,
+        epoch: state.epoch,
+        restore: state.restore,
+        paused: state.paused,
     };
     actix::Supervisor::start_in_arbiter(worker, move |ctx| {
         ctx.set_mailbox_capacity(capacity);
@@ -195,10 +252,50 @@ pub(crate) fn spawn_subtask(
     })
 }
 
+/// Loads the checkpoint the job starts from (if any) and checks it fits the plan.
+fn load_restore(plan: &ExecutionPlan) -> Result<Option<Checkpoint>, JobError> {
+    let cfg = plan.config();
+    let checkpoint = match &cfg.restore {
+        None => return Ok(None),
+        Some(RestoreFrom::Latest(dir)) => FsStore::latest_in(dir, &cfg.name)?,
+        Some(RestoreFrom::Path(p)) => FsStore::load_dir(p)?,
+    };
+    for t in plan.tasks() {
+        let fits = checkpoint
+            .task(t.chain, t.subtask)
+            .is_some_and(|s| s.states.len() == plan.state_entries(t.chain));
+        if !fits {
+            return Err(JobError::CheckpointMismatch {
+                checkpoint: checkpoint.id,
+                reason: format!(
+                    "no matching state for subtask {} of `{}` (changed job or parallelism?)",
+                    t.subtask,
+                    plan.chain_name(t.chain)
+                ),
+            });
+        }
+    }
+    if checkpoint.tasks.len() != plan.tasks().len() {
+        return Err(JobError::CheckpointMismatch {
+            checkpoint: checkpoint.id,
+            reason: "the checkpoint has more subtasks than the job".to_string(),
+        });
+    }
+    Ok(Some(checkpoint))
+}
+
+fn make_store(cfg: &JobConfig, c: &CheckpointConfig) -> Arc<dyn CheckpointStore> {
+    match &c.storage {
+        CheckpointStorage::Memory => Arc::new(MemoryStore::new(c.keep)),
+        CheckpointStorage::Dir(d) => Arc::new(FsStore::new(d, &cfg.name, c.keep)),
+    }
+}
+
 /// Creates the worker arbiters, the job supervisor and every subtask actor, sinks first so
 /// that each actor is created knowing its downstream addresses.
 fn launch(
     plan: &Arc<ExecutionPlan>,
+    restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
 ) -> (Vec<Arbiter>, Addr<JobSupervisor>) {
     let cfg = plan.config().clone();
@@ -207,23 +304,37 @@ fn launch(
     let tasks = plan.tasks();
     tracing::info!(job = %cfg.name, tasks = tasks.len(), workers = workers.len(), "starting job\n{}", plan.describe());
     let plan = plan.clone();
+    let restored = restored.map(Arc::new);
+    let coord = cfg
+        .checkpoint
+        .as_ref()
+        .map(|c| Coordinator::new(make_store(&cfg, c), c.clone(), restored.clone()));
+    let checkpointing = coord.is_some();
+    let plan = plan.clone();
     let supervisor = JobSupervisor::create(move |ctx| {
         let mut addrs = HashMap::new();
         let mut placement = HashMap::new();
         let mut positions = HashMap::new();
+        let last_completed = restored.as_ref().map(|c| c.id);
         for (i, &task) in tasks.iter().enumerate().rev() {
             let w = i % workers.len();
-            let slot = PositionSlot::default();
-            let addr = spawn_subtask(
-                &plan,
-                task,
-                &workers[w],
-                &addrs,
-                Vec::new(),
-                ctx.address(),
-                slot.clone(),
-                0,
-            );
+            let snapshot = restored
+                .as_ref()
+                .and_then(|c| c.task(task.chain, task.subtask));
+            let slot = PositionSlot::new(std::sync::Mutex::new(
+                snapshot.and_then(|s| s.position.clone()),
+            ));
+            let restore = (checkpointing || snapshot.is_some())
+                .then(|| restore_state(&plan, task, snapshot, last_completed));
+            let state = SpawnState {
+                closed_inputs: Vec::new(),
+                position: slot.clone(),
+                attempt: 0,
+                epoch: 0,
+                restore,
+                paused: false,
+            };
+            let addr = spawn_subtask(&plan, task, &workers[w], &addrs, state, ctx.address());
             addrs.insert(task, addr);
             placement.insert(task, w);
             positions.insert(task, slot);
@@ -232,6 +343,9 @@ fn launch(
             alive: vec![true; workers.len()],
             rng: Rng::new(cfg.seed),
             total: tasks.len(),
+            coord,
+            epoch: 0,
+            recovery: None,
             plan,
             workers,
             addrs,

@@ -14,21 +14,39 @@
 //! and its upstream subtasks are re-wired to it.
 
 use crate::chaos::ChaosCommand;
+use crate::coordinator::Coordinator;
+use crate::error::RecoveryEvent;
 use crate::error::{JobError, JobResult, RestartEvent};
+use crate::message::ResetOrder;
 use crate::message::{
     Control, DeadLettered, Decision, StopDue, SubtaskMetrics, TaskFailed, TaskFinished, TaskLost,
     TaskResumed,
 };
-use crate::runtime::{spawn_subtask, Outcome, Rng};
+use crate::runtime::{restore_state, spawn_subtask, Outcome, Rng, SpawnState};
 use crate::subtask::{PositionSlot, SubtaskActor};
 use actix::prelude::*;
 use riffle_framework::{ExecutionPlan, RestartKind, TaskId};
+use std::collections::HashSet;
 use std::collections::{HashMap, VecDeque};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
+use tokio::sync::oneshot;
+
+/// A recovery of the whole job in progress (checkpointing on).
+pub(crate) struct Recovery {
+    pub epoch: u64,
+    pub started: Instant,
+    /// Subtasks that have not yet reported `ResetDone`.
+    pub waiting: HashSet<TaskId>,
+    pub go_at: Option<Instant>,
+    pub restore_time: Option<std::time::Duration>,
+}
 
 pub(crate) struct JobSupervisor {
     pub plan: Arc<ExecutionPlan>,
+    pub coord: Option<Coordinator>,
+    pub epoch: u64,
+    pub recovery: Option<Recovery>,
     pub workers: Vec<ArbiterHandle>,
     pub alive: Vec<bool>,
     pub addrs: HashMap<TaskId, Addr<SubtaskActor>>,
@@ -47,8 +65,152 @@ pub(crate) struct JobSupervisor {
 }
 
 impl JobSupervisor {
-    fn concluded(&self) -> bool {
+    pub(crate) fn concluded(&self) -> bool {
         self.report.is_none()
+    }
+
+    pub(crate) fn recovery_in_progress(&self) -> bool {
+        self.recovery.as_ref().is_some_and(|r| r.go_at.is_none())
+    }
+
+    /// Every subtask finished (and committed): report the result.
+    pub(crate) fn conclude_success(&mut self) {
+        if self.concluded() {
+            return;
+        }
+        let mut subtasks: Vec<_> = self.finished.iter().map(|(t, m)| (*t, m.clone())).collect();
+        subtasks.sort_by_key(|(t, _)| *t);
+        let mut result = std::mem::take(&mut self.result);
+        result.elapsed = self.started.elapsed();
+        result.subtasks = subtasks.into_iter().map(|(_, m)| m).collect();
+        self.conclude(Ok(result));
+    }
+
+    /// Restarts the whole job from the latest completed checkpoint in a new epoch.
+    fn recover(
+        &mut self,
+        task: TaskId,
+        cause: String,
+        reply: Option<oneshot::Sender<Decision>>,
+        lost: bool,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), u32> {
+        let consecutive = self.admit_restart(task)?;
+        let backoff = self
+            .plan
+            .config()
+            .restart
+            .backoff
+            .delay(consecutive, self.rng.unit());
+        self.epoch += 1;
+        let epoch = self.epoch;
+        let checkpoint = match &mut self.coord {
+            Some(c) => {
+                c.abort_pending("recovery");
+                c.draining.clear();
+                c.uncommitted.clear();
+                c.last_completed.clone()
+            }
+            None => None,
+        };
+        let last_completed = checkpoint.as_ref().map(|c| c.id);
+        self.finished.clear();
+        let tasks = self.plan.tasks();
+        let mut rewire = Vec::new();
+        if lost {
+            match self.recreate_for_recovery(task, epoch, checkpoint.as_deref(), ctx) {
+                Some(addr) => rewire.push((task, addr.recipient())),
+                None => return Ok(()),
+            }
+        }
+        self.recovery = Some(Recovery {
+            epoch,
+            started: Instant::now(),
+            waiting: tasks.iter().copied().collect(),
+            go_at: None,
+            restore_time: None,
+        });
+        self.result.recoveries.push(RecoveryEvent {
+            epoch,
+            cause: cause.clone(),
+            restored_from: last_completed,
+            restore_time: None,
+        });
+        tracing::warn!(epoch, ?last_completed, %cause, "recovering the job from its latest checkpoint");
+        let mut reply = reply;
+        for t in tasks {
+            if lost && t == task {
+                continue;
+            }
+            let order = ResetOrder {
+                epoch,
+                snapshot: checkpoint
+                    .as_ref()
+                    .and_then(|c| c.task(t.chain, t.subtask).cloned()),
+                last_completed,
+                attempt: self.next_attempt(t),
+                backoff,
+                rewire: rewire.clone(),
+            };
+            if t == task && !lost {
+                if let Some(r) = reply.take() {
+                    let _ = r.send(Decision::Reset(Box::new(order)));
+                }
+            } else if let Some(a) = self.addrs.get(&t) {
+                a.do_send(Control::Reset(Box::new(order)));
+            }
+        }
+        self.result.restarts.push(RestartEvent {
+            chain: self.chain_name(task),
+            subtask: task.subtask,
+            attempt: self.attempts.get(&task).copied().unwrap_or(0),
+            cause,
+            injected: false,
+            backoff,
+            also_restarted: self.total.saturating_sub(1),
+        });
+        Ok(())
+    }
+
+    /// Re-creates a lost subtask, paused, restored from `checkpoint`.
+    fn recreate_for_recovery(
+        &mut self,
+        task: TaskId,
+        epoch: u64,
+        checkpoint: Option<&riffle_framework::Checkpoint>,
+        ctx: &mut Context<Self>,
+    ) -> Option<Addr<SubtaskActor>> {
+        let Some(worker) = self.live_worker(task) else {
+            self.conclude(Err(JobError::NoWorkers));
+            return None;
+        };
+        let attempt = self.next_attempt(task);
+        let position = self.positions.entry(task).or_default().clone();
+        let snapshot = checkpoint.and_then(|c| c.task(task.chain, task.subtask));
+        *position.lock().unwrap_or_else(|e| e.into_inner()) =
+            snapshot.and_then(|s| s.position.clone());
+        let restore = restore_state(&self.plan, task, snapshot, checkpoint.map(|c| c.id));
+        let addr = spawn_subtask(
+            &self.plan,
+            task,
+            &self.workers[worker],
+            &self.addrs,
+            SpawnState {
+                closed_inputs: Vec::new(),
+                position,
+                attempt,
+                epoch,
+                restore: Some(restore),
+                paused: true,
+            },
+            ctx.address(),
+        );
+        self.addrs.insert(task, addr.clone());
+        self.placement.insert(task, worker);
+        *self.recreated.entry(task).or_default() += 1;
+        self.result.recreated += 1;
+        tracing::warn!(chain = %self.chain_name(task), subtask = task.subtask, worker, "subtask re-created on another worker");
+        Some(addr)
     }
 
     fn conclude(&mut self, outcome: Outcome) {
@@ -137,10 +299,15 @@ impl JobSupervisor {
             task,
             &self.workers[worker],
             &self.addrs,
-            closed,
+            SpawnState {
+                closed_inputs: closed,
+                position,
+                attempt,
+                epoch: self.epoch,
+                restore: None,
+                paused: false,
+            },
             ctx.address(),
-            position,
-            attempt,
         );
         self.addrs.insert(task, addr.clone());
         self.placement.insert(task, worker);
@@ -175,6 +342,12 @@ impl JobSupervisor {
 
 impl Actor for JobSupervisor {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(every) = crate::coordinator::tick_interval(&self.plan) {
+            ctx.run_interval(every, |act, _ctx| act.checkpoint_tick());
+        }
+    }
 }
 
 impl Handler<TaskFinished> for JobSupervisor {
@@ -194,38 +367,37 @@ impl Handler<TaskFinished> for JobSupervisor {
         }
         self.finish_dead_letters();
         if self.finished.len() == self.total && !self.concluded() {
-            let mut subtasks: Vec<_> = self.finished.iter().map(|(t, m)| (*t, m.clone())).collect();
-            subtasks.sort_by_key(|(t, _)| *t);
-            let mut result = std::mem::take(&mut self.result);
-            result.elapsed = self.started.elapsed();
-            result.subtasks = subtasks.into_iter().map(|(_, m)| m).collect();
-            self.conclude(Ok(result));
+            if self.coord.is_some() {
+                self.finish_with_checkpoint();
+            } else {
+                self.conclude_success();
+            }
         }
     }
 }
 
 impl Handler<TaskFailed> for JobSupervisor {
     type Result = ();
-    fn handle(&mut self, msg: TaskFailed, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: TaskFailed, ctx: &mut Context<Self>) {
         let TaskFailed {
             task,
             failure,
             reply,
         } = msg;
-        let answer = |d: Decision| {
+        let abort = |reply: Option<oneshot::Sender<Decision>>| {
             if let Some(r) = reply {
-                let _ = r.send(d);
+                let _ = r.send(Decision::Abort);
             }
         };
         if self.concluded() {
-            return answer(Decision::Abort);
+            return abort(reply);
         }
         let chain = self.chain_name(task);
         if failure.injected {
             self.result.faults_injected += 1;
         }
         if let Some(attempts) = failure.poison_attempts {
-            answer(Decision::Abort);
+            abort(reply);
             return self.conclude(Err(JobError::PoisonRecord {
                 chain,
                 subtask: task.subtask,
@@ -236,7 +408,7 @@ impl Handler<TaskFailed> for JobSupervisor {
         }
         let kind = self.plan.restart_kind(task.chain);
         if kind == RestartKind::Never {
-            answer(Decision::Abort);
+            abort(reply);
             return self.conclude(Err(JobError::SubtaskFailed {
                 chain,
                 subtask: task.subtask,
@@ -244,19 +416,35 @@ impl Handler<TaskFailed> for JobSupervisor {
                 cause: failure.cause,
             }));
         }
+        let limit = |this: &mut Self, restarts: u32, failure: crate::message::Failure| {
+            let backoffs = this.result.restarts.iter().map(|r| r.backoff).collect();
+            this.conclude(Err(JobError::RestartLimit {
+                chain: this.chain_name(task),
+                subtask: task.subtask,
+                operator: failure.operator,
+                cause: failure.cause,
+                restarts,
+                backoffs,
+            }));
+        };
+        if self.coord.is_some() {
+            // With checkpoints the region is the whole job: restore everything.
+            let cause = format!("operator `{}` {}", failure.operator, failure.cause);
+            match self.recover(task, cause, reply, false, ctx) {
+                Ok(()) => {
+                    if let Some(ev) = self.result.restarts.last_mut() {
+                        ev.injected = failure.injected;
+                    }
+                }
+                Err(restarts) => limit(self, restarts, failure),
+            }
+            return;
+        }
         let consecutive = match self.admit_restart(task) {
             Ok(n) => n,
             Err(restarts) => {
-                answer(Decision::Abort);
-                let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();
-                return self.conclude(Err(JobError::RestartLimit {
-                    chain,
-                    subtask: task.subtask,
-                    operator: failure.operator,
-                    cause: failure.cause,
-                    restarts,
-                    backoffs,
-                }));
+                abort(reply);
+                return limit(self, restarts, failure);
             }
         };
         let backoff = self
@@ -292,7 +480,9 @@ impl Handler<TaskFailed> for JobSupervisor {
             backoff,
             also_restarted: also,
         });
-        answer(Decision::Restart { attempt, backoff });
+        if let Some(r) = reply {
+            let _ = r.send(Decision::Restart { attempt, backoff });
+        }
     }
 }
 
@@ -313,6 +503,25 @@ impl Handler<TaskLost> for JobSupervisor {
         }
         if let Some(&w) = self.placement.get(&task) {
             self.alive[w] = false;
+        }
+        if self.coord.is_some() {
+            let cause = format!(
+                "subtask {} of `{}` lost its worker thread",
+                task.subtask,
+                self.chain_name(task)
+            );
+            if let Err(restarts) = self.recover(task, cause, None, true, ctx) {
+                let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();
+                self.conclude(Err(JobError::RestartLimit {
+                    chain: self.chain_name(task),
+                    subtask: task.subtask,
+                    operator: self.chain_name(task),
+                    cause: riffle_framework::FailureCause::Stopped,
+                    restarts,
+                    backoffs,
+                }));
+            }
+            return;
         }
         if let Err(restarts) = self.admit_restart(task) {
             let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();

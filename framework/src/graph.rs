@@ -458,6 +458,15 @@ impl ExecutionPlan {
         v
     }
 
+    /// How many state entries a snapshot of the chain holds (one per operator or sink).
+    pub fn state_entries(&self, chain: usize) -> usize {
+        self.chains[chain]
+            .nodes
+            .iter()
+            .filter(|&&n| !matches!(self.nodes[n].build, Build::Source(_)))
+            .count()
+    }
+
     /// The number of chains.
     pub fn chain_count(&self) -> usize {
         self.chains.len()

@@ -44,6 +44,8 @@ pub enum OutEvent {
         /// How many records.
         len: usize,
     },
+    /// Checkpoint barrier: everything before it belongs to checkpoint `n`'s snapshot.
+    Barrier(u64),
     /// No more records will follow on this channel.
     EndOfInput,
 }
@@ -52,6 +54,7 @@ impl std::fmt::Debug for OutEvent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             OutEvent::Batch { len, .. } => write!(f, "Batch({len})"),
+            OutEvent::Barrier(n) => write!(f, "Barrier({n})"),
             OutEvent::EndOfInput => write!(f, "EndOfInput"),
         }
     }
@@ -105,6 +108,20 @@ impl StageCx {
         for q in &mut self.queues {
             q.push_back(OutEvent::EndOfInput);
         }
+    }
+
+    /// Queues checkpoint barrier `n` on every output channel.
+    pub fn barrier_all(&mut self, n: u64) {
+        for q in &mut self.queues {
+            q.push_back(OutEvent::Barrier(n));
+        }
+    }
+
+    /// Drops everything queued (a recovery restarts from a checkpoint).
+    pub fn clear(&mut self) {
+        self.queues.iter_mut().for_each(VecDeque::clear);
+        self.inject = None;
+        self.injected_fired = false;
     }
 
     /// Takes a pending injected fault, marking that it fired. Chain heads check once per unit

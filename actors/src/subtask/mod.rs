@@ -25,7 +25,7 @@
 //! buffers (one partial batch per channel and the output of the input batch at hand).
 
 use crate::message::{
-    Control, DataMessage, DeadLettered, Decision, Event, Failure, PlannedKind, StopDue,
+    Control, DataMessage, DeadLettered, Decision, Event, Failure, PlannedKind, ResetDone, StopDue,
     SubtaskMetrics, TaskFailed, TaskFinished, TaskLost, TaskResumed,
 };
 use crate::supervisor::JobSupervisor;
@@ -35,8 +35,17 @@ use riffle_framework::{
     DeadLetter, ExecutionPlan, FailureCause, PoisonAction, Position, SourceStatus, StageError,
     TaskChain, TaskId,
 };
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+mod checkpoint;
+
+/// Whether a sent message was the end of input (for re-sending it after a re-wire).
+enum MsgKind {
+    End,
+    Other,
+}
 use tokio::sync::{oneshot, Semaphore};
 
 /// How long an idle source (nothing ready) waits before it is asked again.
@@ -71,6 +80,7 @@ impl Lifecycle {
                 | (Draining, Done)
                 | (Draining, Recovering)
                 | (Draining, Failed)
+                | (Done, Recovering)
         )
     }
 }
@@ -98,6 +108,18 @@ pub(crate) struct SubtaskSetup {
     pub job: Addr<JobSupervisor>,
     pub position: PositionSlot,
     pub attempt: u32,
+    pub epoch: u64,
+    /// State to restore when the chain opens (checkpointing on).
+    pub restore: Option<RestoreState>,
+    /// Wait for `Control::Go` after the restore (a re-creation during a recovery).
+    pub paused: bool,
+}
+
+/// What a subtask restores when its chain opens.
+pub(crate) struct RestoreState {
+    pub states: Vec<Vec<u8>>,
+    pub last_completed: Option<u64>,
+    pub finished: bool,
 }
 
 /// A batch being processed, kept until it succeeds so that it can be retried.
@@ -147,6 +169,24 @@ pub(crate) struct SubtaskActor {
     position: PositionSlot,
     armed: Vec<(u64, PlannedKind)>,
     source_poison: Option<SourcePoison>,
+    /// Checkpointing is on.
+    checkpointing: bool,
+    /// The checkpoint whose barriers are being aligned.
+    aligning: Option<u64>,
+    /// Per input channel: delivered the barrier being aligned.
+    barrier_seen: Vec<bool>,
+    /// Messages of channels that already delivered the barrier, held until alignment ends.
+    held: VecDeque<DataMessage>,
+    /// The newest checkpoint this subtask acknowledged.
+    last_acked: u64,
+    /// Reset and restored; waits for `Control::Go`.
+    paused: bool,
+    /// State to restore when the chain next opens.
+    restore: Option<RestoreState>,
+    /// Restored as finished: only end-of-input is left to send.
+    restored_finished: bool,
+    /// Report the first record processed in this epoch (restore time).
+    first_record_pending: bool,
 }
 
 impl SubtaskActor {
@@ -185,7 +225,18 @@ impl SubtaskActor {
             position: s.position,
             armed: Vec::new(),
             source_poison: None,
+            checkpointing: cfg.checkpoint.is_some(),
+            aligning: None,
+            barrier_seen: vec![false; s.in_channels],
+            held: VecDeque::new(),
+            last_acked: 0,
+            paused: s.paused,
+            restored_finished: false,
+            first_record_pending: false,
+            restore: s.restore,
         };
+        actor.epoch = s.epoch;
+        actor.cx.checkpointing = actor.checkpointing;
         match head {
             Ok(h) => actor.head = Some(h),
             Err(e) => actor.report_fatal(e),
@@ -266,13 +317,33 @@ impl SubtaskActor {
 
     /// First start: open the chain and begin.
     fn begin(&mut self, ctx: &mut Context<Self>) {
-        if let Err(e) = self.open_head() {
+        if let Err(e) = self.open_head().and_then(|()| self.restore_head()) {
             let f = self.stage_failure(e);
             return self.fail(f, ctx);
         }
         let interval = self.plan.config().flush_interval;
         ctx.run_interval(interval, |act, ctx| act.flush(ctx));
+        if self.paused {
+            self.job.do_send(ResetDone {
+                task: self.task,
+                epoch: self.epoch,
+            });
+            return;
+        }
         self.advance(ctx);
+    }
+
+    /// Applies a pending restore to the freshly opened chain.
+    fn restore_head(&mut self) -> Result<(), StageError> {
+        let Some(r) = self.restore.take() else {
+            return Ok(());
+        };
+        self.restored_finished = r.finished;
+        match &mut self.head {
+            Some(TaskChain::Source(s)) => s.restore(&r.states, r.last_completed),
+            Some(TaskChain::Input(i)) => i.restore(&r.states, r.last_completed),
+            None => Ok(()),
+        }
     }
 
     fn open_head(&mut self) -> Result<(), StageError> {
@@ -303,6 +374,9 @@ impl SubtaskActor {
 
     /// Continues after a start or restart: retry, finish, or produce.
     fn advance(&mut self, ctx: &mut Context<Self>) {
+        if std::mem::take(&mut self.restored_finished) {
+            return self.finish_restored(ctx);
+        }
         if let Some(r) = self.retry.take() {
             self.run_batch(r, ctx);
         }
@@ -323,6 +397,17 @@ impl SubtaskActor {
         match decision {
             Decision::Abort => {
                 self.become_(Lifecycle::Failed);
+            }
+            Decision::Reset(order) => {
+                let backoff = order.backoff;
+                self.apply_reset(*order);
+                self.metrics.restarts += 1;
+                if backoff.is_zero() {
+                    self.resume(ctx);
+                } else {
+                    let sleep = fut::wrap_future::<_, Self>(tokio::time::sleep(backoff));
+                    ctx.wait(sleep.map(|_, act, ctx| act.resume(ctx)));
+                }
             }
             Decision::Restart { attempt, backoff } => {
                 self.attempt = attempt;
@@ -361,6 +446,7 @@ impl SubtaskActor {
             return self.fail(f, ctx);
         }
         self.cx.end_all();
+        self.notify_draining();
         self.drain(ctx);
     }
 
@@ -404,6 +490,7 @@ impl SubtaskActor {
         let result = input.process(&r.payload, &r.skip, &mut self.cx);
         match result {
             Ok(n) => {
+                self.note_first_record();
                 self.metrics.batches_in += 1;
                 self.metrics.records_in += (n - r.skip.len().min(n)) as u64;
                 self.drain(ctx);
@@ -473,6 +560,9 @@ impl SubtaskActor {
         });
         let status = match produced {
             Ok((p, pos)) => {
+                if p.emitted > 0 {
+                    self.note_first_record();
+                }
                 self.metrics.records_in += p.emitted;
                 *self.position.lock().unwrap_or_else(|e| e.into_inner()) = pos;
                 if let Some(record) = p.skipped {
@@ -561,7 +651,7 @@ impl SubtaskActor {
 
     /// Sends queued messages while credits last; waits for a credit when a channel runs out.
     fn drain(&mut self, ctx: &mut Context<Self>) {
-        if matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
+        if self.paused || matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
             return;
         }
         for i in 0..self.outs.len() {
@@ -598,7 +688,12 @@ impl SubtaskActor {
             };
             let (event, batch) = match ev {
                 OutEvent::Batch { payload, len } => (Event::Batch { payload, len }, true),
+                OutEvent::Barrier(n) => (Event::Barrier(n), false),
                 OutEvent::EndOfInput => (Event::EndOfInput, false),
+            };
+            let msg_kind = match event {
+                Event::EndOfInput => MsgKind::End,
+                _ => MsgKind::Other,
             };
             let msg = DataMessage {
                 epoch: self.epoch,
@@ -608,12 +703,13 @@ impl SubtaskActor {
             };
             match out.to.try_send(msg) {
                 Ok(()) if batch => self.metrics.batches_out += 1,
-                Ok(()) => out.eoi_sent = true,
+                Ok(()) => out.eoi_sent |= matches!(msg_kind, MsgKind::End),
                 Err(SendError::Full(msg) | SendError::Closed(msg)) => {
                     // The receiver is gone (its worker stopped) or, against the credit
                     // accounting, full: keep the message and wait for a re-wire.
                     let back = match msg.event {
                         Event::Batch { payload, len } => OutEvent::Batch { payload, len },
+                        Event::Barrier(n) => OutEvent::Barrier(n),
                         Event::EndOfInput => OutEvent::EndOfInput,
                     };
                     self.cx.queues[i].push_front(back);
@@ -634,6 +730,7 @@ impl SubtaskActor {
                 }
             }
         }
+        self.try_complete_alignment(ctx);
         if self.open_inputs == 0 && self.state == Lifecycle::Running && !self.is_source() {
             self.finish_input(ctx);
         }
@@ -723,23 +820,8 @@ impl Handler<DataMessage> for SubtaskActor {
     type Result = ();
 
     fn handle(&mut self, msg: DataMessage, ctx: &mut Context<Self>) {
-        if self.state != Lifecycle::Running || msg.epoch != self.epoch {
-            return;
-        }
-        match msg.event {
-            Event::Batch { payload, len } => {
-                let retry = Retry {
-                    payload,
-                    len,
-                    skip: Vec::new(),
-                    fail_index: usize::MAX,
-                    fail_count: 0,
-                };
-                self.run_batch(retry, ctx);
-            }
-            Event::EndOfInput => self.close_inputs(&[msg.channel as usize], ctx),
-        }
-        // `msg.credit` drops here: the sender gets its credit back.
+        self.on_data(msg, ctx);
+        // A message's credit drops with it: the sender gets it back.
     }
 }
 
@@ -775,6 +857,19 @@ impl Handler<Control> for SubtaskActor {
             Control::Restart { .. } => {}
             Control::Rewire { target, to } => self.rewire(target, to, ctx),
             Control::CloseInputs(channels) => self.close_inputs(&channels, ctx),
+            Control::Trigger(n) => self.on_trigger(n, ctx),
+            Control::Complete { id, ack } => self.on_complete(id, ack, ctx),
+            Control::Reset(order) => {
+                if matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
+                    return;
+                }
+                self.state = Lifecycle::Recovering;
+                let (attempt, backoff) = (order.attempt, order.backoff);
+                self.apply_reset(*order);
+                self.pending = Pending::Given(Decision::Restart { attempt, backoff });
+                ctx.stop();
+            }
+            Control::Go(epoch) => self.on_go(epoch, ctx),
         }
     }
 }
@@ -802,6 +897,7 @@ mod tests {
                 (Draining, Recovering),
                 (Draining, Done),
                 (Draining, Failed),
+                (Done, Recovering),
             ]
         );
     }
