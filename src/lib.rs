@@ -36,15 +36,17 @@ pub use riffle_framework as framework;
 
 pub use riffle_actors::chaos;
 pub use riffle_actors::{
-    ErrorKind, Execute, JobError, JobHandle, JobResult, RestartEvent, SubtaskMetrics,
+    CheckpointStats, ErrorKind, Execute, JobError, JobHandle, JobResult, RecoveryEvent,
+    RestartEvent, SubtaskMetrics,
 };
 pub use riffle_framework::exec::Fault;
 pub use riffle_framework::{
-    Backoff, CollectHandle, ConnectorError, CountHandle, Data, DataStream, DeadLetter,
-    ExecutionPlan, FailureCause, GraphError, JobConfig, Key, KeyRing, KeyedOperator, KeyedStream,
-    ModuloPartitioner, Operator, Output, PartitionScheme, Partitioner, PoisonAction, PoisonPolicy,
-    Position, RestartKind, RestartStrategy, Sink, SinkStream, Source, SourceStatus, StreamEnv,
-    SubtaskInfo, UserError,
+    Backoff, Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, CollectHandle,
+    ConnectorError, CountHandle, Data, DataStream, DeadLetter, Encoded, ExecutionPlan,
+    FailureCause, FsStore, GraphError, JobConfig, Key, KeyRing, KeyedOperator, KeyedStream,
+    MemoryStore, ModuloPartitioner, Operator, Output, PartitionScheme, Partitioner, PoisonAction,
+    PoisonPolicy, Position, RestartKind, RestartStrategy, RestoreFrom, Sink, SinkStream, Snapshot,
+    Source, SourceStatus, StoreError, StreamEnv, SubtaskInfo, TaskSnapshot, UserError,
 };
 
 /// Everything an operator author needs: `use riffle::prelude::*;`.

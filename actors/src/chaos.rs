@@ -228,6 +228,9 @@ impl ChaosMonkey {
                     FaultKind::Panic => handle.crash(task, Fault::Panic),
                     FaultKind::Error => handle.crash(task, Fault::Error),
                     FaultKind::Stop => handle.stop(task),
+                    FaultKind::StopWorker => {
+                        handle.stop_worker(rng.below(handle.workers() as u64) as usize)
+                    }
                 }
                 if !stopped_worker && sent == self.faults / 2 && handle.workers() > 1 {
                     handle.stop_worker(rng.below(handle.workers() as u64) as usize);

@@ -190,6 +190,8 @@ pub enum PlannedKind {
     Error,
     /// The subtask is stopped from outside.
     Stop,
+    /// A worker thread (chosen by the job's seeded generator, never the last one) is stopped.
+    StopWorker,
 }
 
 /// A subtask's snapshot for a checkpoint (to the job supervisor's coordinator).

@@ -550,6 +550,18 @@ impl Handler<DeadLettered> for JobSupervisor {
 impl Handler<StopDue> for JobSupervisor {
     type Result = ();
     fn handle(&mut self, msg: StopDue, _ctx: &mut Context<Self>) {
+        if msg.task.chain == usize::MAX {
+            // A planned worker stop: a random live worker, never the last one.
+            let live: Vec<usize> = (0..self.workers.len()).filter(|&i| self.alive[i]).collect();
+            if live.len() > 1 {
+                let w = live[self.rng.below(live.len() as u64) as usize];
+                tracing::warn!(worker = w, "chaos: stopping worker thread");
+                self.alive[w] = false;
+                self.result.workers_stopped += 1;
+                self.workers[w].stop();
+            }
+            return;
+        }
         if let Some(a) = self.addrs.get(&msg.task) {
             a.do_send(Control::Stop);
         }

@@ -251,4 +251,3 @@ impl SubtaskActor {
         self.drain(ctx);
     }
 }
-

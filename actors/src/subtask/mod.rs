@@ -472,6 +472,12 @@ impl SubtaskActor {
                         PlannedKind::Panic => self.cx.inject = Some(Fault::Panic),
                         PlannedKind::Error => self.cx.inject = Some(Fault::Error),
                         PlannedKind::Stop => self.job.do_send(StopDue { task: self.task }),
+                        PlannedKind::StopWorker => self.job.do_send(StopDue {
+                            task: TaskId {
+                                chain: usize::MAX,
+                                subtask: 0,
+                            },
+                        }),
                     }
                 }
                 _ => break,

@@ -1,0 +1,170 @@
+//! Checkpoints and exactly-once recovery: crash anything, the committed output stays exact.
+
+mod common;
+
+use common::{chaos_restarts, seed, sorted};
+use riffle::chaos::{ChaosMonkey, FaultKind};
+use riffle::prelude::*;
+use riffle::CheckpointConfig;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const KEYS: u64 = 1000;
+
+/// Keyed running sum, parallelism 4; the sink runs at parallelism 2 (its own chain, so that
+/// faults hit sinks too).
+fn running_sum(env: &StreamEnv, n: u64) -> riffle::CollectHandle<(u64, u64)> {
+    env.set_parallelism(4);
+    env.generate(n, |i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS, 1u64))
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .collect_with_parallelism(2)
+}
+
+trait CollectWith<T> {
+    fn collect_with_parallelism(self, p: usize) -> riffle::CollectHandle<T>;
+}
+
+impl<T: Data> CollectWith<T> for DataStream<T> {
+    fn collect_with_parallelism(self, p: usize) -> riffle::CollectHandle<T> {
+        self.rebalance()
+            .map(|x| x)
+            .parallelism(p)
+            .name("to_sink")
+            .collect()
+    }
+}
+
+fn check_final_sums(out: &[(u64, u64)], n: u64, seed: u64) {
+    let mut finals: HashMap<u64, u64> = HashMap::new();
+    for &(k, s) in out {
+        let e = finals.entry(k).or_default();
+        *e = (*e).max(s);
+    }
+    let mut counts: HashMap<u64, u64> = HashMap::new();
+    for i in 0..n {
+        *counts
+            .entry(i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS)
+            .or_default() += 1;
+    }
+    assert_eq!(
+        finals, counts,
+        "seed {seed}: the final sum per key must equal its record count"
+    );
+}
+
+#[test]
+fn checkpointing_without_faults_changes_nothing() {
+    const N: u64 = 300_000;
+    let clean_env = StreamEnv::new();
+    let clean = running_sum(&clean_env, N);
+    clean_env.execute().expect("clean");
+    let env = StreamEnv::new();
+    env.configure(|c| c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(5))));
+    let out = running_sum(&env, N);
+    let result = env.execute().expect("checkpointed run");
+    println!(
+        "checkpoints: {:?}",
+        result
+            .checkpoints
+            .iter()
+            .map(|c| (c.id, c.duration, c.bytes))
+            .collect::<Vec<_>>()
+    );
+    assert!(
+        !result.checkpoints.is_empty(),
+        "the final checkpoint at least"
+    );
+    let out = out.take();
+    check_final_sums(&out, N, 0);
+    assert_eq!(sorted(out), sorted(clean.take()));
+}
+
+fn chaos_run(seed: u64) {
+    const N: u64 = 2_000_000;
+    let clean_env = StreamEnv::new();
+    let clean = running_sum(&clean_env, N);
+    clean_env.execute().expect("clean");
+    let clean = sorted(clean.take());
+
+    let env = StreamEnv::new();
+    env.configure(|c| {
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(50)));
+        c.restart = chaos_restarts(RestartKind::OneForOne);
+        c.workers = Some(5);
+        c.seed = seed;
+    });
+    let out = running_sum(&env, N);
+    let job = env.start().expect("start");
+    let chaos = job.chaos();
+    let mut plan = ChaosMonkey::new(seed)
+        .faults(120)
+        .within_records(250_000)
+        .kinds(&[FaultKind::Panic, FaultKind::Error, FaultKind::Stop])
+        .arm(&chaos);
+    let workers = ChaosMonkey::new(seed ^ 0xABCD)
+        .faults(3)
+        .within_records(200_000)
+        .kinds(&[FaultKind::StopWorker])
+        .arm(&chaos);
+    plan.extend(workers);
+    let result = job
+        .wait()
+        .unwrap_or_else(|e| panic!("seed {seed}: job failed: {e}"));
+    let out = out.take();
+    let restored: Vec<Option<u64>> = result.recoveries.iter().map(|r| r.restored_from).collect();
+    let mut times: Vec<Duration> = result
+        .recoveries
+        .iter()
+        .filter_map(|r| r.restore_time)
+        .collect();
+    times.sort();
+    println!(
+        "seed {seed}: {} faults fired, {} workers stopped, {} recoveries (from {:?}), {} checkpoints, \
+         median restore {:?}, {} records out",
+        result.faults_injected,
+        result.workers_stopped,
+        result.recoveries.len(),
+        restored,
+        result.checkpoints.len(),
+        times.get(times.len() / 2),
+        out.len()
+    );
+    assert!(
+        result.faults_injected >= 100,
+        "seed {seed}: only {} faults fired",
+        result.faults_injected
+    );
+    assert!(
+        result.workers_stopped >= 3,
+        "seed {seed}: only {} workers stopped",
+        result.workers_stopped
+    );
+    let recoveries = result.recoveries.len() as u64;
+    assert!(
+        recoveries >= result.faults_injected + result.workers_stopped,
+        "seed {seed}: {recoveries} recoveries"
+    );
+    assert!(
+        restored.iter().any(|r| r.is_some_and(|id| id > 0)),
+        "seed {seed}: never restored from a checkpoint"
+    );
+    check_final_sums(&out, N, seed);
+    assert_eq!(
+        out.len(),
+        clean.len(),
+        "seed {seed}: number of committed updates"
+    );
+    assert!(
+        sorted(out) == clean,
+        "seed {seed}: committed output differs from the clean run"
+    );
+}
+
+#[test]
+fn keyed_running_sum_is_exact_under_chaos() {
+    match std::env::var("RIFFLE_CHAOS_SEED") {
+        Ok(_) => chaos_run(seed(0)),
+        Err(_) => [11, 22, 33].into_iter().for_each(chaos_run),
+    }
+}
