@@ -14,6 +14,7 @@ use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
 use riffle_framework::exec::Fault;
 use riffle_framework::ExecutionPlan;
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 pub use crate::message::PlannedKind as FaultKind;
@@ -50,10 +51,16 @@ pub struct ChaosHandle {
     job: Option<Addr<JobSupervisor>>,
     tasks: Vec<(String, usize)>,
     workers: usize,
+    progress: ProgressCell,
 }
 
 impl ChaosHandle {
-    pub(crate) fn new(job: Addr<JobSupervisor>, plan: &ExecutionPlan, workers: usize) -> Self {
+    pub(crate) fn new(
+        job: Addr<JobSupervisor>,
+        plan: &ExecutionPlan,
+        workers: usize,
+        progress: ProgressCell,
+    ) -> Self {
         let tasks = plan
             .tasks()
             .into_iter()
@@ -63,6 +70,7 @@ impl ChaosHandle {
             job: Some(job),
             tasks,
             workers,
+            progress,
         }
     }
 
@@ -71,6 +79,7 @@ impl ChaosHandle {
             job: None,
             tasks: Vec::new(),
             workers: 0,
+            progress: ProgressCell::default(),
         }
     }
 
@@ -120,8 +129,9 @@ impl ChaosHandle {
         });
     }
 
-    /// Stops worker thread `worker` (ignored for the last live worker); its subtasks are
-    /// re-created on the others. Records in their mailboxes are lost until checkpoints exist.
+    /// Stops worker thread `worker` (another live one if it is already stopped; never the
+    /// last live worker); its subtasks are re-created on the others. Without checkpoints the
+    /// records in their mailboxes are lost; with checkpoints the job recovers exactly.
     pub fn stop_worker(&self, worker: usize) {
         self.send(ChaosCommand::StopWorker(worker));
     }
@@ -240,5 +250,129 @@ impl ChaosMonkey {
             }
             sent
         })
+    }
+}
+
+/// What a running job has done so far, for chaos drivers that wait on progress.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// The current epoch (increases with every recovery from a checkpoint).
+    pub epoch: u64,
+    /// The newest epoch whose subtasks were all restored and told to run.
+    pub running_epoch: u64,
+    /// Checkpoints completed.
+    pub checkpoints: u64,
+    /// The job has ended.
+    pub ended: bool,
+    /// Per task (in [`ChaosHandle::tasks`] order): its input ended in the current epoch, so
+    /// a fault aimed at its next record would never fire.
+    pub draining: Vec<bool>,
+}
+
+impl Progress {
+    /// Whether task `i` still takes input in the current epoch.
+    pub fn active(&self, i: usize) -> bool {
+        !self.draining.get(i).copied().unwrap_or(false)
+    }
+}
+
+/// Shared progress, updated by the job supervisor.
+#[derive(Clone, Default)]
+pub(crate) struct ProgressCell(Arc<(Mutex<Progress>, Condvar)>);
+
+impl ProgressCell {
+    pub(crate) fn update(&self, f: impl FnOnce(&mut Progress)) {
+        let (m, cv) = &*self.0;
+        f(&mut m.lock().unwrap_or_else(|e| e.into_inner()));
+        cv.notify_all();
+    }
+
+    fn get(&self) -> Progress {
+        self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn wait_until(&self, cond: impl Fn(&Progress) -> bool) -> Progress {
+        let (m, cv) = &*self.0;
+        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
+        while !cond(&g) && !g.ended {
+            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
+        }
+        g.clone()
+    }
+}
+
+impl ChaosHandle {
+    /// The job's progress now.
+    pub fn progress(&self) -> Progress {
+        self.progress.get()
+    }
+
+    /// Blocks until `cond` holds for the job's progress, or the job ended.
+    pub fn wait_until(&self, cond: impl Fn(&Progress) -> bool) -> Progress {
+        self.progress.wait_until(cond)
+    }
+}
+
+/// What [`ChaosMonkey::drive`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriveReport {
+    /// Faults sent (crashes and stops of subtasks).
+    pub faults: u64,
+    /// Worker threads stopped.
+    pub workers: u64,
+    /// Bursts completed before the job ended.
+    pub bursts: u64,
+}
+
+impl ChaosMonkey {
+    /// Drives a checkpointed job through bursts of faults, synchronised on the job's progress
+    /// (no timing): each fault is sent once the previous recovery let the job run again, and
+    /// waits until it caused the next recovery; between bursts the monkey waits for a
+    /// checkpoint to complete, so later recoveries restore real state. `worker_stops` faults
+    /// are worker-thread stops, spread over the bursts. Returns when every burst ran or the
+    /// job ended.
+    pub fn drive(&self, handle: &ChaosHandle, bursts: u64, worker_stops: u64) -> DriveReport {
+        let mut rng = Rng::new(self.seed);
+        let mut report = DriveReport::default();
+        let per_burst = (self.faults as u64).div_ceil(bursts.max(1));
+        let total = per_burst * bursts.max(1);
+        // Worker stops at evenly spaced points of the whole run.
+        let spacing = (total / (worker_stops + 1)).max(1);
+        let tasks = handle.tasks().len() as u64;
+        let mut n = 0u64;
+        for burst in 0..bursts {
+            for _ in 0..per_burst {
+                n += 1;
+                let p = handle.wait_until(|p| p.running_epoch == p.epoch);
+                if p.ended {
+                    return report;
+                }
+                let stop_worker = report.workers < worker_stops && n % spacing == 0;
+                if stop_worker {
+                    handle.stop_worker(rng.below(handle.workers() as u64) as usize);
+                    report.workers += 1;
+                } else {
+                    let active: Vec<usize> = (0..tasks as usize).filter(|&t| p.active(t)).collect();
+                    if active.is_empty() {
+                        return report;
+                    }
+                    let task = active[rng.below(active.len() as u64) as usize];
+                    match self.kinds[(report.faults as usize) % self.kinds.len()] {
+                        FaultKind::Panic => handle.crash(task, Fault::Panic),
+                        FaultKind::Error => handle.crash(task, Fault::Error),
+                        FaultKind::Stop | FaultKind::StopWorker => handle.stop(task),
+                    }
+                    report.faults += 1;
+                    // The fault fires at the task's next record, unless its input ends first.
+                    handle.wait_until(|q| q.epoch > p.epoch || !q.active(task));
+                    continue;
+                }
+                handle.wait_until(|q| q.epoch > p.epoch);
+            }
+            report.bursts = burst + 1;
+            let before = handle.progress().checkpoints;
+            handle.wait_until(|p| p.checkpoints > before && p.running_epoch == p.epoch);
+        }
+        report
     }
 }

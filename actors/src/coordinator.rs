@@ -143,6 +143,7 @@ impl JobSupervisor {
         };
         tracing::info!(checkpoint = p.id, duration = ?stats.duration, bytes = stats.bytes, "checkpoint completed");
         self.result.checkpoints.push(stats);
+        self.progress.update(|p| p.checkpoints += 1);
         c.last_completed = Some(Arc::new(checkpoint));
         if p.savepoint {
             for w in c.savepoint_waiters.drain(..) {
@@ -198,6 +199,14 @@ impl Handler<TaskDraining> for JobSupervisor {
         if msg.epoch != self.epoch {
             return;
         }
+        if let Some(i) = self.plan.tasks().iter().position(|t| *t == msg.task) {
+            self.progress.update(|p| {
+                if p.draining.len() <= i {
+                    p.draining.resize(i + 1, false);
+                }
+                p.draining[i] = true;
+            });
+        }
         let Some(c) = &mut self.coord else { return };
         c.draining.insert(msg.task);
         if let Some(p) = &c.pending {
@@ -230,11 +239,19 @@ impl Handler<ResetDone> for JobSupervisor {
             return;
         }
         r.waiting.remove(&msg.task);
-        if r.waiting.is_empty() && r.go_at.is_none() {
+        if r.go_at.is_some() {
+            // A subtask that joined the recovery late: the others already run.
+            if let Some(a) = self.addrs.get(&msg.task) {
+                a.do_send(Control::Go(epoch));
+            }
+            return;
+        }
+        if r.waiting.is_empty() {
             r.go_at = Some(Instant::now());
             for a in self.addrs.values() {
                 a.do_send(Control::Go(epoch));
             }
+            self.progress.update(|p| p.running_epoch = epoch);
             if let Some(c) = &mut self.coord {
                 c.last_trigger = Instant::now();
             }

@@ -112,6 +112,8 @@ impl Message for TaskFinished {
 /// A subtask failed and waits for a decision (control; to the job supervisor).
 pub(crate) struct TaskFailed {
     pub task: TaskId,
+    /// The epoch the subtask was in when it failed.
+    pub epoch: u64,
     pub failure: Failure,
     pub reply: Option<oneshot::Sender<Decision>>,
 }

@@ -1,6 +1,6 @@
 //! Starting a job: the worker pool, the job supervisor and the wiring of subtask actors.
 
-use crate::chaos::ChaosHandle;
+use crate::chaos::{ChaosHandle, ProgressCell};
 use crate::coordinator::{Coordinator, SavepointRequest};
 use crate::error::{JobError, JobResult};
 use crate::subtask::{OutChannel, PositionSlot, RestoreState, SubtaskActor, SubtaskSetup};
@@ -165,8 +165,14 @@ fn run_system(
 ) {
     let sys = System::new();
     let arbiters = sys.block_on(async {
-        let (arbiters, supervisor) = launch(&plan, restored, tx);
-        let _ = chaos.send(ChaosHandle::new(supervisor, &plan, arbiters.len()));
+        let progress = ProgressCell::default();
+        let (arbiters, supervisor) = launch(&plan, restored, tx, progress.clone());
+        let _ = chaos.send(ChaosHandle::new(
+            supervisor,
+            &plan,
+            arbiters.len(),
+            progress,
+        ));
         arbiters
     });
     let _ = sys.run();
@@ -297,6 +303,7 @@ fn launch(
     plan: &Arc<ExecutionPlan>,
     restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
+    progress: ProgressCell,
 ) -> (Vec<Arbiter>, Addr<JobSupervisor>) {
     let cfg = plan.config().clone();
     let arbiters: Vec<Arbiter> = (0..cfg.worker_count()).map(|_| Arbiter::new()).collect();
@@ -359,6 +366,7 @@ fn launch(
             result: JobResult::default(),
             started: Instant::now(),
             report: Some(tx),
+            progress,
         }
     });
     (arbiters, supervisor)

@@ -13,7 +13,7 @@
 //! too). A subtask whose worker thread stopped ([`TaskLost`]) is re-created on a live worker
 //! and its upstream subtasks are re-wired to it.
 
-use crate::chaos::ChaosCommand;
+use crate::chaos::{ChaosCommand, ProgressCell};
 use crate::coordinator::Coordinator;
 use crate::error::RecoveryEvent;
 use crate::error::{JobError, JobResult, RestartEvent};
@@ -40,6 +40,9 @@ pub(crate) struct Recovery {
     pub waiting: HashSet<TaskId>,
     pub go_at: Option<Instant>,
     pub restore_time: Option<std::time::Duration>,
+    /// The checkpoint restored and the backoff used, for subtasks joining late.
+    pub checkpoint: Option<Arc<riffle_framework::Checkpoint>>,
+    pub backoff: std::time::Duration,
 }
 
 pub(crate) struct JobSupervisor {
@@ -62,6 +65,7 @@ pub(crate) struct JobSupervisor {
     pub rng: Rng,
     pub started: Instant,
     pub report: Option<mpsc::Sender<Outcome>>,
+    pub progress: ProgressCell,
 }
 
 impl JobSupervisor {
@@ -104,6 +108,10 @@ impl JobSupervisor {
             .delay(consecutive, self.rng.unit());
         self.epoch += 1;
         let epoch = self.epoch;
+        self.progress.update(|p| {
+            p.epoch = epoch;
+            p.draining.iter_mut().for_each(|d| *d = false);
+        });
         let checkpoint = match &mut self.coord {
             Some(c) => {
                 c.abort_pending("recovery");
@@ -116,12 +124,12 @@ impl JobSupervisor {
         let last_completed = checkpoint.as_ref().map(|c| c.id);
         self.finished.clear();
         let tasks = self.plan.tasks();
-        let mut rewire = Vec::new();
-        if lost {
-            match self.recreate_for_recovery(task, epoch, checkpoint.as_deref(), ctx) {
-                Some(addr) => rewire.push((task, addr.recipient())),
-                None => return Ok(()),
-            }
+        if lost
+            && self
+                .recreate_for_recovery(task, epoch, checkpoint.as_deref(), ctx)
+                .is_none()
+        {
+            return Ok(());
         }
         self.recovery = Some(Recovery {
             epoch,
@@ -129,6 +137,8 @@ impl JobSupervisor {
             waiting: tasks.iter().copied().collect(),
             go_at: None,
             restore_time: None,
+            checkpoint: checkpoint.clone(),
+            backoff,
         });
         self.result.recoveries.push(RecoveryEvent {
             epoch,
@@ -150,7 +160,7 @@ impl JobSupervisor {
                 last_completed,
                 attempt: self.next_attempt(t),
                 backoff,
-                rewire: rewire.clone(),
+                rewire: self.current_targets(t),
             };
             if t == task && !lost {
                 if let Some(r) = reply.take() {
@@ -170,6 +180,41 @@ impl JobSupervisor {
             also_restarted: self.total.saturating_sub(1),
         });
         Ok(())
+    }
+
+    /// The current addresses of `task`'s output targets (every reset refreshes them).
+    fn current_targets(
+        &self,
+        task: TaskId,
+    ) -> Vec<(TaskId, Recipient<crate::message::DataMessage>)> {
+        self.plan
+            .out_channels(task)
+            .into_iter()
+            .filter_map(|c| {
+                self.addrs
+                    .get(&c.task)
+                    .map(|a| (c.task, a.clone().recipient()))
+            })
+            .collect()
+    }
+
+    /// Sends a subtask that failed in an older epoch the current recovery's order.
+    fn join_recovery(&mut self, task: TaskId, reply: Option<oneshot::Sender<Decision>>) {
+        let Some(r) = &self.recovery else { return };
+        let (checkpoint, backoff) = (r.checkpoint.clone(), r.backoff);
+        let order = ResetOrder {
+            epoch: self.epoch,
+            snapshot: checkpoint
+                .as_ref()
+                .and_then(|c| c.task(task.chain, task.subtask).cloned()),
+            last_completed: checkpoint.as_ref().map(|c| c.id),
+            attempt: self.next_attempt(task),
+            backoff,
+            rewire: self.current_targets(task),
+        };
+        if let Some(r) = reply {
+            let _ = r.send(Decision::Reset(Box::new(order)));
+        }
     }
 
     /// Re-creates a lost subtask, paused, restored from `checkpoint`.
@@ -223,6 +268,7 @@ impl JobSupervisor {
             }
             let _ = tx.send(outcome);
         }
+        self.progress.update(|p| p.ended = true);
         System::current().stop();
     }
 
@@ -381,6 +427,7 @@ impl Handler<TaskFailed> for JobSupervisor {
     fn handle(&mut self, msg: TaskFailed, ctx: &mut Context<Self>) {
         let TaskFailed {
             task,
+            epoch,
             failure,
             reply,
         } = msg;
@@ -427,6 +474,13 @@ impl Handler<TaskFailed> for JobSupervisor {
                 backoffs,
             }));
         };
+        if self.coord.is_some() && epoch < self.epoch {
+            // A newer recovery already covers this failure: join it.
+            if failure.injected {
+                tracing::debug!(?task, "fault fired in an epoch already being recovered");
+            }
+            return self.join_recovery(task, reply);
+        }
         if self.coord.is_some() {
             // With checkpoints the region is the whole job: restore everything.
             let cause = format!("operator `{}` {}", failure.operator, failure.cause);
@@ -579,12 +633,18 @@ impl Handler<ChaosCommand> for JobSupervisor {
                 }
             }
             ChaosCommand::StopWorker(i) => {
-                let live = self.alive.iter().filter(|a| **a).count();
-                if i < self.workers.len() && self.alive[i] && live > 1 {
-                    tracing::warn!(worker = i, "chaos: stopping worker thread");
-                    self.alive[i] = false;
+                // Worker `i`, or another live one if it is already gone; never the last.
+                let live: Vec<usize> = (0..self.workers.len()).filter(|&w| self.alive[w]).collect();
+                if live.len() > 1 {
+                    let w = if live.contains(&i) {
+                        i
+                    } else {
+                        live[i % live.len()]
+                    };
+                    tracing::warn!(worker = w, "chaos: stopping worker thread");
+                    self.alive[w] = false;
                     self.result.workers_stopped += 1;
-                    self.workers[i].stop();
+                    self.workers[w].stop();
                 }
             }
         }

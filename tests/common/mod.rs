@@ -30,3 +30,13 @@ pub fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
     v
 }
+
+/// Logs to stderr when `RIFFLE_LOG` is set (e.g. `RIFFLE_LOG=debug`).
+pub fn init_logging() {
+    if let Ok(filter) = std::env::var("RIFFLE_LOG") {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .try_init();
+    }
+}

@@ -213,8 +213,12 @@ impl SubtaskActor {
             out.eoi_sent = false;
             out.parked = false;
             if let Some((_, to)) = order.rewire.iter().find(|(t, _)| *t == out.target) {
-                out.to = to.clone();
-                out.credits = Arc::new(Semaphore::new(credits));
+                // Only a re-created receiver gets fresh credits: the old ones still return
+                // from the messages the old epoch left in an unchanged receiver's mailbox.
+                if out.to != *to {
+                    out.to = to.clone();
+                    out.credits = Arc::new(Semaphore::new(credits));
+                }
             }
         }
         let entries = self.plan.state_entries(self.task.chain);

@@ -48,6 +48,17 @@ enum MsgKind {
 }
 use tokio::sync::{oneshot, Semaphore};
 
+/// Why a channel stopped sending.
+enum Blocked {
+    /// No credit left: wait for this semaphore.
+    Credit(Arc<Semaphore>),
+    /// The receiver's mailbox is full (old-epoch messages not yet dropped).
+    Full,
+}
+
+/// How long a sender waits before retrying a full mailbox.
+const FULL_MAILBOX_PAUSE: Duration = Duration::from_millis(1);
+
 /// How long an idle source (nothing ready) waits before it is asked again.
 const IDLE_SOURCE_PAUSE: Duration = Duration::from_millis(1);
 
@@ -262,6 +273,7 @@ impl SubtaskActor {
         self.state = Lifecycle::Failed;
         self.job.do_send(TaskFailed {
             task: self.task,
+            epoch: self.epoch,
             failure: Failure {
                 operator: error.operator,
                 cause: error.cause,
@@ -287,6 +299,7 @@ impl SubtaskActor {
         let (tx, rx) = oneshot::channel();
         self.job.do_send(TaskFailed {
             task: self.task,
+            epoch: self.epoch,
             failure,
             reply: Some(tx),
         });
@@ -396,6 +409,10 @@ impl SubtaskActor {
     fn on_decision(&mut self, decision: Decision, ctx: &mut Context<Self>) {
         match decision {
             Decision::Abort => {
+                self.become_(Lifecycle::Failed);
+            }
+            Decision::Reset(order) if order.epoch <= self.epoch => {
+                // Cannot happen: the supervisor answers with the newest epoch.
                 self.become_(Lifecycle::Failed);
             }
             Decision::Reset(order) => {
@@ -660,8 +677,16 @@ impl SubtaskActor {
         if self.paused || matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
             return;
         }
+        // Send what every channel has credit for, then wait for the first one that ran out
+        // (a blocked channel must not hold back a barrier queued for another).
+        let mut blocked = None;
         for i in 0..self.outs.len() {
-            if let Some(wait) = self.drain_channel(i) {
+            if let Some(b) = self.drain_channel(i) {
+                blocked.get_or_insert(b);
+            }
+        }
+        match blocked {
+            Some(Blocked::Credit(wait)) => {
                 self.metrics.credit_stalls += 1;
                 let wait = async move { wait.acquire_owned().await.ok() };
                 ctx.wait(fut::wrap_future::<_, Self>(wait).map(|permit, act, ctx| {
@@ -670,6 +695,13 @@ impl SubtaskActor {
                 }));
                 return;
             }
+            Some(Blocked::Full) => {
+                // The receiver's mailbox still holds messages of an old epoch; retry shortly.
+                let pause = fut::wrap_future::<_, Self>(tokio::time::sleep(FULL_MAILBOX_PAUSE));
+                ctx.wait(pause.map(|_, act, ctx| act.drain(ctx)));
+                return;
+            }
+            None => {}
         }
         let idle =
             self.outs.iter().all(|o| !o.parked) && self.cx.queues.iter().all(|q| q.is_empty());
@@ -682,12 +714,12 @@ impl SubtaskActor {
         }
     }
 
-    /// Sends what channel `i` has credit for; returns its semaphore if it ran out.
-    fn drain_channel(&mut self, i: usize) -> Option<Arc<Semaphore>> {
+    /// Sends what channel `i` has credit for; says why it stopped if it could not send all.
+    fn drain_channel(&mut self, i: usize) -> Option<Blocked> {
         let out = &mut self.outs[i];
         while !out.parked && !self.cx.queues[i].is_empty() {
             let Ok(permit) = out.credits.clone().try_acquire_owned() else {
-                return Some(out.credits.clone());
+                return Some(Blocked::Credit(out.credits.clone()));
             };
             let Some(ev) = self.cx.queues[i].pop_front() else {
                 break;
@@ -710,9 +742,18 @@ impl SubtaskActor {
             match out.to.try_send(msg) {
                 Ok(()) if batch => self.metrics.batches_out += 1,
                 Ok(()) => out.eoi_sent |= matches!(msg_kind, MsgKind::End),
-                Err(SendError::Full(msg) | SendError::Closed(msg)) => {
-                    // The receiver is gone (its worker stopped) or, against the credit
-                    // accounting, full: keep the message and wait for a re-wire.
+                Err(SendError::Full(msg)) => {
+                    let back = match msg.event {
+                        Event::Batch { payload, len } => OutEvent::Batch { payload, len },
+                        Event::Barrier(n) => OutEvent::Barrier(n),
+                        Event::EndOfInput => OutEvent::EndOfInput,
+                    };
+                    self.cx.queues[i].push_front(back);
+                    return Some(Blocked::Full);
+                }
+                Err(SendError::Closed(msg)) => {
+                    // The receiver is gone (its worker stopped): keep the message and wait for
+                    // a re-wire.
                     let back = match msg.event {
                         Event::Batch { payload, len } => OutEvent::Batch { payload, len },
                         Event::Barrier(n) => OutEvent::Barrier(n),
@@ -866,7 +907,10 @@ impl Handler<Control> for SubtaskActor {
             Control::Trigger(n) => self.on_trigger(n, ctx),
             Control::Complete { id, ack } => self.on_complete(id, ack, ctx),
             Control::Reset(order) => {
-                if matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
+                // A reset of an older epoch was overtaken by a newer recovery.
+                if order.epoch <= self.epoch
+                    || matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering)
+                {
                     return;
                 }
                 self.state = Lifecycle::Recovering;
