@@ -298,6 +298,14 @@ impl<T: Data + Display> Sink for FileSink<T> {
         for (_, path) in self.staged_files()? {
             std::fs::remove_file(&path).map_err(|e| self.err(e))?;
         }
+        // Restoring an older checkpoint (the newest was damaged) replays what later ones
+        // published: withdraw those parts, the replay writes them again.
+        let after = last_completed.unwrap_or(0);
+        for (c, path) in self.published_files()? {
+            if c > after {
+                std::fs::remove_file(&path).map_err(|e| self.err(e))?;
+            }
+        }
         self.buf.clear();
         Ok(())
     }
@@ -318,16 +326,25 @@ impl<T> FileSink<T> {
 
     /// This subtask's staged (not yet published) files, with their checkpoint.
     fn staged_files(&self) -> Result<Vec<(u64, PathBuf)>, UserError> {
+        self.files_with(|rest| rest.strip_suffix(".inprogress"))
+    }
+
+    /// This subtask's published files, with their checkpoint.
+    fn published_files(&self) -> Result<Vec<(u64, PathBuf)>, UserError> {
+        self.files_with(|rest| Some(rest))
+    }
+
+    fn files_with(
+        &self,
+        id_part: impl Fn(&str) -> Option<&str>,
+    ) -> Result<Vec<(u64, PathBuf)>, UserError> {
         let prefix = format!("{}-", self.part_name());
         let mut v = Vec::new();
-        for e in std::fs::read_dir(&self.dir)
-            .map_err(|e| self.err(e))?
-            .flatten()
-        {
+        for e in std::fs::read_dir(&self.dir).map_err(|e| self.err(e))?.flatten() {
             let name = e.file_name().to_string_lossy().to_string();
             let c = name
                 .strip_prefix(&prefix)
-                .and_then(|r| r.strip_suffix(".inprogress"))
+                .and_then(&id_part)
                 .and_then(|c| c.parse::<u64>().ok());
             if let Some(c) = c {
                 v.push((c, e.path()));
