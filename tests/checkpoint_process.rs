@@ -69,7 +69,13 @@ fn child_entry() {
 /// Starts the child and SIGKILLs it once it completed `checkpoints` checkpoints.
 fn run_child_and_kill(dir: &Path, checkpoints: u64) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
-        .args(["child_entry", "--exact", "--nocapture", "--test-threads", "1"])
+        .args([
+            "child_entry",
+            "--exact",
+            "--nocapture",
+            "--test-threads",
+            "1",
+        ])
         .env(CHILD_DIR, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -87,13 +93,20 @@ fn run_child_and_kill(dir: &Path, checkpoints: u64) {
     }
     child.kill().expect("kill");
     let status = child.wait().expect("wait");
-    assert_eq!(status.signal(), Some(9), "the child must die by SIGKILL: {status:?}");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the child must die by SIGKILL: {status:?}"
+    );
 }
 
 /// Every published line of the file sink (staged `.inprogress` files are not output).
 fn published(dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
-    for e in std::fs::read_dir(dir.join("out")).expect("out dir").flatten() {
+    for e in std::fs::read_dir(dir.join("out"))
+        .expect("out dir")
+        .flatten()
+    {
         let name = e.file_name().to_string_lossy().to_string();
         if name.ends_with(".inprogress") {
             continue;
@@ -125,7 +138,10 @@ fn newest_checkpoint(dir: &Path) -> (u64, PathBuf) {
         .flatten()
         .filter_map(|e| {
             let n = e.file_name().to_string_lossy().to_string();
-            n.strip_prefix("chk-")?.parse().ok().map(|id| (id, e.path()))
+            n.strip_prefix("chk-")?
+                .parse()
+                .ok()
+                .map(|id| (id, e.path()))
         })
         .filter(|(_, p)| p.join("_metadata").exists())
         .collect();
@@ -166,9 +182,17 @@ fn a_damaged_newest_checkpoint_falls_back_to_the_previous_one() {
         .open(&state)
         .and_then(|f| f.set_len(len / 2))
         .expect("truncate");
-    let fallback = FsStore::latest_in(dir.path().join("checkpoints"), JOB).expect("a valid checkpoint");
-    assert!(fallback.id < latest, "checkpoint {latest} is damaged; {} must be older", fallback.id);
+    let fallback =
+        FsStore::latest_in(dir.path().join("checkpoints"), JOB).expect("a valid checkpoint");
+    assert!(
+        fallback.id < latest,
+        "checkpoint {latest} is damaged; {} must be older",
+        fallback.id
+    );
     job(dir.path(), true).execute().expect("resumed run");
-    println!("newest checkpoint {latest} damaged; resumed from {}", fallback.id);
+    println!(
+        "newest checkpoint {latest} damaged; resumed from {}",
+        fallback.id
+    );
     assert_eq!(published(dir.path()), expected());
 }

@@ -340,7 +340,10 @@ impl<T> FileSink<T> {
     ) -> Result<Vec<(u64, PathBuf)>, UserError> {
         let prefix = format!("{}-", self.part_name());
         let mut v = Vec::new();
-        for e in std::fs::read_dir(&self.dir).map_err(|e| self.err(e))?.flatten() {
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(|e| self.err(e))?
+            .flatten()
+        {
             let name = e.file_name().to_string_lossy().to_string();
             let c = name
                 .strip_prefix(&prefix)
