@@ -89,8 +89,15 @@ impl Sink for TallySink {
 }
 
 fn riffle(n: u64, p: usize) -> Duration {
+    riffle_with(n, p, None)
+}
+
+fn riffle_with(n: u64, p: usize, checkpoint_every: Option<Duration>) -> Duration {
     let env = StreamEnv::new();
     env.set_parallelism(p);
+    if let Some(every) = checkpoint_every {
+        env.configure(|c| c.checkpoint = Some(riffle::CheckpointConfig::every(every)));
+    }
     let shared = Arc::new(Mutex::new(Tally::new()));
     let s = shared.clone();
     env.generate(n, |i| (key_of(i), 1u64))
@@ -108,9 +115,17 @@ fn riffle(n: u64, p: usize) -> Duration {
         .expect("tally")
         .check(n, &format!("riffle P={p}"));
     let stalls: u64 = result.subtasks.iter().map(|m| m.credit_stalls).sum();
+    let cp_ms: Vec<String> = result
+        .checkpoints
+        .iter()
+        .map(|c| format!("{:.1}", c.duration.as_secs_f64() * 1e3))
+        .collect();
     eprintln!(
-        "    riffle P={p}: {:.3}s, credit stalls {stalls}",
-        took.as_secs_f64()
+        "    riffle P={p} checkpoints {checkpoint_every:?}: {:.3}s, credit stalls {stalls}, \
+         checkpoint durations [{}] ms, {} state bytes in the last",
+        took.as_secs_f64(),
+        cp_ms.join(", "),
+        result.checkpoints.last().map_or(0, |c| c.bytes)
     );
     took
 }
@@ -275,6 +290,25 @@ fn main() {
             rate(n, r),
             rate(n, h),
             h.as_secs_f64() / r.as_secs_f64()
+        );
+    }
+    // Checkpointing cost, in the same run: P=2 without, every 1 s, every 100 ms.
+    if ps.contains(&2) {
+        let (mut off, mut every_1s, mut every_100ms) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..runs {
+            off.push(riffle_with(n, 2, None));
+            every_1s.push(riffle_with(n, 2, Some(Duration::from_secs(1))));
+            every_100ms.push(riffle_with(n, 2, Some(Duration::from_millis(100))));
+        }
+        let (off, s1, s100) = (median(off), median(every_1s), median(every_100ms));
+        let change = |d: Duration| (off.as_secs_f64() / d.as_secs_f64() - 1.0) * 100.0;
+        println!(
+            "  P=2 checkpointing: off {:.0} rec/s | every 1 s {:.0} rec/s ({:+.1} %) | every 100 ms {:.0} rec/s ({:+.1} %)",
+            rate(n, off),
+            rate(n, s1),
+            change(s1),
+            rate(n, s100),
+            change(s100)
         );
     }
     if let Some(kib) = peak_rss_kib() {

@@ -56,8 +56,18 @@ fn args() -> Result<Args, UserError> {
 /// A generated text: 300,000 lines of words from a small vocabulary.
 fn generate_input(path: &Path) -> Result<(), UserError> {
     const WORDS: [&str; 12] = [
-        "stream", "actor", "barrier", "checkpoint", "ring", "key", "state", "sink", "source",
-        "epoch", "credit", "riffle",
+        "stream",
+        "actor",
+        "barrier",
+        "checkpoint",
+        "ring",
+        "key",
+        "state",
+        "sink",
+        "source",
+        "epoch",
+        "credit",
+        "riffle",
     ];
     let mut text = String::new();
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
@@ -78,7 +88,11 @@ fn generate_input(path: &Path) -> Result<(), UserError> {
 fn wordcount(env: &StreamEnv, input: &Path) -> DataStream<(String, u64)> {
     env.set_parallelism(2);
     env.read_text_file(input)
-        .flat_map(|line: String| line.split_whitespace().map(String::from).collect::<Vec<_>>())
+        .flat_map(|line: String| {
+            line.split_whitespace()
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
         .key_by(|w: &String| w.clone())
         .sum(|_| 1u64)
 }
@@ -140,11 +154,19 @@ fn report(result: &JobResult) {
             "  recovery (epoch {}): {}; restored checkpoint {}; restore time {}",
             r.epoch,
             r.cause,
-            r.restored_from.map_or("none (start)".to_string(), |c| c.to_string()),
-            r.restore_time.map_or("-".to_string(), |t| format!("{:.2} ms", t.as_secs_f64() * 1e3))
+            r.restored_from
+                .map_or("none (start)".to_string(), |c| c.to_string()),
+            r.restore_time.map_or("-".to_string(), |t| format!(
+                "{:.2} ms",
+                t.as_secs_f64() * 1e3
+            ))
         );
     }
-    let mut times: Vec<Duration> = result.recoveries.iter().filter_map(|r| r.restore_time).collect();
+    let mut times: Vec<Duration> = result
+        .recoveries
+        .iter()
+        .filter_map(|r| r.restore_time)
+        .collect();
     times.sort();
     println!(
         "{} checkpoints, {} faults injected, {} worker threads stopped, {} recoveries, median restore {:?}",
@@ -196,15 +218,27 @@ fn main() -> Result<(), UserError> {
     if let Some(m) = monkey {
         let _ = m.join();
     }
-    println!("{} finished in {:?}", if a.resume { "resumed run" } else { "chaos run" }, result.elapsed);
+    println!(
+        "{} finished in {:?}",
+        if a.resume { "resumed run" } else { "chaos run" },
+        result.elapsed
+    );
     report(&result);
     let expect = clean_counts(&input)?;
     let got = committed(&a.dir)?;
     let words: u64 = got.values().sum();
     if got == expect {
-        println!("committed output: {} distinct words, {words} words — equal to a clean run", got.len());
+        println!(
+            "committed output: {} distinct words, {words} words — equal to a clean run",
+            got.len()
+        );
         Ok(())
     } else {
-        Err(format!("committed output differs from a clean run ({} vs {} words)", got.len(), expect.len()).into())
+        Err(format!(
+            "committed output differs from a clean run ({} vs {} words)",
+            got.len(),
+            expect.len()
+        )
+        .into())
     }
 }

@@ -1,0 +1,82 @@
+//! Recovery cost: checkpoint duration and restore time with 100,000 keys of state.
+//!
+//! `cargo bench --bench recovery -- [RUNS]` (default 5). Each run: a keyed running sum over
+//! 100,000 keys (parallelism 2, checkpoints every 50 ms in memory); once two checkpoints have
+//! completed, a panic is injected into a keyed subtask; the job restores every subtask from
+//! the latest checkpoint. Printed: the median restore time (failure → first record processed
+//! again) and the median checkpoint duration and size.
+
+use riffle::chaos::ChaosMonkey;
+use riffle::prelude::*;
+use riffle::{CheckpointConfig, Fault};
+use std::time::Duration;
+
+const KEYS: u64 = 100_000;
+const N: u64 = 20_000_000;
+
+fn run() -> Option<(Duration, Vec<Duration>, usize)> {
+    let env = StreamEnv::new();
+    env.set_parallelism(2);
+    env.configure(|c| {
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(50)));
+        c.restart.backoff.initial = Duration::ZERO;
+    });
+    let count = env
+        .generate(N, |i| (i % KEYS, 1u64))
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .count();
+    let job = env.start().expect("start");
+    let chaos = job.chaos();
+    chaos.wait_until(|p| p.checkpoints >= 2);
+    let target = chaos.find("sum", 0).expect("keyed subtask");
+    chaos.crash(target, Fault::Panic);
+    let result = job.wait().expect("job");
+    assert_eq!(count.get(), N, "exactly once");
+    // `None` if the job ended before the fault fired.
+    let restore = result.recoveries.iter().find_map(|r| r.restore_time)?;
+    let durations = result.checkpoints.iter().map(|c| c.duration).collect();
+    let bytes = result
+        .checkpoints
+        .iter()
+        .map(|c| c.bytes)
+        .max()
+        .unwrap_or(0);
+    Some((restore, durations, bytes))
+}
+
+fn main() {
+    let _ = ChaosMonkey::new(0);
+    riffle::chaos::silence_injected_panics();
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let runs: usize = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(5)
+        .max(1);
+    let mut restores = Vec::new();
+    let mut checkpoints = Vec::new();
+    let mut bytes = 0;
+    while restores.len() < runs {
+        let Some((r, c, b)) = run() else { continue };
+        eprintln!("    restore {:.2} ms", r.as_secs_f64() * 1e3);
+        restores.push(r);
+        checkpoints.extend(c);
+        bytes = bytes.max(b);
+    }
+    restores.sort();
+    checkpoints.sort();
+    println!(
+        "recovery ({KEYS} keys, {runs} runs): median restore {:.2} ms (min {:.2}, max {:.2}); \
+         median checkpoint {:.2} ms over {} checkpoints; state {:.1} KiB",
+        restores[restores.len() / 2].as_secs_f64() * 1e3,
+        restores[0].as_secs_f64() * 1e3,
+        restores[restores.len() - 1].as_secs_f64() * 1e3,
+        checkpoints[checkpoints.len() / 2].as_secs_f64() * 1e3,
+        checkpoints.len(),
+        bytes as f64 / 1024.0
+    );
+}
