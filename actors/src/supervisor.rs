@@ -276,6 +276,25 @@ impl JobSupervisor {
         self.plan.chain_name(task.chain).to_string()
     }
 
+    /// Past the intensity limit: the job fails with the root cause.
+    fn escalate(
+        &mut self,
+        task: TaskId,
+        operator: String,
+        cause: riffle_framework::FailureCause,
+        restarts: u32,
+    ) {
+        let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();
+        self.conclude(Err(JobError::RestartLimit {
+            chain: self.chain_name(task),
+            subtask: task.subtask,
+            operator,
+            cause,
+            restarts,
+            backoffs,
+        }));
+    }
+
     /// Records a restart against the intensity limit; `Err(count)` if the limit is exceeded.
     fn admit_restart(&mut self, task: TaskId) -> Result<u32, u32> {
         let strategy = self.plan.config().restart;
@@ -464,15 +483,7 @@ impl Handler<TaskFailed> for JobSupervisor {
             }));
         }
         let limit = |this: &mut Self, restarts: u32, failure: crate::message::Failure| {
-            let backoffs = this.result.restarts.iter().map(|r| r.backoff).collect();
-            this.conclude(Err(JobError::RestartLimit {
-                chain: this.chain_name(task),
-                subtask: task.subtask,
-                operator: failure.operator,
-                cause: failure.cause,
-                restarts,
-                backoffs,
-            }));
+            this.escalate(task, failure.operator, failure.cause, restarts);
         };
         if self.coord.is_some() && epoch < self.epoch {
             // A newer recovery already covers this failure: join it.
@@ -565,28 +576,24 @@ impl Handler<TaskLost> for JobSupervisor {
                 self.chain_name(task)
             );
             if let Err(restarts) = self.recover(task, cause, None, true, ctx) {
-                let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();
-                self.conclude(Err(JobError::RestartLimit {
-                    chain: self.chain_name(task),
-                    subtask: task.subtask,
-                    operator: self.chain_name(task),
-                    cause: riffle_framework::FailureCause::Stopped,
+                let chain = self.chain_name(task);
+                self.escalate(
+                    task,
+                    chain,
+                    riffle_framework::FailureCause::Stopped,
                     restarts,
-                    backoffs,
-                }));
+                );
             }
             return;
         }
         if let Err(restarts) = self.admit_restart(task) {
-            let backoffs = self.result.restarts.iter().map(|r| r.backoff).collect();
-            return self.conclude(Err(JobError::RestartLimit {
-                chain: self.chain_name(task),
-                subtask: task.subtask,
-                operator: self.chain_name(task),
-                cause: riffle_framework::FailureCause::Stopped,
+            let chain = self.chain_name(task);
+            return self.escalate(
+                task,
+                chain,
+                riffle_framework::FailureCause::Stopped,
                 restarts,
-                backoffs,
-            }));
+            );
         }
         self.recreate(task, ctx);
     }

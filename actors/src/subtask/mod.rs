@@ -743,22 +743,14 @@ impl SubtaskActor {
                 Ok(()) if batch => self.metrics.batches_out += 1,
                 Ok(()) => out.eoi_sent |= matches!(msg_kind, MsgKind::End),
                 Err(SendError::Full(msg)) => {
-                    let back = match msg.event {
-                        Event::Batch { payload, len } => OutEvent::Batch { payload, len },
-                        Event::Barrier(n) => OutEvent::Barrier(n),
-                        Event::EndOfInput => OutEvent::EndOfInput,
-                    };
+                    let back = unsent(msg.event);
                     self.cx.queues[i].push_front(back);
                     return Some(Blocked::Full);
                 }
                 Err(SendError::Closed(msg)) => {
                     // The receiver is gone (its worker stopped): keep the message and wait for
                     // a re-wire.
-                    let back = match msg.event {
-                        Event::Batch { payload, len } => OutEvent::Batch { payload, len },
-                        Event::Barrier(n) => OutEvent::Barrier(n),
-                        Event::EndOfInput => OutEvent::EndOfInput,
-                    };
+                    let back = unsent(msg.event);
                     self.cx.queues[i].push_front(back);
                     out.parked = true;
                     tracing::warn!(chain = %self.chain_name, subtask = self.task.subtask, target = ?out.target, "receiver gone; holding its channel until it is re-created");
@@ -808,6 +800,15 @@ impl SubtaskActor {
         } else {
             self.drain(ctx);
         }
+    }
+}
+
+/// A message that could not be sent, back into the output queue's form.
+fn unsent(event: Event) -> OutEvent {
+    match event {
+        Event::Batch { payload, len } => OutEvent::Batch { payload, len },
+        Event::Barrier(n) => OutEvent::Barrier(n),
+        Event::EndOfInput => OutEvent::EndOfInput,
     }
 }
 

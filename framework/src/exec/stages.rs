@@ -8,6 +8,37 @@ use crate::operator::{KeyedOperator, Operator, Sink, SubtaskInfo};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
+/// The hooks operator and keyed stages share: user `on_start`/`on_close` around the rest of
+/// the chain, and pass-through for commits, rollbacks, completions and flushes.
+macro_rules! chain_stage_hooks {
+    () => {
+        fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+            let (op, info) = (&mut self.op, &self.info);
+            guarded(&info.operator, || op.on_start(info))?;
+            self.next.open(cx)
+        }
+        fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+            self.next.commit(cx)
+        }
+        fn rollback(&mut self) {
+            self.next.rollback();
+        }
+        fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+            self.next.checkpoint_complete(checkpoint)
+        }
+        fn flush(&mut self, cx: &mut StageCx) {
+            self.next.flush(cx);
+        }
+        fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+            let op = &mut self.op;
+            guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+                op.on_close(out)
+            })?;
+            self.next.close(cx)
+        }
+    };
+}
+
 /// A stage running a user [`Operator`].
 pub struct OperatorStage<O: Operator> {
     op: O,
@@ -31,17 +62,6 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
         })
         .map(drop)
     }
-    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        let (op, info) = (&mut self.op, &self.info);
-        guarded(&info.operator, || op.on_start(info))?;
-        self.next.open(cx)
-    }
-    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        self.next.commit(cx)
-    }
-    fn rollback(&mut self) {
-        self.next.rollback();
-    }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
         let op = &self.op;
         let state = guarded(&self.info.operator, || op.snapshot())?;
@@ -61,19 +81,7 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
         }
         self.next.restore(states, last_completed)
     }
-    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
-        self.next.checkpoint_complete(checkpoint)
-    }
-    fn flush(&mut self, cx: &mut StageCx) {
-        self.next.flush(cx);
-    }
-    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        let op = &mut self.op;
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
-            op.on_close(out)
-        })?;
-        self.next.close(cx)
-    }
+    chain_stage_hooks!();
 }
 
 /// A key extractor shared by the subtasks of a keyed operator.
@@ -120,17 +128,6 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         })
         .map(drop)
     }
-    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        let (op, info) = (&mut self.op, &self.info);
-        guarded(&info.operator, || op.on_start(info))?;
-        self.next.open(cx)
-    }
-    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        self.next.commit(cx)
-    }
-    fn rollback(&mut self) {
-        self.next.rollback();
-    }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
         // Sorted by key hash, so that a range of the ring can be cut out for rescaling.
         let mut entries: Vec<(u64, &O::Key, &O::State)> = self
@@ -156,19 +153,7 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         }
         self.next.restore(states, last_completed)
     }
-    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
-        self.next.checkpoint_complete(checkpoint)
-    }
-    fn flush(&mut self, cx: &mut StageCx) {
-        self.next.flush(cx);
-    }
-    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-        let op = &mut self.op;
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
-            op.on_close(out)
-        })?;
-        self.next.close(cx)
-    }
+    chain_stage_hooks!();
 }
 
 /// A stage writing into a user [`Sink`].
