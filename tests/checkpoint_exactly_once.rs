@@ -181,3 +181,61 @@ fn keyed_running_sum_is_exact_under_chaos() {
         Err(_) => [11, 22, 33].into_iter().for_each(chaos_run),
     }
 }
+
+#[test]
+fn a_savepoint_starts_another_job_where_it_was_taken() {
+    const N: u64 = 1_000_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let make = |restore: Option<riffle::RestoreFrom>| {
+        let env = StreamEnv::new();
+        env.configure(|c| {
+            c.name = "savepoints".to_string();
+            c.batch_size = 64;
+            c.checkpoint =
+                Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir.path()));
+            c.restore = restore;
+        });
+        let out = running_sum(&env, N);
+        (env, out)
+    };
+    let (env, first) = make(None);
+    let job = env.start().expect("start");
+    job.chaos().wait_until(|p| p.checkpoints >= 1);
+    let id = job.savepoint().expect("savepoint");
+    job.wait().expect("first job");
+    let path = dir.path().join("savepoints").join(format!("sp-{id}"));
+    assert!(
+        path.join("_metadata").exists(),
+        "savepoint {id} is kept at {}",
+        path.display()
+    );
+
+    let (env, second) = make(Some(riffle::RestoreFrom::Path(path)));
+    let result = env.execute().expect("job from the savepoint");
+    let (first, second) = (first.take(), second.take());
+    println!(
+        "savepoint {id}: the first job committed {} updates, the job restored from it {} (restored \
+         in {:?})",
+        first.len(),
+        second.len(),
+        result.elapsed
+    );
+    assert!(
+        !second.is_empty() && second.len() < first.len(),
+        "the second job starts midway"
+    );
+    // The second job continues the first one's state: each of its updates is one the first
+    // job made too, and its final sum per key is the true count (not a count from zero).
+    let mut rest: HashMap<(u64, u64), u32> = HashMap::new();
+    for u in &first {
+        *rest.entry(*u).or_default() += 1;
+    }
+    for u in &second {
+        let n = rest
+            .get_mut(u)
+            .unwrap_or_else(|| panic!("{u:?} is not an update of the first job"));
+        assert!(*n > 0, "{u:?} came twice");
+        *n -= 1;
+    }
+    check_final_sums(&second, N, 0);
+}
