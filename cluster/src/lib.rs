@@ -1,13 +1,22 @@
 //! # riffle-cluster — nodes, wire protocol and remote mailboxes
 //!
-//! The third layer of Riffle (framework ← actors ← cluster ← riffle). It will stretch a job's
-//! dataflow over several node processes: a TCP link per peer with length-prefixed frames and an
-//! HMAC handshake, remote mailboxes that stand in for subtasks on other nodes behind the same
-//! `Recipient` the local runtime uses, placement of subtasks on a consistent-hash ring of nodes,
-//! membership and failover.
+//! The third layer of Riffle (framework ← actors ← **cluster** ← riffle). It stretches a
+//! job's dataflow over several node processes. Built so far:
 //!
-//! **Status:** not built yet. Today every job runs in one process through `riffle-actors`;
-//! this crate only fixes its place in the crate graph.
+//! - [`wire`]: length-prefixed frames with rmp-serde bodies, a protocol version and a tag per
+//!   message; every data frame carries its [`wire::EdgeAddress`]. Lengths are checked against a
+//!   maximum before anything is allocated, and every malformed frame is a typed
+//!   [`wire::WireError`]; nothing a peer sends can panic a node.
+//! - [`handshake`]: version, cluster name, node ids and a mutual HMAC-SHA256
+//!   challenge–response over a shared secret; peers without the secret are refused.
+//!
+//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): the `Node`
+//! process with its listener and peer links, remote mailboxes with per-channel credits,
+//! placement on a ring of nodes, membership with a failure detector, and failover. Today every
+//! job runs in one process through `riffle-actors`.
 
-/// Where the cluster layer stands; see the crate docs.
-pub const STATUS: &str = "single-process only: the cluster layer is not implemented yet";
+pub mod handshake;
+pub mod wire;
+
+pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
+pub use wire::{EdgeAddress, Message, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};

@@ -1,0 +1,400 @@
+//! The wire format: length-prefixed frames with rmp-serde bodies.
+//!
+//! ```text
+//! frame = len: u32 LE | version: u8 | tag: u8 | body: rmp-serde bytes
+//! ```
+//! `len` counts the bytes after itself (version + tag + body). A reader checks `len` against
+//! its maximum *before* allocating, the version against its own, the tag against the known
+//! ones, and decodes the body into the tag's type; any failure is a typed [`WireError`] and the
+//! caller closes the link. Nothing a peer sends can make a reader panic or allocate more than
+//! the maximum. See `cluster/PROTOCOL.md`.
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+
+/// Default largest frame accepted (16 MiB).
+pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
+
+/// Bytes of header after the length: version and tag.
+const HEADER: usize = 2;
+
+/// Why a frame could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The peer announced a frame larger than the maximum.
+    #[error("frame of {len} bytes exceeds the maximum of {max}")]
+    FrameTooLarge {
+        /// Announced length.
+        len: u32,
+        /// The maximum.
+        max: u32,
+    },
+    /// A frame too short to hold its header.
+    #[error("frame of {len} bytes is shorter than its header")]
+    FrameTooShort {
+        /// Announced length.
+        len: u32,
+    },
+    /// The peer speaks another protocol version.
+    #[error("protocol version {got}, expected {expected}")]
+    Version {
+        /// What the peer sent.
+        got: u8,
+        /// What this build speaks.
+        expected: u8,
+    },
+    /// A tag no message has.
+    #[error("unknown frame tag {0}")]
+    UnknownTag(u8),
+    /// The body does not decode as the tag's message.
+    #[error("undecodable body for tag {tag}: {reason}")]
+    BadBody {
+        /// The tag.
+        tag: u8,
+        /// The decoder's complaint.
+        reason: String,
+    },
+    /// A message could not be encoded.
+    #[error("cannot encode a frame: {0}")]
+    Encode(String),
+    /// The link closed (cleanly, between frames).
+    #[error("the link closed")]
+    Closed,
+    /// An I/O error on the link.
+    #[error("link I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Identifies one channel of a dataflow across nodes: every data frame carries it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct EdgeAddress {
+    /// The job (its name's hash, to stay `Copy`).
+    pub job: u64,
+    /// The job epoch (recoveries bump it; stale frames are dropped).
+    pub epoch: u64,
+    /// The receiving chain.
+    pub chain: u32,
+    /// The sending subtask.
+    pub from: u32,
+    /// The receiving subtask.
+    pub to: u32,
+    /// The receiver's input channel index.
+    pub channel: u32,
+}
+
+/// First frame on a link, both ways.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// The sender's protocol version (also in the header; repeated for the log).
+    pub version: u8,
+    /// The cluster the sender belongs to.
+    pub cluster: String,
+    /// The sender's node id.
+    pub node: String,
+    /// The address the sender listens on.
+    pub listen: String,
+    /// A fresh random challenge for the receiver to sign.
+    pub nonce: [u8; 32],
+}
+
+/// Proof of the shared secret: HMAC-SHA256 over the receiver's nonce (see `handshake`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Auth {
+    /// The MAC.
+    pub mac: Vec<u8>,
+}
+
+/// Why a peer was refused.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefuseReason {
+    /// Another protocol version.
+    Version,
+    /// Another cluster name.
+    Cluster,
+    /// The secret did not match.
+    BadAuth,
+    /// The same node id is already linked.
+    DuplicateNode,
+}
+
+/// Every message of the protocol. The tag on the wire is [`Message::tag`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Handshake: who I am and a challenge.
+    Hello(Hello),
+    /// Handshake: the answer to the peer's challenge.
+    Auth(Auth),
+    /// Handshake: the peer's answer was right; the link is up.
+    Welcome,
+    /// Handshake: the peer is refused; the link closes.
+    Refused(RefuseReason),
+    /// Liveness, with the sender's view of the cluster (node id, listen address).
+    Heartbeat {
+        /// Increases by one per heartbeat.
+        seq: u64,
+        /// The members the sender knows.
+        members: Vec<(String, String)>,
+    },
+    /// A batch of records for a remote subtask (serialized records).
+    Data {
+        /// Which channel.
+        edge: EdgeAddress,
+        /// The encoded batch.
+        batch: Vec<u8>,
+    },
+    /// The receiver handled `n` batches of the edge: the sender may send `n` more.
+    Credit {
+        /// Which channel.
+        edge: EdgeAddress,
+        /// How many credits return.
+        n: u32,
+    },
+}
+
+impl Message {
+    /// The tag byte of this message on the wire.
+    pub fn tag(&self) -> u8 {
+        match self {
+            Message::Hello(_) => 1,
+            Message::Auth(_) => 2,
+            Message::Welcome => 3,
+            Message::Refused(_) => 4,
+            Message::Heartbeat { .. } => 5,
+            Message::Data { .. } => 6,
+            Message::Credit { .. } => 7,
+        }
+    }
+}
+
+const MAX_TAG: u8 = 7;
+
+/// Appends the frame of `msg` to `out`.
+///
+/// # Errors
+/// [`WireError::Encode`] if the body cannot be serialized, [`WireError::FrameTooLarge`] if it
+/// would exceed `u32`.
+pub fn encode(msg: &Message, out: &mut Vec<u8>) -> Result<(), WireError> {
+    let body = rmp_serde::to_vec(msg).map_err(|e| WireError::Encode(e.to_string()))?;
+    let len = u32::try_from(body.len() + HEADER).map_err(|_| WireError::FrameTooLarge {
+        len: u32::MAX,
+        max: u32::MAX,
+    })?;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.push(PROTOCOL_VERSION);
+    out.push(msg.tag());
+    out.extend_from_slice(&body);
+    Ok(())
+}
+
+/// Checks a frame's length field against `max` before anything is allocated.
+fn check_len(len: u32, max: u32) -> Result<(), WireError> {
+    if len > max {
+        return Err(WireError::FrameTooLarge { len, max });
+    }
+    if (len as usize) < HEADER {
+        return Err(WireError::FrameTooShort { len });
+    }
+    Ok(())
+}
+
+/// Decodes the part of a frame after its length: version, tag, body.
+fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
+    let (version, tag, body) = match payload {
+        [v, t, body @ ..] => (*v, *t, body),
+        _ => {
+            return Err(WireError::FrameTooShort {
+                len: payload.len() as u32,
+            })
+        }
+    };
+    if version != PROTOCOL_VERSION {
+        return Err(WireError::Version {
+            got: version,
+            expected: PROTOCOL_VERSION,
+        });
+    }
+    if tag == 0 || tag > MAX_TAG {
+        return Err(WireError::UnknownTag(tag));
+    }
+    let msg: Message = rmp_serde::from_slice(body).map_err(|e| WireError::BadBody {
+        tag,
+        reason: e.to_string(),
+    })?;
+    if msg.tag() != tag {
+        return Err(WireError::BadBody {
+            tag,
+            reason: format!("body is a message of tag {}", msg.tag()),
+        });
+    }
+    Ok(msg)
+}
+
+/// Decodes one frame from the start of `buf`; returns the message and the bytes it used, or
+/// `Ok(None)` if `buf` does not hold a whole frame yet.
+///
+/// # Errors
+/// Any [`WireError`] about the frame; the link should close.
+pub fn decode(buf: &[u8], max: u32) -> Result<Option<(Message, usize)>, WireError> {
+    let Some(len_bytes) = buf.get(..4) else {
+        return Ok(None);
+    };
+    let mut l = [0u8; 4];
+    l.copy_from_slice(len_bytes);
+    let len = u32::from_le_bytes(l);
+    check_len(len, max)?;
+    let end = 4 + len as usize;
+    let Some(payload) = buf.get(4..end) else {
+        return Ok(None);
+    };
+    Ok(Some((decode_payload(payload)?, end)))
+}
+
+/// Reads one frame from `r`, allocating at most `max` bytes.
+///
+/// # Errors
+/// [`WireError::Closed`] at a clean end of stream between frames; any other [`WireError`]
+/// for a bad frame or an I/O failure.
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Message, WireError> {
+    let mut l = [0u8; 4];
+    match r.read_exact(&mut l).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(WireError::Closed),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_le_bytes(l);
+    check_len(len, max)?;
+    let mut payload = vec![0u8; len as usize];
+    r.read_exact(&mut payload).await?;
+    decode_payload(&payload)
+}
+
+/// Writes one frame of `msg` to `w`.
+///
+/// # Errors
+/// Encoding or I/O failures.
+pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
+    let mut buf = Vec::new();
+    encode(msg, &mut buf)?;
+    w.write_all(&buf).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn sample() -> Vec<Message> {
+        vec![
+            Message::Hello(Hello {
+                version: PROTOCOL_VERSION,
+                cluster: "c".into(),
+                node: "n1".into(),
+                listen: "127.0.0.1:1".into(),
+                nonce: [7; 32],
+            }),
+            Message::Auth(Auth { mac: vec![1, 2, 3] }),
+            Message::Welcome,
+            Message::Refused(RefuseReason::BadAuth),
+            Message::Heartbeat {
+                seq: 9,
+                members: vec![("n2".into(), "a".into())],
+            },
+            Message::Data {
+                edge: EdgeAddress {
+                    job: 1,
+                    epoch: 2,
+                    chain: 3,
+                    from: 4,
+                    to: 5,
+                    channel: 6,
+                },
+                batch: vec![0; 100],
+            },
+            Message::Credit {
+                edge: EdgeAddress {
+                    job: 1,
+                    epoch: 2,
+                    chain: 3,
+                    from: 4,
+                    to: 5,
+                    channel: 6,
+                },
+                n: 2,
+            },
+        ]
+    }
+
+    #[test]
+    fn frames_round_trip_and_split_anywhere() {
+        let mut buf = Vec::new();
+        for m in sample() {
+            encode(&m, &mut buf).expect("encode");
+        }
+        // Fed one prefix at a time, the decoder waits for whole frames.
+        let mut at = 0;
+        let mut got = Vec::new();
+        for end in 0..=buf.len() {
+            while let Some((m, n)) = decode(&buf[at..end], DEFAULT_MAX_FRAME).expect("decode") {
+                got.push(m);
+                at += n;
+            }
+        }
+        assert_eq!(got, sample());
+    }
+
+    #[test]
+    fn bad_frames_are_typed_errors() {
+        let max = 1024;
+        let huge = [0xFF, 0xFF, 0xFF, 0x7F, PROTOCOL_VERSION, 1];
+        assert!(matches!(
+            decode(&huge, max),
+            Err(WireError::FrameTooLarge { max: 1024, .. })
+        ));
+        let short = [1, 0, 0, 0, PROTOCOL_VERSION];
+        assert!(matches!(
+            decode(&short, max),
+            Err(WireError::FrameTooShort { len: 1 })
+        ));
+        let version = [2, 0, 0, 0, 99, 1];
+        assert!(matches!(
+            decode(&version, max),
+            Err(WireError::Version { got: 99, .. })
+        ));
+        let tag = [2, 0, 0, 0, PROTOCOL_VERSION, 200];
+        assert!(matches!(decode(&tag, max), Err(WireError::UnknownTag(200))));
+        let body = [5, 0, 0, 0, PROTOCOL_VERSION, 1, 0xc1, 0xc1, 0xc1];
+        assert!(matches!(
+            decode(&body, max),
+            Err(WireError::BadBody { tag: 1, .. })
+        ));
+        // A valid body under the wrong tag.
+        let mut welcome = Vec::new();
+        encode(&Message::Welcome, &mut welcome).expect("encode");
+        welcome[5] = 2;
+        assert!(matches!(
+            decode(&welcome, max),
+            Err(WireError::BadBody { tag: 2, .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            let _ = decode(&bytes, 256);
+        }
+
+        #[test]
+        fn arbitrary_bodies_never_panic(tag in 0u8..10, body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let mut frame = ((body.len() + 2) as u32).to_le_bytes().to_vec();
+            frame.push(PROTOCOL_VERSION);
+            frame.push(tag);
+            frame.extend_from_slice(&body);
+            let _ = decode(&frame, 1024);
+        }
+    }
+}
