@@ -10,13 +10,17 @@
 //! - [`handshake`]: version, cluster name, node ids and a mutual HMAC-SHA256
 //!   challenge–response over a shared secret; peers without the secret are refused.
 //!
-//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): the `Node`
-//! process with its listener and peer links, remote mailboxes with per-channel credits,
-//! placement on a ring of nodes, membership with a failure detector, and failover. Today every
-//! job runs in one process through `riffle-actors`.
+//! - [`node`]: a [`Node`] with a TCP listener, one authenticated link per peer (a full mesh
+//!   learnt from seeds and heartbeats) and a timeout failure detector.
+//!
+//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): remote mailboxes
+//! with per-channel credits, placement on a ring of nodes, running a job's subtasks on several
+//! nodes, and failover. Today every job runs in one process through `riffle-actors`.
 
 pub mod handshake;
+pub mod node;
 pub mod wire;
 
 pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
+pub use node::{Member, Node, NodeBuilder, NodeError, Status};
 pub use wire::{EdgeAddress, Message, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};

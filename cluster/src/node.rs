@@ -1,0 +1,459 @@
+//! A cluster node: a TCP listener, one authenticated link per peer, heartbeats and a
+//! timeout failure detector.
+//!
+//! A node dials its seeds, learns the other members from the member lists that every
+//! heartbeat carries, and dials them too, so the cluster becomes a full mesh. A peer from
+//! which no frame arrived for `failure_timeout` is declared down; a node that comes back
+//! (a new handshake) rejoins as a fresh member. The node runs on its own thread with a tokio
+//! runtime; its API is blocking and waits on signals ([`Node::wait_members`]).
+//!
+//! Not yet here: remote mailboxes, placement and failover (see `PROTOCOL.md`).
+
+use crate::handshake::{handshake, HandshakeConfig, Peer};
+use crate::wire::{read_frame, write_frame, Message, DEFAULT_MAX_FRAME};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch};
+
+/// Default heartbeat interval.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
+/// Default failure timeout: a peer silent this long is down.
+pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A required setting is missing.
+    #[error("node configuration: {0}")]
+    Config(&'static str),
+    /// The listener could not bind.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// The node's thread or runtime could not start.
+    #[error("cannot start the node runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// Whether a member is alive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Heard from within the failure timeout.
+    Up,
+    /// Silent for longer than the failure timeout, or its link closed and was not re-made.
+    Down,
+}
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// Node id.
+    pub node: String,
+    /// Its listen address.
+    pub listen: String,
+    /// Alive or not.
+    pub status: Status,
+}
+
+/// Settings of a node; see [`NodeBuilder`].
+#[derive(Clone, Debug)]
+struct NodeConfig {
+    name: String,
+    cluster: String,
+    listen: String,
+    seeds: Vec<String>,
+    secret: Vec<u8>,
+    heartbeat: Duration,
+    failure_timeout: Duration,
+    max_frame: u32,
+}
+
+/// Builds a [`Node`]: `Node::builder().name("n1").listen("127.0.0.1:0").secret(b"..").start()`.
+#[derive(Clone, Debug)]
+pub struct NodeBuilder {
+    cfg: NodeConfig,
+}
+
+impl NodeBuilder {
+    /// The node's id (required; unique in the cluster).
+    pub fn name(mut self, name: &str) -> Self {
+        self.cfg.name = name.to_string();
+        self
+    }
+    /// The cluster's name (default `riffle`).
+    pub fn cluster(mut self, cluster: &str) -> Self {
+        self.cfg.cluster = cluster.to_string();
+        self
+    }
+    /// Where to listen (default `127.0.0.1:0`, any free port).
+    pub fn listen(mut self, addr: &str) -> Self {
+        self.cfg.listen = addr.to_string();
+        self
+    }
+    /// Addresses of nodes to join through.
+    pub fn seeds<I: IntoIterator<Item = S>, S: Into<String>>(mut self, seeds: I) -> Self {
+        self.cfg.seeds = seeds.into_iter().map(Into::into).collect();
+        self
+    }
+    /// The shared secret every member must hold (required).
+    pub fn secret(mut self, secret: &[u8]) -> Self {
+        self.cfg.secret = secret.to_vec();
+        self
+    }
+    /// Heartbeat interval (default [`DEFAULT_HEARTBEAT`]).
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.cfg.heartbeat = every;
+        self
+    }
+    /// Silence after which a peer is down (default [`DEFAULT_FAILURE_TIMEOUT`]).
+    pub fn failure_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.failure_timeout = timeout;
+        self
+    }
+
+    /// Binds the listener and starts the node on its own thread.
+    ///
+    /// # Errors
+    /// [`NodeError::Config`] without a name or a secret, [`NodeError::Bind`] if the address
+    /// cannot be bound, [`NodeError::Runtime`] if the thread cannot start.
+    pub fn start(self) -> Result<Node, NodeError> {
+        let cfg = self.cfg;
+        if cfg.name.is_empty() {
+            return Err(NodeError::Config("a node needs a name"));
+        }
+        if cfg.secret.is_empty() {
+            return Err(NodeError::Config("a node needs a shared secret"));
+        }
+        let std_listener =
+            std::net::TcpListener::bind(&cfg.listen).map_err(|source| NodeError::Bind {
+                addr: cfg.listen.clone(),
+                source,
+            })?;
+        std_listener
+            .set_nonblocking(true)
+            .map_err(NodeError::Runtime)?;
+        let local = std_listener.local_addr().map_err(NodeError::Runtime)?;
+        let shared = Arc::new(Shared::default());
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(NodeError::Runtime)?;
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name(format!("riffle-node-{}", cfg.name))
+            .spawn(move || {
+                runtime.block_on(async move {
+                    match TcpListener::from_std(std_listener) {
+                        Ok(listener) => run(cfg, local, listener, s, stop_rx).await,
+                        Err(e) => tracing::error!(error = %e, "listener unusable"),
+                    }
+                })
+            })
+            .map_err(NodeError::Runtime)?;
+        Ok(Node {
+            local,
+            shared,
+            stop: stop_tx,
+            thread: Some(thread),
+        })
+    }
+}
+
+/// State shared between the node's runtime and its blocking API.
+#[derive(Default)]
+struct Shared {
+    state: Mutex<State>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct State {
+    members: HashMap<String, (String, Status, Instant)>,
+    links: HashMap<String, mpsc::UnboundedSender<Message>>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A running node. Dropping it shuts it down.
+pub struct Node {
+    local: SocketAddr,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Node {
+    /// A builder with the documented defaults.
+    pub fn builder() -> NodeBuilder {
+        NodeBuilder {
+            cfg: NodeConfig {
+                name: String::new(),
+                cluster: "riffle".to_string(),
+                listen: "127.0.0.1:0".to_string(),
+                seeds: Vec::new(),
+                secret: Vec::new(),
+                heartbeat: DEFAULT_HEARTBEAT,
+                failure_timeout: DEFAULT_FAILURE_TIMEOUT,
+                max_frame: DEFAULT_MAX_FRAME,
+            },
+        }
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// The other members this node knows, sorted by id.
+    pub fn members(&self) -> Vec<Member> {
+        members_of(&self.shared.lock())
+    }
+
+    /// Blocks until `cond` holds for the member list or `timeout` passes; returns the list.
+    pub fn wait_members(&self, timeout: Duration, cond: impl Fn(&[Member]) -> bool) -> Vec<Member> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        loop {
+            let m = members_of(&g);
+            let now = Instant::now();
+            if cond(&m) || now >= deadline {
+                return m;
+            }
+            g = self
+                .shared
+                .changed
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
+    /// Stops the node: closes its listener and links, and waits for its thread.
+    pub fn shutdown(mut self) {
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.stop_now();
+    }
+}
+
+fn members_of(state: &State) -> Vec<Member> {
+    let mut v: Vec<Member> = state
+        .members
+        .iter()
+        .map(|(node, (listen, status, _))| Member {
+            node: node.clone(),
+            listen: listen.clone(),
+            status: *status,
+        })
+        .collect();
+    v.sort_by(|a, b| a.node.cmp(&b.node));
+    v
+}
+
+fn handshake_config(cfg: &NodeConfig, local: SocketAddr) -> HandshakeConfig {
+    HandshakeConfig {
+        cluster: cfg.cluster.clone(),
+        node: cfg.name.clone(),
+        listen: local.to_string(),
+        secret: cfg.secret.clone(),
+        max_frame: cfg.max_frame,
+        timeout: Duration::from_secs(5),
+    }
+}
+
+async fn run(
+    cfg: NodeConfig,
+    local: SocketAddr,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let hs = handshake_config(&cfg, local);
+    let mut tick = tokio::time::interval(cfg.heartbeat);
+    let mut seq = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            accepted = listener.accept() => {
+                if let Ok((stream, _)) = accepted {
+                    tokio::spawn(link(stream, hs.clone(), cfg.max_frame, shared.clone(), stop.clone()));
+                }
+            }
+            _ = tick.tick() => {
+                seq += 1;
+                heartbeat(&cfg, &hs, seq, &shared, &stop);
+            }
+        }
+    }
+    // Dropping every link's sender ends its writer; readers end with the runtime.
+    shared.lock().links.clear();
+}
+
+/// One heartbeat round: detect silent peers, send heartbeats, dial unlinked members.
+fn heartbeat(
+    cfg: &NodeConfig,
+    hs: &HandshakeConfig,
+    seq: u64,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) {
+    let mut dial: Vec<String> = Vec::new();
+    {
+        let mut st = shared.lock();
+        let now = Instant::now();
+        let mut changed = false;
+        for (node, (_, status, seen)) in st.members.iter_mut() {
+            if *status == Status::Up && now.duration_since(*seen) > cfg.failure_timeout {
+                *status = Status::Down;
+                changed = true;
+                tracing::warn!(peer = %node, "peer declared down");
+            }
+        }
+        let members: Vec<(String, String)> = st
+            .members
+            .iter()
+            .filter(|(_, (_, s, _))| *s == Status::Up)
+            .map(|(n, (l, _, _))| (n.clone(), l.clone()))
+            .collect();
+        st.links.retain(|_, tx| {
+            tx.send(Message::Heartbeat {
+                seq,
+                members: members.clone(),
+            })
+            .is_ok()
+        });
+        for (node, (listen, status, _)) in &st.members {
+            if *status == Status::Up && !st.links.contains_key(node) && *node != cfg.name {
+                dial.push(listen.clone());
+            }
+        }
+        if st.members.is_empty() {
+            dial.extend(cfg.seeds.iter().cloned());
+        }
+        if changed {
+            shared.changed.notify_all();
+        }
+    }
+    for addr in dial {
+        let (hs, shared, stop) = (hs.clone(), shared.clone(), stop.clone());
+        let max = cfg.max_frame;
+        tokio::spawn(async move {
+            if let Ok(stream) = TcpStream::connect(&addr).await {
+                link(stream, hs, max, shared, stop).await;
+            }
+        });
+    }
+}
+
+/// Runs one link: handshake, then a writer fed by a channel and a reader that records
+/// liveness and learns members.
+async fn link(
+    mut stream: TcpStream,
+    hs: HandshakeConfig,
+    max: u32,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let peer = match handshake(&mut stream, &hs).await {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::warn!(error = %e, "link refused");
+            return;
+        }
+    };
+    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    if !register(&shared, &peer, tx) {
+        return; // already linked to this node
+    }
+    tracing::info!(peer = %peer.node, "link up");
+    let (mut r, mut w) = stream.into_split();
+    let writer = tokio::spawn(async move {
+        while let Some(m) = rx.recv().await {
+            if write_frame(&mut w, &m).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut stop = stop;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            frame = read_frame(&mut r, max) => match frame {
+                Ok(Message::Heartbeat { members, .. }) => seen(&shared, &peer, &hs.node, members),
+                Ok(_) => seen(&shared, &peer, &hs.node, Vec::new()),
+                Err(e) => {
+                    tracing::warn!(peer = %peer.node, error = %e, "link closed");
+                    break;
+                }
+            }
+        }
+    }
+    writer.abort();
+    let mut st = shared.lock();
+    st.links.remove(&peer.node);
+}
+
+/// Registers an authenticated link; false if the node is linked already.
+fn register(shared: &Arc<Shared>, peer: &Peer, tx: mpsc::UnboundedSender<Message>) -> bool {
+    let mut st = shared.lock();
+    if st.links.contains_key(&peer.node) {
+        return false;
+    }
+    st.links.insert(peer.node.clone(), tx);
+    st.members.insert(
+        peer.node.clone(),
+        (peer.listen.clone(), Status::Up, Instant::now()),
+    );
+    shared.changed.notify_all();
+    true
+}
+
+/// A frame from `peer`: it is alive; members it knows that we do not are added (and dialled
+/// at the next heartbeat).
+fn seen(shared: &Arc<Shared>, peer: &Peer, me: &str, members: Vec<(String, String)>) {
+    let mut st = shared.lock();
+    let mut changed = false;
+    let e = st
+        .members
+        .entry(peer.node.clone())
+        .or_insert_with(|| (peer.listen.clone(), Status::Up, Instant::now()));
+    if e.1 == Status::Down {
+        changed = true;
+    }
+    e.1 = Status::Up;
+    e.2 = Instant::now();
+    for (node, listen) in members {
+        if node != me && !st.members.contains_key(&node) {
+            st.members
+                .insert(node, (listen, Status::Up, Instant::now()));
+            changed = true;
+        }
+    }
+    if changed {
+        shared.changed.notify_all();
+    }
+}

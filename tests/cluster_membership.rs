@@ -1,0 +1,86 @@
+//! Cluster nodes on 127.0.0.1: joining through a seed, learning the full mesh, refusing a
+//! node without the secret, and detecting a node that stopped.
+
+use riffle::cluster::{Node, Status};
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"correct horse battery staple";
+const WAIT: Duration = Duration::from_secs(10);
+
+fn node(name: &str, seeds: &[String], secret: &[u8]) -> Node {
+    Node::builder()
+        .name(name)
+        .cluster("test")
+        .secret(secret)
+        .seeds(seeds.iter().cloned())
+        .heartbeat(Duration::from_millis(20))
+        .failure_timeout(Duration::from_millis(200))
+        .start()
+        .expect("node starts")
+}
+
+fn up(members: &[riffle::cluster::Member]) -> Vec<String> {
+    members
+        .iter()
+        .filter(|m| m.status == Status::Up)
+        .map(|m| m.node.clone())
+        .collect()
+}
+
+#[test]
+fn nodes_form_a_mesh_refuse_strangers_and_detect_a_stopped_node() {
+    let n1 = node("n1", &[], SECRET);
+    let seed = vec![n1.local_addr().to_string()];
+    let n2 = node("n2", &seed, SECRET);
+    let n3 = node("n3", &seed, SECRET);
+    // n2 and n3 only know the seed; they learn each other from its heartbeats.
+    for (n, others) in [
+        (&n1, ["n2", "n3"]),
+        (&n2, ["n1", "n3"]),
+        (&n3, ["n1", "n2"]),
+    ] {
+        let m = n.wait_members(WAIT, |m| up(m) == others);
+        assert_eq!(up(&m), others, "full mesh");
+    }
+
+    let stranger = node("mallory", &seed, b"wrong secret");
+    let m = stranger.wait_members(Duration::from_millis(300), |m| !m.is_empty());
+    assert!(m.is_empty(), "a node without the secret is refused: {m:?}");
+    assert!(n1.members().iter().all(|m| m.node != "mallory"));
+    drop(stranger);
+
+    let stopped = Instant::now();
+    n3.shutdown();
+    for n in [&n1, &n2] {
+        let m = n.wait_members(WAIT, |m| {
+            m.iter().any(|x| x.node == "n3" && x.status == Status::Down)
+        });
+        assert!(
+            m.iter().any(|x| x.node == "n3" && x.status == Status::Down),
+            "{m:?}"
+        );
+    }
+    let detection = stopped.elapsed();
+    println!("n3 detected down after {detection:?} (failure timeout 200 ms, heartbeat 20 ms)");
+    assert_eq!(up(&n1.members()), ["n2"]);
+
+    // A node that comes back rejoins as a fresh member.
+    let n3 = node("n3", &seed, SECRET);
+    let m = n1.wait_members(WAIT, |m| up(m) == ["n2", "n3"]);
+    assert_eq!(up(&m), ["n2", "n3"]);
+    drop(n3);
+}
+
+#[test]
+fn a_node_needs_a_name_and_a_secret() {
+    assert!(Node::builder().secret(SECRET).start().is_err());
+    assert!(Node::builder().name("x").start().is_err());
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let err = Node::builder()
+        .name("x")
+        .secret(SECRET)
+        .listen(&addr)
+        .start();
+    assert!(matches!(err, Err(riffle::cluster::NodeError::Bind { .. })));
+}
