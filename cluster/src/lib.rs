@@ -7,7 +7,7 @@
 //!   message; every data frame carries its [`wire::EdgeAddress`]. Lengths are checked against a
 //!   maximum before anything is allocated, and every malformed frame is a typed
 //!   [`wire::WireError`]; nothing a peer sends can panic a node.
-//! - [`handshake`]: version, cluster name, node ids and a mutual HMAC-SHA256
+//! - [`mod@handshake`]: version, cluster name, node ids and a mutual HMAC-SHA256
 //!   challenge–response over a shared secret; peers without the secret are refused.
 //!
 //! - [`node`]: a [`Node`] with a TCP listener, one authenticated link per peer (a full mesh
