@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `riffle-framework` | user API, job graph, partitioning, connectors (no actors) |
 //! | `riffle-actors` | local runtime: subtask actors, credit-based channels, job supervisor |
-//! | `riffle-cluster` | nodes, wire protocol, remote mailboxes (not built yet) |
+//! | `riffle-cluster` | wire protocol, handshake, nodes and membership (multi-node jobs not yet) |
 //!
 //! ```
 //! use riffle::prelude::*;
