@@ -15,7 +15,7 @@ use crate::exec::{
     BoxStage, ErasedInput, ErasedSource, InputStage, Route, Router, Stage, StageCx, Tee,
 };
 use crate::operator::SubtaskInfo;
-use crate::partition::Partitioner;
+use crate::partition::Routing;
 use std::any::Any;
 use std::marker::PhantomData;
 use std::sync::Arc;
@@ -50,7 +50,7 @@ pub(crate) struct RouterPlan {
     channels: usize,
     batch_size: usize,
     start: usize,
-    partitioner: Option<Arc<dyn Partitioner>>,
+    partitioner: Option<Routing>,
 }
 
 pub(crate) struct Ops<T>(PhantomData<fn() -> T>);
@@ -115,22 +115,26 @@ impl<T: Data> TypeOps for Ops<T> {
         Ok(Box::new(InputStage::new(next, name)))
     }
     fn router(&self, edge: &EdgeKind, p: RouterPlan) -> Result<AnyStage, StageError> {
-        let route = match edge {
+        let route: Route<fn(&T) -> u64> = match edge {
             EdgeKind::Auto | EdgeKind::Forward => Route::Forward,
             EdgeKind::Rebalance => Route::Rebalance,
             EdgeKind::Broadcast => Route::Broadcast,
-            EdgeKind::Key(h) => {
-                let hash = h
+            EdgeKind::Key(f) => {
+                let factory = f
                     .clone()
-                    .downcast::<KeyHashFn<T>>()
+                    .downcast::<KeyRouterFactory<T>>()
                     .map_err(|_| internal("key function of the wrong record type"))?;
-                let partitioner = p
+                let routing = p
                     .partitioner
                     .ok_or_else(|| internal("keyed edge without partitioner"))?;
-                Route::Key {
-                    hash: hash.0.clone(),
-                    partitioner,
-                }
+                let plan = KeyRouterPlan {
+                    routing,
+                    base: p.base,
+                    channels: p.channels,
+                    batch_size: p.batch_size,
+                    start: p.start,
+                };
+                return Ok(boxed((factory.0)(plan)));
             }
         };
         let r: BoxStage<T> = Box::new(Router::new(
@@ -154,8 +158,18 @@ impl<T: Data> TypeOps for Ops<T> {
     }
 }
 
-/// A record's key hash function, stored type-erased on a keyed edge.
-pub(crate) struct KeyHashFn<T>(pub Arc<dyn Fn(&T) -> u64 + Send + Sync>);
+/// What a keyed edge's router is built from.
+pub(crate) struct KeyRouterPlan {
+    pub routing: Routing,
+    pub base: usize,
+    pub channels: usize,
+    pub batch_size: usize,
+    pub start: usize,
+}
+
+/// Builds the router of a keyed edge with the concrete key closure (stored type-erased on the
+/// edge), so that extracting and hashing a key costs no virtual call.
+pub(crate) struct KeyRouterFactory<T>(pub Arc<dyn Fn(KeyRouterPlan) -> BoxStage<T> + Send + Sync>);
 
 /// How records cross an edge.
 #[derive(Clone)]
@@ -165,7 +179,7 @@ pub(crate) enum EdgeKind {
     Forward,
     Rebalance,
     Broadcast,
-    /// Holds a `KeyHashFn<T>`.
+    /// Holds a `KeyRouterFactory<T>`.
     Key(Arc<dyn Any + Send + Sync>),
 }
 
@@ -224,7 +238,7 @@ struct PlanEdge {
     from: NodeId,
     to: NodeId,
     kind: EdgeKind,
-    partitioner: Option<Arc<dyn Partitioner>>,
+    partitioner: Option<Routing>,
 }
 
 struct Chain {

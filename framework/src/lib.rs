@@ -47,7 +47,7 @@ pub use operator::{
     SubtaskInfo,
 };
 pub use partition::{
-    KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, SubtaskNode,
+    KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, Routing, SubtaskNode,
     DEFAULT_VNODES,
 };
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};

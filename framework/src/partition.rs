@@ -312,12 +312,38 @@ impl Default for PartitionScheme {
 
 impl PartitionScheme {
     /// Builds the partitioner for `parallelism` downstream subtasks.
-    pub fn build(&self, parallelism: usize) -> std::sync::Arc<dyn Partitioner> {
+    pub fn build(&self, parallelism: usize) -> Routing {
         match *self {
-            PartitionScheme::Ring { vnodes } => {
-                std::sync::Arc::new(KeyRing::with_vnodes(parallelism, vnodes))
-            }
-            PartitionScheme::Modulo => std::sync::Arc::new(ModuloPartitioner::new(parallelism)),
+            PartitionScheme::Ring { vnodes } => Routing::Ring(std::sync::Arc::new(
+                KeyRing::with_vnodes(parallelism, vnodes),
+            )),
+            PartitionScheme::Modulo => Routing::Modulo(ModuloPartitioner::new(parallelism)),
+        }
+    }
+}
+
+/// The partitioner of a keyed edge, dispatched without a virtual call (routing runs once per
+/// record).
+#[derive(Clone, Debug)]
+pub enum Routing {
+    /// The consistent-hash ring (shared by the subtasks of the edge's sender).
+    Ring(std::sync::Arc<KeyRing>),
+    /// `hash mod N`.
+    Modulo(ModuloPartitioner),
+}
+
+impl Partitioner for Routing {
+    #[inline]
+    fn route(&self, key_hash: u64) -> usize {
+        match self {
+            Routing::Ring(r) => r.route_hash(key_hash),
+            Routing::Modulo(m) => m.route(key_hash),
+        }
+    }
+    fn parallelism(&self) -> usize {
+        match self {
+            Routing::Ring(r) => r.parallelism(),
+            Routing::Modulo(m) => m.parallelism(),
         }
     }
 }

@@ -4,10 +4,12 @@ use crate::config::{JobConfig, RestartKind};
 use crate::data::{Data, Key};
 use crate::dead_letter::DeadLetterQueue;
 use crate::error::{GraphError, UserError};
-use crate::exec::{BoxStage, KeyFn, KeyedStage, OperatorStage, SinkStage, SourceDriver};
+use crate::exec::{
+    BoxStage, KeyFn, KeyedStage, OperatorStage, Route, Router, SinkStage, SourceDriver,
+};
 use crate::graph::{
-    boxed, ops, unbox, Build, EdgeDef, EdgeKind, ExecutionPlan, GraphBuilder, KeyHashFn, NodeDef,
-    NodeId,
+    boxed, ops, unbox, Build, EdgeDef, EdgeKind, ExecutionPlan, GraphBuilder, KeyRouterFactory,
+    KeyRouterPlan, NodeDef, NodeId,
 };
 use crate::operator::{KeyedOperator, Operator, Output, Sink, Source, SubtaskInfo};
 use std::cell::RefCell;
@@ -304,11 +306,24 @@ impl<T: Data> DataStream<T> {
     /// each upstream subtask is kept).
     pub fn key_by<K: Key>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<T, K> {
         let f = Arc::new(f);
-        let kf = f.clone(); // the concrete closure, so the hash inlines it
-        let hash: Arc<dyn Fn(&T) -> u64 + Send + Sync> = Arc::new(move |t| kf(t).key_hash());
+        let kf = f.clone(); // the concrete closure, so the router inlines key and hash
+        let factory = move |p: KeyRouterPlan| -> BoxStage<T> {
+            let kf = kf.clone();
+            let route = Route::Key {
+                hash: move |t: &T| kf(t).key_hash(),
+                partitioner: p.routing,
+            };
+            Box::new(Router::new(
+                route,
+                p.base,
+                p.channels,
+                p.batch_size,
+                p.start,
+            ))
+        };
         let key_fn: KeyFn<T, K> = f;
         let mut stream = self;
-        stream.edge = EdgeKind::Key(Arc::new(KeyHashFn(hash)));
+        stream.edge = EdgeKind::Key(Arc::new(KeyRouterFactory(Arc::new(factory))));
         KeyedStream { stream, key_fn }
     }
 

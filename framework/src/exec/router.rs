@@ -3,11 +3,10 @@
 use super::{BoxStage, OutEvent, Stage, StageCx};
 use crate::data::Data;
 use crate::error::StageError;
-use crate::partition::Partitioner;
-use std::sync::Arc;
+use crate::partition::{Partitioner, Routing};
 
-/// How a router picks the channel of a record.
-pub enum Route<T> {
+/// How a router picks the channel of a record; `H` computes a record's key hash.
+pub enum Route<H> {
     /// Everything to the one channel (subtask i → subtask i).
     Forward,
     /// Round robin over the channels.
@@ -16,10 +15,10 @@ pub enum Route<T> {
     Broadcast,
     /// By key hash through a partitioner.
     Key {
-        /// Computes the record's key hash.
-        hash: Arc<dyn Fn(&T) -> u64 + Send + Sync>,
+        /// Computes the record's key hash (a concrete closure, so it inlines).
+        hash: H,
         /// Maps the hash to a channel.
-        partitioner: Arc<dyn Partitioner>,
+        partitioner: Routing,
     },
 }
 
@@ -28,8 +27,8 @@ pub enum Route<T> {
 /// Batches that fill up during a unit of work are *staged* and queued for sending only at
 /// [`Stage::commit`]; [`Stage::rollback`] restores every buffer to its length at the last
 /// commit.
-pub struct Router<T> {
-    route: Route<T>,
+pub struct Router<T, H = fn(&T) -> u64> {
+    route: Route<H>,
     base: usize,
     buffers: Vec<Vec<T>>,
     /// Per channel, how many records of `buffers` were committed.
@@ -42,10 +41,10 @@ pub struct Router<T> {
     pushed: u64,
 }
 
-impl<T: Data> Router<T> {
+impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
     /// A router over output queues `base..base + channels`. Round robin starts at `start`.
     pub fn new(
-        route: Route<T>,
+        route: Route<H>,
         base: usize,
         channels: usize,
         batch_size: usize,
@@ -85,7 +84,7 @@ impl<T: Data> Router<T> {
     }
 }
 
-impl<T: Data> Stage<T> for Router<T> {
+impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
     #[inline]
     fn push(&mut self, record: T, _cx: &mut StageCx) -> Result<(), StageError> {
         self.pushed += 1;
