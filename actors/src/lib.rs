@@ -33,6 +33,6 @@ mod subtask;
 mod supervisor;
 
 pub use error::{CheckpointStats, ErrorKind, JobError, JobResult, RecoveryEvent, RestartEvent};
-pub use message::{DataMessage, Event, SubtaskMetrics};
+pub use message::{Credit, DataMessage, Event, RemoteCredit, SubtaskMetrics};
 pub use runtime::{start_plan, Execute, JobHandle, Rng};
 pub use subtask::Lifecycle;

@@ -36,7 +36,33 @@ pub struct DataMessage {
     /// What it carries.
     pub event: Event,
     /// The credit this message holds.
-    pub credit: Option<OwnedSemaphorePermit>,
+    pub credit: Option<Credit>,
+}
+
+/// A channel credit carried by a message and returned when the message is dropped.
+pub enum Credit {
+    /// A permit of a local sender's semaphore.
+    Local(OwnedSemaphorePermit),
+    /// The credit of a sender on another node: dropping it tells that sender.
+    Remote(RemoteCredit),
+}
+
+/// Runs its callback once, when dropped (returns a remote sender's credit).
+pub struct RemoteCredit(Option<Box<dyn FnOnce() + Send>>);
+
+impl RemoteCredit {
+    /// A credit that calls `on_return` when it is dropped.
+    pub fn new(on_return: impl FnOnce() + Send + 'static) -> Self {
+        RemoteCredit(Some(Box::new(on_return)))
+    }
+}
+
+impl Drop for RemoteCredit {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
 }
 
 impl Message for DataMessage {

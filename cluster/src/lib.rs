@@ -13,14 +13,20 @@
 //! - [`node`]: a [`Node`] with a TCP listener, one authenticated link per peer (a full mesh
 //!   learnt from seeds and heartbeats) and a timeout failure detector.
 //!
-//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): remote mailboxes
-//! with per-channel credits, placement on a ring of nodes, running a job's subtasks on several
-//! nodes, and failover. Today every job runs in one process through `riffle-actors`.
+//! - [`remote`]: remote mailboxes — an actor that stands in for a subtask on another node,
+//!   behind the same `Recipient<DataMessage>` as a local subtask — and the receiving
+//!   directory, with the local runtime's per-channel credits carried over the wire.
+//!
+//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): placement on a
+//! ring of nodes, running a job's subtasks on several nodes with a remote control plane, and
+//! failover. Today every job runs in one process through `riffle-actors`.
 
 pub mod handshake;
 pub mod node;
+pub mod remote;
 pub mod wire;
 
 pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
 pub use node::{Member, Node, NodeBuilder, NodeError, Status};
-pub use wire::{EdgeAddress, Message, WireError, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+pub use remote::{Inbox, LinkSender, RemoteMailbox};
+pub use wire::{EdgeAddress, Message, WireError, WireEvent, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};

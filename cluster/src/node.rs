@@ -10,7 +10,13 @@
 //! Not yet here: remote mailboxes, placement and failover (see `PROTOCOL.md`).
 
 use crate::handshake::{handshake, HandshakeConfig, Peer};
-use crate::wire::{read_frame, write_frame, Message, DEFAULT_MAX_FRAME};
+use crate::remote::{
+    channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, RemoteMailbox,
+};
+use crate::wire::{read_frame, write_frame, EdgeAddress, Message, DEFAULT_MAX_FRAME};
+use actix::prelude::{Actor, Addr, Recipient};
+use dashmap::DashMap;
+use riffle_framework::BatchCodec;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -40,6 +46,9 @@ pub enum NodeError {
     /// The node's thread or runtime could not start.
     #[error("cannot start the node runtime: {0}")]
     Runtime(std::io::Error),
+    /// No link to that peer is up.
+    #[error("no link to node `{0}`")]
+    NoLink(String),
 }
 
 /// Whether a member is alive.
@@ -172,6 +181,10 @@ impl NodeBuilder {
 struct Shared {
     state: Mutex<State>,
     changed: Condvar,
+    /// Local subtasks that receive remote channels: (job, chain, subtask) → inbox.
+    inboxes: DashMap<(u64, u32, u32), Inbox>,
+    /// Remote mailboxes waiting for credits, by channel.
+    returns: DashMap<ChannelKey, Recipient<CreditsReturned>>,
 }
 
 #[derive(Default)]
@@ -238,6 +251,41 @@ impl Node {
                 .map(|(g, _)| g)
                 .unwrap_or_else(|e| e.into_inner().0);
         }
+    }
+
+    /// The link to `peer`, if it is up.
+    pub fn link(&self, peer: &str) -> Option<LinkSender> {
+        let st = self.shared.lock();
+        st.links.get(peer).map(|tx| LinkSender {
+            tx: tx.clone(),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// Routes `Data` frames for subtask `to` of `chain` of `job` to `inbox`.
+    pub fn register_inbox(&self, job: u64, chain: u32, to: u32, inbox: Inbox) {
+        self.shared.inboxes.insert((job, chain, to), inbox);
+    }
+
+    /// Starts a remote mailbox (in the current actix system) for channel `edge` to `peer` and
+    /// routes the channel's returned credits to it.
+    ///
+    /// # Errors
+    /// [`NodeError::NoLink`] if there is no link to `peer`.
+    pub fn remote_mailbox(
+        &self,
+        edge: EdgeAddress,
+        peer: &str,
+        codec: BatchCodec,
+    ) -> Result<Addr<RemoteMailbox>, NodeError> {
+        let link = self
+            .link(peer)
+            .ok_or_else(|| NodeError::NoLink(peer.to_string()))?;
+        let addr = RemoteMailbox::new(edge, link, codec).start();
+        self.shared
+            .returns
+            .insert(channel_key(&edge), addr.clone().recipient());
+        Ok(addr)
     }
 
     /// Stops the node: closes its listener and links, and waits for its thread.
@@ -386,6 +434,7 @@ async fn link(
         }
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let tx_back = tx.clone();
     if !register(&shared, &peer, tx) {
         return; // already linked to this node
     }
@@ -404,6 +453,23 @@ async fn link(
             _ = stop.changed() => break,
             frame = read_frame(&mut r, max) => match frame {
                 Ok(Message::Heartbeat { members, .. }) => seen(&shared, &peer, &hs.node, members),
+                Ok(Message::Data { edge, event }) => {
+                    seen(&shared, &peer, &hs.node, Vec::new());
+                    let back = LinkSender { tx: tx_back.clone(), peer: peer.node.clone() };
+                    match shared.inboxes.get(&(edge.job, edge.chain, edge.to)).map(|i| i.clone()) {
+                        Some(inbox) => deliver(&inbox, edge, event, back),
+                        None => {
+                            tracing::warn!(peer = %peer.node, ?edge, "data for an unknown subtask; dropped");
+                            back.send(Message::Credit { edge, n: 1 });
+                        }
+                    }
+                }
+                Ok(Message::Credit { edge, n }) => {
+                    seen(&shared, &peer, &hs.node, Vec::new());
+                    if let Some(r) = shared.returns.get(&channel_key(&edge)) {
+                        r.do_send(CreditsReturned(n));
+                    }
+                }
                 Ok(_) => seen(&shared, &peer, &hs.node, Vec::new()),
                 Err(e) => {
                     tracing::warn!(peer = %peer.node, error = %e, "link closed");

@@ -120,6 +120,17 @@ pub enum RefuseReason {
     DuplicateNode,
 }
 
+/// What a `Data` frame carries, in the channel's order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WireEvent {
+    /// A batch of records, encoded with rmp-serde.
+    Batch(Vec<u8>),
+    /// Checkpoint barrier `n`.
+    Barrier(u64),
+    /// The sender will send nothing more on this channel.
+    EndOfInput,
+}
+
 /// Every message of the protocol. The tag on the wire is [`Message::tag`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
@@ -138,12 +149,12 @@ pub enum Message {
         /// The members the sender knows.
         members: Vec<(String, String)>,
     },
-    /// A batch of records for a remote subtask (serialized records).
+    /// An event of a channel to a remote subtask: a batch, a barrier or end of input.
     Data {
         /// Which channel.
         edge: EdgeAddress,
-        /// The encoded batch.
-        batch: Vec<u8>,
+        /// What it carries.
+        event: WireEvent,
     },
     /// The receiver handled `n` batches of the edge: the sender may send `n` more.
     Credit {
@@ -313,7 +324,7 @@ mod tests {
                     to: 5,
                     channel: 6,
                 },
-                batch: vec![0; 100],
+                event: WireEvent::Batch(vec![0; 100]),
             },
             Message::Credit {
                 edge: EdgeAddress {

@@ -12,7 +12,7 @@ use crate::data::Data;
 use crate::dead_letter::DeadLetterQueue;
 use crate::error::{FailureCause, GraphError, StageError};
 use crate::exec::{
-    BoxStage, ErasedInput, ErasedSource, InputStage, Route, Router, Stage, StageCx, Tee,
+    BoxStage, ErasedInput, ErasedSource, InputStage, Payload, Route, Router, Stage, StageCx, Tee,
 };
 use crate::operator::SubtaskInfo;
 use crate::partition::Routing;
@@ -42,6 +42,41 @@ pub(crate) trait TypeOps: Send + Sync {
     fn router(&self, edge: &EdgeKind, p: RouterPlan) -> Result<AnyStage, StageError>;
     fn tee(&self, branches: Vec<AnyStage>) -> Result<AnyStage, StageError>;
     fn discard(&self) -> AnyStage;
+    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, String>;
+    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), String>;
+}
+
+/// Encodes and decodes batches of a stream's record type (rmp-serde), for remote channels.
+#[derive(Clone)]
+pub struct BatchCodec(Arc<dyn TypeOps>);
+
+impl std::fmt::Debug for BatchCodec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BatchCodec")
+    }
+}
+
+impl BatchCodec {
+    /// The codec of batches of `T`.
+    pub fn of<T: Data>() -> Self {
+        BatchCodec(ops::<T>())
+    }
+
+    /// Encodes a batch (a `Vec<T>` payload).
+    ///
+    /// # Errors
+    /// The payload is not a batch of this codec's type, or does not serialize.
+    pub fn encode(&self, batch: &Payload) -> Result<Vec<u8>, String> {
+        self.0.encode_batch(batch)
+    }
+
+    /// Decodes bytes written by [`BatchCodec::encode`]; returns the payload and its length.
+    ///
+    /// # Errors
+    /// The bytes are not a batch of this codec's type.
+    pub fn decode(&self, bytes: &[u8]) -> Result<(Payload, usize), String> {
+        self.0.decode_batch(bytes)
+    }
 }
 
 /// Where a router writes: which output queues, how many records per batch.
@@ -155,6 +190,17 @@ impl<T: Data> TypeOps for Ops<T> {
     }
     fn discard(&self) -> AnyStage {
         boxed::<T>(Box::new(Discard))
+    }
+    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, String> {
+        let records = batch
+            .downcast_ref::<Vec<T>>()
+            .ok_or("batch of another record type")?;
+        rmp_serde::to_vec(records).map_err(|e| e.to_string())
+    }
+    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), String> {
+        let records: Vec<T> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+        let len = records.len();
+        Ok((Box::new(records), len))
     }
 }
 
@@ -479,6 +525,12 @@ impl ExecutionPlan {
             .iter()
             .filter(|&&n| !matches!(self.nodes[n].build, Build::Source(_)))
             .count()
+    }
+
+    /// The codec of the records a chain receives (`None` for a source chain).
+    pub fn input_codec(&self, chain: usize) -> Option<BatchCodec> {
+        let head = *self.chains[chain].nodes.first()?;
+        self.nodes[head].in_ops.clone().map(BatchCodec)
     }
 
     /// The number of chains.

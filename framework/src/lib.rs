@@ -41,7 +41,7 @@ pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};
 pub use dead_letter::{DeadLetter, DeadLetterQueue};
 pub use error::{panic_message, ConnectorError, FailureCause, GraphError, StageError, UserError};
-pub use graph::{ChannelTarget, ExecutionPlan, TaskChain, TaskId};
+pub use graph::{BatchCodec, ChannelTarget, ExecutionPlan, TaskChain, TaskId};
 pub use operator::{
     Encoded, KeyedOperator, Operator, Output, Position, Sink, Snapshot, Source, SourceStatus,
     SubtaskInfo,

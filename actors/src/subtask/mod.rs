@@ -25,8 +25,8 @@
 //! buffers (one partial batch per channel and the output of the input batch at hand).
 
 use crate::message::{
-    Control, DataMessage, DeadLettered, Decision, Event, Failure, PlannedKind, ResetDone, StopDue,
-    SubtaskMetrics, TaskFailed, TaskFinished, TaskLost, TaskResumed,
+    Control, Credit, DataMessage, DeadLettered, Decision, Event, Failure, PlannedKind, ResetDone,
+    StopDue, SubtaskMetrics, TaskFailed, TaskFinished, TaskLost, TaskResumed,
 };
 use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
@@ -737,7 +737,7 @@ impl SubtaskActor {
                 epoch: self.epoch,
                 channel: out.in_channel,
                 event,
-                credit: Some(permit),
+                credit: Some(Credit::Local(permit)),
             };
             match out.to.try_send(msg) {
                 Ok(()) if batch => self.metrics.batches_out += 1,
