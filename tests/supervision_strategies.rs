@@ -139,31 +139,25 @@ fn an_always_failing_operator_exhausts_the_restart_limit_on_schedule() {
     }
 }
 
-/// Two chains of two subtasks; a panic is armed in subtask 0 of the source chain.
+/// Two chains of two subtasks; a panic is armed in subtask 0 of the source chain, to fire
+/// after its first 20,000 of 500,000 records, while every subtask is still running.
 fn strategy_run(kind: RestartKind) -> JobResult {
+    const N: u64 = 1_000_000;
     let env = StreamEnv::new();
     env.set_parallelism(2);
     env.configure(|c| c.restart = chaos_restarts(kind));
-    let (tx, rx) = mpsc::channel();
     let out = env
-        .sequence(0..400_000)
-        .map(move |x| {
-            if x == 300_000 {
-                // Everyone is still running: the other source subtask has records left too.
-                let _ = tx.send(());
-            }
-            x
-        })
+        .sequence(0..N)
+        .map(|x| x)
         .key_by(|x: &u64| x % 100)
         .map(|x| x)
         .collect();
     let job = env.start().expect("start");
     let chaos = job.chaos();
     let source0 = chaos.find("sequence", 0).expect("source subtask 0");
-    rx.recv().expect("progress signal");
-    chaos.crash(source0, riffle::Fault::Panic);
+    chaos.arm(source0, 20_000, riffle::chaos::FaultKind::Panic);
     let result = job.wait().expect("job completes");
-    assert_eq!(sorted(out.take()), (0..400_000).collect::<Vec<_>>());
+    assert_eq!(sorted(out.take()), (0..N).collect::<Vec<_>>());
     result
 }
 
