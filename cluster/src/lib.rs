@@ -17,16 +17,20 @@
 //!   behind the same `Recipient<DataMessage>` as a local subtask — and the receiving
 //!   directory, with the local runtime's per-channel credits carried over the wire.
 //!
-//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): placement on a
-//! ring of nodes, running a job's subtasks on several nodes with a remote control plane, and
+//! - [`placement`]: subtasks placed on a consistent-hash ring of node ids (weighted), so losing
+//!   or adding one of n nodes moves only about 1/n of the subtasks.
+//!
+//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): running a job's subtasks on several nodes with a remote control plane, and
 //! failover. Today every job runs in one process through `riffle-actors`.
 
 pub mod handshake;
 pub mod node;
+pub mod placement;
 pub mod remote;
 pub mod wire;
 
 pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
 pub use node::{Member, Node, NodeBuilder, NodeError, Status};
+pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};
 pub use wire::{EdgeAddress, Message, WireError, WireEvent, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
