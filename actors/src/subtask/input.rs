@@ -1,0 +1,203 @@
+//! Input side of a subtask: batches from upstream, a source's `produce` calls, armed chaos
+//! faults and poison records.
+
+use super::{internal, Lifecycle, Retry, SourcePoison, SubtaskActor, IDLE_SOURCE_PAUSE};
+use crate::message::{DeadLettered, Failure, PlannedKind, StopDue};
+use actix::prelude::*;
+use riffle_framework::exec::{BatchFailure, Fault};
+use riffle_framework::{DeadLetter, PoisonAction, SourceStatus, TaskChain, TaskId};
+
+impl SubtaskActor {
+    /// Fires armed chaos faults whose record count has been reached (one at a time).
+    pub(super) fn fire_armed(&mut self) {
+        while self.cx.inject.is_none() {
+            match self.armed.last() {
+                Some(&(after, kind)) if self.metrics.records_in >= after => {
+                    self.armed.pop();
+                    match kind {
+                        PlannedKind::Panic => self.cx.inject = Some(Fault::Panic),
+                        PlannedKind::Error => self.cx.inject = Some(Fault::Error),
+                        PlannedKind::Stop => self.job.do_send(StopDue { task: self.task }),
+                        PlannedKind::StopWorker => self.job.do_send(StopDue {
+                            task: TaskId {
+                                chain: usize::MAX,
+                                subtask: 0,
+                            },
+                        }),
+                    }
+                }
+                _ => break,
+            }
+        }
+    }
+
+    pub(super) fn run_batch(&mut self, mut r: Retry, ctx: &mut Context<Self>) {
+        self.fire_armed();
+        let Some(TaskChain::Input(input)) = &mut self.head else {
+            return self.report_fatal(internal(
+                &self.chain_name,
+                "a source subtask received a batch",
+            ));
+        };
+        let result = input.process(&r.payload, &r.skip, &mut self.cx);
+        match result {
+            Ok(n) => {
+                self.note_first_record();
+                self.metrics.batches_in += 1;
+                self.metrics.records_in += (n - r.skip.len().min(n)) as u64;
+                self.drain(ctx);
+            }
+            Err(failure) => {
+                let mut f = self.stage_failure(failure.error);
+                if !f.injected && failure.index < r.len {
+                    self.count_poison(&mut r, failure.index, &mut f);
+                }
+                self.retry = Some(r);
+                self.fail(f, ctx);
+            }
+        }
+    }
+
+    /// Counts a failure of the record at `index`; past the policy's attempts it is poison.
+    pub(super) fn count_poison(&mut self, r: &mut Retry, index: usize, f: &mut Failure) {
+        if r.fail_index == index {
+            r.fail_count += 1;
+        } else {
+            r.fail_index = index;
+            r.fail_count = 1;
+        }
+        let policy = self.plan.config().poison;
+        if r.fail_count < policy.max_attempts {
+            return;
+        }
+        match policy.action {
+            PoisonAction::FailJob => f.poison_attempts = Some(r.fail_count),
+            PoisonAction::DeadLetter => {
+                let record = match &self.head {
+                    Some(TaskChain::Input(i)) => i.encode_record(&r.payload, index),
+                    _ => None,
+                };
+                self.job.do_send(DeadLettered {
+                    letter: DeadLetter {
+                        operator: f.operator.clone(),
+                        subtask: self.task.subtask,
+                        cause: f.cause.to_string(),
+                        attempts: r.fail_count,
+                        record: record.unwrap_or_default(),
+                    },
+                });
+                r.skip.push(index);
+                r.fail_index = usize::MAX;
+                r.fail_count = 0;
+            }
+        }
+    }
+
+    /// Asks the source for one batch, then yields so other actors on the thread run.
+    pub(super) fn produce(&mut self, ctx: &mut Context<Self>) {
+        if self.state != Lifecycle::Running {
+            return;
+        }
+        self.fire_armed();
+        let skip = self.source_poison.as_ref().and_then(|p| p.skip);
+        let Some(TaskChain::Source(source)) = &mut self.head else {
+            return;
+        };
+        let produced = source.produce(&mut self.cx, skip).and_then(|p| {
+            let pos = source.position().map_err(|error| BatchFailure {
+                error,
+                index: usize::MAX,
+            })?;
+            Ok((p, pos))
+        });
+        let status = match produced {
+            Ok((p, pos)) => {
+                if p.emitted > 0 {
+                    self.note_first_record();
+                }
+                self.metrics.records_in += p.emitted;
+                *self.position.lock().unwrap_or_else(|e| e.into_inner()) = pos;
+                if let Some(record) = p.skipped {
+                    self.dead_letter_source_record(record);
+                }
+                p.status
+            }
+            Err(failure) => {
+                let mut f = self.stage_failure(failure.error);
+                if !f.injected && failure.index != usize::MAX {
+                    self.count_source_poison(failure.index as u64, &mut f);
+                }
+                return self.fail(f, ctx);
+            }
+        };
+        match status {
+            SourceStatus::Finished => self.finish_input(ctx),
+            SourceStatus::More => {
+                self.drain(ctx);
+                ctx.spawn(
+                    fut::wrap_future::<_, Self>(tokio::task::yield_now())
+                        .map(|_, act, ctx| act.produce(ctx)),
+                );
+            }
+            SourceStatus::Idle => {
+                self.drain(ctx);
+                ctx.run_later(IDLE_SOURCE_PAUSE, |act, ctx| act.produce(ctx));
+            }
+        }
+    }
+
+    /// Counts a failure of the record a source emitted at `index` of the `produce` call that
+    /// starts at the current position; past the policy's attempts it is poison.
+    pub(super) fn count_source_poison(&mut self, index: u64, f: &mut Failure) {
+        let at = self
+            .position
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let p = self.source_poison.get_or_insert_with(|| SourcePoison {
+            at: at.clone(),
+            index,
+            count: 0,
+            skip: None,
+            cause: String::new(),
+            operator: String::new(),
+        });
+        if p.at != at || p.index != index {
+            *p = SourcePoison {
+                at,
+                index,
+                count: 0,
+                skip: None,
+                cause: String::new(),
+                operator: String::new(),
+            };
+        }
+        p.count += 1;
+        let policy = self.plan.config().poison;
+        if p.count < policy.max_attempts {
+            return;
+        }
+        match policy.action {
+            PoisonAction::FailJob => f.poison_attempts = Some(p.count),
+            PoisonAction::DeadLetter => {
+                p.skip = Some(index);
+                p.cause = f.cause.to_string();
+                p.operator = f.operator.clone();
+            }
+        }
+    }
+
+    pub(super) fn dead_letter_source_record(&mut self, record: Vec<u8>) {
+        if let Some(p) = self.source_poison.take() {
+            self.job.do_send(DeadLettered {
+                letter: DeadLetter {
+                    operator: p.operator,
+                    subtask: self.task.subtask,
+                    cause: p.cause,
+                    attempts: p.count,
+                    record,
+                },
+            });
+        }
+    }
+}

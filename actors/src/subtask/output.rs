@@ -1,0 +1,168 @@
+//! Output side of a subtask: sending queued messages as credits allow, ends of input,
+//! re-wiring after a receiver was re-created.
+
+use super::{Lifecycle, MsgKind, SubtaskActor};
+use crate::message::{Credit, DataMessage, Event, TaskFinished};
+use actix::prelude::*;
+use riffle_framework::exec::OutEvent;
+use riffle_framework::TaskId;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Semaphore;
+
+/// Why a channel stopped sending.
+pub(super) enum Blocked {
+    /// No credit left: wait for this semaphore.
+    Credit(Arc<Semaphore>),
+    /// The receiver's mailbox is full (old-epoch messages not yet dropped).
+    Full,
+}
+
+/// How long a sender waits before retrying a full mailbox.
+const FULL_MAILBOX_PAUSE: Duration = Duration::from_millis(1);
+
+/// A message that could not be sent, back into the output queue's form.
+fn unsent(event: Event) -> OutEvent {
+    match event {
+        Event::Batch { payload, len } => OutEvent::Batch { payload, len },
+        Event::Barrier(n) => OutEvent::Barrier(n),
+        Event::EndOfInput => OutEvent::EndOfInput,
+    }
+}
+
+impl SubtaskActor {
+    /// Sends queued messages while credits last; waits for a credit when a channel runs out.
+    pub(super) fn drain(&mut self, ctx: &mut Context<Self>) {
+        if self.paused || matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
+            return;
+        }
+        // Send what every channel has credit for, then wait for the first one that ran out
+        // (a blocked channel must not hold back a barrier queued for another).
+        let mut blocked = None;
+        for i in 0..self.outs.len() {
+            if let Some(b) = self.drain_channel(i) {
+                blocked.get_or_insert(b);
+            }
+        }
+        match blocked {
+            Some(Blocked::Credit(wait)) => {
+                self.metrics.credit_stalls += 1;
+                let wait = async move { wait.acquire_owned().await.ok() };
+                ctx.wait(fut::wrap_future::<_, Self>(wait).map(|permit, act, ctx| {
+                    drop(permit);
+                    act.drain(ctx);
+                }));
+                return;
+            }
+            Some(Blocked::Full) => {
+                // The receiver's mailbox still holds messages of an old epoch; retry shortly.
+                let pause = fut::wrap_future::<_, Self>(tokio::time::sleep(FULL_MAILBOX_PAUSE));
+                ctx.wait(pause.map(|_, act, ctx| act.drain(ctx)));
+                return;
+            }
+            None => {}
+        }
+        let idle =
+            self.outs.iter().all(|o| !o.parked) && self.cx.queues.iter().all(|q| q.is_empty());
+        if self.state == Lifecycle::Draining && idle && self.become_(Lifecycle::Done) {
+            self.metrics.records_out = self.cx.records_out;
+            self.job.do_send(TaskFinished {
+                task: self.task,
+                metrics: self.metrics.clone(),
+            });
+        }
+    }
+
+    /// Sends what channel `i` has credit for; says why it stopped if it could not send all.
+    pub(super) fn drain_channel(&mut self, i: usize) -> Option<Blocked> {
+        let out = &mut self.outs[i];
+        while !out.parked && !self.cx.queues[i].is_empty() {
+            let Ok(permit) = out.credits.clone().try_acquire_owned() else {
+                return Some(Blocked::Credit(out.credits.clone()));
+            };
+            let Some(ev) = self.cx.queues[i].pop_front() else {
+                break;
+            };
+            let (event, batch) = match ev {
+                OutEvent::Batch { payload, len } => (Event::Batch { payload, len }, true),
+                OutEvent::Barrier(n) => (Event::Barrier(n), false),
+                OutEvent::EndOfInput => (Event::EndOfInput, false),
+            };
+            let msg_kind = match event {
+                Event::EndOfInput => MsgKind::End,
+                _ => MsgKind::Other,
+            };
+            let msg = DataMessage {
+                epoch: self.epoch,
+                channel: out.in_channel,
+                event,
+                credit: Some(Credit::Local(permit)),
+            };
+            match out.to.try_send(msg) {
+                Ok(()) if batch => self.metrics.batches_out += 1,
+                Ok(()) => out.eoi_sent |= matches!(msg_kind, MsgKind::End),
+                Err(SendError::Full(msg)) => {
+                    let back = unsent(msg.event);
+                    self.cx.queues[i].push_front(back);
+                    return Some(Blocked::Full);
+                }
+                Err(SendError::Closed(msg)) => {
+                    // The receiver is gone (its worker stopped): keep the message and wait for
+                    // a re-wire.
+                    let back = unsent(msg.event);
+                    self.cx.queues[i].push_front(back);
+                    out.parked = true;
+                    tracing::warn!(chain = %self.chain_name, subtask = self.task.subtask, target = ?out.target, "receiver gone; holding its channel until it is re-created");
+                }
+            }
+        }
+        None
+    }
+
+    pub(super) fn close_inputs(&mut self, channels: &[usize], ctx: &mut Context<Self>) {
+        for &c in channels {
+            if let Some(closed) = self.closed.get_mut(c) {
+                if !*closed {
+                    *closed = true;
+                    self.open_inputs -= 1;
+                }
+            }
+        }
+        self.try_complete_alignment(ctx);
+        if self.open_inputs == 0 && self.state == Lifecycle::Running && !self.is_source() {
+            self.finish_input(ctx);
+        }
+    }
+
+    pub(super) fn rewire(
+        &mut self,
+        target: TaskId,
+        to: Recipient<DataMessage>,
+        ctx: &mut Context<Self>,
+    ) {
+        let credits = self.plan.config().credits;
+        for (i, out) in self.outs.iter_mut().enumerate() {
+            if out.target != target {
+                continue;
+            }
+            out.to = to.clone();
+            out.credits = Arc::new(Semaphore::new(credits));
+            out.parked = false;
+            let queued_eoi = self.cx.queues[i]
+                .iter()
+                .any(|e| matches!(e, OutEvent::EndOfInput));
+            if out.eoi_sent && !queued_eoi {
+                // The lost receiver had our end-of-input; its successor needs it too.
+                self.cx.queues[i].push_back(OutEvent::EndOfInput);
+            }
+        }
+        if self.state == Lifecycle::Done {
+            // Late re-wire after we finished: send the repeated end-of-input directly.
+            for i in 0..self.outs.len() {
+                let _ = self.drain_channel(i);
+            }
+        } else {
+            self.drain(ctx);
+        }
+    }
+}
