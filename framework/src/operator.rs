@@ -104,6 +104,11 @@ impl<'a, T> Output<'a, T> {
         self.skipped.take()
     }
 
+    /// Whether a downstream chained operator failed during this call.
+    pub fn failed(&self) -> bool {
+        self.failed.is_some()
+    }
+
     /// The failure of a downstream chained operator, if one happened during this call.
     pub fn take_failure(&mut self) -> Option<StageError> {
         self.failed.take()

@@ -115,10 +115,7 @@ impl<T: Data> ErasedInput for InputStage<T> {
             return Err(BatchFailure { error, index: 0 });
         }
         let pushed = if skip.is_empty() {
-            records
-                .iter()
-                .enumerate()
-                .try_for_each(|(i, r)| self.next.push(r.clone(), cx).map_err(|e| (e, i)))
+            self.next.push_all(records, cx).map_err(|(i, e)| (e, i))
         } else {
             records
                 .iter()

@@ -145,6 +145,21 @@ pub trait Stage<T>: Send {
     /// The failure of this or a later stage of the chain.
     fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError>;
 
+    /// Handles a batch of records in order (a copy of each); stages override it to save a call
+    /// per record.
+    ///
+    /// # Errors
+    /// The index of the record that failed, with the failure.
+    fn push_all(&mut self, records: &[T], cx: &mut StageCx) -> Result<(), (usize, StageError)>
+    where
+        T: Clone,
+    {
+        for (i, r) in records.iter().enumerate() {
+            self.push(r.clone(), cx).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
     /// Runs `on_start` hooks, front to back.
     ///
     /// # Errors

@@ -3,9 +3,10 @@
 use super::{guarded, guarded_emit, next_state, BoxStage, Stage, StageCx};
 use crate::data::Key;
 use crate::error::StageError;
-use crate::operator::Encoded;
+use crate::operator::{Encoded, Output};
 use crate::operator::{KeyedOperator, Operator, Sink, SubtaskInfo};
 use rustc_hash::FxHashMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
 /// The hooks operator and keyed stages share: user `on_start`/`on_close` around the rest of
@@ -39,6 +40,24 @@ macro_rules! chain_stage_hooks {
     };
 }
 
+/// The outcome of a batch run under one `catch_unwind`: a downstream failure first, then this
+/// operator's error or panic, each with the index of the record at hand.
+fn batch_outcome<T>(
+    operator: &str,
+    out: &mut Output<'_, T>,
+    r: std::thread::Result<Result<(), crate::UserError>>,
+    at: usize,
+) -> Result<(), (usize, StageError)> {
+    if let Some(e) = out.take_failure() {
+        return Err((at, e));
+    }
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err((at, StageError::from_error(operator, e))),
+        Err(p) => Err((at, StageError::from_panic(operator, p))),
+    }
+}
+
 /// A stage running a user [`Operator`].
 pub struct OperatorStage<O: Operator> {
     op: O,
@@ -61,6 +80,23 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
             op.process(record, out)
         })
         .map(drop)
+    }
+    fn push_all(&mut self, records: &[O::In], cx: &mut StageCx) -> Result<(), (usize, StageError)> {
+        // One `catch_unwind` for the batch (later stages catch their own failures).
+        let op = &mut self.op;
+        let mut at = 0;
+        let mut out = Output::new(&mut *self.next, cx);
+        let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), crate::UserError> {
+            for (i, record) in records.iter().enumerate() {
+                at = i;
+                op.process(record.clone(), &mut out)?;
+                if out.failed() {
+                    break;
+                }
+            }
+            Ok(())
+        }));
+        batch_outcome(&self.info.operator, &mut out, r, at)
     }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
         let op = &self.op;
@@ -127,6 +163,29 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
             op.process(&key, state, record, out)
         })
         .map(drop)
+    }
+    fn push_all(&mut self, records: &[O::In], cx: &mut StageCx) -> Result<(), (usize, StageError)> {
+        // One `catch_unwind` for the batch: a panic here is this operator's (later stages
+        // catch their own and report through the output).
+        let (op, key_fn, states) = (&mut self.op, &self.key_fn, &mut self.states);
+        let mut at = 0;
+        let mut out = Output::new(&mut *self.next, cx);
+        let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), crate::UserError> {
+            for (i, record) in records.iter().enumerate() {
+                at = i;
+                let key = key_fn(record);
+                let state = match states.get_mut(&key) {
+                    Some(s) => s,
+                    None => states.entry(key.clone()).or_default(),
+                };
+                op.process(&key, state, record.clone(), &mut out)?;
+                if out.failed() {
+                    break;
+                }
+            }
+            Ok(())
+        }));
+        batch_outcome(&self.info.operator, &mut out, r, at)
     }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
         // Sorted by key hash, so that a range of the ring can be cut out for rescaling.
