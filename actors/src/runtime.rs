@@ -266,26 +266,15 @@ fn load_restore(plan: &ExecutionPlan) -> Result<Option<Checkpoint>, JobError> {
         Some(RestoreFrom::Latest(dir)) => FsStore::latest_in(dir, &cfg.name)?,
         Some(RestoreFrom::Path(p)) => FsStore::load_dir(p)?,
     };
-    for t in plan.tasks() {
-        let fits = checkpoint
-            .task(t.chain, t.subtask)
-            .is_some_and(|s| s.states.len() == plan.state_entries(t.chain));
-        if !fits {
-            return Err(JobError::CheckpointMismatch {
-                checkpoint: checkpoint.id,
-                reason: format!(
-                    "no matching state for subtask {} of `{}` (changed job or parallelism?)",
-                    t.subtask,
-                    plan.chain_name(t.chain)
-                ),
-            });
-        }
-    }
-    if checkpoint.tasks.len() != plan.tasks().len() {
-        return Err(JobError::CheckpointMismatch {
-            checkpoint: checkpoint.id,
-            reason: "the checkpoint has more subtasks than the job".to_string(),
-        });
+    let id = checkpoint.id;
+    let (checkpoint, report) =
+        plan.adapt_checkpoint(checkpoint)
+            .map_err(|reason| JobError::CheckpointMismatch {
+                checkpoint: id,
+                reason,
+            })?;
+    for (chain, from, to, keys, moved) in &report.chains {
+        tracing::info!(%chain, from, to, keys, moved, "restoring at another parallelism: keyed state split by the new ring");
     }
     Ok(Some(checkpoint))
 }

@@ -246,6 +246,8 @@ impl EdgeKind {
 
 pub(crate) struct NodeDef {
     pub name: String,
+    /// Runs a keyed operator (its state can be split by key).
+    pub keyed: bool,
     pub restart: Option<RestartKind>,
     pub dead_letters: bool,
     pub parallelism: Option<usize>,
@@ -271,6 +273,7 @@ pub(crate) struct GraphBuilder {
 
 struct PlanNode {
     name: Arc<str>,
+    keyed: bool,
     restart: Option<RestartKind>,
     /// Reads the dead-letter stream (directly or downstream of it).
     after_dead_letters: bool,
@@ -383,6 +386,7 @@ impl ExecutionPlan {
                     .any(|e| e.to == id && nodes[e.from].after_dead_letters);
             nodes.push(PlanNode {
                 name: n.name.as_str().into(),
+                keyed: n.keyed,
                 restart: n.restart,
                 after_dead_letters,
                 parallelism: p,
@@ -516,6 +520,17 @@ impl ExecutionPlan {
             }
         }
         v
+    }
+
+    /// Per state entry of the chain (see [`ExecutionPlan::state_entries`]): whether it is the
+    /// keyed state of a keyed operator (which can be split by key).
+    pub(crate) fn keyed_entries(&self, chain: usize) -> Vec<bool> {
+        self.chains[chain]
+            .nodes
+            .iter()
+            .filter(|&&n| !matches!(self.nodes[n].build, Build::Source(_)))
+            .map(|&n| self.nodes[n].keyed)
+            .collect()
     }
 
     /// How many state entries a snapshot of the chain holds (one per operator or sink).

@@ -27,6 +27,7 @@ pub mod exec;
 mod graph;
 mod operator;
 mod partition;
+mod rescale;
 mod stream;
 
 pub use checkpoint::{
@@ -50,4 +51,5 @@ pub use partition::{
     KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, Routing, SubtaskNode,
     DEFAULT_VNODES,
 };
+pub use rescale::RescaleReport;
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};

@@ -108,6 +108,7 @@ impl StreamEnv {
         let node = self.graph.borrow_mut().nodes.len();
         self.graph.borrow_mut().nodes.push(NodeDef {
             name: name.to_string(),
+            keyed: false,
             restart: None,
             dead_letters: false,
             parallelism: None,
@@ -217,6 +218,7 @@ impl<T: Data> DataStream<T> {
         let id = g.nodes.len();
         g.nodes.push(NodeDef {
             name: name.to_string(),
+            keyed: false,
             restart: None,
             dead_letters: false,
             parallelism: None,
@@ -412,6 +414,7 @@ impl<T: Data, K: Key> KeyedStream<T, K> {
             Ok(boxed::<T>(Box::new(stage)))
         }));
         let id = self.stream.add_node::<O::Out>(name, build, true);
+        self.stream.graph.borrow_mut().nodes[id].keyed = true;
         DataStream::new(self.stream.graph, id)
     }
 
