@@ -264,6 +264,9 @@ pub struct Progress {
     pub checkpoints: u64,
     /// The job has ended.
     pub ended: bool,
+    /// A record was processed after a restore (at a recovery, or at a start from a
+    /// checkpoint); with `running_epoch`, what measures a pause.
+    pub restored_record: bool,
     /// Per task (in [`ChaosHandle::tasks`] order): its input ended in the current epoch, so
     /// a fault aimed at its next record would never fire.
     pub draining: Vec<bool>,

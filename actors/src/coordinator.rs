@@ -36,6 +36,8 @@ pub(crate) struct Coordinator {
     pub savepoint_waiters: Vec<oneshot::Sender<Result<u64, JobError>>>,
     /// Subtasks that have not yet confirmed the final commit.
     pub uncommitted: HashSet<TaskId>,
+    /// Stop the job once the next savepoint is committed (stop-with-savepoint).
+    pub stop_after_savepoint: bool,
 }
 
 impl Coordinator {
@@ -54,6 +56,7 @@ impl Coordinator {
             last_completed: restored,
             savepoint_waiters: Vec::new(),
             uncommitted: HashSet::new(),
+            stop_after_savepoint: false,
         }
     }
 
@@ -68,6 +71,8 @@ impl Coordinator {
 /// Asks the job for a savepoint.
 pub(crate) struct SavepointRequest {
     pub reply: oneshot::Sender<Result<u64, JobError>>,
+    /// Stop the job once the savepoint is committed.
+    pub stop: bool,
 }
 impl Message for SavepointRequest {
     type Result = ();
@@ -150,13 +155,19 @@ impl JobSupervisor {
                 let _ = w.send(Ok(p.id));
             }
         }
-        if p.final_ {
+        // The last checkpoint of the job (final, or a savepoint to stop at): wait for every
+        // sink's commit before the job ends.
+        let last = p.final_ || (p.savepoint && c.stop_after_savepoint);
+        if last {
             c.uncommitted = self.addrs.keys().copied().collect();
+        }
+        if p.savepoint && c.stop_after_savepoint {
+            self.result.stopped_at_savepoint = Some(p.id);
         }
         for a in self.addrs.values() {
             a.do_send(Control::Complete {
                 id: p.id,
-                ack: p.final_,
+                ack: last,
             });
         }
     }
@@ -262,6 +273,7 @@ impl Handler<ResetDone> for JobSupervisor {
 impl Handler<FirstRecord> for JobSupervisor {
     type Result = ();
     fn handle(&mut self, msg: FirstRecord, _ctx: &mut Context<Self>) {
+        self.progress.update(|p| p.restored_record = true);
         let Some(r) = &mut self.recovery else { return };
         if msg.epoch == r.epoch && r.restore_time.is_none() {
             let t = r.started.elapsed();
@@ -283,7 +295,10 @@ impl Handler<SavepointRequest> for JobSupervisor {
     type Result = ();
     fn handle(&mut self, msg: SavepointRequest, _ctx: &mut Context<Self>) {
         match &mut self.coord {
-            Some(c) if self.report.is_some() => c.savepoint_waiters.push(msg.reply),
+            Some(c) if self.report.is_some() => {
+                c.stop_after_savepoint |= msg.stop;
+                c.savepoint_waiters.push(msg.reply);
+            }
             Some(_) => {
                 let _ = msg.reply.send(Err(JobError::SavepointFailed {
                     reason: "the job has ended".to_string(),

@@ -191,6 +191,9 @@ pub struct JobResult {
     pub checkpoints: Vec<CheckpointStats>,
     /// Recoveries from checkpoints.
     pub recoveries: Vec<RecoveryEvent>,
+    /// The savepoint the job was stopped at (`JobHandle::stop_with_savepoint`); the job did not
+    /// run to its end, and `subtasks` lists only the subtasks that had finished.
+    pub stopped_at_savepoint: Option<u64>,
 }
 
 impl JobResult {

@@ -104,9 +104,41 @@ impl JobHandle {
             .and_then(|c| c.supervisor())
             .ok_or_else(|| failed("the job is not running"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        job.do_send(SavepointRequest { reply: tx });
+        job.do_send(SavepointRequest {
+            reply: tx,
+            stop: false,
+        });
         rx.blocking_recv()
             .map_err(|_| failed("the job ended first"))?
+    }
+
+    /// Takes a savepoint and stops the job there (output after it is never committed): the
+    /// way to change a job — e.g. its parallelism — and continue it exactly, by starting the
+    /// new job with `JobConfig::restore` set to the savepoint. Returns the savepoint's id and
+    /// the stopped job's result.
+    ///
+    /// # Errors
+    /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first, or the
+    /// job's own error.
+    pub fn stop_with_savepoint(self) -> Result<(u64, JobResult), JobError> {
+        let failed = |reason: &str| JobError::SavepointFailed {
+            reason: reason.to_string(),
+        };
+        let job = self
+            .chaos
+            .as_ref()
+            .and_then(|c| c.supervisor())
+            .ok_or_else(|| failed("the job is not running"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        job.do_send(SavepointRequest {
+            reply: tx,
+            stop: true,
+        });
+        let id = rx
+            .blocking_recv()
+            .map_err(|_| failed("the job ended first"))??;
+        let result = self.wait()?;
+        Ok((id, result))
     }
 }
 

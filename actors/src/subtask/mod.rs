@@ -339,6 +339,8 @@ impl SubtaskActor {
         let Some(r) = self.restore.take() else {
             return Ok(());
         };
+        // Started from a checkpoint: report the first record (restore time, pauses).
+        self.first_record_pending |= r.last_completed.is_some();
         self.restored_finished = r.finished;
         match &mut self.head {
             Some(TaskChain::Source(s)) => s.restore(&r.states, r.last_completed),
