@@ -1,15 +1,17 @@
-//! Recovery cost: checkpoint duration and restore time with 100,000 keys of state.
+//! Recovery cost: checkpoint duration, restore time and rescale pause with 100,000 keys.
 //!
-//! `cargo bench --bench recovery -- [RUNS]` (default 5). Each run: a keyed running sum over
-//! 100,000 keys (parallelism 2, checkpoints every 50 ms in memory); once two checkpoints have
-//! completed, a panic is injected into a keyed subtask; the job restores every subtask from
-//! the latest checkpoint. Printed: the median restore time (failure → first record processed
-//! again) and the median checkpoint duration and size.
+//! `cargo bench --bench recovery -- [RUNS]` (default 5). Each restore run: a keyed running sum
+//! over 100,000 keys (parallelism 2, checkpoints every 50 ms in memory); once two checkpoints
+//! have completed, a panic is injected into a keyed subtask; the job restores every subtask
+//! from the latest checkpoint. Each rescale run: the same job at parallelism 2 is stopped at a
+//! savepoint and started again from it at parallelism 3. Printed: the median restore time
+//! (failure → first record processed again), the median checkpoint duration and size, and the
+//! median rescale pause (stop → first record processed by the rescaled job).
 
 use riffle::chaos::ChaosMonkey;
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, Fault};
-use std::time::Duration;
+use riffle::{CheckpointConfig, Fault, RestoreFrom};
+use std::time::{Duration, Instant};
 
 const KEYS: u64 = 100_000;
 const N: u64 = 20_000_000;
@@ -45,6 +47,39 @@ fn run() -> Option<(Duration, Vec<Duration>, usize)> {
     Some((restore, durations, bytes))
 }
 
+fn rescale_job(dir: &std::path::Path, p: usize, restore: Option<RestoreFrom>) -> StreamEnv {
+    let env = StreamEnv::new();
+    env.configure(|c| {
+        c.name = "rescale-bench".to_string();
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(50)).in_dir(dir));
+        c.restore = restore;
+    });
+    env.generate(N, |i| (i % KEYS, 1u64))
+        .parallelism(2)
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .parallelism(p)
+        .discard();
+    env
+}
+
+/// Stop at a savepoint at parallelism 2, restart at 3: the pause until the first record.
+fn rescale_pause() -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let handle = rescale_job(dir.path(), 2, None).start().expect("start");
+    handle.chaos().wait_until(|p| p.checkpoints >= 2);
+    let stop = Instant::now();
+    let (id, _) = handle.stop_with_savepoint().expect("stop with savepoint");
+    let sp = dir.path().join("rescale-bench").join(format!("sp-{id}"));
+    let next = rescale_job(dir.path(), 3, Some(RestoreFrom::Path(sp)))
+        .start()
+        .expect("restart");
+    next.chaos().wait_until(|p| p.restored_record);
+    let pause = stop.elapsed();
+    next.wait().expect("rescaled job");
+    pause
+}
+
 fn main() {
     let _ = ChaosMonkey::new(0);
     riffle::chaos::silence_injected_panics();
@@ -69,6 +104,8 @@ fn main() {
     }
     restores.sort();
     checkpoints.sort();
+    let mut pauses: Vec<Duration> = (0..runs).map(|_| rescale_pause()).collect();
+    pauses.sort();
     println!(
         "recovery ({KEYS} keys, {runs} runs): median restore {:.2} ms (min {:.2}, max {:.2}); \
          median checkpoint {:.2} ms over {} checkpoints; state {:.1} KiB",
@@ -78,5 +115,12 @@ fn main() {
         checkpoints[checkpoints.len() / 2].as_secs_f64() * 1e3,
         checkpoints.len(),
         bytes as f64 / 1024.0
+    );
+    println!(
+        "rescale 2 -> 3 ({KEYS} keys, {runs} runs, stop at a savepoint and restart): median pause \
+         {:.1} ms (min {:.1}, max {:.1})",
+        pauses[pauses.len() / 2].as_secs_f64() * 1e3,
+        pauses[0].as_secs_f64() * 1e3,
+        pauses[pauses.len() - 1].as_secs_f64() * 1e3
     );
 }
