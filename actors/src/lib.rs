@@ -16,13 +16,17 @@
 //!   strategy (one-for-one, one-for-all, never; intensity limit; exponential backoff with
 //!   jitter), re-creates subtasks whose worker thread stopped, collects each subtask's outcome
 //!   and reports the job's [`JobResult`] or a typed [`JobError`] through [`JobHandle::wait`];
+//! - with checkpointing on, the job supervisor's **checkpoint coordinator**: aligned barrier
+//!   checkpoints, two-phase commits of the sinks, savepoints, and recovery of the whole job from
+//!   the latest completed checkpoint in a new epoch (stale messages are dropped);
 //! - the [`chaos`] module, which crashes subtasks, stops actors and worker threads on purpose.
 //!
 //! User code runs under `catch_unwind` (in the framework's operator chain), so a panic becomes
-//! a typed failure naming the operator, never a panic in the caller. A failed batch's output is
-//! rolled back and the batch retried on a rebuilt chain, so stateless jobs are exact across
-//! restarts; records in the mailbox of a subtask whose *worker thread* stopped are lost (until
-//! checkpoints exist).
+//! a typed failure naming the operator, never a panic in the caller. Without checkpoints a
+//! failed batch's output is rolled back and the batch retried on a rebuilt chain, so stateless
+//! jobs are exact across restarts, and records in the mailbox of a subtask whose *worker thread*
+//! stopped are lost; with checkpoints state and transactional output are exactly-once through
+//! every kind of failure, including the loss of the process.
 
 pub mod chaos;
 mod coordinator;

@@ -11,7 +11,10 @@
 //! - partitioning: the specified key hash ([`Key`]), the consistent-hash [`KeyRing`] compiled
 //!   into a lookup table, and the `hash mod N` baseline ([`ModuloPartitioner`]);
 //! - the execution plan ([`ExecutionPlan`]): chains of operators, channel layout, and the
-//!   type-erased operator chains ([`exec`]) that a runtime drives;
+//!   type-erased operator chains ([`exec`]) that a runtime drives, whose output is staged per
+//!   unit of work so that a failed unit can be rolled back;
+//! - checkpoint data and stores ([`TaskSnapshot`], [`FsStore`], [`MemoryStore`]) and restoring a
+//!   checkpoint at other parallelisms ([`ExecutionPlan::adapt_checkpoint`]);
 //! - the built-in connectors.
 //!
 //! The runtime that runs a plan — one actix actor per subtask, credit-based channels — lives in
