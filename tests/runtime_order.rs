@@ -102,3 +102,24 @@ impl KeyedIdentity for KeyedStream<Rec, u32> {
         self.process(|_: &SubtaskInfo| Check).parallelism(2)
     }
 }
+
+/// The load report: records and distinct keys per keyed subtask add up.
+#[test]
+fn the_load_report_counts_records_and_distinct_keys_per_subtask() {
+    let env = StreamEnv::new();
+    env.set_parallelism(3);
+    env.sequence(0..90_000)
+        .key_by(|x: &u64| x % 1_000)
+        .sum(|x| *x)
+        .discard();
+    let result = env.execute().expect("job");
+    let keyed = result.chain("sum");
+    assert_eq!(keyed.len(), 3);
+    assert_eq!(keyed.iter().map(|m| m.distinct_keys).sum::<u64>(), 1_000);
+    assert_eq!(keyed.iter().map(|m| m.records_in).sum::<u64>(), 90_000);
+    assert!(
+        keyed.iter().all(|m| m.distinct_keys > 250),
+        "balanced: {keyed:?}"
+    );
+    print!("{}", result.load_table());
+}

@@ -213,14 +213,20 @@ impl JobResult {
     /// A table of records in/out and restarts per subtask, for printing.
     pub fn load_table(&self) -> String {
         let mut s = format!(
-            "{:<40} {:>7} {:>12} {:>12} {:>8} {:>8}\n",
-            "chain", "subtask", "records in", "records out", "stalls", "restarts"
+            "{:<40} {:>7} {:>12} {:>12} {:>8} {:>8} {:>8}\n",
+            "chain", "subtask", "records in", "records out", "keys", "stalls", "restarts"
         );
         for m in &self.subtasks {
             let chain: String = m.chain.chars().take(40).collect();
             s.push_str(&format!(
-                "{:<40} {:>7} {:>12} {:>12} {:>8} {:>8}\n",
-                chain, m.subtask, m.records_in, m.records_out, m.credit_stalls, m.restarts
+                "{:<40} {:>7} {:>12} {:>12} {:>8} {:>8} {:>8}\n",
+                chain,
+                m.subtask,
+                m.records_in,
+                m.records_out,
+                m.distinct_keys,
+                m.credit_stalls,
+                m.restarts
             ));
         }
         s

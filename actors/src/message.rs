@@ -90,6 +90,8 @@ pub struct SubtaskMetrics {
     pub restarts: u32,
     /// How many times it was re-created on another worker after its worker stopped.
     pub recreated: u32,
+    /// Distinct keys in its keyed state when it finished (the load report for hot keys).
+    pub distinct_keys: u64,
 }
 
 /// How a subtask starts over from a checkpoint (or from scratch) in a new epoch.

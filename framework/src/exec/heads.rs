@@ -46,6 +46,8 @@ pub trait ErasedInput: Send {
     /// The record at `index` of `batch`, encoded (for a dead-letter output).
     fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord>;
 
+    /// Distinct keys held by the chain's keyed operators.
+    fn distinct_keys(&self) -> u64;
     /// The chain's state at `checkpoint` (see [`super::Stage::snapshot`]).
     ///
     /// # Errors
@@ -140,6 +142,9 @@ impl<T: Data> ErasedInput for InputStage<T> {
         let record = self.records(batch).ok()?.get(index)?;
         rmp_serde::to_vec(record).ok()
     }
+    fn distinct_keys(&self) -> u64 {
+        self.next.distinct_keys()
+    }
     fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError> {
         let mut out = Vec::new();
         self.next.snapshot(checkpoint, &mut out)?;
@@ -200,6 +205,8 @@ pub trait ErasedSource: Send {
     /// # Errors
     /// The source could not seek.
     fn seek(&mut self, pos: &Position) -> Result<(), StageError>;
+    /// Distinct keys held by the chain's keyed operators.
+    fn distinct_keys(&self) -> u64;
     /// The chain's state at `checkpoint` (see [`super::Stage::snapshot`]).
     ///
     /// # Errors
@@ -289,6 +296,9 @@ impl<S: Source> ErasedSource for SourceDriver<S> {
     fn seek(&mut self, pos: &Position) -> Result<(), StageError> {
         let source = &mut self.source;
         guarded(&self.info.operator, || source.seek(pos))
+    }
+    fn distinct_keys(&self) -> u64 {
+        self.next.distinct_keys()
     }
     fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError> {
         let mut out = Vec::new();

@@ -176,6 +176,12 @@ pub trait Stage<T>: Send {
     /// Forgets everything pushed since the last commit.
     fn rollback(&mut self);
 
+    /// How many distinct keys the keyed operators of this stage and the rest of the chain hold
+    /// (for load reports; 0 without keyed state).
+    fn distinct_keys(&self) -> u64 {
+        0
+    }
+
     /// Queues partly filled (committed) batches.
     fn flush(&mut self, cx: &mut StageCx);
 

@@ -199,6 +199,9 @@ impl<T: Data> Stage<T> for Tee<T> {
     fn rollback(&mut self) {
         self.branches.iter_mut().for_each(|b| b.rollback());
     }
+    fn distinct_keys(&self) -> u64 {
+        self.branches.iter().map(|b| b.distinct_keys()).sum()
+    }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
         self.branches
             .iter_mut()

@@ -98,6 +98,9 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
         }));
         batch_outcome(&self.info.operator, &mut out, r, at)
     }
+    fn distinct_keys(&self) -> u64 {
+        self.next.distinct_keys()
+    }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
         let op = &self.op;
         let state = guarded(&self.info.operator, || op.snapshot())?;
@@ -186,6 +189,9 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
             Ok(())
         }));
         batch_outcome(&self.info.operator, &mut out, r, at)
+    }
+    fn distinct_keys(&self) -> u64 {
+        self.states.len() as u64 + self.next.distinct_keys()
     }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
         // Sorted by key hash, so that a range of the ring can be cut out for rescaling.
