@@ -39,6 +39,7 @@ fn check_order(out: &[(u64, u64)], seed: u64) {
 }
 
 fn chaos_run(seed: u64) {
+    common::init_logging();
     let clean_env = StreamEnv::new();
     let clean = pipeline(&clean_env);
     let clean_result = clean_env.execute().expect("clean run");
