@@ -84,3 +84,30 @@ fn a_node_needs_a_name_and_a_secret() {
         .start();
     assert!(matches!(err, Err(riffle::cluster::NodeError::Bind { .. })));
 }
+
+#[test]
+fn garbage_from_a_peer_never_takes_a_node_down() {
+    use std::io::Write;
+    let n1 = node("n1", &[], SECRET);
+    let addr = n1.local_addr();
+    // Oversized length, unknown tag, undecodable body, a truncated frame, random bytes.
+    let attacks: Vec<Vec<u8>> = vec![
+        vec![0xFF, 0xFF, 0xFF, 0xFF, 1, 1],
+        vec![2, 0, 0, 0, 1, 200],
+        vec![5, 0, 0, 0, 1, 1, 0xC1, 0xC1, 0xC1],
+        vec![100, 0, 0, 0, 1, 1, 0x90],
+        (0..4096u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+    ];
+    for bytes in attacks {
+        let mut s = std::net::TcpStream::connect(addr).expect("connect");
+        let _ = s.write_all(&bytes);
+        drop(s);
+    }
+    // The node still accepts and links a legitimate peer.
+    let n2 = node("n2", &[addr.to_string()], SECRET);
+    let m = n1.wait_members(WAIT, |m| up(m) == ["n2"]);
+    assert_eq!(up(&m), ["n2"]);
+    drop(n2);
+}
