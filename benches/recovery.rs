@@ -8,7 +8,6 @@
 //! (failure → first record processed again), the median checkpoint duration and size, and the
 //! median rescale pause (stop → first record processed by the rescaled job).
 
-use riffle::chaos::ChaosMonkey;
 use riffle::prelude::*;
 use riffle::{CheckpointConfig, Fault, RestoreFrom};
 use std::time::{Duration, Instant};
@@ -81,7 +80,6 @@ fn rescale_pause() -> Duration {
 }
 
 fn main() {
-    let _ = ChaosMonkey::new(0);
     riffle::chaos::silence_injected_panics();
     let args: Vec<String> = std::env::args()
         .skip(1)

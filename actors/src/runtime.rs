@@ -95,6 +95,11 @@ impl JobHandle {
     /// # Errors
     /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first.
     pub fn savepoint(&self) -> Result<u64, JobError> {
+        self.request_savepoint(false)
+    }
+
+    /// Asks the job supervisor for a savepoint and waits for its id.
+    fn request_savepoint(&self, stop: bool) -> Result<u64, JobError> {
         let failed = |reason: &str| JobError::SavepointFailed {
             reason: reason.to_string(),
         };
@@ -104,10 +109,7 @@ impl JobHandle {
             .and_then(|c| c.supervisor())
             .ok_or_else(|| failed("the job is not running"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        job.do_send(SavepointRequest {
-            reply: tx,
-            stop: false,
-        });
+        job.do_send(SavepointRequest { reply: tx, stop });
         rx.blocking_recv()
             .map_err(|_| failed("the job ended first"))?
     }
@@ -121,22 +123,7 @@ impl JobHandle {
     /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first, or the
     /// job's own error.
     pub fn stop_with_savepoint(self) -> Result<(u64, JobResult), JobError> {
-        let failed = |reason: &str| JobError::SavepointFailed {
-            reason: reason.to_string(),
-        };
-        let job = self
-            .chaos
-            .as_ref()
-            .and_then(|c| c.supervisor())
-            .ok_or_else(|| failed("the job is not running"))?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        job.do_send(SavepointRequest {
-            reply: tx,
-            stop: true,
-        });
-        let id = rx
-            .blocking_recv()
-            .map_err(|_| failed("the job ended first"))??;
+        let id = self.request_savepoint(true)?;
         let result = self.wait()?;
         Ok((id, result))
     }

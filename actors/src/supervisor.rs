@@ -100,12 +100,7 @@ impl JobSupervisor {
         ctx: &mut Context<Self>,
     ) -> Result<(), u32> {
         let consecutive = self.admit_restart(task)?;
-        let backoff = self
-            .plan
-            .config()
-            .restart
-            .backoff
-            .delay(consecutive, self.rng.unit());
+        let backoff = self.backoff(consecutive);
         self.epoch += 1;
         let epoch = self.epoch;
         self.progress.update(|p| {
@@ -274,6 +269,15 @@ impl JobSupervisor {
 
     fn chain_name(&self, task: TaskId) -> String {
         self.plan.chain_name(task.chain).to_string()
+    }
+
+    /// The delay before a subtask's `consecutive`-th restart in the window, with jitter.
+    fn backoff(&mut self, consecutive: u32) -> std::time::Duration {
+        self.plan
+            .config()
+            .restart
+            .backoff
+            .delay(consecutive, self.rng.unit())
     }
 
     /// Past the intensity limit: the job fails with the root cause.
@@ -512,12 +516,7 @@ impl Handler<TaskFailed> for JobSupervisor {
                 return limit(self, restarts, failure);
             }
         };
-        let backoff = self
-            .plan
-            .config()
-            .restart
-            .backoff
-            .delay(consecutive, self.rng.unit());
+        let backoff = self.backoff(consecutive);
         let attempt = self.next_attempt(task);
         let mut also = 0;
         if kind == RestartKind::OneForAll {

@@ -13,7 +13,7 @@ use crate::handshake::{handshake, HandshakeConfig, Peer};
 use crate::remote::{
     channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, RemoteMailbox,
 };
-use crate::wire::{read_frame, write_frame, EdgeAddress, Message, DEFAULT_MAX_FRAME};
+use crate::wire::{read_frame, write_frame, EdgeAddress, Message, RefuseReason, DEFAULT_MAX_FRAME};
 use actix::prelude::{Actor, Addr, Recipient};
 use dashmap::DashMap;
 use riffle_framework::BatchCodec;
@@ -436,7 +436,9 @@ async fn link(
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let tx_back = tx.clone();
     if !register(&shared, &peer, tx) {
-        return; // already linked to this node
+        // Already linked to this node (both dialled at once): keep the older link.
+        let _ = write_frame(&mut stream, &Message::Refused(RefuseReason::DuplicateNode)).await;
+        return;
     }
     tracing::info!(peer = %peer.node, "link up");
     let (mut r, mut w) = stream.into_split();

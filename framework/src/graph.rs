@@ -12,7 +12,8 @@ use crate::data::Data;
 use crate::dead_letter::DeadLetterQueue;
 use crate::error::{FailureCause, GraphError, StageError};
 use crate::exec::{
-    BoxStage, ErasedInput, ErasedSource, InputStage, Payload, Route, Router, Stage, StageCx, Tee,
+    BoxStage, ChainHead, ErasedInput, ErasedSource, InputStage, Payload, Route, Router, Stage,
+    StageCx, Tee,
 };
 use crate::operator::SubtaskInfo;
 use crate::partition::Routing;
@@ -322,6 +323,24 @@ pub enum TaskChain {
     Source(Box<dyn ErasedSource>),
     /// The chain receives batches from upstream channels.
     Input(Box<dyn ErasedInput>),
+}
+
+impl TaskChain {
+    /// The chain's head, whichever kind it is.
+    pub fn head(&mut self) -> &mut dyn ChainHead {
+        match self {
+            TaskChain::Source(s) => s.as_mut(),
+            TaskChain::Input(i) => i.as_mut(),
+        }
+    }
+
+    /// The chain's head, read-only.
+    pub fn head_ref(&self) -> &dyn ChainHead {
+        match self {
+            TaskChain::Source(s) => s.as_ref(),
+            TaskChain::Input(i) => i.as_ref(),
+        }
+    }
 }
 
 /// A validated job: nodes grouped into chains, channels laid out, factories ready.

@@ -13,7 +13,7 @@ use crate::message::{
     CheckpointAck, Committed, DataMessage, Event, FirstRecord, ResetOrder, TaskDraining,
 };
 use actix::prelude::*;
-use riffle_framework::{StageError, TaskChain, TaskSnapshot};
+use riffle_framework::{StageError, TaskSnapshot};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -94,17 +94,12 @@ impl SubtaskActor {
     /// Snapshots the chain for checkpoint `n` and acknowledges it.
     fn snapshot_and_ack(&mut self, n: u64, finished: bool) -> Result<(), StageError> {
         let states = match &mut self.head {
-            Some(TaskChain::Source(s)) => {
+            Some(h) => {
+                let h = h.head();
                 if !finished {
-                    s.flush(&mut self.cx);
+                    h.flush(&mut self.cx);
                 }
-                s.snapshot(n)?
-            }
-            Some(TaskChain::Input(i)) => {
-                if !finished {
-                    i.flush(&mut self.cx);
-                }
-                i.snapshot(n)?
+                h.snapshot(n)?
             }
             None => Vec::new(),
         };
@@ -156,8 +151,7 @@ impl SubtaskActor {
     /// Checkpoint `id` completed: sinks commit.
     pub(super) fn on_complete(&mut self, id: u64, ack: bool, ctx: &mut Context<Self>) {
         let result = match &mut self.head {
-            Some(TaskChain::Source(s)) => s.checkpoint_complete(id),
-            Some(TaskChain::Input(i)) => i.checkpoint_complete(id),
+            Some(h) => h.head().checkpoint_complete(id),
             None => Ok(()),
         };
         match result {

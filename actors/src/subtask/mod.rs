@@ -297,10 +297,8 @@ impl SubtaskActor {
 
     /// Moves committed records out of the routers before the chain is rebuilt.
     fn keep_committed_output(&mut self) {
-        match &mut self.head {
-            Some(TaskChain::Source(s)) => s.flush(&mut self.cx),
-            Some(TaskChain::Input(i)) => i.flush(&mut self.cx),
-            None => {}
+        if let Some(h) = &mut self.head {
+            h.head().flush(&mut self.cx);
         }
         self.cx.inject = None;
         self.cx.injected_fired = false;
@@ -343,8 +341,7 @@ impl SubtaskActor {
         self.first_record_pending |= r.last_completed.is_some();
         self.restored_finished = r.finished;
         match &mut self.head {
-            Some(TaskChain::Source(s)) => s.restore(&r.states, r.last_completed),
-            Some(TaskChain::Input(i)) => i.restore(&r.states, r.last_completed),
+            Some(h) => h.head().restore(&r.states, r.last_completed),
             None => Ok(()),
         }
     }
@@ -408,24 +405,23 @@ impl SubtaskActor {
             Decision::Reset(order) => {
                 let backoff = order.backoff;
                 self.apply_reset(*order);
-                self.metrics.restarts += 1;
-                if backoff.is_zero() {
-                    self.resume(ctx);
-                } else {
-                    let sleep = fut::wrap_future::<_, Self>(tokio::time::sleep(backoff));
-                    ctx.wait(sleep.map(|_, act, ctx| act.resume(ctx)));
-                }
+                self.resume_after(backoff, ctx);
             }
             Decision::Restart { attempt, backoff } => {
                 self.attempt = attempt;
-                self.metrics.restarts += 1;
-                if backoff.is_zero() {
-                    self.resume(ctx);
-                } else {
-                    let sleep = fut::wrap_future::<_, Self>(tokio::time::sleep(backoff));
-                    ctx.wait(sleep.map(|_, act, ctx| act.resume(ctx)));
-                }
+                self.resume_after(backoff, ctx);
             }
+        }
+    }
+
+    /// Counts the restart and resumes once `backoff` has passed.
+    fn resume_after(&mut self, backoff: Duration, ctx: &mut Context<Self>) {
+        self.metrics.restarts += 1;
+        if backoff.is_zero() {
+            self.resume(ctx);
+        } else {
+            let sleep = fut::wrap_future::<_, Self>(tokio::time::sleep(backoff));
+            ctx.wait(sleep.map(|_, act, ctx| act.resume(ctx)));
         }
     }
 
@@ -444,8 +440,7 @@ impl SubtaskActor {
             return;
         }
         let closed = match &mut self.head {
-            Some(TaskChain::Source(s)) => s.close(&mut self.cx),
-            Some(TaskChain::Input(i)) => i.close(&mut self.cx),
+            Some(h) => h.head().close(&mut self.cx),
             None => Ok(()),
         };
         if let Err(e) = closed {
@@ -461,10 +456,8 @@ impl SubtaskActor {
         if self.state != Lifecycle::Running {
             return;
         }
-        match &mut self.head {
-            Some(TaskChain::Source(s)) => s.flush(&mut self.cx),
-            Some(TaskChain::Input(i)) => i.flush(&mut self.cx),
-            None => {}
+        if let Some(h) = &mut self.head {
+            h.head().flush(&mut self.cx);
         }
         self.drain(ctx);
     }

@@ -66,11 +66,10 @@ impl SubtaskActor {
             self.outs.iter().all(|o| !o.parked) && self.cx.queues.iter().all(|q| q.is_empty());
         if self.state == Lifecycle::Draining && idle && self.become_(Lifecycle::Done) {
             self.metrics.records_out = self.cx.records_out;
-            self.metrics.distinct_keys = match &self.head {
-                Some(riffle_framework::TaskChain::Source(h)) => h.distinct_keys(),
-                Some(riffle_framework::TaskChain::Input(h)) => h.distinct_keys(),
-                None => 0,
-            };
+            self.metrics.distinct_keys = self
+                .head
+                .as_ref()
+                .map_or(0, |h| h.head_ref().distinct_keys());
             self.job.do_send(TaskFinished {
                 task: self.task,
                 metrics: self.metrics.clone(),

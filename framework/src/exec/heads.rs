@@ -27,25 +27,8 @@ fn internal(operator: &str, what: &'static str) -> StageError {
 /// A record set aside as poison, encoded with rmp-serde.
 pub type DeadRecord = Vec<u8>;
 
-/// The head of a chain that receives batches from upstream subtasks, type-erased so that the
-/// runtime can hold any chain.
-pub trait ErasedInput: Send {
-    /// Pushes the records of `batch` (a `Vec<T>`), except those whose index is in `skip`,
-    /// through the chain and commits their output. The batch is left intact (records are
-    /// cloned into the chain), so a failed batch can be retried on a fresh chain.
-    ///
-    /// # Errors
-    /// The failure and the index of the failed record; the batch's output is rolled back.
-    fn process(
-        &mut self,
-        batch: &Payload,
-        skip: &[usize],
-        cx: &mut StageCx,
-    ) -> Result<usize, BatchFailure>;
-
-    /// The record at `index` of `batch`, encoded (for a dead-letter output).
-    fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord>;
-
+/// What the runtime does with the head of any chain (input or source), apart from feeding it.
+pub trait ChainHead: Send {
     /// Distinct keys held by the chain's keyed operators.
     fn distinct_keys(&self) -> u64;
     /// The chain's state at `checkpoint` (see [`super::Stage::snapshot`]).
@@ -67,18 +50,65 @@ pub trait ErasedInput: Send {
     /// # Errors
     /// A sink that failed to commit.
     fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError>;
-    /// See [`super::Stage::open`].
+    /// Runs the `on_start` hooks (a source's first).
     ///
     /// # Errors
     /// The first hook that failed.
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
     /// See [`super::Stage::flush`].
     fn flush(&mut self, cx: &mut StageCx);
-    /// See [`super::Stage::close`]; on failure the output of the hooks is rolled back.
+    /// Runs the `on_close` hooks (a source's first); on failure their output is rolled back.
     ///
     /// # Errors
     /// The first hook that failed.
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
+}
+
+/// The [`ChainHead`] methods that only pass on to the chain's first stage (`self.next`).
+macro_rules! forward_to_chain {
+    () => {
+        fn distinct_keys(&self) -> u64 {
+            self.next.distinct_keys()
+        }
+        fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError> {
+            let mut out = Vec::new();
+            self.next.snapshot(checkpoint, &mut out)?;
+            Ok(out)
+        }
+        fn restore(
+            &mut self,
+            states: &[Vec<u8>],
+            last_completed: Option<u64>,
+        ) -> Result<(), StageError> {
+            self.next.restore(&mut states.iter(), last_completed)
+        }
+        fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+            self.next.checkpoint_complete(checkpoint)
+        }
+        fn flush(&mut self, cx: &mut StageCx) {
+            self.next.flush(cx);
+        }
+    };
+}
+
+/// The head of a chain that receives batches from upstream subtasks, type-erased so that the
+/// runtime can hold any chain.
+pub trait ErasedInput: ChainHead {
+    /// Pushes the records of `batch` (a `Vec<T>`), except those whose index is in `skip`,
+    /// through the chain and commits their output. The batch is left intact (records are
+    /// cloned into the chain), so a failed batch can be retried on a fresh chain.
+    ///
+    /// # Errors
+    /// The failure and the index of the failed record; the batch's output is rolled back.
+    fn process(
+        &mut self,
+        batch: &Payload,
+        skip: &[usize],
+        cx: &mut StageCx,
+    ) -> Result<usize, BatchFailure>;
+
+    /// The record at `index` of `batch`, encoded (for a dead-letter output).
+    fn encode_record(&self, batch: &Payload, index: usize) -> Option<DeadRecord>;
 }
 
 /// [`ErasedInput`] for a chain whose first stage takes `T`.
@@ -142,29 +172,12 @@ impl<T: Data> ErasedInput for InputStage<T> {
         let record = self.records(batch).ok()?.get(index)?;
         rmp_serde::to_vec(record).ok()
     }
-    fn distinct_keys(&self) -> u64 {
-        self.next.distinct_keys()
-    }
-    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError> {
-        let mut out = Vec::new();
-        self.next.snapshot(checkpoint, &mut out)?;
-        Ok(out)
-    }
-    fn restore(
-        &mut self,
-        states: &[Vec<u8>],
-        last_completed: Option<u64>,
-    ) -> Result<(), StageError> {
-        self.next.restore(&mut states.iter(), last_completed)
-    }
-    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
-        self.next.checkpoint_complete(checkpoint)
-    }
+}
+
+impl<T: Data> ChainHead for InputStage<T> {
+    forward_to_chain!();
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.next.open(cx)
-    }
-    fn flush(&mut self, cx: &mut StageCx) {
-        self.next.flush(cx);
     }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.next.close(cx).inspect_err(|_| self.next.rollback())
@@ -183,7 +196,7 @@ pub struct Produced {
 }
 
 /// The head of a chain that starts with a source, type-erased.
-pub trait ErasedSource: Send {
+pub trait ErasedSource: ChainHead {
     /// Asks the source for up to one batch of records and commits their output.
     ///
     /// With `skip` set, the record the source emits at that index of this call is not passed
@@ -205,39 +218,6 @@ pub trait ErasedSource: Send {
     /// # Errors
     /// The source could not seek.
     fn seek(&mut self, pos: &Position) -> Result<(), StageError>;
-    /// Distinct keys held by the chain's keyed operators.
-    fn distinct_keys(&self) -> u64;
-    /// The chain's state at `checkpoint` (see [`super::Stage::snapshot`]).
-    ///
-    /// # Errors
-    /// A hook that failed.
-    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError>;
-    /// Restores a freshly opened chain (see [`super::Stage::restore`]).
-    ///
-    /// # Errors
-    /// State that does not decode, or a hook that failed.
-    fn restore(
-        &mut self,
-        states: &[Vec<u8>],
-        last_completed: Option<u64>,
-    ) -> Result<(), StageError>;
-    /// A checkpoint completed (see [`super::Stage::checkpoint_complete`]).
-    ///
-    /// # Errors
-    /// A sink that failed to commit.
-    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError>;
-    /// Runs `on_start` of the source and the chain.
-    ///
-    /// # Errors
-    /// The first hook that failed.
-    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
-    /// See [`super::Stage::flush`].
-    fn flush(&mut self, cx: &mut StageCx);
-    /// Runs `on_close` of the source and the chain.
-    ///
-    /// # Errors
-    /// The first hook that failed.
-    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
 }
 
 /// [`ErasedSource`] for a user [`Source`].
@@ -297,31 +277,14 @@ impl<S: Source> ErasedSource for SourceDriver<S> {
         let source = &mut self.source;
         guarded(&self.info.operator, || source.seek(pos))
     }
-    fn distinct_keys(&self) -> u64 {
-        self.next.distinct_keys()
-    }
-    fn snapshot(&mut self, checkpoint: u64) -> Result<Vec<Vec<u8>>, StageError> {
-        let mut out = Vec::new();
-        self.next.snapshot(checkpoint, &mut out)?;
-        Ok(out)
-    }
-    fn restore(
-        &mut self,
-        states: &[Vec<u8>],
-        last_completed: Option<u64>,
-    ) -> Result<(), StageError> {
-        self.next.restore(&mut states.iter(), last_completed)
-    }
-    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
-        self.next.checkpoint_complete(checkpoint)
-    }
+}
+
+impl<S: Source> ChainHead for SourceDriver<S> {
+    forward_to_chain!();
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let (source, info) = (&mut self.source, &self.info);
         guarded(&info.operator, || source.on_start(info))?;
         self.next.open(cx)
-    }
-    fn flush(&mut self, cx: &mut StageCx) {
-        self.next.flush(cx);
     }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let source = &mut self.source;

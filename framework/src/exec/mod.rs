@@ -20,7 +20,8 @@ mod router;
 mod stages;
 
 pub use heads::{
-    BatchFailure, DeadRecord, ErasedInput, ErasedSource, InputStage, Produced, SourceDriver,
+    BatchFailure, ChainHead, DeadRecord, ErasedInput, ErasedSource, InputStage, Produced,
+    SourceDriver,
 };
 pub use router::{Route, Router, Tee};
 pub use stages::{KeyFn, KeyedStage, OperatorStage, SinkStage};
