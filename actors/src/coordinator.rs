@@ -183,9 +183,8 @@ impl JobSupervisor {
     }
 }
 
-impl Handler<CheckpointAck> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: CheckpointAck, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_ack(&mut self, msg: CheckpointAck, _ctx: &mut Context<Self>) {
         if msg.epoch != self.epoch {
             return;
         }
@@ -204,9 +203,8 @@ impl Handler<CheckpointAck> for JobSupervisor {
     }
 }
 
-impl Handler<TaskDraining> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: TaskDraining, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_draining(&mut self, msg: TaskDraining, _ctx: &mut Context<Self>) {
         if msg.epoch != self.epoch {
             return;
         }
@@ -230,9 +228,8 @@ impl Handler<TaskDraining> for JobSupervisor {
     }
 }
 
-impl Handler<Committed> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: Committed, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_committed(&mut self, msg: Committed, _ctx: &mut Context<Self>) {
         let Some(c) = &mut self.coord else { return };
         if c.uncommitted.remove(&msg.task) && c.uncommitted.is_empty() {
             tracing::info!(checkpoint = msg.id, "final checkpoint committed");
@@ -241,9 +238,8 @@ impl Handler<Committed> for JobSupervisor {
     }
 }
 
-impl Handler<ResetDone> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: ResetDone, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_reset_done(&mut self, msg: ResetDone, _ctx: &mut Context<Self>) {
         let epoch = self.epoch;
         let Some(r) = &mut self.recovery else { return };
         if msg.epoch != epoch || r.epoch != epoch {
@@ -270,9 +266,8 @@ impl Handler<ResetDone> for JobSupervisor {
     }
 }
 
-impl Handler<FirstRecord> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: FirstRecord, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_first_record(&mut self, msg: FirstRecord, _ctx: &mut Context<Self>) {
         self.progress.update(|p| p.restored_record = true);
         let Some(r) = &mut self.recovery else { return };
         if msg.epoch == r.epoch && r.restore_time.is_none() {

@@ -93,6 +93,16 @@ pub enum JobError {
     /// Every worker thread stopped; nothing can run the job.
     #[error("no worker thread is left to run the job")]
     NoWorkers,
+    /// A node that ran some of the job's subtasks was lost and the job has no checkpoints
+    /// to recover them from.
+    #[error("node `{node}` was lost and the job has no checkpoints to recover from")]
+    NodeLost {
+        /// The lost node.
+        node: String,
+    },
+    /// The cluster could not run the job (no coordinator, a node refused it, …).
+    #[error("cluster: {0}")]
+    Cluster(String),
     /// The runtime's threads could not be started.
     #[error("cannot start the runtime: {0}")]
     Spawn(#[source] std::io::Error),
@@ -113,9 +123,11 @@ impl JobError {
             JobError::SubtaskFailed { cause, .. }
             | JobError::RestartLimit { cause, .. }
             | JobError::PoisonRecord { cause, .. } => of(cause),
-            JobError::NoWorkers | JobError::Spawn(_) | JobError::SavepointFailed { .. } => {
-                ErrorKind::External
-            }
+            JobError::NoWorkers
+            | JobError::Spawn(_)
+            | JobError::SavepointFailed { .. }
+            | JobError::NodeLost { .. }
+            | JobError::Cluster(_) => ErrorKind::External,
             JobError::Restore(_) => ErrorKind::External,
             JobError::CheckpointMismatch { .. } => ErrorKind::Config,
             JobError::RuntimeLost => ErrorKind::Internal,
@@ -194,6 +206,8 @@ pub struct JobResult {
     /// The savepoint the job was stopped at (`JobHandle::stop_with_savepoint`); the job did not
     /// run to its end, and `subtasks` lists only the subtasks that had finished.
     pub stopped_at_savepoint: Option<u64>,
+    /// Nodes lost while the job ran (a distributed job), in order.
+    pub nodes_lost: Vec<String>,
 }
 
 impl JobResult {

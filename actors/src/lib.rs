@@ -31,12 +31,19 @@
 pub mod chaos;
 mod coordinator;
 mod error;
+pub mod host;
 mod message;
 mod runtime;
 mod subtask;
 mod supervisor;
 
 pub use error::{CheckpointStats, ErrorKind, JobError, JobResult, RecoveryEvent, RestartEvent};
-pub use message::{Credit, DataMessage, Event, RemoteCredit, SubtaskMetrics};
-pub use runtime::{start_plan, Execute, JobHandle, Rng};
+pub use message::{
+    CheckpointAck, Committed, Control, Credit, DataMessage, DeadLettered, Decision, Event, Failure,
+    FirstRecord, PlannedKind, RemoteCredit, ResetDone, ResetOrder, StopDue, SubtaskMetrics,
+    TaskDraining, TaskFailed, TaskFinished, TaskLost, TaskResumed, ToJob,
+};
+pub use runtime::{
+    start_distributed, start_plan, Distribution, Execute, JobHandle, JobPorts, NodeLost, Rng,
+};
 pub use subtask::Lifecycle;

@@ -3,6 +3,7 @@
 use actix::prelude::*;
 use riffle_framework::exec::{Fault, Payload};
 use riffle_framework::{DeadLetter, FailureCause, TaskId, TaskSnapshot};
+use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 
@@ -70,7 +71,7 @@ impl Message for DataMessage {
 }
 
 /// Counters of one subtask, reported when it finishes.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SubtaskMetrics {
     /// The chain the subtask runs (operator names joined by ` -> `).
     pub chain: String,
@@ -92,25 +93,36 @@ pub struct SubtaskMetrics {
     pub recreated: u32,
     /// Distinct keys in its keyed state when it finished (the load report for hot keys).
     pub distinct_keys: u64,
+    /// The node that ran it last (empty in a single-process job).
+    pub node: String,
 }
 
 /// How a subtask starts over from a checkpoint (or from scratch) in a new epoch.
-pub(crate) struct ResetOrder {
-    pub epoch: u64,
+///
+/// Part of the runtime's control protocol; serialisable so that it can reach a subtask on
+/// another node. Each subtask re-resolves the addresses of its output targets when it applies
+/// the order (a target may have been re-created elsewhere).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResetOrder {
+    pub(crate) epoch: u64,
     /// Its state in the checkpoint restored (`None`: start from nothing).
-    pub snapshot: Option<TaskSnapshot>,
+    pub(crate) snapshot: Option<TaskSnapshot>,
     /// The checkpoint restored, for the sinks' transactions.
-    pub last_completed: Option<u64>,
-    pub attempt: u32,
-    pub backoff: Duration,
-    /// Output targets that were re-created, with their new addresses.
-    pub rewire: Vec<(TaskId, Recipient<DataMessage>)>,
+    pub(crate) last_completed: Option<u64>,
+    pub(crate) attempt: u32,
+    pub(crate) backoff: Duration,
 }
 
 /// What the job supervisor decided about a failed subtask.
-pub(crate) enum Decision {
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Decision {
     /// Restart after `backoff` (attempt number `attempt`).
-    Restart { attempt: u32, backoff: Duration },
+    Restart {
+        /// The attempt number.
+        attempt: u32,
+        /// How long to wait first.
+        backoff: Duration,
+    },
     /// Start over from a checkpoint with the whole job (checkpointing on).
     Reset(Box<ResetOrder>),
     /// Do not restart: the job is failing.
@@ -118,90 +130,203 @@ pub(crate) enum Decision {
 }
 
 /// Why a subtask stopped working.
-#[derive(Debug)]
-pub(crate) struct Failure {
-    pub operator: String,
-    pub cause: FailureCause,
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Failure {
+    pub(crate) operator: String,
+    #[serde(with = "cause_serde")]
+    pub(crate) cause: FailureCause,
     /// The fault was injected (chaos), not a real failure.
-    pub injected: bool,
+    pub(crate) injected: bool,
     /// The failing record is poison and the policy says fail the job.
-    pub poison_attempts: Option<u32>,
+    pub(crate) poison_attempts: Option<u32>,
 }
 
-/// A subtask ended its work (control; to the job supervisor).
-pub(crate) struct TaskFinished {
-    pub task: TaskId,
-    pub metrics: SubtaskMetrics,
+/// A failure cause on the wire: its kind and its message (user errors travel as text).
+mod cause_serde {
+    use riffle_framework::FailureCause;
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    #[derive(Serialize, Deserialize)]
+    enum Wire {
+        Panic(String),
+        Error(String),
+        Stopped,
+        Internal(String),
+    }
+
+    pub fn serialize<S: Serializer>(c: &FailureCause, s: S) -> Result<S::Ok, S::Error> {
+        match c {
+            FailureCause::Panic(m) => Wire::Panic(m.clone()),
+            FailureCause::Error(e) => Wire::Error(e.to_string()),
+            FailureCause::Stopped => Wire::Stopped,
+            FailureCause::Internal(m) => Wire::Internal((*m).to_string()),
+        }
+        .serialize(s)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<FailureCause, D::Error> {
+        Ok(match Wire::deserialize(d)? {
+            Wire::Panic(m) => FailureCause::Panic(m),
+            Wire::Error(m) => FailureCause::Error(m.into()),
+            Wire::Stopped => FailureCause::Stopped,
+            Wire::Internal(m) => FailureCause::Error(format!("internal error: {m}").into()),
+        })
+    }
 }
-impl Message for TaskFinished {
+
+/// What a subtask tells its job supervisor (the control plane, subtask → job).
+///
+/// One serialisable enum so that a subtask on another node reports through the same
+/// `Recipient<ToJob>` as a local one (the cluster layer forwards it over the wire).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ToJob {
+    /// The subtask ended its work.
+    Finished(TaskFinished),
+    /// The subtask failed and waits for a [`Decision`].
+    Failed(TaskFailed),
+    /// The subtask resumed after a restart.
+    Resumed(TaskResumed),
+    /// The subtask's actor was dropped before it finished.
+    Lost(TaskLost),
+    /// A record was set aside as poison.
+    DeadLettered(DeadLettered),
+    /// A planned chaos stop is due.
+    StopDue(StopDue),
+    /// A checkpoint snapshot.
+    Ack(CheckpointAck),
+    /// The subtask's input ended.
+    Draining(TaskDraining),
+    /// The subtask finished a reset and waits for `Go`.
+    ResetDone(ResetDone),
+    /// The first record of an epoch was processed.
+    FirstRecord(FirstRecord),
+    /// A checkpoint was committed.
+    Committed(Committed),
+}
+
+impl Message for ToJob {
     type Result = ();
 }
 
-/// A subtask failed and waits for a decision (control; to the job supervisor).
-pub(crate) struct TaskFailed {
-    pub task: TaskId,
+impl ToJob {
+    /// The subtask that sent it (`None` for messages about the job as a whole).
+    pub fn task(&self) -> Option<TaskId> {
+        match self {
+            ToJob::Finished(m) => Some(m.task),
+            ToJob::Failed(m) => Some(m.task),
+            ToJob::Resumed(m) => Some(m.task),
+            ToJob::Lost(m) => Some(m.task),
+            ToJob::StopDue(m) => Some(m.task),
+            ToJob::Ack(m) => Some(m.task),
+            ToJob::Draining(m) => Some(m.task),
+            ToJob::ResetDone(m) => Some(m.task),
+            ToJob::Committed(m) => Some(m.task),
+            ToJob::DeadLettered(_) | ToJob::FirstRecord(_) => None,
+        }
+    }
+
+    /// Takes the reply channel of a failure report (to carry the answer over the wire).
+    pub fn take_reply(&mut self) -> Option<oneshot::Sender<Decision>> {
+        match self {
+            ToJob::Failed(m) => m.reply.take(),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a failure report that waits for an answer.
+    pub fn wants_reply(&self) -> bool {
+        matches!(self, ToJob::Failed(m) if m.wants_reply)
+    }
+
+    /// Gives a failure report that arrived over the wire a local reply channel.
+    pub fn set_reply(&mut self, reply: oneshot::Sender<Decision>) {
+        if let ToJob::Failed(m) = self {
+            m.reply = Some(reply);
+        }
+    }
+}
+
+/// A subtask ended its work.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskFinished {
+    pub(crate) task: TaskId,
+    pub(crate) metrics: SubtaskMetrics,
+}
+
+/// A subtask failed and waits for a decision.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskFailed {
+    pub(crate) task: TaskId,
     /// The epoch the subtask was in when it failed.
-    pub epoch: u64,
-    pub failure: Failure,
-    pub reply: Option<oneshot::Sender<Decision>>,
-}
-impl Message for TaskFailed {
-    type Result = ();
+    pub(crate) epoch: u64,
+    pub(crate) failure: Failure,
+    /// Whether the subtask waits for a decision (the reply does not travel).
+    pub(crate) wants_reply: bool,
+    #[serde(skip)]
+    pub(crate) reply: Option<oneshot::Sender<Decision>>,
 }
 
-/// A subtask resumed work after a restart (control; to the job supervisor).
-pub(crate) struct TaskResumed {
-    pub task: TaskId,
-}
-impl Message for TaskResumed {
-    type Result = ();
+/// A subtask resumed work after a restart.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskResumed {
+    pub(crate) task: TaskId,
 }
 
 /// A subtask's actor was dropped before it finished: its worker thread stopped.
-pub(crate) struct TaskLost {
-    pub task: TaskId,
-}
-impl Message for TaskLost {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskLost {
+    pub(crate) task: TaskId,
 }
 
 /// A subtask set a record aside as poison.
-pub(crate) struct DeadLettered {
-    pub letter: DeadLetter,
-}
-impl Message for DeadLettered {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct DeadLettered {
+    pub(crate) letter: DeadLetter,
 }
 
 /// A planned chaos stop is due: the supervisor stops the subtask from outside.
-pub(crate) struct StopDue {
-    pub task: TaskId,
-}
-impl Message for StopDue {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StopDue {
+    pub(crate) task: TaskId,
 }
 
-/// Control messages to a subtask.
-pub(crate) enum Control {
+/// Control messages to a subtask (the control plane, job → subtask).
+#[derive(Debug, Serialize, Deserialize)]
+pub enum Control {
     /// Fail at the next record with this fault.
     Inject(Fault),
     /// Arm a fault that fires once the subtask has handled `after` records.
-    Arm { after: u64, fault: PlannedKind },
+    Arm {
+        /// Records handled before it fires.
+        after: u64,
+        /// What fires.
+        fault: PlannedKind,
+    },
     /// Stop from outside (the actix `Supervisor` restarts the actor).
     Stop,
     /// Restart (one-for-all): rebuild the operators after `backoff`.
-    Restart { attempt: u32, backoff: Duration },
-    /// The subtask behind output channels to `target` was re-created at `to`.
+    Restart {
+        /// The attempt number.
+        attempt: u32,
+        /// How long to wait first.
+        backoff: Duration,
+    },
+    /// The subtask behind output channels to `target` was re-created: resolve it again.
     Rewire {
+        /// The re-created subtask.
         target: TaskId,
-        to: Recipient<DataMessage>,
     },
     /// These input channels will deliver nothing more (their sender finished).
     CloseInputs(Vec<usize>),
     /// Take checkpoint `n` now (sources; subtasks whose input has ended).
     Trigger(u64),
     /// Checkpoint `id` completed: commit; with `ack`, answer with `Committed`.
-    Complete { id: u64, ack: bool },
+    Complete {
+        /// The checkpoint.
+        id: u64,
+        /// Answer with `Committed`.
+        ack: bool,
+    },
     /// Start over from a checkpoint in a new epoch (recovery), then wait for `Go`.
     Reset(Box<ResetOrder>),
     /// Every subtask of `epoch` is reset: run.
@@ -212,7 +337,7 @@ impl Message for Control {
 }
 
 /// A fault planned by a chaos monkey.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum PlannedKind {
     /// The next record's operator panics.
     Panic,
@@ -225,47 +350,37 @@ pub enum PlannedKind {
 }
 
 /// A subtask's snapshot for a checkpoint (to the job supervisor's coordinator).
-pub(crate) struct CheckpointAck {
-    pub task: TaskId,
-    pub epoch: u64,
-    pub id: u64,
-    pub snapshot: TaskSnapshot,
-}
-impl Message for CheckpointAck {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct CheckpointAck {
+    pub(crate) task: TaskId,
+    pub(crate) epoch: u64,
+    pub(crate) id: u64,
+    pub(crate) snapshot: TaskSnapshot,
 }
 
 /// A subtask's input ended: it will see no more barriers and needs direct triggers.
-pub(crate) struct TaskDraining {
-    pub task: TaskId,
-    pub epoch: u64,
-}
-impl Message for TaskDraining {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct TaskDraining {
+    pub(crate) task: TaskId,
+    pub(crate) epoch: u64,
 }
 
 /// A subtask finished its reset for `epoch` and waits for `Go`.
-pub(crate) struct ResetDone {
-    pub task: TaskId,
-    pub epoch: u64,
-}
-impl Message for ResetDone {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ResetDone {
+    pub(crate) task: TaskId,
+    pub(crate) epoch: u64,
 }
 
 /// A subtask processed its first record in `epoch` (measures restore time).
-pub(crate) struct FirstRecord {
-    pub epoch: u64,
-}
-impl Message for FirstRecord {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct FirstRecord {
+    pub(crate) epoch: u64,
 }
 
 /// A subtask committed checkpoint `id` (answer to `Control::Complete { ack: true }`).
-pub(crate) struct Committed {
-    pub task: TaskId,
-    pub id: u64,
-}
-impl Message for Committed {
-    type Result = ();
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Committed {
+    pub(crate) task: TaskId,
+    pub(crate) id: u64,
 }

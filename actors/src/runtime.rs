@@ -3,22 +3,19 @@
 use crate::chaos::{ChaosHandle, ProgressCell};
 use crate::coordinator::{Coordinator, SavepointRequest};
 use crate::error::{JobError, JobResult};
-use crate::subtask::{OutChannel, PositionSlot, RestoreState, SubtaskActor, SubtaskSetup};
-use crate::supervisor::JobSupervisor;
+use crate::host::{Directory, LocalHost, RemoteTasks, Resolve, RestoreSpec, SpawnSpec};
+use crate::message::ToJob;
+use crate::supervisor::{JobSupervisor, Recovery};
 use actix::prelude::*;
 use riffle_framework::{
     Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan, FsStore,
-    JobConfig, MemoryStore, RestoreFrom, StreamEnv, TaskId, TaskSnapshot,
+    JobConfig, MemoryStore, RestoreFrom, StreamEnv, TaskId,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
-use tokio::sync::Semaphore;
-
-/// Control messages beyond the data plane's credits that a mailbox must still take.
-const MAILBOX_SLACK: usize = 64;
 
 pub(crate) type Outcome = Result<JobResult, JobError>;
 
@@ -158,6 +155,10 @@ impl Execute for StreamEnv {
 /// # Errors
 /// [`JobError::Spawn`] if the runtime thread cannot start.
 pub fn start_plan(plan: ExecutionPlan) -> Result<JobHandle, JobError> {
+    start_with(plan, None)
+}
+
+fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHandle, JobError> {
     let restored = load_restore(&plan)?;
     let plan = Arc::new(plan);
     let (tx, rx) = mpsc::channel();
@@ -166,7 +167,7 @@ pub fn start_plan(plan: ExecutionPlan) -> Result<JobHandle, JobError> {
     let p = plan.clone();
     let thread = std::thread::Builder::new()
         .name(name)
-        .spawn(move || run_system(p, restored, tx, chaos_tx))
+        .spawn(move || run_system(p, restored, tx, chaos_tx, dist))
         .map_err(JobError::Spawn)?;
     let chaos = chaos_rx.recv().ok();
     Ok(JobHandle {
@@ -181,11 +182,12 @@ fn run_system(
     restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
     chaos: mpsc::Sender<ChaosHandle>,
+    dist: Option<Distribution>,
 ) {
     let sys = System::new();
     let arbiters = sys.block_on(async {
         let progress = ProgressCell::default();
-        let (arbiters, supervisor) = launch(&plan, restored, tx, progress.clone());
+        let (arbiters, supervisor) = launch(&plan, restored, tx, progress.clone(), dist);
         let _ = chaos.send(ChaosHandle::new(
             supervisor,
             &plan,
@@ -199,82 +201,6 @@ fn run_system(
         a.stop();
         let _ = a.join();
     }
-}
-
-/// How a subtask starts: its place in the epochs and what it restores.
-pub(crate) struct SpawnState {
-    pub closed_inputs: Vec<usize>,
-    pub position: PositionSlot,
-    pub attempt: u32,
-    pub epoch: u64,
-    pub restore: Option<RestoreState>,
-    pub paused: bool,
-}
-
-/// What subtask `task` restores from `snapshot` (or from nothing) with checkpointing on.
-pub(crate) fn restore_state(
-    plan: &ExecutionPlan,
-    task: TaskId,
-    snapshot: Option<&TaskSnapshot>,
-    last_completed: Option<u64>,
-) -> RestoreState {
-    match snapshot {
-        Some(s) => RestoreState {
-            states: s.states.clone(),
-            last_completed,
-            finished: s.finished,
-        },
-        None => RestoreState {
-            states: vec![Vec::new(); plan.state_entries(task.chain)],
-            last_completed,
-            finished: false,
-        },
-    }
-}
-
-/// Starts one subtask actor (under an actix `Supervisor`) on `worker`.
-pub(crate) fn spawn_subtask(
-    plan: &Arc<ExecutionPlan>,
-    task: TaskId,
-    worker: &ArbiterHandle,
-    addrs: &HashMap<TaskId, Addr<SubtaskActor>>,
-    state: SpawnState,
-    job: Addr<JobSupervisor>,
-) -> Addr<SubtaskActor> {
-    let cfg = plan.config();
-    let outs: Vec<OutChannel> = plan
-        .out_channels(task)
-        .into_iter()
-        .filter_map(|t| {
-            addrs.get(&t.task).map(|a| OutChannel {
-                target: t.task,
-                to: a.clone().recipient(),
-                in_channel: t.in_channel as u32,
-                credits: Arc::new(Semaphore::new(cfg.credits)),
-                eoi_sent: false,
-                parked: false,
-            })
-        })
-        .collect();
-    let in_channels = plan.in_channel_count(task);
-    let capacity = in_channels * cfg.credits + MAILBOX_SLACK;
-    let setup = SubtaskSetup {
-        task,
-        plan: plan.clone(),
-        outs,
-        in_channels,
-        closed_inputs: state.closed_inputs,
-        job,
-        position: state.position,
-        attempt: state.attempt,
-        epoch: state.epoch,
-        restore: state.restore,
-        paused: state.paused,
-    };
-    actix::Supervisor::start_in_arbiter(worker, move |ctx| {
-        ctx.set_mailbox_capacity(capacity);
-        SubtaskActor::new(setup)
-    })
 }
 
 /// Loads the checkpoint the job starts from (if any) and checks it fits the plan.
@@ -305,6 +231,48 @@ fn make_store(cfg: &JobConfig, c: &CheckpointConfig) -> Arc<dyn CheckpointStore>
     }
 }
 
+/// How a job's subtasks are spread over several nodes (given by the cluster layer).
+pub struct Distribution {
+    /// Resolves data addresses of subtasks on other nodes.
+    pub resolve: Arc<dyn Resolve>,
+    /// Where subtasks run and how remote ones are started.
+    pub remote: Arc<dyn RemoteTasks>,
+    /// Called once the job supervisor exists, with the ports the cluster layer feeds.
+    pub on_start: Box<dyn FnOnce(JobPorts) + Send>,
+}
+
+/// Where the cluster layer delivers what concerns a distributed job's supervisor.
+#[derive(Clone)]
+pub struct JobPorts {
+    /// Reports of subtasks (from other nodes).
+    pub to_job: Recipient<ToJob>,
+    /// Nodes that were lost.
+    pub node_lost: Recipient<NodeLost>,
+}
+
+/// A node that ran some of the job's subtasks was lost; they were re-placed (the cluster
+/// layer's [`RemoteTasks::node_of`] already answers with their new nodes).
+#[derive(Debug)]
+pub struct NodeLost {
+    /// The lost node.
+    pub node: String,
+    /// The subtasks it ran.
+    pub tasks: Vec<TaskId>,
+}
+impl Message for NodeLost {
+    type Result = ();
+}
+
+/// Starts a planned job whose subtasks are spread over nodes as `dist` says. Every subtask
+/// starts paused and the job runs once all of them, local and remote, have reported ready.
+///
+/// # Errors
+/// [`JobError::Spawn`] if the runtime thread cannot start; errors loading the checkpoint the
+/// job is configured to start from.
+pub fn start_distributed(plan: ExecutionPlan, dist: Distribution) -> Result<JobHandle, JobError> {
+    start_with(plan, Some(dist))
+}
+
 /// Creates the worker arbiters, the job supervisor and every subtask actor, sinks first so
 /// that each actor is created knowing its downstream addresses.
 fn launch(
@@ -312,13 +280,13 @@ fn launch(
     restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
     progress: ProgressCell,
+    dist: Option<Distribution>,
 ) -> (Vec<Arbiter>, Addr<JobSupervisor>) {
     let cfg = plan.config().clone();
     let arbiters: Vec<Arbiter> = (0..cfg.worker_count()).map(|_| Arbiter::new()).collect();
     let workers: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
     let tasks = plan.tasks();
     tracing::info!(job = %cfg.name, tasks = tasks.len(), workers = workers.len(), "starting job\n{}", plan.describe());
-    let plan = plan.clone();
     let restored = restored.map(Arc::new);
     let coord = cfg
         .checkpoint
@@ -327,45 +295,36 @@ fn launch(
     let checkpointing = coord.is_some();
     let plan = plan.clone();
     let supervisor = JobSupervisor::create(move |ctx| {
-        let mut addrs = HashMap::new();
-        let mut placement = HashMap::new();
-        let mut positions = HashMap::new();
-        let last_completed = restored.as_ref().map(|c| c.id);
-        for (i, &task) in tasks.iter().enumerate().rev() {
-            let w = i % workers.len();
-            let snapshot = restored
-                .as_ref()
-                .and_then(|c| c.task(task.chain, task.subtask));
-            let slot = PositionSlot::new(std::sync::Mutex::new(
-                snapshot.and_then(|s| s.position.clone()),
-            ));
-            let restore = (checkpointing || snapshot.is_some())
-                .then(|| restore_state(&plan, task, snapshot, last_completed));
-            let state = SpawnState {
-                closed_inputs: Vec::new(),
-                position: slot.clone(),
-                attempt: 0,
-                epoch: 0,
-                restore,
-                paused: false,
-            };
-            let addr = spawn_subtask(&plan, task, &workers[w], &addrs, state, ctx.address());
-            addrs.insert(task, addr);
-            placement.insert(task, w);
-            positions.insert(task, slot);
+        let (directory, remote, on_start) = match dist {
+            Some(d) => (
+                Arc::new(Directory::with_remote(d.resolve)),
+                Some(d.remote),
+                Some(d.on_start),
+            ),
+            None => (Arc::new(Directory::default()), None, None),
+        };
+        let paused = remote.is_some();
+        if let Some(f) = on_start {
+            f(JobPorts {
+                to_job: ctx.address().recipient(),
+                node_lost: ctx.address().recipient(),
+            });
         }
-        JobSupervisor {
+        let host = LocalHost::new(plan.clone(), directory, ctx.address().recipient());
+        let mut sup = JobSupervisor {
             alive: vec![true; workers.len()],
             rng: Rng::new(cfg.seed),
             total: tasks.len(),
             coord,
             epoch: 0,
             recovery: None,
-            plan,
+            plan: plan.clone(),
             workers,
-            addrs,
-            placement,
-            positions,
+            host,
+            remote,
+            addrs: HashMap::new(),
+            placement: HashMap::new(),
+            positions: HashMap::new(),
             finished: HashMap::new(),
             window: VecDeque::new(),
             per_task: HashMap::new(),
@@ -375,7 +334,38 @@ fn launch(
             started: Instant::now(),
             report: Some(tx),
             progress,
+        };
+        let last_completed = restored.as_ref().map(|c| c.id);
+        for (i, &task) in tasks.iter().enumerate().rev() {
+            let snapshot = restored
+                .as_ref()
+                .and_then(|c| c.task(task.chain, task.subtask).cloned());
+            let restore = (checkpointing || snapshot.is_some()).then_some(RestoreSpec {
+                snapshot,
+                last_completed,
+            });
+            let spec = SpawnSpec {
+                epoch: 0,
+                attempt: 0,
+                paused,
+                closed_inputs: Vec::new(),
+                restore,
+            };
+            sup.start_task(task, spec, i % sup.workers.len());
         }
+        if paused {
+            // Distributed: every subtask reports ready before any runs (see `Recovery`).
+            sup.recovery = Some(Recovery {
+                epoch: 0,
+                started: Instant::now(),
+                waiting: tasks.iter().copied().collect(),
+                go_at: None,
+                restore_time: None,
+                checkpoint: restored.clone(),
+                backoff: std::time::Duration::ZERO,
+            });
+        }
+        sup
     });
     (arbiters, supervisor)
 }

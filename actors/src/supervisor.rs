@@ -17,13 +17,15 @@ use crate::chaos::{ChaosCommand, ProgressCell};
 use crate::coordinator::Coordinator;
 use crate::error::RecoveryEvent;
 use crate::error::{JobError, JobResult, RestartEvent};
+use crate::host::{LocalHost, RemoteTasks, RestoreSpec, SpawnSpec};
 use crate::message::ResetOrder;
+use crate::message::ToJob;
 use crate::message::{
     Control, DeadLettered, Decision, StopDue, SubtaskMetrics, TaskFailed, TaskFinished, TaskLost,
     TaskResumed,
 };
-use crate::runtime::{restore_state, spawn_subtask, Outcome, Rng, SpawnState};
-use crate::subtask::{PositionSlot, SubtaskActor};
+use crate::runtime::{NodeLost, Outcome, Rng};
+use crate::subtask::PositionSlot;
 use actix::prelude::*;
 use riffle_framework::{ExecutionPlan, RestartKind, TaskId};
 use std::collections::HashSet;
@@ -52,7 +54,12 @@ pub(crate) struct JobSupervisor {
     pub recovery: Option<Recovery>,
     pub workers: Vec<ArbiterHandle>,
     pub alive: Vec<bool>,
-    pub addrs: HashMap<TaskId, Addr<SubtaskActor>>,
+    /// Where each subtask's control messages go (its actor, or a proxy to another node).
+    pub addrs: HashMap<TaskId, Recipient<Control>>,
+    /// Starts subtasks in this process.
+    pub host: LocalHost,
+    /// Where subtasks on other nodes run (a distributed job).
+    pub remote: Option<Arc<dyn RemoteTasks>>,
     pub placement: HashMap<TaskId, usize>,
     pub positions: HashMap<TaskId, PositionSlot>,
     pub finished: HashMap<TaskId, SubtaskMetrics>,
@@ -96,8 +103,7 @@ impl JobSupervisor {
         task: TaskId,
         cause: String,
         reply: Option<oneshot::Sender<Decision>>,
-        lost: bool,
-        ctx: &mut Context<Self>,
+        lost: &[TaskId],
     ) -> Result<(), u32> {
         let consecutive = self.admit_restart(task)?;
         let backoff = self.backoff(consecutive);
@@ -119,12 +125,10 @@ impl JobSupervisor {
         let last_completed = checkpoint.as_ref().map(|c| c.id);
         self.finished.clear();
         let tasks = self.plan.tasks();
-        if lost
-            && self
-                .recreate_for_recovery(task, epoch, checkpoint.as_deref(), ctx)
-                .is_none()
-        {
-            return Ok(());
+        for &t in lost {
+            if !self.recreate_for_recovery(t, epoch, checkpoint.as_deref()) {
+                return Ok(());
+            }
         }
         self.recovery = Some(Recovery {
             epoch,
@@ -144,7 +148,7 @@ impl JobSupervisor {
         tracing::warn!(epoch, ?last_completed, %cause, "recovering the job from its latest checkpoint");
         let mut reply = reply;
         for t in tasks {
-            if lost && t == task {
+            if lost.contains(&t) {
                 continue;
             }
             let order = ResetOrder {
@@ -155,9 +159,8 @@ impl JobSupervisor {
                 last_completed,
                 attempt: self.next_attempt(t),
                 backoff,
-                rewire: self.current_targets(t),
             };
-            if t == task && !lost {
+            if t == task && lost.is_empty() {
                 if let Some(r) = reply.take() {
                     let _ = r.send(Decision::Reset(Box::new(order)));
                 }
@@ -177,22 +180,6 @@ impl JobSupervisor {
         Ok(())
     }
 
-    /// The current addresses of `task`'s output targets (every reset refreshes them).
-    fn current_targets(
-        &self,
-        task: TaskId,
-    ) -> Vec<(TaskId, Recipient<crate::message::DataMessage>)> {
-        self.plan
-            .out_channels(task)
-            .into_iter()
-            .filter_map(|c| {
-                self.addrs
-                    .get(&c.task)
-                    .map(|a| (c.task, a.clone().recipient()))
-            })
-            .collect()
-    }
-
     /// Sends a subtask that failed in an older epoch the current recovery's order.
     fn join_recovery(&mut self, task: TaskId, reply: Option<oneshot::Sender<Decision>>) {
         let Some(r) = &self.recovery else { return };
@@ -205,52 +192,59 @@ impl JobSupervisor {
             last_completed: checkpoint.as_ref().map(|c| c.id),
             attempt: self.next_attempt(task),
             backoff,
-            rewire: self.current_targets(task),
         };
         if let Some(r) = reply {
             let _ = r.send(Decision::Reset(Box::new(order)));
         }
     }
 
-    /// Re-creates a lost subtask, paused, restored from `checkpoint`.
+    /// Re-creates a lost subtask, paused, restored from `checkpoint`; false if no worker is
+    /// left (the job failed).
     fn recreate_for_recovery(
         &mut self,
         task: TaskId,
         epoch: u64,
         checkpoint: Option<&riffle_framework::Checkpoint>,
-        ctx: &mut Context<Self>,
-    ) -> Option<Addr<SubtaskActor>> {
+    ) -> bool {
         let Some(worker) = self.live_worker(task) else {
             self.conclude(Err(JobError::NoWorkers));
-            return None;
+            return false;
         };
-        let attempt = self.next_attempt(task);
-        let position = self.positions.entry(task).or_default().clone();
-        let snapshot = checkpoint.and_then(|c| c.task(task.chain, task.subtask));
-        *position.lock().unwrap_or_else(|e| e.into_inner()) =
-            snapshot.and_then(|s| s.position.clone());
-        let restore = restore_state(&self.plan, task, snapshot, checkpoint.map(|c| c.id));
-        let addr = spawn_subtask(
-            &self.plan,
-            task,
-            &self.workers[worker],
-            &self.addrs,
-            SpawnState {
-                closed_inputs: Vec::new(),
-                position,
-                attempt,
-                epoch,
-                restore: Some(restore),
-                paused: true,
-            },
-            ctx.address(),
-        );
-        self.addrs.insert(task, addr.clone());
-        self.placement.insert(task, worker);
+        let spec = SpawnSpec {
+            epoch,
+            attempt: self.next_attempt(task),
+            paused: true,
+            closed_inputs: Vec::new(),
+            restore: Some(RestoreSpec {
+                snapshot: checkpoint.and_then(|c| c.task(task.chain, task.subtask).cloned()),
+                last_completed: checkpoint.map(|c| c.id),
+            }),
+        };
+        self.start_task(task, spec, worker);
         *self.recreated.entry(task).or_default() += 1;
         self.result.recreated += 1;
-        tracing::warn!(chain = %self.chain_name(task), subtask = task.subtask, worker, "subtask re-created on another worker");
-        Some(addr)
+        tracing::warn!(chain = %self.chain_name(task), subtask = task.subtask, worker, "subtask re-created");
+        true
+    }
+
+    /// Starts `task` where it is placed — on local worker `worker`, or on the node the cluster
+    /// layer names — and records its control address.
+    pub(crate) fn start_task(&mut self, task: TaskId, spec: SpawnSpec, worker: usize) {
+        let node = self.remote.as_ref().and_then(|r| r.node_of(task));
+        let control = match (node, &self.remote) {
+            (Some(node), Some(remote)) => {
+                self.host.directory.remove(task);
+                remote.spawn(&node, task, spec)
+            }
+            _ => {
+                let slot = self.positions.entry(task).or_default().clone();
+                self.placement.insert(task, worker);
+                self.host
+                    .spawn_with(task, &self.workers[worker], spec, slot)
+                    .1
+            }
+        };
+        self.addrs.insert(task, control);
     }
 
     fn conclude(&mut self, outcome: Outcome) {
@@ -350,7 +344,7 @@ impl JobSupervisor {
     }
 
     /// Re-creates a lost subtask on a live worker and re-wires its upstream to it.
-    fn recreate(&mut self, task: TaskId, ctx: &mut Context<Self>) {
+    fn recreate(&mut self, task: TaskId) {
         let Some(worker) = self.live_worker(task) else {
             return self.conclude(Err(JobError::NoWorkers));
         };
@@ -361,25 +355,14 @@ impl JobSupervisor {
             .filter(|(up, _)| self.finished.contains_key(up))
             .map(|(_, ch)| ch)
             .collect();
-        let attempt = self.next_attempt(task);
-        let position = self.positions.entry(task).or_default().clone();
-        let addr = spawn_subtask(
-            &self.plan,
-            task,
-            &self.workers[worker],
-            &self.addrs,
-            SpawnState {
-                closed_inputs: closed,
-                position,
-                attempt,
-                epoch: self.epoch,
-                restore: None,
-                paused: false,
-            },
-            ctx.address(),
-        );
-        self.addrs.insert(task, addr.clone());
-        self.placement.insert(task, worker);
+        let spec = SpawnSpec {
+            epoch: self.epoch,
+            attempt: self.next_attempt(task),
+            paused: false,
+            closed_inputs: closed,
+            restore: None,
+        };
+        self.start_task(task, spec, worker);
         *self.recreated.entry(task).or_default() += 1;
         self.result.recreated += 1;
         for (up, _) in self.plan.in_channels(task) {
@@ -387,10 +370,7 @@ impl JobSupervisor {
                 continue;
             }
             if let Some(a) = self.addrs.get(&up) {
-                a.do_send(Control::Rewire {
-                    target: task,
-                    to: addr.clone().recipient(),
-                });
+                a.do_send(Control::Rewire { target: task });
             }
         }
         tracing::warn!(chain = %self.chain_name(task), subtask = task.subtask, worker, "subtask re-created on another worker");
@@ -419,9 +399,8 @@ impl Actor for JobSupervisor {
     }
 }
 
-impl Handler<TaskFinished> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: TaskFinished, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_finished(&mut self, msg: TaskFinished, _ctx: &mut Context<Self>) {
         let task = msg.task;
         let mut metrics = msg.metrics;
         metrics.recreated = self.recreated.get(&task).copied().unwrap_or(0);
@@ -445,14 +424,14 @@ impl Handler<TaskFinished> for JobSupervisor {
     }
 }
 
-impl Handler<TaskFailed> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: TaskFailed, ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_failed(&mut self, msg: TaskFailed, _ctx: &mut Context<Self>) {
         let TaskFailed {
             task,
             epoch,
             failure,
             reply,
+            ..
         } = msg;
         let abort = |reply: Option<oneshot::Sender<Decision>>| {
             if let Some(r) = reply {
@@ -499,7 +478,7 @@ impl Handler<TaskFailed> for JobSupervisor {
         if self.coord.is_some() {
             // With checkpoints the region is the whole job: restore everything.
             let cause = format!("operator `{}` {}", failure.operator, failure.cause);
-            match self.recover(task, cause, reply, false, ctx) {
+            match self.recover(task, cause, reply, &[]) {
                 Ok(()) => {
                     if let Some(ev) = self.result.restarts.last_mut() {
                         ev.injected = failure.injected;
@@ -550,17 +529,15 @@ impl Handler<TaskFailed> for JobSupervisor {
     }
 }
 
-impl Handler<TaskResumed> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: TaskResumed, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_resumed(&mut self, msg: TaskResumed, _ctx: &mut Context<Self>) {
         tracing::debug!(chain = %self.chain_name(msg.task), subtask = msg.task.subtask, "subtask resumed");
         self.result.restarts_completed += 1;
     }
 }
 
-impl Handler<TaskLost> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: TaskLost, ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_lost(&mut self, msg: TaskLost, _ctx: &mut Context<Self>) {
         let task = msg.task;
         if self.concluded() || self.finished.contains_key(&task) {
             return;
@@ -574,7 +551,7 @@ impl Handler<TaskLost> for JobSupervisor {
                 task.subtask,
                 self.chain_name(task)
             );
-            if let Err(restarts) = self.recover(task, cause, None, true, ctx) {
+            if let Err(restarts) = self.recover(task, cause, None, &[task]) {
                 let chain = self.chain_name(task);
                 self.escalate(
                     task,
@@ -594,22 +571,20 @@ impl Handler<TaskLost> for JobSupervisor {
                 restarts,
             );
         }
-        self.recreate(task, ctx);
+        self.recreate(task);
     }
 }
 
-impl Handler<DeadLettered> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: DeadLettered, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_dead_lettered(&mut self, msg: DeadLettered, _ctx: &mut Context<Self>) {
         tracing::warn!(operator = %msg.letter.operator, subtask = msg.letter.subtask, cause = %msg.letter.cause, "record dead-lettered");
         self.plan.dead_letter_queue().push(msg.letter.clone());
         self.result.dead_letters.push(msg.letter);
     }
 }
 
-impl Handler<StopDue> for JobSupervisor {
-    type Result = ();
-    fn handle(&mut self, msg: StopDue, _ctx: &mut Context<Self>) {
+impl JobSupervisor {
+    pub(crate) fn on_stop_due(&mut self, msg: StopDue, _ctx: &mut Context<Self>) {
         if msg.task.chain == usize::MAX {
             // A planned worker stop: a random live worker, never the last one.
             let live: Vec<usize> = (0..self.workers.len()).filter(|&i| self.alive[i]).collect();
@@ -653,6 +628,52 @@ impl Handler<ChaosCommand> for JobSupervisor {
                     self.workers[w].stop();
                 }
             }
+        }
+    }
+}
+
+impl Handler<ToJob> for JobSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: ToJob, ctx: &mut Context<Self>) {
+        match msg {
+            ToJob::Finished(m) => self.on_finished(m, ctx),
+            ToJob::Failed(m) => self.on_failed(m, ctx),
+            ToJob::Resumed(m) => self.on_resumed(m, ctx),
+            ToJob::Lost(m) => self.on_lost(m, ctx),
+            ToJob::DeadLettered(m) => self.on_dead_lettered(m, ctx),
+            ToJob::StopDue(m) => self.on_stop_due(m, ctx),
+            ToJob::Ack(m) => self.on_ack(m, ctx),
+            ToJob::Draining(m) => self.on_draining(m, ctx),
+            ToJob::ResetDone(m) => self.on_reset_done(m, ctx),
+            ToJob::FirstRecord(m) => self.on_first_record(m, ctx),
+            ToJob::Committed(m) => self.on_committed(m, ctx),
+        }
+    }
+}
+
+impl Handler<NodeLost> for JobSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: NodeLost, _ctx: &mut Context<Self>) {
+        let lost: Vec<TaskId> = msg
+            .tasks
+            .into_iter()
+            .filter(|t| !self.concluded() && self.addrs.contains_key(t))
+            .collect();
+        let Some(&first) = lost.first() else { return };
+        self.result.nodes_lost.push(msg.node.clone());
+        let cause = format!("node `{}` was lost with {} subtasks", msg.node, lost.len());
+        if self.coord.is_none() {
+            // Without checkpoints there is nothing to restore lost state from.
+            return self.conclude(Err(JobError::NodeLost { node: msg.node }));
+        }
+        if let Err(restarts) = self.recover(first, cause, None, &lost) {
+            let chain = self.chain_name(first);
+            self.escalate(
+                first,
+                chain,
+                riffle_framework::FailureCause::Stopped,
+                restarts,
+            );
         }
     }
 }

@@ -300,7 +300,9 @@ struct Chain {
 }
 
 /// Identifies one subtask of one chain.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct TaskId {
     /// The chain (a group of operators run by one actor per subtask).
     pub chain: usize,

@@ -10,7 +10,7 @@
 
 use super::{Lifecycle, RestoreState, SubtaskActor};
 use crate::message::{
-    CheckpointAck, Committed, DataMessage, Event, FirstRecord, ResetOrder, TaskDraining,
+    CheckpointAck, Committed, DataMessage, Event, FirstRecord, ResetOrder, TaskDraining, ToJob,
 };
 use actix::prelude::*;
 use riffle_framework::{StageError, TaskSnapshot};
@@ -109,7 +109,7 @@ impl SubtaskActor {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         self.last_acked = n;
-        self.job.do_send(CheckpointAck {
+        self.job.do_send(ToJob::Ack(CheckpointAck {
             task: self.task,
             epoch: self.epoch,
             id: n,
@@ -120,7 +120,7 @@ impl SubtaskActor {
                 position,
                 states,
             },
-        });
+        }));
         Ok(())
     }
 
@@ -155,10 +155,10 @@ impl SubtaskActor {
             None => Ok(()),
         };
         match result {
-            Ok(()) if ack => self.job.do_send(Committed {
+            Ok(()) if ack => self.job.do_send(ToJob::Committed(Committed {
                 task: self.task,
                 id,
-            }),
+            })),
             Ok(()) => {}
             // The next recovery commits again (`Sink::recover`).
             Err(e) if self.state == Lifecycle::Running => {
@@ -172,16 +172,17 @@ impl SubtaskActor {
     /// Tells the coordinator that no barrier will reach this subtask any more.
     pub(super) fn notify_draining(&mut self) {
         if self.checkpointing {
-            self.job.do_send(TaskDraining {
+            self.job.do_send(ToJob::Draining(TaskDraining {
                 task: self.task,
                 epoch: self.epoch,
-            });
+            }));
         }
     }
 
     pub(super) fn note_first_record(&mut self) {
         if std::mem::take(&mut self.first_record_pending) {
-            self.job.do_send(FirstRecord { epoch: self.epoch });
+            self.job
+                .do_send(ToJob::FirstRecord(FirstRecord { epoch: self.epoch }));
         }
     }
 
@@ -206,11 +207,14 @@ impl SubtaskActor {
         for out in &mut self.outs {
             out.eoi_sent = false;
             out.parked = false;
-            if let Some((_, to)) = order.rewire.iter().find(|(t, _)| *t == out.target) {
+            if let Some(to) = self
+                .directory
+                .resolve(self.task, out.target, out.in_channel)
+            {
                 // Only a re-created receiver gets fresh credits: the old ones still return
                 // from the messages the old epoch left in an unchanged receiver's mailbox.
-                if out.to != *to {
-                    out.to = to.clone();
+                if out.to != to {
+                    out.to = to;
                     out.credits = Arc::new(Semaphore::new(credits));
                 }
             }

@@ -2,7 +2,7 @@
 //! faults and poison records.
 
 use super::{internal, Lifecycle, Retry, SourcePoison, SubtaskActor, IDLE_SOURCE_PAUSE};
-use crate::message::{DeadLettered, Failure, PlannedKind, StopDue};
+use crate::message::{DeadLettered, Failure, PlannedKind, StopDue, ToJob};
 use actix::prelude::*;
 use riffle_framework::exec::{BatchFailure, Fault};
 use riffle_framework::{DeadLetter, PoisonAction, SourceStatus, TaskChain, TaskId};
@@ -17,13 +17,15 @@ impl SubtaskActor {
                     match kind {
                         PlannedKind::Panic => self.cx.inject = Some(Fault::Panic),
                         PlannedKind::Error => self.cx.inject = Some(Fault::Error),
-                        PlannedKind::Stop => self.job.do_send(StopDue { task: self.task }),
-                        PlannedKind::StopWorker => self.job.do_send(StopDue {
+                        PlannedKind::Stop => self
+                            .job
+                            .do_send(ToJob::StopDue(StopDue { task: self.task })),
+                        PlannedKind::StopWorker => self.job.do_send(ToJob::StopDue(StopDue {
                             task: TaskId {
                                 chain: usize::MAX,
                                 subtask: 0,
                             },
-                        }),
+                        })),
                     }
                 }
                 _ => break,
@@ -77,7 +79,7 @@ impl SubtaskActor {
                     Some(TaskChain::Input(i)) => i.encode_record(&r.payload, index),
                     _ => None,
                 };
-                self.job.do_send(DeadLettered {
+                self.job.do_send(ToJob::DeadLettered(DeadLettered {
                     letter: DeadLetter {
                         operator: f.operator.clone(),
                         subtask: self.task.subtask,
@@ -85,7 +87,7 @@ impl SubtaskActor {
                         attempts: r.fail_count,
                         record: record.unwrap_or_default(),
                     },
-                });
+                }));
                 r.skip.push(index);
                 r.fail_index = usize::MAX;
                 r.fail_count = 0;
@@ -189,7 +191,7 @@ impl SubtaskActor {
 
     pub(super) fn dead_letter_source_record(&mut self, record: Vec<u8>) {
         if let Some(p) = self.source_poison.take() {
-            self.job.do_send(DeadLettered {
+            self.job.do_send(ToJob::DeadLettered(DeadLettered {
                 letter: DeadLetter {
                     operator: p.operator,
                     subtask: self.task.subtask,
@@ -197,7 +199,7 @@ impl SubtaskActor {
                     attempts: p.count,
                     record,
                 },
-            });
+            }));
         }
     }
 }

@@ -24,11 +24,11 @@
 //! flight per channel are therefore bounded by `credits × batch_size` plus what the sender
 //! buffers (one partial batch per channel and the output of the input batch at hand).
 
+use crate::host::Directory;
 use crate::message::{
     Control, DataMessage, Decision, Failure, PlannedKind, ResetDone, SubtaskMetrics, TaskFailed,
-    TaskLost, TaskResumed,
+    TaskLost, TaskResumed, ToJob,
 };
-use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
 use riffle_framework::exec::{Payload, StageCx};
 use riffle_framework::{ExecutionPlan, FailureCause, Position, StageError, TaskChain, TaskId};
@@ -104,7 +104,8 @@ pub(crate) struct SubtaskSetup {
     pub outs: Vec<OutChannel>,
     pub in_channels: usize,
     pub closed_inputs: Vec<usize>,
-    pub job: Addr<JobSupervisor>,
+    pub job: Recipient<ToJob>,
+    pub directory: Arc<Directory>,
     pub position: PositionSlot,
     pub attempt: u32,
     pub epoch: u64,
@@ -158,7 +159,8 @@ pub(crate) struct SubtaskActor {
     closed: Vec<bool>,
     open_inputs: usize,
     state: Lifecycle,
-    job: Addr<JobSupervisor>,
+    job: Recipient<ToJob>,
+    directory: Arc<Directory>,
     metrics: SubtaskMetrics,
     epoch: u64,
     attempt: u32,
@@ -216,6 +218,7 @@ impl SubtaskActor {
             open_inputs,
             state: Lifecycle::Running,
             job: s.job,
+            directory: s.directory,
             epoch: 0,
             attempt: s.attempt,
             retry: None,
@@ -259,7 +262,7 @@ impl SubtaskActor {
     /// A failure that no restart can fix (the chain cannot even be built).
     fn report_fatal(&mut self, error: StageError) {
         self.state = Lifecycle::Failed;
-        self.job.do_send(TaskFailed {
+        self.job.do_send(ToJob::Failed(TaskFailed {
             task: self.task,
             epoch: self.epoch,
             failure: Failure {
@@ -268,8 +271,9 @@ impl SubtaskActor {
                 injected: false,
                 poison_attempts: Some(0),
             },
+            wants_reply: false,
             reply: None,
-        });
+        }));
     }
 
     fn fail(&mut self, failure: Failure, ctx: &mut Context<Self>) {
@@ -285,12 +289,13 @@ impl SubtaskActor {
         self.finish_after_restart |= was_draining;
         self.keep_committed_output();
         let (tx, rx) = oneshot::channel();
-        self.job.do_send(TaskFailed {
+        self.job.do_send(ToJob::Failed(TaskFailed {
             task: self.task,
             epoch: self.epoch,
             failure,
+            wants_reply: true,
             reply: Some(tx),
-        });
+        }));
         self.pending = Pending::Await(rx);
         ctx.stop();
     }
@@ -323,10 +328,10 @@ impl SubtaskActor {
         let interval = self.plan.config().flush_interval;
         ctx.run_interval(interval, |act, ctx| act.flush(ctx));
         if self.paused {
-            self.job.do_send(ResetDone {
+            self.job.do_send(ToJob::ResetDone(ResetDone {
                 task: self.task,
                 epoch: self.epoch,
-            });
+            }));
             return;
         }
         self.advance(ctx);
@@ -430,7 +435,8 @@ impl SubtaskActor {
             return;
         }
         tracing::info!(chain = %self.chain_name, subtask = self.task.subtask, attempt = self.attempt, "subtask restarted");
-        self.job.do_send(TaskResumed { task: self.task });
+        self.job
+            .do_send(ToJob::Resumed(TaskResumed { task: self.task }));
         self.begin(ctx);
     }
 
@@ -510,7 +516,7 @@ impl Drop for SubtaskActor {
             self.state,
             Lifecycle::Running | Lifecycle::Draining | Lifecycle::Recovering
         ) {
-            self.job.do_send(TaskLost { task: self.task });
+            self.job.do_send(ToJob::Lost(TaskLost { task: self.task }));
         }
     }
 }
@@ -554,7 +560,7 @@ impl Handler<Control> for SubtaskActor {
                 ctx.stop();
             }
             Control::Restart { .. } => {}
-            Control::Rewire { target, to } => self.rewire(target, to, ctx),
+            Control::Rewire { target } => self.rewire(target, ctx),
             Control::CloseInputs(channels) => self.close_inputs(&channels, ctx),
             Control::Trigger(n) => self.on_trigger(n, ctx),
             Control::Complete { id, ack } => self.on_complete(id, ack, ctx),

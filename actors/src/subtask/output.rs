@@ -2,7 +2,7 @@
 //! re-wiring after a receiver was re-created.
 
 use super::{Lifecycle, MsgKind, SubtaskActor};
-use crate::message::{Credit, DataMessage, Event, TaskFinished};
+use crate::message::{Credit, DataMessage, Event, TaskFinished, ToJob};
 use actix::prelude::*;
 use riffle_framework::exec::OutEvent;
 use riffle_framework::TaskId;
@@ -70,10 +70,10 @@ impl SubtaskActor {
                 .head
                 .as_ref()
                 .map_or(0, |h| h.head_ref().distinct_keys());
-            self.job.do_send(TaskFinished {
+            self.job.do_send(ToJob::Finished(TaskFinished {
                 task: self.task,
                 metrics: self.metrics.clone(),
-            });
+            }));
         }
     }
 
@@ -138,18 +138,17 @@ impl SubtaskActor {
         }
     }
 
-    pub(super) fn rewire(
-        &mut self,
-        target: TaskId,
-        to: Recipient<DataMessage>,
-        ctx: &mut Context<Self>,
-    ) {
+    pub(super) fn rewire(&mut self, target: TaskId, ctx: &mut Context<Self>) {
         let credits = self.plan.config().credits;
         for (i, out) in self.outs.iter_mut().enumerate() {
             if out.target != target {
                 continue;
             }
-            out.to = to.clone();
+            let Some(to) = self.directory.resolve(self.task, target, out.in_channel) else {
+                tracing::error!(task = ?self.task, ?target, "re-wired to a subtask nobody knows");
+                continue;
+            };
+            out.to = to;
             out.credits = Arc::new(Semaphore::new(credits));
             out.parked = false;
             let queued_eoi = self.cx.queues[i]

@@ -62,7 +62,7 @@ impl std::fmt::Debug for OutEvent {
 }
 
 /// A fault to inject into the next record a chain handles (chaos testing).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Fault {
     /// The operator panics.
     Panic,
