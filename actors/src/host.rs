@@ -26,6 +26,9 @@ pub trait Resolve: Send + Sync {
     /// The address to which `from` sends its channel `in_channel` of `to`, or `None` if `to`
     /// is not known anywhere.
     fn remote(&self, from: TaskId, to: TaskId, in_channel: u32) -> Option<Recipient<DataMessage>>;
+
+    /// Subtask `task` started in this process at `to` (so that other nodes can reach it).
+    fn local_started(&self, _task: TaskId, _to: &Recipient<DataMessage>) {}
 }
 
 /// The data addresses of one job's subtasks in this process, with a fallback for the others.
@@ -46,6 +49,9 @@ impl Directory {
 
     /// Records the address of a subtask running in this process.
     pub fn insert(&self, task: TaskId, to: Recipient<DataMessage>) {
+        if let Some(r) = &self.remote {
+            r.local_started(task, &to);
+        }
         self.local.insert(task, to);
     }
 
@@ -74,6 +80,8 @@ pub trait RemoteTasks: Send + Sync {
     fn node_of(&self, task: TaskId) -> Option<String>;
     /// Starts `task` on `node` as `spec` says; returns where its control messages go.
     fn spawn(&self, node: &str, task: TaskId, spec: SpawnSpec) -> Recipient<Control>;
+    /// This process's node id.
+    fn this_node(&self) -> String;
 }
 
 /// What a subtask restores when it starts.

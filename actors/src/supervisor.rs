@@ -404,6 +404,9 @@ impl JobSupervisor {
         let task = msg.task;
         let mut metrics = msg.metrics;
         metrics.recreated = self.recreated.get(&task).copied().unwrap_or(0);
+        if let Some(r) = &self.remote {
+            metrics.node = r.node_of(task).unwrap_or_else(|| r.this_node());
+        }
         self.finished.insert(task, metrics);
         // Re-created receivers may still count a channel from this task as open.
         for t in self.plan.out_channels(task) {

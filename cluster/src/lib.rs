@@ -24,12 +24,14 @@
 //! failover. Today every job runs in one process through `riffle-actors`.
 
 pub mod handshake;
+pub mod job;
 pub mod node;
 pub mod placement;
 pub mod remote;
 pub mod wire;
 
 pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
+pub use job::{ClusterJob, HostedEnd, JobBuilder};
 pub use node::{Member, Node, NodeBuilder, NodeError, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};

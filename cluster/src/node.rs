@@ -7,21 +7,25 @@
 //! (a new handshake) rejoins as a fresh member. The node runs on its own thread with a tokio
 //! runtime; its API is blocking and waits on signals ([`Node::wait_members`]).
 //!
-//! Not yet here: remote mailboxes, placement and failover (see `PROTOCOL.md`).
+//! Jobs registered on the builder run across the nodes (see [`crate::job`]).
 
 use crate::handshake::{handshake, HandshakeConfig, Peer};
+use crate::job::{ClusterJob, CoordinatedJob, HostedEnd, HostedJob, JobBuilder};
 use crate::remote::{
     channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, RemoteMailbox,
 };
 use crate::wire::{read_frame, write_frame, EdgeAddress, Message, RefuseReason, DEFAULT_MAX_FRAME};
 use actix::prelude::{Actor, Addr, Recipient};
 use dashmap::DashMap;
+use riffle_actors::{Decision, JobError};
 use riffle_framework::BatchCodec;
+use riffle_framework::TaskId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
 
 /// Default heartbeat interval.
@@ -72,7 +76,7 @@ pub struct Member {
 }
 
 /// Settings of a node; see [`NodeBuilder`].
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 struct NodeConfig {
     name: String,
     cluster: String,
@@ -82,6 +86,19 @@ struct NodeConfig {
     heartbeat: Duration,
     failure_timeout: Duration,
     max_frame: u32,
+    jobs: Vec<(String, JobBuilder)>,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("name", &self.name)
+            .field("cluster", &self.cluster)
+            .field("listen", &self.listen)
+            .field("seeds", &self.seeds)
+            .field("jobs", &self.jobs.iter().map(|j| &j.0).collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Builds a [`Node`]: `Node::builder().name("n1").listen("127.0.0.1:0").secret(b"..").start()`.
@@ -126,6 +143,16 @@ impl NodeBuilder {
         self.cfg.failure_timeout = timeout;
         self
     }
+    /// Registers a job builder under `name`. Every node of a cluster registers the same
+    /// builders (same binary); the coordinator submits a job by name ([`Node::run_job`]).
+    pub fn register_job(
+        mut self,
+        name: &str,
+        build: impl Fn() -> riffle_framework::StreamEnv + Send + Sync + 'static,
+    ) -> Self {
+        self.cfg.jobs.push((name.to_string(), Arc::new(build)));
+        self
+    }
 
     /// Binds the listener and starts the node on its own thread.
     ///
@@ -149,7 +176,11 @@ impl NodeBuilder {
             .set_nonblocking(true)
             .map_err(NodeError::Runtime)?;
         let local = std_listener.local_addr().map_err(NodeError::Runtime)?;
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            builders: cfg.jobs.iter().cloned().collect(),
+            ..Shared::default()
+        });
+        let name = cfg.name.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -168,6 +199,7 @@ impl NodeBuilder {
             })
             .map_err(NodeError::Runtime)?;
         Ok(Node {
+            name,
             local,
             shared,
             stop: stop_tx,
@@ -178,29 +210,79 @@ impl NodeBuilder {
 
 /// State shared between the node's runtime and its blocking API.
 #[derive(Default)]
-struct Shared {
+pub(crate) struct Shared {
     state: Mutex<State>,
     changed: Condvar,
     /// Local subtasks that receive remote channels: (job, chain, subtask) → inbox.
-    inboxes: DashMap<(u64, u32, u32), Inbox>,
+    pub(crate) inboxes: DashMap<(u64, u32, u32), Inbox>,
     /// Remote mailboxes waiting for credits, by channel.
-    returns: DashMap<ChannelKey, Recipient<CreditsReturned>>,
+    pub(crate) returns: DashMap<ChannelKey, Recipient<CreditsReturned>>,
+    /// Registered job builders.
+    builders: HashMap<String, JobBuilder>,
+    /// Jobs this node coordinates.
+    pub(crate) coordinated: DashMap<u64, Arc<CoordinatedJob>>,
+    /// Jobs this node hosts subtasks of.
+    pub(crate) hosted: DashMap<u64, Arc<HostedJob>>,
+    /// Failure reports of hosted subtasks waiting for the coordinator's decision.
+    pub(crate) replies: DashMap<(u64, TaskId), oneshot::Sender<Decision>>,
 }
 
 #[derive(Default)]
 struct State {
     members: HashMap<String, (String, Status, Instant)>,
     links: HashMap<String, mpsc::UnboundedSender<Message>>,
+    /// Hosted jobs that ended, oldest first, until [`Node::wait_hosted`] takes them.
+    ended: std::collections::VecDeque<HostedEnd>,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    /// The link to `peer`, if it is up.
+    pub(crate) fn link_sender(&self, peer: &str) -> Option<LinkSender> {
+        self.lock().links.get(peer).map(|tx| LinkSender {
+            tx: tx.clone(),
+            peer: peer.to_string(),
+        })
+    }
+
+    /// Every link that is up.
+    pub(crate) fn all_links(&self) -> Vec<LinkSender> {
+        self.lock()
+            .links
+            .iter()
+            .map(|(peer, tx)| LinkSender {
+                tx: tx.clone(),
+                peer: peer.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn builder(&self, name: &str) -> Option<JobBuilder> {
+        self.builders.get(name).cloned()
+    }
+
+    /// Records that a hosted job ended and wakes [`Node::wait_hosted`].
+    pub(crate) fn hosted_ended(&self, end: HostedEnd) {
+        self.lock().ended.push_back(end);
+        self.changed.notify_all();
+    }
+
+    fn up_peers(&self) -> Vec<String> {
+        self.lock()
+            .members
+            .iter()
+            .filter(|(_, (_, s, _))| *s == Status::Up)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
 }
 
 /// A running node. Dropping it shuts it down.
 pub struct Node {
+    name: String,
     local: SocketAddr,
     shared: Arc<Shared>,
     stop: watch::Sender<bool>,
@@ -220,6 +302,7 @@ impl Node {
                 heartbeat: DEFAULT_HEARTBEAT,
                 failure_timeout: DEFAULT_FAILURE_TIMEOUT,
                 max_frame: DEFAULT_MAX_FRAME,
+                jobs: Vec::new(),
             },
         }
     }
@@ -227,6 +310,49 @@ impl Node {
     /// The address the node listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    /// The node's id.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The coordinator of jobs submitted now: the live node with the lowest id.
+    pub fn coordinator(&self) -> String {
+        let mut ids = self.shared.up_peers();
+        ids.push(self.name.clone());
+        ids.into_iter().min().unwrap_or_default()
+    }
+
+    /// Submits the job registered as `name`, spread over every live node. Only the
+    /// coordinator ([`Node::coordinator`]) runs jobs; see [`crate::job`].
+    ///
+    /// # Errors
+    /// [`JobError::Cluster`] if this node is not the coordinator, no job is registered under
+    /// `name`, or a node cannot be reached; the job's graph and start errors.
+    pub fn run_job(&self, name: &str) -> Result<ClusterJob, JobError> {
+        crate::job::run_job(&self.shared, &self.name, name, self.shared.up_peers())
+    }
+
+    /// Blocks until a job this node hosted (as a non-coordinator) ends, or `timeout` passes.
+    pub fn wait_hosted(&self, timeout: Duration) -> Option<HostedEnd> {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.shared.lock();
+        loop {
+            if let Some(e) = g.ended.pop_front() {
+                return Some(e);
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return None;
+            }
+            g = self
+                .shared
+                .changed
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
     }
 
     /// The other members this node knows, sorted by id.
@@ -369,6 +495,7 @@ fn heartbeat(
     stop: &watch::Receiver<bool>,
 ) {
     let mut dial: Vec<String> = Vec::new();
+    let mut down: Vec<String> = Vec::new();
     {
         let mut st = shared.lock();
         let now = Instant::now();
@@ -377,6 +504,7 @@ fn heartbeat(
             if *status == Status::Up && now.duration_since(*seen) > cfg.failure_timeout {
                 *status = Status::Down;
                 changed = true;
+                down.push(node.clone());
                 tracing::warn!(peer = %node, "peer declared down");
             }
         }
@@ -403,6 +531,12 @@ fn heartbeat(
         }
         if changed {
             shared.changed.notify_all();
+        }
+    }
+    if !down.is_empty() {
+        let up = shared.up_peers();
+        for node in down {
+            crate::job::on_node_down(shared, &cfg.name, &node, &up);
         }
     }
     for addr in dial {
@@ -471,6 +605,13 @@ async fn link(
                     if let Some(r) = shared.returns.get(&channel_key(&edge)) {
                         r.do_send(CreditsReturned(n));
                     }
+                }
+                Ok(m @ (Message::JobStart { .. } | Message::Spawn { .. } | Message::Control { .. }
+                    | Message::Report { .. } | Message::Decision { .. } | Message::Placement { .. }
+                    | Message::JobEnd { .. })) => {
+                    seen(&shared, &peer, &hs.node, Vec::new());
+                    let back = LinkSender { tx: tx_back.clone(), peer: peer.node.clone() };
+                    crate::job::on_frame(&shared, &hs.node, &peer.node, m, back);
                 }
                 Ok(_) => seen(&shared, &peer, &hs.node, Vec::new()),
                 Err(e) => {

@@ -13,10 +13,12 @@
 //! and delivered with a [`RemoteCredit`] whose drop sends the `Credit` frame back.
 
 use crate::wire::{EdgeAddress, Message, WireEvent};
-use actix::prelude::{Actor, Context, Handler, Recipient};
+use actix::prelude::{Actor, AsyncContext, Context, Handler, Recipient};
 use riffle_actors::{Credit, DataMessage, Event, RemoteCredit};
 use riffle_framework::BatchCodec;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
 use tokio::sync::mpsc;
 
 /// Sends frames on one link (to one peer node).
@@ -28,9 +30,23 @@ pub struct LinkSender {
 }
 
 impl LinkSender {
+    /// A sender whose link is closed: everything sent on it is dropped (a peer that is gone).
+    pub fn closed(peer: &str) -> Self {
+        let (tx, _) = mpsc::unbounded_channel();
+        LinkSender {
+            tx,
+            peer: peer.to_string(),
+        }
+    }
+
     /// Queues a frame; `false` if the link is closed.
     pub fn send(&self, m: Message) -> bool {
         self.tx.send(m).is_ok()
+    }
+
+    /// Queues a frame; gives it back if the link is closed.
+    pub fn try_send(&self, m: Message) -> Result<(), Message> {
+        self.tx.send(m).map_err(|e| e.0)
     }
 }
 
@@ -49,12 +65,23 @@ impl actix::Message for CreditsReturned {
     type Result = ();
 }
 
+/// Finds the current link to a peer (links close and open again).
+pub type LinkLookup = Arc<dyn Fn(&str) -> Option<LinkSender> + Send + Sync>;
+
+/// How long a mailbox waits before it looks for its link again.
+const LINK_RETRY: Duration = Duration::from_millis(5);
+
 /// Stands in for a subtask on another node (see the module docs).
 pub struct RemoteMailbox {
     edge: EdgeAddress,
-    link: LinkSender,
+    link: Option<LinkSender>,
+    peer: String,
+    lookup: Option<LinkLookup>,
     codec: BatchCodec,
     held: VecDeque<Option<Credit>>,
+    /// Frames waiting for a link, with their credits (at most the channel's credits).
+    waiting: VecDeque<(Message, Option<Credit>)>,
+    retry_scheduled: bool,
     /// Frames that could not be sent (closed link) or encoded.
     pub dropped: u64,
 }
@@ -64,10 +91,69 @@ impl RemoteMailbox {
     pub fn new(edge: EdgeAddress, link: LinkSender, codec: BatchCodec) -> Self {
         RemoteMailbox {
             edge,
-            link,
+            peer: link.peer.clone(),
+            link: Some(link),
+            lookup: None,
             codec,
             held: VecDeque::new(),
+            waiting: VecDeque::new(),
+            retry_scheduled: false,
             dropped: 0,
+        }
+    }
+
+    /// A mailbox for the channel `edge` to node `peer` that finds its link with `lookup` and
+    /// keeps frames (with their credits, so at most the channel's credits of them) while no
+    /// link to the peer is up — a link being formed, or one that was re-made.
+    pub fn with_lookup(
+        edge: EdgeAddress,
+        peer: &str,
+        lookup: LinkLookup,
+        codec: BatchCodec,
+    ) -> Self {
+        RemoteMailbox {
+            edge,
+            link: None,
+            peer: peer.to_string(),
+            lookup: Some(lookup),
+            codec,
+            held: VecDeque::new(),
+            waiting: VecDeque::new(),
+            retry_scheduled: false,
+            dropped: 0,
+        }
+    }
+
+    /// Sends waiting frames while a link is up; without one, waits (lookup) or drops.
+    fn flush(&mut self, ctx: &mut Context<Self>) {
+        while let Some((frame, credit)) = self.waiting.pop_front() {
+            if self.link.is_none() {
+                self.link = self.lookup.as_ref().and_then(|l| l(&self.peer));
+            }
+            let Some(link) = &self.link else {
+                self.waiting.push_front((frame, credit));
+                break;
+            };
+            match link.try_send(frame) {
+                // The credit returns when the receiving node says the subtask handled it.
+                Ok(()) => self.held.push_back(credit),
+                Err(frame) => {
+                    self.link = None;
+                    if self.lookup.is_some() {
+                        self.waiting.push_front((frame, credit));
+                        break;
+                    }
+                    tracing::warn!(peer = %self.peer, edge = ?self.edge, "link closed; event dropped");
+                    self.dropped += 1;
+                }
+            }
+        }
+        if !self.waiting.is_empty() && !self.retry_scheduled {
+            self.retry_scheduled = true;
+            ctx.run_later(LINK_RETRY, |act, ctx| {
+                act.retry_scheduled = false;
+                act.flush(ctx);
+            });
         }
     }
 }
@@ -78,7 +164,7 @@ impl Actor for RemoteMailbox {
 
 impl Handler<DataMessage> for RemoteMailbox {
     type Result = ();
-    fn handle(&mut self, msg: DataMessage, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: DataMessage, ctx: &mut Context<Self>) {
         let event = match msg.event {
             Event::Batch { payload, .. } => match self.codec.encode(&payload) {
                 Ok(bytes) => WireEvent::Batch(bytes),
@@ -96,13 +182,9 @@ impl Handler<DataMessage> for RemoteMailbox {
             channel: msg.channel,
             ..self.edge
         };
-        if self.link.send(Message::Data { edge, event }) {
-            // The credit returns when the receiving node says the subtask handled the event.
-            self.held.push_back(msg.credit);
-        } else {
-            tracing::warn!(peer = %self.link.peer, edge = ?edge, "link closed; event dropped");
-            self.dropped += 1;
-        }
+        self.waiting
+            .push_back((Message::Data { edge, event }, msg.credit));
+        self.flush(ctx);
     }
 }
 

@@ -9,6 +9,7 @@
 //! caller closes the link. Nothing a peer sends can make a reader panic or allocate more than
 //! the maximum. See `cluster/PROTOCOL.md`.
 
+use riffle_framework::TaskId;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -163,6 +164,66 @@ pub enum Message {
         /// How many credits return.
         n: u32,
     },
+    /// Coordinator → node: host subtasks of job `job`, built from the builder registered as
+    /// `name`; `placement` says where every subtask runs.
+    JobStart {
+        /// The job's id in the cluster.
+        job: u64,
+        /// The registered builder's name.
+        name: String,
+        /// The coordinating node.
+        coordinator: String,
+        /// Every subtask and its node.
+        placement: Vec<(TaskId, String)>,
+    },
+    /// Coordinator → node: start subtask `task` (`spec`: an rmp-serde `SpawnSpec`).
+    Spawn {
+        /// The job.
+        job: u64,
+        /// The subtask.
+        task: TaskId,
+        /// The encoded spawn spec.
+        spec: Vec<u8>,
+    },
+    /// Coordinator → node: a control message for subtask `task` (rmp-serde `Control`).
+    Control {
+        /// The job.
+        job: u64,
+        /// The subtask.
+        task: TaskId,
+        /// The encoded control message.
+        body: Vec<u8>,
+    },
+    /// Node → coordinator: a subtask's report (rmp-serde `ToJob`).
+    Report {
+        /// The job.
+        job: u64,
+        /// The encoded report.
+        body: Vec<u8>,
+    },
+    /// Coordinator → node: the decision about subtask `task`'s failure (rmp-serde `Decision`).
+    Decision {
+        /// The job.
+        job: u64,
+        /// The subtask that failed.
+        task: TaskId,
+        /// The encoded decision.
+        body: Vec<u8>,
+    },
+    /// Coordinator → node: subtasks moved to other nodes (after a node loss).
+    Placement {
+        /// The job.
+        job: u64,
+        /// The moved subtasks and their new nodes.
+        moves: Vec<(TaskId, String)>,
+    },
+    /// Coordinator → node: the job ended (`error`: why it failed); stop hosting it.
+    JobEnd {
+        /// The job.
+        job: u64,
+        /// The job's error, if it failed.
+        error: Option<String>,
+    },
 }
 
 impl Message {
@@ -176,11 +237,18 @@ impl Message {
             Message::Heartbeat { .. } => 5,
             Message::Data { .. } => 6,
             Message::Credit { .. } => 7,
+            Message::JobStart { .. } => 8,
+            Message::Spawn { .. } => 9,
+            Message::Control { .. } => 10,
+            Message::Report { .. } => 11,
+            Message::Decision { .. } => 12,
+            Message::Placement { .. } => 13,
+            Message::JobEnd { .. } => 14,
         }
     }
 }
 
-const MAX_TAG: u8 = 7;
+const MAX_TAG: u8 = 14;
 
 /// Appends the frame of `msg` to `out`.
 ///

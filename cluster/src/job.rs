@@ -1,0 +1,623 @@
+//! Distributed jobs: one job's subtasks spread over the cluster's nodes.
+//!
+//! Every node registers the same job builders by name. The **coordinator** — the live node
+//! with the lowest id when the job is submitted (`Node::run_job` refuses to run elsewhere) —
+//! builds the plan, places every subtask on a node with the [`Placement`] ring, tells the other
+//! nodes to host the job (`JobStart`), and runs the job supervisor (restart strategy,
+//! checkpoint coordinator) as in a single process. The supervisor starts a subtask on another
+//! node with a `Spawn` frame and talks to it through a [`ControlProxy`] (`Control` frames);
+//! a hosted subtask reports through the node's [`JobProxy`] (`Report` frames), and the
+//! supervisor's answer to a failure travels back as a `Decision` frame. Data between subtasks
+//! on different nodes goes through remote mailboxes (see [`crate::remote`]), resolved per
+//! channel by [`ClusterResolver`].
+//!
+//! Every subtask starts paused; the job runs once all of them, on every node, reported ready.
+//!
+//! **Node loss**: when the failure detector declares a node down, the coordinator re-places
+//! that node's subtasks on the survivors (the ring without the lost node, so only its subtasks
+//! move), tells the survivors (`Placement`), and the supervisor recovers the whole job from the
+//! latest completed checkpoint in a new epoch — exactly once, like any other failure.
+//!
+//! **Coordinator loss is not survived**: the other nodes stop hosting its jobs and report the
+//! job ended with an error ([`Node::wait_hosted`](crate::Node::wait_hosted)); a new submission
+//! starts it again (from its latest checkpoint if it is configured to restore).
+
+use crate::node::Shared;
+use crate::placement::Placement;
+use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, RemoteMailbox};
+use crate::wire::{EdgeAddress, Message};
+use actix::prelude::*;
+use dashmap::DashMap;
+use riffle_actors::chaos::ChaosHandle;
+use riffle_actors::host::{Directory, LocalHost, RemoteTasks, Resolve, SpawnSpec};
+use riffle_actors::{Control, DataMessage, Decision, JobError, JobHandle, JobPorts, JobResult};
+use riffle_actors::{NodeLost, ToJob};
+use riffle_framework::{ExecutionPlan, StreamEnv, TaskId};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// Builds a job; registered on every node under the same name.
+pub type JobBuilder = Arc<dyn Fn() -> StreamEnv + Send + Sync>;
+
+/// Resolves the data address of a subtask on another node: one remote mailbox per channel
+/// and node, started on the calling actor's worker thread.
+pub(crate) struct ClusterResolver {
+    job: u64,
+    me: String,
+    shared: Arc<Shared>,
+    plan: Arc<ExecutionPlan>,
+    /// Where every subtask of the job runs.
+    pub(crate) placement: DashMap<TaskId, String>,
+    mailboxes: DashMap<(TaskId, TaskId, u32, String), Recipient<DataMessage>>,
+}
+
+impl ClusterResolver {
+    fn new(
+        job: u64,
+        me: &str,
+        shared: Arc<Shared>,
+        plan: Arc<ExecutionPlan>,
+        placement: &[(TaskId, String)],
+    ) -> Self {
+        ClusterResolver {
+            job,
+            me: me.to_string(),
+            shared,
+            plan,
+            placement: placement.iter().cloned().collect(),
+            mailboxes: DashMap::new(),
+        }
+    }
+
+    fn link_to(&self, node: &str) -> LinkSender {
+        self.shared
+            .link_sender(node)
+            .unwrap_or_else(|| LinkSender::closed(node))
+    }
+}
+
+impl Resolve for ClusterResolver {
+    fn remote(&self, from: TaskId, to: TaskId, in_channel: u32) -> Option<Recipient<DataMessage>> {
+        let node = self.placement.get(&to)?.clone();
+        if node == self.me {
+            tracing::error!(?to, "a subtask placed here is not running here");
+            return None;
+        }
+        let key = (from, to, in_channel, node.clone());
+        if let Some(m) = self.mailboxes.get(&key) {
+            return Some(m.clone());
+        }
+        let edge = EdgeAddress {
+            job: self.job,
+            epoch: 0,
+            chain: to.chain as u32,
+            from: from.subtask as u32,
+            to: to.subtask as u32,
+            channel: in_channel,
+        };
+        let codec = self.plan.input_codec(to.chain)?;
+        let shared = self.shared.clone();
+        let lookup: LinkLookup = Arc::new(move |peer: &str| shared.link_sender(peer));
+        let addr = RemoteMailbox::with_lookup(edge, &node, lookup, codec).start();
+        self.shared
+            .returns
+            .insert(channel_key(&edge), addr.clone().recipient());
+        let r: Recipient<DataMessage> = addr.recipient();
+        self.mailboxes.insert(key, r.clone());
+        Some(r)
+    }
+
+    fn local_started(&self, task: TaskId, to: &Recipient<DataMessage>) {
+        if let Some(codec) = self.plan.input_codec(task.chain) {
+            self.shared.inboxes.insert(
+                (self.job, task.chain as u32, task.subtask as u32),
+                Inbox {
+                    to: to.clone(),
+                    codec,
+                },
+            );
+        }
+    }
+}
+
+/// The coordinator's view of where subtasks run and how remote ones start.
+struct ClusterTasks {
+    resolver: Arc<ClusterResolver>,
+}
+
+impl RemoteTasks for ClusterTasks {
+    fn node_of(&self, task: TaskId) -> Option<String> {
+        let n = self.resolver.placement.get(&task)?.clone();
+        (n != self.resolver.me).then_some(n)
+    }
+
+    fn spawn(&self, node: &str, task: TaskId, spec: SpawnSpec) -> Recipient<Control> {
+        let link = self.resolver.link_to(node);
+        let job = self.resolver.job;
+        match rmp_serde::to_vec(&spec) {
+            Ok(spec) => {
+                if !link.send(Message::Spawn { job, task, spec }) {
+                    tracing::warn!(%node, ?task, "no link to the node; its loss will re-place the subtask");
+                }
+            }
+            Err(e) => tracing::error!(?task, error = %e, "cannot encode a spawn order"),
+        }
+        ControlProxy { job, task, link }.start().recipient()
+    }
+
+    fn this_node(&self) -> String {
+        self.resolver.me.clone()
+    }
+}
+
+/// Stands in for a subtask on another node in the job supervisor: sends its control
+/// messages as `Control` frames.
+pub struct ControlProxy {
+    job: u64,
+    task: TaskId,
+    link: LinkSender,
+}
+
+impl Actor for ControlProxy {
+    type Context = Context<Self>;
+}
+
+impl Handler<Control> for ControlProxy {
+    type Result = ();
+    fn handle(&mut self, msg: Control, _ctx: &mut Context<Self>) {
+        match rmp_serde::to_vec(&msg) {
+            Ok(body) => {
+                let _ = self.link.send(Message::Control {
+                    job: self.job,
+                    task: self.task,
+                    body,
+                });
+            }
+            Err(e) => {
+                tracing::error!(task = ?self.task, error = %e, "cannot encode a control message")
+            }
+        }
+    }
+}
+
+/// Stands in for the job supervisor on a hosting node: sends the subtasks' reports to the
+/// coordinator as `Report` frames, keeping a failure's reply channel until the `Decision`
+/// frame answers it.
+pub struct JobProxy {
+    job: u64,
+    link: LinkSender,
+    shared: Arc<Shared>,
+}
+
+impl Actor for JobProxy {
+    type Context = Context<Self>;
+}
+
+impl Handler<ToJob> for JobProxy {
+    type Result = ();
+    fn handle(&mut self, mut msg: ToJob, _ctx: &mut Context<Self>) {
+        if let (Some(reply), Some(task)) = (msg.take_reply(), msg.task()) {
+            self.shared.replies.insert((self.job, task), reply);
+        }
+        match rmp_serde::to_vec(&msg) {
+            Ok(body) => {
+                let _ = self.link.send(Message::Report {
+                    job: self.job,
+                    body,
+                });
+            }
+            Err(e) => tracing::error!(error = %e, "cannot encode a subtask report"),
+        }
+    }
+}
+
+/// A job this node coordinates.
+pub(crate) struct CoordinatedJob {
+    resolver: Arc<ClusterResolver>,
+    ports: Mutex<Option<JobPorts>>,
+}
+
+/// A job this node hosts subtasks of (it is not the coordinator).
+pub(crate) struct HostedJob {
+    coordinator: String,
+    resolver: Arc<ClusterResolver>,
+    host: LocalHost,
+    workers: Vec<ArbiterHandle>,
+    system: System,
+    controls: Arc<DashMap<TaskId, Recipient<Control>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How a hosted job ended on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostedEnd {
+    /// The job's id.
+    pub job: u64,
+    /// Why it failed (or why this node stopped hosting it), if it did not succeed.
+    pub error: Option<String>,
+}
+
+/// A job submitted to the cluster from its coordinator.
+pub struct ClusterJob {
+    handle: JobHandle,
+    job: u64,
+    shared: Arc<Shared>,
+    /// Which subtasks each node runs (at the start).
+    pub placement: BTreeMap<String, Vec<TaskId>>,
+    /// Chain names, by chain index (to print the placement).
+    pub chains: Vec<String>,
+}
+
+impl ClusterJob {
+    /// The job's id in the cluster.
+    pub fn id(&self) -> u64 {
+        self.job
+    }
+
+    /// A chaos handle for the job (faults injected into subtasks wherever they run).
+    pub fn chaos(&self) -> ChaosHandle {
+        self.handle.chaos()
+    }
+
+    /// Waits for the job's outcome, then tells every node it ended.
+    ///
+    /// # Errors
+    /// The job's error (see [`JobHandle::wait`]).
+    pub fn wait(self) -> Result<JobResult, JobError> {
+        let outcome = self.handle.wait();
+        let error = outcome.as_ref().err().map(|e| e.to_string());
+        self.shared.coordinated.remove(&self.job);
+        for link in self.shared.all_links() {
+            let _ = link.send(Message::JobEnd {
+                job: self.job,
+                error: error.clone(),
+            });
+        }
+        outcome
+    }
+}
+
+/// Submits job `name` on the coordinator (see the module docs).
+pub(crate) fn run_job(
+    shared: &Arc<Shared>,
+    me: &str,
+    name: &str,
+    up: Vec<String>,
+) -> Result<ClusterJob, JobError> {
+    let builder = shared
+        .builder(name)
+        .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
+    let plan = Arc::new(builder().build()?);
+    let mut nodes = up;
+    nodes.push(me.to_string());
+    nodes.sort();
+    if nodes.first().map(String::as_str) != Some(me) {
+        return Err(JobError::Cluster(format!(
+            "node `{me}` is not the coordinator; `{}` (the lowest live id) is",
+            nodes[0]
+        )));
+    }
+    let ring = Placement::new(nodes.iter().map(|n| (n.as_str(), 1)));
+    let tasks = plan.tasks();
+    let placement: Vec<(TaskId, String)> = tasks
+        .iter()
+        .map(|&t| (t, ring.node_of(t).unwrap_or(me).to_string()))
+        .collect();
+    let mut by_node: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
+    for (t, n) in &placement {
+        by_node.entry(n.clone()).or_default().push(*t);
+    }
+    let chains: Vec<String> = (0..plan.chain_count())
+        .map(|c| plan.chain_name(c).to_string())
+        .collect();
+    let job = random_id();
+    for (node, ts) in &by_node {
+        let names: Vec<String> = ts
+            .iter()
+            .map(|t| format!("{}[{}]", chains[t.chain], t.subtask))
+            .collect();
+        tracing::info!(job, %node, subtasks = %names.join(", "), "placement");
+    }
+    let resolver = Arc::new(ClusterResolver::new(
+        job,
+        me,
+        shared.clone(),
+        plan.clone(),
+        &placement,
+    ));
+    for node in nodes.iter().filter(|n| n.as_str() != me) {
+        let link = resolver.link_to(node);
+        if !link.send(Message::JobStart {
+            job,
+            name: name.to_string(),
+            coordinator: me.to_string(),
+            placement: placement.clone(),
+        }) {
+            return Err(JobError::Cluster(format!("no link to node `{node}`")));
+        }
+    }
+    let coordinated = Arc::new(CoordinatedJob {
+        resolver: resolver.clone(),
+        ports: Mutex::new(None),
+    });
+    shared.coordinated.insert(job, coordinated.clone());
+    // The supervisor owns its own copy of the (deterministic) plan.
+    let plan = builder().build()?;
+    let dist = riffle_actors::Distribution {
+        resolve: resolver.clone(),
+        remote: Arc::new(ClusterTasks { resolver }),
+        on_start: Box::new(move |ports| {
+            *coordinated.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(ports);
+        }),
+    };
+    let handle = riffle_actors::start_distributed(plan, dist)?;
+    Ok(ClusterJob {
+        handle,
+        job,
+        shared: shared.clone(),
+        placement: by_node,
+        chains,
+    })
+}
+
+fn random_id() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        b = t.to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
+/// Handles a job frame from `peer` (the link reader calls this; it never blocks for long).
+pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message, back: LinkSender) {
+    match msg {
+        Message::JobStart {
+            job,
+            name,
+            coordinator,
+            placement,
+        } => match host_job(shared, me, job, &name, &coordinator, &placement) {
+            Ok(h) => {
+                shared.hosted.insert(job, h);
+            }
+            Err(e) => {
+                tracing::error!(job, %name, error = %e, "cannot host the job");
+                shared.hosted_ended(HostedEnd {
+                    job,
+                    error: Some(e),
+                });
+            }
+        },
+        Message::Spawn { job, task, spec } => {
+            let Some(h) = shared.hosted.get(&job).map(|h| h.clone()) else {
+                return tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
+            };
+            let spec: SpawnSpec = match rmp_serde::from_slice(&spec) {
+                Ok(s) => s,
+                Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable spawn order"),
+            };
+            let worker = h.workers[(task.chain * 31 + task.subtask) % h.workers.len()].clone();
+            let (host, controls) = (h.host.clone(), h.controls.clone());
+            // Spawns and control messages run in order on the first worker.
+            h.workers[0].spawn_fn(move || {
+                let control = host.spawn(task, &worker, spec);
+                controls.insert(task, control);
+            });
+        }
+        Message::Control { job, task, body } => {
+            let Some(h) = shared.hosted.get(&job).map(|h| h.clone()) else {
+                return;
+            };
+            let control: Control = match rmp_serde::from_slice(&body) {
+                Ok(c) => c,
+                Err(e) => {
+                    return tracing::error!(job, ?task, error = %e, "undecodable control message")
+                }
+            };
+            let controls = h.controls.clone();
+            h.workers[0].spawn_fn(move || match controls.get(&task) {
+                Some(c) => c.do_send(control),
+                None => tracing::warn!(?task, "control message for a subtask not running here"),
+            });
+        }
+        Message::Report { job, body } => {
+            let Some(c) = shared.coordinated.get(&job).map(|c| c.clone()) else {
+                return;
+            };
+            let mut report: ToJob = match rmp_serde::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return tracing::error!(job, %peer, error = %e, "undecodable report"),
+            };
+            let Some(ports) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+                return;
+            };
+            if report.wants_reply() {
+                if let Some(task) = report.task() {
+                    let (tx, rx) = oneshot::channel();
+                    report.set_reply(tx);
+                    tokio::spawn(async move {
+                        if let Ok(d) = rx.await {
+                            match rmp_serde::to_vec(&d) {
+                                Ok(body) => {
+                                    let _ = back.send(Message::Decision { job, task, body });
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot encode a decision"),
+                            }
+                        }
+                    });
+                }
+            }
+            ports.to_job.do_send(report);
+        }
+        Message::Decision { job, task, body } => {
+            let Some((_, reply)) = shared.replies.remove(&(job, task)) else {
+                return;
+            };
+            match rmp_serde::from_slice::<Decision>(&body) {
+                Ok(d) => {
+                    let _ = reply.send(d);
+                }
+                Err(e) => tracing::error!(job, ?task, error = %e, "undecodable decision"),
+            }
+        }
+        Message::Placement { job, moves } => {
+            if let Some(h) = shared.hosted.get(&job) {
+                for (t, n) in moves {
+                    h.resolver.placement.insert(t, n);
+                }
+            }
+        }
+        Message::JobEnd { job, error } => {
+            if let Some((_, h)) = shared.hosted.remove(&job) {
+                stop_hosted(shared, job, &h);
+                shared.hosted_ended(HostedEnd { job, error });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Starts hosting job `job`: builds its plan and starts its worker threads.
+fn host_job(
+    shared: &Arc<Shared>,
+    me: &str,
+    job: u64,
+    name: &str,
+    coordinator: &str,
+    placement: &[(TaskId, String)],
+) -> Result<Arc<HostedJob>, String> {
+    let builder = shared
+        .builder(name)
+        .ok_or_else(|| format!("no job registered as `{name}`"))?;
+    let plan = Arc::new(builder().build().map_err(|e| e.to_string())?);
+    let workers = plan.config().worker_count();
+    let link = shared
+        .link_sender(coordinator)
+        .ok_or_else(|| format!("no link to the coordinator `{coordinator}`"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("riffle-host-{job:x}"))
+        .spawn(move || {
+            let sys = System::new();
+            let arbiters: Vec<Arbiter> = sys.block_on(async {
+                let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+                let proxy = JobProxy {
+                    job,
+                    link,
+                    shared: s,
+                }
+                .start();
+                let handles = arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>();
+                let _ = tx.send((System::current(), handles, proxy));
+                arbiters
+            });
+            let _ = sys.run();
+            for a in arbiters {
+                a.stop();
+                let _ = a.join();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let (system, handles, proxy) = rx
+        .recv()
+        .map_err(|_| "the job's runtime did not start".to_string())?;
+    let resolver = Arc::new(ClusterResolver::new(
+        job,
+        me,
+        shared.clone(),
+        plan.clone(),
+        placement,
+    ));
+    let directory = Arc::new(Directory::with_remote(resolver.clone()));
+    let host = LocalHost::new(plan, directory, proxy.recipient());
+    tracing::info!(job, %name, %coordinator, "hosting job");
+    Ok(Arc::new(HostedJob {
+        coordinator: coordinator.to_string(),
+        resolver,
+        host,
+        workers: handles,
+        system,
+        controls: Arc::new(DashMap::new()),
+        thread: Mutex::new(Some(thread)),
+    }))
+}
+
+/// Stops hosting a job: its runtime stops (in the background) and its inboxes go.
+fn stop_hosted(shared: &Arc<Shared>, job: u64, h: &HostedJob) {
+    shared.inboxes.retain(|k, _| k.0 != job);
+    shared.returns.retain(|k, _| k.0 != job);
+    shared.replies.retain(|k, _| k.0 != job);
+    h.system.stop();
+    if let Some(t) = h.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        // Joined off the link's thread: the runtime's workers may take a moment to stop.
+        std::thread::spawn(move || {
+            let _ = t.join();
+        });
+    }
+}
+
+/// Node `node` is down: re-place its subtasks of every job this node coordinates, and stop
+/// hosting the jobs it coordinated.
+pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[String]) {
+    let mut survivors: Vec<String> = up.iter().filter(|n| *n != node).cloned().collect();
+    survivors.push(me.to_string());
+    let ring = Placement::new(survivors.iter().map(|n| (n.as_str(), 1)));
+    let jobs: Vec<(u64, Arc<CoordinatedJob>)> = shared
+        .coordinated
+        .iter()
+        .map(|e| (*e.key(), e.value().clone()))
+        .collect();
+    for (job, c) in jobs {
+        let lost: Vec<TaskId> = c
+            .resolver
+            .placement
+            .iter()
+            .filter(|e| e.value() == node)
+            .map(|e| *e.key())
+            .collect();
+        if lost.is_empty() {
+            continue;
+        }
+        let moves: Vec<(TaskId, String)> = lost
+            .iter()
+            .map(|&t| (t, ring.node_of(t).unwrap_or(me).to_string()))
+            .collect();
+        for (t, n) in &moves {
+            c.resolver.placement.insert(*t, n.clone());
+        }
+        tracing::warn!(job, %node, moved = moves.len(), "node lost: its subtasks are re-placed");
+        for s in survivors.iter().filter(|n| n.as_str() != me) {
+            let _ = c.resolver.link_to(s).send(Message::Placement {
+                job,
+                moves: moves.clone(),
+            });
+        }
+        if let Some(p) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            p.node_lost.do_send(NodeLost {
+                node: node.to_string(),
+                tasks: lost,
+            });
+        }
+    }
+    let orphaned: Vec<u64> = shared
+        .hosted
+        .iter()
+        .filter(|e| e.value().coordinator == node)
+        .map(|e| *e.key())
+        .collect();
+    for job in orphaned {
+        if let Some((_, h)) = shared.hosted.remove(&job) {
+            tracing::error!(job, coordinator = %node, "the coordinator was lost; the job stops here (coordinator loss is not survived)");
+            stop_hosted(shared, job, &h);
+            shared.hosted_ended(HostedEnd {
+                job,
+                error: Some(format!("coordinator `{node}` was lost")),
+            });
+        }
+    }
+}

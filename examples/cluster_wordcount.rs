@@ -1,0 +1,282 @@
+//! Word count across several node processes.
+//!
+//! ```text
+//! # three node processes of this binary on 127.0.0.1, started and checked for you:
+//! cargo run --release --example cluster_wordcount -- --local-cluster 3
+//!
+//! # or one node per command (on one machine or several); the node with the lowest id
+//! # coordinates and runs the job once `--expect` nodes are up:
+//! cargo run --release --example cluster_wordcount -- --node n1 --listen 10.0.0.1:7100 \
+//!     --expect 3 --dir /shared/wc
+//! cargo run --release --example cluster_wordcount -- --node n2 --listen 10.0.0.2:7100 \
+//!     --seed 10.0.0.1:7100 --expect 3 --dir /shared/wc
+//! ```
+//!
+//! Every node registers the same job, "wordcount": generated lines of text, split into
+//! words, keyed by word, a running count per word, written to `DIR/output` by a
+//! transactional file sink, parallelism 6, checkpoints every 100 ms into `DIR/checkpoints`
+//! (the directory must be shared by the nodes). The coordinator prints the placement, the
+//! records each node handled, the traffic of each link and the top words; with
+//! `--local-cluster` the parent checks the result against the counts computed directly.
+
+use riffle::cluster::Node;
+use riffle::prelude::*;
+use riffle::CheckpointConfig;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+const SECRET: &[u8] = b"cluster wordcount example";
+const LINES: u64 = 200_000;
+const WORDS: &[&str] = &[
+    "stream",
+    "actor",
+    "mailbox",
+    "barrier",
+    "checkpoint",
+    "ring",
+    "key",
+    "node",
+    "link",
+    "credit",
+    "epoch",
+    "sink",
+    "source",
+    "window",
+    "state",
+    "record",
+    "batch",
+    "shard",
+    "replica",
+    "leader",
+    "quorum",
+    "commit",
+    "abort",
+    "retry",
+    "backoff",
+    "jitter",
+    "seed",
+];
+
+/// The words of line `i` (deterministic).
+fn line(i: u64) -> String {
+    let n = 3 + (i % 5) as usize;
+    (0..n)
+        .map(|j| {
+            let h = (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 17).wrapping_add(j as u64 * 7919);
+            WORDS[(h % WORDS.len() as u64) as usize]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The job every node registers.
+fn wordcount(dir: &Path) -> StreamEnv {
+    let env = StreamEnv::new();
+    env.set_parallelism(6);
+    let checkpoints = dir.join("checkpoints");
+    env.configure(|c| {
+        c.name = "cluster-wordcount".to_string();
+        c.checkpoint =
+            Some(CheckpointConfig::every(Duration::from_millis(100)).in_dir(&checkpoints));
+    });
+    env.generate(LINES, line)
+        .name("lines")
+        .flat_map(|l: String| l.split(' ').map(String::from).collect::<Vec<_>>())
+        .name("tokenize")
+        .key_by(|w: &String| w.clone())
+        .sum(|_| 1u64)
+        .name("count")
+        .map(|(w, n): (String, u64)| format!("{w} {n}"))
+        .name("format")
+        .write_text_file(dir.join("output"));
+    env
+}
+
+struct Args {
+    local_cluster: Option<usize>,
+    node: Option<String>,
+    listen: String,
+    seeds: Vec<String>,
+    expect: usize,
+    dir: PathBuf,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut a = Args {
+        local_cluster: None,
+        node: None,
+        listen: "127.0.0.1:0".to_string(),
+        seeds: Vec::new(),
+        expect: 1,
+        dir: std::env::temp_dir().join(format!("riffle-cluster-wordcount-{}", std::process::id())),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--local-cluster" => {
+                a.local_cluster = Some(value()?.parse().map_err(|_| "--local-cluster N")?)
+            }
+            "--node" => a.node = Some(value()?),
+            "--listen" => a.listen = value()?,
+            "--seed" => a.seeds.push(value()?),
+            "--expect" => a.expect = value()?.parse().map_err(|_| "--expect N")?,
+            "--dir" => a.dir = PathBuf::from(value()?),
+            other => return Err(format!("unknown argument {other}")),
+        }
+    }
+    Ok(a)
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let a = parse()?;
+    if std::env::var_os("RUST_LOG").is_some() {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    match (&a.local_cluster, &a.node) {
+        (Some(n), _) => local_cluster(*n, &a.dir),
+        (None, Some(name)) => run_node(name, &a),
+        (None, None) => Err("use --local-cluster N, or --node NAME (see the file's docs)".into()),
+    }
+}
+
+/// Starts `n` node processes of this binary on free ports of 127.0.0.1 and checks the result.
+fn local_cluster(n: usize, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+    let _ = std::fs::remove_dir_all(dir);
+    std::fs::create_dir_all(dir)?;
+    let ports: Vec<u16> = (0..n)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
+        .map(|a| a.map(|a| a.port()))
+        .collect::<Result<_, _>>()?;
+    let exe = std::env::current_exe()?;
+    let mut children: Vec<Child> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let mut cmd = Command::new(&exe);
+        cmd.args(["--node", &format!("n{}", i + 1)])
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .args(["--expect", &n.to_string()])
+            .arg("--dir")
+            .arg(dir);
+        if i > 0 {
+            cmd.args(["--seed", &format!("127.0.0.1:{}", ports[0])]);
+        }
+        children.push(cmd.spawn()?);
+    }
+    let mut failed = Vec::new();
+    for (i, mut c) in children.into_iter().enumerate() {
+        let status = c.wait()?;
+        if !status.success() {
+            failed.push(format!("n{} exited with {status}", i + 1));
+        }
+    }
+    if !failed.is_empty() {
+        return Err(failed.join("; ").into());
+    }
+    let got = final_counts(&dir.join("output"))?;
+    let mut want: HashMap<String, u64> = HashMap::new();
+    for i in 0..LINES {
+        for w in line(i).split(' ') {
+            *want.entry(w.to_string()).or_default() += 1;
+        }
+    }
+    if got != want {
+        return Err(format!(
+            "counts differ from the direct computation: got {} words",
+            got.len()
+        )
+        .into());
+    }
+    println!("\nchecked: the {n}-node result equals the counts computed directly");
+    let _ = std::fs::remove_dir_all(dir);
+    Ok(())
+}
+
+/// The final count of every word: the largest running count in the published output.
+fn final_counts(dir: &Path) -> std::io::Result<HashMap<String, u64>> {
+    let mut counts: HashMap<String, u64> = HashMap::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if !name.starts_with("part-") || name.ends_with(".inprogress") {
+            continue;
+        }
+        for l in std::fs::read_to_string(&path)?.lines() {
+            if let Some((w, n)) = l.split_once(' ') {
+                let n: u64 = n.parse().unwrap_or(0);
+                let e = counts.entry(w.to_string()).or_default();
+                *e = (*e).max(n);
+            }
+        }
+    }
+    Ok(counts)
+}
+
+/// Runs one node: the coordinator submits the job and reports; the others host their share.
+fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = a.dir.clone();
+    let node = Node::builder()
+        .name(name)
+        .listen(&a.listen)
+        .seeds(a.seeds.clone())
+        .secret(SECRET)
+        .register_job("wordcount", move || wordcount(&dir))
+        .start()?;
+    let peers = node.wait_members(Duration::from_secs(30), |m| m.len() + 1 >= a.expect);
+    if peers.len() + 1 < a.expect {
+        return Err(format!(
+            "{name}: only {} of {} nodes joined",
+            peers.len() + 1,
+            a.expect
+        )
+        .into());
+    }
+    if node.coordinator() != name {
+        // Host this node's share until the coordinator says the job ended.
+        let end = node
+            .wait_hosted(Duration::from_secs(600))
+            .ok_or("no job ended within 10 minutes")?;
+        return match end.error {
+            None => Ok(()),
+            Some(e) => Err(format!("{name}: the job failed: {e}").into()),
+        };
+    }
+    let job = node.run_job("wordcount")?;
+    println!("placement (node: subtasks):");
+    for (n, tasks) in &job.placement {
+        let names: Vec<String> = tasks
+            .iter()
+            .map(|t| format!("{}[{}]", job.chains[t.chain], t.subtask))
+            .collect();
+        println!("  {n}: {}", names.join(", "));
+    }
+    let result = job.wait()?;
+    let mut per_node: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
+    for s in &result.subtasks {
+        let e = per_node.entry(s.node.as_str()).or_default();
+        e.0 += s.records_in;
+        e.1 += s.batches_in;
+    }
+    println!("\nrecords per node (records in, batches in):");
+    for (n, (r, b)) in &per_node {
+        println!("  {n}: {r:>9} records, {b:>6} batches");
+    }
+    println!(
+        "\n{} checkpoints, {} recoveries, {} ms",
+        result.checkpoints.len(),
+        result.recoveries.len(),
+        result.elapsed.as_millis()
+    );
+    let counts = final_counts(&a.dir.join("output"))?;
+    let mut top: Vec<(&String, &u64)> = counts.iter().collect();
+    top.sort_by(|x, y| y.1.cmp(x.1).then(x.0.cmp(y.0)));
+    println!("\ntop words:");
+    for (w, n) in top.iter().take(5) {
+        println!("  {n:>8}  {w}");
+    }
+    Ok(())
+}
