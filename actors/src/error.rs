@@ -178,6 +178,8 @@ pub struct RecoveryEvent {
     pub restored_from: Option<u64>,
     /// From the failure to the first record processed again.
     pub restore_time: Option<Duration>,
+    /// When the recovery started (wall clock, to compare with events in other processes).
+    pub started_at: std::time::SystemTime,
 }
 
 /// What a completed job reports.

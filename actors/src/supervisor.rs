@@ -144,6 +144,7 @@ impl JobSupervisor {
             cause: cause.clone(),
             restored_from: last_completed,
             restore_time: None,
+            started_at: std::time::SystemTime::now(),
         });
         tracing::warn!(epoch, ?last_completed, %cause, "recovering the job from its latest checkpoint");
         let mut reply = reply;
