@@ -147,16 +147,19 @@ impl LocalHost {
         let outs: Vec<OutChannel> = plan
             .out_channels(task)
             .into_iter()
-            .filter_map(|t| {
-                let to = self.directory.resolve(task, t.task, t.in_channel as u32)?;
-                Some(OutChannel {
+            .map(|t| {
+                let to = self.directory.resolve(task, t.task, t.in_channel as u32);
+                if to.is_none() {
+                    tracing::error!(?task, target = ?t.task, "output target not found; its channel waits for a re-wire");
+                }
+                OutChannel {
                     target: t.task,
+                    parked: to.is_none(),
                     to,
                     in_channel: t.in_channel as u32,
                     credits: Arc::new(Semaphore::new(cfg.credits)),
                     eoi_sent: false,
-                    parked: false,
-                })
+                }
             })
             .collect();
         let restore = spec.restore.map(|r| {

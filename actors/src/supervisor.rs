@@ -125,7 +125,10 @@ impl JobSupervisor {
         let last_completed = checkpoint.as_ref().map(|c| c.id);
         self.finished.clear();
         let tasks = self.plan.tasks();
-        for &t in lost {
+        // Downstream first, so that every re-created subtask finds its targets.
+        let mut order = lost.to_vec();
+        order.sort_unstable_by(|a, b| b.cmp(a));
+        for t in order {
             if !self.recreate_for_recovery(t, epoch, checkpoint.as_deref()) {
                 return Ok(());
             }
@@ -235,6 +238,7 @@ impl JobSupervisor {
         let control = match (node, &self.remote) {
             (Some(node), Some(remote)) => {
                 self.host.directory.remove(task);
+                self.placement.remove(&task);
                 remote.spawn(&node, task, spec)
             }
             _ => {

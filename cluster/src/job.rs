@@ -24,7 +24,7 @@
 
 use crate::node::Shared;
 use crate::placement::Placement;
-use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, RemoteMailbox};
+use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, Release, RemoteMailbox};
 use crate::wire::{EdgeAddress, Message};
 use actix::prelude::*;
 use dashmap::DashMap;
@@ -49,7 +49,7 @@ pub(crate) struct ClusterResolver {
     plan: Arc<ExecutionPlan>,
     /// Where every subtask of the job runs.
     pub(crate) placement: DashMap<TaskId, String>,
-    mailboxes: DashMap<(TaskId, TaskId, u32, String), Recipient<DataMessage>>,
+    mailboxes: DashMap<(TaskId, TaskId, u32, String), Addr<RemoteMailbox>>,
 }
 
 impl ClusterResolver {
@@ -70,6 +70,20 @@ impl ClusterResolver {
         }
     }
 
+    /// Moves subtasks to other nodes: mailboxes to their old places return their credits,
+    /// so that no sender stays blocked on a channel to a lost node.
+    pub(crate) fn apply_moves(&self, moves: &[(TaskId, String)]) {
+        for (t, n) in moves {
+            self.placement.insert(*t, n.clone());
+        }
+        for e in self.mailboxes.iter() {
+            let (_, to, _, node) = e.key();
+            if moves.iter().any(|(t, n)| t == to && n != node) {
+                e.value().do_send(Release);
+            }
+        }
+    }
+
     fn link_to(&self, node: &str) -> LinkSender {
         self.shared
             .link_sender(node)
@@ -86,7 +100,7 @@ impl Resolve for ClusterResolver {
         }
         let key = (from, to, in_channel, node.clone());
         if let Some(m) = self.mailboxes.get(&key) {
-            return Some(m.clone());
+            return Some(m.clone().recipient());
         }
         let edge = EdgeAddress {
             job: self.job,
@@ -103,9 +117,8 @@ impl Resolve for ClusterResolver {
         self.shared
             .returns
             .insert(channel_key(&edge), addr.clone().recipient());
-        let r: Recipient<DataMessage> = addr.recipient();
-        self.mailboxes.insert(key, r.clone());
-        Some(r)
+        self.mailboxes.insert(key, addr.clone());
+        Some(addr.recipient())
     }
 
     fn local_started(&self, task: TaskId, to: &Recipient<DataMessage>) {
@@ -466,9 +479,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
         }
         Message::Placement { job, moves } => {
             if let Some(h) = shared.hosted.get(&job) {
-                for (t, n) in moves {
-                    h.resolver.placement.insert(t, n);
-                }
+                h.resolver.apply_moves(&moves);
             }
         }
         Message::JobEnd { job, error } => {
@@ -587,9 +598,7 @@ pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[Str
             .iter()
             .map(|&t| (t, ring.node_of(t).unwrap_or(me).to_string()))
             .collect();
-        for (t, n) in &moves {
-            c.resolver.placement.insert(*t, n.clone());
-        }
+        c.resolver.apply_moves(&moves);
         tracing::warn!(job, %node, moved = moves.len(), "node lost: its subtasks are re-placed");
         for s in survivors.iter().filter(|n| n.as_str() != me) {
             let _ = c.resolver.link_to(s).send(Message::Placement {

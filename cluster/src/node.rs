@@ -12,7 +12,7 @@
 use crate::handshake::{handshake, HandshakeConfig, Peer};
 use crate::job::{ClusterJob, CoordinatedJob, HostedEnd, HostedJob, JobBuilder};
 use crate::remote::{
-    channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, RemoteMailbox,
+    channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, Outgoing, RemoteMailbox,
 };
 use crate::wire::{read_frame, write_frame, EdgeAddress, Message, RefuseReason, DEFAULT_MAX_FRAME};
 use actix::prelude::{Actor, Addr, Recipient};
@@ -230,7 +230,7 @@ pub(crate) struct Shared {
 #[derive(Default)]
 struct State {
     members: HashMap<String, (String, Status, Instant)>,
-    links: HashMap<String, mpsc::UnboundedSender<Message>>,
+    links: HashMap<String, mpsc::UnboundedSender<Outgoing>>,
     /// Hosted jobs that ended, oldest first, until [`Node::wait_hosted`] takes them.
     ended: std::collections::VecDeque<HostedEnd>,
 }
@@ -420,6 +420,20 @@ impl Node {
     }
 
     fn stop_now(&mut self) {
+        // Frames already queued (a job's end, for one) go out before the links close.
+        let waits: Vec<_> = self
+            .shared
+            .lock()
+            .links
+            .values()
+            .filter_map(|tx| {
+                let (done, wait) = std::sync::mpsc::channel();
+                tx.send(Outgoing::Flushed(done)).ok().map(|()| wait)
+            })
+            .collect();
+        for w in waits {
+            let _ = w.recv_timeout(Duration::from_secs(1));
+        }
         let _ = self.stop.send(true);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -515,10 +529,10 @@ fn heartbeat(
             .map(|(n, (l, _, _))| (n.clone(), l.clone()))
             .collect();
         st.links.retain(|_, tx| {
-            tx.send(Message::Heartbeat {
+            tx.send(Outgoing::Frame(Message::Heartbeat {
                 seq,
                 members: members.clone(),
-            })
+            }))
             .is_ok()
         });
         for (node, (listen, status, _)) in &st.members {
@@ -567,7 +581,7 @@ async fn link(
             return;
         }
     };
-    let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let tx_back = tx.clone();
     if !register(&shared, &peer, tx) {
         // Already linked to this node (both dialled at once): keep the older link.
@@ -578,8 +592,15 @@ async fn link(
     let (mut r, mut w) = stream.into_split();
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
-            if write_frame(&mut w, &m).await.is_err() {
-                break;
+            match m {
+                Outgoing::Frame(m) => {
+                    if write_frame(&mut w, &m).await.is_err() {
+                        break;
+                    }
+                }
+                Outgoing::Flushed(done) => {
+                    let _ = done.send(());
+                }
             }
         }
     });
@@ -627,7 +648,7 @@ async fn link(
 }
 
 /// Registers an authenticated link; false if the node is linked already.
-fn register(shared: &Arc<Shared>, peer: &Peer, tx: mpsc::UnboundedSender<Message>) -> bool {
+fn register(shared: &Arc<Shared>, peer: &Peer, tx: mpsc::UnboundedSender<Outgoing>) -> bool {
     let mut st = shared.lock();
     if st.links.contains_key(&peer.node) {
         return false;

@@ -21,10 +21,18 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
+/// What a link's writer takes: a frame, or a request to say when everything before it is
+/// written.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(Message),
+    Flushed(std::sync::mpsc::Sender<()>),
+}
+
 /// Sends frames on one link (to one peer node).
 #[derive(Clone, Debug)]
 pub struct LinkSender {
-    pub(crate) tx: mpsc::UnboundedSender<Message>,
+    pub(crate) tx: mpsc::UnboundedSender<Outgoing>,
     /// The peer's node id.
     pub peer: String,
 }
@@ -41,12 +49,19 @@ impl LinkSender {
 
     /// Queues a frame; `false` if the link is closed.
     pub fn send(&self, m: Message) -> bool {
-        self.tx.send(m).is_ok()
+        self.tx.send(Outgoing::Frame(m)).is_ok()
     }
 
     /// Queues a frame; gives it back if the link is closed.
     pub fn try_send(&self, m: Message) -> Result<(), Message> {
-        self.tx.send(m).map_err(|e| e.0)
+        match self.tx.send(Outgoing::Frame(m)) {
+            Ok(()) => Ok(()),
+            Err(e) => match e.0 {
+                Outgoing::Frame(m) => Err(m),
+                // What comes back is what was sent: a frame.
+                Outgoing::Flushed(_) => Ok(()),
+            },
+        }
     }
 }
 
@@ -82,8 +97,18 @@ pub struct RemoteMailbox {
     /// Frames waiting for a link, with their credits (at most the channel's credits).
     waiting: VecDeque<(Message, Option<Credit>)>,
     retry_scheduled: bool,
+    /// The receiver is gone for good (its node was lost): drop everything.
+    released: bool,
     /// Frames that could not be sent (closed link) or encoded.
     pub dropped: u64,
+}
+
+/// The receiver behind a mailbox is gone for good (its node was lost and the subtask was
+/// placed elsewhere): the mailbox returns every credit it holds and drops what it gets.
+pub struct Release;
+
+impl actix::Message for Release {
+    type Result = ();
 }
 
 impl RemoteMailbox {
@@ -98,6 +123,7 @@ impl RemoteMailbox {
             held: VecDeque::new(),
             waiting: VecDeque::new(),
             retry_scheduled: false,
+            released: false,
             dropped: 0,
         }
     }
@@ -120,6 +146,7 @@ impl RemoteMailbox {
             held: VecDeque::new(),
             waiting: VecDeque::new(),
             retry_scheduled: false,
+            released: false,
             dropped: 0,
         }
     }
@@ -165,6 +192,10 @@ impl Actor for RemoteMailbox {
 impl Handler<DataMessage> for RemoteMailbox {
     type Result = ();
     fn handle(&mut self, msg: DataMessage, ctx: &mut Context<Self>) {
+        if self.released {
+            self.dropped += 1;
+            return; // the message's credit returns as it drops
+        }
         let event = match msg.event {
             Event::Batch { payload, .. } => match self.codec.encode(&payload) {
                 Ok(bytes) => WireEvent::Batch(bytes),
@@ -185,6 +216,16 @@ impl Handler<DataMessage> for RemoteMailbox {
         self.waiting
             .push_back((Message::Data { edge, event }, msg.credit));
         self.flush(ctx);
+    }
+}
+
+impl Handler<Release> for RemoteMailbox {
+    type Result = ();
+    fn handle(&mut self, _msg: Release, _ctx: &mut Context<Self>) {
+        self.released = true;
+        self.dropped += self.waiting.len() as u64;
+        self.waiting.clear();
+        self.held.clear();
     }
 }
 

@@ -213,8 +213,8 @@ impl SubtaskActor {
             {
                 // Only a re-created receiver gets fresh credits: the old ones still return
                 // from the messages the old epoch left in an unchanged receiver's mailbox.
-                if out.to != to {
-                    out.to = to;
+                if out.to.as_ref() != Some(&to) {
+                    out.to = Some(to);
                     out.credits = Arc::new(Semaphore::new(credits));
                 }
             }

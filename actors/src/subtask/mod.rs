@@ -87,7 +87,8 @@ impl Lifecycle {
 /// One output channel of a subtask.
 pub(crate) struct OutChannel {
     pub target: TaskId,
-    pub to: Recipient<DataMessage>,
+    /// Where the channel's messages go; `None` until the target is found (parked).
+    pub to: Option<Recipient<DataMessage>>,
     pub in_channel: u32,
     pub credits: Arc<Semaphore>,
     pub eoi_sent: bool,

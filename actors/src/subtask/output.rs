@@ -102,7 +102,14 @@ impl SubtaskActor {
                 event,
                 credit: Some(Credit::Local(permit)),
             };
-            match out.to.try_send(msg) {
+            let Some(to) = &out.to else {
+                // Not resolved yet: hold the channel until a re-wire or reset finds it.
+                let back = unsent(msg.event);
+                self.cx.queues[i].push_front(back);
+                out.parked = true;
+                return None;
+            };
+            match to.try_send(msg) {
                 Ok(()) if batch => self.metrics.batches_out += 1,
                 Ok(()) => out.eoi_sent |= matches!(msg_kind, MsgKind::End),
                 Err(SendError::Full(msg)) => {
@@ -148,7 +155,7 @@ impl SubtaskActor {
                 tracing::error!(task = ?self.task, ?target, "re-wired to a subtask nobody knows");
                 continue;
             };
-            out.to = to;
+            out.to = Some(to);
             out.credits = Arc::new(Semaphore::new(credits));
             out.parked = false;
             let queued_eoi = self.cx.queues[i]
