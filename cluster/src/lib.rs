@@ -20,8 +20,13 @@
 //! - [`placement`]: subtasks placed on a consistent-hash ring of node ids (weighted), so losing
 //!   or adding one of n nodes moves only about 1/n of the subtasks.
 //!
-//! Still to come (see the project's cluster issue and `cluster/PROTOCOL.md`): running a job's subtasks on several nodes with a remote control plane, and
-//! failover. Today every job runs in one process through `riffle-actors`.
+//! - [`job`]: jobs spread over nodes — the lowest live node coordinates, subtasks are placed
+//!   on the node ring, the job supervisor reaches remote subtasks through control frames and
+//!   they report back through the node's job proxy; a lost node's subtasks are re-placed and
+//!   the job recovers from its latest checkpoint.
+//!
+//! Not yet: partition tests through a fault-injecting proxy, per-link figures in the job's
+//! result, surviving the coordinator's loss.
 
 pub mod handshake;
 pub mod job;
