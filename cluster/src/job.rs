@@ -9,7 +9,7 @@
 //! a hosted subtask reports through the node's [`JobProxy`] (`Report` frames), and the
 //! supervisor's answer to a failure travels back as a `Decision` frame. Data between subtasks
 //! on different nodes goes through remote mailboxes (see [`crate::remote`]), resolved per
-//! channel by [`ClusterResolver`].
+//! channel by the job's resolver.
 //!
 //! Every subtask starts paused; the job runs once all of them, on every node, reported ready.
 //!
