@@ -250,6 +250,8 @@ impl ToJob {
 #[derive(Debug, Serialize, Deserialize)]
 pub struct TaskFinished {
     pub(crate) task: TaskId,
+    /// The epoch it finished in (a report of an older epoch is stale).
+    pub(crate) epoch: u64,
     pub(crate) metrics: SubtaskMetrics,
 }
 

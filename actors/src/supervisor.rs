@@ -407,6 +407,10 @@ impl Actor for JobSupervisor {
 impl JobSupervisor {
     pub(crate) fn on_finished(&mut self, msg: TaskFinished, _ctx: &mut Context<Self>) {
         let task = msg.task;
+        if msg.epoch < self.epoch {
+            // Finished before a recovery that reset it (a report that crossed the reset).
+            return;
+        }
         let mut metrics = msg.metrics;
         metrics.recreated = self.recreated.get(&task).copied().unwrap_or(0);
         if let Some(r) = &self.remote {

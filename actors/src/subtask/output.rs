@@ -72,6 +72,7 @@ impl SubtaskActor {
                 .map_or(0, |h| h.head_ref().distinct_keys());
             self.job.do_send(ToJob::Finished(TaskFinished {
                 task: self.task,
+                epoch: self.epoch,
                 metrics: self.metrics.clone(),
             }));
         }
