@@ -266,10 +266,7 @@ fn three_node_processes_match_the_single_process_run() {
     assert_same(output(dir.path()), expected);
 }
 
-// Passed 31 of 32 runs here; one run's output differed from the clean run and the cause is
-// not found yet, so CI does not run it: `cargo test --release --test cluster_job -- --ignored`.
 #[test]
-#[ignore = "rare output mismatch (1 run in ~30) under investigation"]
 fn a_killed_node_is_recovered_from_on_the_other_two() {
     use std::os::unix::process::ExitStatusExt;
     let expected = single_process_output();
