@@ -22,7 +22,7 @@
 use riffle::cluster::Node;
 use riffle::prelude::*;
 use riffle::CheckpointConfig;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -255,15 +255,19 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("  {n}: {}", names.join(", "));
     }
     let result = job.wait()?;
-    let mut per_node: BTreeMap<&str, (u64, u64)> = BTreeMap::new();
-    for s in &result.subtasks {
-        let e = per_node.entry(s.node.as_str()).or_default();
-        e.0 += s.records_in;
-        e.1 += s.batches_in;
+    println!("\nper node (records in, batches in, credit stalls):");
+    for f in result.per_node() {
+        println!(
+            "  {}: {:>9} records, {:>6} batches, {:>5} stalls",
+            f.node, f.records_in, f.batches_in, f.credit_stalls
+        );
     }
-    println!("\nrecords per node (records in, batches in):");
-    for (n, (r, b)) in &per_node {
-        println!("  {n}: {r:>9} records, {b:>6} batches");
+    println!("\nper link (bytes, frames, data frames, credit frames):");
+    for l in &result.links {
+        println!(
+            "  {} -> {}: {:>10} bytes, {:>6} frames, {:>6} data, {:>6} credit",
+            l.from, l.to, l.bytes, l.frames, l.data_frames, l.credit_frames
+        );
     }
     println!(
         "\n{} checkpoints, {} recoveries, {} ms",

@@ -139,6 +139,12 @@ fn node_process_entry() {
     nodes.sort_unstable();
     nodes.dedup();
     report += &format!("nodes={}\n", nodes.join(","));
+    for l in &result.links {
+        report += &format!(
+            "link {}->{} bytes={} data_frames={}\n",
+            l.from, l.to, l.bytes, l.data_frames
+        );
+    }
     std::fs::write(dir.join("report"), report).expect("write report");
     node.shutdown(); // the job's end reaches the other nodes first
     std::process::exit(0);
@@ -263,6 +269,26 @@ fn three_node_processes_match_the_single_process_run() {
         "subtasks ran on every node: {report}"
     );
     assert!(report.starts_with("recoveries=0 "), "{report}");
+    // Every node sent data to every other (keyed channels connect all subtasks).
+    for (a, b) in [
+        ("n1", "n2"),
+        ("n2", "n1"),
+        ("n1", "n3"),
+        ("n3", "n1"),
+        ("n2", "n3"),
+        ("n3", "n2"),
+    ] {
+        let line = report
+            .lines()
+            .find(|l| l.starts_with(&format!("link {a}->{b} ")))
+            .unwrap_or_else(|| panic!("no figures for link {a}->{b}: {report}"));
+        let data: u64 = line
+            .rsplit("data_frames=")
+            .next()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        assert!(data > 0, "no data frames on {a}->{b}: {report}");
+    }
     assert_same(output(dir.path()), expected);
 }
 

@@ -210,6 +210,43 @@ pub struct JobResult {
     pub stopped_at_savepoint: Option<u64>,
     /// Nodes lost while the job ran (a distributed job), in order.
     pub nodes_lost: Vec<String>,
+    /// Traffic of every link between the job's nodes while it ran (a distributed job).
+    pub links: Vec<LinkFigures>,
+}
+
+/// What one node sent to another while a distributed job ran (every frame on the link,
+/// heartbeats included).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkFigures {
+    /// The sending node.
+    pub from: String,
+    /// The receiving node.
+    pub to: String,
+    /// Bytes written (whole frames).
+    pub bytes: u64,
+    /// Frames written.
+    pub frames: u64,
+    /// Of which data frames (batches, barriers, ends of input).
+    pub data_frames: u64,
+    /// Of which credit frames.
+    pub credit_frames: u64,
+}
+
+/// What one node's subtasks did in a distributed job.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NodeFigures {
+    /// The node.
+    pub node: String,
+    /// Subtasks it ran at the end.
+    pub subtasks: usize,
+    /// Records its subtasks received (sources: produced).
+    pub records_in: u64,
+    /// Records its subtasks sent or wrote.
+    pub records_out: u64,
+    /// Batches its subtasks received.
+    pub batches_in: u64,
+    /// Times its subtasks waited for a credit.
+    pub credit_stalls: u64,
 }
 
 impl JobResult {
@@ -224,6 +261,23 @@ impl JobResult {
     /// Total restarts over all subtasks (as counted by the subtasks).
     pub fn total_restarts(&self) -> u64 {
         self.subtasks.iter().map(|m| u64::from(m.restarts)).sum()
+    }
+
+    /// The subtasks' figures summed per node (a distributed job; one row `""` otherwise).
+    pub fn per_node(&self) -> Vec<NodeFigures> {
+        let mut by: std::collections::BTreeMap<&str, NodeFigures> = Default::default();
+        for m in &self.subtasks {
+            let f = by.entry(m.node.as_str()).or_insert_with(|| NodeFigures {
+                node: m.node.clone(),
+                ..NodeFigures::default()
+            });
+            f.subtasks += 1;
+            f.records_in += m.records_in;
+            f.records_out += m.records_out;
+            f.batches_in += m.batches_in;
+            f.credit_stalls += m.credit_stalls;
+        }
+        by.into_values().collect()
     }
 
     /// A table of records in/out and restarts per subtask, for printing.

@@ -37,7 +37,10 @@ mod runtime;
 mod subtask;
 mod supervisor;
 
-pub use error::{CheckpointStats, ErrorKind, JobError, JobResult, RecoveryEvent, RestartEvent};
+pub use error::{
+    CheckpointStats, ErrorKind, JobError, JobResult, LinkFigures, NodeFigures, RecoveryEvent,
+    RestartEvent,
+};
 pub use message::{
     CheckpointAck, Committed, Control, Credit, DataMessage, DeadLettered, Decision, Event, Failure,
     FirstRecord, PlannedKind, RemoteCredit, ResetDone, ResetOrder, StopDue, SubtaskMetrics,

@@ -22,7 +22,7 @@
 //! job ended with an error ([`Node::wait_hosted`](crate::Node::wait_hosted)); a new submission
 //! starts it again (from its latest checkpoint if it is configured to restore).
 
-use crate::node::Shared;
+use crate::node::{LinkTotals, Shared};
 use crate::placement::Placement;
 use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, Release, RemoteMailbox};
 use crate::wire::{EdgeAddress, Message};
@@ -30,7 +30,9 @@ use actix::prelude::*;
 use dashmap::DashMap;
 use riffle_actors::chaos::ChaosHandle;
 use riffle_actors::host::{Directory, LocalHost, RemoteTasks, Resolve, SpawnSpec};
-use riffle_actors::{Control, DataMessage, Decision, JobError, JobHandle, JobPorts, JobResult};
+use riffle_actors::{
+    Control, DataMessage, Decision, JobError, JobHandle, JobPorts, JobResult, LinkFigures,
+};
 use riffle_actors::{NodeLost, ToJob};
 use riffle_framework::{ExecutionPlan, StreamEnv, TaskId};
 use std::collections::BTreeMap;
@@ -234,6 +236,8 @@ pub(crate) struct CoordinatedJob {
 /// A job this node hosts subtasks of (it is not the coordinator).
 pub(crate) struct HostedJob {
     coordinator: String,
+    /// Link totals when the job started (its figures are the difference).
+    baseline: LinkTotals,
     resolver: Arc<ClusterResolver>,
     host: LocalHost,
     workers: Vec<ArbiterHandle>,
@@ -255,7 +259,7 @@ pub struct HostedEnd {
 pub struct ClusterJob {
     handle: JobHandle,
     job: u64,
-    shared: Arc<Shared>,
+    links: JobLinks,
     /// Which subtasks each node runs (at the start).
     pub placement: BTreeMap<String, Vec<TaskId>>,
     /// Chain names, by chain index (to print the placement).
@@ -278,10 +282,14 @@ impl ClusterJob {
     /// # Errors
     /// The job's error (see [`JobHandle::wait`]).
     pub fn wait(self) -> Result<JobResult, JobError> {
-        let outcome = self.handle.wait();
+        let mut outcome = self.handle.wait();
+        let links = self.links;
+        if let Ok(result) = &mut outcome {
+            result.links = links.figures(self.job);
+        }
         let error = outcome.as_ref().err().map(|e| e.to_string());
-        self.shared.coordinated.remove(&self.job);
-        for link in self.shared.all_links() {
+        links.shared.coordinated.remove(&self.job);
+        for link in links.shared.all_links() {
             let _ = link.send(Message::JobEnd {
                 job: self.job,
                 error: error.clone(),
@@ -289,6 +297,81 @@ impl ClusterJob {
         }
         outcome
     }
+}
+
+/// What the coordinator needs to gather a job's link figures and announce its end.
+struct JobLinks {
+    me: String,
+    hosts: Vec<String>,
+    baseline: LinkTotals,
+    shared: Arc<Shared>,
+}
+
+impl JobLinks {
+    /// Asks every hosting node for its links' traffic during job `job` (waits at most 2 s).
+    fn figures(&self, job: u64) -> Vec<LinkFigures> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.shared.stats_waiters.insert(job, tx);
+        let asked = self
+            .hosts
+            .iter()
+            .filter(|h| {
+                self.shared
+                    .link_sender(h)
+                    .is_some_and(|l| l.send(Message::StatsRequest { job }))
+            })
+            .count();
+        let mut all = vec![(
+            self.me.clone(),
+            delta(&self.baseline, &self.shared.link_totals()),
+        )];
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while all.len() < asked + 1 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(x) => all.push(x),
+                Err(_) => break,
+            }
+        }
+        self.shared.stats_waiters.remove(&job);
+        let mut figures: Vec<LinkFigures> = all
+            .into_iter()
+            .flat_map(|(from, links)| {
+                links.into_iter().filter(|l| l.2 > 0).map(
+                    move |(to, bytes, frames, data_frames, credit_frames)| LinkFigures {
+                        from: from.clone(),
+                        to,
+                        bytes,
+                        frames,
+                        data_frames,
+                        credit_frames,
+                    },
+                )
+            })
+            .collect();
+        figures.sort_by(|a, b| (&a.from, &a.to).cmp(&(&b.from, &b.to)));
+        figures
+    }
+}
+
+/// What was sent since `base`, per peer.
+fn delta(base: &LinkTotals, now: &LinkTotals) -> LinkTotals {
+    now.iter()
+        .map(|(peer, b, f, d, c)| {
+            let z = (0, 0, 0, 0);
+            let old = base
+                .iter()
+                .find(|x| &x.0 == peer)
+                .map_or(z, |x| (x.1, x.2, x.3, x.4));
+            (
+                peer.clone(),
+                b.saturating_sub(old.0),
+                f.saturating_sub(old.1),
+                d.saturating_sub(old.2),
+                c.saturating_sub(old.3),
+            )
+        })
+        .collect()
 }
 
 /// Submits job `name` on the coordinator (see the module docs).
@@ -364,11 +447,17 @@ pub(crate) fn run_job(
             *coordinated.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(ports);
         }),
     };
+    let baseline = shared.link_totals();
     let handle = riffle_actors::start_distributed(plan, dist)?;
     Ok(ClusterJob {
         handle,
         job,
-        shared: shared.clone(),
+        links: JobLinks {
+            me: me.to_string(),
+            hosts: nodes.iter().filter(|n| n.as_str() != me).cloned().collect(),
+            baseline,
+            shared: shared.clone(),
+        },
         placement: by_node,
         chains,
     })
@@ -482,6 +571,17 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
                 h.resolver.apply_moves(&moves);
             }
         }
+        Message::StatsRequest { job } => {
+            if let Some(h) = shared.hosted.get(&job) {
+                let links = delta(&h.baseline, &shared.link_totals());
+                let _ = back.send(Message::Stats { job, links });
+            }
+        }
+        Message::Stats { job, links } => {
+            if let Some(w) = shared.stats_waiters.get(&job) {
+                let _ = w.send((peer.to_string(), links));
+            }
+        }
         Message::JobEnd { job, error } => {
             if let Some((_, h)) = shared.hosted.remove(&job) {
                 stop_hosted(shared, job, &h);
@@ -549,6 +649,7 @@ fn host_job(
     tracing::info!(job, %name, %coordinator, "hosting job");
     Ok(Arc::new(HostedJob {
         coordinator: coordinator.to_string(),
+        baseline: shared.link_totals(),
         resolver,
         host,
         workers: handles,

@@ -22,6 +22,7 @@ use riffle_framework::BatchCodec;
 use riffle_framework::TaskId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
@@ -225,6 +226,56 @@ pub(crate) struct Shared {
     pub(crate) hosted: DashMap<u64, Arc<HostedJob>>,
     /// Failure reports of hosted subtasks waiting for the coordinator's decision.
     pub(crate) replies: DashMap<(u64, TaskId), oneshot::Sender<Decision>>,
+    /// What this node wrote on its link to each peer (since it started).
+    pub(crate) counters: DashMap<String, Arc<LinkCounters>>,
+    /// Coordinators waiting for the nodes' link figures of a job.
+    pub(crate) stats_waiters: DashMap<u64, std::sync::mpsc::Sender<(String, LinkTotals)>>,
+}
+
+/// Per peer: bytes, frames, data frames, credit frames.
+pub(crate) type LinkTotals = Vec<(String, u64, u64, u64, u64)>;
+
+/// What a node wrote on its link to one peer.
+#[derive(Default)]
+pub(crate) struct LinkCounters {
+    bytes: AtomicU64,
+    frames: AtomicU64,
+    data: AtomicU64,
+    credit: AtomicU64,
+}
+
+impl LinkCounters {
+    fn count(&self, m: &Message, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        match m {
+            Message::Data { .. } => self.data.fetch_add(1, Ordering::Relaxed),
+            Message::Credit { .. } => self.credit.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+}
+
+impl Shared {
+    /// What this node wrote to each peer so far.
+    pub(crate) fn link_totals(&self) -> LinkTotals {
+        let mut v: LinkTotals = self
+            .counters
+            .iter()
+            .map(|e| {
+                let c = e.value();
+                (
+                    e.key().clone(),
+                    c.bytes.load(Ordering::Relaxed),
+                    c.frames.load(Ordering::Relaxed),
+                    c.data.load(Ordering::Relaxed),
+                    c.credit.load(Ordering::Relaxed),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    }
 }
 
 #[derive(Default)]
@@ -590,14 +641,18 @@ async fn link(
     }
     tracing::info!(peer = %peer.node, "link up");
     let (mut r, mut w) = stream.into_split();
+    let counters = shared
+        .counters
+        .entry(peer.node.clone())
+        .or_default()
+        .clone();
     let writer = tokio::spawn(async move {
         while let Some(m) = rx.recv().await {
             match m {
-                Outgoing::Frame(m) => {
-                    if write_frame(&mut w, &m).await.is_err() {
-                        break;
-                    }
-                }
+                Outgoing::Frame(m) => match write_frame(&mut w, &m).await {
+                    Ok(n) => counters.count(&m, n),
+                    Err(_) => break,
+                },
                 Outgoing::Flushed(done) => {
                     let _ = done.send(());
                 }
@@ -629,7 +684,7 @@ async fn link(
                 }
                 Ok(m @ (Message::JobStart { .. } | Message::Spawn { .. } | Message::Control { .. }
                     | Message::Report { .. } | Message::Decision { .. } | Message::Placement { .. }
-                    | Message::JobEnd { .. })) => {
+                    | Message::JobEnd { .. } | Message::StatsRequest { .. } | Message::Stats { .. })) => {
                     seen(&shared, &peer, &hs.node, Vec::new());
                     let back = LinkSender { tx: tx_back.clone(), peer: peer.node.clone() };
                     crate::job::on_frame(&shared, &hs.node, &peer.node, m, back);

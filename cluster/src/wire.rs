@@ -217,6 +217,19 @@ pub enum Message {
         /// The moved subtasks and their new nodes.
         moves: Vec<(TaskId, String)>,
     },
+    /// Coordinator → node: report what you sent on your links since job `job` started.
+    StatsRequest {
+        /// The job.
+        job: u64,
+    },
+    /// Node → coordinator: per peer, (peer, bytes, frames, data frames, credit frames) sent
+    /// since job `job` started.
+    Stats {
+        /// The job.
+        job: u64,
+        /// Per peer.
+        links: Vec<(String, u64, u64, u64, u64)>,
+    },
     /// Coordinator → node: the job ended (`error`: why it failed); stop hosting it.
     JobEnd {
         /// The job.
@@ -244,11 +257,13 @@ impl Message {
             Message::Decision { .. } => 12,
             Message::Placement { .. } => 13,
             Message::JobEnd { .. } => 14,
+            Message::StatsRequest { .. } => 15,
+            Message::Stats { .. } => 16,
         }
     }
 }
 
-const MAX_TAG: u8 = 14;
+const MAX_TAG: u8 = 16;
 
 /// Appends the frame of `msg` to `out`.
 ///
@@ -350,16 +365,19 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, max: u32) -> Result<Mes
     decode_payload(&payload)
 }
 
-/// Writes one frame of `msg` to `w`.
+/// Writes one frame of `msg` to `w`; returns its size in bytes.
 ///
 /// # Errors
 /// Encoding or I/O failures.
-pub async fn write_frame<W: AsyncWrite + Unpin>(w: &mut W, msg: &Message) -> Result<(), WireError> {
+pub async fn write_frame<W: AsyncWrite + Unpin>(
+    w: &mut W,
+    msg: &Message,
+) -> Result<usize, WireError> {
     let mut buf = Vec::new();
     encode(msg, &mut buf)?;
     w.write_all(&buf).await?;
     w.flush().await?;
-    Ok(())
+    Ok(buf.len())
 }
 
 #[cfg(test)]
