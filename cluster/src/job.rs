@@ -396,10 +396,7 @@ pub(crate) fn run_job(
     }
     let ring = Placement::new(nodes.iter().map(|n| (n.as_str(), 1)));
     let tasks = plan.tasks();
-    let placement: Vec<(TaskId, String)> = tasks
-        .iter()
-        .map(|&t| (t, ring.node_of(t).unwrap_or(me).to_string()))
-        .collect();
+    let placement = ring.assign_bounded(&tasks);
     let mut by_node: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
     for (t, n) in &placement {
         by_node.entry(n.clone()).or_default().push(*t);

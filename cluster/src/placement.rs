@@ -36,6 +36,9 @@ impl Hash for TaskPos {
 #[derive(Clone)]
 pub struct Placement {
     ring: Ring<NodeId, RingHasher>,
+    /// The nodes and their weights.
+    nodes: Vec<(String, usize)>,
+    total_weight: usize,
 }
 
 impl std::fmt::Debug for Placement {
@@ -53,7 +56,13 @@ impl Placement {
             .into_iter()
             .map(|(n, w)| (NodeId(n.to_string()), w.max(1) * PLACEMENT_VNODES))
             .collect();
+        let nodes: Vec<(String, usize)> = weighted
+            .iter()
+            .map(|(n, w)| (n.0.clone(), w / PLACEMENT_VNODES))
+            .collect();
         Placement {
+            total_weight: nodes.iter().map(|(_, w)| w).sum(),
+            nodes,
             ring: RingBuilder::new(RingHasher)
                 .weighted_nodes(&weighted)
                 .build(),
@@ -64,6 +73,54 @@ impl Placement {
     pub fn node_of(&self, task: TaskId) -> Option<&str> {
         let pos = (task.chain as u64, task.subtask as u64).key_hash();
         self.ring.try_get(TaskPos(pos)).map(|n| n.0.as_str())
+    }
+
+    /// The node for `task` at probe `probe` (probe 0 is [`Placement::node_of`]).
+    fn probe(&self, task: TaskId, probe: u64) -> Option<&str> {
+        let pos = (task.chain as u64, task.subtask as u64 | (probe << 40)).key_hash();
+        self.ring.try_get(TaskPos(pos)).map(|n| n.0.as_str())
+    }
+
+    /// Places `tasks` with bounded loads (consistent hashing with bounded loads, Mirrokni et
+    /// al.): each task goes to its ring node unless that node already holds its fair share of
+    /// the task's chain (`ceil(parallelism × weight / total weight)`, at least one), in
+    /// which case the next probe of the task's hash is tried. So every operator is spread
+    /// evenly, and a placement over one node fewer or more still keeps most tasks where they
+    /// were.
+    pub fn assign_bounded(&self, tasks: &[TaskId]) -> Vec<(TaskId, String)> {
+        let nodes = self.nodes.len().max(1);
+        let mut per_chain: BTreeMap<usize, usize> = BTreeMap::new();
+        for t in tasks {
+            *per_chain.entry(t.chain).or_default() += 1;
+        }
+        let mut load: BTreeMap<(usize, String), usize> = BTreeMap::new();
+        let mut out = Vec::with_capacity(tasks.len());
+        for &t in tasks {
+            let p = per_chain.get(&t.chain).copied().unwrap_or(1);
+            let mut chosen = None;
+            for probe in 0..(64 * nodes as u64) {
+                let Some(n) = self.probe(t, probe) else { break };
+                let w = self.weight(n);
+                let cap = (p * w).div_ceil(self.total_weight.max(1)).max(1);
+                let l = load.entry((t.chain, n.to_string())).or_default();
+                if *l < cap {
+                    *l += 1;
+                    chosen = Some(n.to_string());
+                    break;
+                }
+            }
+            if let Some(n) = chosen.or_else(|| self.node_of(t).map(str::to_string)) {
+                out.push((t, n));
+            }
+        }
+        out
+    }
+
+    fn weight(&self, node: &str) -> usize {
+        self.nodes
+            .iter()
+            .find(|(n, _)| n == node)
+            .map_or(1, |(_, w)| *w)
     }
 
     /// The placement of every task, grouped by node.
@@ -121,6 +178,25 @@ mod tests {
         let per = three.assign(&all);
         for (n, v) in &per {
             assert!(v.len() > 120 && v.len() < 280, "{n} got {}", v.len());
+        }
+    }
+
+    #[test]
+    fn bounded_placement_spreads_every_operator_evenly() {
+        let tasks: Vec<TaskId> = (0..3)
+            .flat_map(|chain| (0..6).map(move |subtask| TaskId { chain, subtask }))
+            .collect();
+        let p = Placement::new([("n1", 1), ("n2", 1), ("n3", 1)]);
+        let placed = p.assign_bounded(&tasks);
+        assert_eq!(placed.len(), tasks.len());
+        for chain in 0..3 {
+            for n in ["n1", "n2", "n3"] {
+                let k = placed
+                    .iter()
+                    .filter(|(t, m)| t.chain == chain && m == n)
+                    .count();
+                assert_eq!(k, 2, "chain {chain} on {n}: {placed:?}");
+            }
         }
     }
 
