@@ -417,9 +417,12 @@ impl JobSupervisor {
             metrics.node = r.node_of(task).unwrap_or_else(|| r.this_node());
         }
         self.finished.insert(task, metrics);
-        // Re-created receivers may still count a channel from this task as open.
+        // Without checkpoints, a receiver re-created after this task's end-of-input went to
+        // its predecessor still counts the channel as open. (With checkpoints every sender
+        // repeats its end-of-input in the new epoch, and this message could overtake the
+        // sender's last batches on their way over another node's link.)
         for t in self.plan.out_channels(task) {
-            if self.recreated.contains_key(&t.task) {
+            if self.coord.is_none() && self.recreated.contains_key(&t.task) {
                 if let Some(a) = self.addrs.get(&t.task) {
                     a.do_send(Control::CloseInputs(vec![t.in_channel]));
                 }
