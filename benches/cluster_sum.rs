@@ -1,0 +1,161 @@
+//! Keyed sum across two node processes versus one process.
+//!
+//! ```text
+//! cargo bench --bench cluster_sum -- [N] [RUNS]     # defaults: 2000000 records, 3 runs
+//! ```
+//!
+//! The job: `sequence(0..N) → key_by(x % 100000) → sum → discard`, parallelism 2, no
+//! checkpoints. One process runs it with 2 worker threads; the cluster runs it on two node
+//! processes (this binary started again as node `n2`) with 1 worker thread each, so both use
+//! the machine's 2 cores. Reported per setup (median of RUNS): records/s; for the cluster the
+//! bytes written on the links per record and the share of the cluster run's CPU time
+//! (elapsed × 2 cores) that encoding and decoding the records that cross a link costs — the
+//! codec's cost per record measured here, times the records that crossed (each source sends
+//! a key to the node of the subtask that owns it; with the keys spread evenly that is the
+//! share of keyed subtasks on the other node).
+
+use riffle::cluster::Node;
+use riffle::framework::BatchCodec;
+use riffle::prelude::*;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"cluster bench";
+const ENV_NODE: &str = "RIFFLE_BENCH_NODE";
+
+fn job(n: u64, workers: usize) -> StreamEnv {
+    let env = StreamEnv::new();
+    env.set_parallelism(2);
+    env.configure(|c| {
+        c.name = "cluster-sum-bench".to_string();
+        c.workers = Some(workers);
+    });
+    env.sequence(0..n)
+        .key_by(|x: &u64| x % 100_000)
+        .sum(|x: &u64| *x)
+        .name("sum")
+        .discard();
+    env
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// Codec cost per record: encode and decode batches of 1024 `u64`s.
+fn codec_ns_per_record() -> f64 {
+    let codec = BatchCodec::of::<u64>();
+    let batch: Vec<u64> = (0..1024u64).map(|i| i * 7_919_393).collect();
+    let payload: riffle::framework::exec::Payload = Box::new(batch);
+    let rounds = 2000;
+    let t = Instant::now();
+    for _ in 0..rounds {
+        let bytes = codec.encode(&payload).expect("encode");
+        let decoded = codec.decode(&bytes).expect("decode");
+        std::hint::black_box(decoded);
+    }
+    t.elapsed().as_nanos() as f64 / (rounds as f64 * 1024.0)
+}
+
+fn node_main(spec: &str) {
+    let (seed, runs) = spec.split_once('|').expect("seed|runs");
+    let runs: usize = runs.parse().expect("runs");
+    let n: u64 = std::env::var("RIFFLE_BENCH_N")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(2_000_000);
+    let node = Node::builder()
+        .name("n2")
+        .seeds([seed.to_string()])
+        .secret(SECRET)
+        .register_job("sum", move || job(n, 1))
+        .start()
+        .expect("node n2");
+    for _ in 0..runs {
+        if node.wait_hosted(Duration::from_secs(300)).is_none() {
+            std::process::exit(1);
+        }
+    }
+    node.shutdown();
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    if let Ok(spec) = std::env::var(ENV_NODE) {
+        node_main(&spec);
+        return Ok(());
+    }
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    let n: u64 = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(2_000_000);
+    let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+
+    let node = Node::builder()
+        .name("n1")
+        .secret(SECRET)
+        .register_job("sum", move || job(n, 1))
+        .start()?;
+    let mut child = Command::new(std::env::current_exe()?)
+        .env(ENV_NODE, format!("{}|{runs}", node.local_addr()))
+        .env("RIFFLE_BENCH_N", n.to_string())
+        .spawn()?;
+    let up = node.wait_members(Duration::from_secs(30), |m| !m.is_empty());
+    if up.is_empty() {
+        let _ = child.kill();
+        return Err("node n2 did not join".into());
+    }
+    let codec_ns = codec_ns_per_record();
+    let (mut single, mut cluster, mut bytes, mut share) = (vec![], vec![], vec![], vec![]);
+    for _ in 0..runs {
+        let r = job(n, 2).execute()?;
+        single.push(n as f64 / r.elapsed.as_secs_f64());
+
+        let j = node.run_job("sum")?;
+        // Keyed subtasks on the other node, as seen from each node.
+        let placement = j.placement.clone();
+        let on = |node: &str| {
+            placement
+                .get(node)
+                .map_or(0, |v| v.iter().filter(|t| t.chain == 1).count())
+        };
+        let keyed = (on("n1") + on("n2")).max(1) as f64;
+        let r = j.wait()?;
+        let elapsed = r.elapsed.as_secs_f64();
+        cluster.push(n as f64 / elapsed);
+        let crossed: f64 = r
+            .subtasks
+            .iter()
+            .filter(|s| s.chain.starts_with("sequence"))
+            .map(|s| {
+                let other = if s.node == "n1" { on("n2") } else { on("n1") };
+                s.records_out as f64 * other as f64 / keyed
+            })
+            .sum();
+        let wire: u64 = r.links.iter().map(|l| l.bytes).sum();
+        bytes.push(wire as f64 / n as f64);
+        share.push(crossed * codec_ns / (elapsed * 2.0 * 1e9));
+    }
+    let _ = child.wait();
+    let (s, c) = (median(single), median(cluster));
+    println!("cluster_sum: N = {n}, {runs} runs, medians; 2 cores");
+    println!("  1 process,  2 workers:          {:>12.0} rec/s", s);
+    println!(
+        "  2 processes, 1 worker each:    {:>12.0} rec/s   ratio {:.2}",
+        c,
+        c / s
+    );
+    println!(
+        "  bytes on the wire per record:  {:>12.2}  (all frames, both directions)",
+        median(bytes)
+    );
+    println!(
+        "  codec: {codec_ns:.1} ns per record (encode + decode); share of the cluster run's CPU: {:.1} %",
+        median(share) * 100.0
+    );
+    Ok(())
+}
