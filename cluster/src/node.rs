@@ -88,7 +88,12 @@ struct NodeConfig {
     failure_timeout: Duration,
     max_frame: u32,
     jobs: Vec<(String, JobBuilder)>,
+    advertise: Option<String>,
+    dial_via: Option<DialVia>,
 }
+
+/// Maps a peer's advertised address to the address to connect to.
+pub type DialVia = Arc<dyn Fn(&str) -> String + Send + Sync>;
 
 impl std::fmt::Debug for NodeConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -142,6 +147,18 @@ impl NodeBuilder {
     /// Silence after which a peer is down (default [`DEFAULT_FAILURE_TIMEOUT`]).
     pub fn failure_timeout(mut self, timeout: Duration) -> Self {
         self.cfg.failure_timeout = timeout;
+        self
+    }
+    /// The address announced to peers (default: the bound address) — e.g. a NAT's or a
+    /// proxy's address in front of this node.
+    pub fn advertise(mut self, addr: &str) -> Self {
+        self.cfg.advertise = Some(addr.to_string());
+        self
+    }
+    /// Connects to peers through `via(advertised address)` instead of the address itself
+    /// (a proxy or tunnel in between).
+    pub fn dial_via(mut self, via: impl Fn(&str) -> String + Send + Sync + 'static) -> Self {
+        self.cfg.dial_via = Some(Arc::new(via));
         self
     }
     /// Registers a job builder under `name`. Every node of a cluster registers the same
@@ -282,6 +299,11 @@ impl Shared {
 struct State {
     members: HashMap<String, (String, Status, Instant)>,
     links: HashMap<String, mpsc::UnboundedSender<Outgoing>>,
+    /// Per linked peer: the link's id and the signal that closes it.
+    kills: HashMap<String, (u64, Arc<tokio::sync::Notify>)>,
+    /// Addresses being dialled now.
+    dialing: std::collections::HashSet<String>,
+    next_link: u64,
     /// Hosted jobs that ended, oldest first, until [`Node::wait_hosted`] takes them.
     ended: std::collections::VecDeque<HostedEnd>,
 }
@@ -354,6 +376,8 @@ impl Node {
                 failure_timeout: DEFAULT_FAILURE_TIMEOUT,
                 max_frame: DEFAULT_MAX_FRAME,
                 jobs: Vec::new(),
+                advertise: None,
+                dial_via: None,
             },
         }
     }
@@ -516,7 +540,7 @@ fn handshake_config(cfg: &NodeConfig, local: SocketAddr) -> HandshakeConfig {
     HandshakeConfig {
         cluster: cfg.cluster.clone(),
         node: cfg.name.clone(),
-        listen: local.to_string(),
+        listen: cfg.advertise.clone().unwrap_or_else(|| local.to_string()),
         secret: cfg.secret.clone(),
         max_frame: cfg.max_frame,
         timeout: Duration::from_secs(5),
@@ -538,7 +562,7 @@ async fn run(
             _ = stop.changed() => break,
             accepted = listener.accept() => {
                 if let Ok((stream, _)) = accepted {
-                    tokio::spawn(link(stream, hs.clone(), cfg.max_frame, shared.clone(), stop.clone()));
+                    tokio::spawn(link(stream, hs.clone(), cfg.max_frame, shared.clone(), stop.clone(), None));
                 }
             }
             _ = tick.tick() => {
@@ -573,6 +597,14 @@ fn heartbeat(
                 tracing::warn!(peer = %node, "peer declared down");
             }
         }
+        // A peer declared down loses its link: if it comes back, it does so through a new
+        // handshake, as a fresh member.
+        for node in &down {
+            st.links.remove(node);
+            if let Some((_, kill)) = st.kills.remove(node) {
+                kill.notify_one();
+            }
+        }
         let members: Vec<(String, String)> = st
             .members
             .iter()
@@ -586,13 +618,18 @@ fn heartbeat(
             }))
             .is_ok()
         });
-        for (node, (listen, status, _)) in &st.members {
-            if *status == Status::Up && !st.links.contains_key(node) && *node != cfg.name {
+        // Members without a link are dialled, down ones too (that is how a partition heals).
+        for (node, (listen, _, _)) in &st.members {
+            if !st.links.contains_key(node) && *node != cfg.name {
                 dial.push(listen.clone());
             }
         }
         if st.members.is_empty() {
             dial.extend(cfg.seeds.iter().cloned());
+        }
+        dial.retain(|a| !st.dialing.contains(a));
+        for a in &dial {
+            st.dialing.insert(a.clone());
         }
         if changed {
             shared.changed.notify_all();
@@ -607,10 +644,15 @@ fn heartbeat(
     for addr in dial {
         let (hs, shared, stop) = (hs.clone(), shared.clone(), stop.clone());
         let max = cfg.max_frame;
+        let target = match &cfg.dial_via {
+            Some(via) => via(&addr),
+            None => addr.clone(),
+        };
         tokio::spawn(async move {
-            if let Ok(stream) = TcpStream::connect(&addr).await {
-                link(stream, hs, max, shared, stop).await;
+            if let Ok(stream) = TcpStream::connect(&target).await {
+                link(stream, hs, max, shared.clone(), stop, Some(addr.clone())).await;
             }
+            shared.lock().dialing.remove(&addr);
         });
     }
 }
@@ -623,6 +665,7 @@ async fn link(
     max: u32,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    dialled: Option<String>,
 ) {
     let _ = stream.set_nodelay(true);
     let peer = match handshake(&mut stream, &hs).await {
@@ -634,10 +677,14 @@ async fn link(
     };
     let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
     let tx_back = tx.clone();
-    if !register(&shared, &peer, tx) {
+    let Some((id, kill)) = register(&shared, &peer, tx) else {
         // Already linked to this node (both dialled at once): keep the older link.
         let _ = write_frame(&mut stream, &Message::Refused(RefuseReason::DuplicateNode)).await;
         return;
+    };
+    if let Some(a) = dialled {
+        // Linked: a later dial to this address may happen once this link is gone.
+        shared.lock().dialing.remove(&a);
     }
     tracing::info!(peer = %peer.node, "link up");
     let (mut r, mut w) = stream.into_split();
@@ -663,6 +710,10 @@ async fn link(
     loop {
         tokio::select! {
             _ = stop.changed() => break,
+            _ = kill.notified() => {
+                tracing::warn!(peer = %peer.node, "link to a peer declared down closed");
+                break;
+            }
             frame = read_frame(&mut r, max) => match frame {
                 Ok(Message::Heartbeat { members, .. }) => seen(&shared, &peer, &hs.node, members),
                 Ok(Message::Data { edge, event }) => {
@@ -699,22 +750,34 @@ async fn link(
     }
     writer.abort();
     let mut st = shared.lock();
-    st.links.remove(&peer.node);
+    if st.kills.get(&peer.node).is_some_and(|(i, _)| *i == id) {
+        st.kills.remove(&peer.node);
+        st.links.remove(&peer.node);
+    }
 }
 
-/// Registers an authenticated link; false if the node is linked already.
-fn register(shared: &Arc<Shared>, peer: &Peer, tx: mpsc::UnboundedSender<Outgoing>) -> bool {
+/// Registers an authenticated link (its id and close signal); `None` if the node is linked
+/// already.
+fn register(
+    shared: &Arc<Shared>,
+    peer: &Peer,
+    tx: mpsc::UnboundedSender<Outgoing>,
+) -> Option<(u64, Arc<tokio::sync::Notify>)> {
     let mut st = shared.lock();
     if st.links.contains_key(&peer.node) {
-        return false;
+        return None;
     }
+    st.next_link += 1;
+    let id = st.next_link;
+    let kill = Arc::new(tokio::sync::Notify::new());
+    st.kills.insert(peer.node.clone(), (id, kill.clone()));
     st.links.insert(peer.node.clone(), tx);
     st.members.insert(
         peer.node.clone(),
         (peer.listen.clone(), Status::Up, Instant::now()),
     );
     shared.changed.notify_all();
-    true
+    Some((id, kill))
 }
 
 /// A frame from `peer`: it is alive; members it knows that we do not are added (and dialled

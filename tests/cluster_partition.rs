@@ -1,0 +1,288 @@
+//! A network partition, made by fault-injecting TCP proxies on 127.0.0.1 that the test
+//! controls (pass-through, added delay, blackhole — accepts and forwards nothing —, reset).
+//!
+//! Three nodes run in this process; every link of n3 goes through a proxy (n3 advertises its
+//! proxy and dials the others through theirs). The job (a keyed running sum with
+//! checkpoints) starts with the proxies adding delay; once a checkpoint has been committed,
+//! n3's proxies blackhole. The coordinator must detect n3 as lost and recover the job on n1
+//! and n2 with output equal to the single-process run; n3 must see its coordinator as lost.
+//! Healing the proxies lets n3 rejoin as a fresh member (a new handshake). A reset proxy
+//! closes its connections, which the nodes survive too.
+
+mod common;
+
+use riffle::cluster::{Node, Status};
+use riffle::prelude::*;
+use riffle::CheckpointConfig;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::Path;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"partition test";
+const RECORDS: u64 = 600_000;
+const KEYS: u64 = 1_000;
+
+const PASS: u8 = 0;
+const DELAY: u8 = 1;
+const BLACKHOLE: u8 = 2;
+const RESET: u8 = 3;
+
+/// A TCP proxy in front of `upstream` whose behaviour the test switches at any time.
+struct Proxy {
+    addr: String,
+    mode: Arc<AtomicU8>,
+    conns: Arc<Mutex<Vec<TcpStream>>>,
+}
+
+impl Proxy {
+    fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let mode = Arc::new(AtomicU8::new(PASS));
+        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
+        let (m, c) = (mode.clone(), conns.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if m.load(Ordering::SeqCst) == RESET {
+                    let _ = client.shutdown(Shutdown::Both);
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                for s in [&client, &server] {
+                    if let Ok(s) = s.try_clone() {
+                        c.lock().expect("conns").push(s);
+                    }
+                }
+                pump(&client, &server, m.clone());
+                pump(&server, &client, m.clone());
+            }
+        });
+        Proxy { addr, mode, conns }
+    }
+
+    fn set(&self, mode: u8) {
+        self.mode.store(mode, Ordering::SeqCst);
+        if mode == RESET {
+            for s in self.conns.lock().expect("conns").drain(..) {
+                let _ = s.shutdown(Shutdown::Both);
+            }
+        }
+    }
+}
+
+/// Copies `from` → `to` as the proxy's mode says.
+fn pump(from: &TcpStream, to: &TcpStream, mode: Arc<AtomicU8>) {
+    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 16 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            match mode.load(Ordering::SeqCst) {
+                BLACKHOLE => continue,
+                RESET => break,
+                DELAY => std::thread::sleep(Duration::from_millis(2)),
+                _ => {}
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+        let _ = to.shutdown(Shutdown::Both);
+    });
+}
+
+/// Keys whose records all come from one source subtask, so running sums are deterministic.
+fn key(x: u64) -> u64 {
+    let share = (0..4u64).rev().find(|j| RECORDS * j / 4 <= x).unwrap_or(0);
+    share * KEYS + x % KEYS
+}
+
+fn job(dir: &Path) -> StreamEnv {
+    let env = StreamEnv::new();
+    env.set_parallelism(4);
+    let checkpoints = dir.join("checkpoints");
+    env.configure(|c| {
+        c.name = "partition-sum".to_string();
+        c.workers = Some(1);
+        c.checkpoint =
+            Some(CheckpointConfig::every(Duration::from_millis(50)).in_dir(&checkpoints));
+    });
+    env.sequence(0..RECORDS)
+        .map(|x: u64| {
+            if x % 1000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            x
+        })
+        .key_by(|x: &u64| key(*x))
+        .sum(|x: &u64| *x)
+        .name("sum")
+        .map(|(k, s): (u64, u64)| format!("{k} {s}"))
+        .write_text_file(dir.join("output"));
+    env
+}
+
+fn output(dir: &Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir.join("output")).expect("output dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("part-") && !name.ends_with(".inprogress") {
+            let text = std::fs::read_to_string(&path).expect("read part");
+            lines.extend(text.lines().map(String::from));
+        }
+    }
+    lines.sort_unstable();
+    lines
+}
+
+fn published_checkpoint(dir: &Path) -> bool {
+    std::fs::read_dir(dir.join("output"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("part-") && n.matches('-').count() == 2 && !n.ends_with(".inprogress")
+            })
+        })
+        .unwrap_or(false)
+}
+
+fn node(
+    name: &str,
+    dir: &Path,
+    f: impl FnOnce(riffle::cluster::NodeBuilder) -> riffle::cluster::NodeBuilder,
+) -> Node {
+    let d = dir.to_path_buf();
+    f(Node::builder()
+        .name(name)
+        .secret(SECRET)
+        .heartbeat(Duration::from_millis(50))
+        .failure_timeout(Duration::from_millis(400))
+        .register_job("sum", move || job(&d)))
+    .start()
+    .expect("node")
+}
+
+#[test]
+fn a_blackholed_node_is_recovered_from_and_rejoins_when_healed() {
+    common::init_logging();
+    let expected = {
+        let dir = tempfile::tempdir().expect("tempdir");
+        job(dir.path()).execute().expect("single-process run");
+        output(dir.path())
+    };
+    assert_eq!(expected.len() as u64, RECORDS);
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n1 = node("n1", dir.path(), |b| b);
+    let n2 = node("n2", dir.path(), |b| b.seeds([n1.local_addr().to_string()]));
+    // n3's links all pass through proxies: in front of n3 (advertised), and in front of n1
+    // and n2 for the connections n3 makes.
+    let n3_listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let n3_addr = n3_listener.local_addr().expect("addr").to_string();
+    drop(n3_listener);
+    let p3 = Proxy::start(n3_addr.clone());
+    let p1 = Proxy::start(n1.local_addr().to_string());
+    let p2 = Proxy::start(n2.local_addr().to_string());
+    let routes = [
+        (n1.local_addr().to_string(), p1.addr.clone()),
+        (n2.local_addr().to_string(), p2.addr.clone()),
+    ];
+    let n3 = node("n3", dir.path(), |b| {
+        b.listen(&n3_addr)
+            .advertise(&p3.addr)
+            .seeds([p1.addr.clone()])
+            .dial_via(move |a| {
+                routes
+                    .iter()
+                    .find(|(real, _)| real == a)
+                    .map_or_else(|| a.to_string(), |(_, via)| via.clone())
+            })
+    });
+    let proxies = [&p1, &p2, &p3];
+    let all_up = |n: &Node| {
+        n.wait_members(Duration::from_secs(20), |m| {
+            m.len() == 2 && m.iter().all(|x| x.status == Status::Up)
+        })
+    };
+    for n in [&n1, &n2, &n3] {
+        assert_eq!(all_up(n).len(), 2, "{} sees the other two", n.name());
+    }
+
+    for p in proxies {
+        p.set(DELAY);
+    }
+    let job = n1.run_job("sum").expect("job starts");
+    assert!(
+        job.placement.get("n3").is_some_and(|t| !t.is_empty()),
+        "n3 hosts subtasks: {:?}",
+        job.placement
+    );
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !published_checkpoint(dir.path()) {
+        assert!(Instant::now() < deadline, "no checkpoint was committed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let cut = Instant::now();
+    for p in proxies {
+        p.set(BLACKHOLE);
+    }
+    let result = job.wait().expect("the job finishes on n1 and n2");
+    assert_eq!(result.nodes_lost, vec!["n3".to_string()]);
+    let recovery = result.recoveries.first().expect("a recovery");
+    println!(
+        "partition: n3 lost and the job recovered from checkpoint {:?} (cut {} ms before the job ended; restore {:?})",
+        recovery.restored_from,
+        cut.elapsed().as_millis(),
+        recovery.restore_time
+    );
+    assert!(result.subtasks.iter().all(|s| s.node != "n3"));
+    assert_eq!(
+        output(dir.path()),
+        expected,
+        "exact output after the partition"
+    );
+    let orphan = n3
+        .wait_hosted(Duration::from_secs(10))
+        .expect("n3 stops its share of the job");
+    assert!(
+        orphan
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("coordinator")),
+        "{orphan:?}"
+    );
+
+    // Heal: n3 comes back through a new handshake.
+    for p in proxies {
+        p.set(PASS);
+    }
+    for n in [&n1, &n2, &n3] {
+        let m = all_up(n);
+        assert!(
+            m.len() == 2 && m.iter().all(|x| x.status == Status::Up),
+            "{} sees everyone again after the heal: {m:?}",
+            n.name()
+        );
+    }
+    // A reset closes every proxied connection; the links are made again.
+    p3.set(RESET);
+    p3.set(PASS);
+    for n in [&n1, &n2] {
+        let m = n.wait_members(Duration::from_secs(10), |m| {
+            m.iter().any(|x| x.node == "n3" && x.status == Status::Up)
+        });
+        assert!(m.iter().any(|x| x.node == "n3" && x.status == Status::Up));
+    }
+}
