@@ -14,65 +14,24 @@
 mod common;
 
 use riffle::cluster::Node;
-use riffle::prelude::*;
-use riffle::CheckpointConfig;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-const RECORDS: u64 = 1_000_000;
-const KEYS: u64 = 2_000;
 const SECRET: &[u8] = b"cluster job test";
 const ENV_NODE: &str = "RIFFLE_TEST_NODE";
 
-/// The job: keyed running sum; `slow` paces the sources so that a node can be killed mid-run.
-fn job(dir: &Path, slow: bool) -> StreamEnv {
-    let env = StreamEnv::new();
-    env.set_parallelism(6);
-    let checkpoints = dir.join("checkpoints");
-    env.configure(|c| {
-        c.name = "cluster-sum".to_string();
-        c.workers = Some(2);
-        c.checkpoint =
-            Some(CheckpointConfig::every(Duration::from_millis(100)).in_dir(&checkpoints));
-    });
-    env.sequence(0..RECORDS)
-        .map(move |x: u64| {
-            if slow && x % 2000 == 0 {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            x
-        })
-        .key_by(|x: &u64| key(*x))
-        .sum(|x: &u64| *x)
-        .name("sum")
-        .map(|(k, s): (u64, u64)| format!("{k} {s}"))
-        .write_text_file(dir.join("output"));
-    env
-}
-
-/// The key of record `x`: every key's records come from one source subtask (the sources
-/// split the sequence into 6 contiguous shares), so each key's running sums are the same in
-/// every run, however the subtasks interleave.
-fn key(x: u64) -> u64 {
-    let share = (0..6u64).rev().find(|j| RECORDS * j / 6 <= x).unwrap_or(0);
-    share * KEYS + x % KEYS
-}
-
-/// Every published output line, sorted.
-fn output(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    let out = dir.join("output");
-    for entry in std::fs::read_dir(&out).expect("output dir") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("part-") && !name.ends_with(".inprogress") {
-            let text = std::fs::read_to_string(&path).expect("read part");
-            lines.extend(text.lines().map(String::from));
-        }
+/// The job; `slow` paces the sources so that a node can be killed mid-run.
+fn sum_job(slow: bool) -> common::SumJob {
+    common::SumJob {
+        records: 1_000_000,
+        parallelism: 6,
+        workers: 2,
+        keys: 2_000,
+        checkpoint_ms: 100,
+        pace: 2_000,
+        pace_ms: if slow { 2 } else { 0 },
     }
-    lines.sort_unstable();
-    lines
 }
 
 fn unix_ms(t: SystemTime) -> u128 {
@@ -99,7 +58,7 @@ fn node_process_entry() {
         .secret(SECRET)
         .heartbeat(Duration::from_millis(50))
         .failure_timeout(Duration::from_millis(500))
-        .register_job("sum", move || job(&d, slow))
+        .register_job("sum", move || sum_job(slow).build(&d))
         .start()
         .expect("node starts");
     let peers = node.wait_members(Duration::from_secs(30), |m| m.len() + 1 >= expect);
@@ -216,48 +175,10 @@ fn wait_all(cluster: &mut Cluster, timeout: Duration) -> Vec<std::process::ExitS
     statuses.into_iter().flatten().collect()
 }
 
-/// The output of the same job in one process.
-fn single_process_output() -> Vec<String> {
-    let dir = tempfile::tempdir().expect("tempdir");
-    job(dir.path(), false)
-        .execute()
-        .expect("single-process run");
-    output(dir.path())
-}
-
-/// Equal outputs; on a difference, says what is missing and what is extra (not 1M lines).
-fn assert_same(got: Vec<String>, want: Vec<String>) {
-    if got == want {
-        return;
-    }
-    let mut missing = Vec::new();
-    let mut extra = Vec::new();
-    let (mut i, mut j) = (0, 0);
-    while i < got.len() || j < want.len() {
-        match (got.get(i), want.get(j)) {
-            (Some(g), Some(w)) if g == w => (i, j) = (i + 1, j + 1),
-            (Some(g), Some(w)) if g < w => (extra.push(g.clone()), i += 1).1,
-            (Some(_), Some(w)) => (missing.push(w.clone()), j += 1).1,
-            (Some(g), None) => (extra.push(g.clone()), i += 1).1,
-            (None, Some(w)) => (missing.push(w.clone()), j += 1).1,
-            (None, None) => break,
-        }
-    }
-    panic!(
-        "output differs: {} lines, {} expected; {} missing (first {:?}), {} extra (first {:?})",
-        got.len(),
-        want.len(),
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>(),
-        extra.len(),
-        extra.iter().take(5).collect::<Vec<_>>()
-    );
-}
-
 #[test]
 fn three_node_processes_match_the_single_process_run() {
-    let expected = single_process_output();
-    assert_eq!(expected.len() as u64, RECORDS);
+    let expected = sum_job(false).single_process_output();
+    assert_eq!(expected.len(), 1_000_000);
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cluster = start_cluster(3, dir.path(), false);
     let statuses = wait_all(&mut cluster, Duration::from_secs(180));
@@ -289,30 +210,19 @@ fn three_node_processes_match_the_single_process_run() {
             .unwrap_or(0);
         assert!(data > 0, "no data frames on {a}->{b}: {report}");
     }
-    assert_same(output(dir.path()), expected);
+    common::assert_same_output(common::published_output(dir.path()), expected);
 }
 
 #[test]
 fn a_killed_node_is_recovered_from_on_the_other_two() {
     use std::os::unix::process::ExitStatusExt;
-    let expected = single_process_output();
+    let expected = sum_job(false).single_process_output();
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cluster = start_cluster(3, dir.path(), true);
     // Mid-run: once a checkpoint has been committed (its output published).
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let published = std::fs::read_dir(dir.path().join("output"))
-            .map(|d| {
-                d.flatten().any(|e| {
-                    let n = e.file_name();
-                    let n = n.to_string_lossy();
-                    // `part-{subtask}-{checkpoint}`: published when a checkpoint completed.
-                    n.starts_with("part-")
-                        && n.matches('-').count() == 2
-                        && !n.ends_with(".inprogress")
-                })
-            })
-            .unwrap_or(false);
+        let published = common::checkpoint_published(dir.path());
         if published {
             break;
         }
@@ -349,5 +259,5 @@ fn a_killed_node_is_recovered_from_on_the_other_two() {
         !report.contains("nodes=n1,n2,n3"),
         "n3 ran nothing at the end: {report}"
     );
-    assert_same(output(dir.path()), expected);
+    common::assert_same_output(common::published_output(dir.path()), expected);
 }

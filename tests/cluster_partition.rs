@@ -12,8 +12,6 @@
 mod common;
 
 use riffle::cluster::{Node, Status};
-use riffle::prelude::*;
-use riffle::CheckpointConfig;
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::path::Path;
@@ -22,8 +20,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SECRET: &[u8] = b"partition test";
-const RECORDS: u64 = 600_000;
-const KEYS: u64 = 1_000;
 
 const PASS: u8 = 0;
 const DELAY: u8 = 1;
@@ -101,61 +97,16 @@ fn pump(from: &TcpStream, to: &TcpStream, mode: Arc<AtomicU8>) {
     });
 }
 
-/// Keys whose records all come from one source subtask, so running sums are deterministic.
-fn key(x: u64) -> u64 {
-    let share = (0..4u64).rev().find(|j| RECORDS * j / 4 <= x).unwrap_or(0);
-    share * KEYS + x % KEYS
-}
-
-fn job(dir: &Path) -> StreamEnv {
-    let env = StreamEnv::new();
-    env.set_parallelism(4);
-    let checkpoints = dir.join("checkpoints");
-    env.configure(|c| {
-        c.name = "partition-sum".to_string();
-        c.workers = Some(1);
-        c.checkpoint =
-            Some(CheckpointConfig::every(Duration::from_millis(50)).in_dir(&checkpoints));
-    });
-    env.sequence(0..RECORDS)
-        .map(|x: u64| {
-            if x % 1000 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            x
-        })
-        .key_by(|x: &u64| key(*x))
-        .sum(|x: &u64| *x)
-        .name("sum")
-        .map(|(k, s): (u64, u64)| format!("{k} {s}"))
-        .write_text_file(dir.join("output"));
-    env
-}
-
-fn output(dir: &Path) -> Vec<String> {
-    let mut lines = Vec::new();
-    for entry in std::fs::read_dir(dir.join("output")).expect("output dir") {
-        let path = entry.expect("entry").path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-        if name.starts_with("part-") && !name.ends_with(".inprogress") {
-            let text = std::fs::read_to_string(&path).expect("read part");
-            lines.extend(text.lines().map(String::from));
-        }
+fn sum_job() -> common::SumJob {
+    common::SumJob {
+        records: 600_000,
+        parallelism: 4,
+        workers: 1,
+        keys: 1_000,
+        checkpoint_ms: 50,
+        pace: 1_000,
+        pace_ms: 1,
     }
-    lines.sort_unstable();
-    lines
-}
-
-fn published_checkpoint(dir: &Path) -> bool {
-    std::fs::read_dir(dir.join("output"))
-        .map(|d| {
-            d.flatten().any(|e| {
-                let n = e.file_name();
-                let n = n.to_string_lossy();
-                n.starts_with("part-") && n.matches('-').count() == 2 && !n.ends_with(".inprogress")
-            })
-        })
-        .unwrap_or(false)
 }
 
 fn node(
@@ -169,7 +120,7 @@ fn node(
         .secret(SECRET)
         .heartbeat(Duration::from_millis(50))
         .failure_timeout(Duration::from_millis(400))
-        .register_job("sum", move || job(&d)))
+        .register_job("sum", move || sum_job().build(&d)))
     .start()
     .expect("node")
 }
@@ -177,12 +128,8 @@ fn node(
 #[test]
 fn a_blackholed_node_is_recovered_from_and_rejoins_when_healed() {
     common::init_logging();
-    let expected = {
-        let dir = tempfile::tempdir().expect("tempdir");
-        job(dir.path()).execute().expect("single-process run");
-        output(dir.path())
-    };
-    assert_eq!(expected.len() as u64, RECORDS);
+    let expected = sum_job().single_process_output();
+    assert_eq!(expected.len(), 600_000);
 
     let dir = tempfile::tempdir().expect("tempdir");
     let n1 = node("n1", dir.path(), |b| b);
@@ -230,7 +177,7 @@ fn a_blackholed_node_is_recovered_from_and_rejoins_when_healed() {
         job.placement
     );
     let deadline = Instant::now() + Duration::from_secs(60);
-    while !published_checkpoint(dir.path()) {
+    while !common::checkpoint_published(dir.path()) {
         assert!(Instant::now() < deadline, "no checkpoint was committed");
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -248,11 +195,7 @@ fn a_blackholed_node_is_recovered_from_and_rejoins_when_healed() {
         recovery.restore_time
     );
     assert!(result.subtasks.iter().all(|s| s.node != "n3"));
-    assert_eq!(
-        output(dir.path()),
-        expected,
-        "exact output after the partition"
-    );
+    common::assert_same_output(common::published_output(dir.path()), expected);
     let orphan = n3
         .wait_hosted(Duration::from_secs(10))
         .expect("n3 stops its share of the job");

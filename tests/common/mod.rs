@@ -40,3 +40,131 @@ pub fn init_logging() {
             .try_init();
     }
 }
+
+/// A keyed running sum over `0..records` for the cluster tests: `parallelism` sources split
+/// the sequence into contiguous shares and each key's records come from one share, so the
+/// running sums are the same in every run however subtasks interleave. Every `pace`-th record
+/// sleeps `pace_ms` (0: never) so that faults can land mid-run. Output goes to `dir/output`
+/// through the transactional file sink; checkpoints every `checkpoint_ms` to
+/// `dir/checkpoints`.
+#[derive(Clone, Copy, Debug)]
+pub struct SumJob {
+    pub records: u64,
+    pub parallelism: usize,
+    pub workers: usize,
+    pub keys: u64,
+    pub checkpoint_ms: u64,
+    pub pace: u64,
+    pub pace_ms: u64,
+}
+
+impl SumJob {
+    /// The key of record `x`.
+    pub fn key(&self, x: u64) -> u64 {
+        let p = self.parallelism as u64;
+        let share = (0..p)
+            .rev()
+            .find(|j| self.records * j / p <= x)
+            .unwrap_or(0);
+        share * self.keys + x % self.keys
+    }
+
+    /// The job, writing under `dir`.
+    pub fn build(&self, dir: &std::path::Path) -> StreamEnv {
+        let env = StreamEnv::new();
+        env.set_parallelism(self.parallelism);
+        let checkpoints = dir.join("checkpoints");
+        let (workers, every) = (self.workers, Duration::from_millis(self.checkpoint_ms));
+        env.configure(|c| {
+            c.name = "cluster-sum".to_string();
+            c.workers = Some(workers);
+            c.checkpoint = Some(riffle::CheckpointConfig::every(every).in_dir(&checkpoints));
+        });
+        let (pace, pace_ms) = (self.pace.max(1), self.pace_ms);
+        let me = *self;
+        env.sequence(0..self.records)
+            .map(move |x: u64| {
+                if pace_ms > 0 && x % pace == 0 {
+                    std::thread::sleep(Duration::from_millis(pace_ms));
+                }
+                x
+            })
+            .key_by(move |x: &u64| me.key(*x))
+            .sum(|x: &u64| *x)
+            .name("sum")
+            .map(|(k, s): (u64, u64)| format!("{k} {s}"))
+            .write_text_file(dir.join("output"));
+        env
+    }
+
+    /// The output of the job run in one process, sorted.
+    pub fn single_process_output(&self) -> Vec<String> {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let quick = SumJob {
+            pace_ms: 0,
+            ..*self
+        };
+        quick
+            .build(dir.path())
+            .execute()
+            .expect("single-process run");
+        published_output(dir.path())
+    }
+}
+
+/// Every published line under `dir/output`, sorted.
+pub fn published_output(dir: &std::path::Path) -> Vec<String> {
+    let mut lines = Vec::new();
+    for entry in std::fs::read_dir(dir.join("output")).expect("output dir") {
+        let path = entry.expect("entry").path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        if name.starts_with("part-") && !name.ends_with(".inprogress") {
+            let text = std::fs::read_to_string(&path).expect("read part");
+            lines.extend(text.lines().map(String::from));
+        }
+    }
+    lines.sort_unstable();
+    lines
+}
+
+/// Whether a checkpoint's output was published (`part-{subtask}-{checkpoint}` exists).
+pub fn checkpoint_published(dir: &std::path::Path) -> bool {
+    std::fs::read_dir(dir.join("output"))
+        .map(|d| {
+            d.flatten().any(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n.starts_with("part-") && n.matches('-').count() == 2 && !n.ends_with(".inprogress")
+            })
+        })
+        .unwrap_or(false)
+}
+
+/// Equal sorted outputs; on a difference, says what is missing and what is extra.
+pub fn assert_same_output(got: Vec<String>, want: Vec<String>) {
+    if got == want {
+        return;
+    }
+    let mut missing = Vec::new();
+    let mut extra = Vec::new();
+    let (mut i, mut j) = (0, 0);
+    while i < got.len() || j < want.len() {
+        match (got.get(i), want.get(j)) {
+            (Some(g), Some(w)) if g == w => (i, j) = (i + 1, j + 1),
+            (Some(g), Some(w)) if g < w => (extra.push(g.clone()), i += 1).1,
+            (Some(_), Some(w)) => (missing.push(w.clone()), j += 1).1,
+            (Some(g), None) => (extra.push(g.clone()), i += 1).1,
+            (None, Some(w)) => (missing.push(w.clone()), j += 1).1,
+            (None, None) => break,
+        }
+    }
+    panic!(
+        "output differs: {} lines, {} expected; {} missing (first {:?}), {} extra (first {:?})",
+        got.len(),
+        want.len(),
+        missing.len(),
+        missing.iter().take(5).collect::<Vec<_>>(),
+        extra.len(),
+        extra.iter().take(5).collect::<Vec<_>>()
+    );
+}
