@@ -75,11 +75,10 @@ fn line(i: u64) -> String {
 fn wordcount(dir: &Path) -> StreamEnv {
     let env = StreamEnv::new();
     env.set_parallelism(6);
-    let checkpoints = dir.join("checkpoints");
     env.configure(|c| {
         c.name = "cluster-wordcount".to_string();
-        c.checkpoint =
-            Some(CheckpointConfig::every(Duration::from_millis(100)).in_dir(&checkpoints));
+        // Stored where the node says (`Node::builder().checkpoint_dir(..)`).
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(100)));
     });
     env.generate(LINES, line)
         .name("lines")
@@ -224,6 +223,7 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .listen(&a.listen)
         .seeds(a.seeds.clone())
         .secret(SECRET)
+        .checkpoint_dir(a.dir.join("checkpoints"))
         .register_job("wordcount", move || wordcount(&dir))
         .start()?;
     let peers = node.wait_members(Duration::from_secs(30), |m| m.len() + 1 >= a.expect);

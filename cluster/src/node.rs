@@ -90,6 +90,7 @@ struct NodeConfig {
     jobs: Vec<(String, JobBuilder)>,
     advertise: Option<String>,
     dial_via: Option<DialVia>,
+    checkpoint_dir: Option<std::path::PathBuf>,
 }
 
 /// Maps a peer's advertised address to the address to connect to.
@@ -161,6 +162,13 @@ impl NodeBuilder {
         self.cfg.dial_via = Some(Arc::new(via));
         self
     }
+    /// Where the jobs this node coordinates keep their checkpoints (overrides the job's own
+    /// setting; a job without checkpointing gets none). Give every node the same directory
+    /// on storage they share, so that any of them can restore the job.
+    pub fn checkpoint_dir(mut self, dir: impl Into<std::path::PathBuf>) -> Self {
+        self.cfg.checkpoint_dir = Some(dir.into());
+        self
+    }
     /// Registers a job builder under `name`. Every node of a cluster registers the same
     /// builders (same binary); the coordinator submits a job by name ([`Node::run_job`]).
     pub fn register_job(
@@ -196,6 +204,7 @@ impl NodeBuilder {
         let local = std_listener.local_addr().map_err(NodeError::Runtime)?;
         let shared = Arc::new(Shared {
             builders: cfg.jobs.iter().cloned().collect(),
+            checkpoint_dir: cfg.checkpoint_dir.clone(),
             ..Shared::default()
         });
         let name = cfg.name.clone();
@@ -237,6 +246,8 @@ pub(crate) struct Shared {
     pub(crate) returns: DashMap<ChannelKey, Recipient<CreditsReturned>>,
     /// Registered job builders.
     builders: HashMap<String, JobBuilder>,
+    /// Where coordinated jobs keep their checkpoints (overrides the job's setting).
+    checkpoint_dir: Option<std::path::PathBuf>,
     /// Jobs this node coordinates.
     pub(crate) coordinated: DashMap<u64, Arc<CoordinatedJob>>,
     /// Jobs this node hosts subtasks of.
@@ -333,8 +344,21 @@ impl Shared {
             .collect()
     }
 
+    /// The builder registered as `name`, with this node's checkpoint directory applied.
     pub(crate) fn builder(&self, name: &str) -> Option<JobBuilder> {
-        self.builders.get(name).cloned()
+        let build = self.builders.get(name).cloned()?;
+        let Some(dir) = self.checkpoint_dir.clone() else {
+            return Some(build);
+        };
+        Some(Arc::new(move || {
+            let env = build();
+            env.configure(|c| {
+                if let Some(cp) = &mut c.checkpoint {
+                    cp.storage = riffle_framework::CheckpointStorage::Dir(dir.clone());
+                }
+            });
+            env
+        }))
     }
 
     /// Records that a hosted job ended and wakes [`Node::wait_hosted`].
@@ -378,6 +402,7 @@ impl Node {
                 jobs: Vec::new(),
                 advertise: None,
                 dial_via: None,
+                checkpoint_dir: None,
             },
         }
     }
