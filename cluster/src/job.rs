@@ -5,8 +5,8 @@
 //! builds the plan, places every subtask on a node with the [`Placement`] ring, tells the other
 //! nodes to host the job (`JobStart`), and runs the job supervisor (restart strategy,
 //! checkpoint coordinator) as in a single process. The supervisor starts a subtask on another
-//! node with a `Spawn` frame and talks to it through a [`ControlProxy`] (`Control` frames);
-//! a hosted subtask reports through the node's [`JobProxy`] (`Report` frames), and the
+//! node with a `Spawn` frame and talks to it through a control proxy (`Control` frames);
+//! a hosted subtask reports through the node's job proxy (`Report` frames), and the
 //! supervisor's answer to a failure travels back as a `Decision` frame. Data between subtasks
 //! on different nodes goes through remote mailboxes (see [`crate::remote`]), resolved per
 //! channel by the job's resolver.
@@ -22,210 +22,24 @@
 //! job ended with an error ([`Node::wait_hosted`](crate::Node::wait_hosted)); a new submission
 //! starts it again (from its latest checkpoint if it is configured to restore).
 
-use crate::node::{LinkTotals, Shared};
+use crate::mesh::{LinkTotals, Shared};
 use crate::placement::Placement;
-use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, Release, RemoteMailbox};
-use crate::wire::{EdgeAddress, Message};
+use crate::proxy::{ClusterResolver, ClusterTasks, JobProxy};
+use crate::remote::LinkSender;
+use crate::wire::Message;
 use actix::prelude::*;
 use dashmap::DashMap;
 use riffle_actors::chaos::ChaosHandle;
-use riffle_actors::host::{Directory, LocalHost, RemoteTasks, Resolve, SpawnSpec};
-use riffle_actors::{
-    Control, DataMessage, Decision, JobError, JobHandle, JobPorts, JobResult, LinkFigures,
-};
+use riffle_actors::host::{Directory, LocalHost, SpawnSpec};
+use riffle_actors::{Control, Decision, JobError, JobHandle, JobPorts, JobResult, LinkFigures};
 use riffle_actors::{NodeLost, ToJob};
-use riffle_framework::{ExecutionPlan, StreamEnv, TaskId};
+use riffle_framework::{StreamEnv, TaskId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 /// Builds a job; registered on every node under the same name.
 pub type JobBuilder = Arc<dyn Fn() -> StreamEnv + Send + Sync>;
-
-/// Resolves the data address of a subtask on another node: one remote mailbox per channel
-/// and node, started on the calling actor's worker thread.
-pub(crate) struct ClusterResolver {
-    job: u64,
-    me: String,
-    shared: Arc<Shared>,
-    plan: Arc<ExecutionPlan>,
-    /// Where every subtask of the job runs.
-    pub(crate) placement: DashMap<TaskId, String>,
-    mailboxes: DashMap<(TaskId, TaskId, u32, String), Addr<RemoteMailbox>>,
-}
-
-impl ClusterResolver {
-    fn new(
-        job: u64,
-        me: &str,
-        shared: Arc<Shared>,
-        plan: Arc<ExecutionPlan>,
-        placement: &[(TaskId, String)],
-    ) -> Self {
-        ClusterResolver {
-            job,
-            me: me.to_string(),
-            shared,
-            plan,
-            placement: placement.iter().cloned().collect(),
-            mailboxes: DashMap::new(),
-        }
-    }
-
-    /// Moves subtasks to other nodes: mailboxes to their old places return their credits,
-    /// so that no sender stays blocked on a channel to a lost node.
-    pub(crate) fn apply_moves(&self, moves: &[(TaskId, String)]) {
-        for (t, n) in moves {
-            self.placement.insert(*t, n.clone());
-        }
-        for e in self.mailboxes.iter() {
-            let (_, to, _, node) = e.key();
-            if moves.iter().any(|(t, n)| t == to && n != node) {
-                e.value().do_send(Release);
-            }
-        }
-    }
-
-    fn link_to(&self, node: &str) -> LinkSender {
-        self.shared
-            .link_sender(node)
-            .unwrap_or_else(|| LinkSender::closed(node))
-    }
-}
-
-impl Resolve for ClusterResolver {
-    fn remote(&self, from: TaskId, to: TaskId, in_channel: u32) -> Option<Recipient<DataMessage>> {
-        let node = self.placement.get(&to)?.clone();
-        if node == self.me {
-            tracing::error!(?to, "a subtask placed here is not running here");
-            return None;
-        }
-        let key = (from, to, in_channel, node.clone());
-        if let Some(m) = self.mailboxes.get(&key) {
-            return Some(m.clone().recipient());
-        }
-        let edge = EdgeAddress {
-            job: self.job,
-            epoch: 0,
-            chain: to.chain as u32,
-            from: from.subtask as u32,
-            to: to.subtask as u32,
-            channel: in_channel,
-        };
-        let codec = self.plan.input_codec(to.chain)?;
-        let shared = self.shared.clone();
-        let lookup: LinkLookup = Arc::new(move |peer: &str| shared.link_sender(peer));
-        let addr = RemoteMailbox::with_lookup(edge, &node, lookup, codec).start();
-        self.shared
-            .returns
-            .insert(channel_key(&edge), addr.clone().recipient());
-        self.mailboxes.insert(key, addr.clone());
-        Some(addr.recipient())
-    }
-
-    fn local_started(&self, task: TaskId, to: &Recipient<DataMessage>) {
-        if let Some(codec) = self.plan.input_codec(task.chain) {
-            self.shared.inboxes.insert(
-                (self.job, task.chain as u32, task.subtask as u32),
-                Inbox {
-                    to: to.clone(),
-                    codec,
-                },
-            );
-        }
-    }
-}
-
-/// The coordinator's view of where subtasks run and how remote ones start.
-struct ClusterTasks {
-    resolver: Arc<ClusterResolver>,
-}
-
-impl RemoteTasks for ClusterTasks {
-    fn node_of(&self, task: TaskId) -> Option<String> {
-        let n = self.resolver.placement.get(&task)?.clone();
-        (n != self.resolver.me).then_some(n)
-    }
-
-    fn spawn(&self, node: &str, task: TaskId, spec: SpawnSpec) -> Recipient<Control> {
-        let link = self.resolver.link_to(node);
-        let job = self.resolver.job;
-        match rmp_serde::to_vec(&spec) {
-            Ok(spec) => {
-                if !link.send(Message::Spawn { job, task, spec }) {
-                    tracing::warn!(%node, ?task, "no link to the node; its loss will re-place the subtask");
-                }
-            }
-            Err(e) => tracing::error!(?task, error = %e, "cannot encode a spawn order"),
-        }
-        ControlProxy { job, task, link }.start().recipient()
-    }
-
-    fn this_node(&self) -> String {
-        self.resolver.me.clone()
-    }
-}
-
-/// Stands in for a subtask on another node in the job supervisor: sends its control
-/// messages as `Control` frames.
-pub struct ControlProxy {
-    job: u64,
-    task: TaskId,
-    link: LinkSender,
-}
-
-impl Actor for ControlProxy {
-    type Context = Context<Self>;
-}
-
-impl Handler<Control> for ControlProxy {
-    type Result = ();
-    fn handle(&mut self, msg: Control, _ctx: &mut Context<Self>) {
-        match rmp_serde::to_vec(&msg) {
-            Ok(body) => {
-                let _ = self.link.send(Message::Control {
-                    job: self.job,
-                    task: self.task,
-                    body,
-                });
-            }
-            Err(e) => {
-                tracing::error!(task = ?self.task, error = %e, "cannot encode a control message")
-            }
-        }
-    }
-}
-
-/// Stands in for the job supervisor on a hosting node: sends the subtasks' reports to the
-/// coordinator as `Report` frames, keeping a failure's reply channel until the `Decision`
-/// frame answers it.
-pub struct JobProxy {
-    job: u64,
-    link: LinkSender,
-    shared: Arc<Shared>,
-}
-
-impl Actor for JobProxy {
-    type Context = Context<Self>;
-}
-
-impl Handler<ToJob> for JobProxy {
-    type Result = ();
-    fn handle(&mut self, mut msg: ToJob, _ctx: &mut Context<Self>) {
-        if let (Some(reply), Some(task)) = (msg.take_reply(), msg.task()) {
-            self.shared.replies.insert((self.job, task), reply);
-        }
-        match rmp_serde::to_vec(&msg) {
-            Ok(body) => {
-                let _ = self.link.send(Message::Report {
-                    job: self.job,
-                    body,
-                });
-            }
-            Err(e) => tracing::error!(error = %e, "cannot encode a subtask report"),
-        }
-    }
-}
 
 /// A job this node coordinates.
 pub(crate) struct CoordinatedJob {

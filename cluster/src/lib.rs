@@ -30,8 +30,10 @@
 
 pub mod handshake;
 pub mod job;
+mod mesh;
 pub mod node;
 pub mod placement;
+mod proxy;
 pub mod remote;
 pub mod wire;
 
