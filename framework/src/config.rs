@@ -29,6 +29,14 @@ pub struct JobConfig {
     pub chaining: bool,
     /// Partitioner for keyed edges (default: the ring with 1024 virtual nodes).
     pub partitioning: PartitionScheme,
+    /// Hot keys, first step: per keyed operator (by name), each subtask's relative share of
+    /// the ring in percent (100 = an equal share; 25 gives a subtask a quarter of the keys it
+    /// would otherwise own, and the others take the rest). Applies when the list has one
+    /// entry per subtask; otherwise the shares are equal. Limits: a single hot key still goes
+    /// to one subtask (weights move *other* keys away from it), and weights are fixed while
+    /// a job runs — change them by stopping at a savepoint and restarting, which moves the
+    /// affected keyed state (see `ExecutionPlan::adapt_checkpoint`).
+    pub ring_weights: std::collections::BTreeMap<String, Vec<u32>>,
     /// Job name, used in logs.
     pub name: String,
     /// How failed subtasks restart (default [`RestartStrategy::default`]); operators can
@@ -113,6 +121,7 @@ impl Default for JobConfig {
             workers: None,
             chaining: true,
             partitioning: PartitionScheme::default(),
+            ring_weights: std::collections::BTreeMap::new(),
             name: "riffle-job".to_string(),
             restart: RestartStrategy::default(),
             poison: PoisonPolicy::default(),
@@ -164,6 +173,23 @@ impl JobConfig {
             return Err(bad("vnodes", 0, "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// The partitioner of the keyed edge into operator `operator` with `parallelism`
+    /// subtasks: [`JobConfig::partitioning`], weighted by [`JobConfig::ring_weights`].
+    pub fn routing_for(&self, operator: &str, parallelism: usize) -> crate::partition::Routing {
+        match (&self.partitioning, self.ring_weights.get(operator)) {
+            (PartitionScheme::Ring { vnodes }, Some(w)) if w.len() == parallelism => {
+                let weights: Vec<usize> = w
+                    .iter()
+                    .map(|p| (vnodes * *p as usize / 100).max(1))
+                    .collect();
+                crate::partition::Routing::Ring(std::sync::Arc::new(
+                    crate::partition::KeyRing::weighted(&weights),
+                ))
+            }
+            (scheme, _) => scheme.build(parallelism),
+        }
     }
 
     /// Worker threads to start: the configured count or the available cores.

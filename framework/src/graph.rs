@@ -446,7 +446,7 @@ impl ExecutionPlan {
                 k => k.clone(),
             };
             let partitioner = match kind {
-                EdgeKind::Key(_) => Some(g.config.partitioning.build(pt)),
+                EdgeKind::Key(_) => Some(g.config.routing_for(&nodes[e.to].name, pt)),
                 _ => None,
             };
             edges.push(PlanEdge {
@@ -577,6 +577,14 @@ impl ExecutionPlan {
     /// A chain's name: its operators' names joined by ` -> `.
     pub fn chain_name(&self, chain: usize) -> &str {
         &self.chains[chain].name
+    }
+
+    /// The name of a chain's first operator (a keyed chain's keyed operator).
+    pub fn head_name(&self, chain: usize) -> &str {
+        self.chains[chain]
+            .nodes
+            .first()
+            .map_or("", |&n| &*self.nodes[n].name)
     }
 
     /// A chain's parallelism.

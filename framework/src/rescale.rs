@@ -64,6 +64,21 @@ impl ExecutionPlan {
                 ));
             }
             if old.len() == p {
+                // Same parallelism: keyed state moves only if the ring's weights changed.
+                let keyed = self.keyed_entries(chain);
+                let splittable = !self.is_source(chain)
+                    && keyed.iter().any(|k| *k)
+                    && old
+                        .iter()
+                        .all(|t| keyed.iter().zip(&t.states).all(|(k, s)| *k || s.is_empty()));
+                if splittable {
+                    let (split, keys, moved) = self.split_chain(chain, &old, p)?;
+                    if moved > 0 {
+                        report.chains.push((name, p, p, keys, moved));
+                        tasks.extend(split);
+                        continue;
+                    }
+                }
                 tasks.extend(old.into_iter().cloned());
                 continue;
             }
@@ -92,7 +107,7 @@ impl ExecutionPlan {
     ) -> Result<(Vec<TaskSnapshot>, usize, usize), String> {
         let name = self.chain_name(chain);
         let keyed = self.keyed_entries(chain);
-        let ring = self.config().partitioning.build(p);
+        let ring = self.config().routing_for(self.head_name(chain), p);
         let finished = old.iter().all(|t| t.finished);
         let mut new: Vec<TaskSnapshot> = (0..p)
             .map(|subtask| TaskSnapshot {
