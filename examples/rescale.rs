@@ -12,7 +12,7 @@
 //! committed output of all four runs is checked: every record counted once.
 
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, KeyRing, RestoreFrom};
+use riffle::{CheckpointConfig, FsStore, KeyRing, RestoreFrom};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -70,14 +70,27 @@ fn main() -> Result<(), UserError> {
     let steps = [4usize, 5, 8, 3];
     let mut outputs = Vec::new();
     let mut restore = None;
+    let mut restore_path: Option<std::path::PathBuf> = None;
     // The step being printed: (from, to, ring, modulo, key groups, time to stop at the savepoint).
     let mut row: Option<(usize, usize, f64, f64, f64, Duration)> = None;
     println!(
-        "{:>8}  {:>10} {:>10} {:>11} {:>10}",
-        "step", "ring", "hash mod N", "key groups", "pause"
+        "{:>8}  {:>10} {:>10} {:>11} {:>10}  {}",
+        "step", "ring", "hash mod N", "key groups", "pause", "state moved (keys, bytes)"
     );
     for (i, &p) in steps.iter().enumerate() {
         let (env, out) = job(&dir, p, restore.take());
+        // What the restore will move: the keyed state whose owner changed on the new ring.
+        let moved = match &restore_path {
+            Some(sp) => {
+                let report = env.build()?.adapt_checkpoint(FsStore::load_dir(sp)?)?.1;
+                format!(
+                    "{} keys, {} KiB",
+                    report.keys_moved(),
+                    report.bytes_moved() / 1024
+                )
+            }
+            None => String::new(),
+        };
         let started = Instant::now();
         let handle = env.start()?;
         let chaos = handle.chaos();
@@ -87,7 +100,7 @@ fn main() -> Result<(), UserError> {
             chaos.wait_until(|pr| pr.restored_record);
             let pause = stopped + started.elapsed();
             println!(
-                "{from:>3} -> {to:<2}  {ring:>10.3} {modulo:>10.3} {groups:>11.3} {:>7.1} ms",
+                "{from:>3} -> {to:<2}  {ring:>10.3} {modulo:>10.3} {groups:>11.3} {:>7.1} ms  {moved}",
                 pause.as_secs_f64() * 1e3
             );
         }
@@ -108,9 +121,9 @@ fn main() -> Result<(), UserError> {
         let next = steps[i + 1];
         let (ring, modulo, groups) = movement(&hashes, p, next);
         row = Some((p, next, ring, modulo, groups, stopped));
-        restore = Some(RestoreFrom::Path(
-            dir.join("rescale-example").join(format!("sp-{id}")),
-        ));
+        let sp = dir.join("rescale-example").join(format!("sp-{id}"));
+        restore = Some(RestoreFrom::Path(sp.clone()));
+        restore_path = Some(sp);
     }
     let mut finals: HashMap<String, u64> = HashMap::new();
     let mut updates = 0u64;

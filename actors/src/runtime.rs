@@ -218,8 +218,8 @@ fn load_restore(plan: &ExecutionPlan) -> Result<Option<Checkpoint>, JobError> {
                 checkpoint: id,
                 reason,
             })?;
-    for (chain, from, to, keys, moved) in &report.chains {
-        tracing::info!(%chain, from, to, keys, moved, "restoring at another parallelism: keyed state split by the new ring");
+    for c in &report.chains {
+        tracing::info!(chain = %c.chain, from = c.from, to = c.to, keys = c.keys, moved = c.moved, bytes_moved = c.bytes_moved, "restoring with keyed state split by the new ring");
     }
     Ok(Some(checkpoint))
 }

@@ -14,19 +14,53 @@ use rmpv::Value;
 /// What restoring at other parallelisms moved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RescaleReport {
-    /// Per chain that changed: (chain name, old parallelism, new parallelism, keys, keys moved).
-    pub chains: Vec<(String, usize, usize, usize, usize)>,
+    /// Per chain whose keyed state moved.
+    pub chains: Vec<ChainRescale>,
+}
+
+/// How one chain's keyed state was split.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChainRescale {
+    /// The chain's name.
+    pub chain: String,
+    /// Parallelism in the checkpoint.
+    pub from: usize,
+    /// Parallelism now.
+    pub to: usize,
+    /// Keys in its keyed state.
+    pub keys: usize,
+    /// Keys whose subtask changed.
+    pub moved: usize,
+    /// Bytes of keyed state (encoded entries).
+    pub bytes: usize,
+    /// Bytes of the entries that moved.
+    pub bytes_moved: usize,
+}
+
+impl ChainRescale {
+    /// The share of keys that moved, next to the least any scheme must move: `1 − N/M` for
+    /// N → M subtasks (growing), `1 − M/N` (shrinking).
+    pub fn moved_vs_ideal(&self) -> (f64, f64) {
+        let (n, m) = (self.from.max(1) as f64, self.to.max(1) as f64);
+        let ideal = 1.0 - n.min(m) / n.max(m);
+        (self.moved as f64 / self.keys.max(1) as f64, ideal)
+    }
 }
 
 impl RescaleReport {
     /// Keys whose subtask index changed, over all chains.
     pub fn keys_moved(&self) -> usize {
-        self.chains.iter().map(|c| c.4).sum()
+        self.chains.iter().map(|c| c.moved).sum()
     }
 
     /// Keys in the rescaled chains.
     pub fn keys(&self) -> usize {
-        self.chains.iter().map(|c| c.3).sum()
+        self.chains.iter().map(|c| c.keys).sum()
+    }
+
+    /// Bytes of keyed state that moved, over all chains.
+    pub fn bytes_moved(&self) -> usize {
+        self.chains.iter().map(|c| c.bytes_moved).sum()
     }
 }
 
@@ -72,9 +106,10 @@ impl ExecutionPlan {
                         .iter()
                         .all(|t| keyed.iter().zip(&t.states).all(|(k, s)| *k || s.is_empty()));
                 if splittable {
-                    let (split, keys, moved) = self.split_chain(chain, &old, p)?;
-                    if moved > 0 {
-                        report.chains.push((name, p, p, keys, moved));
+                    let (split, mut stats) = self.split_chain(chain, &old, p)?;
+                    if stats.moved > 0 {
+                        stats.chain = name;
+                        report.chains.push(stats);
                         tasks.extend(split);
                         continue;
                     }
@@ -85,8 +120,9 @@ impl ExecutionPlan {
             if self.is_source(chain) {
                 return Err(split_err(&name, "a source's parallelism cannot change yet"));
             }
-            let (split, keys, moved) = self.split_chain(chain, &old, p)?;
-            report.chains.push((name, old.len(), p, keys, moved));
+            let (split, mut stats) = self.split_chain(chain, &old, p)?;
+            stats.chain = name;
+            report.chains.push(stats);
             tasks.extend(split);
         }
         Ok((
@@ -104,7 +140,7 @@ impl ExecutionPlan {
         chain: usize,
         old: &[&TaskSnapshot],
         p: usize,
-    ) -> Result<(Vec<TaskSnapshot>, usize, usize), String> {
+    ) -> Result<(Vec<TaskSnapshot>, ChainRescale), String> {
         let name = self.chain_name(chain);
         let keyed = self.keyed_entries(chain);
         let ring = self.config().routing_for(self.head_name(chain), p);
@@ -118,7 +154,11 @@ impl ExecutionPlan {
                 states: vec![Vec::new(); keyed.len()],
             })
             .collect();
-        let (mut keys, mut moved) = (0, 0);
+        let mut stats = ChainRescale {
+            from: old.len(),
+            to: p,
+            ..ChainRescale::default()
+        };
         for (e, is_keyed) in keyed.iter().enumerate() {
             if !is_keyed {
                 if old.iter().any(|t| !t.states[e].is_empty()) {
@@ -147,8 +187,14 @@ impl ExecutionPlan {
                     }
                     .ok_or_else(|| split_err(name, "a keyed state entry has no hash"))?;
                     let owner = ring.route(hash);
-                    keys += 1;
-                    moved += usize::from(owner != t.subtask);
+                    let mut size = Vec::new();
+                    rmpv::encode::write_value(&mut size, &item).map_err(|x| x.to_string())?;
+                    stats.keys += 1;
+                    stats.bytes += size.len();
+                    if owner != t.subtask {
+                        stats.moved += 1;
+                        stats.bytes_moved += size.len();
+                    }
                     parts[owner].push(item);
                 }
             }
@@ -159,6 +205,6 @@ impl ExecutionPlan {
                 new[j].states[e] = buf;
             }
         }
-        Ok((new, keys, moved))
+        Ok((new, stats))
     }
 }
