@@ -74,8 +74,8 @@ fn main() -> Result<(), UserError> {
     // The step being printed: (from, to, ring, modulo, key groups, time to stop at the savepoint).
     let mut row: Option<(usize, usize, f64, f64, f64, Duration)> = None;
     println!(
-        "{:>8}  {:>10} {:>10} {:>11} {:>10}  {}",
-        "step", "ring", "hash mod N", "key groups", "pause", "state moved (keys, bytes)"
+        "{:>8}  {:>10} {:>10} {:>11} {:>10}  state moved (keys, bytes)",
+        "step", "ring", "hash mod N", "key groups", "pause"
     );
     for (i, &p) in steps.iter().enumerate() {
         let (env, out) = job(&dir, p, restore.take());

@@ -17,6 +17,7 @@ const SECRET: &[u8] = b"bad input test";
 fn sum_job() -> common::SumJob {
     common::SumJob {
         records: 400_000,
+        sources: 4,
         parallelism: 4,
         workers: 1,
         keys: 1_000,

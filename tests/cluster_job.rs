@@ -25,6 +25,7 @@ const ENV_NODE: &str = "RIFFLE_TEST_NODE";
 fn sum_job(slow: bool) -> common::SumJob {
     common::SumJob {
         records: 1_000_000,
+        sources: 6,
         parallelism: 6,
         workers: 2,
         keys: 2_000,

@@ -100,6 +100,7 @@ fn pump(from: &TcpStream, to: &TcpStream, mode: Arc<AtomicU8>) {
 fn sum_job() -> common::SumJob {
     common::SumJob {
         records: 600_000,
+        sources: 4,
         parallelism: 4,
         workers: 1,
         keys: 1_000,

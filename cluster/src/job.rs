@@ -33,7 +33,7 @@ use riffle_actors::chaos::ChaosHandle;
 use riffle_actors::host::{Directory, LocalHost, SpawnSpec};
 use riffle_actors::{Control, Decision, JobError, JobHandle, JobPorts, JobResult, LinkFigures};
 use riffle_actors::{NodeLost, ToJob};
-use riffle_framework::{StreamEnv, TaskId};
+use riffle_framework::{RestoreFrom, StreamEnv, TaskId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -96,16 +96,44 @@ impl ClusterJob {
     /// # Errors
     /// The job's error (see [`JobHandle::wait`]).
     pub fn wait(self) -> Result<JobResult, JobError> {
-        let mut outcome = self.handle.wait();
-        let links = self.links;
+        let outcome = self.handle.wait();
+        Self::ended(self.job, self.links, outcome)
+    }
+
+    /// Takes a savepoint and stops the job there (output after it is never committed); the
+    /// job continues — at another parallelism, on other nodes — with [`Node::run_job_with`]
+    /// restoring the savepoint. Returns the savepoint's id and the stopped job's result.
+    ///
+    /// [`Node::run_job_with`]: crate::Node::run_job_with
+    ///
+    /// # Errors
+    /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first, or the
+    /// job's own error.
+    pub fn stop_with_savepoint(self) -> Result<(u64, JobResult), JobError> {
+        let outcome = self.handle.stop_with_savepoint();
+        let (id, result) = match outcome {
+            Ok((id, r)) => (Some(id), Ok(r)),
+            Err(e) => (None, Err(e)),
+        };
+        let result = Self::ended(self.job, self.links, result)?;
+        Ok((id.unwrap_or_default(), result))
+    }
+
+    /// Gathers the link figures and tells every node the job ended.
+    fn ended(
+        job: u64,
+        links: JobLinks,
+        outcome: Result<JobResult, JobError>,
+    ) -> Result<JobResult, JobError> {
+        let mut outcome = outcome;
         if let Ok(result) = &mut outcome {
-            result.links = links.figures(self.job);
+            result.links = links.figures(job);
         }
         let error = outcome.as_ref().err().map(|e| e.to_string());
-        links.shared.coordinated.remove(&self.job);
+        links.shared.coordinated.remove(&job);
         for link in links.shared.all_links() {
             let _ = link.send(Message::JobEnd {
-                job: self.job,
+                job,
                 error: error.clone(),
             });
         }
@@ -188,17 +216,45 @@ fn delta(base: &LinkTotals, now: &LinkTotals) -> LinkTotals {
         .collect()
 }
 
+/// How a submitted job differs from what its builder says.
+#[derive(Clone, Debug, Default)]
+pub struct JobOptions {
+    /// The default parallelism (operators without their own), e.g. to rescale the keyed
+    /// operators of a job continued from a savepoint. Every node builds the job with it.
+    pub parallelism: Option<usize>,
+    /// Start from this checkpoint or savepoint (read by the coordinator, which must see the
+    /// directory); keyed state is split by the new rings if parallelisms changed.
+    pub restore: Option<RestoreFrom>,
+}
+
+/// The builder `name` with the options applied (`restore` only where it is read).
+fn build_with(
+    builder: &JobBuilder,
+    parallelism: Option<usize>,
+    restore: Option<RestoreFrom>,
+) -> StreamEnv {
+    let env = builder();
+    if let Some(p) = parallelism {
+        env.set_parallelism(p);
+    }
+    if restore.is_some() {
+        env.configure(|c| c.restore = restore);
+    }
+    env
+}
+
 /// Submits job `name` on the coordinator (see the module docs).
 pub(crate) fn run_job(
     shared: &Arc<Shared>,
     me: &str,
     name: &str,
     up: Vec<String>,
+    options: JobOptions,
 ) -> Result<ClusterJob, JobError> {
     let builder = shared
         .builder(name)
         .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
-    let plan = Arc::new(builder().build()?);
+    let plan = Arc::new(build_with(&builder, options.parallelism, None).build()?);
     let mut nodes = up;
     nodes.push(me.to_string());
     nodes.sort();
@@ -240,6 +296,7 @@ pub(crate) fn run_job(
             name: name.to_string(),
             coordinator: me.to_string(),
             placement: placement.clone(),
+            parallelism: options.parallelism.map(|p| p as u32),
         }) {
             return Err(JobError::Cluster(format!("no link to node `{node}`")));
         }
@@ -250,7 +307,7 @@ pub(crate) fn run_job(
     });
     shared.coordinated.insert(job, coordinated.clone());
     // The supervisor owns its own copy of the (deterministic) plan.
-    let plan = builder().build()?;
+    let plan = build_with(&builder, options.parallelism, options.restore).build()?;
     let dist = riffle_actors::Distribution {
         resolve: resolver.clone(),
         remote: Arc::new(ClusterTasks { resolver }),
@@ -293,7 +350,16 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             name,
             coordinator,
             placement,
-        } => match host_job(shared, me, job, &name, &coordinator, &placement) {
+            parallelism,
+        } => match host_job(
+            shared,
+            me,
+            job,
+            &name,
+            &coordinator,
+            &placement,
+            parallelism.map(|p| p as usize),
+        ) {
             Ok(h) => {
                 shared.hosted.insert(job, h);
             }
@@ -411,11 +477,16 @@ fn host_job(
     name: &str,
     coordinator: &str,
     placement: &[(TaskId, String)],
+    parallelism: Option<usize>,
 ) -> Result<Arc<HostedJob>, String> {
     let builder = shared
         .builder(name)
         .ok_or_else(|| format!("no job registered as `{name}`"))?;
-    let plan = Arc::new(builder().build().map_err(|e| e.to_string())?);
+    let plan = Arc::new(
+        build_with(&builder, parallelism, None)
+            .build()
+            .map_err(|e| e.to_string())?,
+    );
     let workers = plan.config().worker_count();
     let link = shared
         .link_sender(coordinator)

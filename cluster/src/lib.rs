@@ -38,7 +38,7 @@ pub mod remote;
 pub mod wire;
 
 pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
-pub use job::{ClusterJob, HostedEnd, JobBuilder};
+pub use job::{ClusterJob, HostedEnd, JobBuilder, JobOptions};
 pub use node::{Member, Node, NodeBuilder, NodeError, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};

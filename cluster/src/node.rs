@@ -9,7 +9,7 @@
 //!
 //! Jobs registered on the builder run across the nodes (see [`crate::job`]).
 
-use crate::job::{ClusterJob, HostedEnd, JobBuilder};
+use crate::job::{ClusterJob, HostedEnd, JobBuilder, JobOptions};
 use crate::mesh::{members_of, run, Shared};
 use crate::remote::{channel_key, Inbox, LinkSender, Outgoing, RemoteMailbox};
 use crate::wire::{EdgeAddress, DEFAULT_MAX_FRAME};
@@ -282,7 +282,22 @@ impl Node {
     /// [`JobError::Cluster`] if this node is not the coordinator, no job is registered under
     /// `name`, or a node cannot be reached; the job's graph and start errors.
     pub fn run_job(&self, name: &str) -> Result<ClusterJob, JobError> {
-        crate::job::run_job(&self.shared, &self.name, name, self.shared.up_peers())
+        self.run_job_with(name, JobOptions::default())
+    }
+
+    /// Submits the job registered as `name` with `options` (another parallelism, a savepoint
+    /// to continue from), spread over every live node; see [`Node::run_job`].
+    ///
+    /// # Errors
+    /// As [`Node::run_job`], and the errors of loading or fitting the checkpoint to restore.
+    pub fn run_job_with(&self, name: &str, options: JobOptions) -> Result<ClusterJob, JobError> {
+        crate::job::run_job(
+            &self.shared,
+            &self.name,
+            name,
+            self.shared.up_peers(),
+            options,
+        )
     }
 
     /// Blocks until a job this node hosted (as a non-coordinator) ends, or `timeout` passes.

@@ -175,6 +175,8 @@ pub enum Message {
         coordinator: String,
         /// Every subtask and its node.
         placement: Vec<(TaskId, String)>,
+        /// The default parallelism the job runs at, if the coordinator changed it.
+        parallelism: Option<u32>,
     },
     /// Coordinator → node: start subtask `task` (`spec`: an rmp-serde `SpawnSpec`).
     Spawn {

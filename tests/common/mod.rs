@@ -41,15 +41,17 @@ pub fn init_logging() {
     }
 }
 
-/// A keyed running sum over `0..records` for the cluster tests: `parallelism` sources split
-/// the sequence into contiguous shares and each key's records come from one share, so the
-/// running sums are the same in every run however subtasks interleave. Every `pace`-th record
+/// A keyed running sum over `0..records` for the cluster tests: `sources` source subtasks
+/// split the sequence into contiguous shares and each key's records come from one share, so
+/// the running sums are the same in every run however subtasks interleave (and whatever the
+/// keyed operator's parallelism, the job's default `parallelism`). Every `pace`-th record
 /// sleeps `pace_ms` (0: never) so that faults can land mid-run. Output goes to `dir/output`
 /// through the transactional file sink; checkpoints every `checkpoint_ms` to
 /// `dir/checkpoints`.
 #[derive(Clone, Copy, Debug)]
 pub struct SumJob {
     pub records: u64,
+    pub sources: usize,
     pub parallelism: usize,
     pub workers: usize,
     pub keys: u64,
@@ -61,7 +63,7 @@ pub struct SumJob {
 impl SumJob {
     /// The key of record `x`.
     pub fn key(&self, x: u64) -> u64 {
-        let p = self.parallelism as u64;
+        let p = self.sources as u64;
         let share = (0..p)
             .rev()
             .find(|j| self.records * j / p <= x)
@@ -83,12 +85,14 @@ impl SumJob {
         let (pace, pace_ms) = (self.pace.max(1), self.pace_ms);
         let me = *self;
         env.sequence(0..self.records)
+            .parallelism(self.sources)
             .map(move |x: u64| {
                 if pace_ms > 0 && x % pace == 0 {
                     std::thread::sleep(Duration::from_millis(pace_ms));
                 }
                 x
             })
+            .parallelism(self.sources)
             .key_by(move |x: &u64| me.key(*x))
             .sum(|x: &u64| *x)
             .name("sum")

@@ -1,0 +1,171 @@
+//! Growing and shrinking a cluster under a running job, through savepoints: a keyed running
+//! sum runs on 3 node processes at parallelism 6, stops at a savepoint, continues on 4 nodes
+//! at parallelism 8 (the new node gets subtasks), stops again, and finishes on 2 nodes at
+//! parallelism 4 after the other two have left. The committed output of the three runs
+//! equals the single-process run line for line.
+//!
+//! The coordinator n1 runs in the test process; n2, n3 and n4 are copies of the test binary
+//! (`node_process_entry` does nothing unless `RIFFLE_TEST_RESCALE_NODE` is set) that host a
+//! given number of jobs and exit.
+
+mod common;
+
+use riffle::cluster::{JobOptions, Node, Status};
+use riffle::RestoreFrom;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::Duration;
+
+const SECRET: &[u8] = b"cluster rescale test";
+const ENV_NODE: &str = "RIFFLE_TEST_RESCALE_NODE";
+
+fn sum_job() -> common::SumJob {
+    common::SumJob {
+        records: 1_000_000,
+        sources: 4,
+        parallelism: 6,
+        workers: 1,
+        keys: 1_000,
+        checkpoint_ms: 50,
+        pace: 2_000,
+        pace_ms: 1,
+    }
+}
+
+fn node(name: &str, dir: &Path, seeds: Vec<String>) -> Node {
+    let d = dir.to_path_buf();
+    Node::builder()
+        .name(name)
+        .secret(SECRET)
+        .seeds(seeds)
+        .heartbeat(Duration::from_millis(50))
+        .failure_timeout(Duration::from_millis(400))
+        .checkpoint_dir(dir.join("checkpoints"))
+        .register_job("sum", move || sum_job().build(&d))
+        .start()
+        .expect("node starts")
+}
+
+/// Entry point of a node process; a no-op in a normal test run.
+#[test]
+fn node_process_entry() {
+    let Ok(spec) = std::env::var(ENV_NODE) else {
+        return;
+    };
+    common::init_logging();
+    // name|seed|dir|jobs to host
+    let f: Vec<&str> = spec.split('|').collect();
+    let (name, seed, dir, jobs) = (f[0], f[1], PathBuf::from(f[2]), f[3]);
+    let jobs: usize = jobs.parse().expect("jobs");
+    let n = node(name, &dir, vec![seed.to_string()]);
+    for _ in 0..jobs {
+        match n.wait_hosted(Duration::from_secs(300)) {
+            Some(end) if end.error.is_none() || end.error.as_deref() == Some("") => {}
+            Some(end) => {
+                // A job stopped at a savepoint ends without an error; anything else fails.
+                eprintln!("{name}: {end:?}");
+                std::process::exit(1);
+            }
+            None => std::process::exit(2),
+        }
+    }
+    n.shutdown();
+    std::process::exit(0);
+}
+
+fn spawn(name: &str, seed: &str, dir: &Path, jobs: usize) -> Child {
+    Command::new(std::env::current_exe().expect("test binary"))
+        .args(["node_process_entry", "--exact", "--nocapture"])
+        .env(ENV_NODE, format!("{name}|{seed}|{}|{jobs}", dir.display()))
+        .spawn()
+        .expect("spawn node")
+}
+
+fn up(n: &Node, want: &[&str]) {
+    let m = n.wait_members(Duration::from_secs(30), |m| {
+        let ups: Vec<&str> = m
+            .iter()
+            .filter(|x| x.status == Status::Up)
+            .map(|x| x.node.as_str())
+            .collect();
+        ups == want
+    });
+    let ups: Vec<&str> = m
+        .iter()
+        .filter(|x| x.status == Status::Up)
+        .map(|x| x.node.as_str())
+        .collect();
+    assert_eq!(ups, want, "members seen by n1");
+}
+
+/// Runs one phase: starts the job (from `restore`) at `parallelism`, lets it commit two
+/// checkpoints, and stops it at a savepoint (or lets it finish); returns the savepoint path.
+fn phase(
+    n1: &Node,
+    dir: &Path,
+    parallelism: usize,
+    restore: Option<PathBuf>,
+    nodes: &[&str],
+    stop: bool,
+) -> Option<PathBuf> {
+    let job = n1
+        .run_job_with(
+            "sum",
+            JobOptions {
+                parallelism: Some(parallelism),
+                restore: restore.map(RestoreFrom::Path),
+            },
+        )
+        .expect("job starts");
+    let placed: Vec<&str> = job.placement.keys().map(String::as_str).collect();
+    assert_eq!(placed, nodes, "every node runs subtasks");
+    println!(
+        "parallelism {parallelism} on {nodes:?}: {:?}",
+        job.placement
+    );
+    if !stop {
+        let r = job.wait().expect("the last run finishes");
+        assert!(r.recoveries.is_empty());
+        return None;
+    }
+    job.chaos().wait_until(|p| p.checkpoints >= 2);
+    let (id, r) = job.stop_with_savepoint().expect("stops at a savepoint");
+    assert_eq!(r.stopped_at_savepoint, Some(id));
+    Some(
+        dir.join("checkpoints")
+            .join("cluster-sum")
+            .join(format!("sp-{id}")),
+    )
+}
+
+#[test]
+fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
+    common::init_logging();
+    let expected = sum_job().single_process_output();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let n1 = node("n1", dir.path(), vec![]);
+    let seed = n1.local_addr().to_string();
+    let mut children = vec![
+        spawn("n2", &seed, dir.path(), 3),
+        spawn("n3", &seed, dir.path(), 2),
+    ];
+    up(&n1, &["n2", "n3"]);
+    let sp = phase(&n1, dir.path(), 6, None, &["n1", "n2", "n3"], true);
+
+    children.push(spawn("n4", &seed, dir.path(), 1));
+    up(&n1, &["n2", "n3", "n4"]);
+    let sp = phase(&n1, dir.path(), 8, sp, &["n1", "n2", "n3", "n4"], true);
+
+    // n3 and n4 leave once their jobs ended (after the savepoint): only their subtasks move.
+    for c in children.drain(1..) {
+        let status = c.wait_with_output().expect("wait").status;
+        assert!(status.success(), "a leaving node exits cleanly: {status:?}");
+    }
+    up(&n1, &["n2"]);
+    phase(&n1, dir.path(), 4, sp, &["n1", "n2"], false);
+    for c in children {
+        let status = c.wait_with_output().expect("wait").status;
+        assert!(status.success(), "n2 exits cleanly: {status:?}");
+    }
+    common::assert_same_output(common::published_output(dir.path()), expected);
+}
