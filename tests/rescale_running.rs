@@ -1,0 +1,121 @@
+//! Rescaling a running job: a keyed running count over 2,000,000 records is rescaled
+//! 4 → 5 → 8 → 3 while its input streams (each step stops at a savepoint and continues from
+//! it at the new parallelism; one step is preceded by a crash of a keyed subtask, recovered
+//! from its latest checkpoint). Every record is counted exactly once over the four runs, and
+//! every step moves at most 1.25 × the ideal share of the keys.
+
+mod common;
+
+use riffle::prelude::*;
+use riffle::{CheckpointConfig, Fault, FsStore, RestoreFrom};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+const N: u64 = 2_000_000;
+const KEYS: u64 = 20_000;
+
+fn key(i: u64) -> u64 {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS
+}
+
+fn job(
+    dir: &Path,
+    p: usize,
+    restore: Option<PathBuf>,
+) -> (StreamEnv, riffle::CollectHandle<(u64, u64)>) {
+    let env = StreamEnv::new();
+    env.configure(|c| {
+        c.name = "running".to_string();
+        c.batch_size = 256;
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir));
+        c.restore = restore.map(RestoreFrom::Path);
+        c.restart = common::chaos_restarts(RestartKind::OneForAll);
+    });
+    let out = env
+        .generate(N, |i| {
+            // Paced (about 0.5 s per run) so that every step stops while input remains.
+            if i % 2_000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (key(i), 1u64)
+        })
+        .parallelism(2)
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .name("count")
+        .parallelism(p)
+        .rebalance()
+        .map(|r| r)
+        .parallelism(2)
+        .collect();
+    (env, out)
+}
+
+#[test]
+fn a_running_job_rescaled_4_5_8_3_counts_every_record_once() {
+    common::init_logging();
+    riffle::chaos::silence_injected_panics();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steps = [4usize, 5, 8, 3];
+    let mut restore: Option<PathBuf> = None;
+    let mut updates: Vec<(u64, u64)> = Vec::new();
+    for (i, &p) in steps.iter().enumerate() {
+        let (env, out) = job(dir.path(), p, restore.clone());
+        if let Some(sp) = &restore {
+            let from = steps[i - 1];
+            let report = env
+                .build()
+                .expect("plan")
+                .adapt_checkpoint(FsStore::load_dir(sp).expect("savepoint"))
+                .expect("fits")
+                .1;
+            let c = report.chains.first().expect("the keyed chain moved");
+            let (moved, ideal) = c.moved_vs_ideal();
+            println!(
+                "{from} -> {p}: {} of {} keys moved ({moved:.3}; ideal {ideal:.3}), {} KiB of state",
+                c.moved,
+                c.keys,
+                c.bytes_moved / 1024
+            );
+            assert!(
+                moved <= ideal * 1.25,
+                "{from} -> {p}: {moved:.3} > 1.25 × {ideal:.3}"
+            );
+        }
+        let handle = env.start().expect("start");
+        let chaos = handle.chaos();
+        if i + 1 == steps.len() {
+            handle.wait().expect("the last run finishes");
+            updates.extend(out.take());
+            break;
+        }
+        chaos.wait_until(|pr| pr.checkpoints >= 2);
+        if p == 5 {
+            // A crash right before this rescale: recovered, then the savepoint.
+            let task = chaos.find("count", 1).expect("a keyed subtask");
+            chaos.crash(task, Fault::Panic);
+            chaos.wait_until(|pr| pr.epoch >= 1 && pr.running_epoch >= 1);
+            chaos.wait_until(|pr| pr.checkpoints >= 3);
+        }
+        let (id, result) = handle.stop_with_savepoint().expect("savepoint");
+        if p == 5 {
+            assert_eq!(result.recoveries.len(), 1, "the crash was recovered");
+        }
+        updates.extend(out.take());
+        restore = Some(dir.path().join("running").join(format!("sp-{id}")));
+    }
+    // A running count emits one update per record: exactly N updates, and each key's last
+    // count is its number of records.
+    assert_eq!(updates.len() as u64, N, "every record counted exactly once");
+    let mut finals: HashMap<u64, u64> = HashMap::new();
+    for (k, n) in updates {
+        let e = finals.entry(k).or_default();
+        *e = (*e).max(n);
+    }
+    let mut expect: HashMap<u64, u64> = HashMap::new();
+    for i in 0..N {
+        *expect.entry(key(i)).or_default() += 1;
+    }
+    assert_eq!(finals, expect);
+}
