@@ -4,18 +4,20 @@
 //! cargo run --release --example rescale
 //! ```
 //!
-//! A running count per string key (parallelism 4) is stopped at a savepoint, restarted from
-//! it at 5 subtasks, then 8, then 3, while the input streams on. At each step the keyed state is
-//! split by the new consistent-hash ring; the example prints the fraction of keys that moved
-//! next to what `hash mod N` and Flink-style key groups (max parallelism 128) would move for the
-//! same keys, and the pause (stop → first record processed by the rescaled job). At the end the
-//! committed output of all four runs is checked: every record counted once.
+//! A running count per string key (parallelism 4) is rescaled with `JobHandle::rescale` to 5
+//! subtasks, then 8, then 3, while the input streams on: each step stops the job at a
+//! savepoint, splits the keyed state by the new consistent-hash ring and continues from the
+//! savepoint. The example prints the fraction of keys that moved — measured on the state, and
+//! next to what `hash mod N` and Flink-style key groups (max parallelism 128) would move for
+//! the same keys — the keyed state moved, and the pause (request → first record processed by
+//! the rescaled job). At the end the output collected over the whole run is checked: every
+//! record counted once.
 
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, FsStore, KeyRing, RestoreFrom};
+use riffle::{CheckpointConfig, KeyRing};
 use std::collections::HashMap;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const N: u64 = 3_000_000;
 const KEYS: u64 = 20_000;
@@ -24,24 +26,20 @@ fn key(i: u64) -> String {
     format!("user-{}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS)
 }
 
-fn job(
-    dir: &Path,
-    p: usize,
-    restore: Option<RestoreFrom>,
-) -> (StreamEnv, riffle::CollectHandle<(String, u64)>) {
+fn job(dir: &Path) -> (StreamEnv, riffle::CollectHandle<(String, u64)>) {
     let env = StreamEnv::new();
     env.configure(|c| {
         c.name = "rescale-example".to_string();
         c.batch_size = 128;
         c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(25)).in_dir(dir));
-        c.restore = restore;
     });
     let out = env
         .generate(N, key)
         .parallelism(2)
         .key_by(|k: &String| k.clone())
         .sum(|_| 1u64)
-        .parallelism(p)
+        .name("count")
+        .parallelism(4)
         .rebalance()
         .map(|r| r)
         .parallelism(2)
@@ -67,79 +65,45 @@ fn main() -> Result<(), UserError> {
     let dir = std::env::temp_dir().join("riffle-rescale-example");
     let _ = std::fs::remove_dir_all(&dir);
     let hashes: Vec<u64> = (0..KEYS).map(|k| format!("user-{k}").key_hash()).collect();
-    let steps = [4usize, 5, 8, 3];
-    let mut outputs = Vec::new();
-    let mut restore = None;
-    let mut restore_path: Option<std::path::PathBuf> = None;
-    // The step being printed: (from, to, ring, modulo, key groups, time to stop at the savepoint).
-    let mut row: Option<(usize, usize, f64, f64, f64, Duration)> = None;
     println!(
-        "{:>8}  {:>10} {:>10} {:>11} {:>10}  state moved (keys, bytes)",
-        "step", "ring", "hash mod N", "key groups", "pause"
+        "{:>8}  {:>10} {:>10} {:>10} {:>11} {:>10}  state moved",
+        "step", "ring", "(ideal)", "hash mod N", "key groups", "pause"
     );
-    for (i, &p) in steps.iter().enumerate() {
-        let (env, out) = job(&dir, p, restore.take());
-        // What the restore will move: the keyed state whose owner changed on the new ring.
-        let moved = match &restore_path {
-            Some(sp) => {
-                let report = env.build()?.adapt_checkpoint(FsStore::load_dir(sp)?)?.1;
-                format!(
-                    "{} keys, {} KiB",
-                    report.keys_moved(),
-                    report.bytes_moved() / 1024
-                )
-            }
-            None => String::new(),
-        };
-        let started = Instant::now();
-        let handle = env.start()?;
-        let chaos = handle.chaos();
-        if let Some((from, to, ring, modulo, groups, stopped)) = row.take() {
-            // The pause: stopping at the savepoint, then starting this job until its first
-            // record.
-            chaos.wait_until(|pr| pr.restored_record);
-            let pause = stopped + started.elapsed();
-            println!(
-                "{from:>3} -> {to:<2}  {ring:>10.3} {modulo:>10.3} {groups:>11.3} {:>7.1} ms  {moved}",
-                pause.as_secs_f64() * 1e3
-            );
-        }
-        if i + 1 == steps.len() {
-            let result = handle.wait()?;
-            outputs.push(out.take());
-            println!(
-                "last step at parallelism {p} ran to the end in {:?}",
-                result.elapsed
-            );
-            break;
-        }
-        chaos.wait_until(|pr| pr.checkpoints >= 2);
-        let stop = Instant::now();
-        let (id, _) = handle.stop_with_savepoint()?;
-        let stopped = stop.elapsed();
-        outputs.push(out.take());
-        let next = steps[i + 1];
-        let (ring, modulo, groups) = movement(&hashes, p, next);
-        row = Some((p, next, ring, modulo, groups, stopped));
-        let sp = dir.join("rescale-example").join(format!("sp-{id}"));
-        restore = Some(RestoreFrom::Path(sp.clone()));
-        restore_path = Some(sp);
+    let (env, out) = job(&dir);
+    let mut handle = env.start()?;
+    let mut from = 4;
+    for to in [5usize, 8, 3] {
+        handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
+        let r = handle.rescale("count", to)?;
+        let (ring, ideal) = r.moved.moved_vs_ideal();
+        let (_, modulo, groups) = movement(&hashes, from, to);
+        println!(
+            "{from:>3} -> {to:<2}  {ring:>10.3} {ideal:>10.3} {modulo:>10.3} {groups:>11.3} {:>7.1} ms  {} keys, {} KiB",
+            r.pause.as_secs_f64() * 1e3,
+            r.moved.moved,
+            r.moved.bytes_moved / 1024
+        );
+        from = to;
     }
+    let result = handle.wait()?;
+    println!(
+        "last step at parallelism {from} ran to the end ({} subtasks of `count`)",
+        result.chain("count").len()
+    );
     let mut finals: HashMap<String, u64> = HashMap::new();
-    let mut updates = 0u64;
-    for out in outputs {
-        updates += out.len() as u64;
-        for (k, n) in out {
-            let e = finals.entry(k).or_default();
-            *e = (*e).max(n);
-        }
+    let out = out.take();
+    let updates = out.len() as u64;
+    for (k, n) in out {
+        let e = finals.entry(k).or_default();
+        *e = (*e).max(n);
     }
     let mut expect: HashMap<String, u64> = HashMap::new();
     for i in 0..N {
         *expect.entry(key(i)).or_default() += 1;
     }
+    let _ = std::fs::remove_dir_all(&dir);
     if finals == expect && updates == N {
-        println!("committed output over the four runs: {updates} updates, every record counted exactly once");
+        println!("collected output: {updates} updates, every record counted exactly once");
         Ok(())
     } else {
         Err(format!("output is not exact: {updates} updates for {N} records").into())

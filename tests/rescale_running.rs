@@ -119,3 +119,56 @@ fn a_running_job_rescaled_4_5_8_3_counts_every_record_once() {
     }
     assert_eq!(finals, expect);
 }
+
+#[test]
+fn job_handle_rescale_keeps_the_job_running_and_exact() {
+    common::init_logging();
+    riffle::chaos::silence_injected_panics();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (env, out) = job(dir.path(), 4, None);
+    let mut handle = env.start().expect("start");
+    // Nothing stops for a request that cannot be met.
+    assert!(matches!(
+        handle.rescale("no such operator", 3),
+        Err(JobError::Graph(_))
+    ));
+    let mut from = 4;
+    for p in [5usize, 8, 3] {
+        handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
+        if p == 8 {
+            // A crash right before this rescale, recovered first.
+            let chaos = handle.chaos();
+            let task = chaos.find("count", 1).expect("a keyed subtask");
+            chaos.crash(task, Fault::Panic);
+            chaos.wait_until(|pr| pr.epoch >= 1 && pr.running_epoch >= 1);
+        }
+        let r = handle.rescale("count", p).expect("rescale");
+        let (moved, ideal) = r.moved.moved_vs_ideal();
+        println!(
+            "rescale {from} -> {p}: {} of {} keys ({moved:.3}; ideal {ideal:.3}), {} KiB moved, pause {:.1} ms",
+            r.moved.moved,
+            r.moved.keys,
+            r.moved.bytes_moved / 1024,
+            r.pause.as_secs_f64() * 1e3
+        );
+        assert_eq!((r.moved.from, r.moved.to), (from, p));
+        assert!(r.moved.keys > 0 && moved <= ideal * 1.25, "{:?}", r.moved);
+        if p == 8 {
+            assert_eq!(r.before.recoveries.len(), 1, "the crash was recovered");
+        }
+        from = p;
+    }
+    handle.wait().expect("finishes at parallelism 3");
+    let updates = out.take();
+    assert_eq!(updates.len() as u64, N, "every record counted exactly once");
+    let mut finals: HashMap<u64, u64> = HashMap::new();
+    for (k, n) in updates {
+        let e = finals.entry(k).or_default();
+        *e = (*e).max(n);
+    }
+    let mut expect: HashMap<u64, u64> = HashMap::new();
+    for i in 0..N {
+        *expect.entry(key(i)).or_default() += 1;
+    }
+    assert_eq!(finals, expect);
+}

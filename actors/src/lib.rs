@@ -47,6 +47,7 @@ pub use message::{
     TaskDraining, TaskFailed, TaskFinished, TaskLost, TaskResumed, ToJob,
 };
 pub use runtime::{
-    start_distributed, start_plan, Distribution, Execute, JobHandle, JobPorts, NodeLost, Rng,
+    start_distributed, start_plan, Distribution, Execute, JobHandle, JobPorts, NodeLost,
+    RescaleOutcome, Rng,
 };
 pub use subtask::Lifecycle;

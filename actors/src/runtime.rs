@@ -8,8 +8,8 @@ use crate::message::ToJob;
 use crate::supervisor::{JobSupervisor, Recovery};
 use actix::prelude::*;
 use riffle_framework::{
-    Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan, FsStore,
-    JobConfig, MemoryStore, RestoreFrom, StreamEnv, TaskId,
+    ChainRescale, Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan,
+    FsStore, JobConfig, MemoryStore, RestoreFrom, StreamEnv, TaskId,
 };
 use std::collections::{HashMap, VecDeque};
 use std::sync::mpsc;
@@ -55,6 +55,20 @@ pub struct JobHandle {
     outcome: mpsc::Receiver<Outcome>,
     thread: Option<JoinHandle<()>>,
     chaos: Option<ChaosHandle>,
+    plan: Arc<ExecutionPlan>,
+}
+
+/// What one [`JobHandle::rescale`] did.
+#[derive(Clone, Debug)]
+pub struct RescaleOutcome {
+    /// The savepoint the job continued from.
+    pub savepoint: u64,
+    /// The keyed state that moved (keys, bytes, versus the ideal share).
+    pub moved: ChainRescale,
+    /// From the rescale request until the rescaled job processed its first record.
+    pub pause: std::time::Duration,
+    /// The result of the job up to the savepoint.
+    pub before: JobResult,
 }
 
 impl JobHandle {
@@ -65,6 +79,11 @@ impl JobHandle {
     /// with the operator, subtask and root cause; [`JobError::NoWorkers`] if every worker
     /// thread stopped; [`JobError::RuntimeLost`] if the runtime ended without an outcome.
     pub fn wait(mut self) -> Result<JobResult, JobError> {
+        self.finish()
+    }
+
+    /// The job's outcome, once its threads have ended.
+    fn finish(&mut self) -> Result<JobResult, JobError> {
         let outcome = self.outcome.recv().unwrap_or(Err(JobError::RuntimeLost));
         if let Some(t) = self.thread.take() {
             if t.join().is_err() && outcome.is_ok() {
@@ -72,6 +91,56 @@ impl JobHandle {
             }
         }
         outcome
+    }
+
+    /// Changes the parallelism of operator `operator` (and of the operators chained with
+    /// it) to `n` while the job runs: the job stops at a savepoint, the keyed state is split
+    /// by the new ring (only the keys whose owner changed move), and the job continues from
+    /// the savepoint — no record is lost or counted twice, and in-process handles such as
+    /// `collect()` keep receiving output. Every subtask restarts (not only the rescaled
+    /// operator's); the pause is reported. Needs checkpoints in a directory.
+    ///
+    /// # Errors
+    /// [`JobError::Graph`] if the operator cannot be rescaled to `n` (nothing stops);
+    /// [`JobError::SavepointFailed`] without checkpoints in a directory or if the job ended
+    /// first; errors restoring or starting the rescaled job.
+    pub fn rescale(&mut self, operator: &str, n: usize) -> Result<RescaleOutcome, JobError> {
+        let mut plan = self.plan.rescaled(operator, n)?;
+        let dir = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
+            Some(CheckpointStorage::Dir(d)) => d.join(&plan.config().name),
+            _ => {
+                return Err(JobError::SavepointFailed {
+                    reason: "rescaling needs checkpoints in a directory".to_string(),
+                })
+            }
+        };
+        let started = Instant::now();
+        let savepoint = self.request_savepoint(true)?;
+        let before = self.finish()?;
+        let sp = dir.join(format!("sp-{savepoint}"));
+        let (_, report) = plan
+            .adapt_checkpoint(FsStore::load_dir(&sp)?)
+            .map_err(|reason| JobError::CheckpointMismatch {
+                checkpoint: savepoint,
+                reason,
+            })?;
+        let chain = plan
+            .chain_name(plan.chain_of(operator).unwrap_or(0))
+            .to_string();
+        let moved = report
+            .chains
+            .into_iter()
+            .find(|c| c.chain == chain)
+            .unwrap_or_default();
+        plan.set_restore(Some(RestoreFrom::Path(sp)));
+        *self = start_plan(plan)?;
+        self.chaos().wait_until(|p| p.restored_record || p.ended);
+        Ok(RescaleOutcome {
+            savepoint,
+            moved,
+            pause: started.elapsed(),
+            before,
+        })
     }
 
     /// A handle to inject faults into the running job (see [`crate::chaos`]).
@@ -161,6 +230,7 @@ pub fn start_plan(plan: ExecutionPlan) -> Result<JobHandle, JobError> {
 fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHandle, JobError> {
     let restored = load_restore(&plan)?;
     let plan = Arc::new(plan);
+    let keep = plan.clone();
     let (tx, rx) = mpsc::channel();
     let (chaos_tx, chaos_rx) = mpsc::channel();
     let name = format!("riffle-{}", plan.config().name);
@@ -174,6 +244,7 @@ fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHand
         outcome: rx,
         thread: Some(thread),
         chaos,
+        plan: keep,
     })
 }
 

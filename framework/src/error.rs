@@ -55,6 +55,16 @@ pub enum GraphError {
         /// What a valid value is.
         reason: &'static str,
     },
+    /// An operator cannot be rescaled as asked.
+    #[error("cannot rescale operator `{operator}` to {parallelism}: {reason}")]
+    Rescale {
+        /// The operator.
+        operator: String,
+        /// The parallelism asked for.
+        parallelism: usize,
+        /// Why not.
+        reason: &'static str,
+    },
 }
 
 /// Errors of the built-in connectors (sources and sinks).

@@ -272,6 +272,7 @@ pub(crate) struct GraphBuilder {
     pub dead_letters: DeadLetterQueue,
 }
 
+#[derive(Clone)]
 struct PlanNode {
     name: Arc<str>,
     keyed: bool,
@@ -284,6 +285,7 @@ struct PlanNode {
     out_ops: Option<Arc<dyn TypeOps>>,
 }
 
+#[derive(Clone)]
 struct PlanEdge {
     from: NodeId,
     to: NodeId,
@@ -291,6 +293,7 @@ struct PlanEdge {
     partitioner: Option<Routing>,
 }
 
+#[derive(Clone)]
 struct Chain {
     nodes: Vec<NodeId>,
     name: String,
@@ -346,6 +349,7 @@ impl TaskChain {
 }
 
 /// A validated job: nodes grouped into chains, channels laid out, factories ready.
+#[derive(Clone)]
 pub struct ExecutionPlan {
     nodes: Vec<PlanNode>,
     edges: Vec<PlanEdge>,
@@ -507,6 +511,61 @@ impl ExecutionPlan {
         &self.config
     }
 
+    /// Sets where the job starts from (a checkpoint or savepoint).
+    pub fn set_restore(&mut self, restore: Option<crate::config::RestoreFrom>) {
+        self.config.restore = restore;
+    }
+
+    /// The same plan with the chain of operator `operator` at parallelism `n`: its subtasks
+    /// and the keyed edges into it (their rings) change, nothing else. The chain structure is
+    /// kept, so the plan's checkpoints fit the running job's (keyed state is split by
+    /// [`ExecutionPlan::adapt_checkpoint`]).
+    ///
+    /// # Errors
+    /// [`GraphError::Rescale`] if no operator has that name, `n` is 0, the operator is
+    /// in a source's chain, or the chain is joined to another by a forward edge (whose
+    /// parallelisms must stay equal).
+    pub fn rescaled(&self, operator: &str, n: usize) -> Result<ExecutionPlan, GraphError> {
+        let bad = |reason: &'static str| GraphError::Rescale {
+            operator: operator.to_string(),
+            parallelism: n,
+            reason,
+        };
+        let node = self
+            .nodes
+            .iter()
+            .position(|x| &*x.name == operator)
+            .ok_or_else(|| bad("no operator has that name"))?;
+        if n == 0 {
+            return Err(bad("parallelism must be at least 1"));
+        }
+        let chain = self.node_chain[node];
+        if self.is_source(chain) {
+            return Err(bad("a source's parallelism cannot change yet"));
+        }
+        let c = &self.chains[chain];
+        let forward_across = c
+            .in_edges
+            .iter()
+            .chain(&c.out_edges)
+            .any(|&e| self.edges[e].kind.is_forward());
+        if forward_across {
+            return Err(bad("the chain is joined to another by a forward edge"));
+        }
+        let mut plan = self.clone();
+        for &x in &plan.chains[chain].nodes {
+            plan.nodes[x].parallelism = n;
+        }
+        plan.chains[chain].parallelism = n;
+        for &e in &self.chains[chain].in_edges {
+            if matches!(plan.edges[e].kind, EdgeKind::Key(_)) {
+                let to = &plan.nodes[plan.edges[e].to].name;
+                plan.edges[e].partitioner = Some(plan.config.routing_for(to, n));
+            }
+        }
+        Ok(plan)
+    }
+
     /// The queue behind the job's dead-letter stream.
     pub fn dead_letter_queue(&self) -> &DeadLetterQueue {
         &self.dead_letters
@@ -572,6 +631,12 @@ impl ExecutionPlan {
     /// The number of chains.
     pub fn chain_count(&self) -> usize {
         self.chains.len()
+    }
+
+    /// The chain that runs operator `operator`.
+    pub fn chain_of(&self, operator: &str) -> Option<usize> {
+        let node = self.nodes.iter().position(|x| &*x.name == operator)?;
+        Some(self.node_chain[node])
     }
 
     /// A chain's name: its operators' names joined by ` -> `.
