@@ -27,7 +27,8 @@ fn sum_job() -> common::SumJob {
         workers: 1,
         keys: 1_000,
         checkpoint_ms: 50,
-        pace: 2_000,
+        // Paced (at least 0.5 s in all) so that each phase stops while input remains.
+        pace: 400,
         pace_ms: 1,
     }
 }
