@@ -30,7 +30,7 @@ fn sum_job(slow: bool) -> common::SumJob {
         workers: 2,
         keys: 2_000,
         checkpoint_ms: 100,
-        pace: 2_000,
+        pace: 1_000,
         pace_ms: if slow { 2 } else { 0 },
     }
 }

@@ -105,7 +105,7 @@ fn sum_job() -> common::SumJob {
         workers: 1,
         keys: 1_000,
         checkpoint_ms: 50,
-        pace: 1_000,
+        pace: 250,
         pace_ms: 1,
     }
 }

@@ -32,7 +32,13 @@ fn job(
         }
     });
     let out = env
-        .generate(N, |i| (key(i), 1u64))
+        .generate(N, |i| {
+            // Paced (at least 0.25 s) so that a savepoint is taken before the input ends.
+            if i % 2_000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (key(i), 1u64)
+        })
         .parallelism(2)
         .key_by(|r: &(u64, u64)| r.0)
         .sum(|r| r.1)
