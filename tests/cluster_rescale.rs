@@ -1,7 +1,8 @@
 //! Growing and shrinking a cluster under a running job, through savepoints: a keyed running
-//! sum runs on 3 node processes at parallelism 6, stops at a savepoint, continues on 4 nodes
-//! at parallelism 8 (the new node gets subtasks), stops again, and finishes on 2 nodes at
-//! parallelism 4 after the other two have left. The committed output of the three runs
+//! sum runs on 3 node processes with its keyed operator at 6 subtasks; a fourth node joins
+//! and `ClusterJob::rescale` takes the operator to 8 subtasks over the 4 nodes (the new node
+//! gets subtasks); the job stops at a savepoint, two nodes leave, and it finishes on 2 nodes
+//! with the operator at 4. The committed output of the three runs
 //! equals the single-process run line for line.
 //!
 //! The coordinator n1 runs in the test process; n2, n3 and n4 are copies of the test binary
@@ -99,44 +100,20 @@ fn up(n: &Node, want: &[&str]) {
     assert_eq!(ups, want, "members seen by n1");
 }
 
-/// Runs one phase: starts the job (from `restore`) at `parallelism`, lets it commit two
-/// checkpoints, and stops it at a savepoint (or lets it finish); returns the savepoint path.
-fn phase(
-    n1: &Node,
-    dir: &Path,
-    parallelism: usize,
-    restore: Option<PathBuf>,
-    nodes: &[&str],
-    stop: bool,
-) -> Option<PathBuf> {
-    let job = n1
-        .run_job_with(
-            "sum",
-            JobOptions {
-                parallelism: Some(parallelism),
-                restore: restore.map(RestoreFrom::Path),
-            },
-        )
-        .expect("job starts");
+/// Starts the job with `options` and checks which nodes it is placed on.
+fn start(n1: &Node, options: JobOptions, nodes: &[&str]) -> riffle::cluster::ClusterJob {
+    let job = n1.run_job_with("sum", options).expect("job starts");
+    placed_on(&job, nodes);
+    job
+}
+
+fn placed_on(job: &riffle::cluster::ClusterJob, nodes: &[&str]) {
     let placed: Vec<&str> = job.placement.keys().map(String::as_str).collect();
-    assert_eq!(placed, nodes, "every node runs subtasks");
-    println!(
-        "parallelism {parallelism} on {nodes:?}: {:?}",
+    assert_eq!(
+        placed, nodes,
+        "every live node runs subtasks: {:?}",
         job.placement
     );
-    if !stop {
-        let r = job.wait().expect("the last run finishes");
-        assert!(r.recoveries.is_empty());
-        return None;
-    }
-    job.chaos().wait_until(|p| p.checkpoints >= 2);
-    let (id, r) = job.stop_with_savepoint().expect("stops at a savepoint");
-    assert_eq!(r.stopped_at_savepoint, Some(id));
-    Some(
-        dir.join("checkpoints")
-            .join("cluster-sum")
-            .join(format!("sp-{id}")),
-    )
 }
 
 #[test]
@@ -151,19 +128,49 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
         spawn("n3", &seed, dir.path(), 2),
     ];
     up(&n1, &["n2", "n3"]);
-    let sp = phase(&n1, dir.path(), 6, None, &["n1", "n2", "n3"], true);
+    let job = start(&n1, JobOptions::default(), &["n1", "n2", "n3"]);
+    job.chaos().wait_until(|p| p.checkpoints >= 2);
 
+    // Grow: n4 joins, and the keyed operator goes from 6 to 8 subtasks over the 4 nodes.
     children.push(spawn("n4", &seed, dir.path(), 1));
     up(&n1, &["n2", "n3", "n4"]);
-    let sp = phase(&n1, dir.path(), 8, sp, &["n1", "n2", "n3", "n4"], true);
+    let (job, r) = job.rescale("sum", 8).expect("rescale onto n4");
+    placed_on(&job, &["n1", "n2", "n3", "n4"]);
+    let (moved, ideal) = r.moved.moved_vs_ideal();
+    println!(
+        "6 -> 8 on 4 nodes: {} of {} keys moved ({moved:.3}; ideal {ideal:.3}), pause {:.1} ms",
+        r.moved.moved,
+        r.moved.keys,
+        r.pause.as_secs_f64() * 1e3
+    );
+    assert_eq!((r.moved.from, r.moved.to), (6, 8));
+    assert!(moved <= ideal * 1.25, "{:?}", r.moved);
+    job.chaos().wait_until(|p| p.checkpoints >= 2);
+    let (id, stopped) = job.stop_with_savepoint().expect("stops at a savepoint");
+    assert_eq!(stopped.stopped_at_savepoint, Some(id));
+    let sp = dir
+        .path()
+        .join("checkpoints")
+        .join("cluster-sum")
+        .join(format!("sp-{id}"));
 
-    // n3 and n4 leave once their jobs ended (after the savepoint): only their subtasks move.
+    // Shrink: n3 and n4 leave once their jobs ended; the job finishes on n1 and n2 with the
+    // keyed operator at 4 subtasks.
     for c in children.drain(1..) {
         let status = c.wait_with_output().expect("wait").status;
         assert!(status.success(), "a leaving node exits cleanly: {status:?}");
     }
     up(&n1, &["n2"]);
-    phase(&n1, dir.path(), 4, sp, &["n1", "n2"], false);
+    let options = JobOptions {
+        rescaled: vec![("sum".to_string(), 4)],
+        restore: Some(RestoreFrom::Path(sp)),
+        ..JobOptions::default()
+    };
+    let r = start(&n1, options, &["n1", "n2"])
+        .wait()
+        .expect("the last run finishes");
+    assert!(r.recoveries.is_empty());
+    assert_eq!(r.chain("sum").len(), 4, "the keyed operator ran at 4");
     for c in children {
         let status = c.wait_with_output().expect("wait").status;
         assert!(status.success(), "n2 exits cleanly: {status:?}");

@@ -31,9 +31,10 @@ use actix::prelude::*;
 use dashmap::DashMap;
 use riffle_actors::chaos::ChaosHandle;
 use riffle_actors::host::{Directory, LocalHost, SpawnSpec};
+use riffle_actors::RescaleOutcome;
 use riffle_actors::{Control, Decision, JobError, JobHandle, JobPorts, JobResult, LinkFigures};
 use riffle_actors::{NodeLost, ToJob};
-use riffle_framework::{RestoreFrom, StreamEnv, TaskId};
+use riffle_framework::{ExecutionPlan, RestoreFrom, StreamEnv, TaskId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
@@ -74,6 +75,10 @@ pub struct ClusterJob {
     handle: JobHandle,
     job: u64,
     links: JobLinks,
+    name: String,
+    options: JobOptions,
+    /// Where the job's savepoints are (`DIR/JOB`), with checkpoints in a directory.
+    savepoints: Option<std::path::PathBuf>,
     /// Which subtasks each node runs (at the start).
     pub placement: BTreeMap<String, Vec<TaskId>>,
     /// Chain names, by chain index (to print the placement).
@@ -117,6 +122,68 @@ impl ClusterJob {
         };
         let result = Self::ended(self.job, self.links, result)?;
         Ok((id.unwrap_or_default(), result))
+    }
+
+    /// Changes the parallelism of operator `operator` to `n` on the nodes that are live now:
+    /// the job stops at a savepoint and continues from it as a new cluster job, placed over
+    /// the current members — so a node that joined gets subtasks, and one that left gets
+    /// none. Returns the continued job and what moved (as [`JobHandle::rescale`]: every
+    /// subtask restarts from the savepoint).
+    ///
+    /// # Errors
+    /// [`JobError::Graph`] if the operator cannot be rescaled (nothing stops),
+    /// [`JobError::SavepointFailed`] without checkpoints in a directory or if the job ended
+    /// first, and the errors of starting the continued job.
+    pub fn rescale(
+        self,
+        operator: &str,
+        n: usize,
+    ) -> Result<(ClusterJob, RescaleOutcome), JobError> {
+        let shared = self.links.shared.clone();
+        let me = self.links.me.clone();
+        let name = self.name.clone();
+        let mut options = self.options.clone();
+        options.rescaled.retain(|(op, _)| op != operator);
+        options.rescaled.push((operator.to_string(), n));
+        options.restore = None;
+        let builder = shared
+            .builder(&name)
+            .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
+        let plan = plan_with(&builder, &options)?;
+        let Some(dir) = self.savepoints.clone() else {
+            return Err(JobError::SavepointFailed {
+                reason: "rescaling needs checkpoints in a directory".to_string(),
+            });
+        };
+        let started = std::time::Instant::now();
+        let (savepoint, before) = self.stop_with_savepoint()?;
+        let sp = dir.join(format!("sp-{savepoint}"));
+        let (_, report) = plan
+            .adapt_checkpoint(riffle_framework::FsStore::load_dir(&sp)?)
+            .map_err(|reason| JobError::CheckpointMismatch {
+                checkpoint: savepoint,
+                reason,
+            })?;
+        let chain = plan
+            .chain_name(plan.chain_of(operator).unwrap_or(0))
+            .to_string();
+        let moved = report
+            .chains
+            .into_iter()
+            .find(|c| c.chain == chain)
+            .unwrap_or_default();
+        options.restore = Some(RestoreFrom::Path(sp));
+        let next = run_job(&shared, &me, &name, shared.up_peers(), options)?;
+        next.chaos().wait_until(|p| p.restored_record || p.ended);
+        Ok((
+            next,
+            RescaleOutcome {
+                savepoint,
+                moved,
+                pause: started.elapsed(),
+                before,
+            },
+        ))
     }
 
     /// Gathers the link figures and tells every node the job ended.
@@ -225,6 +292,18 @@ pub struct JobOptions {
     /// Start from this checkpoint or savepoint (read by the coordinator, which must see the
     /// directory); keyed state is split by the new rings if parallelisms changed.
     pub restore: Option<RestoreFrom>,
+    /// Operators whose chains run at another parallelism (see `ExecutionPlan::rescaled`),
+    /// applied after `parallelism`.
+    pub rescaled: Vec<(String, usize)>,
+}
+
+/// The plan of `builder` with `options` applied (restore included).
+fn plan_with(builder: &JobBuilder, options: &JobOptions) -> Result<ExecutionPlan, JobError> {
+    let mut plan = build_with(builder, options.parallelism, options.restore.clone()).build()?;
+    for (op, n) in &options.rescaled {
+        plan = plan.rescaled(op, *n)?;
+    }
+    Ok(plan)
 }
 
 /// The builder `name` with the options applied (`restore` only where it is read).
@@ -254,7 +333,13 @@ pub(crate) fn run_job(
     let builder = shared
         .builder(name)
         .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
-    let plan = Arc::new(build_with(&builder, options.parallelism, None).build()?);
+    let plan = Arc::new(plan_with(
+        &builder,
+        &JobOptions {
+            restore: None,
+            ..options.clone()
+        },
+    )?);
     let mut nodes = up;
     nodes.push(me.to_string());
     nodes.sort();
@@ -297,6 +382,11 @@ pub(crate) fn run_job(
             coordinator: me.to_string(),
             placement: placement.clone(),
             parallelism: options.parallelism.map(|p| p as u32),
+            rescaled: options
+                .rescaled
+                .iter()
+                .map(|(op, n)| (op.clone(), *n as u32))
+                .collect(),
         }) {
             return Err(JobError::Cluster(format!("no link to node `{node}`")));
         }
@@ -307,7 +397,11 @@ pub(crate) fn run_job(
     });
     shared.coordinated.insert(job, coordinated.clone());
     // The supervisor owns its own copy of the (deterministic) plan.
-    let plan = build_with(&builder, options.parallelism, options.restore).build()?;
+    let plan = plan_with(&builder, &options)?;
+    let savepoints = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
+        Some(riffle_framework::CheckpointStorage::Dir(d)) => Some(d.join(&plan.config().name)),
+        _ => None,
+    };
     let dist = riffle_actors::Distribution {
         resolve: resolver.clone(),
         remote: Arc::new(ClusterTasks { resolver }),
@@ -320,6 +414,9 @@ pub(crate) fn run_job(
     Ok(ClusterJob {
         handle,
         job,
+        name: name.to_string(),
+        options,
+        savepoints,
         links: JobLinks {
             me: me.to_string(),
             hosts: nodes.iter().filter(|n| n.as_str() != me).cloned().collect(),
@@ -351,6 +448,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             coordinator,
             placement,
             parallelism,
+            rescaled,
         } => match host_job(
             shared,
             me,
@@ -358,7 +456,14 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             &name,
             &coordinator,
             &placement,
-            parallelism.map(|p| p as usize),
+            JobOptions {
+                parallelism: parallelism.map(|p| p as usize),
+                restore: None,
+                rescaled: rescaled
+                    .into_iter()
+                    .map(|(op, n)| (op, n as usize))
+                    .collect(),
+            },
         ) {
             Ok(h) => {
                 shared.hosted.insert(job, h);
@@ -477,16 +582,12 @@ fn host_job(
     name: &str,
     coordinator: &str,
     placement: &[(TaskId, String)],
-    parallelism: Option<usize>,
+    options: JobOptions,
 ) -> Result<Arc<HostedJob>, String> {
     let builder = shared
         .builder(name)
         .ok_or_else(|| format!("no job registered as `{name}`"))?;
-    let plan = Arc::new(
-        build_with(&builder, parallelism, None)
-            .build()
-            .map_err(|e| e.to_string())?,
-    );
+    let plan = Arc::new(plan_with(&builder, &options).map_err(|e| e.to_string())?);
     let workers = plan.config().worker_count();
     let link = shared
         .link_sender(coordinator)

@@ -177,6 +177,8 @@ pub enum Message {
         placement: Vec<(TaskId, String)>,
         /// The default parallelism the job runs at, if the coordinator changed it.
         parallelism: Option<u32>,
+        /// Operators whose parallelism the coordinator changed, and their parallelism.
+        rescaled: Vec<(String, u32)>,
     },
     /// Coordinator → node: start subtask `task` (`spec`: an rmp-serde `SpawnSpec`).
     Spawn {
