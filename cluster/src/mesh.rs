@@ -11,11 +11,13 @@ use crate::node::{Member, NodeConfig, Status};
 use crate::remote::{
     channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, Outgoing,
 };
-use crate::wire::{encode, read_frame, write_frame, Message, RefuseReason};
+use crate::wire::{encode, read_frame, write_frame, EdgeAddress, Message, RefuseReason};
 use tokio::io::AsyncWriteExt;
 
 /// Bytes of queued frames a link writes at once, at most (plus one frame).
 const WRITE_BATCH: usize = 256 * 1024;
+/// Channels whose credits one write merges, at most.
+const MAX_MERGED_CREDITS: usize = 64;
 use actix::prelude::Recipient;
 use dashmap::DashMap;
 use riffle_actors::Decision;
@@ -346,26 +348,39 @@ async fn link(
     let writer = tokio::spawn(async move {
         // Frames queued together go out in one write (fewer syscalls under load); a flush
         // request is answered once everything queued before it is written.
+        // Credits returned for one channel in the same batch go out as one frame.
         let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
         let mut flushed = Vec::new();
+        let mut credits: Vec<(ChannelKey, EdgeAddress, u32)> = Vec::new();
+        let put = |m: &Message, buf: &mut Vec<u8>| {
+            let before = buf.len();
+            if encode(m, buf).is_err() {
+                tracing::error!(peer = %counters_peer, "cannot encode a frame; dropped");
+                buf.truncate(before);
+            } else {
+                counters.count(m, buf.len() - before);
+            }
+        };
         while let Some(first) = rx.recv().await {
             let mut next = Some(first);
             while let Some(m) = next.take() {
                 match m {
-                    Outgoing::Frame(m) => {
-                        let before = buf.len();
-                        if encode(&m, &mut buf).is_err() {
-                            tracing::error!(peer = %counters_peer, "cannot encode a frame; dropped");
-                            buf.truncate(before);
-                        } else {
-                            counters.count(&m, buf.len() - before);
+                    Outgoing::Frame(Message::Credit { edge, n }) => {
+                        let key = channel_key(&edge);
+                        match credits.iter_mut().find(|c| c.0 == key) {
+                            Some(c) => c.2 = c.2.saturating_add(n),
+                            None => credits.push((key, edge, n)),
                         }
                     }
+                    Outgoing::Frame(m) => put(&m, &mut buf),
                     Outgoing::Flushed(done) => flushed.push(done),
                 }
-                if buf.len() < WRITE_BATCH {
+                if buf.len() < WRITE_BATCH && credits.len() < MAX_MERGED_CREDITS {
                     next = rx.try_recv().ok();
                 }
+            }
+            for (_, edge, n) in credits.drain(..) {
+                put(&Message::Credit { edge, n }, &mut buf);
             }
             if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
                 break;
