@@ -134,8 +134,23 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
     // Grow: n4 joins, and the keyed operator goes from 6 to 8 subtasks over the 4 nodes.
     children.push(spawn("n4", &seed, dir.path(), 1));
     up(&n1, &["n2", "n3", "n4"]);
+    let before = job.placement.clone();
     let (job, r) = job.rescale("sum", 8).expect("rescale onto n4");
     placed_on(&job, &["n1", "n2", "n3", "n4"]);
+    // The sources (parallelism unchanged) stay where they were unless n4 takes them over.
+    let node_of = |p: &std::collections::BTreeMap<String, Vec<riffle::framework::TaskId>>,
+                   t: &riffle::framework::TaskId| {
+        p.iter()
+            .find(|(_, ts)| ts.contains(t))
+            .map(|(n, _)| n.clone())
+    };
+    for t in before.values().flatten().filter(|t| t.chain == 0) {
+        let (old, new) = (node_of(&before, t), node_of(&job.placement, t));
+        assert!(
+            old == new || new.as_deref() == Some("n4"),
+            "{t:?} moved from {old:?} to {new:?}"
+        );
+    }
     let (moved, ideal) = r.moved.moved_vs_ideal();
     println!(
         "6 -> 8 on 4 nodes: {} of {} keys moved ({moved:.3}; ideal {ideal:.3}), pause {:.1} ms",

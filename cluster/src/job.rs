@@ -77,6 +77,8 @@ pub struct ClusterJob {
     links: JobLinks,
     name: String,
     options: JobOptions,
+    /// Where every subtask was placed.
+    placed: Vec<(TaskId, String)>,
     /// Where the job's savepoints are (`DIR/JOB`), with checkpoints in a directory.
     savepoints: Option<std::path::PathBuf>,
     /// Which subtasks each node runs (at the start).
@@ -146,6 +148,7 @@ impl ClusterJob {
         options.rescaled.retain(|(op, _)| op != operator);
         options.rescaled.push((operator.to_string(), n));
         options.restore = None;
+        options.sticky = self.placed.clone();
         let builder = shared
             .builder(&name)
             .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
@@ -295,6 +298,9 @@ pub struct JobOptions {
     /// Operators whose chains run at another parallelism (see `ExecutionPlan::rescaled`),
     /// applied after `parallelism`.
     pub rescaled: Vec<(String, usize)>,
+    /// A previous placement to stay close to: a subtask keeps its node while that node is
+    /// live and holds no more than its fair share (see `Placement::assign_sticky`).
+    pub sticky: Vec<(TaskId, String)>,
 }
 
 /// The plan of `builder` with `options` applied (restore included).
@@ -351,7 +357,7 @@ pub(crate) fn run_job(
     }
     let ring = Placement::new(nodes.iter().map(|n| (n.as_str(), 1)));
     let tasks = plan.tasks();
-    let placement = ring.assign_bounded(&tasks);
+    let placement = ring.assign_sticky(&tasks, &options.sticky);
     let mut by_node: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
     for (t, n) in &placement {
         by_node.entry(n.clone()).or_default().push(*t);
@@ -415,7 +421,11 @@ pub(crate) fn run_job(
         handle,
         job,
         name: name.to_string(),
-        options,
+        options: JobOptions {
+            sticky: Vec::new(),
+            ..options
+        },
+        placed: placement,
         savepoints,
         links: JobLinks {
             me: me.to_string(),
@@ -463,6 +473,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
                     .into_iter()
                     .map(|(op, n)| (op, n as usize))
                     .collect(),
+                sticky: Vec::new(),
             },
         ) {
             Ok(h) => {

@@ -88,32 +88,68 @@ impl Placement {
     /// evenly, and a placement over one node fewer or more still keeps most tasks where they
     /// were.
     pub fn assign_bounded(&self, tasks: &[TaskId]) -> Vec<(TaskId, String)> {
+        self.assign_sticky(tasks, &[])
+    }
+
+    /// As [`Placement::assign_bounded`], but a task keeps its node in `previous` while that
+    /// node is in this placement and holds no more than its fair share of the task's chain.
+    /// So continuing a job without a node moves only that node's tasks (at unchanged
+    /// parallelism), and continuing it with one more node moves only the tasks the new node
+    /// takes over.
+    pub fn assign_sticky(
+        &self,
+        tasks: &[TaskId],
+        previous: &[(TaskId, String)],
+    ) -> Vec<(TaskId, String)> {
         let nodes = self.nodes.len().max(1);
         let mut per_chain: BTreeMap<usize, usize> = BTreeMap::new();
         for t in tasks {
             *per_chain.entry(t.chain).or_default() += 1;
         }
-        let mut load: BTreeMap<(usize, String), usize> = BTreeMap::new();
-        let mut out = Vec::with_capacity(tasks.len());
-        for &t in tasks {
+        let cap = |t: &TaskId, n: &str| {
             let p = per_chain.get(&t.chain).copied().unwrap_or(1);
-            let mut chosen = None;
+            (p * self.weight(n))
+                .div_ceil(self.total_weight.max(1))
+                .max(1)
+        };
+        let mut load: BTreeMap<(usize, String), usize> = BTreeMap::new();
+        let mut chosen: BTreeMap<TaskId, String> = BTreeMap::new();
+        for &t in tasks {
+            let Some((_, n)) = previous.iter().find(|(p, _)| *p == t) else {
+                continue;
+            };
+            if !self.nodes.iter().any(|(m, _)| m == n) {
+                continue;
+            }
+            let l = load.entry((t.chain, n.clone())).or_default();
+            if *l < cap(&t, n) {
+                *l += 1;
+                chosen.insert(t, n.clone());
+            }
+        }
+        for &t in tasks {
+            if chosen.contains_key(&t) {
+                continue;
+            }
             for probe in 0..(64 * nodes as u64) {
                 let Some(n) = self.probe(t, probe) else { break };
-                let w = self.weight(n);
-                let cap = (p * w).div_ceil(self.total_weight.max(1)).max(1);
                 let l = load.entry((t.chain, n.to_string())).or_default();
-                if *l < cap {
+                if *l < cap(&t, n) {
                     *l += 1;
-                    chosen = Some(n.to_string());
+                    chosen.insert(t, n.to_string());
                     break;
                 }
             }
-            if let Some(n) = chosen.or_else(|| self.node_of(t).map(str::to_string)) {
-                out.push((t, n));
+            if let (std::collections::btree_map::Entry::Vacant(e), Some(n)) =
+                (chosen.entry(t), self.node_of(t))
+            {
+                e.insert(n.to_string());
             }
         }
-        out
+        tasks
+            .iter()
+            .filter_map(|t| chosen.get(t).map(|n| (*t, n.clone())))
+            .collect()
     }
 
     fn weight(&self, node: &str) -> usize {
@@ -198,6 +234,39 @@ mod tests {
                 assert_eq!(k, 2, "chain {chain} on {n}: {placed:?}");
             }
         }
+    }
+
+    #[test]
+    fn sticky_placement_moves_only_what_a_node_change_requires() {
+        let tasks: Vec<TaskId> = (0..3)
+            .flat_map(|chain| (0..12).map(move |subtask| TaskId { chain, subtask }))
+            .collect();
+        let three = Placement::new([("n1", 1), ("n2", 1), ("n3", 1)]);
+        let before = three.assign_bounded(&tasks);
+        let node_of = |v: &[(TaskId, String)], t: TaskId| {
+            v.iter().find(|(x, _)| *x == t).map(|(_, n)| n.clone())
+        };
+        // n3 leaves: exactly its tasks move, and evenly.
+        let two = Placement::new([("n1", 1), ("n2", 1)]);
+        let after = two.assign_sticky(&tasks, &before);
+        for &t in &tasks {
+            let (b, a) = (node_of(&before, t), node_of(&after, t));
+            if b.as_deref() != Some("n3") {
+                assert_eq!(a, b, "{t:?} stays");
+            }
+        }
+        for n in ["n1", "n2"] {
+            assert_eq!(after.iter().filter(|(_, m)| m == n).count(), 18, "{n}");
+        }
+        // n4 joins: only tasks that n4 takes over move, 3 per chain.
+        let four = Placement::new([("n1", 1), ("n2", 1), ("n3", 1), ("n4", 1)]);
+        let grown = four.assign_sticky(&tasks, &before);
+        let moved: Vec<&(TaskId, String)> = grown
+            .iter()
+            .filter(|(t, n)| node_of(&before, *t).as_deref() != Some(n.as_str()))
+            .collect();
+        assert!(moved.iter().all(|(_, n)| n == "n4"), "{moved:?}");
+        assert_eq!(moved.len(), 9, "{moved:?}");
     }
 
     #[test]
