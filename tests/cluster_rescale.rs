@@ -1,8 +1,8 @@
 //! Growing and shrinking a cluster under a running job, through savepoints: a keyed running
 //! sum runs on 3 node processes with its keyed operator at 6 subtasks; a fourth node joins
 //! and `ClusterJob::rescale` takes the operator to 8 subtasks over the 4 nodes (the new node
-//! gets subtasks); the job stops at a savepoint, two nodes leave, and it finishes on 2 nodes
-//! with the operator at 4. The committed output of the three runs
+//! gets subtasks); `ClusterJob::drain` then moves the job off n4 and off n3 (only their
+//! subtasks move), and it finishes on 2 nodes with the operator rescaled to 4. The committed output of the three runs
 //! equals the single-process run line for line.
 //!
 //! The coordinator n1 runs in the test process; n2, n3 and n4 are copies of the test binary
@@ -12,7 +12,6 @@
 mod common;
 
 use riffle::cluster::{JobOptions, Node, Status};
-use riffle::RestoreFrom;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
@@ -28,8 +27,8 @@ fn sum_job() -> common::SumJob {
         workers: 1,
         keys: 1_000,
         checkpoint_ms: 50,
-        // Paced (at least 0.5 s in all) so that each phase stops while input remains.
-        pace: 400,
+        // Paced (at least 1.25 s in all) so that each step stops while input remains.
+        pace: 200,
         pace_ms: 1,
     }
 }
@@ -124,8 +123,8 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
     let n1 = node("n1", dir.path(), vec![]);
     let seed = n1.local_addr().to_string();
     let mut children = vec![
-        spawn("n2", &seed, dir.path(), 3),
-        spawn("n3", &seed, dir.path(), 2),
+        spawn("n2", &seed, dir.path(), 5),
+        spawn("n3", &seed, dir.path(), 3),
     ];
     up(&n1, &["n2", "n3"]);
     let job = start(&n1, JobOptions::default(), &["n1", "n2", "n3"]);
@@ -160,35 +159,37 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
     );
     assert_eq!((r.moved.from, r.moved.to), (6, 8));
     assert!(moved <= ideal * 1.25, "{:?}", r.moved);
-    job.chaos().wait_until(|p| p.checkpoints >= 2);
-    let (id, stopped) = job.stop_with_savepoint().expect("stops at a savepoint");
-    assert_eq!(stopped.stopped_at_savepoint, Some(id));
-    let sp = dir
-        .path()
-        .join("checkpoints")
-        .join("cluster-sum")
-        .join(format!("sp-{id}"));
-
-    // Shrink: n3 and n4 leave once their jobs ended; the job finishes on n1 and n2 with the
-    // keyed operator at 4 subtasks.
-    for c in children.drain(1..) {
-        let status = c.wait_with_output().expect("wait").status;
-        assert!(status.success(), "a leaving node exits cleanly: {status:?}");
+    // Shrink: drain n4, then n3 — each time only the drained node's subtasks move — and
+    // finish on n1 and n2 with the keyed operator at 4 subtasks.
+    let mut job = job;
+    for (node, left) in [("n4", vec!["n1", "n2", "n3"]), ("n3", vec!["n1", "n2"])] {
+        job.chaos().wait_until(|p| p.checkpoints >= 2);
+        let before = job.placement.clone();
+        let (next, r) = job.drain(node).expect("drain");
+        placed_on(&next, &left);
+        for t in before.values().flatten() {
+            let (old, new) = (node_of(&before, t), node_of(&next.placement, t));
+            assert!(
+                old == new || old.as_deref() == Some(node),
+                "draining {node}: {t:?} moved from {old:?} to {new:?}"
+            );
+        }
+        println!(
+            "drained {node} (pause {:.1} ms)",
+            r.pause.as_secs_f64() * 1e3
+        );
+        job = next;
     }
-    up(&n1, &["n2"]);
-    let options = JobOptions {
-        rescaled: vec![("sum".to_string(), 4)],
-        restore: Some(RestoreFrom::Path(sp)),
-        ..JobOptions::default()
-    };
-    let r = start(&n1, options, &["n1", "n2"])
-        .wait()
-        .expect("the last run finishes");
+    job.chaos().wait_until(|p| p.checkpoints >= 2);
+    let (job, r) = job.rescale("sum", 4).expect("rescale to 4");
+    placed_on(&job, &["n1", "n2"]);
+    assert_eq!((r.moved.from, r.moved.to), (8, 4));
+    let r = job.wait().expect("the last run finishes");
     assert!(r.recoveries.is_empty());
     assert_eq!(r.chain("sum").len(), 4, "the keyed operator ran at 4");
     for c in children {
         let status = c.wait_with_output().expect("wait").status;
-        assert!(status.success(), "n2 exits cleanly: {status:?}");
+        assert!(status.success(), "a node exits cleanly: {status:?}");
     }
     common::assert_same_output(common::published_output(dir.path()), expected);
 }

@@ -141,12 +141,40 @@ impl ClusterJob {
         operator: &str,
         n: usize,
     ) -> Result<(ClusterJob, RescaleOutcome), JobError> {
+        self.continued(Some(operator), |o| {
+            o.rescaled.retain(|(op, _)| op != operator);
+            o.rescaled.push((operator.to_string(), n));
+        })
+    }
+
+    /// Moves the job off node `node` gracefully (a drain): the job stops at a savepoint and
+    /// continues on the other live nodes; only `node`'s subtasks move (sticky placement),
+    /// after which the node hosts nothing of this job and can leave.
+    ///
+    /// # Errors
+    /// [`JobError::Cluster`] for the coordinator itself; otherwise as
+    /// [`ClusterJob::rescale`].
+    pub fn drain(self, node: &str) -> Result<(ClusterJob, RescaleOutcome), JobError> {
+        if node == self.links.me {
+            return Err(JobError::Cluster(format!(
+                "node `{node}` coordinates the job and cannot be drained"
+            )));
+        }
+        self.continued(None, |o| o.exclude.push(node.to_string()))
+    }
+
+    /// Stops at a savepoint and continues with `change` applied to the job's options,
+    /// reporting the keyed state `operator`'s chain moved.
+    fn continued(
+        self,
+        operator: Option<&str>,
+        change: impl FnOnce(&mut JobOptions),
+    ) -> Result<(ClusterJob, RescaleOutcome), JobError> {
         let shared = self.links.shared.clone();
         let me = self.links.me.clone();
         let name = self.name.clone();
         let mut options = self.options.clone();
-        options.rescaled.retain(|(op, _)| op != operator);
-        options.rescaled.push((operator.to_string(), n));
+        change(&mut options);
         options.restore = None;
         options.sticky = self.placed.clone();
         let builder = shared
@@ -155,7 +183,7 @@ impl ClusterJob {
         let plan = plan_with(&builder, &options)?;
         let Some(dir) = self.savepoints.clone() else {
             return Err(JobError::SavepointFailed {
-                reason: "rescaling needs checkpoints in a directory".to_string(),
+                reason: "continuing a job needs checkpoints in a directory".to_string(),
             });
         };
         let started = std::time::Instant::now();
@@ -167,13 +195,13 @@ impl ClusterJob {
                 checkpoint: savepoint,
                 reason,
             })?;
-        let chain = plan
-            .chain_name(plan.chain_of(operator).unwrap_or(0))
-            .to_string();
+        let chain = operator
+            .and_then(|op| plan.chain_of(op))
+            .map(|c| plan.chain_name(c).to_string());
         let moved = report
             .chains
             .into_iter()
-            .find(|c| c.chain == chain)
+            .find(|c| Some(&c.chain) == chain.as_ref())
             .unwrap_or_default();
         options.restore = Some(RestoreFrom::Path(sp));
         let next = run_job(&shared, &me, &name, shared.up_peers(), options)?;
@@ -301,6 +329,8 @@ pub struct JobOptions {
     /// A previous placement to stay close to: a subtask keeps its node while that node is
     /// live and holds no more than its fair share (see `Placement::assign_sticky`).
     pub sticky: Vec<(TaskId, String)>,
+    /// Live nodes to leave out of the placement (being drained).
+    pub exclude: Vec<String>,
 }
 
 /// The plan of `builder` with `options` applied (restore included).
@@ -347,6 +377,7 @@ pub(crate) fn run_job(
         },
     )?);
     let mut nodes = up;
+    nodes.retain(|n| !options.exclude.contains(n));
     nodes.push(me.to_string());
     nodes.sort();
     if nodes.first().map(String::as_str) != Some(me) {
@@ -474,6 +505,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
                     .map(|(op, n)| (op, n as usize))
                     .collect(),
                 sticky: Vec::new(),
+                exclude: Vec::new(),
             },
         ) {
             Ok(h) => {
