@@ -52,6 +52,22 @@ fn job(
     (env, out)
 }
 
+/// A running count emits one update per record: exactly N updates, and each key's last
+/// count is its number of records.
+fn assert_counted_once(updates: Vec<(u64, u64)>) {
+    assert_eq!(updates.len() as u64, N, "every record counted exactly once");
+    let mut finals: HashMap<u64, u64> = HashMap::new();
+    for (k, n) in updates {
+        let e = finals.entry(k).or_default();
+        *e = (*e).max(n);
+    }
+    let mut expect: HashMap<u64, u64> = HashMap::new();
+    for i in 0..N {
+        *expect.entry(key(i)).or_default() += 1;
+    }
+    assert_eq!(finals, expect);
+}
+
 #[test]
 fn a_running_job_rescaled_4_5_8_3_counts_every_record_once() {
     common::init_logging();
@@ -105,19 +121,7 @@ fn a_running_job_rescaled_4_5_8_3_counts_every_record_once() {
         updates.extend(out.take());
         restore = Some(dir.path().join("running").join(format!("sp-{id}")));
     }
-    // A running count emits one update per record: exactly N updates, and each key's last
-    // count is its number of records.
-    assert_eq!(updates.len() as u64, N, "every record counted exactly once");
-    let mut finals: HashMap<u64, u64> = HashMap::new();
-    for (k, n) in updates {
-        let e = finals.entry(k).or_default();
-        *e = (*e).max(n);
-    }
-    let mut expect: HashMap<u64, u64> = HashMap::new();
-    for i in 0..N {
-        *expect.entry(key(i)).or_default() += 1;
-    }
-    assert_eq!(finals, expect);
+    assert_counted_once(updates);
 }
 
 #[test]
@@ -160,15 +164,5 @@ fn job_handle_rescale_keeps_the_job_running_and_exact() {
     }
     handle.wait().expect("finishes at parallelism 3");
     let updates = out.take();
-    assert_eq!(updates.len() as u64, N, "every record counted exactly once");
-    let mut finals: HashMap<u64, u64> = HashMap::new();
-    for (k, n) in updates {
-        let e = finals.entry(k).or_default();
-        *e = (*e).max(n);
-    }
-    let mut expect: HashMap<u64, u64> = HashMap::new();
-    for i in 0..N {
-        *expect.entry(key(i)).or_default() += 1;
-    }
-    assert_eq!(finals, expect);
+    assert_counted_once(updates);
 }

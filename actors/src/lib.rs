@@ -47,7 +47,7 @@ pub use message::{
     TaskDraining, TaskFailed, TaskFinished, TaskLost, TaskResumed, ToJob,
 };
 pub use runtime::{
-    start_distributed, start_plan, Distribution, Execute, JobHandle, JobPorts, NodeLost,
-    RescaleOutcome, Rng,
+    start_distributed, start_plan, state_moved, Distribution, Execute, JobHandle, JobPorts,
+    NodeLost, RescaleOutcome, Rng,
 };
 pub use subtask::Lifecycle;

@@ -118,20 +118,7 @@ impl JobHandle {
         let savepoint = self.request_savepoint(true)?;
         let before = self.finish()?;
         let sp = dir.join(format!("sp-{savepoint}"));
-        let (_, report) = plan
-            .adapt_checkpoint(FsStore::load_dir(&sp)?)
-            .map_err(|reason| JobError::CheckpointMismatch {
-                checkpoint: savepoint,
-                reason,
-            })?;
-        let chain = plan
-            .chain_name(plan.chain_of(operator).unwrap_or(0))
-            .to_string();
-        let moved = report
-            .chains
-            .into_iter()
-            .find(|c| c.chain == chain)
-            .unwrap_or_default();
+        let moved = state_moved(&plan, &sp, savepoint, Some(operator))?;
         plan.set_restore(Some(RestoreFrom::Path(sp)));
         *self = start_plan(plan)?;
         self.chaos().wait_until(|p| p.restored_record || p.ended);
@@ -193,6 +180,33 @@ impl JobHandle {
         let result = self.wait()?;
         Ok((id, result))
     }
+}
+
+/// The keyed state of `operator`'s chain that restoring savepoint `savepoint` (at `sp`) into
+/// `plan` moves (nothing, without an operator or if no key moves).
+///
+/// # Errors
+/// The savepoint cannot be read, or does not fit `plan`.
+pub fn state_moved(
+    plan: &ExecutionPlan,
+    sp: &std::path::Path,
+    savepoint: u64,
+    operator: Option<&str>,
+) -> Result<ChainRescale, JobError> {
+    let (_, report) = plan
+        .adapt_checkpoint(FsStore::load_dir(sp)?)
+        .map_err(|reason| JobError::CheckpointMismatch {
+            checkpoint: savepoint,
+            reason,
+        })?;
+    let chain = operator
+        .and_then(|op| plan.chain_of(op))
+        .map(|c| plan.chain_name(c));
+    Ok(report
+        .chains
+        .into_iter()
+        .find(|c| Some(c.chain.as_str()) == chain)
+        .unwrap_or_default())
 }
 
 /// Runs a job on the local actor runtime.

@@ -189,20 +189,7 @@ impl ClusterJob {
         let started = std::time::Instant::now();
         let (savepoint, before) = self.stop_with_savepoint()?;
         let sp = dir.join(format!("sp-{savepoint}"));
-        let (_, report) = plan
-            .adapt_checkpoint(riffle_framework::FsStore::load_dir(&sp)?)
-            .map_err(|reason| JobError::CheckpointMismatch {
-                checkpoint: savepoint,
-                reason,
-            })?;
-        let chain = operator
-            .and_then(|op| plan.chain_of(op))
-            .map(|c| plan.chain_name(c).to_string());
-        let moved = report
-            .chains
-            .into_iter()
-            .find(|c| Some(&c.chain) == chain.as_ref())
-            .unwrap_or_default();
+        let moved = riffle_actors::state_moved(&plan, &sp, savepoint, operator)?;
         options.restore = Some(RestoreFrom::Path(sp));
         let next = run_job(&shared, &me, &name, shared.up_peers(), options)?;
         next.chaos().wait_until(|p| p.restored_record || p.ended);

@@ -81,6 +81,28 @@ impl LinkCounters {
 }
 
 impl Shared {
+    /// Blocks until `check(state, deadline passed)` gives an answer; it is asked again on
+    /// every change of the state, and must answer once the deadline has passed.
+    pub(crate) fn wait_for<T>(
+        &self,
+        timeout: Duration,
+        mut check: impl FnMut(&mut State, bool) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        let mut g = self.lock();
+        loop {
+            if let Some(t) = check(&mut g, Instant::now() >= deadline) {
+                return t;
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            g = self
+                .changed
+                .wait_timeout(g, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+
     /// What this node wrote to each peer so far.
     pub(crate) fn link_totals(&self) -> LinkTotals {
         let mut v: LinkTotals = self

@@ -18,7 +18,7 @@ use riffle_actors::JobError;
 use riffle_framework::BatchCodec;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -302,23 +302,11 @@ impl Node {
 
     /// Blocks until a job this node hosted (as a non-coordinator) ends, or `timeout` passes.
     pub fn wait_hosted(&self, timeout: Duration) -> Option<HostedEnd> {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.shared.lock();
-        loop {
-            if let Some(e) = g.ended.pop_front() {
-                return Some(e);
-            }
-            let now = Instant::now();
-            if now >= deadline {
-                return None;
-            }
-            g = self
-                .shared
-                .changed
-                .wait_timeout(g, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
+        self.shared
+            .wait_for(timeout, |st, late| match st.ended.pop_front() {
+                Some(e) => Some(Some(e)),
+                None => late.then_some(None),
+            })
     }
 
     /// The other members this node knows, sorted by id.
@@ -328,21 +316,10 @@ impl Node {
 
     /// Blocks until `cond` holds for the member list or `timeout` passes; returns the list.
     pub fn wait_members(&self, timeout: Duration, cond: impl Fn(&[Member]) -> bool) -> Vec<Member> {
-        let deadline = Instant::now() + timeout;
-        let mut g = self.shared.lock();
-        loop {
-            let m = members_of(&g);
-            let now = Instant::now();
-            if cond(&m) || now >= deadline {
-                return m;
-            }
-            g = self
-                .shared
-                .changed
-                .wait_timeout(g, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
+        self.shared.wait_for(timeout, |st, late| {
+            let m = members_of(st);
+            (late || cond(&m)).then_some(m)
+        })
     }
 
     /// The link to `peer`, if it is up.
