@@ -74,9 +74,7 @@ fn node_process_entry() {
             }
         });
     }
-    // Let the other nodes link to each other before the job starts (their links are dialled
-    // from heartbeats); remote mailboxes also wait for a missing link, so this is only for a
-    // cleaner start.
+    // The others may still be linking to each other: remote mailboxes wait for their link.
     let job = node.run_job("sum").expect("job starts");
     for (n, tasks) in &job.placement {
         eprintln!("placement {n}: {tasks:?}");
