@@ -157,12 +157,13 @@ fn job_handle_rescale_keeps_the_job_running_and_exact() {
         );
         assert_eq!((r.moved.from, r.moved.to), (from, p));
         assert!(r.moved.keys > 0 && moved <= ideal * 1.25, "{:?}", r.moved);
-        if p == 8 {
-            assert_eq!(r.before.recoveries.len(), 1, "the crash was recovered");
-        }
+        let figures = r.in_place.expect("rescaled in place");
+        println!("  {figures:?}");
+        assert!(r.before.is_none());
         from = p;
     }
-    handle.wait().expect("finishes at parallelism 3");
+    let result = handle.wait().expect("finishes at parallelism 3");
+    assert_eq!(result.recoveries.len(), 1, "the crash was recovered");
     let updates = out.take();
     assert_counted_once(updates);
 }

@@ -74,6 +74,14 @@ impl ChaosHandle {
         }
     }
 
+    /// The same handle after a rescale in place changed the job's subtasks.
+    pub(crate) fn for_plan(&self, plan: &ExecutionPlan) -> Self {
+        match &self.job {
+            Some(job) => ChaosHandle::new(job.clone(), plan, self.workers, self.progress.clone()),
+            None => self.clone(),
+        }
+    }
+
     pub(crate) fn detached() -> Self {
         ChaosHandle {
             job: None,

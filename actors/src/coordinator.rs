@@ -89,20 +89,28 @@ impl JobSupervisor {
             if p.started.elapsed() > c.cfg.timeout && !p.final_ {
                 c.abort_pending("timed out");
             }
+        }
+        if self.rescaling() {
+            // A rescale in place takes its own checkpoint and holds periodic ones back.
+            return self.rescale_tick();
+        }
+        let Some(c) = &mut self.coord else { return };
+        if c.pending.is_some() {
             return;
         }
         if c.uncommitted.is_empty()
             && (!c.savepoint_waiters.is_empty() || c.last_trigger.elapsed() >= c.cfg.interval)
         {
             let savepoint = !c.savepoint_waiters.is_empty();
-            self.trigger(savepoint, false);
+            self.trigger(savepoint, false, false);
         }
     }
 
-    /// Starts checkpoint `next_id`: direct triggers to sources and finished subtasks (all
-    /// subtasks for the final checkpoint); barriers reach the rest.
-    pub(crate) fn trigger(&mut self, savepoint: bool, final_: bool) {
-        let Some(c) = &mut self.coord else { return };
+    /// Starts checkpoint `next_id` and returns its id: direct triggers to sources and
+    /// finished subtasks (all subtasks for the final checkpoint); barriers reach the rest.
+    /// With `hold`, the sources hold after the checkpoint (a rescale in place).
+    pub(crate) fn trigger(&mut self, savepoint: bool, final_: bool, hold: bool) -> u64 {
+        let Some(c) = &mut self.coord else { return 0 };
         let id = c.next_id;
         c.next_id += 1;
         c.last_trigger = Instant::now();
@@ -119,12 +127,23 @@ impl JobSupervisor {
             .into_iter()
             .filter(|t| final_ || self.plan.is_source(t.chain) || c.draining.contains(t))
             .collect();
-        tracing::debug!(checkpoint = id, savepoint, final_, "checkpoint triggered");
+        tracing::debug!(
+            checkpoint = id,
+            savepoint,
+            final_,
+            hold,
+            "checkpoint triggered"
+        );
         for t in targets {
             if let Some(a) = self.addrs.get(&t) {
-                a.do_send(Control::Trigger(id));
+                if hold && self.plan.is_source(t.chain) {
+                    a.do_send(Control::Hold(id));
+                } else {
+                    a.do_send(Control::Trigger(id));
+                }
             }
         }
+        id
     }
 
     fn complete(&mut self, p: Pending) {
@@ -170,6 +189,7 @@ impl JobSupervisor {
                 ack: last,
             });
         }
+        self.on_checkpoint_completed(p.id);
     }
 
     /// The whole job finished: take the final checkpoint, commit, then conclude.
@@ -179,7 +199,7 @@ impl JobSupervisor {
             return;
         }
         c.abort_pending("the job finished; taking the final checkpoint");
-        self.trigger(false, true);
+        self.trigger(false, true, false);
     }
 }
 
@@ -269,6 +289,7 @@ impl JobSupervisor {
 impl JobSupervisor {
     pub(crate) fn on_first_record(&mut self, msg: FirstRecord, _ctx: &mut Context<Self>) {
         self.progress.update(|p| p.restored_record = true);
+        self.rescale_on_first_record();
         let Some(r) = &mut self.recovery else { return };
         if msg.epoch == r.epoch && r.restore_time.is_none() {
             let t = r.started.elapsed();

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
 /// Control messages beyond the data plane's credits that a mailbox must still take.
-const MAILBOX_SLACK: usize = 64;
+pub(crate) const MAILBOX_SLACK: usize = 64;
 
 /// Resolves the data address of a subtask that is not in this process.
 pub trait Resolve: Send + Sync {
@@ -36,6 +36,9 @@ pub trait Resolve: Send + Sync {
 pub struct Directory {
     local: DashMap<TaskId, Recipient<DataMessage>>,
     remote: Option<Arc<dyn Resolve>>,
+    /// Plans after rescales in place, by version, so that the subtasks of a host build each
+    /// one once.
+    plans: DashMap<u64, Arc<ExecutionPlan>>,
 }
 
 impl Directory {
@@ -44,7 +47,41 @@ impl Directory {
         Directory {
             local: DashMap::new(),
             remote: Some(remote),
+            plans: DashMap::new(),
         }
+    }
+
+    /// Plan `version` of the job: the one installed, or `base` (at `base_version`) rescaled
+    /// by `steps[base_version..]` and installed.
+    ///
+    /// # Errors
+    /// A step that does not apply to the plan.
+    pub fn plan(
+        &self,
+        version: u64,
+        base: &Arc<ExecutionPlan>,
+        base_version: u64,
+        steps: &[(String, usize)],
+    ) -> Result<Arc<ExecutionPlan>, riffle_framework::GraphError> {
+        if version == base_version {
+            return Ok(base.clone());
+        }
+        if let Some(p) = self.plans.get(&version) {
+            return Ok(p.clone());
+        }
+        let mut plan = (**base).clone();
+        let from = usize::try_from(base_version).unwrap_or(usize::MAX);
+        for (operator, n) in steps.iter().skip(from) {
+            plan = plan.rescaled(operator, *n)?;
+        }
+        let plan = Arc::new(plan);
+        self.install_plan(version, plan.clone());
+        Ok(plan)
+    }
+
+    /// Makes plan `version` known to this host's subtasks.
+    pub fn install_plan(&self, version: u64, plan: Arc<ExecutionPlan>) {
+        self.plans.insert(version, plan);
     }
 
     /// Records the address of a subtask running in this process.
@@ -118,6 +155,8 @@ impl SpawnSpec {
 #[derive(Clone)]
 pub struct LocalHost {
     pub(crate) plan: Arc<ExecutionPlan>,
+    /// The version of `plan` (rescales in place so far).
+    pub(crate) plan_version: u64,
     pub(crate) directory: Arc<Directory>,
     pub(crate) job: Recipient<ToJob>,
 }
@@ -127,6 +166,7 @@ impl LocalHost {
     pub fn new(plan: Arc<ExecutionPlan>, directory: Arc<Directory>, job: Recipient<ToJob>) -> Self {
         LocalHost {
             plan,
+            plan_version: 0,
             directory,
             job,
         }
@@ -172,6 +212,7 @@ impl LocalHost {
         let setup = SubtaskSetup {
             task,
             plan: plan.clone(),
+            plan_version: self.plan_version,
             outs,
             in_channels,
             closed_inputs: spec.closed_inputs,

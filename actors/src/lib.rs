@@ -33,6 +33,7 @@ mod coordinator;
 mod error;
 pub mod host;
 mod message;
+mod rescale;
 mod runtime;
 mod subtask;
 mod supervisor;
@@ -46,6 +47,7 @@ pub use message::{
     FirstRecord, PlannedKind, RemoteCredit, ResetDone, ResetOrder, StopDue, SubtaskMetrics,
     TaskDraining, TaskFailed, TaskFinished, TaskLost, TaskResumed, ToJob,
 };
+pub use rescale::InPlaceFigures;
 pub use runtime::{
     start_distributed, start_plan, state_moved, Distribution, Execute, JobHandle, JobPorts,
     NodeLost, RescaleOutcome, Rng,

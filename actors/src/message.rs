@@ -202,6 +202,8 @@ pub enum ToJob {
     FirstRecord(FirstRecord),
     /// A checkpoint was committed.
     Committed(Committed),
+    /// The subtask moved to a new plan (rescale in place).
+    Replanned(Replanned),
 }
 
 impl Message for ToJob {
@@ -221,6 +223,7 @@ impl ToJob {
             ToJob::Draining(m) => Some(m.task),
             ToJob::ResetDone(m) => Some(m.task),
             ToJob::Committed(m) => Some(m.task),
+            ToJob::Replanned(m) => Some(m.task),
             ToJob::DeadLettered(_) | ToJob::FirstRecord(_) => None,
         }
     }
@@ -333,6 +336,34 @@ pub enum Control {
     Reset(Box<ResetOrder>),
     /// Every subtask of `epoch` is reset: run.
     Go(u64),
+    /// Take checkpoint `n` like [`Control::Trigger`]; a source then produces nothing until
+    /// [`Control::Release`] (a rescale in place waits for the job to be quiet).
+    Hold(u64),
+    /// A held source continues.
+    Release,
+    /// Rescale in place: move to a new plan (re-wire routers, inputs and outputs; a subtask
+    /// of the rescaled chain also hands over and takes in keyed state).
+    Replan(Box<ReplanOrder>),
+    /// The subtask is not part of the job any more (its chain was scaled down): drop
+    /// everything and ignore what follows.
+    Retire,
+}
+
+/// A move to a new plan during a rescale in place (see [`Control::Replan`]).
+///
+/// Serialisable, so it names the plan by version and by the rescale steps that build it from
+/// the job's first plan; a host that has not seen that version builds it from the steps.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReplanOrder {
+    /// The plan version (the number of rescale steps since the job started).
+    pub(crate) version: u64,
+    /// Every rescale step since the job started, as (operator, parallelism).
+    pub(crate) steps: Vec<(String, usize)>,
+    /// The epoch the rescale happened in; a subtask reset since then already restored its
+    /// state in the new shape and takes in nothing.
+    pub(crate) epoch: u64,
+    /// For a subtask of the rescaled chain: per state entry, the keyed entries it gains.
+    pub(crate) gained: Option<Vec<Vec<u8>>>,
 }
 impl Message for Control {
     type Result = ();
@@ -385,4 +416,11 @@ pub struct FirstRecord {
 pub struct Committed {
     pub(crate) task: TaskId,
     pub(crate) id: u64,
+}
+
+/// A subtask moved to plan `version` (answer to [`Control::Replan`]).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Replanned {
+    pub(crate) task: TaskId,
+    pub(crate) version: u64,
 }

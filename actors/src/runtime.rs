@@ -5,6 +5,7 @@ use crate::coordinator::{Coordinator, SavepointRequest};
 use crate::error::{JobError, JobResult};
 use crate::host::{Directory, LocalHost, RemoteTasks, Resolve, RestoreSpec, SpawnSpec};
 use crate::message::ToJob;
+use crate::rescale::{InPlaceError, InPlaceFigures, RescaleRequest, ENDED};
 use crate::supervisor::{JobSupervisor, Recovery};
 use actix::prelude::*;
 use riffle_framework::{
@@ -61,14 +62,20 @@ pub struct JobHandle {
 /// What one [`JobHandle::rescale`] did.
 #[derive(Clone, Debug)]
 pub struct RescaleOutcome {
-    /// The savepoint the job continued from.
-    pub savepoint: u64,
+    /// The checkpoint the rescale aligned at (a savepoint when the job restarted from it).
+    pub checkpoint: u64,
     /// The keyed state that moved (keys, bytes, versus the ideal share).
     pub moved: ChainRescale,
-    /// From the rescale request until the rescaled job processed its first record.
+    /// How long the rescaled operator processed no record. In place: from holding the
+    /// sources until the operator's first record after the switch (so it includes the
+    /// alignment of the checkpoint). By restart: from the request until the restarted job's
+    /// first record.
     pub pause: std::time::Duration,
-    /// The result of the job up to the savepoint.
-    pub before: JobResult,
+    /// Which subtasks a rescale in place touched; `None` if the job was rescaled by stopping
+    /// at a savepoint and restarting (because it could not be done in place).
+    pub in_place: Option<InPlaceFigures>,
+    /// After a restart: the result of the job up to the savepoint.
+    pub before: Option<JobResult>,
 }
 
 impl JobHandle {
@@ -94,18 +101,67 @@ impl JobHandle {
     }
 
     /// Changes the parallelism of operator `operator` (and of the operators chained with
-    /// it) to `n` while the job runs: the job stops at a savepoint, the keyed state is split
-    /// by the new ring (only the keys whose owner changed move), and the job continues from
-    /// the savepoint — no record is lost or counted twice, and in-process handles such as
-    /// `collect()` keep receiving output. Every subtask restarts (not only the rescaled
-    /// operator's); the pause is reported. Needs checkpoints in a directory.
+    /// it) to `n` while the job runs, *in place*: the sources hold after a checkpoint, the
+    /// keyed state of the keys whose owner on the new ring changed moves to the new owners
+    /// (every other key stays where it is), the routers in front of the operator and the
+    /// inputs behind it re-wire, new subtasks start or leaving ones retire, and the sources
+    /// continue. No record is lost or counted twice and no subtask restarts; subtasks whose
+    /// channels do not change are not touched at all (see [`RescaleOutcome::in_place`]).
+    /// Needs checkpointing.
+    ///
+    /// If part of the job already finished its input (its channels cannot change any more),
+    /// the job is instead stopped at a savepoint and restarted from it at the new
+    /// parallelism, which needs checkpoints in a directory.
     ///
     /// # Errors
-    /// [`JobError::Graph`] if the operator cannot be rescaled to `n` (nothing stops);
-    /// [`JobError::SavepointFailed`] without checkpoints in a directory or if the job ended
-    /// first; errors restoring or starting the rescaled job.
+    /// [`JobError::Graph`] if the operator cannot be rescaled to `n` (nothing changes);
+    /// [`JobError::CheckpointMismatch`] if the chain holds state that is not keyed (nothing
+    /// changes); [`JobError::SavepointFailed`] without checkpointing, or if the job ended
+    /// first.
     pub fn rescale(&mut self, operator: &str, n: usize) -> Result<RescaleOutcome, JobError> {
-        let mut plan = self.plan.rescaled(operator, n)?;
+        let plan = self.plan.rescaled(operator, n)?;
+        let failed = |reason: &str| JobError::SavepointFailed {
+            reason: reason.to_string(),
+        };
+        let job = self
+            .chaos
+            .as_ref()
+            .and_then(|c| c.supervisor())
+            .ok_or_else(|| failed("the job is not running"))?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        job.do_send(RescaleRequest {
+            operator: operator.to_string(),
+            n,
+            reply: tx,
+        });
+        match rx.blocking_recv() {
+            Ok(Ok(done)) => {
+                self.plan = Arc::new(plan);
+                self.chaos = self.chaos.as_ref().map(|c| c.for_plan(&self.plan));
+                Ok(RescaleOutcome {
+                    checkpoint: done.checkpoint,
+                    moved: done.moved,
+                    pause: done.pause,
+                    in_place: Some(done.figures),
+                    before: None,
+                })
+            }
+            Ok(Err(InPlaceError::Failed(e))) => Err(e),
+            Ok(Err(InPlaceError::Refused(why))) if why != ENDED => {
+                tracing::info!(reason = %why, "cannot rescale in place; restarting from a savepoint");
+                self.rescale_by_restart(plan, operator)
+            }
+            Ok(Err(InPlaceError::Refused(why))) => Err(failed(&why)),
+            Err(_) => Err(failed("the job ended first")),
+        }
+    }
+
+    /// Rescales by stopping at a savepoint and starting `plan` from it in this handle.
+    fn rescale_by_restart(
+        &mut self,
+        mut plan: ExecutionPlan,
+        operator: &str,
+    ) -> Result<RescaleOutcome, JobError> {
         let dir = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
             Some(CheckpointStorage::Dir(d)) => d.join(&plan.config().name),
             _ => {
@@ -123,10 +179,11 @@ impl JobHandle {
         *self = start_plan(plan)?;
         self.chaos().wait_until(|p| p.restored_record || p.ended);
         Ok(RescaleOutcome {
-            savepoint,
+            checkpoint: savepoint,
             moved,
             pause: started.elapsed(),
-            before,
+            in_place: None,
+            before: Some(before),
         })
     }
 
@@ -419,6 +476,9 @@ fn launch(
             started: Instant::now(),
             report: Some(tx),
             progress,
+            rescale: None,
+            plan_version: 0,
+            steps: Vec::new(),
         };
         let last_completed = restored.as_ref().map(|c| c.id);
         for (i, &task) in tasks.iter().enumerate().rev() {

@@ -73,6 +73,12 @@ pub(crate) struct JobSupervisor {
     pub started: Instant,
     pub report: Option<mpsc::Sender<Outcome>>,
     pub progress: ProgressCell,
+    /// A rescale in place in progress.
+    pub rescale: Option<crate::rescale::Rescaling>,
+    /// The plan's version: rescales in place so far.
+    pub plan_version: u64,
+    /// Those rescales, as (operator, parallelism).
+    pub steps: Vec<(String, usize)>,
 }
 
 impl JobSupervisor {
@@ -124,6 +130,7 @@ impl JobSupervisor {
         };
         let last_completed = checkpoint.as_ref().map(|c| c.id);
         self.finished.clear();
+        self.rescale_on_recovery();
         let tasks = self.plan.tasks();
         // Downstream first, so that every re-created subtask finds its targets.
         let mut order = lost.to_vec();
@@ -253,6 +260,7 @@ impl JobSupervisor {
     }
 
     fn conclude(&mut self, outcome: Outcome) {
+        self.rescale_on_end();
         if let Some(tx) = self.report.take() {
             match &outcome {
                 Ok(r) => {
@@ -264,6 +272,11 @@ impl JobSupervisor {
         }
         self.progress.update(|p| p.ended = true);
         System::current().stop();
+    }
+
+    /// Whether `task` is part of the current plan (a rescale may have retired it).
+    pub(crate) fn in_plan(&self, task: TaskId) -> bool {
+        task.chain < self.plan.chain_count() && task.subtask < self.plan.parallelism(task.chain)
     }
 
     fn chain_name(&self, task: TaskId) -> String {
@@ -407,7 +420,7 @@ impl Actor for JobSupervisor {
 impl JobSupervisor {
     pub(crate) fn on_finished(&mut self, msg: TaskFinished, _ctx: &mut Context<Self>) {
         let task = msg.task;
-        if msg.epoch < self.epoch {
+        if msg.epoch < self.epoch || !self.in_plan(task) {
             // Finished before a recovery that reset it (a report that crossed the reset).
             return;
         }
@@ -453,7 +466,8 @@ impl JobSupervisor {
                 let _ = r.send(Decision::Abort);
             }
         };
-        if self.concluded() {
+        if self.concluded() || !self.in_plan(task) {
+            // (A subtask a rescale retired needs no decision.)
             return abort(reply);
         }
         let chain = self.chain_name(task);
@@ -554,7 +568,7 @@ impl JobSupervisor {
 impl JobSupervisor {
     pub(crate) fn on_lost(&mut self, msg: TaskLost, _ctx: &mut Context<Self>) {
         let task = msg.task;
-        if self.concluded() || self.finished.contains_key(&task) {
+        if self.concluded() || self.finished.contains_key(&task) || !self.in_plan(task) {
             return;
         }
         if let Some(&w) = self.placement.get(&task) {
@@ -662,6 +676,7 @@ impl Handler<ToJob> for JobSupervisor {
             ToJob::ResetDone(m) => self.on_reset_done(m, ctx),
             ToJob::FirstRecord(m) => self.on_first_record(m, ctx),
             ToJob::Committed(m) => self.on_committed(m, ctx),
+            ToJob::Replanned(m) => self.on_replanned(m, ctx),
         }
     }
 }

@@ -196,10 +196,11 @@ impl ClusterJob {
         Ok((
             next,
             RescaleOutcome {
-                savepoint,
+                checkpoint: savepoint,
                 moved,
                 pause: started.elapsed(),
-                before,
+                in_place: None,
+                before: Some(before),
             },
         ))
     }

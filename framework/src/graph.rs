@@ -12,8 +12,8 @@ use crate::data::Data;
 use crate::dead_letter::DeadLetterQueue;
 use crate::error::{FailureCause, GraphError, StageError};
 use crate::exec::{
-    BoxStage, ChainHead, ErasedInput, ErasedSource, InputStage, Payload, Route, Router, Stage,
-    StageCx, Tee,
+    BoxStage, ChainHead, ErasedInput, ErasedSource, InputStage, Payload, Route, RouteLayout,
+    Router, Stage, StageCx, Tee,
 };
 use crate::operator::SubtaskInfo;
 use crate::partition::Routing;
@@ -745,6 +745,35 @@ impl ExecutionPlan {
         out
     }
 
+    /// Where the routers of a chain's subtasks write, one per outgoing edge in the order of
+    /// [`ExecutionPlan::out_channels`] (empty for a chain that ends in a sink).
+    pub fn route_layout(&self, chain: usize) -> Vec<RouteLayout> {
+        let tail = self.chains[chain].nodes.last();
+        if tail.is_some_and(|&n| matches!(self.nodes[n].build, Build::Sink(_))) {
+            return Vec::new();
+        }
+        let mut base = 0;
+        self.chains[chain]
+            .out_edges
+            .iter()
+            .map(|&ei| {
+                let e = &self.edges[ei];
+                let channels = if e.kind.is_forward() {
+                    1
+                } else {
+                    self.nodes[e.to].parallelism
+                };
+                let layout = RouteLayout {
+                    base,
+                    channels,
+                    partitioner: e.partitioner.clone(),
+                };
+                base += channels;
+                layout
+            })
+            .collect()
+    }
+
     fn info(&self, node: NodeId, subtask: usize, attempt: u32) -> SubtaskInfo {
         SubtaskInfo {
             operator: self.nodes[node].name.clone(),
@@ -764,23 +793,16 @@ impl ExecutionPlan {
             .as_ref()
             .ok_or_else(|| internal("operator without output type"))?;
         let mut routers = Vec::new();
-        let mut base = 0;
-        for &ei in &self.chains[task.chain].out_edges {
-            let e = &self.edges[ei];
-            let channels = if e.kind.is_forward() {
-                1
-            } else {
-                self.nodes[e.to].parallelism
-            };
+        let edges = &self.chains[task.chain].out_edges;
+        for (&ei, layout) in edges.iter().zip(self.route_layout(task.chain)) {
             let plan = RouterPlan {
-                base,
-                channels,
+                base: layout.base,
+                channels: layout.channels,
                 batch_size: self.config.batch_size,
                 start: task.subtask,
-                partitioner: e.partitioner.clone(),
+                partitioner: layout.partitioner,
             };
-            routers.push(ops.router(&e.kind, plan)?);
-            base += channels;
+            routers.push(ops.router(&self.edges[ei].kind, plan)?);
         }
         match routers.len() {
             0 => Ok(ops.discard()),

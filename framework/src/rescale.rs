@@ -64,6 +64,26 @@ impl RescaleReport {
     }
 }
 
+/// What a rescale in place of one chain moves (see [`ExecutionPlan::adapt_in_place`]).
+#[derive(Clone, Debug, Default)]
+pub struct InPlaceSplit {
+    /// The checkpoint fitted to the rescaled plan.
+    pub checkpoint: Checkpoint,
+    /// The keys and bytes that move.
+    pub moved: ChainRescale,
+    /// Per subtask of the rescaled chain, per state entry: the keyed entries it gains.
+    pub gained: Gained,
+}
+
+/// Per subtask of a rescaled chain, per state entry: the encoded keyed entries it gains.
+pub type Gained = Vec<Vec<Vec<u8>>>;
+
+fn encode_entries(entries: Vec<Value>) -> Result<Vec<u8>, String> {
+    let mut buf = Vec::new();
+    rmpv::encode::write_value(&mut buf, &Value::Array(entries)).map_err(|x| x.to_string())?;
+    Ok(buf)
+}
+
 fn split_err(chain: &str, what: &str) -> String {
     format!("chain `{chain}`: {what}")
 }
@@ -79,6 +99,43 @@ impl ExecutionPlan {
         &self,
         checkpoint: Checkpoint,
     ) -> Result<(Checkpoint, RescaleReport), String> {
+        self.adapt(checkpoint, None)
+            .map(|(checkpoint, report, _)| (checkpoint, report))
+    }
+
+    /// Fits `checkpoint`, taken while the job ran at other parallelisms, to this plan for a
+    /// rescale *in place* of `chain`: besides the adapted checkpoint (for recoveries after the
+    /// rescale) it gives what each of the chain's subtasks gains — per new subtask, per state
+    /// entry, the keyed entries whose owner was another subtask (for a new subtask, all of its
+    /// state). The keys a subtask keeps stay where they are.
+    ///
+    /// # Errors
+    /// A description of what does not fit (see [`ExecutionPlan::adapt_checkpoint`]).
+    pub fn adapt_in_place(
+        &self,
+        checkpoint: Checkpoint,
+        chain: usize,
+    ) -> Result<InPlaceSplit, String> {
+        let (checkpoint, report, gained) = self.adapt(checkpoint, Some(chain))?;
+        let name = self.chain_name(chain);
+        let moved = report
+            .chains
+            .into_iter()
+            .find(|c| c.chain == name)
+            .unwrap_or_default();
+        Ok(InPlaceSplit {
+            checkpoint,
+            moved,
+            gained,
+        })
+    }
+
+    fn adapt(
+        &self,
+        checkpoint: Checkpoint,
+        in_place: Option<usize>,
+    ) -> Result<(Checkpoint, RescaleReport, Gained), String> {
+        let mut gained = Vec::new();
         let mut tasks = Vec::new();
         let mut report = RescaleReport::default();
         for chain in 0..self.chain_count() {
@@ -106,7 +163,10 @@ impl ExecutionPlan {
                         .iter()
                         .all(|t| keyed.iter().zip(&t.states).all(|(k, s)| *k || s.is_empty()));
                 if splittable {
-                    let (split, mut stats) = self.split_chain(chain, &old, p)?;
+                    let (split, mut stats, g) = self.split_chain(chain, &old, p)?;
+                    if in_place == Some(chain) {
+                        gained = g;
+                    }
                     if stats.moved > 0 {
                         stats.chain = name;
                         report.chains.push(stats);
@@ -120,10 +180,20 @@ impl ExecutionPlan {
             if self.is_source(chain) {
                 return Err(split_err(&name, "a source's parallelism cannot change yet"));
             }
-            let (split, mut stats) = self.split_chain(chain, &old, p)?;
+            let (split, mut stats, g) = self.split_chain(chain, &old, p)?;
+            if in_place == Some(chain) {
+                gained = g;
+            }
             stats.chain = name;
             report.chains.push(stats);
             tasks.extend(split);
+        }
+        if let Some(chain) = in_place {
+            if gained.len() != self.parallelism(chain) {
+                // Nothing keyed to split: every subtask gains nothing.
+                let entries = self.state_entries(chain);
+                gained = vec![vec![Vec::new(); entries]; self.parallelism(chain)];
+            }
         }
         Ok((
             Checkpoint {
@@ -132,6 +202,7 @@ impl ExecutionPlan {
                 tasks,
             },
             report,
+            gained,
         ))
     }
 
@@ -140,7 +211,7 @@ impl ExecutionPlan {
         chain: usize,
         old: &[&TaskSnapshot],
         p: usize,
-    ) -> Result<(Vec<TaskSnapshot>, ChainRescale), String> {
+    ) -> Result<(Vec<TaskSnapshot>, ChainRescale, Gained), String> {
         let name = self.chain_name(chain);
         let keyed = self.keyed_entries(chain);
         let ring = self.config().routing_for(self.head_name(chain), p);
@@ -154,6 +225,7 @@ impl ExecutionPlan {
                 states: vec![Vec::new(); keyed.len()],
             })
             .collect();
+        let mut gained: Gained = vec![vec![Vec::new(); keyed.len()]; p];
         let mut stats = ChainRescale {
             from: old.len(),
             to: p,
@@ -170,6 +242,7 @@ impl ExecutionPlan {
                 continue;
             }
             let mut parts: Vec<Vec<Value>> = vec![Vec::new(); p];
+            let mut moved_in: Vec<Vec<Value>> = vec![Vec::new(); p];
             for t in old {
                 if t.states[e].is_empty() {
                     continue;
@@ -194,17 +267,18 @@ impl ExecutionPlan {
                     if owner != t.subtask {
                         stats.moved += 1;
                         stats.bytes_moved += size.len();
+                        moved_in[owner].push(item.clone());
                     }
                     parts[owner].push(item);
                 }
             }
-            for (j, part) in parts.into_iter().enumerate() {
-                let mut buf = Vec::new();
-                rmpv::encode::write_value(&mut buf, &Value::Array(part))
-                    .map_err(|x| x.to_string())?;
-                new[j].states[e] = buf;
+            for (j, (part, moved)) in parts.into_iter().zip(moved_in).enumerate() {
+                new[j].states[e] = encode_entries(part)?;
+                if !moved.is_empty() {
+                    gained[j][e] = encode_entries(moved)?;
+                }
             }
         }
-        Ok((new, stats))
+        Ok((new, stats, gained))
     }
 }

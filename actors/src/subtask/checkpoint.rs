@@ -199,6 +199,8 @@ impl SubtaskActor {
         self.retry = None;
         self.finish_after_restart = false;
         self.source_poison = None;
+        self.holding = false;
+        self.hold_parked = false;
         self.last_acked = order.last_completed.unwrap_or(0);
         self.metrics.records_in = 0;
         self.metrics.records_out = 0;

@@ -100,6 +100,11 @@ impl SubtaskActor {
         if self.state != Lifecycle::Running {
             return;
         }
+        if self.holding {
+            // Held after a checkpoint: stop the loop until `Control::Release`.
+            self.hold_parked = true;
+            return;
+        }
         self.fire_armed();
         let skip = self.source_poison.as_ref().and_then(|p| p.skip);
         let Some(TaskChain::Source(source)) = &mut self.head else {

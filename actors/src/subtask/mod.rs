@@ -39,6 +39,7 @@ use std::time::Duration;
 mod checkpoint;
 mod input;
 mod output;
+mod replan;
 
 /// Whether a sent message was the end of input (for re-sending it after a re-wire).
 enum MsgKind {
@@ -102,6 +103,8 @@ pub(crate) type PositionSlot = Arc<Mutex<Option<Position>>>;
 pub(crate) struct SubtaskSetup {
     pub task: TaskId,
     pub plan: Arc<ExecutionPlan>,
+    /// The version of `plan` (rescales in place so far).
+    pub plan_version: u64,
     pub outs: Vec<OutChannel>,
     pub in_channels: usize,
     pub closed_inputs: Vec<usize>,
@@ -154,6 +157,8 @@ pub(crate) struct SubtaskActor {
     task: TaskId,
     chain_name: String,
     plan: Arc<ExecutionPlan>,
+    /// The version of `plan` (rescales in place so far).
+    plan_version: u64,
     head: Option<TaskChain>,
     cx: StageCx,
     outs: Vec<OutChannel>,
@@ -189,6 +194,12 @@ pub(crate) struct SubtaskActor {
     restored_finished: bool,
     /// Report the first record processed in this epoch (restore time).
     first_record_pending: bool,
+    /// A source held after a checkpoint (`Control::Hold`) until `Control::Release`.
+    holding: bool,
+    /// The held source's produce loop stopped; `Control::Release` starts it again.
+    hold_parked: bool,
+    /// No longer part of the job (scaled down): ignores everything.
+    retired: bool,
 }
 
 impl SubtaskActor {
@@ -213,6 +224,7 @@ impl SubtaskActor {
             chain_name,
             cx: StageCx::new(s.outs.len(), cfg.batch_size),
             plan: s.plan.clone(),
+            plan_version: s.plan_version,
             head: None,
             outs: s.outs,
             closed,
@@ -236,6 +248,9 @@ impl SubtaskActor {
             paused: s.paused,
             restored_finished: false,
             first_record_pending: false,
+            holding: false,
+            hold_parked: false,
+            retired: false,
             restore: s.restore,
         };
         actor.epoch = s.epoch;
@@ -535,6 +550,9 @@ impl Handler<Control> for SubtaskActor {
     type Result = ();
 
     fn handle(&mut self, msg: Control, ctx: &mut Context<Self>) {
+        if self.retired {
+            return;
+        }
         match msg {
             Control::Inject(fault) if self.state == Lifecycle::Running => {
                 self.cx.inject = Some(fault)
@@ -579,6 +597,10 @@ impl Handler<Control> for SubtaskActor {
                 ctx.stop();
             }
             Control::Go(epoch) => self.on_go(epoch, ctx),
+            Control::Hold(n) => self.on_hold(n, ctx),
+            Control::Release => self.on_release(ctx),
+            Control::Replan(order) => self.on_replan(*order, ctx),
+            Control::Retire => self.retire(),
         }
     }
 }

@@ -45,6 +45,14 @@ pub trait ChainHead: Send {
         states: &[Vec<u8>],
         last_completed: Option<u64>,
     ) -> Result<(), StageError>;
+    /// Rescale in place: routers take new layouts (see [`super::Stage::reroute`]).
+    fn reroute(&mut self, moves: &[(usize, super::RouteLayout)]);
+    /// Rescale in place: keyed state keeps the keys `keep` accepts and takes in `gained` (see
+    /// [`super::Stage::rekey`]).
+    ///
+    /// # Errors
+    /// A gained entry that does not decode.
+    fn rekey(&mut self, keep: &dyn Fn(u64) -> bool, gained: &[Vec<u8>]) -> Result<(), StageError>;
     /// A checkpoint completed (see [`super::Stage::checkpoint_complete`]).
     ///
     /// # Errors
@@ -87,6 +95,16 @@ macro_rules! forward_to_chain {
         }
         fn flush(&mut self, cx: &mut StageCx) {
             self.next.flush(cx);
+        }
+        fn reroute(&mut self, moves: &[(usize, super::RouteLayout)]) {
+            self.next.reroute(moves);
+        }
+        fn rekey(
+            &mut self,
+            keep: &dyn Fn(u64) -> bool,
+            gained: &[Vec<u8>],
+        ) -> Result<(), StageError> {
+            self.next.rekey(keep, &mut gained.iter())
         }
     };
 }

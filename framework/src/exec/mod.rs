@@ -61,6 +61,18 @@ impl std::fmt::Debug for OutEvent {
     }
 }
 
+/// Where one router of a chain writes (see [`Stage::reroute`]): its first output channel,
+/// how many channels it has, and the key ring of a keyed edge.
+#[derive(Clone, Debug)]
+pub struct RouteLayout {
+    /// The router's first channel in its subtask's output channel list.
+    pub base: usize,
+    /// How many channels (the receiving operator's parallelism; 1 for a forward edge).
+    pub channels: usize,
+    /// The key ring of a keyed edge.
+    pub partitioner: Option<crate::partition::Routing>,
+}
+
 /// A fault to inject into the next record a chain handles (chaos testing).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Fault {
@@ -185,6 +197,26 @@ pub trait Stage<T>: Send {
 
     /// Queues partly filled (committed) batches.
     fn flush(&mut self, cx: &mut StageCx);
+
+    /// Rescale in place: the router whose first output channel is `old` in one of `moves`
+    /// `(old, layout)` takes the new layout (its first channel, channel count and key ring);
+    /// other stages pass the call on. Records still buffered are routed again.
+    fn reroute(&mut self, _moves: &[(usize, RouteLayout)]) {}
+
+    /// Rescale in place: keyed operators keep only the keys whose hash `keep` accepts and take
+    /// in the entries of `gained` (one entry per state entry, in chain order, encoded as
+    /// [`Stage::snapshot`] writes them; an empty entry adds nothing). Stages that hold a state
+    /// entry take one.
+    ///
+    /// # Errors
+    /// A gained entry that does not decode, or `gained` does not match the chain.
+    fn rekey(
+        &mut self,
+        _keep: &dyn Fn(u64) -> bool,
+        _gained: &mut std::slice::Iter<'_, Vec<u8>>,
+    ) -> Result<(), StageError> {
+        Ok(())
+    }
 
     /// Appends the state of this stage and of the rest of the chain at `checkpoint`: one entry
     /// per operator or sink, in chain order (empty when it has none). Sinks pre-commit.

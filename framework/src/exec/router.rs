@@ -1,6 +1,6 @@
 //! Routers (the tail of a chain for an outgoing edge) and tees (a stream read twice).
 
-use super::{BoxStage, OutEvent, Stage, StageCx};
+use super::{BoxStage, OutEvent, RouteLayout, Stage, StageCx};
 use crate::data::Data;
 use crate::error::StageError;
 use crate::partition::{Partitioner, Routing};
@@ -84,10 +84,10 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
     }
 }
 
-impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
+impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
+    /// Buffers `record` in the channel its route picks.
     #[inline]
-    fn push(&mut self, record: T, _cx: &mut StageCx) -> Result<(), StageError> {
-        self.pushed += 1;
+    fn place(&mut self, record: T) {
         let n = self.buffers.len();
         match &self.route {
             Route::Forward => self.buffer(0, record),
@@ -107,7 +107,35 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
                 self.buffer(ch.min(n - 1), record);
             }
         }
+    }
+}
+
+impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
+    #[inline]
+    fn push(&mut self, record: T, _cx: &mut StageCx) -> Result<(), StageError> {
+        self.pushed += 1;
+        self.place(record);
         Ok(())
+    }
+    fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
+        let Some((_, layout)) = moves.iter().find(|(old, _)| *old == self.base) else {
+            return;
+        };
+        // After a barrier's flush nothing is buffered; anything left is routed again.
+        let left: Vec<T> = self.buffers.iter_mut().flat_map(|b| b.drain(..)).collect();
+        let channels = layout.channels.max(1);
+        self.base = layout.base;
+        self.buffers = (0..channels)
+            .map(|_| Vec::with_capacity(self.batch_size))
+            .collect();
+        self.next_rr %= channels;
+        if let (Route::Key { partitioner, .. }, Some(p)) = (&mut self.route, &layout.partitioner) {
+            *partitioner = p.clone();
+        }
+        for r in left {
+            self.place(r);
+        }
+        self.committed = self.buffers.iter().map(Vec::len).collect();
     }
     fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
@@ -223,6 +251,18 @@ impl<T: Data> Stage<T> for Tee<T> {
     }
     fn flush(&mut self, cx: &mut StageCx) {
         self.branches.iter_mut().for_each(|b| b.flush(cx));
+    }
+    fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
+        self.branches.iter_mut().for_each(|b| b.reroute(moves));
+    }
+    fn rekey(
+        &mut self,
+        keep: &dyn Fn(u64) -> bool,
+        gained: &mut std::slice::Iter<'_, Vec<u8>>,
+    ) -> Result<(), StageError> {
+        self.branches
+            .iter_mut()
+            .try_for_each(|b| b.rekey(keep, gained))
     }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.branches.iter_mut().try_for_each(|b| b.close(cx))

@@ -1,6 +1,6 @@
 //! Stages that run user operators and sinks.
 
-use super::{guarded, guarded_emit, next_state, BoxStage, Stage, StageCx};
+use super::{guarded, guarded_emit, next_state, BoxStage, RouteLayout, Stage, StageCx};
 use crate::data::Key;
 use crate::error::StageError;
 use crate::operator::{Encoded, Output};
@@ -29,6 +29,9 @@ macro_rules! chain_stage_hooks {
         }
         fn flush(&mut self, cx: &mut StageCx) {
             self.next.flush(cx);
+        }
+        fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
+            self.next.reroute(moves);
         }
         fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
             let op = &mut self.op;
@@ -119,6 +122,15 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
             guarded(&self.info.operator, || op.restore(&snap))?;
         }
         self.next.restore(states, last_completed)
+    }
+    fn rekey(
+        &mut self,
+        keep: &dyn Fn(u64) -> bool,
+        gained: &mut std::slice::Iter<'_, Vec<u8>>,
+    ) -> Result<(), StageError> {
+        // Operator state is not keyed: it stays (a rescale refuses chains that hold any).
+        next_state(gained, &self.info.operator)?;
+        self.next.rekey(keep, gained)
     }
     chain_stage_hooks!();
 }
@@ -218,6 +230,21 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         }
         self.next.restore(states, last_completed)
     }
+    fn rekey(
+        &mut self,
+        keep: &dyn Fn(u64) -> bool,
+        gained: &mut std::slice::Iter<'_, Vec<u8>>,
+    ) -> Result<(), StageError> {
+        let state = next_state(gained, &self.info.operator)?;
+        self.states.retain(|k, _| keep(k.key_hash()));
+        if !state.is_empty() {
+            let entries: Vec<(u64, O::Key, O::State)> =
+                guarded(&self.info.operator, || Ok(rmp_serde::from_slice(state)?))?;
+            self.states
+                .extend(entries.into_iter().map(|(_, k, s)| (k, s)));
+        }
+        self.next.rekey(keep, gained)
+    }
     chain_stage_hooks!();
 }
 
@@ -293,6 +320,13 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
     fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
         let sink = &mut self.sink;
         guarded(&self.info.operator, || sink.commit(checkpoint))
+    }
+    fn rekey(
+        &mut self,
+        _keep: &dyn Fn(u64) -> bool,
+        gained: &mut std::slice::Iter<'_, Vec<u8>>,
+    ) -> Result<(), StageError> {
+        next_state(gained, &self.info.operator).map(drop)
     }
     fn flush(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
