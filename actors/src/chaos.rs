@@ -275,6 +275,10 @@ pub struct Progress {
     /// A record was processed after a restore (at a recovery, or at a start from a
     /// checkpoint); with `running_epoch`, what measures a pause.
     pub restored_record: bool,
+    /// Rescales in place that held the sources after a checkpoint (counting retries).
+    pub rescales_held: u64,
+    /// Rescales in place that switched to the new plan.
+    pub rescales_switched: u64,
     /// Per task (in [`ChaosHandle::tasks`] order): its input ended in the current epoch, so
     /// a fault aimed at its next record would never fire.
     pub draining: Vec<bool>,

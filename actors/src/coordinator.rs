@@ -250,6 +250,7 @@ impl JobSupervisor {
 
 impl JobSupervisor {
     pub(crate) fn on_committed(&mut self, msg: Committed, _ctx: &mut Context<Self>) {
+        self.rescale_on_committed(msg.task, msg.id);
         let Some(c) = &mut self.coord else { return };
         if c.uncommitted.remove(&msg.task) && c.uncommitted.is_empty() {
             tracing::info!(checkpoint = msg.id, "final checkpoint committed");

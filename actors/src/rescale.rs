@@ -1,26 +1,29 @@
 //! Rescale in place: change one operator's parallelism while the rest of the job keeps running.
 //!
 //! ```text
-//! request ─▶ Holding ─(checkpoint n completes: the job is quiet)─▶ Switching ─(all re-wired)─▶ Resuming ─(first record)─▶ done
-//!            sources take checkpoint n                              new plan installed;           sources released
-//!            and hold after its barrier                             state split; new subtasks
-//!                                                                   start, leaving ones retire,
-//!                                                                   touched ones re-wire
+//! Holding ──▶ Committing ──▶ Switching ──▶ Resuming ──▶ done
+//! sources     leaving        new plan;      sources      the rescaled operator
+//! hold after  subtasks       state moves;   released     processed a record
+//! checkpoint  confirm their  subtasks start,
+//! n           commit of n    retire, re-wire
 //! ```
 //!
 //! 1. **Hold.** The job supervisor triggers checkpoint `n` with [`Control::Hold`]: each source
 //!    snapshots, emits the barrier and then produces nothing. When `n` completes, every
 //!    subtask has handled every record sent before the barriers and none was sent after, so
 //!    nothing is in flight and every output queue is empty.
-//! 2. **Split.** The checkpoint is fitted to the rescaled plan
+//! 2. **Commit.** When scaling down, the leaving subtasks confirm that they committed `n`
+//!    (their sinks' transactions): once they retired, no subtask would be left to commit for
+//!    them after a failure.
+//! 3. **Split.** The checkpoint is fitted to the rescaled plan
 //!    ([`riffle_framework::ExecutionPlan::adapt_in_place`]): for each subtask of the rescaled
 //!    chain the keyed entries whose owner on the new ring was another subtask. Only those move.
-//! 3. **Switch.** New subtasks start with the entries they gain; leaving subtasks retire (their
+//! 4. **Switch.** New subtasks start with the entries they gain; leaving subtasks retire (their
 //!    keys went to the others); the subtasks whose channels change — the rescaled chain, the
 //!    routers in front of it and the inputs behind it — get [`Control::Replan`]: they re-wire
 //!    without restarting, and the rescaled chain's subtasks drop the keys they lost and take in
 //!    the ones they gained. Every other subtask is not touched at all.
-//! 4. **Resume.** Once every touched subtask confirmed, the sources are released. The pause is
+//! 5. **Resume.** Once every touched subtask confirmed, the sources are released. The pause is
 //!    measured from the hold to the rescaled operator's first record.
 //!
 //! A failure at any point is an ordinary recovery: before the switch the held checkpoint is
@@ -89,6 +92,9 @@ pub(crate) enum InPlaceError {
 enum Phase {
     /// Waiting for the held checkpoint (`id`, once triggered) to complete.
     Holding { id: Option<u64> },
+    /// Checkpoint `id` completed; waiting for the leaving subtasks to confirm their commit
+    /// (no subtask will be left to commit their transactions once they retired).
+    Committing { id: u64, waiting: HashSet<TaskId> },
     /// Waiting for the touched subtasks to confirm the new plan.
     Switching { waiting: HashSet<TaskId> },
     /// Sources released; waiting for the rescaled operator's first record.
@@ -219,6 +225,7 @@ impl JobSupervisor {
     /// Triggers a checkpoint after which the sources hold; returns its id.
     fn trigger_hold(&mut self) -> u64 {
         let id = self.trigger(false, false, true);
+        self.progress.update(|p| p.rescales_held += 1);
         tracing::info!(
             checkpoint = id,
             "rescale: holding the sources after a checkpoint"
@@ -236,13 +243,50 @@ impl JobSupervisor {
         }
     }
 
-    /// Checkpoint `id` completed: if the rescale held the sources for it, switch plans.
+    /// Checkpoint `id` completed: if the rescale held the sources for it, the leaving
+    /// subtasks (scaling down) confirm their commit, then the plans switch.
     pub(crate) fn on_checkpoint_completed(&mut self, id: u64) {
-        let held = matches!(
+        let Some(r) = &mut self.rescale else { return };
+        if !matches!(r.phase, Phase::Holding { id: Some(h) } if h == id) {
+            return;
+        }
+        let (chain, now) = (r.chain, r.plan.parallelism(r.chain));
+        let leaving: HashSet<TaskId> = (now..self.plan.parallelism(chain))
+            .map(|subtask| TaskId { chain, subtask })
+            .collect();
+        for t in &leaving {
+            if let Some(a) = self.addrs.get(t) {
+                a.do_send(Control::Complete { id, ack: true });
+            }
+        }
+        r.phase = Phase::Committing {
+            id,
+            waiting: leaving,
+        };
+        self.check_committed();
+    }
+
+    /// A subtask confirmed the commit of checkpoint `id`.
+    pub(crate) fn rescale_on_committed(&mut self, task: TaskId, id: u64) {
+        if let Some(Rescaling {
+            phase: Phase::Committing { id: c, waiting },
+            ..
+        }) = &mut self.rescale
+        {
+            if *c == id {
+                waiting.remove(&task);
+            }
+        }
+        self.check_committed();
+    }
+
+    /// Every leaving subtask committed: switch plans.
+    fn check_committed(&mut self) {
+        let committed = matches!(
             self.rescale.as_ref().map(|r| &r.phase),
-            Some(Phase::Holding { id: Some(h) }) if *h == id
+            Some(Phase::Committing { waiting, .. }) if waiting.is_empty()
         );
-        if held {
+        if committed {
             if let Err(e) = self.switch_plan() {
                 self.release_sources();
                 self.end_rescale(Err(e));
@@ -289,7 +333,10 @@ impl JobSupervisor {
         if let Some(c) = &mut self.coord {
             c.last_completed = Some(Arc::new(split.checkpoint));
         }
-        self.progress.update(|p| p.draining.clear());
+        self.progress.update(|p| {
+            p.draining.clear();
+            p.rescales_switched += 1;
+        });
         // Leaving subtasks: their keys were given to the others.
         for subtask in now..was {
             let t = TaskId { chain, subtask };
@@ -399,12 +446,16 @@ impl JobSupervisor {
         }
     }
 
-    /// A recovery started: a rescale waiting for re-wiring is carried on by the recovery
-    /// (every subtask restores the adapted checkpoint and handles its `Replan` before `Go`).
+    /// A recovery started. Before the switch the rescale starts over once the recovery is
+    /// done (the recovery resets the held sources); a rescale waiting for re-wiring is
+    /// carried on by the recovery (every subtask restores the adapted checkpoint and handles
+    /// its `Replan` before `Go`).
     pub(crate) fn rescale_on_recovery(&mut self) {
         if let Some(r) = &mut self.rescale {
-            if matches!(r.phase, Phase::Switching { .. }) {
-                r.phase = Phase::Resuming;
+            match r.phase {
+                Phase::Committing { .. } => r.phase = Phase::Holding { id: None },
+                Phase::Switching { .. } => r.phase = Phase::Resuming,
+                Phase::Holding { .. } | Phase::Resuming => {}
             }
         }
     }
@@ -432,7 +483,7 @@ impl JobSupervisor {
         let switched = self
             .rescale
             .as_ref()
-            .is_some_and(|r| !matches!(r.phase, Phase::Holding { .. }));
+            .is_some_and(|r| matches!(r.phase, Phase::Switching { .. } | Phase::Resuming));
         if switched {
             self.rescale_on_first_record_forced();
         } else if self.rescale.is_some() {

@@ -1,0 +1,255 @@
+//! Rescaling in place: only the rescaled operator, the routers in front of it and the inputs
+//! behind it are touched; the rest of the job keeps running, nothing restarts, and the output
+//! is exact. A job whose input partly finished is rescaled by a restart from a savepoint.
+
+mod common;
+
+use riffle::prelude::*;
+use riffle::CheckpointConfig;
+use std::collections::HashMap;
+use std::time::Duration;
+
+const N: u64 = 400_000;
+const KEYS: u64 = 5_000;
+
+fn key(i: u64) -> u64 {
+    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS
+}
+
+/// Each key's final count from a running count's updates, checked to be one per record.
+fn finals(updates: &[(u64, u64)]) -> HashMap<u64, u64> {
+    assert_eq!(updates.len() as u64, N, "every record counted exactly once");
+    let mut finals: HashMap<u64, u64> = HashMap::new();
+    for &(k, n) in updates {
+        let e = finals.entry(k).or_default();
+        *e = (*e).max(n);
+    }
+    finals
+}
+
+fn expected() -> HashMap<u64, u64> {
+    let mut expect: HashMap<u64, u64> = HashMap::new();
+    for i in 0..N {
+        *expect.entry(key(i)).or_default() += 1;
+    }
+    expect
+}
+
+#[test]
+fn a_rescale_in_place_leaves_the_rest_of_the_job_running() {
+    common::init_logging();
+    let env = StreamEnv::new();
+    env.configure(|c| {
+        c.name = "in-place".to_string();
+        c.batch_size = 128;
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)));
+    });
+    // Branch A: the keyed count that is rescaled.
+    let counts = env
+        .generate(N, |i| {
+            if i % 1_000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (key(i), 1u64)
+        })
+        .name("a-source")
+        .parallelism(2)
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .name("count")
+        .parallelism(4)
+        .collect();
+    // Branch B: an independent pipeline no rescale of `count` may touch.
+    let copies = env
+        .generate(N, |i| {
+            if i % 1_000 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            i
+        })
+        .name("b-source")
+        .parallelism(2)
+        .map(|i| i * 2)
+        .name("b-map")
+        .parallelism(2)
+        .collect();
+    let mut handle = env.start().expect("start");
+    let b_tasks = handle
+        .chaos()
+        .tasks()
+        .iter()
+        .filter(|(c, _)| c.contains("b-map"))
+        .count();
+    assert_eq!(b_tasks, 2);
+    let mut from = 4;
+    for p in [6usize, 2] {
+        let before = handle.chaos().tasks().len();
+        handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
+        let r = handle.rescale("count", p).expect("rescale");
+        let f = r.in_place.expect("in place");
+        println!(
+            "count {from} -> {p}: {:?}, {} of {} keys moved, pause {:.1} ms",
+            f,
+            r.moved.moved,
+            r.moved.keys,
+            r.pause.as_secs_f64() * 1e3
+        );
+        // The two a-sources re-route, the count subtasks that stay re-key; branch B is not
+        // touched.
+        assert_eq!(f.rewired, 2 + from.min(p));
+        assert_eq!(
+            (f.started, f.retired),
+            (p.saturating_sub(from), from.saturating_sub(p))
+        );
+        assert_eq!(f.untouched, b_tasks);
+        assert_eq!(f.rewired + f.retired + f.untouched, before);
+        assert_eq!(handle.chaos().tasks().len(), before + f.started - f.retired);
+        let (moved, ideal) = r.moved.moved_vs_ideal();
+        assert!(moved <= ideal * 1.25, "{moved:.3} > 1.25 × {ideal:.3}");
+        from = p;
+    }
+    let result = handle.wait().expect("finishes");
+    assert!(result.restarts.is_empty() && result.recoveries.is_empty());
+    assert!(result
+        .subtasks
+        .iter()
+        .all(|s| s.restarts == 0 && s.recreated == 0));
+    assert_eq!(
+        result
+            .subtasks
+            .iter()
+            .filter(|s| s.chain.contains("count"))
+            .count(),
+        2,
+        "the job finished at parallelism 2"
+    );
+    assert_eq!(finals(&counts.take()), expected());
+    let mut copies = copies.take();
+    copies.sort_unstable();
+    assert!(copies.iter().copied().eq((0..N).map(|i| i * 2)));
+}
+
+#[test]
+fn a_job_whose_input_partly_finished_is_rescaled_by_a_restart() {
+    common::init_logging();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let env = StreamEnv::new();
+    env.configure(|c| {
+        c.name = "partly-finished".to_string();
+        c.batch_size = 128;
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir.path()));
+    });
+    let counts = env
+        .generate(N, |i| {
+            // Only the first source subtask's share is paced: the second finishes at once.
+            if i < N / 2 && i % 500 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            (key(i), 1u64)
+        })
+        .parallelism(2)
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .name("count")
+        .parallelism(3)
+        .collect();
+    let mut handle = env.start().expect("start");
+    let chaos = handle.chaos();
+    let fast = chaos.find("generate", 1).expect("the second source");
+    chaos.wait_until(|pr| !pr.active(fast) && pr.checkpoints >= 2);
+    let r = handle.rescale("count", 5).expect("rescale");
+    assert!(r.in_place.is_none(), "rescaled by a restart");
+    assert!(r.before.is_some());
+    assert_eq!((r.moved.from, r.moved.to), (3, 5));
+    let mut updates = r.before.map(|_| counts.take()).unwrap_or_default();
+    handle.wait().expect("finishes");
+    updates.extend(counts.take());
+    assert_eq!(finals(&updates), expected());
+}
+
+/// Where a fault lands in a rescale.
+#[derive(Clone, Copy, Debug)]
+enum When {
+    /// While the sources hold for the rescale's checkpoint.
+    Holding,
+    /// Right after the switch to the new plan.
+    Switched,
+}
+
+/// What the fault is.
+#[derive(Clone, Copy, Debug)]
+enum What {
+    /// A keyed subtask is stopped from outside (restarted from the latest checkpoint).
+    StopSubtask,
+    /// A worker thread stops: its subtasks are re-created from the plan in force.
+    StopWorker,
+}
+
+#[test]
+fn a_fault_at_each_step_of_a_rescale_is_recovered_exactly() {
+    common::init_logging();
+    for (when, what, from, to) in [
+        (When::Holding, What::StopSubtask, 3, 5),
+        (When::Switched, What::StopSubtask, 3, 5),
+        (When::Switched, What::StopSubtask, 5, 2),
+        (When::Switched, What::StopWorker, 3, 5),
+        (When::Holding, What::StopWorker, 5, 2),
+    ] {
+        let env = StreamEnv::new();
+        env.configure(|c| {
+            c.name = "rescale-faults".to_string();
+            c.batch_size = 128;
+            c.workers = Some(3);
+            // Rare checkpoints: a recovery right after the switch restores the checkpoint the
+            // rescale was aligned at, fitted to the new plan.
+            c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(300)));
+            c.restart = common::chaos_restarts(RestartKind::OneForAll);
+        });
+        let counts = env
+            .generate(N, |i| {
+                if i % 500 == 0 {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                (key(i), 1u64)
+            })
+            .parallelism(2)
+            .key_by(|r: &(u64, u64)| r.0)
+            .sum(|r| r.1)
+            .name("count")
+            .parallelism(from)
+            .collect();
+        let mut handle = env.start().expect("start");
+        let chaos = handle.chaos();
+        chaos.wait_until(|pr| pr.checkpoints >= 1);
+        // The keyed subtask 0 is the third task (after the two sources) in every plan.
+        let victim = chaos.find("count", 0).expect("a keyed subtask");
+        let faults = chaos.clone();
+        let injector = std::thread::spawn(move || {
+            faults.wait_until(|pr| match when {
+                When::Holding => pr.rescales_held >= 1,
+                When::Switched => pr.rescales_switched >= 1,
+            });
+            match what {
+                What::StopSubtask => faults.stop(victim),
+                What::StopWorker => faults.stop_worker(0),
+            }
+        });
+        let r = handle.rescale("count", to).expect("rescale");
+        injector.join().expect("injector");
+        let result = handle.wait().expect("finishes");
+        println!(
+            "{when:?} / {what:?}, {from} -> {to}: {:?}; recoveries {}, workers stopped {}, pause {:.1} ms",
+            r.in_place,
+            result.recoveries.len(),
+            result.workers_stopped,
+            r.pause.as_secs_f64() * 1e3
+        );
+        assert!(r.in_place.is_some(), "{when:?} / {what:?}: in place");
+        assert_eq!((r.moved.from, r.moved.to), (from, to));
+        assert!(
+            !result.recoveries.is_empty(),
+            "{when:?} / {what:?}: the fault really happened"
+        );
+        assert_eq!(finals(&counts.take()), expected(), "{when:?} / {what:?}");
+    }
+}
