@@ -3,10 +3,12 @@
 //! `cargo bench --bench recovery -- [RUNS]` (default 5). Each restore run: a keyed running sum
 //! over 100,000 keys (parallelism 2, checkpoints every 50 ms in memory); once two checkpoints
 //! have completed, a panic is injected into a keyed subtask; the job restores every subtask
-//! from the latest checkpoint. Each rescale run: the same job at parallelism 2 is stopped at a
-//! savepoint and started again from it at parallelism 3. Printed: the median restore time
-//! (failure → first record processed again), the median checkpoint duration and size, and the
-//! median rescale pause (stop → first record processed by the rescaled job).
+//! from the latest checkpoint. Each rescale run: the same job's keyed operator goes from
+//! parallelism 2 to 3, once in place (`JobHandle::rescale`: the sources hold after a
+//! checkpoint, a third of the keys move, nothing restarts) and once by stopping at a savepoint
+//! and starting again from it. Printed: the median restore time (failure → first record
+//! processed again), the median checkpoint duration and size, and the median rescale pause of
+//! each kind (request → first record processed by the rescaled operator), with their ratio.
 
 use riffle::prelude::*;
 use riffle::{CheckpointConfig, Fault, RestoreFrom};
@@ -57,9 +59,22 @@ fn rescale_job(dir: &std::path::Path, p: usize, restore: Option<RestoreFrom>) ->
         .parallelism(2)
         .key_by(|r: &(u64, u64)| r.0)
         .sum(|r| r.1)
+        .name("sum")
         .parallelism(p)
         .discard();
     env
+}
+
+/// Rescale the running job's keyed operator from 2 to 3 in place: the pause it reports.
+fn rescale_in_place_pause() -> Duration {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut handle = rescale_job(dir.path(), 2, None).start().expect("start");
+    handle.chaos().wait_until(|p| p.checkpoints >= 2);
+    let r = handle.rescale("sum", 3).expect("rescale");
+    assert!(r.in_place.is_some(), "rescaled in place");
+    assert!(r.moved.keys as u64 == KEYS, "all keys in the state");
+    handle.wait().expect("rescaled job");
+    r.pause
 }
 
 /// Stop at a savepoint at parallelism 2, restart at 3: the pause until the first record.
@@ -104,6 +119,8 @@ fn main() {
     checkpoints.sort();
     let mut pauses: Vec<Duration> = (0..runs).map(|_| rescale_pause()).collect();
     pauses.sort();
+    let mut in_place: Vec<Duration> = (0..runs).map(|_| rescale_in_place_pause()).collect();
+    in_place.sort();
     println!(
         "recovery ({KEYS} keys, {runs} runs): median restore {:.2} ms (min {:.2}, max {:.2}); \
          median checkpoint {:.2} ms over {} checkpoints; state {:.1} KiB",
@@ -120,5 +137,14 @@ fn main() {
         pauses[pauses.len() / 2].as_secs_f64() * 1e3,
         pauses[0].as_secs_f64() * 1e3,
         pauses[pauses.len() - 1].as_secs_f64() * 1e3
+    );
+    let (a, b) = (in_place[in_place.len() / 2], pauses[pauses.len() / 2]);
+    println!(
+        "rescale 2 -> 3 ({KEYS} keys, {runs} runs, in place): median pause {:.1} ms (min {:.1}, \
+         max {:.1}); {:.2} × the restart's",
+        a.as_secs_f64() * 1e3,
+        in_place[0].as_secs_f64() * 1e3,
+        in_place[in_place.len() - 1].as_secs_f64() * 1e3,
+        a.as_secs_f64() / b.as_secs_f64()
     );
 }
