@@ -745,6 +745,19 @@ impl ExecutionPlan {
         out
     }
 
+    /// The ring that routes keys to the chain's subtasks: its keyed input edge's (built once
+    /// with the plan), else the one the configuration gives for its head operator.
+    pub fn key_routing(&self, chain: usize) -> Routing {
+        self.chains[chain]
+            .in_edges
+            .iter()
+            .find_map(|&e| self.edges[e].partitioner.clone())
+            .unwrap_or_else(|| {
+                self.config
+                    .routing_for(self.head_name(chain), self.parallelism(chain))
+            })
+    }
+
     /// Where the routers of a chain's subtasks write, one per outgoing edge in the order of
     /// [`ExecutionPlan::out_channels`] (empty for a chain that ends in a sink).
     pub fn route_layout(&self, chain: usize) -> Vec<RouteLayout> {

@@ -9,7 +9,7 @@
 use crate::checkpoint::{Checkpoint, TaskSnapshot};
 use crate::graph::ExecutionPlan;
 use crate::partition::Partitioner;
-use rmpv::Value;
+use rmpv::ValueRef;
 
 /// What restoring at other parallelisms moved.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -78,10 +78,16 @@ pub struct InPlaceSplit {
 /// Per subtask of a rescaled chain, per state entry: the encoded keyed entries it gains.
 pub type Gained = Vec<Vec<Vec<u8>>>;
 
-fn encode_entries(entries: Vec<Value>) -> Result<Vec<u8>, String> {
-    let mut buf = Vec::new();
-    rmpv::encode::write_value(&mut buf, &Value::Array(entries)).map_err(|x| x.to_string())?;
-    Ok(buf)
+/// A MessagePack list of already encoded entries.
+fn encode_entries(entries: &[&[u8]]) -> Vec<u8> {
+    let len: usize = entries.iter().map(|e| e.len()).sum();
+    let mut buf = Vec::with_capacity(len + 5);
+    // Writing to a `Vec` cannot fail; a list has fewer than 2^32 entries (one per key).
+    let _ = rmp::encode::write_array_len(&mut buf, entries.len() as u32);
+    for e in entries {
+        buf.extend_from_slice(e);
+    }
+    buf
 }
 
 fn split_err(chain: &str, what: &str) -> String {
@@ -214,7 +220,7 @@ impl ExecutionPlan {
     ) -> Result<(Vec<TaskSnapshot>, ChainRescale, Gained), String> {
         let name = self.chain_name(chain);
         let keyed = self.keyed_entries(chain);
-        let ring = self.config().routing_for(self.head_name(chain), p);
+        let ring = self.key_routing(chain);
         let finished = old.iter().all(|t| t.finished);
         let mut new: Vec<TaskSnapshot> = (0..p)
             .map(|subtask| TaskSnapshot {
@@ -241,41 +247,41 @@ impl ExecutionPlan {
                 }
                 continue;
             }
-            let mut parts: Vec<Vec<Value>> = vec![Vec::new(); p];
-            let mut moved_in: Vec<Vec<Value>> = vec![Vec::new(); p];
+            // Entries are cut out of the snapshots as raw bytes: only their hash is read.
+            let mut parts: Vec<Vec<&[u8]>> = vec![Vec::new(); p];
+            let mut moved_in: Vec<Vec<&[u8]>> = vec![Vec::new(); p];
             for t in old {
                 if t.states[e].is_empty() {
                     continue;
                 }
                 let mut bytes = t.states[e].as_slice();
-                let Value::Array(items) =
-                    rmpv::decode::read_value(&mut bytes).map_err(|x| x.to_string())?
-                else {
-                    return Err(split_err(name, "keyed state is not a list"));
-                };
-                for item in items {
+                let items = rmp::decode::read_array_len(&mut bytes)
+                    .map_err(|_| split_err(name, "keyed state is not a list"))?;
+                for _ in 0..items {
+                    let start = bytes;
+                    let item = rmpv::decode::read_value_ref(&mut bytes)
+                        .map_err(|x| split_err(name, &x.to_string()))?;
                     let hash = match &item {
-                        Value::Array(fields) => fields.first().and_then(Value::as_u64),
+                        ValueRef::Array(fields) => fields.first().and_then(ValueRef::as_u64),
                         _ => None,
                     }
                     .ok_or_else(|| split_err(name, "a keyed state entry has no hash"))?;
+                    let raw = &start[..start.len() - bytes.len()];
                     let owner = ring.route(hash);
-                    let mut size = Vec::new();
-                    rmpv::encode::write_value(&mut size, &item).map_err(|x| x.to_string())?;
                     stats.keys += 1;
-                    stats.bytes += size.len();
+                    stats.bytes += raw.len();
                     if owner != t.subtask {
                         stats.moved += 1;
-                        stats.bytes_moved += size.len();
-                        moved_in[owner].push(item.clone());
+                        stats.bytes_moved += raw.len();
+                        moved_in[owner].push(raw);
                     }
-                    parts[owner].push(item);
+                    parts[owner].push(raw);
                 }
             }
-            for (j, (part, moved)) in parts.into_iter().zip(moved_in).enumerate() {
-                new[j].states[e] = encode_entries(part)?;
+            for (j, (part, moved)) in parts.iter().zip(&moved_in).enumerate() {
+                new[j].states[e] = encode_entries(part);
                 if !moved.is_empty() {
-                    gained[j][e] = encode_entries(moved)?;
+                    gained[j][e] = encode_entries(moved);
                 }
             }
         }

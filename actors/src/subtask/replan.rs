@@ -98,9 +98,7 @@ impl SubtaskActor {
         self.rewire_inputs(&old, ctx);
         if let Some(gained) = &order.gained {
             if order.epoch == self.epoch {
-                let ring = plan
-                    .config()
-                    .routing_for(plan.head_name(chain), plan.parallelism(chain));
+                let ring = plan.key_routing(chain);
                 let me = self.task.subtask;
                 if let Some(h) = &mut self.head {
                     h.head().rekey(&|hash| ring.route(hash) == me, gained)?;
