@@ -5,13 +5,15 @@
 //! ```
 //!
 //! A running count per string key (parallelism 4) is rescaled with `JobHandle::rescale` to 5
-//! subtasks, then 8, then 3, while the input streams on: each step stops the job at a
-//! savepoint, splits the keyed state by the new consistent-hash ring and continues from the
-//! savepoint. The example prints the fraction of keys that moved — measured on the state, and
-//! next to what `hash mod N` and Flink-style key groups (max parallelism 128) would move for
-//! the same keys — the keyed state moved, and the pause (request → first record processed by
-//! the rescaled job). At the end the output collected over the whole run is checked: every
-//! record counted once.
+//! subtasks, then 8, then 3, while the input streams on. Each step happens in place: the
+//! sources hold after a checkpoint, only the keys whose owner on the new consistent-hash ring
+//! changed move to their new subtask (the others stay where they are), the routers in front of
+//! `count` and the inputs behind it re-wire, new subtasks start or leaving ones retire, and the
+//! sources continue — no subtask restarts. The example prints the fraction of keys that moved
+//! — measured on the state, and next to what `hash mod N` and Flink-style key groups (max
+//! parallelism 128) would move for the same keys — the keyed state moved, the pause (hold →
+//! first record processed by the rescaled operator) and which subtasks each step touched. At
+//! the end the output collected over the whole run is checked: every record counted once.
 
 use riffle::prelude::*;
 use riffle::{CheckpointConfig, KeyRing};
@@ -77,8 +79,15 @@ fn main() -> Result<(), UserError> {
         let r = handle.rescale("count", to)?;
         let (ring, ideal) = r.moved.moved_vs_ideal();
         let (_, modulo, groups) = movement(&hashes, from, to);
+        let touched = match r.in_place {
+            Some(f) => format!(
+                "in place: {} re-wired, {} started, {} retired, {} untouched",
+                f.rewired, f.started, f.retired, f.untouched
+            ),
+            None => "by a restart from a savepoint".to_string(),
+        };
         println!(
-            "{from:>3} -> {to:<2}  {ring:>10.3} {ideal:>10.3} {modulo:>10.3} {groups:>11.3} {:>7.1} ms  {} keys, {} KiB",
+            "{from:>3} -> {to:<2}  {ring:>10.3} {ideal:>10.3} {modulo:>10.3} {groups:>11.3} {:>7.1} ms  {} keys, {} KiB; {touched}",
             r.pause.as_secs_f64() * 1e3,
             r.moved.moved,
             r.moved.bytes_moved / 1024
