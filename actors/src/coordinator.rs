@@ -261,6 +261,9 @@ impl JobSupervisor {
 
 impl JobSupervisor {
     pub(crate) fn on_reset_done(&mut self, msg: ResetDone, _ctx: &mut Context<Self>) {
+        if self.rescale_on_ready(msg.task, msg.epoch) {
+            return;
+        }
         let epoch = self.epoch;
         let Some(r) = &mut self.recovery else { return };
         if msg.epoch != epoch || r.epoch != epoch {

@@ -90,6 +90,13 @@ pub enum JobError {
         /// Why.
         reason: String,
     },
+    /// A rescale cannot be done in place now (e.g. part of the job already finished its
+    /// input); nothing changed. The job can still be rescaled by stopping at a savepoint.
+    #[error("cannot rescale in place: {reason}")]
+    RescaleRefused {
+        /// Why.
+        reason: String,
+    },
     /// Every worker thread stopped; nothing can run the job.
     #[error("no worker thread is left to run the job")]
     NoWorkers,
@@ -126,6 +133,7 @@ impl JobError {
             JobError::NoWorkers
             | JobError::Spawn(_)
             | JobError::SavepointFailed { .. }
+            | JobError::RescaleRefused { .. }
             | JobError::NodeLost { .. }
             | JobError::Cluster(_) => ErrorKind::External,
             JobError::Restore(_) => ErrorKind::External,

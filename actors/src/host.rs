@@ -31,6 +31,10 @@ pub trait Resolve: Send + Sync {
     fn local_started(&self, _task: TaskId, _to: &Recipient<DataMessage>) {}
 }
 
+/// A plan version and the rescale steps (operator, parallelism) that build it from the job's
+/// first plan.
+pub type PlanSteps = (u64, Vec<(String, usize)>);
+
 /// The data addresses of one job's subtasks in this process, with a fallback for the others.
 #[derive(Default)]
 pub struct Directory {
@@ -119,6 +123,10 @@ pub trait RemoteTasks: Send + Sync {
     fn spawn(&self, node: &str, task: TaskId, spec: SpawnSpec) -> Recipient<Control>;
     /// This process's node id.
     fn this_node(&self) -> String;
+    /// A rescale in place changed the job's subtasks: from now on `node_of` answers for the
+    /// `added` ones (placed where the cluster layer decides; nodes that do not host the job
+    /// yet are told to), and the `removed` ones are gone. `steps` are every rescale so far.
+    fn rescaled(&self, _steps: &[(String, usize)], _added: &[TaskId], _removed: &[TaskId]) {}
 }
 
 /// What a subtask restores when it starts.
@@ -141,6 +149,9 @@ pub struct SpawnSpec {
     pub(crate) closed_inputs: Vec<usize>,
     /// State to restore (checkpointing on, or started from a checkpoint).
     pub(crate) restore: Option<RestoreSpec>,
+    /// The plan the subtask belongs to, after rescales in place (`None`: the job's first).
+    #[serde(default)]
+    pub(crate) plan: Option<PlanSteps>,
 }
 
 impl SpawnSpec {
@@ -182,7 +193,23 @@ impl LocalHost {
         spec: SpawnSpec,
         position: PositionSlot,
     ) -> (Recipient<DataMessage>, Recipient<Control>) {
-        let plan = &self.plan;
+        let (plan, plan_version) = match &spec.plan {
+            Some((version, steps)) if *version != self.plan_version => {
+                match self
+                    .directory
+                    .plan(*version, &self.plan, self.plan_version, steps)
+                {
+                    Ok(p) => (p, *version),
+                    Err(e) => {
+                        // The coordinator built the same plan from the same steps.
+                        tracing::error!(?task, error = %e, "cannot build the subtask's plan");
+                        (self.plan.clone(), self.plan_version)
+                    }
+                }
+            }
+            _ => (self.plan.clone(), self.plan_version),
+        };
+        let plan = &plan;
         let cfg = plan.config();
         let outs: Vec<OutChannel> = plan
             .out_channels(task)
@@ -212,7 +239,7 @@ impl LocalHost {
         let setup = SubtaskSetup {
             task,
             plan: plan.clone(),
-            plan_version: self.plan_version,
+            plan_version,
             outs,
             in_channels,
             closed_inputs: spec.closed_inputs,

@@ -112,6 +112,8 @@ pub(crate) struct Rescaling {
     held_at: Option<Instant>,
     reply: Option<oneshot::Sender<Result<InPlace, InPlaceError>>>,
     done: InPlace,
+    /// The new subtasks (started paused; they run once the sources are released).
+    started: Vec<TaskId>,
 }
 
 impl Handler<RescaleRequest> for JobSupervisor {
@@ -138,6 +140,7 @@ impl Handler<RescaleRequest> for JobSupervisor {
                         held_at: None,
                         reply: Some(msg.reply),
                         done: InPlace::default(),
+                        started: Vec::new(),
                     });
                     self.rescale_tick();
                     return;
@@ -337,6 +340,16 @@ impl JobSupervisor {
             p.draining.clear();
             p.rescales_switched += 1;
         });
+        let added: Vec<TaskId> = (was..now)
+            .map(|subtask| TaskId { chain, subtask })
+            .collect();
+        let removed: Vec<TaskId> = (now..was)
+            .map(|subtask| TaskId { chain, subtask })
+            .collect();
+        if let Some(remote) = &self.remote {
+            // Places the new subtasks (the cluster layer tells the other nodes).
+            remote.rescaled(&self.steps, &added, &removed);
+        }
         // Leaving subtasks: their keys were given to the others.
         for subtask in now..was {
             let t = TaskId { chain, subtask };
@@ -362,7 +375,9 @@ impl JobSupervisor {
             let spec = SpawnSpec {
                 epoch: self.epoch,
                 attempt: 0,
-                paused: false,
+                // Ready before the sources continue (a new subtask on another node must be
+                // running before records are sent to it).
+                paused: true,
                 closed_inputs: Vec::new(),
                 restore: Some(RestoreSpec {
                     snapshot: Some(TaskSnapshot {
@@ -374,6 +389,7 @@ impl JobSupervisor {
                     }),
                     last_completed: Some(id),
                 }),
+                plan: None,
             };
             self.start_task(t, spec, worker);
         }
@@ -409,8 +425,9 @@ impl JobSupervisor {
             r.done.moved = split.moved;
             r.done.figures = figures;
             r.phase = Phase::Switching {
-                waiting: touched.into_iter().collect(),
+                waiting: touched.into_iter().chain(added.iter().copied()).collect(),
             };
+            r.started = added;
         }
         self.check_switched();
         Ok(())
@@ -442,8 +459,32 @@ impl JobSupervisor {
         if matches!(&r.phase, Phase::Switching { waiting } if waiting.is_empty()) {
             r.phase = Phase::Resuming;
             tracing::info!("rescale: every touched subtask re-wired; releasing the sources");
+            for t in &r.started {
+                if let Some(a) = self.addrs.get(t) {
+                    a.do_send(Control::Go(self.epoch));
+                }
+            }
             self.release_sources();
         }
+    }
+
+    /// A new subtask started (paused): it counts as switched. Returns whether the report was
+    /// the rescale's.
+    pub(crate) fn rescale_on_ready(&mut self, task: TaskId, epoch: u64) -> bool {
+        let Some(Rescaling {
+            phase: Phase::Switching { waiting },
+            started,
+            ..
+        }) = &mut self.rescale
+        else {
+            return false;
+        };
+        if epoch != self.epoch || !started.contains(&task) {
+            return false;
+        }
+        waiting.remove(&task);
+        self.check_switched();
+        true
     }
 
     /// A recovery started. Before the switch the rescale starts over once the recovery is

@@ -119,6 +119,27 @@ impl JobHandle {
     /// changes); [`JobError::SavepointFailed`] without checkpointing, or if the job ended
     /// first.
     pub fn rescale(&mut self, operator: &str, n: usize) -> Result<RescaleOutcome, JobError> {
+        match self.rescale_in_place(operator, n) {
+            Err(JobError::RescaleRefused { reason }) => {
+                tracing::info!(%reason, "cannot rescale in place; restarting from a savepoint");
+                let plan = self.plan.rescaled(operator, n)?;
+                self.rescale_by_restart(plan, operator)
+            }
+            other => other,
+        }
+    }
+
+    /// As [`JobHandle::rescale`], but only in place: nothing changes when that cannot be done
+    /// now.
+    ///
+    /// # Errors
+    /// [`JobError::RescaleRefused`] if it cannot be done in place now (nothing changed);
+    /// otherwise as [`JobHandle::rescale`].
+    pub fn rescale_in_place(
+        &mut self,
+        operator: &str,
+        n: usize,
+    ) -> Result<RescaleOutcome, JobError> {
         let plan = self.plan.rescaled(operator, n)?;
         let failed = |reason: &str| JobError::SavepointFailed {
             reason: reason.to_string(),
@@ -148,8 +169,7 @@ impl JobHandle {
             }
             Ok(Err(InPlaceError::Failed(e))) => Err(e),
             Ok(Err(InPlaceError::Refused(why))) if why != ENDED => {
-                tracing::info!(reason = %why, "cannot rescale in place; restarting from a savepoint");
-                self.rescale_by_restart(plan, operator)
+                Err(JobError::RescaleRefused { reason: why })
             }
             Ok(Err(InPlaceError::Refused(why))) => Err(failed(&why)),
             Err(_) => Err(failed("the job ended first")),
@@ -495,6 +515,7 @@ fn launch(
                 paused,
                 closed_inputs: Vec::new(),
                 restore,
+                plan: None,
             };
             sup.start_task(task, spec, i % sup.workers.len());
         }

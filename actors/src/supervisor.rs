@@ -230,6 +230,7 @@ impl JobSupervisor {
                 snapshot: checkpoint.and_then(|c| c.task(task.chain, task.subtask).cloned()),
                 last_completed: checkpoint.map(|c| c.id),
             }),
+            plan: None,
         };
         self.start_task(task, spec, worker);
         *self.recreated.entry(task).or_default() += 1;
@@ -240,7 +241,11 @@ impl JobSupervisor {
 
     /// Starts `task` where it is placed — on local worker `worker`, or on the node the cluster
     /// layer names — and records its control address.
-    pub(crate) fn start_task(&mut self, task: TaskId, spec: SpawnSpec, worker: usize) {
+    pub(crate) fn start_task(&mut self, task: TaskId, mut spec: SpawnSpec, worker: usize) {
+        if self.plan_version > 0 {
+            // The subtask belongs to the plan after rescales in place.
+            spec.plan = Some((self.plan_version, self.steps.clone()));
+        }
         let node = self.remote.as_ref().and_then(|r| r.node_of(task));
         let control = match (node, &self.remote) {
             (Some(node), Some(remote)) => {
@@ -379,6 +384,7 @@ impl JobSupervisor {
             paused: false,
             closed_inputs: closed,
             restore: None,
+            plan: None,
         };
         self.start_task(task, spec, worker);
         *self.recreated.entry(task).or_default() += 1;

@@ -126,25 +126,71 @@ impl ClusterJob {
         Ok((id.unwrap_or_default(), result))
     }
 
-    /// Changes the parallelism of operator `operator` to `n` on the nodes that are live now:
-    /// the job stops at a savepoint and continues from it as a new cluster job, placed over
-    /// the current members — so a node that joined gets subtasks, and one that left gets
-    /// none. Returns the continued job and what moved (as [`JobHandle::rescale`]: every
-    /// subtask restarts from the savepoint).
+    /// Changes the parallelism of operator `operator` to `n`, in place (as
+    /// [`JobHandle::rescale`]): the new subtasks are placed over the nodes that are live now
+    /// — a node that joined since the job started takes its share and starts hosting the job
+    /// — while every other subtask stays on its node and only the rescaled operator, the
+    /// routers in front of it and the inputs behind it re-wire. If it cannot be done in place
+    /// (part of the job already finished its input), the job stops at a savepoint and
+    /// continues from it as a new cluster job placed over the current members. Returns the
+    /// job and what moved.
     ///
     /// # Errors
-    /// [`JobError::Graph`] if the operator cannot be rescaled (nothing stops),
-    /// [`JobError::SavepointFailed`] without checkpoints in a directory or if the job ended
-    /// first, and the errors of starting the continued job.
+    /// [`JobError::Graph`] if the operator cannot be rescaled (nothing changes),
+    /// [`JobError::SavepointFailed`] without checkpointing (or, to continue from a savepoint,
+    /// without checkpoints in a directory) or if the job ended first, and the errors of
+    /// starting the continued job.
     pub fn rescale(
-        self,
+        mut self,
         operator: &str,
         n: usize,
     ) -> Result<(ClusterJob, RescaleOutcome), JobError> {
-        self.continued(Some(operator), |o| {
-            o.rescaled.retain(|(op, _)| op != operator);
-            o.rescaled.push((operator.to_string(), n));
-        })
+        match self.handle.rescale_in_place(operator, n) {
+            Ok(outcome) => {
+                self.options.rescaled.retain(|(op, _)| op != operator);
+                self.options.rescaled.push((operator.to_string(), n));
+                self.refresh_placement();
+                Ok((self, outcome))
+            }
+            Err(JobError::RescaleRefused { reason }) => {
+                tracing::info!(%reason, "cannot rescale in place; continuing from a savepoint");
+                self.continued(Some(operator), |o| {
+                    o.rescaled.retain(|(op, _)| op != operator);
+                    o.rescaled.push((operator.to_string(), n));
+                })
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Reads where every subtask runs now (after a rescale in place).
+    fn refresh_placement(&mut self) {
+        let Some(c) = self
+            .links
+            .shared
+            .coordinated
+            .get(&self.job)
+            .map(|c| c.clone())
+        else {
+            return;
+        };
+        let mut placed: Vec<(TaskId, String)> = c
+            .resolver
+            .placement
+            .iter()
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect();
+        placed.sort();
+        self.placement = BTreeMap::new();
+        for (t, n) in &placed {
+            self.placement.entry(n.clone()).or_default().push(*t);
+        }
+        for n in self.placement.keys() {
+            if *n != self.links.me && !self.links.hosts.contains(n) {
+                self.links.hosts.push(n.clone());
+            }
+        }
+        self.placed = placed;
     }
 
     /// Moves the job off node `node` gracefully (a drain): the job stops at a savepoint and
@@ -429,7 +475,13 @@ pub(crate) fn run_job(
     };
     let dist = riffle_actors::Distribution {
         resolve: resolver.clone(),
-        remote: Arc::new(ClusterTasks { resolver }),
+        remote: Arc::new(ClusterTasks {
+            resolver,
+            name: name.to_string(),
+            parallelism: options.parallelism,
+            rescaled: options.rescaled.clone(),
+            exclude: options.exclude.clone(),
+        }),
         on_start: Box::new(move |ports| {
             *coordinated.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(ports);
         }),

@@ -91,6 +91,56 @@ impl Placement {
         self.assign_sticky(tasks, &[])
     }
 
+    /// Places `added` tasks next to `kept` ones that stay where they are (a rescale in place):
+    /// each added task goes to its ring node unless that node already holds its fair share of
+    /// the task's chain (counting the kept tasks), as in [`Placement::assign_bounded`].
+    pub fn assign_added(
+        &self,
+        added: &[TaskId],
+        kept: &[(TaskId, String)],
+    ) -> Vec<(TaskId, String)> {
+        let mut per_chain: BTreeMap<usize, usize> = BTreeMap::new();
+        for t in added.iter().chain(kept.iter().map(|(t, _)| t)) {
+            *per_chain.entry(t.chain).or_default() += 1;
+        }
+        let mut load: BTreeMap<(usize, String), usize> = BTreeMap::new();
+        for (t, n) in kept {
+            *load.entry((t.chain, n.clone())).or_default() += 1;
+        }
+        added
+            .iter()
+            .filter_map(|&t| {
+                let p = per_chain.get(&t.chain).copied().unwrap_or(1);
+                self.place_bounded(t, p, &mut load).map(|n| (t, n))
+            })
+            .collect()
+    }
+
+    /// The first probe of `task` whose node holds less than its fair share of a chain of
+    /// `p` tasks (counted in `load`, which it updates); the ring node if every probe is full.
+    fn place_bounded(
+        &self,
+        task: TaskId,
+        p: usize,
+        load: &mut BTreeMap<(usize, String), usize>,
+    ) -> Option<String> {
+        let nodes = self.nodes.len().max(1);
+        for probe in 0..(64 * nodes as u64) {
+            let Some(n) = self.probe(task, probe) else {
+                break;
+            };
+            let cap = (p * self.weight(n))
+                .div_ceil(self.total_weight.max(1))
+                .max(1);
+            let l = load.entry((task.chain, n.to_string())).or_default();
+            if *l < cap {
+                *l += 1;
+                return Some(n.to_string());
+            }
+        }
+        self.node_of(task).map(str::to_string)
+    }
+
     /// As [`Placement::assign_bounded`], but a task keeps its node in `previous` while that
     /// node is in this placement and holds no more than its fair share of the task's chain.
     /// So continuing a job without a node moves only that node's tasks (at unchanged
@@ -101,7 +151,6 @@ impl Placement {
         tasks: &[TaskId],
         previous: &[(TaskId, String)],
     ) -> Vec<(TaskId, String)> {
-        let nodes = self.nodes.len().max(1);
         let mut per_chain: BTreeMap<usize, usize> = BTreeMap::new();
         for t in tasks {
             *per_chain.entry(t.chain).or_default() += 1;
@@ -131,19 +180,9 @@ impl Placement {
             if chosen.contains_key(&t) {
                 continue;
             }
-            for probe in 0..(64 * nodes as u64) {
-                let Some(n) = self.probe(t, probe) else { break };
-                let l = load.entry((t.chain, n.to_string())).or_default();
-                if *l < cap(&t, n) {
-                    *l += 1;
-                    chosen.insert(t, n.to_string());
-                    break;
-                }
-            }
-            if let (std::collections::btree_map::Entry::Vacant(e), Some(n)) =
-                (chosen.entry(t), self.node_of(t))
-            {
-                e.insert(n.to_string());
+            let p = per_chain.get(&t.chain).copied().unwrap_or(1);
+            if let Some(n) = self.place_bounded(t, p, &mut load) {
+                chosen.insert(t, n);
             }
         }
         tasks

@@ -4,6 +4,7 @@
 //! subtasks report to it ([`JobProxy`]).
 
 use crate::mesh::Shared;
+use crate::placement::Placement;
 use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, Release, RemoteMailbox};
 use crate::wire::{EdgeAddress, Message};
 use actix::prelude::*;
@@ -110,6 +111,13 @@ impl Resolve for ClusterResolver {
 /// The coordinator's view of where subtasks run and how remote ones start.
 pub struct ClusterTasks {
     pub(crate) resolver: Arc<ClusterResolver>,
+    /// The job's name and the options it was submitted with (for nodes that start hosting it
+    /// after a rescale in place).
+    pub(crate) name: String,
+    pub(crate) parallelism: Option<usize>,
+    pub(crate) rescaled: Vec<(String, usize)>,
+    /// Live nodes left out of the placement (being drained).
+    pub(crate) exclude: Vec<String>,
 }
 
 impl RemoteTasks for ClusterTasks {
@@ -134,6 +142,58 @@ impl RemoteTasks for ClusterTasks {
 
     fn this_node(&self) -> String {
         self.resolver.me.clone()
+    }
+
+    /// Places the new subtasks of a rescale in place over the live nodes (the ones that stay
+    /// keep their node), tells the nodes hosting the job, and starts hosting on a node that
+    /// joined since the job started and gets subtasks now.
+    fn rescaled(&self, steps: &[(String, usize)], added: &[TaskId], removed: &[TaskId]) {
+        let r = &self.resolver;
+        for t in removed {
+            r.placement.remove(t);
+        }
+        let kept: Vec<(TaskId, String)> = r
+            .placement
+            .iter()
+            .map(|e| (*e.key(), e.value().clone()))
+            .collect();
+        let hosting: std::collections::BTreeSet<String> =
+            kept.iter().map(|(_, n)| n.clone()).collect();
+        let mut live = r.shared.up_peers();
+        live.retain(|n| !self.exclude.contains(n));
+        live.push(r.me.clone());
+        let ring = Placement::new(live.iter().map(|n| (n.as_str(), 1)));
+        let moves = ring.assign_added(added, &kept);
+        r.apply_moves(&moves);
+        let all: Vec<(TaskId, String)> = kept.iter().chain(&moves).cloned().collect();
+        let mut rescaled = self.rescaled.clone();
+        rescaled.extend(steps.iter().cloned());
+        for node in live.iter().filter(|n| **n != r.me) {
+            let msg = if hosting.contains(node) {
+                Message::Placement {
+                    job: r.job,
+                    moves: moves.clone(),
+                }
+            } else if moves.iter().any(|(_, n)| n == node) {
+                tracing::info!(job = r.job, %node, "a rescale places subtasks on a node that joined");
+                Message::JobStart {
+                    job: r.job,
+                    name: self.name.clone(),
+                    coordinator: r.me.clone(),
+                    placement: all.clone(),
+                    parallelism: self.parallelism.map(|p| p as u32),
+                    rescaled: rescaled
+                        .iter()
+                        .map(|(op, n)| (op.clone(), *n as u32))
+                        .collect(),
+                }
+            } else {
+                continue;
+            };
+            if !r.link_to(node).send(msg) {
+                tracing::warn!(%node, "no link to the node; its loss will re-place its subtasks");
+            }
+        }
     }
 }
 
