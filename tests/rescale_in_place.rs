@@ -35,30 +35,45 @@ fn expected() -> HashMap<u64, u64> {
     expect
 }
 
-#[test]
-fn a_rescale_in_place_leaves_the_rest_of_the_job_running() {
-    common::init_logging();
+/// A job named `name` with checkpoints every 20 ms (in memory).
+fn env(name: &str) -> StreamEnv {
     let env = StreamEnv::new();
     env.configure(|c| {
-        c.name = "in-place".to_string();
+        c.name = name.to_string();
         c.batch_size = 128;
         c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)));
     });
-    // Branch A: the keyed count that is rescaled.
-    let counts = env
-        .generate(N, |i| {
-            if i % 1_000 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            (key(i), 1u64)
-        })
-        .name("a-source")
+    env
+}
+
+/// `(key, 1)` for every record, paced (1 ms per `every` records) so that rescales land while
+/// input remains.
+fn paced_records(env: &StreamEnv, every: u64) -> DataStream<(u64, u64)> {
+    env.generate(N, move |i| {
+        if i % every == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (key(i), 1u64)
+    })
+}
+
+/// A running count per key at parallelism `p`, collected.
+fn count(records: DataStream<(u64, u64)>, p: usize) -> riffle::CollectHandle<(u64, u64)> {
+    records
         .parallelism(2)
         .key_by(|r: &(u64, u64)| r.0)
         .sum(|r| r.1)
         .name("count")
-        .parallelism(4)
-        .collect();
+        .parallelism(p)
+        .collect()
+}
+
+#[test]
+fn a_rescale_in_place_leaves_the_rest_of_the_job_running() {
+    common::init_logging();
+    let env = env("in-place");
+    // Branch A: the keyed count that is rescaled.
+    let counts = count(paced_records(&env, 1_000).name("a-source"), 4);
     // Branch B: an independent pipeline no rescale of `count` may touch.
     let copies = env
         .generate(N, |i| {
@@ -139,20 +154,14 @@ fn a_job_whose_input_partly_finished_is_rescaled_by_a_restart() {
         c.batch_size = 128;
         c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir.path()));
     });
-    let counts = env
-        .generate(N, |i| {
-            // Only the first source subtask's share is paced: the second finishes at once.
-            if i < N / 2 && i % 500 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            (key(i), 1u64)
-        })
-        .parallelism(2)
-        .key_by(|r: &(u64, u64)| r.0)
-        .sum(|r| r.1)
-        .name("count")
-        .parallelism(3)
-        .collect();
+    let records = env.generate(N, |i| {
+        // Only the first source subtask's share is paced: the second finishes at once.
+        if i < N / 2 && i % 500 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        (key(i), 1u64)
+    });
+    let counts = count(records, 3);
     let mut handle = env.start().expect("start");
     let chaos = handle.chaos();
     let fast = chaos.find("generate", 1).expect("the second source");
@@ -195,29 +204,15 @@ fn a_fault_at_each_step_of_a_rescale_is_recovered_exactly() {
         (When::Switched, What::StopWorker, 3, 5),
         (When::Holding, What::StopWorker, 5, 2),
     ] {
-        let env = StreamEnv::new();
+        let env = env("rescale-faults");
         env.configure(|c| {
-            c.name = "rescale-faults".to_string();
-            c.batch_size = 128;
             c.workers = Some(3);
             // Rare checkpoints: a recovery right after the switch restores the checkpoint the
             // rescale was aligned at, fitted to the new plan.
             c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(300)));
             c.restart = common::chaos_restarts(RestartKind::OneForAll);
         });
-        let counts = env
-            .generate(N, |i| {
-                if i % 500 == 0 {
-                    std::thread::sleep(Duration::from_millis(1));
-                }
-                (key(i), 1u64)
-            })
-            .parallelism(2)
-            .key_by(|r: &(u64, u64)| r.0)
-            .sum(|r| r.1)
-            .name("count")
-            .parallelism(from)
-            .collect();
+        let counts = count(paced_records(&env, 500), from);
         let mut handle = env.start().expect("start");
         let chaos = handle.chaos();
         chaos.wait_until(|pr| pr.checkpoints >= 1);
@@ -260,20 +255,8 @@ fn a_fault_at_each_step_of_a_rescale_is_recovered_exactly() {
 #[test]
 fn shared_routers_and_keyed_stages_in_a_row_rescale_exactly() {
     common::init_logging();
-    let env = StreamEnv::new();
-    env.configure(|c| {
-        c.name = "in-place-shapes".to_string();
-        c.batch_size = 128;
-        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)));
-    });
-    let records = env
-        .generate(N, |i| {
-            if i % 1_000 == 0 {
-                std::thread::sleep(Duration::from_millis(1));
-            }
-            (key(i), 1u64)
-        })
-        .parallelism(2);
+    let env = env("in-place-shapes");
+    let records = paced_records(&env, 1_000).parallelism(2);
     // Consumer 1: a running count per key, then a running count of updates per key bucket.
     let buckets = records
         .clone()

@@ -144,13 +144,8 @@ impl JobHandle {
         let failed = |reason: &str| JobError::SavepointFailed {
             reason: reason.to_string(),
         };
-        let job = self
-            .chaos
-            .as_ref()
-            .and_then(|c| c.supervisor())
-            .ok_or_else(|| failed("the job is not running"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        job.do_send(RescaleRequest {
+        self.supervisor()?.do_send(RescaleRequest {
             operator: operator.to_string(),
             n,
             reply: tx,
@@ -233,15 +228,21 @@ impl JobHandle {
         let failed = |reason: &str| JobError::SavepointFailed {
             reason: reason.to_string(),
         };
-        let job = self
-            .chaos
-            .as_ref()
-            .and_then(|c| c.supervisor())
-            .ok_or_else(|| failed("the job is not running"))?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        job.do_send(SavepointRequest { reply: tx, stop });
+        self.supervisor()?
+            .do_send(SavepointRequest { reply: tx, stop });
         rx.blocking_recv()
             .map_err(|_| failed("the job ended first"))?
+    }
+
+    /// The job supervisor's address, while the job runs.
+    fn supervisor(&self) -> Result<&Addr<JobSupervisor>, JobError> {
+        self.chaos
+            .as_ref()
+            .and_then(|c| c.supervisor())
+            .ok_or_else(|| JobError::SavepointFailed {
+                reason: "the job is not running".to_string(),
+            })
     }
 
     /// Takes a savepoint and stops the job there (output after it is never committed): the
