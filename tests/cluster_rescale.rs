@@ -6,6 +6,10 @@
 //! subtasks move), and on 2 nodes the operator is rescaled in place to 4. The committed
 //! output of the three runs equals the single-process run line for line.
 //!
+//! A second test SIGKILLs a node while a rescale in place holds the sources, and once right
+//! after it switched plans: the job recovers on the two other nodes, the rescale completes and
+//! the output is again equal to the single-process run.
+//!
 //! The coordinator n1 runs in the test process; n2, n3 and n4 are copies of the test binary
 //! (`node_process_entry` does nothing unless `RIFFLE_TEST_RESCALE_NODE` is set) that host a
 //! given number of jobs and exit.
@@ -194,4 +198,63 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
         assert!(status.success(), "a node exits cleanly: {status:?}");
     }
     common::assert_same_output(common::published_output(dir.path()), expected);
+}
+
+/// When a node dies during a rescale in place.
+#[derive(Clone, Copy, Debug)]
+enum KillAt {
+    /// While the sources hold for the rescale's checkpoint.
+    Holding,
+    /// Right after the switch to the new plan (its subtasks may not have re-wired yet).
+    Switched,
+}
+
+#[test]
+fn a_node_killed_during_a_rescale_in_place_is_recovered_exactly() {
+    use std::os::unix::process::ExitStatusExt;
+    common::init_logging();
+    let expected = sum_job().single_process_output();
+    for at in [KillAt::Holding, KillAt::Switched] {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let n1 = node("n1", dir.path(), vec![]);
+        let seed = n1.local_addr().to_string();
+        let n2 = spawn("n2", &seed, dir.path(), 1);
+        let mut n3 = spawn("n3", &seed, dir.path(), 1);
+        up(&n1, &["n2", "n3"]);
+        let job = start(&n1, JobOptions::default(), &["n1", "n2", "n3"]);
+        let chaos = job.chaos();
+        chaos.wait_until(|p| p.checkpoints >= 2);
+        // Kill n3 (SIGKILL) at the chosen step of the rescale, from another thread.
+        let killer = std::thread::spawn(move || {
+            chaos.wait_until(|p| match at {
+                KillAt::Holding => p.rescales_held >= 1,
+                KillAt::Switched => p.rescales_switched >= 1,
+            });
+            n3.kill().expect("SIGKILL n3");
+            n3.wait().expect("wait n3")
+        });
+        let (job, r) = job.rescale("sum", 8).expect("rescale");
+        let status = killer.join().expect("killer");
+        assert_eq!(status.signal(), Some(9), "n3 died of SIGKILL: {status:?}");
+        assert!(r.in_place.is_some(), "{at:?}: rescaled in place");
+        assert_eq!((r.moved.from, r.moved.to), (6, 8));
+        let result = job.wait().expect("the job finishes on n1 and n2");
+        println!(
+            "n3 killed ({at:?}): nodes lost {:?}, recoveries {}, pause {:.1} ms",
+            result.nodes_lost,
+            result.recoveries.len(),
+            r.pause.as_secs_f64() * 1e3
+        );
+        assert_eq!(result.nodes_lost, vec!["n3".to_string()], "{at:?}");
+        assert!(!result.recoveries.is_empty(), "{at:?}");
+        assert_eq!(result.chain("sum").len(), 8, "{at:?}");
+        assert!(
+            result.subtasks.iter().all(|s| s.node != "n3"),
+            "{at:?}: nothing ran on n3 at the end"
+        );
+        let status = n2.wait_with_output().expect("wait n2").status;
+        assert!(status.success(), "n2 exits cleanly: {status:?}");
+        common::assert_same_output(common::published_output(dir.path()), expected.clone());
+        n1.shutdown();
+    }
 }
