@@ -29,6 +29,7 @@
 //! result, surviving the coordinator's loss.
 
 pub mod handshake;
+mod hosting;
 pub mod job;
 mod mesh;
 pub mod node;
@@ -38,7 +39,8 @@ pub mod remote;
 pub mod wire;
 
 pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
-pub use job::{ClusterJob, HostedEnd, JobBuilder, JobOptions};
+pub use hosting::HostedEnd;
+pub use job::{ClusterJob, JobBuilder, JobOptions};
 pub use node::{Member, Node, NodeBuilder, NodeError, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};

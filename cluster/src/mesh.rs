@@ -6,7 +6,8 @@
 //! one dial per address at a time, which is how a partition heals.
 
 use crate::handshake::{handshake, HandshakeConfig, Peer};
-use crate::job::{CoordinatedJob, HostedEnd, HostedJob, JobBuilder};
+use crate::hosting::{HostedEnd, HostedJob};
+use crate::job::{CoordinatedJob, JobBuilder};
 use crate::node::{Member, NodeConfig, Status};
 use crate::remote::{
     channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, Outgoing,
@@ -311,7 +312,7 @@ fn heartbeat(
     if !down.is_empty() {
         let up = shared.up_peers();
         for node in down {
-            crate::job::on_node_down(shared, &cfg.name, &node, &up);
+            crate::hosting::on_node_down(shared, &cfg.name, &node, &up);
         }
     }
     for addr in dial {
@@ -445,7 +446,7 @@ async fn link(
                     | Message::JobEnd { .. } | Message::StatsRequest { .. } | Message::Stats { .. })) => {
                     seen(&shared, &peer, &hs.node, Vec::new());
                     let back = LinkSender { tx: tx_back.clone(), peer: peer.node.clone() };
-                    crate::job::on_frame(&shared, &hs.node, &peer.node, m, back);
+                    crate::hosting::on_frame(&shared, &hs.node, &peer.node, m, back);
                 }
                 Ok(_) => seen(&shared, &peer, &hs.node, Vec::new()),
                 Err(e) => {

@@ -9,7 +9,8 @@
 //!
 //! Jobs registered on the builder run across the nodes (see [`crate::job`]).
 
-use crate::job::{ClusterJob, HostedEnd, JobBuilder, JobOptions};
+use crate::hosting::HostedEnd;
+use crate::job::{ClusterJob, JobBuilder, JobOptions};
 use crate::mesh::{members_of, run, Shared};
 use crate::remote::{channel_key, Inbox, LinkSender, Outgoing, RemoteMailbox};
 use crate::wire::{EdgeAddress, DEFAULT_MAX_FRAME};

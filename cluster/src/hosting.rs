@@ -1,0 +1,324 @@
+//! The hosting side of distributed jobs: the frames a node handles for jobs it hosts or
+//! coordinates, starting and stopping a hosted job's runtime, and what a node's loss does to
+//! the jobs (see [`crate::job`] for the protocol as a whole).
+//!
+//! A non-coordinator node hosts a job when a `JobStart` frame arrives — at the job's start, or
+//! when a rescale in place gives subtasks to a node that joined since. It builds the same plan
+//! from the registered builder, starts the job's worker threads and a job proxy, and then
+//! applies `Spawn` and `Control` frames in order on one worker thread. The coordinator, for
+//! its part, feeds `Report` frames to its job supervisor and answers failures with `Decision`
+//! frames.
+
+use crate::job::{delta, plan_with, CoordinatedJob, JobOptions};
+use crate::mesh::{LinkTotals, Shared};
+use crate::placement::Placement;
+use crate::proxy::{ClusterResolver, JobProxy};
+use crate::remote::LinkSender;
+use crate::wire::Message;
+use actix::prelude::*;
+use dashmap::DashMap;
+use riffle_actors::host::{Directory, LocalHost, SpawnSpec};
+use riffle_actors::{Control, Decision, NodeLost, ToJob};
+use riffle_framework::TaskId;
+use std::sync::{Arc, Mutex};
+use tokio::sync::oneshot;
+
+/// A job this node hosts subtasks of (it is not the coordinator).
+pub(crate) struct HostedJob {
+    coordinator: String,
+    /// Link totals when the job started (its figures are the difference).
+    baseline: LinkTotals,
+    resolver: Arc<ClusterResolver>,
+    host: LocalHost,
+    workers: Vec<ArbiterHandle>,
+    system: System,
+    controls: Arc<DashMap<TaskId, Recipient<Control>>>,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How a hosted job ended on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostedEnd {
+    /// The job's id.
+    pub job: u64,
+    /// Why it failed (or why this node stopped hosting it), if it did not succeed.
+    pub error: Option<String>,
+}
+
+/// Handles a job frame from `peer` (the link reader calls this; it never blocks for long).
+pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message, back: LinkSender) {
+    match msg {
+        Message::JobStart {
+            job,
+            name,
+            coordinator,
+            placement,
+            parallelism,
+            rescaled,
+        } => match host_job(
+            shared,
+            me,
+            job,
+            &name,
+            &coordinator,
+            &placement,
+            JobOptions {
+                parallelism: parallelism.map(|p| p as usize),
+                restore: None,
+                rescaled: rescaled
+                    .into_iter()
+                    .map(|(op, n)| (op, n as usize))
+                    .collect(),
+                sticky: Vec::new(),
+                exclude: Vec::new(),
+            },
+        ) {
+            Ok(h) => {
+                shared.hosted.insert(job, h);
+            }
+            Err(e) => {
+                tracing::error!(job, %name, error = %e, "cannot host the job");
+                shared.hosted_ended(HostedEnd {
+                    job,
+                    error: Some(e),
+                });
+            }
+        },
+        Message::Spawn { job, task, spec } => {
+            let Some(h) = shared.hosted.get(&job).map(|h| h.clone()) else {
+                return tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
+            };
+            let spec: SpawnSpec = match rmp_serde::from_slice(&spec) {
+                Ok(s) => s,
+                Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable spawn order"),
+            };
+            let worker = h.workers[(task.chain * 31 + task.subtask) % h.workers.len()].clone();
+            let (host, controls) = (h.host.clone(), h.controls.clone());
+            // Spawns and control messages run in order on the first worker.
+            h.workers[0].spawn_fn(move || {
+                let control = host.spawn(task, &worker, spec);
+                controls.insert(task, control);
+            });
+        }
+        Message::Control { job, task, body } => {
+            let Some(h) = shared.hosted.get(&job).map(|h| h.clone()) else {
+                return;
+            };
+            let control: Control = match rmp_serde::from_slice(&body) {
+                Ok(c) => c,
+                Err(e) => {
+                    return tracing::error!(job, ?task, error = %e, "undecodable control message")
+                }
+            };
+            let controls = h.controls.clone();
+            h.workers[0].spawn_fn(move || match controls.get(&task) {
+                Some(c) => c.do_send(control),
+                None => tracing::warn!(?task, "control message for a subtask not running here"),
+            });
+        }
+        Message::Report { job, body } => {
+            let Some(c) = shared.coordinated.get(&job).map(|c| c.clone()) else {
+                return;
+            };
+            let mut report: ToJob = match rmp_serde::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return tracing::error!(job, %peer, error = %e, "undecodable report"),
+            };
+            let Some(ports) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+                return;
+            };
+            if report.wants_reply() {
+                if let Some(task) = report.task() {
+                    let (tx, rx) = oneshot::channel();
+                    report.set_reply(tx);
+                    tokio::spawn(async move {
+                        if let Ok(d) = rx.await {
+                            match rmp_serde::to_vec(&d) {
+                                Ok(body) => {
+                                    let _ = back.send(Message::Decision { job, task, body });
+                                }
+                                Err(e) => tracing::error!(error = %e, "cannot encode a decision"),
+                            }
+                        }
+                    });
+                }
+            }
+            ports.to_job.do_send(report);
+        }
+        Message::Decision { job, task, body } => {
+            let Some((_, reply)) = shared.replies.remove(&(job, task)) else {
+                return;
+            };
+            match rmp_serde::from_slice::<Decision>(&body) {
+                Ok(d) => {
+                    let _ = reply.send(d);
+                }
+                Err(e) => tracing::error!(job, ?task, error = %e, "undecodable decision"),
+            }
+        }
+        Message::Placement { job, moves } => {
+            if let Some(h) = shared.hosted.get(&job) {
+                h.resolver.apply_moves(&moves);
+            }
+        }
+        Message::StatsRequest { job } => {
+            if let Some(h) = shared.hosted.get(&job) {
+                let links = delta(&h.baseline, &shared.link_totals());
+                let _ = back.send(Message::Stats { job, links });
+            }
+        }
+        Message::Stats { job, links } => {
+            if let Some(w) = shared.stats_waiters.get(&job) {
+                let _ = w.send((peer.to_string(), links));
+            }
+        }
+        Message::JobEnd { job, error } => {
+            if let Some((_, h)) = shared.hosted.remove(&job) {
+                stop_hosted(shared, job, &h);
+                shared.hosted_ended(HostedEnd { job, error });
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Starts hosting job `job`: builds its plan and starts its worker threads.
+fn host_job(
+    shared: &Arc<Shared>,
+    me: &str,
+    job: u64,
+    name: &str,
+    coordinator: &str,
+    placement: &[(TaskId, String)],
+    options: JobOptions,
+) -> Result<Arc<HostedJob>, String> {
+    let builder = shared
+        .builder(name)
+        .ok_or_else(|| format!("no job registered as `{name}`"))?;
+    let plan = Arc::new(plan_with(&builder, &options).map_err(|e| e.to_string())?);
+    let workers = plan.config().worker_count();
+    let link = shared
+        .link_sender(coordinator)
+        .ok_or_else(|| format!("no link to the coordinator `{coordinator}`"))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = shared.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("riffle-host-{job:x}"))
+        .spawn(move || {
+            let sys = System::new();
+            let arbiters: Vec<Arbiter> = sys.block_on(async {
+                let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+                let proxy = JobProxy {
+                    job,
+                    link,
+                    shared: s,
+                }
+                .start();
+                let handles = arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>();
+                let _ = tx.send((System::current(), handles, proxy));
+                arbiters
+            });
+            let _ = sys.run();
+            for a in arbiters {
+                a.stop();
+                let _ = a.join();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    let (system, handles, proxy) = rx
+        .recv()
+        .map_err(|_| "the job's runtime did not start".to_string())?;
+    let resolver = Arc::new(ClusterResolver::new(
+        job,
+        me,
+        shared.clone(),
+        plan.clone(),
+        placement,
+    ));
+    let directory = Arc::new(Directory::with_remote(resolver.clone()));
+    let host = LocalHost::new(plan, directory, proxy.recipient());
+    tracing::info!(job, %name, %coordinator, "hosting job");
+    Ok(Arc::new(HostedJob {
+        coordinator: coordinator.to_string(),
+        baseline: shared.link_totals(),
+        resolver,
+        host,
+        workers: handles,
+        system,
+        controls: Arc::new(DashMap::new()),
+        thread: Mutex::new(Some(thread)),
+    }))
+}
+
+/// Stops hosting a job: its runtime stops (in the background) and its inboxes go.
+fn stop_hosted(shared: &Arc<Shared>, job: u64, h: &HostedJob) {
+    shared.inboxes.retain(|k, _| k.0 != job);
+    shared.returns.retain(|k, _| k.0 != job);
+    shared.replies.retain(|k, _| k.0 != job);
+    h.system.stop();
+    if let Some(t) = h.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        // Joined off the link's thread: the runtime's workers may take a moment to stop.
+        std::thread::spawn(move || {
+            let _ = t.join();
+        });
+    }
+}
+
+/// Node `node` is down: re-place its subtasks of every job this node coordinates, and stop
+/// hosting the jobs it coordinated.
+pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[String]) {
+    let mut survivors: Vec<String> = up.iter().filter(|n| *n != node).cloned().collect();
+    survivors.push(me.to_string());
+    let ring = Placement::new(survivors.iter().map(|n| (n.as_str(), 1)));
+    let jobs: Vec<(u64, Arc<CoordinatedJob>)> = shared
+        .coordinated
+        .iter()
+        .map(|e| (*e.key(), e.value().clone()))
+        .collect();
+    for (job, c) in jobs {
+        let lost: Vec<TaskId> = c
+            .resolver
+            .placement
+            .iter()
+            .filter(|e| e.value() == node)
+            .map(|e| *e.key())
+            .collect();
+        if lost.is_empty() {
+            continue;
+        }
+        let moves: Vec<(TaskId, String)> = lost
+            .iter()
+            .map(|&t| (t, ring.node_of(t).unwrap_or(me).to_string()))
+            .collect();
+        c.resolver.apply_moves(&moves);
+        tracing::warn!(job, %node, moved = moves.len(), "node lost: its subtasks are re-placed");
+        for s in survivors.iter().filter(|n| n.as_str() != me) {
+            let _ = c.resolver.link_to(s).send(Message::Placement {
+                job,
+                moves: moves.clone(),
+            });
+        }
+        if let Some(p) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+            p.node_lost.do_send(NodeLost {
+                node: node.to_string(),
+                tasks: lost,
+            });
+        }
+    }
+    let orphaned: Vec<u64> = shared
+        .hosted
+        .iter()
+        .filter(|e| e.value().coordinator == node)
+        .map(|e| *e.key())
+        .collect();
+    for job in orphaned {
+        if let Some((_, h)) = shared.hosted.remove(&job) {
+            tracing::error!(job, coordinator = %node, "the coordinator was lost; the job stops here (coordinator loss is not survived)");
+            stop_hosted(shared, job, &h);
+            shared.hosted_ended(HostedEnd {
+                job,
+                error: Some(format!("coordinator `{node}` was lost")),
+            });
+        }
+    }
+}
