@@ -293,8 +293,12 @@ fn heartbeat(
             .is_ok()
         });
         // Members without a link are dialled, down ones too (that is how a partition heals).
-        for (node, (listen, _, _)) in &st.members {
-            if !st.links.contains_key(node) && *node != cfg.name {
+        // Between two live members only the one with the lower id dials: if both dialled at
+        // once, each side could keep the link it registered first and refuse the other, so
+        // both links would close — and frames already sent on them would be lost.
+        for (node, (listen, status, _)) in &st.members {
+            let mine = cfg.name < *node || *status == Status::Down;
+            if !st.links.contains_key(node) && *node != cfg.name && mine {
                 dial.push(listen.clone());
             }
         }
