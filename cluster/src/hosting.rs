@@ -197,9 +197,10 @@ fn host_job(
         .ok_or_else(|| format!("no job registered as `{name}`"))?;
     let plan = Arc::new(plan_with(&builder, &options).map_err(|e| e.to_string())?);
     let workers = plan.config().worker_count();
-    let link = shared
-        .link_sender(coordinator)
-        .ok_or_else(|| format!("no link to the coordinator `{coordinator}`"))?;
+    if shared.link_sender(coordinator).is_none() {
+        return Err(format!("no link to the coordinator `{coordinator}`"));
+    }
+    let coord = coordinator.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
     let s = shared.clone();
     let thread = std::thread::Builder::new()
@@ -210,7 +211,7 @@ fn host_job(
                 let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
                 let proxy = JobProxy {
                     job,
-                    link,
+                    coordinator: coord,
                     shared: s,
                 }
                 .start();

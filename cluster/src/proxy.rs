@@ -137,7 +137,14 @@ impl RemoteTasks for ClusterTasks {
             }
             Err(e) => tracing::error!(?task, error = %e, "cannot encode a spawn order"),
         }
-        ControlProxy { job, task, link }.start().recipient()
+        ControlProxy {
+            job,
+            task,
+            node: node.to_string(),
+            shared: self.resolver.shared.clone(),
+        }
+        .start()
+        .recipient()
     }
 
     fn this_node(&self) -> String {
@@ -198,11 +205,13 @@ impl RemoteTasks for ClusterTasks {
 }
 
 /// Stands in for a subtask on another node in the job supervisor: sends its control
-/// messages as `Control` frames.
+/// messages as `Control` frames on the current link to its node (a link that was made again
+/// replaces the old one).
 pub struct ControlProxy {
     pub(crate) job: u64,
     pub(crate) task: TaskId,
-    pub(crate) link: LinkSender,
+    pub(crate) node: String,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Actor for ControlProxy {
@@ -214,11 +223,16 @@ impl Handler<Control> for ControlProxy {
     fn handle(&mut self, msg: Control, _ctx: &mut Context<Self>) {
         match rmp_serde::to_vec(&msg) {
             Ok(body) => {
-                let _ = self.link.send(Message::Control {
-                    job: self.job,
-                    task: self.task,
-                    body,
+                let sent = self.shared.link_sender(&self.node).is_some_and(|l| {
+                    l.send(Message::Control {
+                        job: self.job,
+                        task: self.task,
+                        body,
+                    })
                 });
+                if !sent {
+                    tracing::warn!(node = %self.node, task = ?self.task, "no link to the node; control message dropped");
+                }
             }
             Err(e) => {
                 tracing::error!(task = ?self.task, error = %e, "cannot encode a control message")
@@ -228,11 +242,11 @@ impl Handler<Control> for ControlProxy {
 }
 
 /// Stands in for the job supervisor on a hosting node: sends the subtasks' reports to the
-/// coordinator as `Report` frames, keeping a failure's reply channel until the `Decision`
-/// frame answers it.
+/// coordinator as `Report` frames (on the current link to it), keeping a failure's reply
+/// channel until the `Decision` frame answers it.
 pub struct JobProxy {
     pub(crate) job: u64,
-    pub(crate) link: LinkSender,
+    pub(crate) coordinator: String,
     pub(crate) shared: Arc<Shared>,
 }
 
@@ -248,10 +262,15 @@ impl Handler<ToJob> for JobProxy {
         }
         match rmp_serde::to_vec(&msg) {
             Ok(body) => {
-                let _ = self.link.send(Message::Report {
-                    job: self.job,
-                    body,
+                let sent = self.shared.link_sender(&self.coordinator).is_some_and(|l| {
+                    l.send(Message::Report {
+                        job: self.job,
+                        body,
+                    })
                 });
+                if !sent {
+                    tracing::warn!(coordinator = %self.coordinator, "no link to the coordinator; report dropped");
+                }
             }
             Err(e) => tracing::error!(error = %e, "cannot encode a subtask report"),
         }
