@@ -43,9 +43,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
-/// Why a rescale in place was refused when the job had already ended.
-pub(crate) const ENDED: &str = "the job has ended";
-
 /// Asks the job supervisor to rescale `operator` to `n` subtasks in place.
 pub(crate) struct RescaleRequest {
     pub operator: String,
@@ -89,6 +86,15 @@ pub(crate) enum InPlaceError {
     Failed(JobError),
 }
 
+impl InPlaceError {
+    /// The job ended before the rescale could happen.
+    fn ended() -> Self {
+        InPlaceError::Failed(JobError::SavepointFailed {
+            reason: "the job has ended".to_string(),
+        })
+    }
+}
+
 enum Phase {
     /// Waiting for the held checkpoint (`id`, once triggered) to complete.
     Holding { id: Option<u64> },
@@ -121,7 +127,7 @@ impl Handler<RescaleRequest> for JobSupervisor {
     fn handle(&mut self, msg: RescaleRequest, _ctx: &mut Context<Self>) {
         let refuse = |why: &str| Err(InPlaceError::Refused(why.to_string()));
         let answer = if self.concluded() {
-            refuse(ENDED)
+            Err(InPlaceError::ended())
         } else if self.coord.is_none() {
             refuse("checkpointing is off")
         } else if self.rescale.is_some() {
@@ -163,9 +169,6 @@ impl JobSupervisor {
         if let Some(id) = id {
             if c.pending.as_ref().is_some_and(|p| p.id == id) {
                 return;
-            }
-            if c.last_completed.as_ref().is_some_and(|l| l.id == id) {
-                return; // completed; the switch is under way
             }
             // Given up: release the sources (a recovery already did) and try again.
             tracing::warn!(
@@ -365,7 +368,7 @@ impl JobSupervisor {
         let mut gained = split.gained;
         for subtask in was..now {
             let t = TaskId { chain, subtask };
-            let Some(worker) = self.worker_for(t) else {
+            let Some(worker) = self.live_worker(t) else {
                 return Err(InPlaceError::Failed(JobError::NoWorkers));
             };
             let states = gained
@@ -431,12 +434,6 @@ impl JobSupervisor {
         }
         self.check_switched();
         Ok(())
-    }
-
-    /// A local worker for a new subtask (the cluster layer places remote ones itself).
-    fn worker_for(&self, task: TaskId) -> Option<usize> {
-        let live: Vec<usize> = (0..self.workers.len()).filter(|&i| self.alive[i]).collect();
-        (!live.is_empty()).then(|| live[(task.chain * 31 + task.subtask) % live.len()])
     }
 
     pub(crate) fn on_replanned(&mut self, msg: Replanned, _ctx: &mut Context<Self>) {
@@ -526,17 +523,13 @@ impl JobSupervisor {
             .as_ref()
             .is_some_and(|r| matches!(r.phase, Phase::Switching { .. } | Phase::Resuming));
         if switched {
-            self.rescale_on_first_record_forced();
+            if let Some(r) = &mut self.rescale {
+                r.phase = Phase::Resuming;
+            }
+            self.rescale_on_first_record();
         } else if self.rescale.is_some() {
-            self.end_rescale(Err(InPlaceError::Refused(ENDED.to_string())));
+            self.end_rescale(Err(InPlaceError::ended()));
         }
-    }
-
-    fn rescale_on_first_record_forced(&mut self) {
-        if let Some(r) = &mut self.rescale {
-            r.phase = Phase::Resuming;
-        }
-        self.rescale_on_first_record();
     }
 
     fn end_rescale(&mut self, answer: Result<InPlace, InPlaceError>) {

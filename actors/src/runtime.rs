@@ -5,7 +5,7 @@ use crate::coordinator::{Coordinator, SavepointRequest};
 use crate::error::{JobError, JobResult};
 use crate::host::{Directory, LocalHost, RemoteTasks, Resolve, RestoreSpec, SpawnSpec};
 use crate::message::ToJob;
-use crate::rescale::{InPlaceError, InPlaceFigures, RescaleRequest, ENDED};
+use crate::rescale::{InPlaceError, InPlaceFigures, RescaleRequest};
 use crate::supervisor::{JobSupervisor, Recovery};
 use actix::prelude::*;
 use riffle_framework::{
@@ -163,10 +163,7 @@ impl JobHandle {
                 })
             }
             Ok(Err(InPlaceError::Failed(e))) => Err(e),
-            Ok(Err(InPlaceError::Refused(why))) if why != ENDED => {
-                Err(JobError::RescaleRefused { reason: why })
-            }
-            Ok(Err(InPlaceError::Refused(why))) => Err(failed(&why)),
+            Ok(Err(InPlaceError::Refused(reason))) => Err(JobError::RescaleRefused { reason }),
             Err(_) => Err(failed("the job ended first")),
         }
     }

@@ -358,7 +358,7 @@ impl JobSupervisor {
             .collect()
     }
 
-    fn live_worker(&self, task: TaskId) -> Option<usize> {
+    pub(crate) fn live_worker(&self, task: TaskId) -> Option<usize> {
         let live: Vec<usize> = (0..self.workers.len()).filter(|&i| self.alive[i]).collect();
         if live.is_empty() {
             return None;

@@ -99,10 +99,7 @@ impl Placement {
         added: &[TaskId],
         kept: &[(TaskId, String)],
     ) -> Vec<(TaskId, String)> {
-        let mut per_chain: BTreeMap<usize, usize> = BTreeMap::new();
-        for t in added.iter().chain(kept.iter().map(|(t, _)| t)) {
-            *per_chain.entry(t.chain).or_default() += 1;
-        }
+        let per_chain = per_chain(added.iter().chain(kept.iter().map(|(t, _)| t)));
         let mut load: BTreeMap<(usize, String), usize> = BTreeMap::new();
         for (t, n) in kept {
             *load.entry((t.chain, n.clone())).or_default() += 1;
@@ -129,11 +126,8 @@ impl Placement {
             let Some(n) = self.probe(task, probe) else {
                 break;
             };
-            let cap = (p * self.weight(n))
-                .div_ceil(self.total_weight.max(1))
-                .max(1);
             let l = load.entry((task.chain, n.to_string())).or_default();
-            if *l < cap {
+            if *l < self.fair_share(p, n) {
                 *l += 1;
                 return Some(n.to_string());
             }
@@ -151,16 +145,9 @@ impl Placement {
         tasks: &[TaskId],
         previous: &[(TaskId, String)],
     ) -> Vec<(TaskId, String)> {
-        let mut per_chain: BTreeMap<usize, usize> = BTreeMap::new();
-        for t in tasks {
-            *per_chain.entry(t.chain).or_default() += 1;
-        }
-        let cap = |t: &TaskId, n: &str| {
-            let p = per_chain.get(&t.chain).copied().unwrap_or(1);
-            (p * self.weight(n))
-                .div_ceil(self.total_weight.max(1))
-                .max(1)
-        };
+        let per_chain = per_chain(tasks);
+        let cap =
+            |t: &TaskId, n: &str| self.fair_share(per_chain.get(&t.chain).copied().unwrap_or(1), n);
         let mut load: BTreeMap<(usize, String), usize> = BTreeMap::new();
         let mut chosen: BTreeMap<TaskId, String> = BTreeMap::new();
         for &t in tasks {
@@ -191,6 +178,13 @@ impl Placement {
             .collect()
     }
 
+    /// How many of a chain's `p` tasks node `node` may hold: its weighted share, at least one.
+    fn fair_share(&self, p: usize, node: &str) -> usize {
+        (p * self.weight(node))
+            .div_ceil(self.total_weight.max(1))
+            .max(1)
+    }
+
     fn weight(&self, node: &str) -> usize {
         self.nodes
             .iter()
@@ -208,6 +202,15 @@ impl Placement {
         }
         by_node
     }
+}
+
+/// How many tasks each chain has.
+fn per_chain<'a>(tasks: impl IntoIterator<Item = &'a TaskId>) -> BTreeMap<usize, usize> {
+    let mut per_chain = BTreeMap::new();
+    for t in tasks {
+        *per_chain.entry(t.chain).or_default() += 1;
+    }
+    per_chain
 }
 
 #[cfg(test)]
@@ -273,6 +276,22 @@ mod tests {
                 assert_eq!(k, 2, "chain {chain} on {n}: {placed:?}");
             }
         }
+    }
+
+    #[test]
+    fn added_tasks_fill_the_nodes_below_their_share() {
+        let task = |subtask| TaskId { chain: 1, subtask };
+        let three = Placement::new([("n1", 1), ("n2", 1), ("n3", 1)]);
+        let kept = three.assign_bounded(&(0..6).map(task).collect::<Vec<_>>());
+        // A fourth node joins and the chain grows 6 -> 8: the new node takes both.
+        let four = Placement::new([("n1", 1), ("n2", 1), ("n3", 1), ("n4", 1)]);
+        let added = four.assign_added(&[task(6), task(7)], &kept);
+        assert_eq!(added, vec![(task(6), "n4".into()), (task(7), "n4".into())]);
+        // The same nodes and 6 -> 9: one more on each.
+        let added = three.assign_added(&[task(6), task(7), task(8)], &kept);
+        let mut nodes: Vec<&str> = added.iter().map(|(_, n)| n.as_str()).collect();
+        nodes.sort_unstable();
+        assert_eq!(nodes, ["n1", "n2", "n3"]);
     }
 
     #[test]
