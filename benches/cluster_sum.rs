@@ -20,7 +20,7 @@ use riffle::prelude::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"cluster bench";
+const SECRET: &[u8] = b"cluster bench secret";
 const ENV_NODE: &str = "RIFFLE_BENCH_NODE";
 
 fn job(n: u64, workers: usize) -> StreamEnv {
@@ -68,7 +68,7 @@ fn node_main(spec: &str) {
     let node = Node::builder()
         .name("n2")
         .seeds([seed.to_string()])
-        .secret(SECRET)
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
         .register_job("sum", move || job(n, 1))
         .start()
         .expect("node n2");
@@ -97,7 +97,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let node = Node::builder()
         .name("n1")
-        .secret(SECRET)
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
         .register_job("sum", move || job(n, 1))
         .start()?;
     let mut child = Command::new(std::env::current_exe()?)

@@ -5,12 +5,18 @@
 //! cargo run --release --example cluster_wordcount -- --local-cluster 3
 //!
 //! # or one node per command (on one machine or several); the node with the lowest id
-//! # coordinates and runs the job once `--expect` nodes are up:
+//! # coordinates and runs the job once `--expect` nodes are up. First create the cluster's
+//! # secret once and copy the file to every machine (it is the key to the cluster):
+//! cargo run --release --example cluster_wordcount -- --new-secret wc.secret
 //! cargo run --release --example cluster_wordcount -- --node n1 --listen 10.0.0.1:7100 \
-//!     --expect 3 --dir /shared/wc
+//!     --secret-file wc.secret --encrypt --expect 3 --dir /shared/wc
 //! cargo run --release --example cluster_wordcount -- --node n2 --listen 10.0.0.2:7100 \
-//!     --seed 10.0.0.1:7100 --expect 3 --dir /shared/wc
+//!     --seed 10.0.0.1:7100 --secret-file wc.secret --encrypt --expect 3 --dir /shared/wc
 //! ```
+//!
+//! A node refuses to start without a secret: `--secret-file FILE`, or the environment
+//! variable `RIFFLE_CLUSTER_SECRET`. `--local-cluster` generates a fresh secret for its nodes.
+//! `--encrypt` encrypts every link (all nodes must agree).
 //!
 //! Every node registers the same job, "wordcount": generated lines of text, split into
 //! words, keyed by word, a running count per word, written to `DIR/output` by a
@@ -19,7 +25,7 @@
 //! records each node handled, the traffic of each link and the top words; with
 //! `--local-cluster` the parent checks the result against the counts computed directly.
 
-use riffle::cluster::Node;
+use riffle::cluster::{Node, Secret};
 use riffle::prelude::*;
 use riffle::CheckpointConfig;
 use std::collections::HashMap;
@@ -27,7 +33,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::Duration;
 
-const SECRET: &[u8] = b"cluster wordcount example";
+/// The environment variable a node reads its secret from when no file is given.
+const SECRET_ENV: &str = "RIFFLE_CLUSTER_SECRET";
 const LINES: u64 = 200_000;
 const WORDS: &[&str] = &[
     "stream",
@@ -100,6 +107,9 @@ struct Args {
     seeds: Vec<String>,
     expect: usize,
     dir: PathBuf,
+    secret_file: Option<PathBuf>,
+    new_secret: Option<PathBuf>,
+    encrypt: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -110,6 +120,9 @@ fn parse() -> Result<Args, String> {
         seeds: Vec::new(),
         expect: 1,
         dir: std::env::temp_dir().join(format!("riffle-cluster-wordcount-{}", std::process::id())),
+        secret_file: None,
+        new_secret: None,
+        encrypt: false,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -123,6 +136,9 @@ fn parse() -> Result<Args, String> {
             "--seed" => a.seeds.push(value()?),
             "--expect" => a.expect = value()?.parse().map_err(|_| "--expect N")?,
             "--dir" => a.dir = PathBuf::from(value()?),
+            "--secret-file" => a.secret_file = Some(PathBuf::from(value()?)),
+            "--new-secret" => a.new_secret = Some(PathBuf::from(value()?)),
+            "--encrypt" => a.encrypt = true,
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -137,17 +153,40 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .with_writer(std::io::stderr)
             .init();
     }
+    if let Some(path) = &a.new_secret {
+        Secret::generate()?.write_new_file(path)?;
+        println!("wrote a new cluster secret to {}", path.display());
+        return Ok(());
+    }
     match (&a.local_cluster, &a.node) {
-        (Some(n), _) => local_cluster(*n, &a.dir),
+        (Some(n), _) => local_cluster(*n, &a),
         (None, Some(name)) => run_node(name, &a),
         (None, None) => Err("use --local-cluster N, or --node NAME (see the file's docs)".into()),
     }
 }
 
+/// The node's secret: from `--secret-file`, else from the environment; never a default.
+fn secret(a: &Args) -> Result<Secret, Box<dyn std::error::Error>> {
+    if let Some(path) = &a.secret_file {
+        return Ok(Secret::from_file(path)?);
+    }
+    Secret::from_env(SECRET_ENV).map_err(|e| {
+        format!(
+            "no cluster secret ({e}): pass --secret-file FILE or set {SECRET_ENV}; \
+             create a file with --new-secret FILE"
+        )
+        .into()
+    })
+}
+
 /// Starts `n` node processes of this binary on free ports of 127.0.0.1 and checks the result.
-fn local_cluster(n: usize, dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+/// The nodes share a secret generated for this run, in a file only its owner can read.
+fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let dir = a.dir.as_path();
     let _ = std::fs::remove_dir_all(dir);
     std::fs::create_dir_all(dir)?;
+    let secret_file = dir.join("cluster.secret");
+    Secret::generate()?.write_new_file(&secret_file)?;
     let ports: Vec<u16> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
         .map(|a| a.map(|a| a.port()))
@@ -159,8 +198,13 @@ fn local_cluster(n: usize, dir: &Path) -> Result<(), Box<dyn std::error::Error>>
         cmd.args(["--node", &format!("n{}", i + 1)])
             .args(["--listen", &format!("127.0.0.1:{port}")])
             .args(["--expect", &n.to_string()])
+            .arg("--secret-file")
+            .arg(&secret_file)
             .arg("--dir")
             .arg(dir);
+        if a.encrypt {
+            cmd.arg("--encrypt");
+        }
         if i > 0 {
             cmd.args(["--seed", &format!("127.0.0.1:{}", ports[0])]);
         }
@@ -222,7 +266,8 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .name(name)
         .listen(&a.listen)
         .seeds(a.seeds.clone())
-        .secret(SECRET)
+        .secret(secret(a)?)
+        .encrypt(a.encrypt)
         .checkpoint_dir(a.dir.join("checkpoints"))
         .register_job("wordcount", move || wordcount(&dir))
         .start()?;

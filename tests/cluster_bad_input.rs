@@ -7,12 +7,12 @@
 mod common;
 
 use riffle::cluster::wire::{encode, EdgeAddress, Message, WireEvent, PROTOCOL_VERSION};
-use riffle::cluster::{handshake, HandshakeConfig, Node, Status};
+use riffle::cluster::{handshake, HandshakeConfig, Node, Role, Secret, Status};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 
-const SECRET: &[u8] = b"bad input test";
+const SECRET: &[u8] = b"bad input test secret";
 
 fn sum_job() -> common::SumJob {
     common::SumJob {
@@ -49,11 +49,14 @@ async fn authenticated(addr: &str, id: &str, bytes: Vec<u8>) -> bool {
         cluster: "riffle".to_string(),
         node: id.to_string(),
         listen: "127.0.0.1:1".to_string(),
-        secret: SECRET.to_vec(),
-        max_frame: 1 << 20,
+        secret: Secret::new(SECRET).expect("secret"),
+        encrypt: false,
         timeout: Duration::from_secs(5),
     };
-    if handshake(&mut s, &cfg).await.is_err() {
+    if handshake(&mut s, &cfg, Role::Initiator { expect: None })
+        .await
+        .is_err()
+    {
         return false;
     }
     let _ = s.write_all(&bytes).await;
@@ -70,7 +73,7 @@ fn garbage_during_a_job_touches_only_its_own_link() {
         let d = dir.path().to_path_buf();
         Node::builder()
             .name(name)
-            .secret(SECRET)
+            .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
             .seeds(seeds)
             .heartbeat(Duration::from_millis(50))
             .failure_timeout(Duration::from_millis(800))

@@ -56,7 +56,7 @@ fn node_process_entry() {
         .name(name)
         .listen(listen)
         .seeds((!seed.is_empty()).then(|| seed.to_string()))
-        .secret(SECRET)
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
         .heartbeat(Duration::from_millis(50))
         .failure_timeout(Duration::from_millis(500))
         .register_job("sum", move || sum_job(slow).build(&d))

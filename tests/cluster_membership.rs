@@ -11,7 +11,7 @@ fn node(name: &str, seeds: &[String], secret: &[u8]) -> Node {
     Node::builder()
         .name(name)
         .cluster("test")
-        .secret(secret)
+        .secret(riffle::cluster::Secret::new(secret).expect("secret"))
         .seeds(seeds.iter().cloned())
         .heartbeat(Duration::from_millis(20))
         .failure_timeout(Duration::from_millis(200))
@@ -43,7 +43,7 @@ fn nodes_form_a_mesh_refuse_strangers_and_detect_a_stopped_node() {
         assert_eq!(up(&m), others, "full mesh");
     }
 
-    let stranger = node("mallory", &seed, b"wrong secret");
+    let stranger = node("mallory", &seed, b"a wrong secret, guessed");
     let m = stranger.wait_members(Duration::from_millis(300), |m| !m.is_empty());
     assert!(m.is_empty(), "a node without the secret is refused: {m:?}");
     assert!(n1.members().iter().all(|m| m.node != "mallory"));
@@ -73,13 +73,16 @@ fn nodes_form_a_mesh_refuse_strangers_and_detect_a_stopped_node() {
 
 #[test]
 fn a_node_needs_a_name_and_a_secret() {
-    assert!(Node::builder().secret(SECRET).start().is_err());
+    assert!(Node::builder()
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
+        .start()
+        .is_err());
     assert!(Node::builder().name("x").start().is_err());
     let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
     let addr = taken.local_addr().expect("addr").to_string();
     let err = Node::builder()
         .name("x")
-        .secret(SECRET)
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
         .listen(&addr)
         .start();
     assert!(matches!(err, Err(riffle::cluster::NodeError::Bind { .. })));

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"partition test";
+const SECRET: &[u8] = b"partition test secret";
 
 const PASS: u8 = 0;
 const DELAY: u8 = 1;
@@ -118,7 +118,7 @@ fn node(
     let d = dir.to_path_buf();
     f(Node::builder()
         .name(name)
-        .secret(SECRET)
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
         .heartbeat(Duration::from_millis(50))
         .failure_timeout(Duration::from_millis(400))
         .register_job("sum", move || sum_job().build(&d)))

@@ -16,7 +16,7 @@ const SECRET: &[u8] = b"remote mailbox test";
 fn node(name: &str, seeds: &[String]) -> Node {
     Node::builder()
         .name(name)
-        .secret(SECRET)
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
         .seeds(seeds.iter().cloned())
         .heartbeat(Duration::from_millis(20))
         .start()

@@ -42,7 +42,7 @@ fn node(name: &str, dir: &Path, seeds: Vec<String>) -> Node {
     let d = dir.to_path_buf();
     Node::builder()
         .name(name)
-        .secret(SECRET)
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
         .seeds(seeds)
         .heartbeat(Duration::from_millis(50))
         .failure_timeout(Duration::from_millis(400))

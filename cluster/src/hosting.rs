@@ -45,9 +45,67 @@ pub struct HostedEnd {
     pub error: Option<String>,
 }
 
+/// Jobs a node hosts for others at once, at most.
+const MAX_HOSTED_JOBS: usize = 16;
+
+/// Counts and logs a job frame from a node without authority over the job.
+fn refuse(shared: &Shared, job: u64, peer: &str, what: &'static str) {
+    crate::mesh::RefusedCounts::add(&shared.refused.frames);
+    tracing::warn!(job, %peer, what, "job frame from a node without authority over the job; refused");
+}
+
+/// The hosted job `job`, if `peer` is its coordinator (a frame from anyone else is refused).
+fn hosted_by(shared: &Shared, job: u64, peer: &str, what: &'static str) -> Option<Arc<HostedJob>> {
+    let h = shared.hosted.get(&job).map(|h| h.clone())?;
+    if h.coordinator != peer {
+        refuse(shared, job, peer, what);
+        return None;
+    }
+    Some(h)
+}
+
+/// The job `job` this node coordinates, if `peer` hosts part of it.
+fn coordinated_from(
+    shared: &Shared,
+    job: u64,
+    peer: &str,
+    what: &'static str,
+) -> Option<Arc<CoordinatedJob>> {
+    let c = shared.coordinated.get(&job).map(|c| c.clone())?;
+    if !c.resolver.placement.iter().any(|e| e.value() == peer) {
+        refuse(shared, job, peer, what);
+        return None;
+    }
+    Some(c)
+}
+
+/// Why a `JobStart` from `peer` is refused, if it is: only a node that names itself the
+/// coordinator may start a job, a job runs once, and a node hosts a bounded number of jobs.
+fn start_refused(shared: &Shared, job: u64, peer: &str, coordinator: &str) -> Option<&'static str> {
+    if coordinator != peer {
+        return Some("a job start on behalf of another node");
+    }
+    if shared.hosted.contains_key(&job) || shared.coordinated.contains_key(&job) {
+        return Some("a job start for a job that runs here already");
+    }
+    if shared.hosted.len() >= MAX_HOSTED_JOBS {
+        return Some("a job start past the limit of hosted jobs");
+    }
+    None
+}
+
 /// Handles a job frame from `peer` (the link reader calls this; it never blocks for long).
+/// Only a job's coordinator may start, place, control and end it, and only the nodes that
+/// host part of a job may report to its coordinator: any other job frame is refused and
+/// counted ([`crate::Node::refusals`]).
 pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message, back: LinkSender) {
     match msg {
+        Message::JobStart {
+            job, coordinator, ..
+        } if start_refused(shared, job, peer, &coordinator).is_some() => {
+            let what = start_refused(shared, job, peer, &coordinator).unwrap_or_default();
+            refuse(shared, job, peer, what);
+        }
         Message::JobStart {
             job,
             name,
@@ -85,8 +143,11 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             }
         },
         Message::Spawn { job, task, spec } => {
-            let Some(h) = shared.hosted.get(&job).map(|h| h.clone()) else {
+            if !shared.hosted.contains_key(&job) {
                 return tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
+            }
+            let Some(h) = hosted_by(shared, job, peer, "spawn") else {
+                return;
             };
             let spec: SpawnSpec = match rmp_serde::from_slice(&spec) {
                 Ok(s) => s,
@@ -101,7 +162,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             });
         }
         Message::Control { job, task, body } => {
-            let Some(h) = shared.hosted.get(&job).map(|h| h.clone()) else {
+            let Some(h) = hosted_by(shared, job, peer, "control") else {
                 return;
             };
             let control: Control = match rmp_serde::from_slice(&body) {
@@ -117,7 +178,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             });
         }
         Message::Report { job, body } => {
-            let Some(c) = shared.coordinated.get(&job).map(|c| c.clone()) else {
+            let Some(c) = coordinated_from(shared, job, peer, "report") else {
                 return;
             };
             let mut report: ToJob = match rmp_serde::from_slice(&body) {
@@ -146,6 +207,9 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             ports.to_job.do_send(report);
         }
         Message::Decision { job, task, body } => {
+            if hosted_by(shared, job, peer, "decision").is_none() {
+                return;
+            }
             let Some((_, reply)) = shared.replies.remove(&(job, task)) else {
                 return;
             };
@@ -157,22 +221,28 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             }
         }
         Message::Placement { job, moves } => {
-            if let Some(h) = shared.hosted.get(&job) {
+            if let Some(h) = hosted_by(shared, job, peer, "placement") {
                 h.resolver.apply_moves(&moves);
             }
         }
         Message::StatsRequest { job } => {
-            if let Some(h) = shared.hosted.get(&job) {
+            if let Some(h) = hosted_by(shared, job, peer, "stats request") {
                 let links = delta(&h.baseline, &shared.link_totals());
                 let _ = back.send(Message::Stats { job, links });
             }
         }
         Message::Stats { job, links } => {
+            if coordinated_from(shared, job, peer, "stats").is_none() {
+                return;
+            }
             if let Some(w) = shared.stats_waiters.get(&job) {
                 let _ = w.send((peer.to_string(), links));
             }
         }
         Message::JobEnd { job, error } => {
+            if hosted_by(shared, job, peer, "job end").is_none() {
+                return;
+            }
             if let Some((_, h)) = shared.hosted.remove(&job) {
                 stop_hosted(shared, job, &h);
                 shared.hosted_ended(HostedEnd { job, error });

@@ -7,8 +7,12 @@
 //!   message; every data frame carries its [`wire::EdgeAddress`]. Lengths are checked against a
 //!   maximum before anything is allocated, and every malformed frame is a typed
 //!   [`wire::WireError`]; nothing a peer sends can panic a node.
-//! - [`mod@handshake`]: version, cluster name, node ids and a mutual HMAC-SHA256
-//!   challenge–response over a shared secret; peers without the secret are refused.
+//! - [`mod@handshake`]: version, cluster name and node ids, bound by a Noise `NNpsk0`
+//!   handshake over the cluster's pre-shared key ([`Secret`]); peers without the secret are
+//!   refused, and nothing can be reflected or replayed between connections. [`secure`]
+//!   encrypts links after it when the cluster asks for it.
+//! - [`guard`]: limits before trust — pending handshakes, connections and failed handshakes per
+//!   address, and the open files a node keeps for its jobs.
 //!
 //! - [`node`]: a [`Node`] with a TCP listener, one authenticated link per peer (a full mesh
 //!   learnt from seeds and heartbeats) and a timeout failure detector.
@@ -28,20 +32,26 @@
 //! Not yet: partition tests through a fault-injecting proxy, per-link figures in the job's
 //! result, surviving the coordinator's loss.
 
+pub mod guard;
 pub mod handshake;
 mod hosting;
 pub mod job;
+mod link;
 mod mesh;
 pub mod node;
 pub mod placement;
 mod proxy;
 pub mod remote;
+pub mod secret;
+pub mod secure;
 pub mod wire;
 
-pub use handshake::{handshake, HandshakeConfig, HandshakeError, Peer};
+pub use guard::Limits;
+pub use handshake::{handshake, Established, HandshakeConfig, HandshakeError, Peer, Role};
 pub use hosting::HostedEnd;
 pub use job::{ClusterJob, JobBuilder, JobOptions};
-pub use node::{Member, Node, NodeBuilder, NodeError, Status};
+pub use node::{Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};
+pub use secret::{Secret, SecretError};
 pub use wire::{EdgeAddress, Message, WireError, WireEvent, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};

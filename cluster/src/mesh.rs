@@ -1,36 +1,64 @@
 //! The mesh behind a [`Node`](crate::Node): its listener, heartbeats, failure detector and
-//! links. Each link runs a handshake, then a writer fed by a channel (counting what it writes)
-//! and a reader that records liveness, learns members and hands job and data frames on. A peer
-//! declared down loses its link, so it can only come back through a new handshake, as a
-//! fresh member; members without a link — down ones included — are dialled every heartbeat,
-//! one dial per address at a time, which is how a partition heals.
+//! membership. Each link ([`crate::link`]) runs a handshake, then a writer and a reader.
+//!
+//! Membership is verified, never taken on a peer's word: a node id another member mentions in
+//! its heartbeat becomes a *candidate*, and a candidate becomes a member only through a link
+//! whose handshake proved both the secret and that node id (the dialling side names the id it
+//! expects at the address). Candidates are bounded in number and forgotten after a while; a
+//! member that stays down is forgotten after [`NodeBuilder::forget_after`]. A peer declared
+//! down loses its link, so it can only come back through a new handshake, as a fresh member;
+//! while a member is up, a second link claiming its id from another address is refused.
+//! Members without a link — down ones included — are dialled every heartbeat, one dial per
+//! address at a time, which is how a partition heals.
+//!
+//! [`NodeBuilder::forget_after`]: crate::NodeBuilder::forget_after
 
-use crate::handshake::{handshake, HandshakeConfig, Peer};
+use crate::guard::{Admission, Ticket};
+use crate::handshake::{valid_node_id, HandshakeConfig, Peer, Role};
 use crate::hosting::{HostedEnd, HostedJob};
 use crate::job::{CoordinatedJob, JobBuilder};
+use crate::link::link;
 use crate::node::{Member, NodeConfig, Status};
-use crate::remote::{
-    channel_key, deliver, ChannelKey, CreditsReturned, Inbox, LinkSender, Outgoing,
-};
-use crate::wire::{encode, read_frame, write_frame, EdgeAddress, Message, RefuseReason};
-use tokio::io::AsyncWriteExt;
-
-/// Bytes of queued frames a link writes at once, at most (plus one frame).
-const WRITE_BATCH: usize = 256 * 1024;
-/// Channels whose credits one write merges, at most.
-const MAX_MERGED_CREDITS: usize = 64;
+use crate::remote::{ChannelKey, CreditsReturned, Inbox, LinkSender, Outgoing};
+use crate::wire::{Message, RefuseReason};
 use actix::prelude::Recipient;
 use dashmap::DashMap;
 use riffle_actors::Decision;
 use riffle_framework::TaskId;
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tokio::sync::{mpsc, watch};
+
+/// Candidates (node ids heard of but not verified) kept at once, at most.
+const MAX_CANDIDATES: usize = 64;
+/// Dials under way at once, at most.
+const MAX_DIALS: usize = 16;
+/// How long a dial may take to connect.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What a node refused, since it started (see [`crate::Node::refusals`]).
+#[derive(Default)]
+pub(crate) struct RefusedCounts {
+    /// Handshakes that failed (bad secret, malformed, timed out, refused by us).
+    pub(crate) handshakes: AtomicU64,
+    /// Authenticated links refused at registration (own id, id linked elsewhere).
+    pub(crate) links: AtomicU64,
+    /// Job frames from a node without authority over the job.
+    pub(crate) frames: AtomicU64,
+    /// Links closed because the peer held more memory than its budget.
+    pub(crate) over_budget: AtomicU64,
+}
+
+impl RefusedCounts {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
 
 /// State shared between the node's runtime and its blocking API.
 #[derive(Default)]
@@ -55,6 +83,10 @@ pub(crate) struct Shared {
     pub(crate) counters: DashMap<String, Arc<LinkCounters>>,
     /// Coordinators waiting for the nodes' link figures of a job.
     pub(crate) stats_waiters: DashMap<u64, std::sync::mpsc::Sender<(String, LinkTotals)>>,
+    /// Admission control of incoming connections.
+    pub(crate) admission: Option<Arc<Admission>>,
+    /// What this node refused.
+    pub(crate) refused: RefusedCounts,
 }
 
 /// Per peer: bytes, frames, data frames, credit frames.
@@ -70,7 +102,7 @@ pub(crate) struct LinkCounters {
 }
 
 impl LinkCounters {
-    fn count(&self, m: &Message, bytes: usize) {
+    pub(crate) fn count(&self, m: &Message, bytes: usize) {
         self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         self.frames.fetch_add(1, Ordering::Relaxed);
         match m {
@@ -125,9 +157,30 @@ impl Shared {
     }
 }
 
+/// A verified member: one that linked with this node through a handshake.
+#[derive(Clone, Debug)]
+pub(crate) struct MemberState {
+    pub(crate) listen: String,
+    pub(crate) status: Status,
+    /// When a frame last arrived from it.
+    pub(crate) seen: Instant,
+    /// The IP address its link came from.
+    pub(crate) ip: Option<IpAddr>,
+    /// Since when it is down.
+    pub(crate) down_since: Option<Instant>,
+}
+
+/// A node id a member mentioned, not verified yet.
+#[derive(Clone, Debug)]
+pub(crate) struct Candidate {
+    listen: String,
+    since: Instant,
+}
+
 #[derive(Default)]
 pub(crate) struct State {
-    pub(crate) members: HashMap<String, (String, Status, Instant)>,
+    pub(crate) members: HashMap<String, MemberState>,
+    pub(crate) candidates: HashMap<String, Candidate>,
     pub(crate) links: HashMap<String, mpsc::UnboundedSender<Outgoing>>,
     /// Per linked peer: the link's id and the signal that closes it.
     pub(crate) kills: HashMap<String, (u64, Arc<tokio::sync::Notify>)>,
@@ -190,7 +243,7 @@ impl Shared {
         self.lock()
             .members
             .iter()
-            .filter(|(_, (_, s, _))| *s == Status::Up)
+            .filter(|(_, m)| m.status == Status::Up)
             .map(|(n, _)| n.clone())
             .collect()
     }
@@ -200,45 +253,56 @@ pub(crate) fn members_of(state: &State) -> Vec<Member> {
     let mut v: Vec<Member> = state
         .members
         .iter()
-        .map(|(node, (listen, status, _))| Member {
+        .map(|(node, m)| Member {
             node: node.clone(),
-            listen: listen.clone(),
-            status: *status,
+            listen: m.listen.clone(),
+            status: m.status,
         })
         .collect();
     v.sort_by(|a, b| a.node.cmp(&b.node));
     v
 }
 
-fn handshake_config(cfg: &NodeConfig, local: SocketAddr) -> HandshakeConfig {
-    HandshakeConfig {
+pub(crate) fn handshake_config(cfg: &NodeConfig, local: SocketAddr) -> Option<HandshakeConfig> {
+    Some(HandshakeConfig {
         cluster: cfg.cluster.clone(),
         node: cfg.name.clone(),
         listen: cfg.advertise.clone().unwrap_or_else(|| local.to_string()),
-        secret: cfg.secret.clone(),
-        max_frame: cfg.max_frame,
-        timeout: Duration::from_secs(5),
+        secret: cfg.secret.clone()?,
+        encrypt: cfg.encrypt,
+        timeout: cfg.handshake_timeout,
+    })
+}
+
+/// Refuses a connection before its handshake: one frame, written only if the socket takes
+/// it at once, then the socket closes.
+fn turn_away(stream: TcpStream, reason: RefuseReason) {
+    let mut buf = Vec::new();
+    if crate::wire::encode(&Message::Refused(reason), &mut buf).is_ok() {
+        let _ = stream.try_write(&buf);
     }
 }
 
 pub(crate) async fn run(
     cfg: NodeConfig,
-    local: SocketAddr,
+    hs: HandshakeConfig,
     listener: TcpListener,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let hs = handshake_config(&cfg, local);
     let mut tick = tokio::time::interval(cfg.heartbeat);
     let mut seq = 0u64;
     loop {
         tokio::select! {
             _ = stop.changed() => break,
-            accepted = listener.accept() => {
-                if let Ok((stream, _)) = accepted {
-                    tokio::spawn(link(stream, hs.clone(), cfg.max_frame, shared.clone(), stop.clone(), None));
+            accepted = listener.accept() => match accepted {
+                Ok((stream, from)) => accept(stream, from, &cfg, &hs, &shared, &stop),
+                Err(e) => {
+                    // Out of files, most likely: back off instead of spinning on the error.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-            }
+            },
             _ = tick.tick() => {
                 seq += 1;
                 heartbeat(&cfg, &hs, seq, &shared, &stop);
@@ -249,6 +313,104 @@ pub(crate) async fn run(
     shared.lock().links.clear();
 }
 
+/// An incoming connection: a place from admission control, then the link.
+fn accept(
+    stream: TcpStream,
+    from: SocketAddr,
+    cfg: &NodeConfig,
+    hs: &HandshakeConfig,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) {
+    let ticket: Option<Ticket> = match &shared.admission {
+        Some(adm) => match adm.admit(from.ip()) {
+            Ok(t) => Some(t),
+            Err(reason) => {
+                tracing::debug!(%from, ?reason, "connection turned away");
+                return turn_away(stream, reason);
+            }
+        },
+        None => None,
+    };
+    tokio::spawn(link(
+        stream,
+        hs.clone(),
+        Role::Responder,
+        ticket,
+        cfg.max_frame,
+        cfg.link_budget,
+        shared.clone(),
+        stop.clone(),
+        None,
+    ));
+}
+
+/// Marks silent members down, forgets long-down members and stale candidates; returns the
+/// members just declared down.
+fn detect(cfg: &NodeConfig, st: &mut State) -> Vec<String> {
+    let now = Instant::now();
+    let mut down = Vec::new();
+    for (node, m) in st.members.iter_mut() {
+        if m.status == Status::Up && now.duration_since(m.seen) > cfg.failure_timeout {
+            m.status = Status::Down;
+            m.down_since = Some(now);
+            down.push(node.clone());
+            tracing::warn!(peer = %node, "peer declared down");
+        }
+    }
+    st.members.retain(|node, m| {
+        let keep = m
+            .down_since
+            .is_none_or(|t| now.duration_since(t) < cfg.forget_after);
+        if !keep {
+            tracing::info!(peer = %node, "member down for too long; forgotten");
+        }
+        keep
+    });
+    let ttl = cfg.failure_timeout * 5;
+    st.candidates
+        .retain(|_, c| now.duration_since(c.since) < ttl);
+    // A peer declared down loses its link: if it comes back, it does so through a new
+    // handshake, as a fresh member.
+    for node in &down {
+        st.links.remove(node);
+        if let Some((_, kill)) = st.kills.remove(node) {
+            kill.notify_one();
+        }
+    }
+    down
+}
+
+/// The addresses to dial now, with the node id expected at each (`None` for a seed).
+fn to_dial(cfg: &NodeConfig, st: &mut State) -> Vec<(String, Option<String>)> {
+    let mut dial: Vec<(String, Option<String>)> = Vec::new();
+    // Members without a link are dialled, down ones too (that is how a partition heals).
+    // Between two live nodes only the one with the lower id dials: if both dialled at once,
+    // each side could keep the link it registered first and refuse the other, so both links
+    // would close — and frames already sent on them would be lost. Candidates are dialled by
+    // the same rule; the other side learns of us and dials.
+    for (node, m) in &st.members {
+        let mine = cfg.name < *node || m.status == Status::Down;
+        if !st.links.contains_key(node) && mine {
+            dial.push((m.listen.clone(), Some(node.clone())));
+        }
+    }
+    for (node, c) in &st.candidates {
+        if cfg.name < *node && !st.links.contains_key(node) {
+            dial.push((c.listen.clone(), Some(node.clone())));
+        }
+    }
+    if st.members.is_empty() {
+        dial.extend(cfg.seeds.iter().map(|s| (s.clone(), None)));
+    }
+    dial.retain(|(a, _)| !st.dialing.contains(a));
+    dial.truncate(MAX_DIALS.saturating_sub(st.dialing.len()));
+    for (a, _) in &dial {
+        st.dialing.insert(a.clone());
+    }
+    dial
+}
+
 /// One heartbeat round: detect silent peers, send heartbeats, dial unlinked members.
 fn heartbeat(
     cfg: &NodeConfig,
@@ -257,33 +419,14 @@ fn heartbeat(
     shared: &Arc<Shared>,
     stop: &watch::Receiver<bool>,
 ) {
-    let mut dial: Vec<String> = Vec::new();
-    let mut down: Vec<String> = Vec::new();
-    {
+    let (down, dial) = {
         let mut st = shared.lock();
-        let now = Instant::now();
-        let mut changed = false;
-        for (node, (_, status, seen)) in st.members.iter_mut() {
-            if *status == Status::Up && now.duration_since(*seen) > cfg.failure_timeout {
-                *status = Status::Down;
-                changed = true;
-                down.push(node.clone());
-                tracing::warn!(peer = %node, "peer declared down");
-            }
-        }
-        // A peer declared down loses its link: if it comes back, it does so through a new
-        // handshake, as a fresh member.
-        for node in &down {
-            st.links.remove(node);
-            if let Some((_, kill)) = st.kills.remove(node) {
-                kill.notify_one();
-            }
-        }
+        let down = detect(cfg, &mut st);
         let members: Vec<(String, String)> = st
             .members
             .iter()
-            .filter(|(_, (_, s, _))| *s == Status::Up)
-            .map(|(n, (l, _, _))| (n.clone(), l.clone()))
+            .filter(|(_, m)| m.status == Status::Up)
+            .map(|(n, m)| (n.clone(), m.listen.clone()))
             .collect();
         st.links.retain(|_, tx| {
             tx.send(Outgoing::Frame(Message::Heartbeat {
@@ -292,226 +435,107 @@ fn heartbeat(
             }))
             .is_ok()
         });
-        // Members without a link are dialled, down ones too (that is how a partition heals).
-        // Between two live members only the one with the lower id dials: if both dialled at
-        // once, each side could keep the link it registered first and refuse the other, so
-        // both links would close — and frames already sent on them would be lost.
-        for (node, (listen, status, _)) in &st.members {
-            let mine = cfg.name < *node || *status == Status::Down;
-            if !st.links.contains_key(node) && *node != cfg.name && mine {
-                dial.push(listen.clone());
-            }
-        }
-        if st.members.is_empty() {
-            dial.extend(cfg.seeds.iter().cloned());
-        }
-        dial.retain(|a| !st.dialing.contains(a));
-        for a in &dial {
-            st.dialing.insert(a.clone());
-        }
-        if changed {
+        let dial = to_dial(cfg, &mut st);
+        if !down.is_empty() {
             shared.changed.notify_all();
         }
-    }
+        (down, dial)
+    };
     if !down.is_empty() {
         let up = shared.up_peers();
         for node in down {
             crate::hosting::on_node_down(shared, &cfg.name, &node, &up);
         }
     }
-    for addr in dial {
+    for (addr, expect) in dial {
         let (hs, shared, stop) = (hs.clone(), shared.clone(), stop.clone());
-        let max = cfg.max_frame;
+        let (max, budget) = (cfg.max_frame, cfg.link_budget);
         let target = match &cfg.dial_via {
             Some(via) => via(&addr),
             None => addr.clone(),
         };
         tokio::spawn(async move {
-            if let Ok(stream) = TcpStream::connect(&target).await {
-                link(stream, hs, max, shared.clone(), stop, Some(addr.clone())).await;
+            let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target));
+            if let Ok(Ok(stream)) = connected.await {
+                let role = Role::Initiator { expect };
+                let dialled = Some(addr.clone());
+                link(
+                    stream,
+                    hs,
+                    role,
+                    None,
+                    max,
+                    budget,
+                    shared.clone(),
+                    stop,
+                    dialled,
+                )
+                .await;
             }
             shared.lock().dialing.remove(&addr);
         });
     }
 }
 
-/// Runs one link: handshake, then a writer fed by a channel and a reader that records
-/// liveness and learns members.
-async fn link(
-    mut stream: TcpStream,
-    hs: HandshakeConfig,
-    max: u32,
-    shared: Arc<Shared>,
-    stop: watch::Receiver<bool>,
-    dialled: Option<String>,
-) {
-    let _ = stream.set_nodelay(true);
-    let peer = match handshake(&mut stream, &hs).await {
-        Ok(p) => p,
-        Err(e) => {
-            tracing::warn!(error = %e, "link refused");
-            return;
-        }
-    };
-    let (tx, mut rx) = mpsc::unbounded_channel::<Outgoing>();
-    let tx_back = tx.clone();
-    let Some((id, kill)) = register(&shared, &peer, tx) else {
-        // Already linked to this node (both dialled at once): keep the older link.
-        let _ = write_frame(&mut stream, &Message::Refused(RefuseReason::DuplicateNode)).await;
-        return;
-    };
-    if let Some(a) = dialled {
-        // Linked: a later dial to this address may happen once this link is gone.
-        shared.lock().dialing.remove(&a);
-    }
-    tracing::info!(peer = %peer.node, "link up");
-    let (mut r, mut w) = stream.into_split();
-    let counters_peer = peer.node.clone();
-    let counters = shared
-        .counters
-        .entry(peer.node.clone())
-        .or_default()
-        .clone();
-    let writer = tokio::spawn(async move {
-        // Frames queued together go out in one write (fewer syscalls under load); a flush
-        // request is answered once everything queued before it is written.
-        // Credits returned for one channel in the same batch go out as one frame.
-        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-        let mut flushed = Vec::new();
-        let mut credits: Vec<(ChannelKey, EdgeAddress, u32)> = Vec::new();
-        let put = |m: &Message, buf: &mut Vec<u8>| {
-            let before = buf.len();
-            if encode(m, buf).is_err() {
-                tracing::error!(peer = %counters_peer, "cannot encode a frame; dropped");
-                buf.truncate(before);
-            } else {
-                counters.count(m, buf.len() - before);
-            }
-        };
-        while let Some(first) = rx.recv().await {
-            let mut next = Some(first);
-            while let Some(m) = next.take() {
-                match m {
-                    Outgoing::Frame(Message::Credit { edge, n }) => {
-                        let key = channel_key(&edge);
-                        match credits.iter_mut().find(|c| c.0 == key) {
-                            Some(c) => c.2 = c.2.saturating_add(n),
-                            None => credits.push((key, edge, n)),
-                        }
-                    }
-                    Outgoing::Frame(m) => put(&m, &mut buf),
-                    Outgoing::Flushed(done) => flushed.push(done),
-                }
-                if buf.len() < WRITE_BATCH && credits.len() < MAX_MERGED_CREDITS {
-                    next = rx.try_recv().ok();
-                }
-            }
-            for (_, edge, n) in credits.drain(..) {
-                put(&Message::Credit { edge, n }, &mut buf);
-            }
-            if w.write_all(&buf).await.is_err() || w.flush().await.is_err() {
-                break;
-            }
-            buf.clear();
-            for done in flushed.drain(..) {
-                let _ = done.send(());
-            }
-        }
-    });
-    let mut stop = stop;
-    loop {
-        tokio::select! {
-            _ = stop.changed() => break,
-            _ = kill.notified() => {
-                tracing::warn!(peer = %peer.node, "link to a peer declared down closed");
-                break;
-            }
-            frame = read_frame(&mut r, max) => match frame {
-                Ok(Message::Heartbeat { members, .. }) => seen(&shared, &peer, &hs.node, members),
-                Ok(Message::Data { edge, event }) => {
-                    seen(&shared, &peer, &hs.node, Vec::new());
-                    let back = LinkSender { tx: tx_back.clone(), peer: peer.node.clone() };
-                    match shared.inboxes.get(&(edge.job, edge.chain, edge.to)).map(|i| i.clone()) {
-                        Some(inbox) => deliver(&inbox, edge, event, back),
-                        None => {
-                            tracing::warn!(peer = %peer.node, ?edge, "data for an unknown subtask; dropped");
-                            back.send(Message::Credit { edge, n: 1 });
-                        }
-                    }
-                }
-                Ok(Message::Credit { edge, n }) => {
-                    seen(&shared, &peer, &hs.node, Vec::new());
-                    if let Some(r) = shared.returns.get(&channel_key(&edge)) {
-                        r.do_send(CreditsReturned(n));
-                    }
-                }
-                Ok(m @ (Message::JobStart { .. } | Message::Spawn { .. } | Message::Control { .. }
-                    | Message::Report { .. } | Message::Decision { .. } | Message::Placement { .. }
-                    | Message::JobEnd { .. } | Message::StatsRequest { .. } | Message::Stats { .. })) => {
-                    seen(&shared, &peer, &hs.node, Vec::new());
-                    let back = LinkSender { tx: tx_back.clone(), peer: peer.node.clone() };
-                    crate::hosting::on_frame(&shared, &hs.node, &peer.node, m, back);
-                }
-                Ok(_) => seen(&shared, &peer, &hs.node, Vec::new()),
-                Err(e) => {
-                    tracing::warn!(peer = %peer.node, error = %e, "link closed");
-                    break;
-                }
-            }
-        }
-    }
-    writer.abort();
-    let mut st = shared.lock();
-    if st.kills.get(&peer.node).is_some_and(|(i, _)| *i == id) {
-        st.kills.remove(&peer.node);
-        st.links.remove(&peer.node);
-    }
-}
-
-/// Registers an authenticated link (its id and close signal); `None` if the node is linked
-/// already.
-fn register(
+/// Registers an authenticated link (its id and close signal), or says why it is refused: the
+/// node is linked already, or it is a live member whose links came from another address.
+pub(crate) fn register(
     shared: &Arc<Shared>,
     peer: &Peer,
+    ip: Option<IpAddr>,
     tx: mpsc::UnboundedSender<Outgoing>,
-) -> Option<(u64, Arc<tokio::sync::Notify>)> {
+) -> Result<(u64, Arc<tokio::sync::Notify>), RefuseReason> {
     let mut st = shared.lock();
     if st.links.contains_key(&peer.node) {
-        return None;
+        return Err(RefuseReason::DuplicateNode);
+    }
+    if let Some(m) = st.members.get(&peer.node) {
+        if m.status == Status::Up && (m.listen != peer.listen || m.ip != ip) {
+            return Err(RefuseReason::DuplicateNode);
+        }
     }
     st.next_link += 1;
     let id = st.next_link;
     let kill = Arc::new(tokio::sync::Notify::new());
     st.kills.insert(peer.node.clone(), (id, kill.clone()));
     st.links.insert(peer.node.clone(), tx);
+    st.candidates.remove(&peer.node);
     st.members.insert(
         peer.node.clone(),
-        (peer.listen.clone(), Status::Up, Instant::now()),
+        MemberState {
+            listen: peer.listen.clone(),
+            status: Status::Up,
+            seen: Instant::now(),
+            ip,
+            down_since: None,
+        },
     );
     shared.changed.notify_all();
-    Some((id, kill))
+    Ok((id, kill))
 }
 
-/// A frame from `peer`: it is alive; members it knows that we do not are added (and dialled
-/// at the next heartbeat).
-fn seen(shared: &Arc<Shared>, peer: &Peer, me: &str, members: Vec<(String, String)>) {
+/// A frame from `peer`: it is alive. Node ids it mentions that are not members become
+/// candidates, to be verified by dialling them.
+pub(crate) fn seen(shared: &Arc<Shared>, peer: &Peer, me: &str, members: Vec<(String, String)>) {
     let mut st = shared.lock();
     let mut changed = false;
-    let e = st
-        .members
-        .entry(peer.node.clone())
-        .or_insert_with(|| (peer.listen.clone(), Status::Up, Instant::now()));
-    if e.1 == Status::Down {
-        changed = true;
-    }
-    e.1 = Status::Up;
-    e.2 = Instant::now();
-    for (node, listen) in members {
-        if node != me && !st.members.contains_key(&node) {
-            st.members
-                .insert(node, (listen, Status::Up, Instant::now()));
+    if let Some(m) = st.members.get_mut(&peer.node) {
+        if m.status == Status::Down {
             changed = true;
         }
+        m.status = Status::Up;
+        m.down_since = None;
+        m.seen = Instant::now();
+    }
+    for (node, listen) in members {
+        if node == me || st.members.contains_key(&node) || st.candidates.contains_key(&node) {
+            continue;
+        }
+        if st.candidates.len() >= MAX_CANDIDATES || !valid_node_id(&node) || listen.len() > 256 {
+            continue;
+        }
+        let since = Instant::now();
+        st.candidates.insert(node, Candidate { listen, since });
     }
     if changed {
         shared.changed.notify_all();

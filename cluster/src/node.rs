@@ -9,10 +9,12 @@
 //!
 //! Jobs registered on the builder run across the nodes (see [`crate::job`]).
 
+use crate::guard::{Admission, Limits};
 use crate::hosting::HostedEnd;
 use crate::job::{ClusterJob, JobBuilder, JobOptions};
-use crate::mesh::{members_of, run, Shared};
+use crate::mesh::{handshake_config, members_of, run, Shared};
 use crate::remote::{channel_key, Inbox, LinkSender, Outgoing, RemoteMailbox};
+use crate::secret::Secret;
 use crate::wire::{EdgeAddress, DEFAULT_MAX_FRAME};
 use actix::prelude::{Actor, Addr};
 use riffle_actors::JobError;
@@ -27,6 +29,10 @@ use tokio::sync::watch;
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Default failure timeout: a peer silent this long is down.
 pub const DEFAULT_FAILURE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Default time after which a member that stays down is forgotten.
+pub const DEFAULT_FORGET_AFTER: Duration = Duration::from_secs(60);
+/// Default memory a peer's delivered, unhandled batches may hold on a node (256 MiB).
+pub const DEFAULT_LINK_BUDGET: usize = 256 << 20;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +76,23 @@ pub struct Member {
     pub status: Status,
 }
 
+/// What a node refused since it started ([`Node::refusals`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Refusals {
+    /// Connections turned away before their handshake (limits, rate limit, open files).
+    pub connections: u64,
+    /// Handshakes that failed: wrong secret, cluster or version, own id, malformed, late.
+    pub handshakes: u64,
+    /// Authenticated links refused: the id is linked already, or claimed from another address
+    /// while its member is up.
+    pub links: u64,
+    /// Job frames from a node without authority over the job (not its coordinator, or not
+    /// one of its nodes).
+    pub frames: u64,
+    /// Links closed because the peer's unhandled batches exceeded the link budget.
+    pub over_budget: u64,
+}
+
 /// Settings of a node; see [`NodeBuilder`].
 #[derive(Clone)]
 pub(crate) struct NodeConfig {
@@ -77,7 +100,12 @@ pub(crate) struct NodeConfig {
     pub(crate) cluster: String,
     pub(crate) listen: String,
     pub(crate) seeds: Vec<String>,
-    pub(crate) secret: Vec<u8>,
+    pub(crate) secret: Option<Secret>,
+    pub(crate) encrypt: bool,
+    pub(crate) limits: Option<Limits>,
+    pub(crate) forget_after: Duration,
+    pub(crate) link_budget: usize,
+    pub(crate) handshake_timeout: Duration,
     pub(crate) heartbeat: Duration,
     pub(crate) failure_timeout: Duration,
     pub(crate) max_frame: u32,
@@ -97,12 +125,15 @@ impl std::fmt::Debug for NodeConfig {
             .field("cluster", &self.cluster)
             .field("listen", &self.listen)
             .field("seeds", &self.seeds)
+            .field("secret", &self.secret)
+            .field("encrypt", &self.encrypt)
             .field("jobs", &self.jobs.iter().map(|j| &j.0).collect::<Vec<_>>())
             .finish_non_exhaustive()
     }
 }
 
-/// Builds a [`Node`]: `Node::builder().name("n1").listen("127.0.0.1:0").secret(b"..").start()`.
+/// Builds a [`Node`]:
+/// `Node::builder().name("n1").listen("127.0.0.1:0").secret(Secret::from_file(path)?).start()`.
 #[derive(Clone, Debug)]
 pub struct NodeBuilder {
     cfg: NodeConfig,
@@ -129,9 +160,41 @@ impl NodeBuilder {
         self.cfg.seeds = seeds.into_iter().map(Into::into).collect();
         self
     }
-    /// The shared secret every member must hold (required).
-    pub fn secret(mut self, secret: &[u8]) -> Self {
-        self.cfg.secret = secret.to_vec();
+    /// The shared secret every member must hold (required; there is no default). Read it
+    /// with [`Secret::from_file`] or [`Secret::from_env`].
+    pub fn secret(mut self, secret: Secret) -> Self {
+        self.cfg.secret = Some(secret);
+        self
+    }
+    /// Encrypts every link after the handshake (default off). Every member of a cluster must
+    /// choose the same; a node refuses a peer that chose otherwise. Turn it on where links
+    /// cross a network you do not control: without it, a node without the secret still cannot
+    /// join or speak on a link, but someone on the path can read and alter the traffic.
+    pub fn encrypt(mut self, on: bool) -> Self {
+        self.cfg.encrypt = on;
+        self
+    }
+    /// Limits on incoming connections before they authenticate (default [`Limits::default`]).
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.cfg.limits = Some(limits);
+        self
+    }
+    /// How long a member may stay down before it is forgotten (default
+    /// [`DEFAULT_FORGET_AFTER`]); a forgotten node can rejoin through its seeds.
+    pub fn forget_after(mut self, after: Duration) -> Self {
+        self.cfg.forget_after = after;
+        self
+    }
+    /// The memory one peer's delivered batches may hold on this node before the subtasks
+    /// handle them (default [`DEFAULT_LINK_BUDGET`]); a peer past it ignores the credit
+    /// protocol and its link closes.
+    pub fn link_budget(mut self, bytes: usize) -> Self {
+        self.cfg.link_budget = bytes;
+        self
+    }
+    /// Deadline of a link's handshake (default 5 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.cfg.handshake_timeout = timeout;
         self
     }
     /// Heartbeat interval (default [`DEFAULT_HEARTBEAT`]).
@@ -184,8 +247,10 @@ impl NodeBuilder {
         if cfg.name.is_empty() {
             return Err(NodeError::Config("a node needs a name"));
         }
-        if cfg.secret.is_empty() {
-            return Err(NodeError::Config("a node needs a shared secret"));
+        if !crate::handshake::valid_node_id(&cfg.name) {
+            return Err(NodeError::Config(
+                "a node name is 1 to 128 printable characters without spaces",
+            ));
         }
         let std_listener =
             std::net::TcpListener::bind(&cfg.listen).map_err(|source| NodeError::Bind {
@@ -196,9 +261,13 @@ impl NodeBuilder {
             .set_nonblocking(true)
             .map_err(NodeError::Runtime)?;
         let local = std_listener.local_addr().map_err(NodeError::Runtime)?;
+        let hs = handshake_config(&cfg, local).ok_or(NodeError::Config(
+            "a node needs the cluster's shared secret (NodeBuilder::secret)",
+        ))?;
         let shared = Arc::new(Shared {
             builders: cfg.jobs.iter().cloned().collect(),
             checkpoint_dir: cfg.checkpoint_dir.clone(),
+            admission: Some(Admission::new(cfg.limits.clone().unwrap_or_default())),
             ..Shared::default()
         });
         let name = cfg.name.clone();
@@ -213,7 +282,7 @@ impl NodeBuilder {
             .spawn(move || {
                 runtime.block_on(async move {
                     match TcpListener::from_std(std_listener) {
-                        Ok(listener) => run(cfg, local, listener, s, stop_rx).await,
+                        Ok(listener) => run(cfg, hs, listener, s, stop_rx).await,
                         Err(e) => tracing::error!(error = %e, "listener unusable"),
                     }
                 })
@@ -247,7 +316,12 @@ impl Node {
                 cluster: "riffle".to_string(),
                 listen: "127.0.0.1:0".to_string(),
                 seeds: Vec::new(),
-                secret: Vec::new(),
+                secret: None,
+                encrypt: false,
+                limits: None,
+                forget_after: DEFAULT_FORGET_AFTER,
+                link_budget: DEFAULT_LINK_BUDGET,
+                handshake_timeout: Duration::from_secs(5),
                 heartbeat: DEFAULT_HEARTBEAT,
                 failure_timeout: DEFAULT_FAILURE_TIMEOUT,
                 max_frame: DEFAULT_MAX_FRAME,
@@ -308,6 +382,24 @@ impl Node {
                 Some(e) => Some(Some(e)),
                 None => late.then_some(None),
             })
+    }
+
+    /// What this node refused since it started.
+    pub fn refusals(&self) -> Refusals {
+        use std::sync::atomic::Ordering::Relaxed;
+        let r = &self.shared.refused;
+        Refusals {
+            connections: self.shared.admission.as_ref().map_or(0, |a| a.refused()),
+            handshakes: r.handshakes.load(Relaxed),
+            links: r.links.load(Relaxed),
+            frames: r.frames.load(Relaxed),
+            over_budget: r.over_budget.load(Relaxed),
+        }
+    }
+
+    /// Node ids this node heard of from members but has not verified (linked with) yet.
+    pub fn candidates(&self) -> usize {
+        self.shared.lock().candidates.len()
     }
 
     /// The other members this node knows, sorted by id.

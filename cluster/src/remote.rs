@@ -12,6 +12,7 @@
 //! subtask's address and its record codec); a `Data` frame is decoded into the typed batch
 //! and delivered with a [`RemoteCredit`] whose drop sends the `Credit` frame back.
 
+use crate::link::LinkBudget;
 use crate::wire::{EdgeAddress, Message, WireEvent};
 use actix::prelude::{Actor, AsyncContext, Context, Handler, Recipient};
 use riffle_actors::{Credit, DataMessage, Event, RemoteCredit};
@@ -250,20 +251,37 @@ pub struct Inbox {
 }
 
 /// Delivers a `Data` frame into `inbox`, with a credit that answers on `link` when dropped.
-pub(crate) fn deliver(inbox: &Inbox, edge: EdgeAddress, event: WireEvent, link: LinkSender) {
-    let event = match event {
-        WireEvent::Batch(bytes) => match inbox.codec.decode(&bytes) {
-            Ok((payload, len)) => Event::Batch { payload, len },
-            Err(e) => {
-                tracing::error!(?edge, error = %e, "undecodable batch; dropped");
-                let _ = link.send(Message::Credit { edge, n: 1 });
-                return;
+/// The batch's bytes count against the link's `budget` until then; `false` (and nothing
+/// delivered) if the budget is exceeded — the peer sent more than its credits allow.
+pub(crate) fn deliver(
+    inbox: &Inbox,
+    edge: EdgeAddress,
+    event: WireEvent,
+    link: LinkSender,
+    budget: &Arc<LinkBudget>,
+) -> bool {
+    let (event, bytes) = match event {
+        WireEvent::Batch(bytes) => {
+            let size = bytes.len();
+            if !budget.take(size) {
+                return false;
             }
-        },
-        WireEvent::Barrier(n) => Event::Barrier(n),
-        WireEvent::EndOfInput => Event::EndOfInput,
+            match inbox.codec.decode(&bytes) {
+                Ok((payload, len)) => (Event::Batch { payload, len }, size),
+                Err(e) => {
+                    budget.give(size);
+                    tracing::error!(?edge, error = %e, "undecodable batch; dropped");
+                    let _ = link.send(Message::Credit { edge, n: 1 });
+                    return true;
+                }
+            }
+        }
+        WireEvent::Barrier(n) => (Event::Barrier(n), 0),
+        WireEvent::EndOfInput => (Event::EndOfInput, 0),
     };
+    let held = budget.clone();
     let credit = RemoteCredit::new(move || {
+        held.give(bytes);
         let _ = link.send(Message::Credit { edge, n: 1 });
     });
     let msg = DataMessage {
@@ -276,4 +294,5 @@ pub(crate) fn deliver(inbox: &Inbox, edge: EdgeAddress, event: WireEvent, link: 
         // Dropping the message returns the credit; the sender is not stalled by a dead inbox.
         tracing::warn!(?edge, error = %e, "inbox unavailable; event dropped");
     }
+    true
 }

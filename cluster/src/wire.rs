@@ -14,10 +14,14 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+pub const PROTOCOL_VERSION: u8 = 2;
 
-/// Default largest frame accepted (16 MiB).
+/// Default largest frame accepted on an authenticated link (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
+
+/// Largest frame accepted before a link is authenticated (4 KiB): a peer that has not proved
+/// the secret cannot make a node allocate more than this.
+pub const HANDSHAKE_MAX_FRAME: u32 = 4 << 10;
 
 /// Bytes of header after the length: version and tag.
 const HEADER: usize = 2;
@@ -86,7 +90,7 @@ pub struct EdgeAddress {
     pub channel: u32,
 }
 
-/// First frame on a link, both ways.
+/// First frame on a link, both ways (the dialling side sends first).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     /// The sender's protocol version (also in the header; repeated for the log).
@@ -97,15 +101,11 @@ pub struct Hello {
     pub node: String,
     /// The address the sender listens on.
     pub listen: String,
-    /// A fresh random challenge for the receiver to sign.
+    /// A fresh random value: the Noise handshake that follows is bound to both sides'
+    /// hellos, so the responder's nonce makes the initiator's proof fresh.
     pub nonce: [u8; 32],
-}
-
-/// Proof of the shared secret: HMAC-SHA256 over the receiver's nonce (see `handshake`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Auth {
-    /// The MAC.
-    pub mac: Vec<u8>,
+    /// Whether the sender encrypts the link after the handshake (both sides must agree).
+    pub encrypt: bool,
 }
 
 /// Why a peer was refused.
@@ -117,8 +117,21 @@ pub enum RefuseReason {
     Cluster,
     /// The secret did not match.
     BadAuth,
-    /// The same node id is already linked.
+    /// The same node id is already linked (from another address, or at the same moment).
     DuplicateNode,
+    /// The peer claimed the receiving node's own id.
+    SelfId,
+    /// The dialled address answered with another node id than the member dialled.
+    UnexpectedNode,
+    /// One side encrypts its links and the other does not.
+    Encryption,
+    /// The node is at its limit of connections or pending handshakes, or near its limit of
+    /// open files; try again later.
+    Busy,
+    /// Too many failed handshakes from this address lately; try again later.
+    RateLimited,
+    /// A node id that is empty, too long or not printable.
+    BadNodeId,
 }
 
 /// What a `Data` frame carries, in the channel's order.
@@ -135,12 +148,11 @@ pub enum WireEvent {
 /// Every message of the protocol. The tag on the wire is [`Message::tag`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Message {
-    /// Handshake: who I am and a challenge.
+    /// Handshake: who I am, with a fresh nonce.
     Hello(Hello),
-    /// Handshake: the answer to the peer's challenge.
-    Auth(Auth),
-    /// Handshake: the peer's answer was right; the link is up.
-    Welcome,
+    /// Handshake: a message of the Noise `NNpsk0` handshake bound to both hellos
+    /// (see `handshake`).
+    Noise(Vec<u8>),
     /// Handshake: the peer is refused; the link closes.
     Refused(RefuseReason),
     /// Liveness, with the sender's view of the cluster (node id, listen address).
@@ -248,8 +260,7 @@ impl Message {
     pub fn tag(&self) -> u8 {
         match self {
             Message::Hello(_) => 1,
-            Message::Auth(_) => 2,
-            Message::Welcome => 3,
+            Message::Noise(_) => 2,
             Message::Refused(_) => 4,
             Message::Heartbeat { .. } => 5,
             Message::Data { .. } => 6,
@@ -268,6 +279,8 @@ impl Message {
 }
 
 const MAX_TAG: u8 = 16;
+/// Tag 3 was version 1's `Welcome`; no message has it now.
+const RETIRED_TAG: u8 = 3;
 
 /// Appends the frame of `msg` to `out`.
 ///
@@ -314,7 +327,7 @@ fn decode_payload(payload: &[u8]) -> Result<Message, WireError> {
             expected: PROTOCOL_VERSION,
         });
     }
-    if tag == 0 || tag > MAX_TAG {
+    if tag == 0 || tag == RETIRED_TAG || tag > MAX_TAG {
         return Err(WireError::UnknownTag(tag));
     }
     let msg: Message = rmp_serde::from_slice(body).map_err(|e| WireError::BadBody {
@@ -397,9 +410,9 @@ mod tests {
                 node: "n1".into(),
                 listen: "127.0.0.1:1".into(),
                 nonce: [7; 32],
+                encrypt: true,
             }),
-            Message::Auth(Auth { mac: vec![1, 2, 3] }),
-            Message::Welcome,
+            Message::Noise(vec![1, 2, 3]),
             Message::Refused(RefuseReason::BadAuth),
             Message::Heartbeat {
                 seq: 9,
@@ -474,12 +487,17 @@ mod tests {
             Err(WireError::BadBody { tag: 1, .. })
         ));
         // A valid body under the wrong tag.
-        let mut welcome = Vec::new();
-        encode(&Message::Welcome, &mut welcome).expect("encode");
-        welcome[5] = 2;
+        let mut refused = Vec::new();
+        encode(&Message::Refused(RefuseReason::Busy), &mut refused).expect("encode");
+        refused[5] = 2;
         assert!(matches!(
-            decode(&welcome, max),
+            decode(&refused, max),
             Err(WireError::BadBody { tag: 2, .. })
+        ));
+        let retired = [2, 0, 0, 0, PROTOCOL_VERSION, 3];
+        assert!(matches!(
+            decode(&retired, max),
+            Err(WireError::UnknownTag(3))
         ));
     }
 

@@ -1,0 +1,246 @@
+//! Limits before trust: what a node grants a connection that has not authenticated yet.
+//!
+//! Every accepted connection needs a [`Ticket`] before its handshake starts. A ticket is
+//! refused (the connection gets `Refused(Busy)` or `Refused(RateLimited)` and is closed at
+//! once, before anything is read) when
+//! - the node already has [`Limits::max_pending`] handshakes under way, or
+//!   [`Limits::max_pending_per_addr`] from the connection's IP address;
+//! - the node has [`Limits::max_connections`] accepted connections (pending or linked);
+//! - the connection's address failed [`Limits::max_failures`] handshakes within
+//!   [`Limits::failure_window`];
+//! - the process is within [`Limits::fd_reserve`] files of its open-file limit, so that an
+//!   attacker's connections can never take the files a running job needs.
+//!
+//! A ticket returns its place when dropped. Before the handshake completes a peer's frames are
+//! limited to `HANDSHAKE_MAX_FRAME` bytes, and the handshake has a deadline, so an unfinished
+//! handshake holds one socket and a few KiB for at most that long.
+
+use crate::wire::RefuseReason;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// How many connections, handshakes and failures a node accepts (see the module docs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Handshakes under way at once (default 64).
+    pub max_pending: usize,
+    /// Handshakes under way at once from one IP address (default 16).
+    pub max_pending_per_addr: usize,
+    /// Accepted connections at once, pending or linked (default 256).
+    pub max_connections: usize,
+    /// Failed handshakes from one IP address within `failure_window` before that address is
+    /// refused until the window passes (default 32).
+    pub max_failures: u32,
+    /// The window of `max_failures` (default 10 s).
+    pub failure_window: Duration,
+    /// Open files kept free for the node's jobs: new connections are refused when fewer
+    /// remain below the process's limit (default 128).
+    pub fd_reserve: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending: 64,
+            max_pending_per_addr: 16,
+            max_connections: 256,
+            max_failures: 32,
+            failure_window: Duration::from_secs(10),
+            fd_reserve: 128,
+        }
+    }
+}
+
+#[derive(Default)]
+struct Counts {
+    pending: usize,
+    connections: usize,
+    per_addr: HashMap<IpAddr, usize>,
+    failures: HashMap<IpAddr, (u32, Instant)>,
+    refused: u64,
+}
+
+/// A node's admission control for incoming connections.
+pub(crate) struct Admission {
+    limits: Limits,
+    counts: Mutex<Counts>,
+}
+
+/// A connection's place: pending until [`Ticket::linked`], returned when dropped.
+pub(crate) struct Ticket {
+    adm: Arc<Admission>,
+    ip: IpAddr,
+    pending: bool,
+}
+
+impl Admission {
+    pub(crate) fn new(limits: Limits) -> Arc<Self> {
+        Arc::new(Admission {
+            limits,
+            counts: Mutex::new(Counts::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Counts> {
+        self.counts.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A place for a new connection from `ip`, or why there is none.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, RefuseReason> {
+        let mut c = self.lock();
+        let l = &self.limits;
+        let refuse = |c: &mut Counts, r| {
+            c.refused += 1;
+            Err(r)
+        };
+        if let Some((n, since)) = c.failures.get(&ip).copied() {
+            if since.elapsed() > l.failure_window {
+                c.failures.remove(&ip);
+            } else if n >= l.max_failures {
+                return refuse(&mut c, RefuseReason::RateLimited);
+            }
+        }
+        let from_ip = c.per_addr.get(&ip).copied().unwrap_or(0);
+        if c.pending >= l.max_pending
+            || from_ip >= l.max_pending_per_addr
+            || c.connections >= l.max_connections
+            || near_file_limit(l.fd_reserve)
+        {
+            return refuse(&mut c, RefuseReason::Busy);
+        }
+        c.pending += 1;
+        c.connections += 1;
+        *c.per_addr.entry(ip).or_default() += 1;
+        Ok(Ticket {
+            adm: self.clone(),
+            ip,
+            pending: true,
+        })
+    }
+
+    /// Counts a failed handshake from `ip`.
+    pub(crate) fn failed(&self, ip: IpAddr) {
+        let mut c = self.lock();
+        let window = self.limits.failure_window;
+        let e = c.failures.entry(ip).or_insert((0, Instant::now()));
+        if e.1.elapsed() > window {
+            *e = (0, Instant::now());
+        }
+        e.0 += 1;
+        // The table stays small: forget addresses whose window passed.
+        if c.failures.len() > 4096 {
+            c.failures.retain(|_, (_, t)| t.elapsed() <= window);
+        }
+    }
+
+    /// Connections refused so far.
+    pub(crate) fn refused(&self) -> u64 {
+        self.lock().refused
+    }
+
+    fn leave_pending(c: &mut Counts, ip: IpAddr) {
+        c.pending = c.pending.saturating_sub(1);
+        if let Some(n) = c.per_addr.get_mut(&ip) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_addr.remove(&ip);
+            }
+        }
+    }
+}
+
+impl Ticket {
+    /// The handshake succeeded: the connection no longer counts as pending.
+    pub(crate) fn linked(&mut self) {
+        if std::mem::take(&mut self.pending) {
+            Admission::leave_pending(&mut self.adm.lock(), self.ip);
+        }
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        let mut c = self.adm.lock();
+        if self.pending {
+            Admission::leave_pending(&mut c, self.ip);
+        }
+        c.connections = c.connections.saturating_sub(1);
+    }
+}
+
+/// Whether the process has fewer than `reserve` files left below its open-file limit
+/// (Linux: counts `/proc/self/fd`; elsewhere never).
+fn near_file_limit(reserve: usize) -> bool {
+    let Some(limit) = file_limit() else {
+        return false;
+    };
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return false;
+    };
+    let open = dir.count();
+    open + reserve >= limit
+}
+
+/// The process's soft limit of open files, if it has one (Linux: `/proc/self/limits`).
+fn file_limit() -> Option<usize> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([10, 0, 0, last])
+    }
+
+    #[test]
+    fn pending_limits_hold_and_tickets_return_their_place() {
+        let adm = Admission::new(Limits {
+            max_pending: 3,
+            max_pending_per_addr: 2,
+            ..Limits::default()
+        });
+        let a1 = adm.admit(ip(1)).expect("first");
+        let _a2 = adm.admit(ip(1)).expect("second");
+        assert_eq!(
+            adm.admit(ip(1)).err(),
+            Some(RefuseReason::Busy),
+            "per address"
+        );
+        let _b = adm.admit(ip(2)).expect("another address");
+        assert_eq!(adm.admit(ip(3)).err(), Some(RefuseReason::Busy), "per node");
+        drop(a1);
+        let mut c = adm.admit(ip(3)).expect("a place came back");
+        c.linked();
+        let _d = adm
+            .admit(ip(4))
+            .expect("a linked connection is not pending");
+        assert_eq!(adm.refused(), 2);
+    }
+
+    #[test]
+    fn failures_rate_limit_an_address_for_a_window() {
+        let adm = Admission::new(Limits {
+            max_failures: 2,
+            failure_window: Duration::from_millis(50),
+            ..Limits::default()
+        });
+        adm.failed(ip(1));
+        adm.failed(ip(1));
+        assert_eq!(adm.admit(ip(1)).err(), Some(RefuseReason::RateLimited));
+        assert!(adm.admit(ip(2)).is_ok(), "other addresses are not limited");
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(adm.admit(ip(1)).is_ok(), "the window passed");
+    }
+
+    #[test]
+    fn the_open_file_limit_is_read() {
+        assert!(file_limit().is_some_and(|l| l > 0));
+        assert!(!near_file_limit(0) || file_limit().is_some_and(|l| l < 64));
+    }
+}
