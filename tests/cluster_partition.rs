@@ -11,91 +11,13 @@
 
 mod common;
 
+use common::proxy::{Proxy, BLACKHOLE, DELAY, PASS, RESET};
 use riffle::cluster::{Node, Status};
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::Path;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const SECRET: &[u8] = b"partition test secret";
-
-const PASS: u8 = 0;
-const DELAY: u8 = 1;
-const BLACKHOLE: u8 = 2;
-const RESET: u8 = 3;
-
-/// A TCP proxy in front of `upstream` whose behaviour the test switches at any time.
-struct Proxy {
-    addr: String,
-    mode: Arc<AtomicU8>,
-    conns: Arc<Mutex<Vec<TcpStream>>>,
-}
-
-impl Proxy {
-    fn start(upstream: String) -> Proxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy bind");
-        let addr = listener.local_addr().expect("addr").to_string();
-        let mode = Arc::new(AtomicU8::new(PASS));
-        let conns: Arc<Mutex<Vec<TcpStream>>> = Arc::default();
-        let (m, c) = (mode.clone(), conns.clone());
-        std::thread::spawn(move || {
-            for client in listener.incoming().flatten() {
-                if m.load(Ordering::SeqCst) == RESET {
-                    let _ = client.shutdown(Shutdown::Both);
-                    continue;
-                }
-                let Ok(server) = TcpStream::connect(&upstream) else {
-                    continue;
-                };
-                for s in [&client, &server] {
-                    if let Ok(s) = s.try_clone() {
-                        c.lock().expect("conns").push(s);
-                    }
-                }
-                pump(&client, &server, m.clone());
-                pump(&server, &client, m.clone());
-            }
-        });
-        Proxy { addr, mode, conns }
-    }
-
-    fn set(&self, mode: u8) {
-        self.mode.store(mode, Ordering::SeqCst);
-        if mode == RESET {
-            for s in self.conns.lock().expect("conns").drain(..) {
-                let _ = s.shutdown(Shutdown::Both);
-            }
-        }
-    }
-}
-
-/// Copies `from` → `to` as the proxy's mode says.
-fn pump(from: &TcpStream, to: &TcpStream, mode: Arc<AtomicU8>) {
-    let (Ok(mut from), Ok(mut to)) = (from.try_clone(), to.try_clone()) else {
-        return;
-    };
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 16 * 1024];
-        loop {
-            let n = match from.read(&mut buf) {
-                Ok(0) | Err(_) => break,
-                Ok(n) => n,
-            };
-            match mode.load(Ordering::SeqCst) {
-                BLACKHOLE => continue,
-                RESET => break,
-                DELAY => std::thread::sleep(Duration::from_millis(2)),
-                _ => {}
-            }
-            if to.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-        let _ = to.shutdown(Shutdown::Both);
-    });
-}
 
 fn sum_job() -> common::SumJob {
     common::SumJob {

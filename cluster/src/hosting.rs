@@ -79,11 +79,22 @@ fn coordinated_from(
     Some(c)
 }
 
-/// Why a `JobStart` from `peer` is refused, if it is: only a node that names itself the
-/// coordinator may start a job, a job runs once, and a node hosts a bounded number of jobs.
-fn start_refused(shared: &Shared, job: u64, peer: &str, coordinator: &str) -> Option<&'static str> {
+/// Why a `JobStart` from `peer` is refused, if it is: only the coordinator — the live node
+/// with the lowest id, naming itself — may start a job, a job runs once, and a node hosts a
+/// bounded number of jobs.
+fn start_refused(
+    shared: &Shared,
+    me: &str,
+    job: u64,
+    peer: &str,
+    coordinator: &str,
+) -> Option<&'static str> {
     if coordinator != peer {
         return Some("a job start on behalf of another node");
+    }
+    let lowest = shared.up_peers().into_iter().chain([me.to_string()]).min();
+    if lowest.as_deref() != Some(peer) {
+        return Some("a job start from a node that is not the coordinator (the lowest live id)");
     }
     if shared.hosted.contains_key(&job) || shared.coordinated.contains_key(&job) {
         return Some("a job start for a job that runs here already");
@@ -102,8 +113,8 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
     match msg {
         Message::JobStart {
             job, coordinator, ..
-        } if start_refused(shared, job, peer, &coordinator).is_some() => {
-            let what = start_refused(shared, job, peer, &coordinator).unwrap_or_default();
+        } if start_refused(shared, me, job, peer, &coordinator).is_some() => {
+            let what = start_refused(shared, me, job, peer, &coordinator).unwrap_or_default();
             refuse(shared, job, peer, what);
         }
         Message::JobStart {

@@ -252,15 +252,15 @@ impl NodeBuilder {
                 "a node name is 1 to 128 printable characters without spaces",
             ));
         }
-        let std_listener =
-            std::net::TcpListener::bind(&cfg.listen).map_err(|source| NodeError::Bind {
-                addr: cfg.listen.clone(),
-                source,
-            })?;
-        std_listener
-            .set_nonblocking(true)
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
             .map_err(NodeError::Runtime)?;
-        let local = std_listener.local_addr().map_err(NodeError::Runtime)?;
+        let listener = {
+            let _in_runtime = runtime.enter();
+            listen(&cfg.listen)?
+        };
+        let local = listener.local_addr().map_err(NodeError::Runtime)?;
         let hs = handshake_config(&cfg, local).ok_or(NodeError::Config(
             "a node needs the cluster's shared secret (NodeBuilder::secret)",
         ))?;
@@ -272,21 +272,10 @@ impl NodeBuilder {
         });
         let name = cfg.name.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(NodeError::Runtime)?;
         let s = shared.clone();
         let thread = std::thread::Builder::new()
             .name(format!("riffle-node-{}", cfg.name))
-            .spawn(move || {
-                runtime.block_on(async move {
-                    match TcpListener::from_std(std_listener) {
-                        Ok(listener) => run(cfg, hs, listener, s, stop_rx).await,
-                        Err(e) => tracing::error!(error = %e, "listener unusable"),
-                    }
-                })
-            })
+            .spawn(move || runtime.block_on(run(cfg, hs, listener, s, stop_rx)))
             .map_err(NodeError::Runtime)?;
         Ok(Node {
             name,
@@ -296,6 +285,32 @@ impl NodeBuilder {
             thread: Some(thread),
         })
     }
+}
+
+/// Connections the kernel queues for a node before it accepts them: a burst of connections
+/// (peers reconnecting, or a flood that admission control turns away) is not met with
+/// dropped SYNs and second-long retries.
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// Binds `addr` (in the current runtime) with [`LISTEN_BACKLOG`].
+fn listen(addr: &str) -> Result<TcpListener, NodeError> {
+    let bind = |source| NodeError::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let at = std::net::ToSocketAddrs::to_socket_addrs(addr)
+        .map_err(bind)?
+        .next()
+        .ok_or_else(|| bind(std::io::ErrorKind::AddrNotAvailable.into()))?;
+    let socket = if at.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(bind)?;
+    socket.set_reuseaddr(true).map_err(bind)?;
+    socket.bind(at).map_err(bind)?;
+    socket.listen(LISTEN_BACKLOG).map_err(bind)
 }
 
 /// A running node. Dropping it shuts it down.

@@ -1,6 +1,8 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use riffle::prelude::*;
 use std::time::Duration;
 
