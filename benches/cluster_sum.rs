@@ -1,8 +1,10 @@
 //! Keyed sum across two node processes versus one process.
 //!
 //! ```text
-//! cargo bench --bench cluster_sum -- [N] [RUNS]     # defaults: 2000000 records, 3 runs
+//! cargo bench --bench cluster_sum -- [N] [RUNS] [--encrypt]   # defaults: 2000000 records, 3 runs
 //! ```
+//!
+//! `--encrypt` encrypts the link between the two nodes (Noise transport, ChaCha20-Poly1305).
 //!
 //! The job: `sequence(0..N) → key_by(x % 100000) → sum → discard`, parallelism 2, no
 //! checkpoints. One process runs it with 2 worker threads; the cluster runs it on two node
@@ -59,6 +61,7 @@ fn codec_ns_per_record() -> f64 {
 }
 
 fn node_main(spec: &str) {
+    let encrypt = std::env::var("RIFFLE_BENCH_ENCRYPT").is_ok();
     let (seed, runs) = spec.split_once('|').expect("seed|runs");
     let runs: usize = runs.parse().expect("runs");
     let n: u64 = std::env::var("RIFFLE_BENCH_N")
@@ -69,6 +72,7 @@ fn node_main(spec: &str) {
         .name("n2")
         .seeds([seed.to_string()])
         .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
+        .encrypt(encrypt)
         .register_job("sum", move || job(n, 1))
         .start()
         .expect("node n2");
@@ -94,16 +98,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .and_then(|a| a.parse().ok())
         .unwrap_or(2_000_000);
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
+    let encrypt = std::env::args().any(|a| a == "--encrypt");
 
     let node = Node::builder()
         .name("n1")
         .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
+        .encrypt(encrypt)
         .register_job("sum", move || job(n, 1))
         .start()?;
-    let mut child = Command::new(std::env::current_exe()?)
-        .env(ENV_NODE, format!("{}|{runs}", node.local_addr()))
-        .env("RIFFLE_BENCH_N", n.to_string())
-        .spawn()?;
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.env(ENV_NODE, format!("{}|{runs}", node.local_addr()))
+        .env("RIFFLE_BENCH_N", n.to_string());
+    if encrypt {
+        cmd.env("RIFFLE_BENCH_ENCRYPT", "1");
+    }
+    let mut child = cmd.spawn()?;
     let up = node.wait_members(Duration::from_secs(30), |m| !m.is_empty());
     if up.is_empty() {
         let _ = child.kill();
@@ -142,7 +151,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let _ = child.wait();
     let (s, c) = (median(single), median(cluster));
-    println!("cluster_sum: N = {n}, {runs} runs, medians; 2 cores");
+    let links = if encrypt { "encrypted" } else { "plain" };
+    println!("cluster_sum: N = {n}, {runs} runs, medians; 2 cores; {links} links");
     println!("  1 process,  2 workers:          {:>12.0} rec/s", s);
     println!(
         "  2 processes, 1 worker each:    {:>12.0} rec/s   ratio {:.2}",

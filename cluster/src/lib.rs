@@ -29,8 +29,8 @@
 //!   they report back through the node's job proxy; a lost node's subtasks are re-placed and
 //!   the job recovers from its latest checkpoint.
 //!
-//! Not yet: partition tests through a fault-injecting proxy, per-link figures in the job's
-//! result, surviving the coordinator's loss.
+//! Not yet: surviving the coordinator's loss, links that survive a reset without loss
+//! (see `cluster/PROTOCOL.md` for the threat model and what a link failure does).
 
 pub mod guard;
 pub mod handshake;

@@ -303,3 +303,22 @@ impl Reading {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_budget_refuses_past_its_maximum_and_takes_back_what_returns() {
+        let b = LinkBudget {
+            held: AtomicUsize::new(0),
+            max: 100,
+        };
+        assert!(b.take(60));
+        assert!(b.take(40));
+        assert!(!b.take(1), "the budget is spent");
+        b.give(60);
+        assert!(b.take(50));
+        assert!(!b.take(usize::MAX), "no overflow");
+    }
+}
