@@ -111,112 +111,10 @@ fn start_refused(
 /// counted ([`crate::Node::refusals`]).
 pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message, back: LinkSender) {
     match msg {
-        Message::JobStart {
-            job, coordinator, ..
-        } if start_refused(shared, me, job, peer, &coordinator).is_some() => {
-            let what = start_refused(shared, me, job, peer, &coordinator).unwrap_or_default();
-            refuse(shared, job, peer, what);
-        }
-        Message::JobStart {
-            job,
-            name,
-            coordinator,
-            placement,
-            parallelism,
-            rescaled,
-        } => match host_job(
-            shared,
-            me,
-            job,
-            &name,
-            &coordinator,
-            &placement,
-            JobOptions {
-                parallelism: parallelism.map(|p| p as usize),
-                restore: None,
-                rescaled: rescaled
-                    .into_iter()
-                    .map(|(op, n)| (op, n as usize))
-                    .collect(),
-                sticky: Vec::new(),
-                exclude: Vec::new(),
-            },
-        ) {
-            Ok(h) => {
-                shared.hosted.insert(job, h);
-            }
-            Err(e) => {
-                tracing::error!(job, %name, error = %e, "cannot host the job");
-                shared.hosted_ended(HostedEnd {
-                    job,
-                    error: Some(e),
-                });
-            }
-        },
-        Message::Spawn { job, task, spec } => {
-            if !shared.hosted.contains_key(&job) {
-                return tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
-            }
-            let Some(h) = hosted_by(shared, job, peer, "spawn") else {
-                return;
-            };
-            let spec: SpawnSpec = match rmp_serde::from_slice(&spec) {
-                Ok(s) => s,
-                Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable spawn order"),
-            };
-            let worker = h.workers[(task.chain * 31 + task.subtask) % h.workers.len()].clone();
-            let (host, controls) = (h.host.clone(), h.controls.clone());
-            // Spawns and control messages run in order on the first worker.
-            h.workers[0].spawn_fn(move || {
-                let control = host.spawn(task, &worker, spec);
-                controls.insert(task, control);
-            });
-        }
-        Message::Control { job, task, body } => {
-            let Some(h) = hosted_by(shared, job, peer, "control") else {
-                return;
-            };
-            let control: Control = match rmp_serde::from_slice(&body) {
-                Ok(c) => c,
-                Err(e) => {
-                    return tracing::error!(job, ?task, error = %e, "undecodable control message")
-                }
-            };
-            let controls = h.controls.clone();
-            h.workers[0].spawn_fn(move || match controls.get(&task) {
-                Some(c) => c.do_send(control),
-                None => tracing::warn!(?task, "control message for a subtask not running here"),
-            });
-        }
-        Message::Report { job, body } => {
-            let Some(c) = coordinated_from(shared, job, peer, "report") else {
-                return;
-            };
-            let mut report: ToJob = match rmp_serde::from_slice(&body) {
-                Ok(r) => r,
-                Err(e) => return tracing::error!(job, %peer, error = %e, "undecodable report"),
-            };
-            let Some(ports) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-                return;
-            };
-            if report.wants_reply() {
-                if let Some(task) = report.task() {
-                    let (tx, rx) = oneshot::channel();
-                    report.set_reply(tx);
-                    tokio::spawn(async move {
-                        if let Ok(d) = rx.await {
-                            match rmp_serde::to_vec(&d) {
-                                Ok(body) => {
-                                    let _ = back.send(Message::Decision { job, task, body });
-                                }
-                                Err(e) => tracing::error!(error = %e, "cannot encode a decision"),
-                            }
-                        }
-                    });
-                }
-            }
-            ports.to_job.do_send(report);
-        }
+        m @ Message::JobStart { .. } => on_job_start(shared, me, peer, m),
+        Message::Spawn { job, task, spec } => on_spawn(shared, peer, job, task, &spec),
+        Message::Control { job, task, body } => on_control(shared, peer, job, task, &body),
+        Message::Report { job, body } => on_report(shared, peer, job, &body, back),
         Message::Decision { job, task, body } => {
             if hosted_by(shared, job, peer, "decision").is_none() {
                 return;
@@ -261,6 +159,112 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
         }
         _ => {}
     }
+}
+
+/// A `JobStart`: host the job, if its sender has the authority to start it.
+fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
+    let Message::JobStart {
+        job,
+        name,
+        coordinator,
+        placement,
+        parallelism,
+        rescaled,
+    } = msg
+    else {
+        return;
+    };
+    if let Some(what) = start_refused(shared, me, job, peer, &coordinator) {
+        return refuse(shared, job, peer, what);
+    }
+    let options = JobOptions {
+        parallelism: parallelism.map(|p| p as usize),
+        restore: None,
+        rescaled: rescaled
+            .into_iter()
+            .map(|(op, n)| (op, n as usize))
+            .collect(),
+        sticky: Vec::new(),
+        exclude: Vec::new(),
+    };
+    match host_job(shared, me, job, &name, &coordinator, &placement, options) {
+        Ok(h) => {
+            shared.hosted.insert(job, h);
+        }
+        Err(e) => {
+            tracing::error!(job, %name, error = %e, "cannot host the job");
+            shared.hosted_ended(HostedEnd {
+                job,
+                error: Some(e),
+            });
+        }
+    }
+}
+
+/// A `Spawn`: start a subtask of a hosted job (in order with its control messages).
+fn on_spawn(shared: &Arc<Shared>, peer: &str, job: u64, task: TaskId, spec: &[u8]) {
+    if !shared.hosted.contains_key(&job) {
+        return tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
+    }
+    let Some(h) = hosted_by(shared, job, peer, "spawn") else {
+        return;
+    };
+    let spec: SpawnSpec = match rmp_serde::from_slice(spec) {
+        Ok(s) => s,
+        Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable spawn order"),
+    };
+    let worker = h.workers[(task.chain * 31 + task.subtask) % h.workers.len()].clone();
+    let (host, controls) = (h.host.clone(), h.controls.clone());
+    // Spawns and control messages run in order on the first worker.
+    h.workers[0].spawn_fn(move || {
+        let control = host.spawn(task, &worker, spec);
+        controls.insert(task, control);
+    });
+}
+
+/// A `Control`: hand a control message to a hosted subtask (on the first worker, in order).
+fn on_control(shared: &Arc<Shared>, peer: &str, job: u64, task: TaskId, body: &[u8]) {
+    let Some(h) = hosted_by(shared, job, peer, "control") else {
+        return;
+    };
+    let control: Control = match rmp_serde::from_slice(body) {
+        Ok(c) => c,
+        Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable control message"),
+    };
+    let controls = h.controls.clone();
+    h.workers[0].spawn_fn(move || match controls.get(&task) {
+        Some(c) => c.do_send(control),
+        None => tracing::warn!(?task, "control message for a subtask not running here"),
+    });
+}
+
+/// A `Report` to a job this node coordinates; a failure report's decision goes back on the
+/// reporting node's link.
+fn on_report(shared: &Arc<Shared>, peer: &str, job: u64, body: &[u8], back: LinkSender) {
+    let Some(c) = coordinated_from(shared, job, peer, "report") else {
+        return;
+    };
+    let mut report: ToJob = match rmp_serde::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => return tracing::error!(job, %peer, error = %e, "undecodable report"),
+    };
+    let Some(ports) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
+        return;
+    };
+    if let (true, Some(task)) = (report.wants_reply(), report.task()) {
+        let (tx, rx) = oneshot::channel();
+        report.set_reply(tx);
+        tokio::spawn(async move {
+            let Ok(d) = rx.await else { return };
+            match rmp_serde::to_vec(&d) {
+                Ok(body) => {
+                    let _ = back.send(Message::Decision { job, task, body });
+                }
+                Err(e) => tracing::error!(error = %e, "cannot encode a decision"),
+            }
+        });
+    }
+    ports.to_job.do_send(report);
 }
 
 /// Starts hosting job `job`: builds its plan and starts its worker threads.

@@ -59,6 +59,62 @@ impl LinkBudget {
     }
 }
 
+/// A link that passed its handshake and was registered.
+struct Up {
+    peer: crate::handshake::Peer,
+    cipher: Option<crate::secure::LinkCipher>,
+    id: u64,
+    kill: Arc<tokio::sync::Notify>,
+    tx: mpsc::UnboundedSender<Outgoing>,
+    rx: mpsc::UnboundedReceiver<Outgoing>,
+}
+
+/// Runs the handshake and registers the link; `None` (counted and logged) if either refuses.
+async fn establish(
+    stream: &mut TcpStream,
+    hs: &HandshakeConfig,
+    role: Role,
+    ticket: &mut Option<Ticket>,
+    shared: &Arc<Shared>,
+    ip: Option<std::net::IpAddr>,
+) -> Option<Up> {
+    let est = match handshake(stream, hs, role).await {
+        Ok(e) => e,
+        Err(e) => {
+            RefusedCounts::add(&shared.refused.handshakes);
+            if let (Some(adm), Some(ip), Some(_)) = (&shared.admission, ip, ticket.as_ref()) {
+                adm.failed(ip);
+            }
+            tracing::warn!(error = %e, "link refused");
+            return None;
+        }
+    };
+    if let Some(t) = ticket.as_mut() {
+        t.linked();
+    }
+    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
+    match register(shared, &est.peer, ip, tx.clone()) {
+        Ok((id, kill)) => Some(Up {
+            peer: est.peer,
+            cipher: est.cipher,
+            id,
+            kill,
+            tx,
+            rx,
+        }),
+        Err(reason) => {
+            // Already linked to this node (both dialled at once, or an id claimed from
+            // elsewhere while its member is up): keep the older link.
+            RefusedCounts::add(&shared.refused.links);
+            tracing::warn!(peer = %est.peer.node, ?reason, "link refused after the handshake");
+            if est.cipher.is_none() {
+                let _ = write_frame(stream, &Message::Refused(reason)).await;
+            }
+            None
+        }
+    }
+}
+
 /// Runs one link: handshake, registration, then writer and reader until it closes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn link(
@@ -74,46 +130,18 @@ pub(crate) async fn link(
 ) {
     let _ = stream.set_nodelay(true);
     let ip = stream.peer_addr().ok().map(|a| a.ip());
-    let est = match handshake(&mut stream, &hs, role).await {
-        Ok(e) => e,
-        Err(e) => {
-            RefusedCounts::add(&shared.refused.handshakes);
-            if let (Some(adm), Some(ip)) = (&shared.admission, ip) {
-                if ticket.is_some() {
-                    adm.failed(ip);
-                }
-            }
-            tracing::warn!(error = %e, "link refused");
-            return;
-        }
-    };
-    if let Some(t) = ticket.as_mut() {
-        t.linked();
-    }
-    let peer = est.peer;
-    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    let tx_back = tx.clone();
-    let (id, kill) = match register(&shared, &peer, ip, tx) {
-        Ok(r) => r,
-        Err(reason) => {
-            // Already linked to this node (both dialled at once, or an id claimed from
-            // elsewhere while its member is up): keep the older link.
-            RefusedCounts::add(&shared.refused.links);
-            tracing::warn!(peer = %peer.node, ?reason, "link refused after the handshake");
-            if est.cipher.is_none() {
-                let _ = write_frame(&mut stream, &Message::Refused(reason)).await;
-            }
-            return;
-        }
+    let Some(up) = establish(&mut stream, &hs, role, &mut ticket, &shared, ip).await else {
+        return;
     };
     if let Some(a) = dialled {
         // Linked: a later dial to this address may happen once this link is gone.
         shared.lock().dialing.remove(&a);
     }
-    tracing::info!(peer = %peer.node, encrypted = est.cipher.is_some(), "link up");
+    let peer = up.peer;
+    tracing::info!(peer = %peer.node, encrypted = up.cipher.is_some(), "link up");
     let (r, w) = stream.into_split();
-    let sealer = est.cipher.as_ref().map(|c| c.sealer());
-    let reader: Box<dyn AsyncRead + Unpin + Send> = match &est.cipher {
+    let sealer = up.cipher.as_ref().map(|c| c.sealer());
+    let reader: Box<dyn AsyncRead + Unpin + Send> = match &up.cipher {
         Some(c) => Box::new(c.opener(r)),
         None => Box::new(r),
     };
@@ -122,13 +150,13 @@ pub(crate) async fn link(
         .entry(peer.node.clone())
         .or_default()
         .clone();
-    let writer = tokio::spawn(write_loop(rx, w, sealer, counters, peer.node.clone()));
+    let writer = tokio::spawn(write_loop(up.rx, w, sealer, counters, peer.node.clone()));
     let reading = Reading {
         shared: shared.clone(),
         me: hs.node.clone(),
         peer: peer.clone(),
         back: LinkSender {
-            tx: tx_back,
+            tx: up.tx,
             peer: peer.node.clone(),
         },
         budget: Arc::new(LinkBudget {
@@ -136,11 +164,11 @@ pub(crate) async fn link(
             max: budget,
         }),
     };
-    reading.run(reader, max, stop, kill).await;
+    reading.run(reader, max, stop, up.kill).await;
     writer.abort();
     drop(ticket);
     let mut st = shared.lock();
-    if st.kills.get(&peer.node).is_some_and(|(i, _)| *i == id) {
+    if st.kills.get(&peer.node).is_some_and(|(i, _)| *i == up.id) {
         st.kills.remove(&peer.node);
         st.links.remove(&peer.node);
     }
