@@ -121,17 +121,10 @@ impl Drop for Cluster {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
 /// Starts `n` node processes n1..=n{n} sharing `dir`; n1 is the seed (and the coordinator).
 fn start_cluster(n: usize, dir: &Path, slow: bool) -> Cluster {
     let exe = std::env::current_exe().expect("test binary");
-    let ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+    let ports: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
     let children = (0..n)
         .map(|i| {
             let seed = if i == 0 {

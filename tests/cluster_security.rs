@@ -236,10 +236,7 @@ impl Drop for Cluster {
 }
 
 fn free_addr() -> String {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.to_string())
-        .expect("free port")
+    format!("127.0.0.1:{}", common::free_port())
 }
 
 impl Cluster {

@@ -27,6 +27,14 @@ pub fn seed(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// A port of 127.0.0.1 that is free now (for a node process to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
 /// Sorted copy.
 pub fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v.sort();
