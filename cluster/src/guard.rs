@@ -5,7 +5,8 @@
 //! once, before anything is read) when
 //! - the node already has [`Limits::max_pending`] handshakes under way, or
 //!   [`Limits::max_pending_per_addr`] from the connection's IP address;
-//! - the node has [`Limits::max_connections`] accepted connections (pending or linked);
+//! - the node has [`Limits::max_connections`] accepted connections (pending or linked), or
+//!   [`Limits::max_connections_per_addr`] from the connection's IP address;
 //! - the connection's address failed [`Limits::max_failures`] handshakes within
 //!   [`Limits::failure_window`];
 //! - the process is within [`Limits::fd_reserve`] files of its open-file limit, so that an
@@ -30,6 +31,8 @@ pub struct Limits {
     pub max_pending_per_addr: usize,
     /// Accepted connections at once, pending or linked (default 256).
     pub max_connections: usize,
+    /// Accepted connections at once from one IP address, pending or linked (default 64).
+    pub max_connections_per_addr: usize,
     /// Failed handshakes from one IP address within `failure_window` before that address is
     /// refused until the window passes (default 32).
     pub max_failures: u32,
@@ -46,6 +49,7 @@ impl Default for Limits {
             max_pending: 64,
             max_pending_per_addr: 16,
             max_connections: 256,
+            max_connections_per_addr: 64,
             max_failures: 32,
             failure_window: Duration::from_secs(10),
             fd_reserve: 128,
@@ -58,6 +62,7 @@ struct Counts {
     pending: usize,
     connections: usize,
     per_addr: HashMap<IpAddr, usize>,
+    conns_per_addr: HashMap<IpAddr, usize>,
     failures: HashMap<IpAddr, (u32, Instant)>,
     refused: u64,
     files: FileGauge,
@@ -142,10 +147,12 @@ impl Admission {
                 return refuse(&mut c, RefuseReason::RateLimited);
             }
         }
-        let from_ip = c.per_addr.get(&ip).copied().unwrap_or(0);
+        let pending_from_ip = c.per_addr.get(&ip).copied().unwrap_or(0);
+        let conns_from_ip = c.conns_per_addr.get(&ip).copied().unwrap_or(0);
         if c.pending >= l.max_pending
-            || from_ip >= l.max_pending_per_addr
+            || pending_from_ip >= l.max_pending_per_addr
             || c.connections >= l.max_connections
+            || conns_from_ip >= l.max_connections_per_addr
             || c.files.near_limit(l.fd_reserve)
         {
             return refuse(&mut c, RefuseReason::Busy);
@@ -154,6 +161,7 @@ impl Admission {
         c.pending += 1;
         c.connections += 1;
         *c.per_addr.entry(ip).or_default() += 1;
+        *c.conns_per_addr.entry(ip).or_default() += 1;
         Ok(Ticket {
             adm: self.clone(),
             ip,
@@ -183,12 +191,7 @@ impl Admission {
 
     fn leave_pending(c: &mut Counts, ip: IpAddr) {
         c.pending = c.pending.saturating_sub(1);
-        if let Some(n) = c.per_addr.get_mut(&ip) {
-            *n -= 1;
-            if *n == 0 {
-                c.per_addr.remove(&ip);
-            }
-        }
+        decrement(&mut c.per_addr, ip);
     }
 }
 
@@ -208,6 +211,17 @@ impl Drop for Ticket {
             Admission::leave_pending(&mut c, self.ip);
         }
         c.connections = c.connections.saturating_sub(1);
+        decrement(&mut c.conns_per_addr, self.ip);
+    }
+}
+
+/// One less for `ip`; the entry goes at zero (the tables hold only addresses in use).
+fn decrement(counts: &mut HashMap<IpAddr, usize>, ip: IpAddr) {
+    if let Some(n) = counts.get_mut(&ip) {
+        *n = n.saturating_sub(1);
+        if *n == 0 {
+            counts.remove(&ip);
+        }
     }
 }
 
@@ -254,6 +268,23 @@ mod tests {
             .admit(ip(4))
             .expect("a linked connection is not pending");
         assert_eq!(adm.refused(), 2);
+    }
+
+    #[test]
+    fn connections_per_address_count_linked_ones_too() {
+        let adm = Admission::new(Limits {
+            max_connections_per_addr: 2,
+            ..Limits::default()
+        });
+        let mut a = adm.admit(ip(1)).expect("first");
+        a.linked();
+        let _b = adm.admit(ip(1)).expect("second");
+        assert_eq!(adm.admit(ip(1)).err(), Some(RefuseReason::Busy));
+        drop(a);
+        assert!(
+            adm.admit(ip(1)).is_ok(),
+            "a closed link gives its place back"
+        );
     }
 
     #[test]
