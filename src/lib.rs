@@ -10,7 +10,7 @@
 //! |---|---|
 //! | `riffle-framework` | user API, job graph, partitioning, connectors (no actors) |
 //! | `riffle-actors` | local runtime: subtask actors, credit-based channels, job supervisor |
-//! | `riffle-cluster` | wire protocol, handshake, nodes and membership (multi-node jobs not yet) |
+//! | `riffle-cluster` | nodes, authenticated (optionally encrypted) links, remote mailboxes, jobs across nodes |
 //!
 //! ```
 //! use riffle::prelude::*;
