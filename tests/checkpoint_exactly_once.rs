@@ -1,6 +1,6 @@
 //! Checkpoints and exactly-once recovery: crash anything, the committed output stays exact.
 
-mod common;
+use crate::common;
 
 use common::{chaos_restarts, seed, sorted};
 use riffle::chaos::{ChaosMonkey, FaultKind};

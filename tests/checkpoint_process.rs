@@ -70,7 +70,7 @@ fn child_entry() {
 fn run_child_and_kill(dir: &Path, checkpoints: u64) {
     let mut child = Command::new(std::env::current_exe().expect("test binary"))
         .args([
-            "child_entry",
+            "checkpoint_process::child_entry",
             "--exact",
             "--nocapture",
             "--test-threads",

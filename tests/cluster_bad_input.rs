@@ -4,7 +4,7 @@
 //! job in progress finishes with exact output and no recovery, and the node's memory does not
 //! jump (nothing is allocated from a claimed length).
 
-mod common;
+use crate::common;
 
 use riffle::cluster::wire::{encode, EdgeAddress, Message, WireEvent, PROTOCOL_VERSION};
 use riffle::cluster::{handshake, HandshakeConfig, Node, Role, Secret, Status};
@@ -66,6 +66,14 @@ async fn authenticated(addr: &str, id: &str, bytes: Vec<u8>) -> bool {
 
 #[test]
 fn garbage_during_a_job_touches_only_its_own_link() {
+    // It measures this process's memory: alone in a process of its own.
+    common::isolated(
+        "cluster_bad_input::garbage_during_a_job_touches_only_its_own_link",
+        garbage_during_a_job,
+    );
+}
+
+fn garbage_during_a_job() {
     common::init_logging();
     let expected = sum_job().single_process_output();
     let dir = tempfile::tempdir().expect("tempdir");

@@ -11,7 +11,7 @@
 //! the remaining two nodes with output equal to the clean run; it prints the time the
 //! coordinator took to detect the loss and to process records again.
 
-mod common;
+use crate::common;
 
 use riffle::cluster::Node;
 use std::path::{Path, PathBuf};
@@ -140,7 +140,7 @@ fn start_cluster(n: usize, dir: &Path, slow: bool) -> Cluster {
                 u8::from(slow)
             );
             Command::new(&exe)
-                .args(["node_process_entry", "--exact", "--nocapture"])
+                .args(["cluster_job::node_process_entry", "--exact", "--nocapture"])
                 .env(ENV_NODE, spec)
                 .spawn()
                 .expect("spawn node")

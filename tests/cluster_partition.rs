@@ -9,7 +9,7 @@
 //! Healing the proxies lets n3 rejoin as a fresh member (a new handshake). A reset proxy
 //! closes its connections, which the nodes survive too.
 
-mod common;
+use crate::common;
 
 use common::proxy::{Proxy, BLACKHOLE, DELAY, PASS, RESET};
 use riffle::cluster::{Node, Status};

@@ -14,7 +14,7 @@
 //! (`node_process_entry` does nothing unless `RIFFLE_TEST_RESCALE_NODE` is set) that host a
 //! given number of jobs and exit.
 
-mod common;
+use crate::common;
 
 use riffle::cluster::{JobOptions, Node, Status};
 use std::path::{Path, PathBuf};
@@ -81,7 +81,11 @@ fn node_process_entry() {
 
 fn spawn(name: &str, seed: &str, dir: &Path, jobs: usize) -> Child {
     Command::new(std::env::current_exe().expect("test binary"))
-        .args(["node_process_entry", "--exact", "--nocapture"])
+        .args([
+            "cluster_rescale::node_process_entry",
+            "--exact",
+            "--nocapture",
+        ])
         .env(ENV_NODE, format!("{name}|{seed}|{}|{jobs}", dir.display()))
         .spawn()
         .expect("spawn node")

@@ -25,7 +25,7 @@
 //! 990 MB) or 64 MiB (members, and the open-file flood), its threads by at most 4 (200 forged
 //! job starts took it to 606 threads), and its open files stay below its limit.
 
-mod common;
+use crate::common;
 
 use riffle::cluster::wire::{encode, read_frame, Hello, Message, RefuseReason, PROTOCOL_VERSION};
 use riffle::cluster::{handshake, HandshakeConfig, Limits, Node, Role, Secret, Status};
@@ -257,7 +257,11 @@ impl Cluster {
         }
         let exe = std::env::current_exe().expect("test binary");
         let child = Command::new(exe)
-            .args(["node_process_entry", "--exact", "--nocapture"])
+            .args([
+                "cluster_security::node_process_entry",
+                "--exact",
+                "--nocapture",
+            ])
             .env(ENV_NODE, spec.encode())
             .spawn()
             .expect("spawn node");

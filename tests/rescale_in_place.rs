@@ -2,7 +2,7 @@
 //! behind it are touched; the rest of the job keeps running, nothing restarts, and the output
 //! is exact. A job whose input partly finished is rescaled by a restart from a savepoint.
 
-mod common;
+use crate::common;
 
 use riffle::prelude::*;
 use riffle::CheckpointConfig;

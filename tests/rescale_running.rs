@@ -4,7 +4,7 @@
 //! at the new parallelism (one step preceded by a recovered crash). Every record is counted
 //! exactly once, and every step moves at most 1.25 × the ideal share of the keys.
 
-mod common;
+use crate::common;
 
 use riffle::prelude::*;
 use riffle::{CheckpointConfig, Fault, FsStore, RestoreFrom};

@@ -3,7 +3,7 @@
 //! the failure-free run exactly, per-key order holds, and every fault was followed by a
 //! restart.
 
-mod common;
+use crate::common;
 
 use common::{chaos_restarts, seed, sorted};
 use riffle::chaos::ChaosMonkey;

@@ -1,6 +1,6 @@
 //! Restart strategies, the intensity limit, poison records, worker-thread loss and isolation.
 
-mod common;
+use crate::common;
 
 use common::{chaos_restarts, sorted};
 use riffle::prelude::*;

@@ -27,6 +27,26 @@ pub fn seed(default: u64) -> u64 {
         .unwrap_or(default)
 }
 
+/// Runs `body` in a child process of this test binary in which only the test `name` (its
+/// path, e.g. `cluster_bad_input::garbage_during_a_job_touches_only_its_own_link`) runs: for
+/// tests that measure their own process (its resident memory) and so must not share it with
+/// the tests running beside them. Fails if the child fails.
+pub fn isolated(name: &str, body: impl FnOnce()) {
+    const ENV: &str = "RIFFLE_ISOLATED_TEST";
+    if std::env::var(ENV).as_deref() == Ok(name) {
+        return body();
+    }
+    let status = std::process::Command::new(std::env::current_exe().expect("test binary"))
+        .args([name, "--exact", "--nocapture", "--test-threads", "1"])
+        .env(ENV, name)
+        .status()
+        .expect("start the isolated test");
+    assert!(
+        status.success(),
+        "{name} failed in its own process: {status}"
+    );
+}
+
 /// A port of 127.0.0.1 that is free now (for a node process to bind).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

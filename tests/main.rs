@@ -1,0 +1,34 @@
+//! Riffle's integration tests, gathered in one test binary (one link of the runtime instead
+//! of one per file): a module per area and topic, `tests/<area>_<topic>.rs`, and shared
+//! helpers in `tests/common/`. Run one area or topic with a filter, e.g.
+//! `cargo test --release --test riffle_tests cluster_` or `-- checkpoint_process::`.
+//!
+//! Tests that start copies of this binary as node or child processes run only the named
+//! entry test in them (`--exact <module>::node_process_entry`), which does nothing unless its
+//! environment variable is set.
+
+mod common;
+
+mod checkpoint_alignment;
+mod checkpoint_exactly_once;
+mod checkpoint_process;
+mod cluster_bad_input;
+mod cluster_job;
+mod cluster_membership;
+mod cluster_partition;
+mod cluster_remote;
+mod cluster_rescale;
+mod cluster_security;
+mod connectors_io;
+mod errors_bad_input;
+mod rescale_in_place;
+mod rescale_running;
+mod rescale_savepoint;
+mod rescale_weights;
+mod routing_golden;
+mod routing_ring;
+mod runtime_backpressure;
+mod runtime_order;
+mod supervision_chaos;
+mod supervision_strategies;
+mod wordcount_property;
