@@ -3,9 +3,10 @@
 //! messages stalls its own channel, not the link.
 
 use actix::prelude::*;
-use riffle::actors::{Credit, DataMessage, Event};
+use riffle::actors::{Credit, DataMessage};
 use riffle::cluster::{EdgeAddress, Inbox, Node, Status};
 use riffle::framework::BatchCodec;
+use riffle::framework::{ChannelEvent, RecordBatch};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};
@@ -38,12 +39,14 @@ impl Handler<DataMessage> for Collector {
     type Result = ();
     fn handle(&mut self, msg: DataMessage, _ctx: &mut Context<Self>) {
         self.seen.push(match msg.event {
-            Event::Batch { payload, .. } => match payload.downcast::<Vec<u64>>() {
-                Ok(v) => format!("batch {:?}", v.first()),
-                Err(_) => "wrong type".to_string(),
-            },
-            Event::Barrier(n) => format!("barrier {n}"),
-            Event::EndOfInput => "end".to_string(),
+            ChannelEvent::Batch(RecordBatch { payload, .. }) => {
+                match payload.downcast::<Vec<u64>>() {
+                    Ok(v) => format!("batch {:?}", v.first()),
+                    Err(_) => "wrong type".to_string(),
+                }
+            }
+            ChannelEvent::Barrier(n) => format!("barrier {n}"),
+            ChannelEvent::EndOfInput => "end".to_string(),
         });
         if self.seen.len() == self.expect {
             self.done.notify_one();
@@ -93,10 +96,10 @@ fn batch(i: u64, credit: tokio::sync::OwnedSemaphorePermit) -> DataMessage {
     DataMessage {
         epoch: 3,
         channel: 0,
-        event: Event::Batch {
+        event: ChannelEvent::Batch(RecordBatch {
             payload: Box::new(vec![i; 16]),
             len: 16,
-        },
+        }),
         credit: Some(Credit::Local(credit)),
     }
 }
@@ -166,7 +169,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
             let p = fast_credits.clone().acquire_owned().await.expect("credit");
             to_fast.try_send(batch(i, p)).expect("send");
         }
-        for event in [Event::Barrier(7), Event::EndOfInput] {
+        for event in [ChannelEvent::Barrier(7), ChannelEvent::EndOfInput] {
             let p = fast_credits.clone().acquire_owned().await.expect("credit");
             let msg = DataMessage {
                 epoch: 3,

@@ -43,7 +43,7 @@ pub use error::{
     RestartEvent,
 };
 pub use message::{
-    CheckpointAck, Committed, Control, Credit, DataMessage, DeadLettered, Decision, Event, Failure,
+    CheckpointAck, Committed, Control, Credit, DataMessage, DeadLettered, Decision, Failure,
     FirstRecord, PlannedKind, RemoteCredit, ResetDone, ResetOrder, StopDue, SubtaskMetrics,
     TaskDraining, TaskFailed, TaskFinished, TaskLost, TaskResumed, ToJob,
 };

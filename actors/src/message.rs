@@ -1,26 +1,11 @@
 //! Data-plane and control messages.
 
 use actix::prelude::*;
-use riffle_framework::exec::{Fault, Payload};
-use riffle_framework::{DeadLetter, FailureCause, TaskId, TaskSnapshot};
+use riffle_framework::exec::Fault;
+use riffle_framework::{ChannelEvent, DeadLetter, FailureCause, TaskId, TaskSnapshot};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
-
-/// What travels on a channel: records and the control events ordered with them.
-pub enum Event {
-    /// A batch of records (`Vec<T>` of the channel's record type).
-    Batch {
-        /// The records.
-        payload: Payload,
-        /// How many.
-        len: usize,
-    },
-    /// Checkpoint barrier `n`: the sender's records before it belong to checkpoint `n`.
-    Barrier(u64),
-    /// The sender will send nothing more on this channel.
-    EndOfInput,
-}
 
 /// One message on a channel (upstream subtask → downstream subtask).
 ///
@@ -34,8 +19,8 @@ pub struct DataMessage {
     pub epoch: u64,
     /// The receiver's input channel index.
     pub channel: u32,
-    /// What it carries.
-    pub event: Event,
+    /// What it carries (the same event type as every layer's: see [`ChannelEvent`]).
+    pub event: ChannelEvent,
     /// The credit this message holds.
     pub credit: Option<Credit>,
 }

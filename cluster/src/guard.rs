@@ -19,6 +19,7 @@
 use crate::wire::RefuseReason;
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -235,6 +236,25 @@ fn file_limit() -> Option<usize> {
     let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
     let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
     line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// What a node refused, since it started (see [`crate::Node::refusals`]).
+#[derive(Default)]
+pub(crate) struct RefusedCounts {
+    /// Handshakes that failed (bad secret, malformed, timed out, refused by us).
+    pub(crate) handshakes: AtomicU64,
+    /// Authenticated links refused at registration (own id, id linked elsewhere).
+    pub(crate) links: AtomicU64,
+    /// Job frames from a node without authority over the job.
+    pub(crate) frames: AtomicU64,
+    /// Links closed because the peer held more memory than its budget.
+    pub(crate) over_budget: AtomicU64,
+}
+
+impl RefusedCounts {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 #[cfg(test)]

@@ -9,11 +9,13 @@
 //! its part, feeds `Report` frames to its job supervisor and answers failures with `Decision`
 //! frames.
 
-use crate::job::{delta, plan_with, CoordinatedJob, JobOptions};
-use crate::mesh::{LinkTotals, Shared};
+use crate::job::{delta, plan_with, JobOptions};
+pub use crate::jobs::HostedEnd;
+use crate::jobs::{CoordinatedJob, HostedJob};
 use crate::placement::Placement;
 use crate::proxy::{ClusterResolver, JobProxy};
 use crate::remote::LinkSender;
+use crate::shared::Shared;
 use crate::wire::Message;
 use actix::prelude::*;
 use dashmap::DashMap;
@@ -23,40 +25,18 @@ use riffle_framework::TaskId;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
-/// A job this node hosts subtasks of (it is not the coordinator).
-pub(crate) struct HostedJob {
-    coordinator: String,
-    /// Link totals when the job started (its figures are the difference).
-    baseline: LinkTotals,
-    resolver: Arc<ClusterResolver>,
-    host: LocalHost,
-    workers: Vec<ArbiterHandle>,
-    system: System,
-    controls: Arc<DashMap<TaskId, Recipient<Control>>>,
-    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-}
-
-/// How a hosted job ended on this node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HostedEnd {
-    /// The job's id.
-    pub job: u64,
-    /// Why it failed (or why this node stopped hosting it), if it did not succeed.
-    pub error: Option<String>,
-}
-
 /// Jobs a node hosts for others at once, at most.
 const MAX_HOSTED_JOBS: usize = 16;
 
 /// Counts and logs a job frame from a node without authority over the job.
 fn refuse(shared: &Shared, job: u64, peer: &str, what: &'static str) {
-    crate::mesh::RefusedCounts::add(&shared.refused.frames);
+    crate::guard::RefusedCounts::add(&shared.refused.frames);
     tracing::warn!(job, %peer, what, "job frame from a node without authority over the job; refused");
 }
 
 /// The hosted job `job`, if `peer` is its coordinator (a frame from anyone else is refused).
 fn hosted_by(shared: &Shared, job: u64, peer: &str, what: &'static str) -> Option<Arc<HostedJob>> {
-    let h = shared.hosted.get(&job).map(|h| h.clone())?;
+    let h = shared.jobs.hosted.get(&job).map(|h| h.clone())?;
     if h.coordinator != peer {
         refuse(shared, job, peer, what);
         return None;
@@ -71,7 +51,7 @@ fn coordinated_from(
     peer: &str,
     what: &'static str,
 ) -> Option<Arc<CoordinatedJob>> {
-    let c = shared.coordinated.get(&job).map(|c| c.clone())?;
+    let c = shared.jobs.coordinated.get(&job).map(|c| c.clone())?;
     if !c.resolver.placement.iter().any(|e| e.value() == peer) {
         refuse(shared, job, peer, what);
         return None;
@@ -92,14 +72,19 @@ fn start_refused(
     if coordinator != peer {
         return Some("a job start on behalf of another node");
     }
-    let lowest = shared.up_peers().into_iter().chain([me.to_string()]).min();
+    let lowest = shared
+        .net
+        .up_peers()
+        .into_iter()
+        .chain([me.to_string()])
+        .min();
     if lowest.as_deref() != Some(peer) {
         return Some("a job start from a node that is not the coordinator (the lowest live id)");
     }
-    if shared.hosted.contains_key(&job) || shared.coordinated.contains_key(&job) {
+    if shared.jobs.hosted.contains_key(&job) || shared.jobs.coordinated.contains_key(&job) {
         return Some("a job start for a job that runs here already");
     }
-    if shared.hosted.len() >= MAX_HOSTED_JOBS {
+    if shared.jobs.hosted.len() >= MAX_HOSTED_JOBS {
         return Some("a job start past the limit of hosted jobs");
     }
     None
@@ -119,7 +104,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             if hosted_by(shared, job, peer, "decision").is_none() {
                 return;
             }
-            let Some((_, reply)) = shared.replies.remove(&(job, task)) else {
+            let Some((_, reply)) = shared.net.replies.remove(&(job, task)) else {
                 return;
             };
             match rmp_serde::from_slice::<Decision>(&body) {
@@ -136,7 +121,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
         }
         Message::StatsRequest { job } => {
             if let Some(h) = hosted_by(shared, job, peer, "stats request") {
-                let links = delta(&h.baseline, &shared.link_totals());
+                let links = delta(&h.baseline, &shared.net.link_totals());
                 let _ = back.send(Message::Stats { job, links });
             }
         }
@@ -144,7 +129,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             if coordinated_from(shared, job, peer, "stats").is_none() {
                 return;
             }
-            if let Some(w) = shared.stats_waiters.get(&job) {
+            if let Some(w) = shared.jobs.stats_waiters.get(&job) {
                 let _ = w.send((peer.to_string(), links));
             }
         }
@@ -152,9 +137,9 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
             if hosted_by(shared, job, peer, "job end").is_none() {
                 return;
             }
-            if let Some((_, h)) = shared.hosted.remove(&job) {
+            if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
                 stop_hosted(shared, job, &h);
-                shared.hosted_ended(HostedEnd { job, error });
+                shared.jobs.hosted_ended(HostedEnd { job, error });
             }
         }
         _ => {}
@@ -189,11 +174,11 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
     };
     match host_job(shared, me, job, &name, &coordinator, &placement, options) {
         Ok(h) => {
-            shared.hosted.insert(job, h);
+            shared.jobs.hosted.insert(job, h);
         }
         Err(e) => {
             tracing::error!(job, %name, error = %e, "cannot host the job");
-            shared.hosted_ended(HostedEnd {
+            shared.jobs.hosted_ended(HostedEnd {
                 job,
                 error: Some(e),
             });
@@ -203,7 +188,7 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
 
 /// A `Spawn`: start a subtask of a hosted job (in order with its control messages).
 fn on_spawn(shared: &Arc<Shared>, peer: &str, job: u64, task: TaskId, spec: &[u8]) {
-    if !shared.hosted.contains_key(&job) {
+    if !shared.jobs.hosted.contains_key(&job) {
         return tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
     }
     let Some(h) = hosted_by(shared, job, peer, "spawn") else {
@@ -278,16 +263,17 @@ fn host_job(
     options: JobOptions,
 ) -> Result<Arc<HostedJob>, String> {
     let builder = shared
+        .jobs
         .builder(name)
         .ok_or_else(|| format!("no job registered as `{name}`"))?;
     let plan = Arc::new(plan_with(&builder, &options).map_err(|e| e.to_string())?);
     let workers = plan.config().worker_count();
-    if shared.link_sender(coordinator).is_none() {
+    if shared.net.link_sender(coordinator).is_none() {
         return Err(format!("no link to the coordinator `{coordinator}`"));
     }
     let coord = coordinator.to_string();
     let (tx, rx) = std::sync::mpsc::channel();
-    let s = shared.clone();
+    let s = shared.net.clone();
     let thread = std::thread::Builder::new()
         .name(format!("riffle-host-{job:x}"))
         .spawn(move || {
@@ -297,7 +283,7 @@ fn host_job(
                 let proxy = JobProxy {
                     job,
                     coordinator: coord,
-                    shared: s,
+                    net: s,
                 }
                 .start();
                 let handles = arbiters.iter().map(|a| a.handle()).collect::<Vec<_>>();
@@ -317,7 +303,7 @@ fn host_job(
     let resolver = Arc::new(ClusterResolver::new(
         job,
         me,
-        shared.clone(),
+        shared.net.clone(),
         plan.clone(),
         placement,
     ));
@@ -326,7 +312,7 @@ fn host_job(
     tracing::info!(job, %name, %coordinator, "hosting job");
     Ok(Arc::new(HostedJob {
         coordinator: coordinator.to_string(),
-        baseline: shared.link_totals(),
+        baseline: shared.net.link_totals(),
         resolver,
         host,
         workers: handles,
@@ -338,9 +324,9 @@ fn host_job(
 
 /// Stops hosting a job: its runtime stops (in the background) and its inboxes go.
 fn stop_hosted(shared: &Arc<Shared>, job: u64, h: &HostedJob) {
-    shared.inboxes.retain(|k, _| k.0 != job);
-    shared.returns.retain(|k, _| k.0 != job);
-    shared.replies.retain(|k, _| k.0 != job);
+    shared.net.inboxes.retain(|k, _| k.0 != job);
+    shared.net.returns.retain(|k, _| k.0 != job);
+    shared.net.replies.retain(|k, _| k.0 != job);
     h.system.stop();
     if let Some(t) = h.thread.lock().unwrap_or_else(|e| e.into_inner()).take() {
         // Joined off the link's thread: the runtime's workers may take a moment to stop.
@@ -357,6 +343,7 @@ pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[Str
     survivors.push(me.to_string());
     let ring = Placement::new(survivors.iter().map(|n| (n.as_str(), 1)));
     let jobs: Vec<(u64, Arc<CoordinatedJob>)> = shared
+        .jobs
         .coordinated
         .iter()
         .map(|e| (*e.key(), e.value().clone()))
@@ -392,16 +379,17 @@ pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[Str
         }
     }
     let orphaned: Vec<u64> = shared
+        .jobs
         .hosted
         .iter()
         .filter(|e| e.value().coordinator == node)
         .map(|e| *e.key())
         .collect();
     for job in orphaned {
-        if let Some((_, h)) = shared.hosted.remove(&job) {
+        if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
             tracing::error!(job, coordinator = %node, "the coordinator was lost; the job stops here (coordinator loss is not survived)");
             stop_hosted(shared, job, &h);
-            shared.hosted_ended(HostedEnd {
+            shared.jobs.hosted_ended(HostedEnd {
                 job,
                 error: Some(format!("coordinator `{node}` was lost")),
             });

@@ -30,25 +30,19 @@
 //! job ended with an error ([`Node::wait_hosted`](crate::Node::wait_hosted)); a new submission
 //! starts it again (from its latest checkpoint if it is configured to restore).
 
-use crate::mesh::{LinkTotals, Shared};
+pub use crate::config::JobBuilder;
+use crate::jobs::CoordinatedJob;
 use crate::placement::Placement;
 use crate::proxy::{ClusterResolver, ClusterTasks};
+use crate::remote::LinkTotals;
+use crate::shared::Shared;
 use crate::wire::Message;
 use riffle_actors::chaos::ChaosHandle;
 use riffle_actors::RescaleOutcome;
-use riffle_actors::{JobError, JobHandle, JobPorts, JobResult, LinkFigures};
+use riffle_actors::{JobError, JobHandle, JobResult, LinkFigures};
 use riffle_framework::{ExecutionPlan, RestoreFrom, StreamEnv, TaskId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-
-/// Builds a job; registered on every node under the same name.
-pub type JobBuilder = Arc<dyn Fn() -> StreamEnv + Send + Sync>;
-
-/// A job this node coordinates.
-pub(crate) struct CoordinatedJob {
-    pub(crate) resolver: Arc<ClusterResolver>,
-    pub(crate) ports: Mutex<Option<JobPorts>>,
-}
 
 /// A job submitted to the cluster from its coordinator.
 pub struct ClusterJob {
@@ -148,6 +142,7 @@ impl ClusterJob {
         let Some(c) = self
             .links
             .shared
+            .jobs
             .coordinated
             .get(&self.job)
             .map(|c| c.clone())
@@ -204,6 +199,7 @@ impl ClusterJob {
         options.restore = None;
         options.sticky = self.placed.clone();
         let builder = shared
+            .jobs
             .builder(&name)
             .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
         let plan = plan_with(&builder, &options)?;
@@ -217,7 +213,7 @@ impl ClusterJob {
         let sp = dir.join(format!("sp-{savepoint}"));
         let moved = riffle_actors::state_moved(&plan, &sp, savepoint, operator)?;
         options.restore = Some(RestoreFrom::Path(sp));
-        let next = run_job(&shared, &me, &name, shared.up_peers(), options)?;
+        let next = run_job(&shared, &me, &name, shared.net.up_peers(), options)?;
         next.chaos().wait_until(|p| p.restored_record || p.ended);
         Ok((
             next,
@@ -242,8 +238,8 @@ impl ClusterJob {
             result.links = links.figures(job);
         }
         let error = outcome.as_ref().err().map(|e| e.to_string());
-        links.shared.coordinated.remove(&job);
-        for link in links.shared.all_links() {
+        links.shared.jobs.coordinated.remove(&job);
+        for link in links.shared.net.all_links() {
             let _ = link.send(Message::JobEnd {
                 job,
                 error: error.clone(),
@@ -265,19 +261,20 @@ impl JobLinks {
     /// Asks every hosting node for its links' traffic during job `job` (waits at most 2 s).
     fn figures(&self, job: u64) -> Vec<LinkFigures> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.shared.stats_waiters.insert(job, tx);
+        self.shared.jobs.stats_waiters.insert(job, tx);
         let asked = self
             .hosts
             .iter()
             .filter(|h| {
                 self.shared
+                    .net
                     .link_sender(h)
                     .is_some_and(|l| l.send(Message::StatsRequest { job }))
             })
             .count();
         let mut all = vec![(
             self.me.clone(),
-            delta(&self.baseline, &self.shared.link_totals()),
+            delta(&self.baseline, &self.shared.net.link_totals()),
         )];
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
         while all.len() < asked + 1 {
@@ -287,7 +284,7 @@ impl JobLinks {
                 Err(_) => break,
             }
         }
-        self.shared.stats_waiters.remove(&job);
+        self.shared.jobs.stats_waiters.remove(&job);
         let mut figures: Vec<LinkFigures> = all
             .into_iter()
             .flat_map(|(from, links)| {
@@ -384,6 +381,7 @@ pub(crate) fn run_job(
     options: JobOptions,
 ) -> Result<ClusterJob, JobError> {
     let builder = shared
+        .jobs
         .builder(name)
         .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
     let plan = Arc::new(plan_with(
@@ -424,7 +422,7 @@ pub(crate) fn run_job(
     let resolver = Arc::new(ClusterResolver::new(
         job,
         me,
-        shared.clone(),
+        shared.net.clone(),
         plan.clone(),
         &placement,
     ));
@@ -449,7 +447,7 @@ pub(crate) fn run_job(
         resolver: resolver.clone(),
         ports: Mutex::new(None),
     });
-    shared.coordinated.insert(job, coordinated.clone());
+    shared.jobs.coordinated.insert(job, coordinated.clone());
     // The supervisor owns its own copy of the (deterministic) plan.
     let plan = plan_with(&builder, &options)?;
     let savepoints = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
@@ -469,7 +467,7 @@ pub(crate) fn run_job(
             *coordinated.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(ports);
         }),
     };
-    let baseline = shared.link_totals();
+    let baseline = shared.net.link_totals();
     let handle = riffle_actors::start_distributed(plan, dist)?;
     Ok(ClusterJob {
         handle,

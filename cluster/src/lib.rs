@@ -32,18 +32,23 @@
 //! Not yet: surviving the coordinator's loss, links that survive a reset without loss
 //! (see `cluster/PROTOCOL.md` for the threat model and what a link failure does).
 
+mod config;
 pub mod guard;
 pub mod handshake;
 mod hosting;
 pub mod job;
+mod jobs;
 mod link;
+mod members;
 mod mesh;
+mod net;
 pub mod node;
 pub mod placement;
 mod proxy;
 pub mod remote;
 pub mod secret;
 pub mod secure;
+mod shared;
 pub mod wire;
 
 pub use guard::Limits;

@@ -9,13 +9,17 @@
 //! returned) are limited to the link's memory budget — a peer past it broke the credit
 //! protocol and its link closes.
 
+use crate::guard::RefusedCounts;
 use crate::guard::Ticket;
 use crate::handshake::{handshake, HandshakeConfig, Role};
-use crate::mesh::{register, seen, RefusedCounts, Shared};
-use crate::remote::{channel_key, deliver, ChannelKey, CreditsReturned, LinkSender, Outgoing};
+use crate::members::{register, seen};
+use crate::remote::{
+    channel_key, deliver, ChannelKey, CreditsReturned, LinkBudget, LinkSender, Outgoing,
+};
 use crate::secure::Sealer;
+use crate::shared::Shared;
 use crate::wire::{encode, read_frame, write_frame, EdgeAddress, Message};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
@@ -26,38 +30,6 @@ use tokio::sync::{mpsc, watch};
 const WRITE_BATCH: usize = 256 * 1024;
 /// Channels whose credits one write merges, at most.
 const MAX_MERGED_CREDITS: usize = 64;
-
-/// The memory a peer's delivered, not yet handled batches hold on this node.
-pub(crate) struct LinkBudget {
-    held: AtomicUsize,
-    max: usize,
-}
-
-impl LinkBudget {
-    /// Takes `bytes` from the budget; `false` (and nothing taken) if that would exceed it.
-    pub(crate) fn take(&self, bytes: usize) -> bool {
-        let mut cur = self.held.load(Ordering::Relaxed);
-        loop {
-            if cur.saturating_add(bytes) > self.max {
-                return false;
-            }
-            match self.held.compare_exchange_weak(
-                cur,
-                cur + bytes,
-                Ordering::AcqRel,
-                Ordering::Relaxed,
-            ) {
-                Ok(_) => return true,
-                Err(now) => cur = now,
-            }
-        }
-    }
-
-    /// Gives `bytes` back.
-    pub(crate) fn give(&self, bytes: usize) {
-        self.held.fetch_sub(bytes, Ordering::AcqRel);
-    }
-}
 
 /// A link that passed its handshake and was registered.
 struct Up {
@@ -93,7 +65,7 @@ async fn establish(
         t.linked();
     }
     let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    match register(shared, &est.peer, ip, tx.clone()) {
+    match register(&shared.net.members, &est.peer, ip, tx.clone()) {
         Ok((id, kill)) => Some(Up {
             peer: est.peer,
             cipher: est.cipher,
@@ -135,7 +107,7 @@ pub(crate) async fn link(
     };
     if let Some(a) = dialled {
         // Linked: a later dial to this address may happen once this link is gone.
-        shared.lock().dialing.remove(&a);
+        shared.net.members.lock().dialing.remove(&a);
     }
     let peer = up.peer;
     tracing::info!(peer = %peer.node, encrypted = up.cipher.is_some(), "link up");
@@ -146,6 +118,7 @@ pub(crate) async fn link(
         None => Box::new(r),
     };
     let counters = shared
+        .net
         .counters
         .entry(peer.node.clone())
         .or_default()
@@ -167,7 +140,7 @@ pub(crate) async fn link(
     reading.run(reader, max, stop, up.kill).await;
     writer.abort();
     drop(ticket);
-    let mut st = shared.lock();
+    let mut st = shared.net.members.lock();
     if st.kills.get(&peer.node).is_some_and(|(i, _)| *i == up.id) {
         st.kills.remove(&peer.node);
         st.links.remove(&peer.node);
@@ -181,7 +154,7 @@ async fn write_loop(
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut w: OwnedWriteHalf,
     mut sealer: Option<Sealer>,
-    counters: Arc<crate::mesh::LinkCounters>,
+    counters: Arc<crate::remote::LinkCounters>,
     peer: String,
 ) {
     let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
@@ -282,11 +255,12 @@ impl Reading {
         let shared = &self.shared;
         match m {
             Message::Heartbeat { members, .. } => {
-                seen(shared, &self.peer, &self.me, members);
+                seen(&shared.net.members, &self.peer, &self.me, members);
             }
             Message::Data { edge, event } => {
-                seen(shared, &self.peer, &self.me, Vec::new());
+                seen(&shared.net.members, &self.peer, &self.me, Vec::new());
                 let inbox = shared
+                    .net
                     .inboxes
                     .get(&(edge.job, edge.chain, edge.to))
                     .map(|i| i.clone());
@@ -306,8 +280,8 @@ impl Reading {
                 }
             }
             Message::Credit { edge, n } => {
-                seen(shared, &self.peer, &self.me, Vec::new());
-                if let Some(r) = shared.returns.get(&channel_key(&edge)) {
+                seen(&shared.net.members, &self.peer, &self.me, Vec::new());
+                if let Some(r) = shared.net.returns.get(&channel_key(&edge)) {
                     r.do_send(CreditsReturned(n));
                 }
             }
@@ -320,7 +294,7 @@ impl Reading {
             | Message::JobEnd { .. }
             | Message::StatsRequest { .. }
             | Message::Stats { .. }) => {
-                seen(shared, &self.peer, &self.me, Vec::new());
+                seen(&shared.net.members, &self.peer, &self.me, Vec::new());
                 crate::hosting::on_frame(shared, &self.me, &self.peer.node, m, self.back.clone());
             }
             Message::Hello(_) | Message::Noise(_) | Message::Refused(_) => {
@@ -329,24 +303,5 @@ impl Reading {
             }
         }
         true
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_link_budget_refuses_past_its_maximum_and_takes_back_what_returns() {
-        let b = LinkBudget {
-            held: AtomicUsize::new(0),
-            max: 100,
-        };
-        assert!(b.take(60));
-        assert!(b.take(40));
-        assert!(!b.take(1), "the budget is spent");
-        b.give(60);
-        assert!(b.take(50));
-        assert!(!b.take(usize::MAX), "no overflow");
     }
 }

@@ -9,12 +9,18 @@
 //!
 //! Jobs registered on the builder run across the nodes (see [`crate::job`]).
 
+pub use crate::config::DialVia;
+use crate::config::NodeConfig;
 use crate::guard::{Admission, Limits};
 use crate::hosting::HostedEnd;
-use crate::job::{ClusterJob, JobBuilder, JobOptions};
-use crate::mesh::{handshake_config, members_of, run, Shared};
+use crate::job::{ClusterJob, JobOptions};
+use crate::jobs::Jobs;
+use crate::members::members_of;
+pub use crate::members::{Member, Status};
+use crate::mesh::{handshake_config, run};
 use crate::remote::{channel_key, Inbox, LinkSender, Outgoing, RemoteMailbox};
 use crate::secret::Secret;
+use crate::shared::Shared;
 use crate::wire::{EdgeAddress, DEFAULT_MAX_FRAME};
 use actix::prelude::{Actor, Addr};
 use riffle_actors::JobError;
@@ -56,26 +62,6 @@ pub enum NodeError {
     NoLink(String),
 }
 
-/// Whether a member is alive.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Status {
-    /// Heard from within the failure timeout.
-    Up,
-    /// Silent for longer than the failure timeout, or its link closed and was not re-made.
-    Down,
-}
-
-/// One member as this node sees it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Member {
-    /// Node id.
-    pub node: String,
-    /// Its listen address.
-    pub listen: String,
-    /// Alive or not.
-    pub status: Status,
-}
-
 /// What a node refused since it started ([`Node::refusals`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusals {
@@ -91,45 +77,6 @@ pub struct Refusals {
     pub frames: u64,
     /// Links closed because the peer's unhandled batches exceeded the link budget.
     pub over_budget: u64,
-}
-
-/// Settings of a node; see [`NodeBuilder`].
-#[derive(Clone)]
-pub(crate) struct NodeConfig {
-    pub(crate) name: String,
-    pub(crate) cluster: String,
-    pub(crate) listen: String,
-    pub(crate) seeds: Vec<String>,
-    pub(crate) secret: Option<Secret>,
-    pub(crate) encrypt: bool,
-    pub(crate) limits: Option<Limits>,
-    pub(crate) forget_after: Duration,
-    pub(crate) link_budget: usize,
-    pub(crate) handshake_timeout: Duration,
-    pub(crate) heartbeat: Duration,
-    pub(crate) failure_timeout: Duration,
-    pub(crate) max_frame: u32,
-    pub(crate) jobs: Vec<(String, JobBuilder)>,
-    pub(crate) advertise: Option<String>,
-    pub(crate) dial_via: Option<DialVia>,
-    pub(crate) checkpoint_dir: Option<std::path::PathBuf>,
-}
-
-/// Maps a peer's advertised address to the address to connect to.
-pub type DialVia = Arc<dyn Fn(&str) -> String + Send + Sync>;
-
-impl std::fmt::Debug for NodeConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeConfig")
-            .field("name", &self.name)
-            .field("cluster", &self.cluster)
-            .field("listen", &self.listen)
-            .field("seeds", &self.seeds)
-            .field("secret", &self.secret)
-            .field("encrypt", &self.encrypt)
-            .field("jobs", &self.jobs.iter().map(|j| &j.0).collect::<Vec<_>>())
-            .finish_non_exhaustive()
-    }
 }
 
 /// Builds a [`Node`]:
@@ -265,10 +212,13 @@ impl NodeBuilder {
             "a node needs the cluster's shared secret (NodeBuilder::secret)",
         ))?;
         let shared = Arc::new(Shared {
-            builders: cfg.jobs.iter().cloned().collect(),
-            checkpoint_dir: cfg.checkpoint_dir.clone(),
+            net: Arc::default(),
+            jobs: Jobs::new(
+                cfg.jobs.iter().cloned().collect(),
+                cfg.checkpoint_dir.clone(),
+            ),
             admission: Some(Admission::new(cfg.limits.clone().unwrap_or_default())),
-            ..Shared::default()
+            refused: Default::default(),
         });
         let name = cfg.name.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
@@ -360,7 +310,7 @@ impl Node {
 
     /// The coordinator of jobs submitted now: the live node with the lowest id.
     pub fn coordinator(&self) -> String {
-        let mut ids = self.shared.up_peers();
+        let mut ids = self.shared.net.up_peers();
         ids.push(self.name.clone());
         ids.into_iter().min().unwrap_or_default()
     }
@@ -385,18 +335,14 @@ impl Node {
             &self.shared,
             &self.name,
             name,
-            self.shared.up_peers(),
+            self.shared.net.up_peers(),
             options,
         )
     }
 
     /// Blocks until a job this node hosted (as a non-coordinator) ends, or `timeout` passes.
     pub fn wait_hosted(&self, timeout: Duration) -> Option<HostedEnd> {
-        self.shared
-            .wait_for(timeout, |st, late| match st.ended.pop_front() {
-                Some(e) => Some(Some(e)),
-                None => late.then_some(None),
-            })
+        self.shared.jobs.wait_hosted(timeout)
     }
 
     /// What this node refused since it started.
@@ -414,17 +360,17 @@ impl Node {
 
     /// Node ids this node heard of from members but has not verified (linked with) yet.
     pub fn candidates(&self) -> usize {
-        self.shared.lock().candidates.len()
+        self.shared.net.members.lock().candidates.len()
     }
 
     /// The other members this node knows, sorted by id.
     pub fn members(&self) -> Vec<Member> {
-        members_of(&self.shared.lock())
+        members_of(&self.shared.net.members.lock())
     }
 
     /// Blocks until `cond` holds for the member list or `timeout` passes; returns the list.
     pub fn wait_members(&self, timeout: Duration, cond: impl Fn(&[Member]) -> bool) -> Vec<Member> {
-        self.shared.wait_for(timeout, |st, late| {
+        self.shared.net.members.wait_for(timeout, |st, late| {
             let m = members_of(st);
             (late || cond(&m)).then_some(m)
         })
@@ -432,7 +378,7 @@ impl Node {
 
     /// The link to `peer`, if it is up.
     pub fn link(&self, peer: &str) -> Option<LinkSender> {
-        let st = self.shared.lock();
+        let st = self.shared.net.members.lock();
         st.links.get(peer).map(|tx| LinkSender {
             tx: tx.clone(),
             peer: peer.to_string(),
@@ -441,7 +387,7 @@ impl Node {
 
     /// Routes `Data` frames for subtask `to` of `chain` of `job` to `inbox`.
     pub fn register_inbox(&self, job: u64, chain: u32, to: u32, inbox: Inbox) {
-        self.shared.inboxes.insert((job, chain, to), inbox);
+        self.shared.net.inboxes.insert((job, chain, to), inbox);
     }
 
     /// Starts a remote mailbox (in the current actix system) for channel `edge` to `peer` and
@@ -460,6 +406,7 @@ impl Node {
             .ok_or_else(|| NodeError::NoLink(peer.to_string()))?;
         let addr = RemoteMailbox::new(edge, link, codec).start();
         self.shared
+            .net
             .returns
             .insert(channel_key(&edge), addr.clone().recipient());
         Ok(addr)
@@ -474,6 +421,8 @@ impl Node {
         // Frames already queued (a job's end, for one) go out before the links close.
         let waits: Vec<_> = self
             .shared
+            .net
+            .members
             .lock()
             .links
             .values()

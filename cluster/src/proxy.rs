@@ -3,7 +3,7 @@
 //! and controls subtasks elsewhere ([`ClusterTasks`], [`ControlProxy`]), and how hosted
 //! subtasks report to it ([`JobProxy`]).
 
-use crate::mesh::Shared;
+use crate::net::Net;
 use crate::placement::Placement;
 use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, Release, RemoteMailbox};
 use crate::wire::{EdgeAddress, Message};
@@ -19,7 +19,7 @@ use std::sync::Arc;
 pub struct ClusterResolver {
     pub(crate) job: u64,
     pub(crate) me: String,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) net: Arc<Net>,
     pub(crate) plan: Arc<ExecutionPlan>,
     /// Where every subtask of the job runs.
     pub(crate) placement: DashMap<TaskId, String>,
@@ -30,14 +30,14 @@ impl ClusterResolver {
     pub(crate) fn new(
         job: u64,
         me: &str,
-        shared: Arc<Shared>,
+        net: Arc<Net>,
         plan: Arc<ExecutionPlan>,
         placement: &[(TaskId, String)],
     ) -> Self {
         ClusterResolver {
             job,
             me: me.to_string(),
-            shared,
+            net,
             plan,
             placement: placement.iter().cloned().collect(),
             mailboxes: DashMap::new(),
@@ -59,7 +59,7 @@ impl ClusterResolver {
     }
 
     pub(crate) fn link_to(&self, node: &str) -> LinkSender {
-        self.shared
+        self.net
             .link_sender(node)
             .unwrap_or_else(|| LinkSender::closed(node))
     }
@@ -85,10 +85,10 @@ impl Resolve for ClusterResolver {
             channel: in_channel,
         };
         let codec = self.plan.input_codec(to.chain)?;
-        let shared = self.shared.clone();
-        let lookup: LinkLookup = Arc::new(move |peer: &str| shared.link_sender(peer));
+        let net = self.net.clone();
+        let lookup: LinkLookup = Arc::new(move |peer: &str| net.link_sender(peer));
         let addr = RemoteMailbox::with_lookup(edge, &node, lookup, codec).start();
-        self.shared
+        self.net
             .returns
             .insert(channel_key(&edge), addr.clone().recipient());
         self.mailboxes.insert(key, addr.clone());
@@ -97,7 +97,7 @@ impl Resolve for ClusterResolver {
 
     fn local_started(&self, task: TaskId, to: &Recipient<DataMessage>) {
         if let Some(codec) = self.plan.input_codec(task.chain) {
-            self.shared.inboxes.insert(
+            self.net.inboxes.insert(
                 (self.job, task.chain as u32, task.subtask as u32),
                 Inbox {
                     to: to.clone(),
@@ -141,7 +141,7 @@ impl RemoteTasks for ClusterTasks {
             job,
             task,
             node: node.to_string(),
-            shared: self.resolver.shared.clone(),
+            net: self.resolver.net.clone(),
         }
         .start()
         .recipient()
@@ -166,7 +166,7 @@ impl RemoteTasks for ClusterTasks {
             .collect();
         let hosting: std::collections::BTreeSet<String> =
             kept.iter().map(|(_, n)| n.clone()).collect();
-        let mut live = r.shared.up_peers();
+        let mut live = r.net.up_peers();
         live.retain(|n| !self.exclude.contains(n));
         live.push(r.me.clone());
         let ring = Placement::new(live.iter().map(|n| (n.as_str(), 1)));
@@ -211,7 +211,7 @@ pub struct ControlProxy {
     pub(crate) job: u64,
     pub(crate) task: TaskId,
     pub(crate) node: String,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) net: Arc<Net>,
 }
 
 impl Actor for ControlProxy {
@@ -223,7 +223,7 @@ impl Handler<Control> for ControlProxy {
     fn handle(&mut self, msg: Control, _ctx: &mut Context<Self>) {
         match rmp_serde::to_vec(&msg) {
             Ok(body) => {
-                let sent = self.shared.link_sender(&self.node).is_some_and(|l| {
+                let sent = self.net.link_sender(&self.node).is_some_and(|l| {
                     l.send(Message::Control {
                         job: self.job,
                         task: self.task,
@@ -247,7 +247,7 @@ impl Handler<Control> for ControlProxy {
 pub struct JobProxy {
     pub(crate) job: u64,
     pub(crate) coordinator: String,
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) net: Arc<Net>,
 }
 
 impl Actor for JobProxy {
@@ -258,11 +258,11 @@ impl Handler<ToJob> for JobProxy {
     type Result = ();
     fn handle(&mut self, mut msg: ToJob, _ctx: &mut Context<Self>) {
         if let (Some(reply), Some(task)) = (msg.take_reply(), msg.task()) {
-            self.shared.replies.insert((self.job, task), reply);
+            self.net.replies.insert((self.job, task), reply);
         }
         match rmp_serde::to_vec(&msg) {
             Ok(body) => {
-                let sent = self.shared.link_sender(&self.coordinator).is_some_and(|l| {
+                let sent = self.net.link_sender(&self.coordinator).is_some_and(|l| {
                     l.send(Message::Report {
                         job: self.job,
                         body,

@@ -12,12 +12,12 @@
 //! subtask's address and its record codec); a `Data` frame is decoded into the typed batch
 //! and delivered with a [`RemoteCredit`] whose drop sends the `Credit` frame back.
 
-use crate::link::LinkBudget;
 use crate::wire::{EdgeAddress, Message, WireEvent};
 use actix::prelude::{Actor, AsyncContext, Context, Handler, Recipient};
-use riffle_actors::{Credit, DataMessage, Event, RemoteCredit};
-use riffle_framework::BatchCodec;
+use riffle_actors::{Credit, DataMessage, RemoteCredit};
+use riffle_framework::{BatchCodec, ChannelEvent, RecordBatch};
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -197,17 +197,13 @@ impl Handler<DataMessage> for RemoteMailbox {
             self.dropped += 1;
             return; // the message's credit returns as it drops
         }
-        let event = match msg.event {
-            Event::Batch { payload, .. } => match self.codec.encode(&payload) {
-                Ok(bytes) => WireEvent::Batch(bytes),
-                Err(e) => {
-                    tracing::error!(edge = ?self.edge, error = %e, "cannot encode a batch; dropped");
-                    self.dropped += 1;
-                    return;
-                }
-            },
-            Event::Barrier(n) => WireEvent::Barrier(n),
-            Event::EndOfInput => WireEvent::EndOfInput,
+        let event = match msg.event.try_map_batch(|b| self.codec.encode(&b.payload)) {
+            Ok(event) => event,
+            Err(e) => {
+                tracing::error!(edge = ?self.edge, error = %e, "cannot encode a batch; dropped");
+                self.dropped += 1;
+                return;
+            }
         };
         let edge = EdgeAddress {
             epoch: msg.epoch,
@@ -260,24 +256,25 @@ pub(crate) fn deliver(
     link: LinkSender,
     budget: &Arc<LinkBudget>,
 ) -> bool {
-    let (event, bytes) = match event {
-        WireEvent::Batch(bytes) => {
-            let size = bytes.len();
-            if !budget.take(size) {
-                return false;
-            }
-            match inbox.codec.decode(&bytes) {
-                Ok((payload, len)) => (Event::Batch { payload, len }, size),
-                Err(e) => {
-                    budget.give(size);
-                    tracing::error!(?edge, error = %e, "undecodable batch; dropped");
-                    let _ = link.send(Message::Credit { edge, n: 1 });
-                    return true;
-                }
-            }
+    let bytes = match &event {
+        ChannelEvent::Batch(b) => b.len(),
+        _ => 0,
+    };
+    if !budget.take(bytes) {
+        return false;
+    }
+    let decoded = event.try_map_batch(|b| {
+        let (payload, len) = inbox.codec.decode(&b)?;
+        Ok::<_, String>(RecordBatch { payload, len })
+    });
+    let event = match decoded {
+        Ok(event) => event,
+        Err(e) => {
+            budget.give(bytes);
+            tracing::error!(?edge, error = %e, "undecodable batch; dropped");
+            let _ = link.send(Message::Credit { edge, n: 1 });
+            return true;
         }
-        WireEvent::Barrier(n) => (Event::Barrier(n), 0),
-        WireEvent::EndOfInput => (Event::EndOfInput, 0),
     };
     let held = budget.clone();
     let credit = RemoteCredit::new(move || {
@@ -295,4 +292,90 @@ pub(crate) fn deliver(
         tracing::warn!(?edge, error = %e, "inbox unavailable; event dropped");
     }
     true
+}
+
+/// Per peer: bytes, frames, data frames, credit frames.
+pub(crate) type LinkTotals = Vec<(String, u64, u64, u64, u64)>;
+
+/// What a node wrote on its link to one peer.
+#[derive(Default)]
+pub(crate) struct LinkCounters {
+    bytes: AtomicU64,
+    frames: AtomicU64,
+    data: AtomicU64,
+    credit: AtomicU64,
+}
+
+impl LinkCounters {
+    pub(crate) fn count(&self, m: &Message, bytes: usize) {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+        match m {
+            Message::Data { .. } => self.data.fetch_add(1, Ordering::Relaxed),
+            Message::Credit { .. } => self.credit.fetch_add(1, Ordering::Relaxed),
+            _ => 0,
+        };
+    }
+
+    /// The totals for `peer`: (peer, bytes, frames, data frames, credit frames).
+    pub(crate) fn totals(&self, peer: &str) -> (String, u64, u64, u64, u64) {
+        (
+            peer.to_string(),
+            self.bytes.load(Ordering::Relaxed),
+            self.frames.load(Ordering::Relaxed),
+            self.data.load(Ordering::Relaxed),
+            self.credit.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// The memory a peer's delivered, not yet handled batches hold on this node.
+pub(crate) struct LinkBudget {
+    pub(crate) held: AtomicUsize,
+    pub(crate) max: usize,
+}
+
+impl LinkBudget {
+    /// Takes `bytes` from the budget; `false` (and nothing taken) if that would exceed it.
+    pub(crate) fn take(&self, bytes: usize) -> bool {
+        let mut cur = self.held.load(Ordering::Relaxed);
+        loop {
+            if cur.saturating_add(bytes) > self.max {
+                return false;
+            }
+            match self.held.compare_exchange_weak(
+                cur,
+                cur + bytes,
+                Ordering::AcqRel,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return true,
+                Err(now) => cur = now,
+            }
+        }
+    }
+
+    /// Gives `bytes` back.
+    pub(crate) fn give(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_budget_refuses_past_its_maximum_and_takes_back_what_returns() {
+        let b = LinkBudget {
+            held: AtomicUsize::new(0),
+            max: 100,
+        };
+        assert!(b.take(60));
+        assert!(b.take(40));
+        assert!(!b.take(1), "the budget is spent");
+        b.give(60);
+        assert!(b.take(50));
+        assert!(!b.take(usize::MAX), "no overflow");
+    }
 }

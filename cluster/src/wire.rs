@@ -9,7 +9,7 @@
 //! caller closes the link. Nothing a peer sends can make a reader panic or allocate more than
 //! the maximum. See `cluster/PROTOCOL.md`.
 
-use riffle_framework::TaskId;
+use riffle_framework::{ChannelEvent, TaskId};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -134,16 +134,10 @@ pub enum RefuseReason {
     BadNodeId,
 }
 
-/// What a `Data` frame carries, in the channel's order.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum WireEvent {
-    /// A batch of records, encoded with rmp-serde.
-    Batch(Vec<u8>),
-    /// Checkpoint barrier `n`.
-    Barrier(u64),
-    /// The sender will send nothing more on this channel.
-    EndOfInput,
-}
+/// What a `Data` frame carries, in the channel's order: the channel event of every layer
+/// ([`ChannelEvent`]) with its batch encoded (the records, rmp-serde encoded by the channel's
+/// codec).
+pub type WireEvent = ChannelEvent<Vec<u8>>;
 
 /// Every message of the protocol. The tag on the wire is [`Message::tag`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -26,6 +26,7 @@ mod connectors;
 mod data;
 mod dead_letter;
 mod error;
+mod event;
 pub mod exec;
 mod graph;
 mod operator;
@@ -45,6 +46,7 @@ pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};
 pub use dead_letter::{DeadLetter, DeadLetterQueue};
 pub use error::{panic_message, ConnectorError, FailureCause, GraphError, StageError, UserError};
+pub use event::{ChannelEvent, RecordBatch};
 pub use graph::{BatchCodec, ChannelTarget, ExecutionPlan, TaskChain, TaskId};
 pub use operator::{
     Encoded, KeyedOperator, Operator, Output, Position, Sink, Snapshot, Source, SourceStatus,

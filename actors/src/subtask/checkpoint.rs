@@ -10,10 +10,10 @@
 
 use super::{Lifecycle, RestoreState, SubtaskActor};
 use crate::message::{
-    CheckpointAck, Committed, DataMessage, Event, FirstRecord, ResetOrder, TaskDraining, ToJob,
+    CheckpointAck, Committed, DataMessage, FirstRecord, ResetOrder, TaskDraining, ToJob,
 };
 use actix::prelude::*;
-use riffle_framework::{StageError, TaskSnapshot};
+use riffle_framework::{ChannelEvent, RecordBatch, StageError, TaskSnapshot};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
@@ -29,7 +29,7 @@ impl SubtaskActor {
             return;
         }
         match msg.event {
-            Event::Batch { payload, len } => {
+            ChannelEvent::Batch(RecordBatch { payload, len }) => {
                 let retry = super::Retry {
                     payload,
                     len,
@@ -39,8 +39,8 @@ impl SubtaskActor {
                 };
                 self.run_batch(retry, ctx);
             }
-            Event::Barrier(n) => self.on_barrier(ch, n, ctx),
-            Event::EndOfInput => self.close_inputs(&[ch], ctx),
+            ChannelEvent::Barrier(n) => self.on_barrier(ch, n, ctx),
+            ChannelEvent::EndOfInput => self.close_inputs(&[ch], ctx),
         }
     }
 

@@ -2,10 +2,9 @@
 //! re-wiring after a receiver was re-created.
 
 use super::{Lifecycle, MsgKind, SubtaskActor};
-use crate::message::{Credit, DataMessage, Event, TaskFinished, ToJob};
+use crate::message::{Credit, DataMessage, TaskFinished, ToJob};
 use actix::prelude::*;
-use riffle_framework::exec::OutEvent;
-use riffle_framework::TaskId;
+use riffle_framework::{ChannelEvent, TaskId};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Semaphore;
@@ -20,15 +19,6 @@ pub(super) enum Blocked {
 
 /// How long a sender waits before retrying a full mailbox.
 const FULL_MAILBOX_PAUSE: Duration = Duration::from_millis(1);
-
-/// A message that could not be sent, back into the output queue's form.
-fn unsent(event: Event) -> OutEvent {
-    match event {
-        Event::Batch { payload, len } => OutEvent::Batch { payload, len },
-        Event::Barrier(n) => OutEvent::Barrier(n),
-        Event::EndOfInput => OutEvent::EndOfInput,
-    }
-}
 
 impl SubtaskActor {
     /// Sends queued messages while credits last; waits for a credit when a channel runs out.
@@ -85,16 +75,12 @@ impl SubtaskActor {
             let Ok(permit) = out.credits.clone().try_acquire_owned() else {
                 return Some(Blocked::Credit(out.credits.clone()));
             };
-            let Some(ev) = self.cx.queues[i].pop_front() else {
+            let Some(event) = self.cx.queues[i].pop_front() else {
                 break;
             };
-            let (event, batch) = match ev {
-                OutEvent::Batch { payload, len } => (Event::Batch { payload, len }, true),
-                OutEvent::Barrier(n) => (Event::Barrier(n), false),
-                OutEvent::EndOfInput => (Event::EndOfInput, false),
-            };
+            let batch = event.is_batch();
             let msg_kind = match event {
-                Event::EndOfInput => MsgKind::End,
+                ChannelEvent::EndOfInput => MsgKind::End,
                 _ => MsgKind::Other,
             };
             let msg = DataMessage {
@@ -105,8 +91,7 @@ impl SubtaskActor {
             };
             let Some(to) = &out.to else {
                 // Not resolved yet: hold the channel until a re-wire or reset finds it.
-                let back = unsent(msg.event);
-                self.cx.queues[i].push_front(back);
+                self.cx.queues[i].push_front(msg.event);
                 out.parked = true;
                 return None;
             };
@@ -114,15 +99,13 @@ impl SubtaskActor {
                 Ok(()) if batch => self.metrics.batches_out += 1,
                 Ok(()) => out.eoi_sent |= matches!(msg_kind, MsgKind::End),
                 Err(SendError::Full(msg)) => {
-                    let back = unsent(msg.event);
-                    self.cx.queues[i].push_front(back);
+                    self.cx.queues[i].push_front(msg.event);
                     return Some(Blocked::Full);
                 }
                 Err(SendError::Closed(msg)) => {
                     // The receiver is gone (its worker stopped): keep the message and wait for
                     // a re-wire.
-                    let back = unsent(msg.event);
-                    self.cx.queues[i].push_front(back);
+                    self.cx.queues[i].push_front(msg.event);
                     out.parked = true;
                     tracing::warn!(chain = %self.chain_name, subtask = self.task.subtask, target = ?out.target, "receiver gone; holding its channel until it is re-created");
                 }
@@ -161,10 +144,10 @@ impl SubtaskActor {
             out.parked = false;
             let queued_eoi = self.cx.queues[i]
                 .iter()
-                .any(|e| matches!(e, OutEvent::EndOfInput));
+                .any(|e| matches!(e, ChannelEvent::EndOfInput));
             if out.eoi_sent && !queued_eoi {
                 // The lost receiver had our end-of-input; its successor needs it too.
-                self.cx.queues[i].push_back(OutEvent::EndOfInput);
+                self.cx.queues[i].push_back(ChannelEvent::EndOfInput);
             }
         }
         if self.state == Lifecycle::Done {

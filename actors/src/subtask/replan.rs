@@ -11,7 +11,8 @@
 use super::{Lifecycle, OutChannel, SubtaskActor};
 use crate::message::{Failure, ReplanOrder, Replanned, ToJob};
 use actix::prelude::*;
-use riffle_framework::exec::{OutEvent, RouteLayout, StageCx};
+use riffle_framework::exec::{RouteLayout, StageCx};
+use riffle_framework::ChannelEvent;
 use riffle_framework::{FailureCause, Partitioner, StageError, TaskId};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -115,7 +116,7 @@ impl SubtaskActor {
     /// its address, credits and queue; a new one is resolved.
     fn rewire_outputs(&mut self) {
         let credits = self.plan.config().credits;
-        let mut old: HashMap<(TaskId, u32), (OutChannel, VecDeque<OutEvent>)> = self
+        let mut old: HashMap<(TaskId, u32), (OutChannel, VecDeque<ChannelEvent>)> = self
             .outs
             .drain(..)
             .zip(self.cx.queues.drain(..))

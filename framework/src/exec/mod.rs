@@ -27,39 +27,13 @@ pub use router::{Route, Router, Tee};
 pub use stages::{KeyFn, KeyedStage, OperatorStage, SinkStage};
 
 use crate::error::StageError;
-use std::any::Any;
+use crate::event::ChannelEvent;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use crate::operator::Output;
 
-/// A batch of records of some type (`Vec<T>`), moved between subtasks without serialization.
-pub type Payload = Box<dyn Any + Send>;
-
-/// What a subtask queues for one of its output channels.
-pub enum OutEvent {
-    /// A batch of `len` records.
-    Batch {
-        /// The records (`Vec<T>`).
-        payload: Payload,
-        /// How many records.
-        len: usize,
-    },
-    /// Checkpoint barrier: everything before it belongs to checkpoint `n`'s snapshot.
-    Barrier(u64),
-    /// No more records will follow on this channel.
-    EndOfInput,
-}
-
-impl std::fmt::Debug for OutEvent {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            OutEvent::Batch { len, .. } => write!(f, "Batch({len})"),
-            OutEvent::Barrier(n) => write!(f, "Barrier({n})"),
-            OutEvent::EndOfInput => write!(f, "EndOfInput"),
-        }
-    }
-}
+pub use crate::event::Payload;
 
 /// Where one router of a chain writes (see [`Stage::reroute`]): its first output channel,
 /// how many channels it has, and the key ring of a keyed edge.
@@ -89,7 +63,7 @@ pub const INJECTED_FAULT: &str = "chaos: injected fault";
 #[derive(Debug)]
 pub struct StageCx {
     /// One queue per output channel, in the order of the task's channel list.
-    pub queues: Vec<VecDeque<OutEvent>>,
+    pub queues: Vec<VecDeque<ChannelEvent>>,
     /// Records handed to routers or sinks (committed or not).
     pub records_out: u64,
     /// Records per batch.
@@ -119,14 +93,14 @@ impl StageCx {
     /// Queues end-of-input on every output channel.
     pub fn end_all(&mut self) {
         for q in &mut self.queues {
-            q.push_back(OutEvent::EndOfInput);
+            q.push_back(ChannelEvent::EndOfInput);
         }
     }
 
     /// Queues checkpoint barrier `n` on every output channel.
     pub fn barrier_all(&mut self, n: u64) {
         for q in &mut self.queues {
-            q.push_back(OutEvent::Barrier(n));
+            q.push_back(ChannelEvent::Barrier(n));
         }
     }
 

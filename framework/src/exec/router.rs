@@ -1,8 +1,9 @@
 //! Routers (the tail of a chain for an outgoing edge) and tees (a stream read twice).
 
-use super::{BoxStage, OutEvent, RouteLayout, Stage, StageCx};
+use super::{BoxStage, RouteLayout, Stage, StageCx};
 use crate::data::Data;
 use crate::error::StageError;
+use crate::event::{ChannelEvent, RecordBatch};
 use crate::partition::{Partitioner, Routing};
 
 /// How a router picks the channel of a record; `H` computes a record's key hash.
@@ -77,10 +78,10 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
 
     fn queue(&mut self, cx: &mut StageCx, ch: usize, batch: Vec<T>) {
         let len = batch.len();
-        cx.queues[self.base + ch].push_back(OutEvent::Batch {
+        cx.queues[self.base + ch].push_back(ChannelEvent::Batch(RecordBatch {
             payload: Box::new(batch),
             len,
-        });
+        }));
     }
 }
 

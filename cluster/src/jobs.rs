@@ -1,0 +1,121 @@
+//! The registry of a node's jobs: the builders it registered, the jobs it coordinates, the
+//! jobs it hosts for a coordinator elsewhere, and how hosted jobs ended. `job.rs` submits and
+//! drives coordinated jobs, `hosting.rs` runs hosted ones; both keep them here.
+
+use crate::config::JobBuilder;
+use crate::proxy::ClusterResolver;
+use crate::remote::LinkTotals;
+use actix::prelude::{ArbiterHandle, Recipient, System};
+use dashmap::DashMap;
+use riffle_actors::host::LocalHost;
+use riffle_actors::{Control, JobPorts};
+use riffle_framework::TaskId;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+/// A job this node coordinates.
+pub(crate) struct CoordinatedJob {
+    pub(crate) resolver: Arc<ClusterResolver>,
+    pub(crate) ports: Mutex<Option<JobPorts>>,
+}
+
+/// A job this node hosts subtasks of (it is not the coordinator).
+pub(crate) struct HostedJob {
+    pub(crate) coordinator: String,
+    /// Link totals when the job started (its figures are the difference).
+    pub(crate) baseline: LinkTotals,
+    pub(crate) resolver: Arc<ClusterResolver>,
+    pub(crate) host: LocalHost,
+    pub(crate) workers: Vec<ArbiterHandle>,
+    pub(crate) system: System,
+    pub(crate) controls: Arc<DashMap<TaskId, Recipient<Control>>>,
+    pub(crate) thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+/// How a hosted job ended on this node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostedEnd {
+    /// The job's id.
+    pub job: u64,
+    /// Why it failed (or why this node stopped hosting it), if it did not succeed.
+    pub error: Option<String>,
+}
+
+/// The jobs of a node (see the module docs).
+#[derive(Default)]
+pub(crate) struct Jobs {
+    /// Registered job builders.
+    pub(crate) builders: HashMap<String, JobBuilder>,
+    /// Where coordinated jobs keep their checkpoints (overrides the job's setting).
+    pub(crate) checkpoint_dir: Option<std::path::PathBuf>,
+    /// Jobs this node coordinates.
+    pub(crate) coordinated: DashMap<u64, Arc<CoordinatedJob>>,
+    /// Jobs this node hosts subtasks of.
+    pub(crate) hosted: DashMap<u64, Arc<HostedJob>>,
+    /// Coordinators waiting for the nodes' link figures of a job.
+    pub(crate) stats_waiters: DashMap<u64, std::sync::mpsc::Sender<(String, LinkTotals)>>,
+    /// Hosted jobs that ended, oldest first, until [`Jobs::wait_hosted`] takes them.
+    ended: Mutex<VecDeque<HostedEnd>>,
+    ended_changed: Condvar,
+}
+
+impl Jobs {
+    /// The registry of `builders`, whose checkpoints go to `checkpoint_dir` if given.
+    pub(crate) fn new(
+        builders: HashMap<String, JobBuilder>,
+        checkpoint_dir: Option<std::path::PathBuf>,
+    ) -> Self {
+        Jobs {
+            builders,
+            checkpoint_dir,
+            ..Jobs::default()
+        }
+    }
+
+    /// The builder registered as `name`, with this node's checkpoint directory applied.
+    pub(crate) fn builder(&self, name: &str) -> Option<JobBuilder> {
+        let build = self.builders.get(name).cloned()?;
+        let Some(dir) = self.checkpoint_dir.clone() else {
+            return Some(build);
+        };
+        Some(Arc::new(move || {
+            let env = build();
+            env.configure(|c| {
+                if let Some(cp) = &mut c.checkpoint {
+                    cp.storage = riffle_framework::CheckpointStorage::Dir(dir.clone());
+                }
+            });
+            env
+        }))
+    }
+
+    /// Records that a hosted job ended and wakes [`Jobs::wait_hosted`].
+    pub(crate) fn hosted_ended(&self, end: HostedEnd) {
+        self.ended
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(end);
+        self.ended_changed.notify_all();
+    }
+
+    /// The oldest hosted job's end not taken yet; waits for one at most `timeout`.
+    pub(crate) fn wait_hosted(&self, timeout: Duration) -> Option<HostedEnd> {
+        let deadline = Instant::now() + timeout;
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        loop {
+            if let Some(e) = ended.pop_front() {
+                return Some(e);
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            ended = self
+                .ended_changed
+                .wait_timeout(ended, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+    }
+}
