@@ -12,7 +12,7 @@ use riffle_framework::{
     ChainRescale, Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan,
     FsStore, JobConfig, MemoryStore, RestoreFrom, StreamEnv, TaskId,
 };
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -20,36 +20,7 @@ use std::time::Instant;
 
 pub(crate) type Outcome = Result<JobResult, JobError>;
 
-/// SplitMix64: the runtime's small seeded generator (backoff jitter, chaos plans).
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    /// A generator seeded with `seed`.
-    pub fn new(seed: u64) -> Self {
-        Rng(seed)
-    }
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// A uniform float in `[0, 1)`.
-    pub fn unit(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// A uniform integer in `0..n` (`n` of 0 gives 0).
-    pub fn below(&mut self, n: u64) -> u64 {
-        if n == 0 {
-            0
-        } else {
-            self.next_u64() % n
-        }
-    }
-}
+pub use crate::rng::Rng;
 
 /// A running job.
 pub struct JobHandle {
@@ -473,7 +444,8 @@ fn launch(
         let host = LocalHost::new(plan.clone(), directory, ctx.address().recipient());
         let mut sup = JobSupervisor {
             alive: vec![true; workers.len()],
-            rng: Rng::new(cfg.seed),
+            // Worker picks draw from their own stream; backoff jitter from the restarts'.
+            rng: Rng::new(cfg.seed ^ 0x5EED_F0F0_0000_0001),
             total: tasks.len(),
             coord,
             epoch: 0,
@@ -486,9 +458,7 @@ fn launch(
             placement: HashMap::new(),
             positions: HashMap::new(),
             finished: HashMap::new(),
-            window: VecDeque::new(),
-            per_task: HashMap::new(),
-            attempts: HashMap::new(),
+            restarts: crate::protocol::restarts::Restarts::new(cfg.restart, cfg.seed),
             recreated: HashMap::new(),
             result: JobResult::default(),
             started: Instant::now(),

@@ -24,12 +24,14 @@ use crate::message::{
     Control, DeadLettered, Decision, StopDue, SubtaskMetrics, TaskFailed, TaskFinished, TaskLost,
     TaskResumed,
 };
-use crate::runtime::{NodeLost, Outcome, Rng};
+use crate::protocol::restarts::{Escalation, Restarts, Verdict};
+use crate::rng::Rng;
+use crate::runtime::{NodeLost, Outcome};
 use crate::subtask::PositionSlot;
 use actix::prelude::*;
-use riffle_framework::{ExecutionPlan, RestartKind, TaskId};
+use riffle_framework::{ExecutionPlan, TaskId};
+use std::collections::HashMap;
 use std::collections::HashSet;
-use std::collections::{HashMap, VecDeque};
 use std::sync::{mpsc, Arc};
 use std::time::Instant;
 use tokio::sync::oneshot;
@@ -64,9 +66,8 @@ pub(crate) struct JobSupervisor {
     pub positions: HashMap<TaskId, PositionSlot>,
     pub finished: HashMap<TaskId, SubtaskMetrics>,
     pub total: usize,
-    pub window: VecDeque<Instant>,
-    pub per_task: HashMap<TaskId, VecDeque<Instant>>,
-    pub attempts: HashMap<TaskId, u32>,
+    /// Restart supervision: the intensity window, backoff and attempts.
+    pub restarts: Restarts,
     pub recreated: HashMap<TaskId, u32>,
     pub result: JobResult,
     pub rng: Rng,
@@ -111,8 +112,8 @@ impl JobSupervisor {
         reply: Option<oneshot::Sender<Decision>>,
         lost: &[TaskId],
     ) -> Result<(), u32> {
-        let consecutive = self.admit_restart(task)?;
-        let backoff = self.backoff(consecutive);
+        let consecutive = self.restarts.admit(task, Instant::now())?;
+        let backoff = self.restarts.backoff(consecutive);
         self.epoch += 1;
         let epoch = self.epoch;
         self.progress.update(|p| {
@@ -168,7 +169,7 @@ impl JobSupervisor {
                     .as_ref()
                     .and_then(|c| c.task(t.chain, t.subtask).cloned()),
                 last_completed,
-                attempt: self.next_attempt(t),
+                attempt: self.restarts.next_attempt(t),
                 backoff,
             };
             if t == task && lost.is_empty() {
@@ -182,7 +183,7 @@ impl JobSupervisor {
         self.result.restarts.push(RestartEvent {
             chain: self.chain_name(task),
             subtask: task.subtask,
-            attempt: self.attempts.get(&task).copied().unwrap_or(0),
+            attempt: self.restarts.attempt(task),
             cause,
             injected: false,
             backoff,
@@ -201,7 +202,7 @@ impl JobSupervisor {
                 .as_ref()
                 .and_then(|c| c.task(task.chain, task.subtask).cloned()),
             last_completed: checkpoint.as_ref().map(|c| c.id),
-            attempt: self.next_attempt(task),
+            attempt: self.restarts.next_attempt(task),
             backoff,
         };
         if let Some(r) = reply {
@@ -223,7 +224,7 @@ impl JobSupervisor {
         };
         let spec = SpawnSpec {
             epoch,
-            attempt: self.next_attempt(task),
+            attempt: self.restarts.next_attempt(task),
             paused: true,
             closed_inputs: Vec::new(),
             restore: Some(RestoreSpec {
@@ -288,15 +289,6 @@ impl JobSupervisor {
         self.plan.chain_name(task.chain).to_string()
     }
 
-    /// The delay before a subtask's `consecutive`-th restart in the window, with jitter.
-    fn backoff(&mut self, consecutive: u32) -> std::time::Duration {
-        self.plan
-            .config()
-            .restart
-            .backoff
-            .delay(consecutive, self.rng.unit())
-    }
-
     /// Past the intensity limit: the job fails with the root cause.
     fn escalate(
         &mut self,
@@ -314,40 +306,6 @@ impl JobSupervisor {
             restarts,
             backoffs,
         }));
-    }
-
-    /// Records a restart against the intensity limit; `Err(count)` if the limit is exceeded.
-    fn admit_restart(&mut self, task: TaskId) -> Result<u32, u32> {
-        let strategy = self.plan.config().restart;
-        let now = Instant::now();
-        while self
-            .window
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > strategy.window)
-        {
-            self.window.pop_front();
-        }
-        let count = self.window.len() as u32;
-        if count >= strategy.max_restarts {
-            return Err(count);
-        }
-        self.window.push_back(now);
-        let mine = self.per_task.entry(task).or_default();
-        while mine
-            .front()
-            .is_some_and(|t| now.duration_since(*t) > strategy.window)
-        {
-            mine.pop_front();
-        }
-        let consecutive = mine.len() as u32;
-        mine.push_back(now);
-        Ok(consecutive)
-    }
-
-    fn next_attempt(&mut self, task: TaskId) -> u32 {
-        let a = self.attempts.entry(task).or_insert(0);
-        *a += 1;
-        *a
     }
 
     fn running_tasks(&self) -> Vec<TaskId> {
@@ -380,7 +338,7 @@ impl JobSupervisor {
             .collect();
         let spec = SpawnSpec {
             epoch: self.epoch,
-            attempt: self.next_attempt(task),
+            attempt: self.restarts.next_attempt(task),
             paused: false,
             closed_inputs: closed,
             restore: None,
@@ -480,29 +438,11 @@ impl JobSupervisor {
         if failure.injected {
             self.result.faults_injected += 1;
         }
-        if let Some(attempts) = failure.poison_attempts {
-            abort(reply);
-            return self.conclude(Err(JobError::PoisonRecord {
-                chain,
-                subtask: task.subtask,
-                operator: failure.operator,
-                cause: failure.cause,
-                attempts,
-            }));
-        }
         let kind = self.plan.restart_kind(task.chain);
-        if kind == RestartKind::Never {
+        if let Some(e) = Restarts::triage(kind, failure.poison_attempts) {
             abort(reply);
-            return self.conclude(Err(JobError::SubtaskFailed {
-                chain,
-                subtask: task.subtask,
-                operator: failure.operator,
-                cause: failure.cause,
-            }));
+            return self.fail_job(task, e, failure);
         }
-        let limit = |this: &mut Self, restarts: u32, failure: crate::message::Failure| {
-            this.escalate(task, failure.operator, failure.cause, restarts);
-        };
         if self.coord.is_some() && epoch < self.epoch {
             // A newer recovery already covers this failure: join it.
             if failure.injected {
@@ -519,35 +459,36 @@ impl JobSupervisor {
                         ev.injected = failure.injected;
                     }
                 }
-                Err(restarts) => limit(self, restarts, failure),
+                Err(restarts) => self.fail_job(task, Escalation::Limit { restarts }, failure),
             }
             return;
         }
-        let consecutive = match self.admit_restart(task) {
-            Ok(n) => n,
-            Err(restarts) => {
-                abort(reply);
-                return limit(self, restarts, failure);
-            }
-        };
-        let backoff = self.backoff(consecutive);
-        let attempt = self.next_attempt(task);
-        let mut also = 0;
-        if kind == RestartKind::OneForAll {
-            for t in self.running_tasks() {
-                if t == task {
-                    continue;
+        let running = self.running_tasks();
+        let (attempt, backoff, also) =
+            match self
+                .restarts
+                .on_failure(task, kind, None, &running, Instant::now())
+            {
+                Verdict::Restart {
+                    attempt,
+                    backoff,
+                    also,
+                } => (attempt, backoff, also),
+                Verdict::Fail(e) => {
+                    abort(reply);
+                    return self.fail_job(task, e, failure);
                 }
-                let attempt = self.next_attempt(t);
-                if let Some(a) = self.addrs.get(&t) {
-                    a.do_send(Control::Restart { attempt, backoff });
-                    also += 1;
-                }
+            };
+        let mut restarted = 0;
+        for (t, attempt) in also {
+            if let Some(a) = self.addrs.get(&t) {
+                a.do_send(Control::Restart { attempt, backoff });
+                restarted += 1;
             }
         }
         tracing::warn!(
             chain = %chain, subtask = task.subtask, attempt, ?backoff, cause = %failure.cause,
-            injected = failure.injected, also_restarted = also, "restarting subtask"
+            injected = failure.injected, also_restarted = restarted, "restarting subtask"
         );
         self.result.restarts.push(RestartEvent {
             chain,
@@ -556,10 +497,32 @@ impl JobSupervisor {
             cause: format!("operator `{}` {}", failure.operator, failure.cause),
             injected: failure.injected,
             backoff,
-            also_restarted: also,
+            also_restarted: restarted,
         });
         if let Some(r) = reply {
             let _ = r.send(Decision::Restart { attempt, backoff });
+        }
+    }
+
+    /// The job fails because of `task`'s `failure`, for the reason restart supervision gave.
+    fn fail_job(&mut self, task: TaskId, e: Escalation, failure: crate::message::Failure) {
+        let (chain, subtask) = (self.chain_name(task), task.subtask);
+        let (operator, cause) = (failure.operator, failure.cause);
+        match e {
+            Escalation::Poison { attempts } => self.conclude(Err(JobError::PoisonRecord {
+                chain,
+                subtask,
+                operator,
+                cause,
+                attempts,
+            })),
+            Escalation::Never => self.conclude(Err(JobError::SubtaskFailed {
+                chain,
+                subtask,
+                operator,
+                cause,
+            })),
+            Escalation::Limit { restarts } => self.escalate(task, operator, cause, restarts),
         }
     }
 }
@@ -597,7 +560,7 @@ impl JobSupervisor {
             }
             return;
         }
-        if let Err(restarts) = self.admit_restart(task) {
+        if let Err(restarts) = self.restarts.admit(task, Instant::now()) {
             let chain = self.chain_name(task);
             return self.escalate(
                 task,

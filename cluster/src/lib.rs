@@ -29,6 +29,11 @@
 //!   they report back through the node's job proxy; a lost node's subtasks are re-placed and
 //!   the job recovers from its latest checkpoint.
 //!
+//! Inside, the node's state is in owned parts with calls in one direction (the README's
+//! Architecture section has the table): membership (`members`), the network side that job
+//! proxies use (`net`), the registry of jobs (`jobs`), and `shared`, which holds them; the
+//! mesh's runtime (`mesh`) and each link (`link`) sit on top.
+//!
 //! Not yet: surviving the coordinator's loss, links that survive a reset without loss
 //! (see `cluster/PROTOCOL.md` for the threat model and what a link failure does).
 
