@@ -59,25 +59,15 @@ fn coordinated_from(
     Some(c)
 }
 
-/// Why a `JobStart` from `peer` is refused, if it is: only the coordinator — the live node
-/// with the lowest id, naming itself — may start a job, a job runs once, and a node hosts a
-/// bounded number of jobs.
-fn start_refused(
-    shared: &Shared,
-    me: &str,
-    job: u64,
-    peer: &str,
-    coordinator: &str,
-) -> Option<&'static str> {
+/// Why a `JobStart` from `peer` is refused, if it is: only the coordinator — naming itself,
+/// and the live member with the lowest id among the others this node knows (this node is left
+/// out: one that joined after the job started may have a lower id than its coordinator) — may
+/// start a job; a job runs once; a node hosts a bounded number of jobs.
+fn start_refused(shared: &Shared, job: u64, peer: &str, coordinator: &str) -> Option<&'static str> {
     if coordinator != peer {
         return Some("a job start on behalf of another node");
     }
-    let lowest = shared
-        .net
-        .up_peers()
-        .into_iter()
-        .chain([me.to_string()])
-        .min();
+    let lowest = shared.net.up_peers().into_iter().min();
     if lowest.as_deref() != Some(peer) {
         return Some("a job start from a node that is not the coordinator (the lowest live id)");
     }
@@ -159,7 +149,7 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
     else {
         return;
     };
-    if let Some(what) = start_refused(shared, me, job, peer, &coordinator) {
+    if let Some(what) = start_refused(shared, job, peer, &coordinator) {
         return refuse(shared, job, peer, what);
     }
     let options = JobOptions {
