@@ -9,7 +9,7 @@
 //! restarts that followed.
 
 use crate::message::Control;
-use crate::runtime::Rng;
+use crate::rng::Rng;
 use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
 use riffle_framework::exec::Fault;

@@ -9,111 +9,19 @@
 //! so a target re-created on another worker or node is found without any address travelling
 //! in a control message — which is what lets control messages cross the wire.
 
+pub(crate) use crate::directory::MAILBOX_SLACK;
+pub use crate::directory::{Directory, Resolve};
 use crate::message::{Control, DataMessage, ToJob};
 use crate::subtask::{OutChannel, PositionSlot, RestoreState, SubtaskActor, SubtaskSetup};
 use actix::prelude::*;
-use dashmap::DashMap;
 use riffle_framework::{ExecutionPlan, TaskId, TaskSnapshot};
 use serde::{Deserialize, Serialize};
 use std::sync::{Arc, Mutex};
 use tokio::sync::Semaphore;
 
-/// Control messages beyond the data plane's credits that a mailbox must still take.
-pub(crate) const MAILBOX_SLACK: usize = 64;
-
-/// Resolves the data address of a subtask that is not in this process.
-pub trait Resolve: Send + Sync {
-    /// The address to which `from` sends its channel `in_channel` of `to`, or `None` if `to`
-    /// is not known anywhere.
-    fn remote(&self, from: TaskId, to: TaskId, in_channel: u32) -> Option<Recipient<DataMessage>>;
-
-    /// Subtask `task` started in this process at `to` (so that other nodes can reach it).
-    fn local_started(&self, _task: TaskId, _to: &Recipient<DataMessage>) {}
-}
-
 /// A plan version and the rescale steps (operator, parallelism) that build it from the job's
 /// first plan.
 pub type PlanSteps = (u64, Vec<(String, usize)>);
-
-/// The data addresses of one job's subtasks in this process, with a fallback for the others.
-#[derive(Default)]
-pub struct Directory {
-    local: DashMap<TaskId, Recipient<DataMessage>>,
-    remote: Option<Arc<dyn Resolve>>,
-    /// Plans after rescales in place, by version, so that the subtasks of a host build each
-    /// one once.
-    plans: DashMap<u64, Arc<ExecutionPlan>>,
-}
-
-impl Directory {
-    /// A directory whose unknown tasks are resolved by `remote` (the cluster layer).
-    pub fn with_remote(remote: Arc<dyn Resolve>) -> Self {
-        Directory {
-            local: DashMap::new(),
-            remote: Some(remote),
-            plans: DashMap::new(),
-        }
-    }
-
-    /// Plan `version` of the job: the one installed, or `base` (at `base_version`) rescaled
-    /// by `steps[base_version..]` and installed.
-    ///
-    /// # Errors
-    /// A step that does not apply to the plan.
-    pub fn plan(
-        &self,
-        version: u64,
-        base: &Arc<ExecutionPlan>,
-        base_version: u64,
-        steps: &[(String, usize)],
-    ) -> Result<Arc<ExecutionPlan>, riffle_framework::GraphError> {
-        if version == base_version {
-            return Ok(base.clone());
-        }
-        if let Some(p) = self.plans.get(&version) {
-            return Ok(p.clone());
-        }
-        let mut plan = (**base).clone();
-        let from = usize::try_from(base_version).unwrap_or(usize::MAX);
-        for (operator, n) in steps.iter().skip(from) {
-            plan = plan.rescaled(operator, *n)?;
-        }
-        let plan = Arc::new(plan);
-        self.install_plan(version, plan.clone());
-        Ok(plan)
-    }
-
-    /// Makes plan `version` known to this host's subtasks.
-    pub fn install_plan(&self, version: u64, plan: Arc<ExecutionPlan>) {
-        self.plans.insert(version, plan);
-    }
-
-    /// Records the address of a subtask running in this process.
-    pub fn insert(&self, task: TaskId, to: Recipient<DataMessage>) {
-        if let Some(r) = &self.remote {
-            r.local_started(task, &to);
-        }
-        self.local.insert(task, to);
-    }
-
-    /// Forgets a local subtask (it moved away).
-    pub fn remove(&self, task: TaskId) {
-        self.local.remove(&task);
-    }
-
-    /// The address for `from`'s channel `in_channel` to `to`.
-    pub fn resolve(
-        &self,
-        from: TaskId,
-        to: TaskId,
-        in_channel: u32,
-    ) -> Option<Recipient<DataMessage>> {
-        if let Some(r) = self.local.get(&to) {
-            return Some(r.clone());
-        }
-        self.remote.as_ref()?.remote(from, to, in_channel)
-    }
-}
 
 /// Where a re-placed or newly placed subtask runs.
 pub trait RemoteTasks: Send + Sync {

@@ -30,6 +30,7 @@
 
 pub mod chaos;
 mod coordinator;
+mod directory;
 mod error;
 pub mod host;
 mod message;

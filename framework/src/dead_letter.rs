@@ -2,7 +2,6 @@
 
 use crate::error::UserError;
 use crate::operator::{Output, Source, SourceStatus};
-use crate::stream::{DataStream, StreamEnv};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -60,9 +59,9 @@ impl DeadLetterQueue {
     }
 }
 
-/// The source behind [`StreamEnv::dead_letters`].
-struct DeadLetterSource {
-    queue: DeadLetterQueue,
+/// The source behind `StreamEnv::dead_letters`.
+pub(crate) struct DeadLetterSource {
+    pub(crate) queue: DeadLetterQueue,
 }
 
 impl Source for DeadLetterSource {
@@ -80,18 +79,5 @@ impl Source for DeadLetterSource {
             (true, false) => SourceStatus::More,
             (false, false) => SourceStatus::Idle,
         })
-    }
-}
-
-impl StreamEnv {
-    /// The job's dead letters as a stream: records that failed an operator
-    /// `PoisonPolicy::max_attempts` times (with `PoisonAction::DeadLetter`). The stream ends
-    /// when every part of the job that does not read it has finished.
-    pub fn dead_letters(&self) -> DataStream<DeadLetter> {
-        let queue = self.dead_letter_queue();
-        self.add_source("dead_letters", Some(1), move |_| DeadLetterSource {
-            queue: queue.clone(),
-        })
-        .mark_dead_letters()
     }
 }

@@ -2,7 +2,7 @@
 
 use crate::config::{JobConfig, RestartKind};
 use crate::data::{Data, Key};
-use crate::dead_letter::DeadLetterQueue;
+use crate::dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterSource};
 use crate::error::{GraphError, UserError};
 use crate::exec::{
     BoxStage, KeyFn, KeyedStage, OperatorStage, Route, Router, SinkStage, SourceDriver,
@@ -597,5 +597,18 @@ impl<T: Data, F: Fn(T) + Send + Sync + 'static> Sink for FnSink<T, F> {
     fn write(&mut self, r: T) -> Result<(), UserError> {
         (self.f)(r);
         Ok(())
+    }
+}
+
+impl StreamEnv {
+    /// The job's dead letters as a stream: records that failed an operator
+    /// `PoisonPolicy::max_attempts` times (with `PoisonAction::DeadLetter`). The stream ends
+    /// when every part of the job that does not read it has finished.
+    pub fn dead_letters(&self) -> DataStream<DeadLetter> {
+        let queue = self.dead_letter_queue();
+        self.add_source("dead_letters", Some(1), move |_| DeadLetterSource {
+            queue: queue.clone(),
+        })
+        .mark_dead_letters()
     }
 }

@@ -24,7 +24,7 @@
 //! flight per channel are therefore bounded by `credits × batch_size` plus what the sender
 //! buffers (one partial batch per channel and the output of the input batch at hand).
 
-use crate::host::Directory;
+use crate::directory::Directory;
 use crate::message::{
     Control, DataMessage, Decision, Failure, PlannedKind, ResetDone, SubtaskMetrics, TaskFailed,
     TaskLost, TaskResumed, ToJob,

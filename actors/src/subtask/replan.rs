@@ -169,7 +169,7 @@ impl SubtaskActor {
         self.open_inputs = closed.iter().filter(|c| !**c).count();
         self.barrier_seen = vec![false; closed.len()];
         self.aligning = None;
-        let capacity = closed.len() * self.plan.config().credits + crate::host::MAILBOX_SLACK;
+        let capacity = closed.len() * self.plan.config().credits + crate::directory::MAILBOX_SLACK;
         ctx.set_mailbox_capacity(capacity);
         self.closed = closed;
     }

@@ -31,8 +31,6 @@ use crate::event::ChannelEvent;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use crate::operator::Output;
-
 pub use crate::event::Payload;
 
 /// Where one router of a chain writes (see [`Stage::reroute`]): its first output channel,
@@ -255,27 +253,6 @@ pub(crate) fn guarded<R>(
 ) -> Result<R, StageError> {
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(r)) => Ok(r),
-        Ok(Err(e)) => Err(StageError::from_error(operator, e)),
-        Err(p) => Err(StageError::from_panic(operator, p)),
-    }
-}
-
-/// Runs a user call that emits into `next`, reporting a downstream failure first; returns how
-/// many records the call emitted.
-#[inline]
-pub(crate) fn guarded_emit<T>(
-    operator: &str,
-    next: &mut dyn Stage<T>,
-    cx: &mut StageCx,
-    f: impl FnOnce(&mut Output<'_, T>) -> Result<(), crate::UserError>,
-) -> Result<u64, StageError> {
-    let mut out = Output::new(next, cx);
-    let r = catch_unwind(AssertUnwindSafe(|| f(&mut out)));
-    if let Some(e) = out.take_failure() {
-        return Err(e);
-    }
-    match r {
-        Ok(Ok(())) => Ok(out.emitted()),
         Ok(Err(e)) => Err(StageError::from_error(operator, e)),
         Err(p) => Err(StageError::from_panic(operator, p)),
     }

@@ -1,6 +1,6 @@
 //! Stages that run user operators and sinks.
 
-use super::{guarded, guarded_emit, next_state, BoxStage, RouteLayout, Stage, StageCx};
+use super::{guarded, next_state, BoxStage, RouteLayout, Stage, StageCx};
 use crate::data::Key;
 use crate::error::StageError;
 use crate::operator::{Encoded, Output};
@@ -333,5 +333,26 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
         self.commit(cx)?;
         let sink = &mut self.sink;
         guarded(&self.info.operator, || sink.on_close())
+    }
+}
+
+/// Runs a user call that emits into `next`, reporting a downstream failure first; returns how
+/// many records the call emitted.
+#[inline]
+fn guarded_emit<T>(
+    operator: &str,
+    next: &mut dyn Stage<T>,
+    cx: &mut StageCx,
+    f: impl FnOnce(&mut Output<'_, T>) -> Result<(), crate::UserError>,
+) -> Result<u64, StageError> {
+    let mut out = Output::new(next, cx);
+    let r = catch_unwind(AssertUnwindSafe(|| f(&mut out)));
+    if let Some(e) = out.take_failure() {
+        return Err(e);
+    }
+    match r {
+        Ok(Ok(())) => Ok(out.emitted()),
+        Ok(Err(e)) => Err(StageError::from_error(operator, e)),
+        Err(p) => Err(StageError::from_panic(operator, p)),
     }
 }
