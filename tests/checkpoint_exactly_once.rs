@@ -7,6 +7,8 @@ use riffle::chaos::{ChaosMonkey, FaultKind};
 use riffle::prelude::*;
 use riffle::CheckpointConfig;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 const KEYS: u64 = 1000;
@@ -15,10 +17,71 @@ const KEYS: u64 = 1000;
 /// faults hit sinks too).
 fn running_sum(env: &StreamEnv, n: u64) -> riffle::CollectHandle<(u64, u64)> {
     env.set_parallelism(4);
-    env.generate(n, |i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS, 1u64))
+    env.generate(n, record)
         .key_by(|r: &(u64, u64)| r.0)
         .sum(|r| r.1)
         .collect_with_parallelism(2)
+}
+
+/// Record `i` of the running sum's input.
+fn record(i: u64) -> (u64, u64) {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS, 1u64)
+}
+
+/// The running sum's input from a source that, while `gate` is closed, holds (idle, so that
+/// barriers still pass) once it reached the middle of its share: the job cannot end before
+/// the test opens the gate.
+fn gated_running_sum(
+    env: &StreamEnv,
+    n: u64,
+    gate: Arc<AtomicBool>,
+) -> riffle::CollectHandle<(u64, u64)> {
+    env.set_parallelism(4);
+    env.source(move |info: &SubtaskInfo| {
+        let (i, p) = (info.index as u64, info.parallelism as u64);
+        let (start, end) = (n * i / p, n * (i + 1) / p);
+        Gated {
+            next: start,
+            hold_at: (start + end) / 2,
+            end,
+            gate: gate.clone(),
+        }
+    })
+    .key_by(|r: &(u64, u64)| r.0)
+    .sum(|r| r.1)
+    .collect_with_parallelism(2)
+}
+
+/// See [`gated_running_sum`].
+struct Gated {
+    next: u64,
+    hold_at: u64,
+    end: u64,
+    gate: Arc<AtomicBool>,
+}
+
+impl Source for Gated {
+    type Out = (u64, u64);
+    fn produce(&mut self, out: &mut Output<'_, (u64, u64)>) -> Result<SourceStatus, UserError> {
+        if self.next >= self.hold_at && !self.gate.load(Ordering::SeqCst) {
+            return Ok(SourceStatus::Idle);
+        }
+        for _ in 0..out.budget() {
+            if self.next == self.end {
+                return Ok(SourceStatus::Finished);
+            }
+            out.emit(record(self.next));
+            self.next += 1;
+        }
+        Ok(SourceStatus::More)
+    }
+    fn position(&self) -> Result<Option<Position>, UserError> {
+        Position::encode(&self.next).map(Some)
+    }
+    fn seek(&mut self, p: &Position) -> Result<(), UserError> {
+        self.next = p.decode()?;
+        Ok(())
+    }
 }
 
 trait CollectWith<T> {
@@ -190,7 +253,10 @@ fn keyed_running_sum_is_exact_under_chaos() {
 fn a_savepoint_starts_another_job_where_it_was_taken() {
     const N: u64 = 1_000_000;
     let dir = tempfile::tempdir().expect("tempdir");
-    let make = |restore: Option<riffle::RestoreFrom>| {
+    // The first job's sources hold at the middle of their shares until the savepoint is
+    // taken (a signal, so that the job cannot end first on a busy machine).
+    let gate = Arc::new(AtomicBool::new(false));
+    let make = |restore: Option<riffle::RestoreFrom>, open: bool| {
         let env = StreamEnv::new();
         env.configure(|c| {
             c.name = "savepoints".to_string();
@@ -199,13 +265,19 @@ fn a_savepoint_starts_another_job_where_it_was_taken() {
                 Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir.path()));
             c.restore = restore;
         });
-        let out = running_sum(&env, N);
+        let gate = if open {
+            Arc::new(AtomicBool::new(true))
+        } else {
+            gate.clone()
+        };
+        let out = gated_running_sum(&env, N, gate);
         (env, out)
     };
-    let (env, first) = make(None);
+    let (env, first) = make(None, false);
     let job = env.start().expect("start");
     job.chaos().wait_until(|p| p.checkpoints >= 1);
     let id = job.savepoint().expect("savepoint");
+    gate.store(true, Ordering::SeqCst);
     job.wait().expect("first job");
     let path = dir.path().join("savepoints").join(format!("sp-{id}"));
     assert!(
@@ -214,7 +286,7 @@ fn a_savepoint_starts_another_job_where_it_was_taken() {
         path.display()
     );
 
-    let (env, second) = make(Some(riffle::RestoreFrom::Path(path)));
+    let (env, second) = make(Some(riffle::RestoreFrom::Path(path)), true);
     let result = env.execute().expect("job from the savepoint");
     let (first, second) = (first.take(), second.take());
     println!(
