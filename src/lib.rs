@@ -37,7 +37,7 @@ pub use riffle_framework as framework;
 pub use riffle_actors::chaos;
 pub use riffle_actors::{
     CheckpointStats, ErrorKind, Execute, JobError, JobHandle, JobResult, RecoveryEvent,
-    RestartEvent, SubtaskMetrics,
+    RescaleOutcome, RestartEvent, SubtaskMetrics,
 };
 pub use riffle_framework::exec::Fault;
 pub use riffle_framework::{
@@ -49,13 +49,14 @@ pub use riffle_framework::{
     Source, SourceStatus, StoreError, StreamEnv, SubtaskInfo, TaskSnapshot, UserError,
 };
 
-/// Everything an operator author needs: `use riffle::prelude::*;`.
+/// Everything an operator author needs, and what running a checkpointed, rescaled job
+/// takes: `use riffle::prelude::*;`.
 pub mod prelude {
-    pub use riffle_actors::{Execute, JobError, JobResult};
+    pub use riffle_actors::{Execute, JobError, JobHandle, JobResult, RescaleOutcome};
     pub use riffle_framework::{
-        Data, DataStream, JobConfig, Key, KeyedOperator, KeyedStream, Operator, Output, Position,
-        RestartKind, RestartStrategy, Sink, Source, SourceStatus, StreamEnv, SubtaskInfo,
-        UserError,
+        CheckpointConfig, Data, DataStream, FsStore, JobConfig, Key, KeyedOperator, KeyedStream,
+        Operator, Output, Position, RestartKind, RestartStrategy, RestoreFrom, Sink, Source,
+        SourceStatus, StoreError, StreamEnv, SubtaskInfo, UserError,
     };
 }
 

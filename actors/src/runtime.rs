@@ -90,11 +90,18 @@ impl JobHandle {
     /// changes); [`JobError::SavepointFailed`] without checkpointing, or if the job ended
     /// first.
     pub fn rescale(&mut self, operator: &str, n: usize) -> Result<RescaleOutcome, JobError> {
+        if self.plan.config().checkpoint.is_none() {
+            return Err(JobError::SavepointFailed {
+                reason: "rescaling needs checkpointing (JobConfig::checkpoint; checkpoints in \
+                         memory do for a rescale in place)"
+                    .to_string(),
+            });
+        }
         match self.rescale_in_place(operator, n) {
             Err(JobError::RescaleRefused { reason }) => {
                 tracing::info!(%reason, "cannot rescale in place; restarting from a savepoint");
                 let plan = self.plan.rescaled(operator, n)?;
-                self.rescale_by_restart(plan, operator)
+                self.rescale_by_restart(plan, operator, &reason)
             }
             other => other,
         }
@@ -144,12 +151,16 @@ impl JobHandle {
         &mut self,
         mut plan: ExecutionPlan,
         operator: &str,
+        why: &str,
     ) -> Result<RescaleOutcome, JobError> {
         let dir = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
             Some(CheckpointStorage::Dir(d)) => d.join(&plan.config().name),
             _ => {
                 return Err(JobError::SavepointFailed {
-                    reason: "rescaling needs checkpoints in a directory".to_string(),
+                    reason: format!(
+                        "this rescale cannot be done in place ({why}); restarting the job from \
+                         a savepoint needs checkpoints in a directory"
+                    ),
                 })
             }
         };
