@@ -315,3 +315,43 @@ fn a_savepoint_starts_another_job_where_it_was_taken() {
     }
     check_final_sums(&second, N, 0);
 }
+
+#[test]
+fn latest_or_fresh_starts_fresh_then_resumes_where_the_job_was() {
+    const N: u64 = 100_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let make = || {
+        let env = StreamEnv::new();
+        env.configure(|c| {
+            c.name = "latest-or-fresh".to_string();
+            c.checkpoint =
+                Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir.path()));
+            c.restore = Some(riffle::RestoreFrom::LatestOrFresh(dir.path().to_path_buf()));
+        });
+        let out = running_sum(&env, N);
+        (env, out)
+    };
+    // No checkpoint yet: the job starts fresh and counts everything.
+    let (env, out) = make();
+    env.execute().expect("a fresh start");
+    let first = out.take();
+    assert_eq!(first.len() as u64, N);
+    check_final_sums(&first, N, 0);
+    // Its final checkpoint covers all of its input: started again, it resumes from there and
+    // has nothing left to count (a fresh start would count everything again).
+    let (env, out) = make();
+    env.execute().expect("a resumed start");
+    assert!(out.take().is_empty(), "the job resumed from its checkpoint");
+    // With `Latest` an empty directory is an error, which says so.
+    let empty = tempfile::tempdir().expect("tempdir");
+    let env = StreamEnv::new();
+    env.configure(|c| {
+        c.name = "latest-or-fresh".to_string();
+        c.checkpoint =
+            Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(empty.path()));
+        c.restore = Some(riffle::RestoreFrom::Latest(empty.path().to_path_buf()));
+    });
+    let _out = running_sum(&env, N);
+    let err = env.execute().expect_err("nothing to restore");
+    assert!(err.to_string().contains("no complete checkpoint"), "{err}");
+}

@@ -10,7 +10,7 @@ use crate::supervisor::{JobSupervisor, Recovery};
 use actix::prelude::*;
 use riffle_framework::{
     ChainRescale, Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan,
-    FsStore, JobConfig, MemoryStore, RestoreFrom, StreamEnv, TaskId,
+    FsStore, JobConfig, MemoryStore, RestoreFrom, StoreError, StreamEnv, TaskId,
 };
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -351,6 +351,14 @@ fn load_restore(plan: &ExecutionPlan) -> Result<Option<Checkpoint>, JobError> {
     let checkpoint = match &cfg.restore {
         None => return Ok(None),
         Some(RestoreFrom::Latest(dir)) => FsStore::latest_in(dir, &cfg.name)?,
+        Some(RestoreFrom::LatestOrFresh(dir)) => match FsStore::latest_in(dir, &cfg.name) {
+            Ok(c) => c,
+            Err(StoreError::NotFound(at)) => {
+                tracing::info!(%at, "no checkpoint of the job yet: it starts fresh");
+                return Ok(None);
+            }
+            Err(e) => return Err(e.into()),
+        },
         Some(RestoreFrom::Path(p)) => FsStore::load_dir(p)?,
     };
     let id = checkpoint.id;

@@ -87,6 +87,18 @@ pub enum StoreError {
     /// No complete checkpoint exists where one was asked for.
     #[error("no complete checkpoint in {0}")]
     NotFound(String),
+    /// Complete checkpoints exist, but every one of them is damaged.
+    #[error(
+        "every complete checkpoint in {dir} is damaged ({damaged} of them; the newest: {newest})"
+    )]
+    AllDamaged {
+        /// The job's checkpoint directory.
+        dir: String,
+        /// How many complete checkpoints were tried.
+        damaged: usize,
+        /// Why the newest one could not be loaded.
+        newest: String,
+    },
 }
 
 /// Where checkpoints are kept.
@@ -287,15 +299,34 @@ impl FsStore {
         })
     }
 
-    /// The newest complete, undamaged checkpoint under `dir/job` (see [`CheckpointStore`]).
+    /// The newest complete, undamaged checkpoint under `dir/job` (see [`CheckpointStore`]);
+    /// damaged ones are skipped and logged.
     ///
     /// # Errors
-    /// [`StoreError::NotFound`] if there is none.
+    /// [`StoreError::NotFound`] if the job has no complete checkpoint there (a fresh start is
+    /// safe), [`StoreError::AllDamaged`] if it has some but every one is damaged (it is not).
     pub fn latest_in(dir: impl Into<PathBuf>, job: &str) -> Result<Checkpoint, StoreError> {
         let store = FsStore::new(dir, job, 1);
-        store
-            .latest()?
-            .ok_or_else(|| StoreError::NotFound(store.root.display().to_string()))
+        let root = store.root.display().to_string();
+        let complete = store.complete_dirs()?;
+        let mut newest = None;
+        for (id, dir) in &complete {
+            match Self::load_dir(dir) {
+                Ok(c) => return Ok(c),
+                Err(e) => {
+                    tracing::error!(checkpoint = id, error = %e, "skipping damaged checkpoint");
+                    newest.get_or_insert(e.to_string());
+                }
+            }
+        }
+        match newest {
+            None => Err(StoreError::NotFound(root)),
+            Some(newest) => Err(StoreError::AllDamaged {
+                dir: root,
+                damaged: complete.len(),
+                newest,
+            }),
+        }
     }
 
     fn prune(&self) -> Result<(), StoreError> {
@@ -398,6 +429,33 @@ mod tests {
         // A checkpoint without metadata does not exist.
         fs::remove_file(store.root().join("chk-3").join(METADATA)).expect("rm");
         assert_eq!(store.latest().expect("latest"), None);
+    }
+
+    #[test]
+    fn latest_in_tells_no_checkpoint_from_all_damaged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(matches!(
+            FsStore::latest_in(dir.path(), "job"),
+            Err(StoreError::NotFound(_))
+        ));
+        let store = FsStore::new(dir.path(), "job", 2);
+        store.save(&cp(1)).expect("save");
+        store.save(&cp(2)).expect("save");
+        assert_eq!(
+            FsStore::latest_in(dir.path(), "job").expect("latest"),
+            cp(2)
+        );
+        for id in [1, 2] {
+            let f = store
+                .root()
+                .join(format!("chk-{id}"))
+                .join("task-0-1.state");
+            fs::write(&f, b"damaged").expect("damage");
+        }
+        match FsStore::latest_in(dir.path(), "job") {
+            Err(StoreError::AllDamaged { damaged: 2, .. }) => {}
+            other => panic!("expected AllDamaged, got {other:?}"),
+        }
     }
 
     #[test]

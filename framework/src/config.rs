@@ -105,8 +105,13 @@ impl CheckpointConfig {
 /// Which checkpoint a job starts from.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RestoreFrom {
-    /// The newest complete checkpoint or savepoint of this job (by name) under the directory.
+    /// The newest complete checkpoint or savepoint of this job (by name) under the directory;
+    /// the job fails to start if there is none.
     Latest(std::path::PathBuf),
+    /// As `Latest`, but a job that has no checkpoint there yet starts fresh — what a restart
+    /// script wants. A job whose checkpoints are all damaged still fails to start
+    /// (`StoreError::AllDamaged`): starting fresh would redo committed output.
+    LatestOrFresh(std::path::PathBuf),
     /// A given checkpoint or savepoint directory (`.../chk-N` or `.../sp-N`).
     Path(std::path::PathBuf),
 }
