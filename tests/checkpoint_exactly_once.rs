@@ -278,8 +278,9 @@ fn a_savepoint_starts_another_job_where_it_was_taken() {
     job.chaos().wait_until(|p| p.checkpoints >= 1);
     let id = job.savepoint().expect("savepoint");
     gate.store(true, Ordering::SeqCst);
+    let path = job.savepoint_dir(id).expect("checkpoints in a directory");
     job.wait().expect("first job");
-    let path = dir.path().join("savepoints").join(format!("sp-{id}"));
+    assert_eq!(path, dir.path().join("savepoints").join(format!("sp-{id}")));
     assert!(
         path.join("_metadata").exists(),
         "savepoint {id} is kept at {}",

@@ -193,8 +193,19 @@ impl JobHandle {
         }
     }
 
+    /// Where savepoint `id` of this job is kept — `DIR/JOB/sp-ID`, for
+    /// `RestoreFrom::Path` — when its checkpoints are in a directory; `None` in memory.
+    pub fn savepoint_dir(&self, id: u64) -> Option<std::path::PathBuf> {
+        let cfg = self.plan.config();
+        match cfg.checkpoint.as_ref().map(|c| &c.storage) {
+            Some(CheckpointStorage::Dir(d)) => Some(d.join(&cfg.name).join(format!("sp-{id}"))),
+            _ => None,
+        }
+    }
+
     /// Takes a savepoint: a checkpoint that is kept and can start the job later
-    /// (`JobConfig::restore`). Blocks until it is saved; returns its id.
+    /// (`JobConfig::restore`, with [`JobHandle::savepoint_dir`]). Blocks until it is saved;
+    /// returns its id.
     ///
     /// # Errors
     /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first.
