@@ -97,6 +97,8 @@ fn a_rescale_in_place_leaves_the_rest_of_the_job_running() {
         .count();
     assert_eq!(b_tasks, 2);
     let mut from = 4;
+    // A chaos handle taken before the rescales addresses the subtasks after them too.
+    let early = handle.chaos();
     for p in [6usize, 2] {
         let before = handle.chaos().tasks().len();
         handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
@@ -119,6 +121,7 @@ fn a_rescale_in_place_leaves_the_rest_of_the_job_running() {
         assert_eq!(f.untouched, b_tasks);
         assert_eq!(f.rewired + f.retired + f.untouched, before);
         assert_eq!(handle.chaos().tasks().len(), before + f.started - f.retired);
+        assert_eq!(early.tasks(), handle.chaos().tasks());
         let (moved, ideal) = r.moved.moved_vs_ideal();
         assert!(moved <= ideal * 1.25, "{moved:.3} > 1.25 × {ideal:.3}");
         from = p;

@@ -14,7 +14,7 @@ use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
 use riffle_framework::exec::Fault;
 use riffle_framework::ExecutionPlan;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Duration;
 
 pub use crate::message::PlannedKind as FaultKind;
@@ -49,7 +49,8 @@ impl Message for ChaosCommand {
 #[derive(Clone)]
 pub struct ChaosHandle {
     job: Option<Addr<JobSupervisor>>,
-    tasks: Vec<(String, usize)>,
+    /// Shared by every clone, so that a clone taken before a rescale sees the new subtasks.
+    tasks: Arc<RwLock<Vec<(String, usize)>>>,
     workers: usize,
     progress: ProgressCell,
 }
@@ -61,11 +62,7 @@ impl ChaosHandle {
         workers: usize,
         progress: ProgressCell,
     ) -> Self {
-        let tasks = plan
-            .tasks()
-            .into_iter()
-            .map(|t| (plan.chain_name(t.chain).to_string(), t.subtask))
-            .collect();
+        let tasks = Arc::new(RwLock::new(task_names(plan)));
         ChaosHandle {
             job: Some(job),
             tasks,
@@ -75,17 +72,18 @@ impl ChaosHandle {
     }
 
     /// The same handle after a rescale in place changed the job's subtasks.
+    /// Every clone of the handle (taken before or after) addresses the new subtasks.
     pub(crate) fn for_plan(&self, plan: &ExecutionPlan) -> Self {
-        match &self.job {
-            Some(job) => ChaosHandle::new(job.clone(), plan, self.workers, self.progress.clone()),
-            None => self.clone(),
+        if self.job.is_some() {
+            *self.tasks.write().unwrap_or_else(|e| e.into_inner()) = task_names(plan);
         }
+        self.clone()
     }
 
     pub(crate) fn detached() -> Self {
         ChaosHandle {
             job: None,
-            tasks: Vec::new(),
+            tasks: Arc::default(),
             workers: 0,
             progress: ProgressCell::default(),
         }
@@ -101,14 +99,17 @@ impl ChaosHandle {
         self.job.as_ref()
     }
 
-    /// The job's subtasks as (chain name, subtask index); faults address them by position.
-    pub fn tasks(&self) -> &[(String, usize)] {
-        &self.tasks
+    /// The job's subtasks now as (chain name, subtask index); faults address them by
+    /// position. After a rescale in place every clone of the handle sees the new list.
+    pub fn tasks(&self) -> Vec<(String, usize)> {
+        self.tasks.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The position of subtask `subtask` of the first chain whose name contains `chain`.
     pub fn find(&self, chain: &str, subtask: usize) -> Option<usize> {
         self.tasks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .position(|(c, s)| c.contains(chain) && *s == subtask)
     }
@@ -149,6 +150,14 @@ impl ChaosHandle {
         let control = Control::Arm { after, fault: kind };
         self.send(ChaosCommand::Control { task, control });
     }
+}
+
+/// The subtasks of `plan` as (chain name, subtask index), in `ExecutionPlan::tasks` order.
+fn task_names(plan: &ExecutionPlan) -> Vec<(String, usize)> {
+    plan.tasks()
+        .into_iter()
+        .map(|t| (plan.chain_name(t.chain).to_string(), t.subtask))
+        .collect()
 }
 
 /// One fault of a monkey's plan.
