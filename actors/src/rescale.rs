@@ -37,7 +37,7 @@ use crate::host::{RestoreSpec, SpawnSpec};
 use crate::message::{Control, ReplanOrder, Replanned};
 use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
-use riffle_framework::{ChainRescale, ExecutionPlan, TaskId, TaskSnapshot};
+use riffle_framework::{ChainRescale, Checkpoint, ExecutionPlan, Gained, TaskId, TaskSnapshot};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -325,24 +325,7 @@ impl JobSupervisor {
         let touched = self.touched(&new, chain);
         let (was, now) = (self.plan.parallelism(chain), new.parallelism(chain));
         let all = self.plan.tasks().len();
-        // Install the new plan everywhere it is looked up.
-        self.plan_version += 1;
-        let version = self.plan_version;
-        if let Some(r) = &self.rescale {
-            self.steps.push((r.operator.clone(), r.n));
-        }
-        self.host.directory.install_plan(version, new.clone());
-        self.host.plan = new.clone();
-        self.host.plan_version = version;
-        self.plan = new.clone();
-        self.total = new.tasks().len();
-        if let Some(c) = &mut self.coord {
-            c.last_completed = Some(Arc::new(split.checkpoint));
-        }
-        self.progress.update(|p| {
-            p.draining.clear();
-            p.rescales_switched += 1;
-        });
+        let version = self.install_plan(&new, split.checkpoint);
         let added: Vec<TaskId> = (was..now)
             .map(|subtask| TaskId { chain, subtask })
             .collect();
@@ -353,66 +336,10 @@ impl JobSupervisor {
             // Places the new subtasks (the cluster layer tells the other nodes).
             remote.rescaled(&self.steps, &added, &removed);
         }
-        // Leaving subtasks: their keys were given to the others.
-        for subtask in now..was {
-            let t = TaskId { chain, subtask };
-            if let Some(a) = self.addrs.remove(&t) {
-                a.do_send(Control::Retire);
-            }
-            self.host.directory.remove(t);
-            self.placement.remove(&t);
-            self.positions.remove(&t);
-            self.finished.remove(&t);
-        }
-        // New subtasks, with the state they gain.
+        self.retire(&removed);
         let mut gained = split.gained;
-        for subtask in was..now {
-            let t = TaskId { chain, subtask };
-            let Some(worker) = self.live_worker(t) else {
-                return Err(InPlaceError::Failed(JobError::NoWorkers));
-            };
-            let states = gained
-                .get_mut(subtask)
-                .map(std::mem::take)
-                .unwrap_or_default();
-            let spec = SpawnSpec {
-                epoch: self.epoch,
-                attempt: 0,
-                // Ready before the sources continue (a new subtask on another node must be
-                // running before records are sent to it).
-                paused: true,
-                closed_inputs: Vec::new(),
-                restore: Some(RestoreSpec {
-                    snapshot: Some(TaskSnapshot {
-                        chain,
-                        subtask,
-                        finished: false,
-                        position: None,
-                        states,
-                    }),
-                    last_completed: Some(id),
-                }),
-                plan: None,
-            };
-            self.start_task(t, spec, worker);
-        }
-        // Everyone whose channels change re-wires in place.
-        for &t in &touched {
-            let order = ReplanOrder {
-                version,
-                steps: self.steps.clone(),
-                epoch: self.epoch,
-                gained: (t.chain == chain).then(|| {
-                    gained
-                        .get_mut(t.subtask)
-                        .map(std::mem::take)
-                        .unwrap_or_default()
-                }),
-            };
-            if let Some(a) = self.addrs.get(&t) {
-                a.do_send(Control::Replan(Box::new(order)));
-            }
-        }
+        self.start_added(&added, id, &mut gained)?;
+        self.replan(&touched, chain, version, &mut gained);
         let figures = InPlaceFigures {
             rewired: touched.len(),
             started: now.saturating_sub(was),
@@ -434,6 +361,102 @@ impl JobSupervisor {
         }
         self.check_switched();
         Ok(())
+    }
+
+    /// Installs the rescaled plan everywhere it is looked up, with the checkpoint fitted to
+    /// it as the latest; returns the plan's version.
+    fn install_plan(&mut self, new: &Arc<ExecutionPlan>, fitted: Checkpoint) -> u64 {
+        self.plan_version += 1;
+        let version = self.plan_version;
+        if let Some(r) = &self.rescale {
+            self.steps.push((r.operator.clone(), r.n));
+        }
+        self.host.directory.install_plan(version, new.clone());
+        self.host.plan = new.clone();
+        self.host.plan_version = version;
+        self.plan = new.clone();
+        self.total = new.tasks().len();
+        if let Some(c) = &mut self.coord {
+            c.last_completed = Some(Arc::new(fitted));
+        }
+        self.progress.update(|p| {
+            p.draining.clear();
+            p.rescales_switched += 1;
+        });
+        version
+    }
+
+    /// Leaving subtasks retire: their keys were given to the others.
+    fn retire(&mut self, removed: &[TaskId]) {
+        for t in removed {
+            if let Some(a) = self.addrs.remove(t) {
+                a.do_send(Control::Retire);
+            }
+            self.host.directory.remove(*t);
+            self.placement.remove(t);
+            self.positions.remove(t);
+            self.finished.remove(t);
+        }
+    }
+
+    /// New subtasks start paused, restored from checkpoint `id` with the state they gain.
+    fn start_added(
+        &mut self,
+        added: &[TaskId],
+        id: u64,
+        gained: &mut Gained,
+    ) -> Result<(), InPlaceError> {
+        for &t in added {
+            let Some(worker) = self.live_worker(t) else {
+                return Err(InPlaceError::Failed(JobError::NoWorkers));
+            };
+            let states = gained
+                .get_mut(t.subtask)
+                .map(std::mem::take)
+                .unwrap_or_default();
+            let spec = SpawnSpec {
+                epoch: self.epoch,
+                attempt: 0,
+                // Ready before the sources continue (a new subtask on another node must be
+                // running before records are sent to it).
+                paused: true,
+                closed_inputs: Vec::new(),
+                restore: Some(RestoreSpec {
+                    snapshot: Some(TaskSnapshot {
+                        chain: t.chain,
+                        subtask: t.subtask,
+                        finished: false,
+                        position: None,
+                        states,
+                    }),
+                    last_completed: Some(id),
+                }),
+                plan: None,
+            };
+            self.start_task(t, spec, worker);
+        }
+        Ok(())
+    }
+
+    /// Everyone whose channels change re-wires in place; the rescaled chain's subtasks take
+    /// the keys they gain.
+    fn replan(&mut self, touched: &[TaskId], chain: usize, version: u64, gained: &mut Gained) {
+        for &t in touched {
+            let order = ReplanOrder {
+                version,
+                steps: self.steps.clone(),
+                epoch: self.epoch,
+                gained: (t.chain == chain).then(|| {
+                    gained
+                        .get_mut(t.subtask)
+                        .map(std::mem::take)
+                        .unwrap_or_default()
+                }),
+            };
+            if let Some(a) = self.addrs.get(&t) {
+                a.do_send(Control::Replan(Box::new(order)));
+            }
+        }
     }
 
     pub(crate) fn on_replanned(&mut self, msg: Replanned, _ctx: &mut Context<Self>) {

@@ -56,5 +56,5 @@ pub use partition::{
     KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, Routing, SubtaskNode,
     DEFAULT_VNODES,
 };
-pub use rescale::{ChainRescale, InPlaceSplit, RescaleReport};
+pub use rescale::{ChainRescale, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};
