@@ -1,72 +1,18 @@
-//! The checkpoint coordinator: triggers checkpoints, collects snapshots, saves completed
-//! checkpoints and tells the sinks to commit. It is a component of the job supervisor (same
-//! actor), so that it shares the supervisor's view of the subtasks and a recovery can never
-//! interleave with a checkpoint's completion.
+//! The checkpoint coordinator's actor side: it carries out what the checkpoint state machine
+//! ([`crate::protocol::checkpoints`]) decides — sends the triggers, saves a completed
+//! checkpoint and tells the sinks to commit. It runs in the job supervisor (same actor), so
+//! that it shares the supervisor's view of the subtasks and a recovery can never interleave
+//! with a checkpoint's completion.
 
 use crate::error::{CheckpointStats, JobError};
 use crate::message::{CheckpointAck, Committed, Control, FirstRecord, ResetDone, TaskDraining};
+use crate::protocol::checkpoints::Pending;
 use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
-use riffle_framework::{
-    Checkpoint, CheckpointConfig, CheckpointStore, ExecutionPlan, TaskId, TaskSnapshot,
-};
-use std::collections::{HashMap, HashSet};
+use riffle_framework::{Checkpoint, ExecutionPlan, TaskId, TaskSnapshot};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
-
-/// A checkpoint being taken.
-pub(crate) struct Pending {
-    pub id: u64,
-    pub started: Instant,
-    pub acks: HashMap<TaskId, TaskSnapshot>,
-    pub savepoint: bool,
-    pub final_: bool,
-}
-
-pub(crate) struct Coordinator {
-    pub store: Arc<dyn CheckpointStore>,
-    pub cfg: CheckpointConfig,
-    pub next_id: u64,
-    pub pending: Option<Pending>,
-    pub last_trigger: Instant,
-    /// Subtasks whose input ended (in the current epoch): they need direct triggers.
-    pub draining: HashSet<TaskId>,
-    pub last_completed: Option<Arc<Checkpoint>>,
-    pub savepoint_waiters: Vec<oneshot::Sender<Result<u64, JobError>>>,
-    /// Subtasks that have not yet confirmed the final commit.
-    pub uncommitted: HashSet<TaskId>,
-    /// Stop the job once the next savepoint is committed (stop-with-savepoint).
-    pub stop_after_savepoint: bool,
-}
-
-impl Coordinator {
-    pub(crate) fn new(
-        store: Arc<dyn CheckpointStore>,
-        cfg: CheckpointConfig,
-        restored: Option<Arc<Checkpoint>>,
-    ) -> Self {
-        Coordinator {
-            store,
-            cfg,
-            next_id: restored.as_ref().map_or(1, |c| c.id + 1),
-            pending: None,
-            last_trigger: Instant::now(),
-            draining: HashSet::new(),
-            last_completed: restored,
-            savepoint_waiters: Vec::new(),
-            uncommitted: HashSet::new(),
-            stop_after_savepoint: false,
-        }
-    }
-
-    /// Gives up the checkpoint in flight (a recovery or a timeout).
-    pub(crate) fn abort_pending(&mut self, why: &str) {
-        if let Some(p) = self.pending.take() {
-            tracing::warn!(checkpoint = p.id, why, "checkpoint discarded");
-        }
-    }
-}
 
 /// Asks the job for a savepoint.
 pub(crate) struct SavepointRequest {
@@ -85,23 +31,12 @@ impl JobSupervisor {
             return;
         }
         let Some(c) = &mut self.coord else { return };
-        if let Some(p) = &c.pending {
-            if p.started.elapsed() > c.cfg.timeout && !p.final_ {
-                c.abort_pending("timed out");
-            }
-        }
+        c.time_out(Instant::now());
         if self.rescaling() {
             // A rescale in place takes its own checkpoint and holds periodic ones back.
             return self.rescale_tick();
         }
-        let Some(c) = &mut self.coord else { return };
-        if c.pending.is_some() {
-            return;
-        }
-        if c.uncommitted.is_empty()
-            && (!c.savepoint_waiters.is_empty() || c.last_trigger.elapsed() >= c.cfg.interval)
-        {
-            let savepoint = !c.savepoint_waiters.is_empty();
+        if let Some(savepoint) = self.coord.as_ref().and_then(|c| c.due(Instant::now())) {
             self.trigger(savepoint, false, false);
         }
     }
@@ -111,16 +46,7 @@ impl JobSupervisor {
     /// With `hold`, the sources hold after the checkpoint (a rescale in place).
     pub(crate) fn trigger(&mut self, savepoint: bool, final_: bool, hold: bool) -> u64 {
         let Some(c) = &mut self.coord else { return 0 };
-        let id = c.next_id;
-        c.next_id += 1;
-        c.last_trigger = Instant::now();
-        c.pending = Some(Pending {
-            id,
-            started: Instant::now(),
-            acks: HashMap::new(),
-            savepoint,
-            final_,
-        });
+        let id = c.begin(Instant::now(), savepoint, final_);
         let targets: Vec<TaskId> = self
             .plan
             .tasks()
@@ -210,15 +136,8 @@ impl JobSupervisor {
         }
         let total = self.total;
         let Some(c) = &mut self.coord else { return };
-        let Some(p) = &mut c.pending else { return };
-        if p.id != msg.id {
-            return;
-        }
-        p.acks.insert(msg.task, msg.snapshot);
-        if p.acks.len() == total {
-            if let Some(p) = c.pending.take() {
-                self.complete(p);
-            }
+        if let Some(p) = c.ack(msg.id, msg.task, msg.snapshot, total) {
+            self.complete(p);
         }
     }
 }
@@ -237,12 +156,9 @@ impl JobSupervisor {
             });
         }
         let Some(c) = &mut self.coord else { return };
-        c.draining.insert(msg.task);
-        if let Some(p) = &c.pending {
-            if !p.acks.contains_key(&msg.task) {
-                if let Some(a) = self.addrs.get(&msg.task) {
-                    a.do_send(Control::Trigger(p.id));
-                }
+        if let Some(id) = c.draining(msg.task) {
+            if let Some(a) = self.addrs.get(&msg.task) {
+                a.do_send(Control::Trigger(id));
             }
         }
     }
@@ -252,7 +168,7 @@ impl JobSupervisor {
     pub(crate) fn on_committed(&mut self, msg: Committed, _ctx: &mut Context<Self>) {
         self.rescale_on_committed(msg.task, msg.id);
         let Some(c) = &mut self.coord else { return };
-        if c.uncommitted.remove(&msg.task) && c.uncommitted.is_empty() {
+        if c.committed(msg.task) {
             tracing::info!(checkpoint = msg.id, "final checkpoint committed");
             self.conclude_success();
         }

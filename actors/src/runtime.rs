@@ -1,10 +1,11 @@
 //! Starting a job: the worker pool, the job supervisor and the wiring of subtask actors.
 
 use crate::chaos::{ChaosHandle, ProgressCell};
-use crate::coordinator::{Coordinator, SavepointRequest};
+use crate::coordinator::SavepointRequest;
 use crate::error::{JobError, JobResult};
 use crate::host::{Directory, LocalHost, RemoteTasks, Resolve, RestoreSpec, SpawnSpec};
 use crate::message::ToJob;
+use crate::protocol::checkpoints::Coordinator;
 use crate::rescale::{InPlaceError, InPlaceFigures, RescaleRequest};
 use crate::supervisor::{JobSupervisor, Recovery};
 use actix::prelude::*;

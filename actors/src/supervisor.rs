@@ -14,7 +14,6 @@
 //! and its upstream subtasks are re-wired to it.
 
 use crate::chaos::{ChaosCommand, ProgressCell};
-use crate::coordinator::Coordinator;
 use crate::error::RecoveryEvent;
 use crate::error::{JobError, JobResult, RestartEvent};
 use crate::host::{LocalHost, RemoteTasks, RestoreSpec, SpawnSpec};
@@ -24,6 +23,7 @@ use crate::message::{
     Control, DeadLettered, Decision, StopDue, SubtaskMetrics, TaskFailed, TaskFinished, TaskLost,
     TaskResumed,
 };
+use crate::protocol::checkpoints::Coordinator;
 use crate::protocol::restarts::{Escalation, Restarts, Verdict};
 use crate::rng::Rng;
 use crate::runtime::{NodeLost, Outcome};

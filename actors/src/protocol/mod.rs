@@ -4,8 +4,13 @@
 //!
 //! - [`restarts`]: restart supervision — strategies, the intensity window, backoff with
 //!   jitter, attempts, poison records.
+//! - [`checkpoints`]: checkpoint coordination — the checkpoint in flight and its
+//!   acknowledgements, when the next one is due, timeouts, direct triggers of drained
+//!   subtasks, commit confirmations.
 //!
-//! Checkpoint coordination and rescale in place still live in the supervisor's files
-//! (`coordinator.rs`, `rescale.rs`); they move here next, one machine each.
+//! The handlers that carry these out still live in the supervisor's files
+//! (`coordinator.rs` saves checkpoints and sends triggers and commits; recovery is in
+//! `supervisor.rs`), and rescale in place (`rescale.rs`) moves here next.
 
+pub(crate) mod checkpoints;
 pub(crate) mod restarts;
