@@ -391,16 +391,7 @@ pub(crate) fn run_job(
             ..options.clone()
         },
     )?);
-    let mut nodes = up;
-    nodes.retain(|n| !options.exclude.contains(n));
-    nodes.push(me.to_string());
-    nodes.sort();
-    if nodes.first().map(String::as_str) != Some(me) {
-        return Err(JobError::Cluster(format!(
-            "node `{me}` is not the coordinator; `{}` (the lowest live id) is",
-            nodes[0]
-        )));
-    }
+    let nodes = job_nodes(me, up, &options.exclude)?;
     let ring = Placement::new(nodes.iter().map(|n| (n.as_str(), 1)));
     let tasks = plan.tasks();
     let placement = ring.assign_sticky(&tasks, &options.sticky);
@@ -412,13 +403,7 @@ pub(crate) fn run_job(
         .map(|c| plan.chain_name(c).to_string())
         .collect();
     let job = random_id();
-    for (node, ts) in &by_node {
-        let names: Vec<String> = ts
-            .iter()
-            .map(|t| format!("{}[{}]", chains[t.chain], t.subtask))
-            .collect();
-        tracing::info!(job, %node, subtasks = %names.join(", "), "placement");
-    }
+    log_placement(job, &by_node, &chains);
     let resolver = Arc::new(ClusterResolver::new(
         job,
         me,
@@ -427,19 +412,8 @@ pub(crate) fn run_job(
         &placement,
     ));
     for node in nodes.iter().filter(|n| n.as_str() != me) {
-        let link = resolver.link_to(node);
-        if !link.send(Message::JobStart {
-            job,
-            name: name.to_string(),
-            coordinator: me.to_string(),
-            placement: placement.clone(),
-            parallelism: options.parallelism.map(|p| p as u32),
-            rescaled: options
-                .rescaled
-                .iter()
-                .map(|(op, n)| (op.clone(), *n as u32))
-                .collect(),
-        }) {
+        let start = job_start(job, name, me, &placement, &options);
+        if !resolver.link_to(node).send(start) {
             return Err(JobError::Cluster(format!("no link to node `{node}`")));
         }
     }
@@ -488,6 +462,57 @@ pub(crate) fn run_job(
         placement: by_node,
         chains,
     })
+}
+
+/// The nodes a job submitted on `me` runs on: the live ones, less `exclude`, sorted.
+///
+/// # Errors
+/// [`JobError::Cluster`] if `me` is not the lowest of them (not the coordinator).
+fn job_nodes(me: &str, up: Vec<String>, exclude: &[String]) -> Result<Vec<String>, JobError> {
+    let mut nodes = up;
+    nodes.retain(|n| !exclude.contains(n));
+    nodes.push(me.to_string());
+    nodes.sort();
+    if nodes.first().map(String::as_str) != Some(me) {
+        return Err(JobError::Cluster(format!(
+            "node `{me}` is not the coordinator; `{}` (the lowest live id) is",
+            nodes[0]
+        )));
+    }
+    Ok(nodes)
+}
+
+/// Logs where the job's subtasks run.
+fn log_placement(job: u64, by_node: &BTreeMap<String, Vec<TaskId>>, chains: &[String]) {
+    for (node, ts) in by_node {
+        let names: Vec<String> = ts
+            .iter()
+            .map(|t| format!("{}[{}]", chains[t.chain], t.subtask))
+            .collect();
+        tracing::info!(job, %node, subtasks = %names.join(", "), "placement");
+    }
+}
+
+/// The `JobStart` frame that tells a node to host job `job`.
+fn job_start(
+    job: u64,
+    name: &str,
+    me: &str,
+    placement: &[(TaskId, String)],
+    options: &JobOptions,
+) -> Message {
+    Message::JobStart {
+        job,
+        name: name.to_string(),
+        coordinator: me.to_string(),
+        placement: placement.to_vec(),
+        parallelism: options.parallelism.map(|p| p as u32),
+        rescaled: options
+            .rescaled
+            .iter()
+            .map(|(op, n)| (op.clone(), *n as u32))
+            .collect(),
+    }
 }
 
 fn random_id() -> u64 {
