@@ -9,15 +9,17 @@
 //! restarts that followed.
 
 use crate::message::Control;
+use crate::requests::ChaosCommand;
 use crate::rng::Rng;
-use crate::supervisor::JobSupervisor;
+use crate::stats::ProgressCell;
 use actix::prelude::*;
 use riffle_framework::exec::Fault;
 use riffle_framework::ExecutionPlan;
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 pub use crate::message::PlannedKind as FaultKind;
+pub use crate::stats::Progress;
 
 /// Installs a panic hook that keeps quiet about panics injected by the chaos module (they are
 /// caught, counted and reported in `JobResult`) and hands every other panic to the hook that
@@ -33,22 +35,10 @@ pub fn silence_injected_panics() {
     }));
 }
 
-/// A chaos request, handled by the job supervisor.
-pub(crate) enum ChaosCommand {
-    /// A control message for the task at this index of `ExecutionPlan::tasks()`.
-    Control { task: usize, control: Control },
-    /// Stop a worker thread (never the last live one).
-    StopWorker(usize),
-}
-
-impl Message for ChaosCommand {
-    type Result = ();
-}
-
 /// Sends faults to a running job. Cheap to clone; commands to a finished job are ignored.
 #[derive(Clone)]
 pub struct ChaosHandle {
-    job: Option<Addr<JobSupervisor>>,
+    job: Option<Recipient<ChaosCommand>>,
     /// Shared by every clone, so that a clone taken before a rescale sees the new subtasks.
     tasks: Arc<RwLock<Vec<(String, usize)>>>,
     workers: usize,
@@ -57,7 +47,7 @@ pub struct ChaosHandle {
 
 impl ChaosHandle {
     pub(crate) fn new(
-        job: Addr<JobSupervisor>,
+        job: Recipient<ChaosCommand>,
         plan: &ExecutionPlan,
         workers: usize,
         progress: ProgressCell,
@@ -93,10 +83,6 @@ impl ChaosHandle {
         if let Some(j) = &self.job {
             j.do_send(cmd);
         }
-    }
-
-    pub(crate) fn supervisor(&self) -> Option<&Addr<JobSupervisor>> {
-        self.job.as_ref()
     }
 
     /// The job's subtasks now as (chain name, subtask index); faults address them by
@@ -267,61 +253,6 @@ impl ChaosMonkey {
             }
             sent
         })
-    }
-}
-
-/// What a running job has done so far, for chaos drivers that wait on progress.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// The current epoch (increases with every recovery from a checkpoint).
-    pub epoch: u64,
-    /// The newest epoch whose subtasks were all restored and told to run.
-    pub running_epoch: u64,
-    /// Checkpoints completed.
-    pub checkpoints: u64,
-    /// The job has ended.
-    pub ended: bool,
-    /// A record was processed after a restore (at a recovery, or at a start from a
-    /// checkpoint); with `running_epoch`, what measures a pause.
-    pub restored_record: bool,
-    /// Rescales in place that held the sources after a checkpoint (counting retries).
-    pub rescales_held: u64,
-    /// Rescales in place that switched to the new plan.
-    pub rescales_switched: u64,
-    /// Per task (in [`ChaosHandle::tasks`] order): its input ended in the current epoch, so
-    /// a fault aimed at its next record would never fire.
-    pub draining: Vec<bool>,
-}
-
-impl Progress {
-    /// Whether task `i` still takes input in the current epoch.
-    pub fn active(&self, i: usize) -> bool {
-        !self.draining.get(i).copied().unwrap_or(false)
-    }
-}
-
-/// Shared progress, updated by the job supervisor.
-#[derive(Clone, Default)]
-pub(crate) struct ProgressCell(Arc<(Mutex<Progress>, Condvar)>);
-
-impl ProgressCell {
-    pub(crate) fn update(&self, f: impl FnOnce(&mut Progress)) {
-        let (m, cv) = &*self.0;
-        f(&mut m.lock().unwrap_or_else(|e| e.into_inner()));
-        cv.notify_all();
-    }
-
-    fn get(&self) -> Progress {
-        self.0 .0.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn wait_until(&self, cond: impl Fn(&Progress) -> bool) -> Progress {
-        let (m, cv) = &*self.0;
-        let mut g = m.lock().unwrap_or_else(|e| e.into_inner());
-        while !cond(&g) && !g.ended {
-            g = cv.wait(g).unwrap_or_else(|e| e.into_inner());
-        }
-        g.clone()
     }
 }
 

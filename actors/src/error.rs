@@ -84,12 +84,23 @@ pub enum JobError {
         /// What does not fit.
         reason: String,
     },
-    /// A savepoint could not be taken.
-    #[error("savepoint failed: {reason}")]
-    SavepointFailed {
-        /// Why.
-        reason: String,
+    /// The request (a savepoint, a rescale) needs checkpointing, which is off for this job
+    /// (`JobConfig::checkpoint`; checkpoints in memory do).
+    #[error("{what} needs checkpointing, which is off for this job (JobConfig::checkpoint)")]
+    CheckpointingOff {
+        /// What was asked for.
+        what: &'static str,
     },
+    /// The request needs checkpoints in a directory (`CheckpointStorage::Dir`), and this job
+    /// keeps them in memory.
+    #[error("{what} needs checkpoints in a directory; this job keeps them in memory")]
+    NeedsCheckpointDir {
+        /// What was asked for, and why it came to that.
+        what: String,
+    },
+    /// The job ended (or was not running) before the request could be carried out.
+    #[error("the job ended before the request could be carried out")]
+    JobEnded,
     /// A rescale cannot be done in place now (e.g. part of the job already finished its
     /// input); nothing changed. The job can still be rescaled by stopping at a savepoint.
     #[error("cannot rescale in place: {reason}")]
@@ -132,16 +143,21 @@ impl JobError {
             | JobError::PoisonRecord { cause, .. } => of(cause),
             JobError::NoWorkers
             | JobError::Spawn(_)
-            | JobError::SavepointFailed { .. }
+            | JobError::JobEnded
             | JobError::RescaleRefused { .. }
             | JobError::NodeLost { .. }
             | JobError::Cluster(_) => ErrorKind::External,
             JobError::Restore(_) => ErrorKind::External,
-            JobError::CheckpointMismatch { .. } => ErrorKind::Config,
+            JobError::CheckpointMismatch { .. }
+            | JobError::CheckpointingOff { .. }
+            | JobError::NeedsCheckpointDir { .. } => ErrorKind::Config,
             JobError::RuntimeLost => ErrorKind::Internal,
         }
     }
 }
+
+/// How a job run ended.
+pub(crate) type Outcome = Result<JobResult, JobError>;
 
 /// One restart decided by the job supervisor.
 #[derive(Clone, Debug, PartialEq)]

@@ -29,15 +29,15 @@
 //! every kind of failure, including the loss of the process.
 
 pub mod chaos;
-mod coordinator;
 mod directory;
 mod error;
 pub mod host;
 mod message;
 mod protocol;
-mod rescale;
+mod requests;
 mod rng;
 mod runtime;
+mod stats;
 mod subtask;
 mod supervisor;
 
@@ -50,9 +50,11 @@ pub use message::{
     FirstRecord, PlannedKind, RemoteCredit, ResetDone, ResetOrder, StopDue, SubtaskMetrics,
     TaskDraining, TaskFailed, TaskFinished, TaskLost, TaskResumed, ToJob,
 };
-pub use rescale::InPlaceFigures;
+pub use protocol::rescale::InPlaceFigures;
+pub use requests::NodeLost;
 pub use runtime::{
     start_distributed, start_plan, state_moved, Distribution, Execute, JobHandle, JobPorts,
-    NodeLost, RescaleOutcome, Rng,
+    RescaleOutcome, Rng,
 };
+pub use stats::Progress;
 pub use subtask::Lifecycle;

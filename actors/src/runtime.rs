@@ -1,17 +1,19 @@
 //! Starting a job: the worker pool, the job supervisor and the wiring of subtask actors.
 
-use crate::chaos::{ChaosHandle, ProgressCell};
-use crate::coordinator::SavepointRequest;
-use crate::error::{JobError, JobResult};
+use crate::chaos::ChaosHandle;
+use crate::error::{JobError, JobResult, Outcome};
 use crate::host::{Directory, LocalHost, RemoteTasks, Resolve, RestoreSpec, SpawnSpec};
 use crate::message::ToJob;
 use crate::protocol::checkpoints::Coordinator;
-use crate::rescale::{InPlaceError, InPlaceFigures, RescaleRequest};
-use crate::supervisor::{JobSupervisor, Recovery};
+use crate::protocol::recovery::Recoveries;
+use crate::protocol::rescale::{InPlaceError, InPlaceFigures};
+use crate::requests::{NodeLost, RescaleRequest, SavepointRequest};
+use crate::stats::{Progress, ProgressCell};
+use crate::supervisor::JobSupervisor;
 use actix::prelude::*;
 use riffle_framework::{
     ChainRescale, Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan,
-    FsStore, JobConfig, MemoryStore, RestoreFrom, StoreError, StreamEnv, TaskId,
+    FsStore, JobConfig, MemoryStore, RestoreFrom, StoreError, StreamEnv,
 };
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -19,15 +21,16 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Instant;
 
-pub(crate) type Outcome = Result<JobResult, JobError>;
-
 pub use crate::rng::Rng;
 
 /// A running job.
 pub struct JobHandle {
     outcome: mpsc::Receiver<Outcome>,
     thread: Option<JoinHandle<()>>,
-    chaos: Option<ChaosHandle>,
+    /// The job supervisor, while the job runs.
+    job: Option<Addr<JobSupervisor>>,
+    chaos: ChaosHandle,
+    progress: ProgressCell,
     plan: Arc<ExecutionPlan>,
 }
 
@@ -88,15 +91,12 @@ impl JobHandle {
     /// # Errors
     /// [`JobError::Graph`] if the operator cannot be rescaled to `n` (nothing changes);
     /// [`JobError::CheckpointMismatch`] if the chain holds state that is not keyed (nothing
-    /// changes); [`JobError::SavepointFailed`] without checkpointing, or if the job ended
-    /// first.
+    /// changes); [`JobError::CheckpointingOff`] without checkpointing;
+    /// [`JobError::NeedsCheckpointDir`] if it must restart and checkpoints are in memory;
+    /// [`JobError::JobEnded`] if the job ended first.
     pub fn rescale(&mut self, operator: &str, n: usize) -> Result<RescaleOutcome, JobError> {
         if self.plan.config().checkpoint.is_none() {
-            return Err(JobError::SavepointFailed {
-                reason: "rescaling needs checkpointing (JobConfig::checkpoint; checkpoints in \
-                         memory do for a rescale in place)"
-                    .to_string(),
-            });
+            return Err(JobError::CheckpointingOff { what: "a rescale" });
         }
         match self.rescale_in_place(operator, n) {
             Err(JobError::RescaleRefused { reason }) => {
@@ -120,9 +120,6 @@ impl JobHandle {
         n: usize,
     ) -> Result<RescaleOutcome, JobError> {
         let plan = self.plan.rescaled(operator, n)?;
-        let failed = |reason: &str| JobError::SavepointFailed {
-            reason: reason.to_string(),
-        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.supervisor()?.do_send(RescaleRequest {
             operator: operator.to_string(),
@@ -132,7 +129,7 @@ impl JobHandle {
         match rx.blocking_recv() {
             Ok(Ok(done)) => {
                 self.plan = Arc::new(plan);
-                self.chaos = self.chaos.as_ref().map(|c| c.for_plan(&self.plan));
+                self.chaos = self.chaos.for_plan(&self.plan);
                 Ok(RescaleOutcome {
                     checkpoint: done.checkpoint,
                     moved: done.moved,
@@ -143,7 +140,7 @@ impl JobHandle {
             }
             Ok(Err(InPlaceError::Failed(e))) => Err(e),
             Ok(Err(InPlaceError::Refused(reason))) => Err(JobError::RescaleRefused { reason }),
-            Err(_) => Err(failed("the job ended first")),
+            Err(_) => Err(JobError::JobEnded),
         }
     }
 
@@ -157,10 +154,10 @@ impl JobHandle {
         let dir = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
             Some(CheckpointStorage::Dir(d)) => d.join(&plan.config().name),
             _ => {
-                return Err(JobError::SavepointFailed {
-                    reason: format!(
+                return Err(JobError::NeedsCheckpointDir {
+                    what: format!(
                         "this rescale cannot be done in place ({why}); restarting the job from \
-                         a savepoint needs checkpoints in a directory"
+                         a savepoint"
                     ),
                 })
             }
@@ -172,7 +169,7 @@ impl JobHandle {
         let moved = state_moved(&plan, &sp, savepoint, Some(operator))?;
         plan.set_restore(Some(RestoreFrom::Path(sp)));
         *self = start_plan(plan)?;
-        self.chaos().wait_until(|p| p.restored_record || p.ended);
+        self.wait_until(|p| p.restored_record || p.ended);
         Ok(RescaleOutcome {
             checkpoint: savepoint,
             moved,
@@ -188,10 +185,18 @@ impl JobHandle {
     /// Never: the handle is created when the job starts. (Returns a handle whose commands are
     /// ignored if the job already ended.)
     pub fn chaos(&self) -> ChaosHandle {
-        match &self.chaos {
-            Some(c) => c.clone(),
-            None => ChaosHandle::detached(),
-        }
+        self.chaos.clone()
+    }
+
+    /// What the job has done so far (epochs, checkpoints, rescales, whether it ended).
+    pub fn progress(&self) -> Progress {
+        self.progress.get()
+    }
+
+    /// Blocks until `cond` holds for the job's [`Progress`], or the job ended; returns the
+    /// progress then.
+    pub fn wait_until(&self, cond: impl Fn(&Progress) -> bool) -> Progress {
+        self.progress.wait_until(cond)
     }
 
     /// Where savepoint `id` of this job is kept — `DIR/JOB/sp-ID`, for
@@ -209,31 +214,23 @@ impl JobHandle {
     /// returns its id.
     ///
     /// # Errors
-    /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first.
+    /// [`JobError::CheckpointingOff`] if checkpointing is off; [`JobError::JobEnded`] if
+    /// the job ended first.
     pub fn savepoint(&self) -> Result<u64, JobError> {
         self.request_savepoint(false)
     }
 
     /// Asks the job supervisor for a savepoint and waits for its id.
     fn request_savepoint(&self, stop: bool) -> Result<u64, JobError> {
-        let failed = |reason: &str| JobError::SavepointFailed {
-            reason: reason.to_string(),
-        };
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.supervisor()?
             .do_send(SavepointRequest { reply: tx, stop });
-        rx.blocking_recv()
-            .map_err(|_| failed("the job ended first"))?
+        rx.blocking_recv().map_err(|_| JobError::JobEnded)?
     }
 
     /// The job supervisor's address, while the job runs.
     fn supervisor(&self) -> Result<&Addr<JobSupervisor>, JobError> {
-        self.chaos
-            .as_ref()
-            .and_then(|c| c.supervisor())
-            .ok_or_else(|| JobError::SavepointFailed {
-                reason: "the job is not running".to_string(),
-            })
+        self.job.as_ref().ok_or(JobError::JobEnded)
     }
 
     /// Takes a savepoint and stops the job there (output after it is never committed): the
@@ -242,8 +239,8 @@ impl JobHandle {
     /// the stopped job's result.
     ///
     /// # Errors
-    /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first, or the
-    /// job's own error.
+    /// [`JobError::CheckpointingOff`] if checkpointing is off, [`JobError::JobEnded`] if the
+    /// job ended first, or the job's own error.
     pub fn stop_with_savepoint(self) -> Result<(u64, JobResult), JobError> {
         let id = self.request_savepoint(true)?;
         let result = self.wait()?;
@@ -315,18 +312,28 @@ fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHand
     let plan = Arc::new(plan);
     let keep = plan.clone();
     let (tx, rx) = mpsc::channel();
-    let (chaos_tx, chaos_rx) = mpsc::channel();
+    let (started_tx, started_rx) = mpsc::channel();
     let name = format!("riffle-{}", plan.config().name);
     let p = plan.clone();
+    let progress = ProgressCell::default();
+    let cell = progress.clone();
     let thread = std::thread::Builder::new()
         .name(name)
-        .spawn(move || run_system(p, restored, tx, chaos_tx, dist))
+        .spawn(move || run_system(p, restored, tx, started_tx, cell, dist))
         .map_err(JobError::Spawn)?;
-    let chaos = chaos_rx.recv().ok();
+    let (job, chaos) = match started_rx.recv() {
+        Ok((job, workers)) => {
+            let chaos = ChaosHandle::new(job.clone().recipient(), &keep, workers, progress.clone());
+            (Some(job), chaos)
+        }
+        Err(_) => (None, ChaosHandle::detached()),
+    };
     Ok(JobHandle {
         outcome: rx,
         thread: Some(thread),
+        job,
         chaos,
+        progress,
         plan: keep,
     })
 }
@@ -335,19 +342,14 @@ fn run_system(
     plan: Arc<ExecutionPlan>,
     restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
-    chaos: mpsc::Sender<ChaosHandle>,
+    started: mpsc::Sender<(Addr<JobSupervisor>, usize)>,
+    progress: ProgressCell,
     dist: Option<Distribution>,
 ) {
     let sys = System::new();
     let arbiters = sys.block_on(async {
-        let progress = ProgressCell::default();
-        let (arbiters, supervisor) = launch(&plan, restored, tx, progress.clone(), dist);
-        let _ = chaos.send(ChaosHandle::new(
-            supervisor,
-            &plan,
-            arbiters.len(),
-            progress,
-        ));
+        let (arbiters, supervisor) = launch(&plan, restored, tx, progress, dist);
+        let _ = started.send((supervisor, arbiters.len()));
         arbiters
     });
     let _ = sys.run();
@@ -412,19 +414,6 @@ pub struct JobPorts {
     pub node_lost: Recipient<NodeLost>,
 }
 
-/// A node that ran some of the job's subtasks was lost; they were re-placed (the cluster
-/// layer's [`RemoteTasks::node_of`] already answers with their new nodes).
-#[derive(Debug)]
-pub struct NodeLost {
-    /// The lost node.
-    pub node: String,
-    /// The subtasks it ran.
-    pub tasks: Vec<TaskId>,
-}
-impl Message for NodeLost {
-    type Result = ();
-}
-
 /// Starts a planned job whose subtasks are spread over nodes as `dist` says. Every subtask
 /// starts paused and the job runs once all of them, local and remote, have reported ready.
 ///
@@ -479,8 +468,7 @@ fn launch(
             rng: Rng::new(cfg.seed ^ 0x5EED_F0F0_0000_0001),
             total: tasks.len(),
             coord,
-            epoch: 0,
-            recovery: None,
+            recoveries: Recoveries::default(),
             plan: plan.clone(),
             workers,
             host,
@@ -520,15 +508,12 @@ fn launch(
         }
         if paused {
             // Distributed: every subtask reports ready before any runs (see `Recovery`).
-            sup.recovery = Some(Recovery {
-                epoch: 0,
-                started: Instant::now(),
-                waiting: tasks.iter().copied().collect(),
-                go_at: None,
-                restore_time: None,
-                checkpoint: restored.clone(),
-                backoff: std::time::Duration::ZERO,
-            });
+            sup.recoveries.wait_for(
+                Instant::now(),
+                tasks.iter().copied(),
+                restored.clone(),
+                std::time::Duration::ZERO,
+            );
         }
         sup
     });

@@ -72,6 +72,20 @@ impl ClusterJob {
         self.handle.chaos()
     }
 
+    /// What the job has done so far (see [`JobHandle::progress`]).
+    pub fn progress(&self) -> riffle_actors::Progress {
+        self.handle.progress()
+    }
+
+    /// Blocks until `cond` holds for the job's progress, or the job ended (see
+    /// [`JobHandle::wait_until`]).
+    pub fn wait_until(
+        &self,
+        cond: impl Fn(&riffle_actors::Progress) -> bool,
+    ) -> riffle_actors::Progress {
+        self.handle.wait_until(cond)
+    }
+
     /// Waits for the job's outcome, then tells every node it ended.
     ///
     /// # Errors
@@ -88,8 +102,8 @@ impl ClusterJob {
     /// [`Node::run_job_with`]: crate::Node::run_job_with
     ///
     /// # Errors
-    /// [`JobError::SavepointFailed`] if checkpointing is off or the job ended first, or the
-    /// job's own error.
+    /// [`JobError::CheckpointingOff`] if checkpointing is off, [`JobError::JobEnded`] if the
+    /// job ended first, or the job's own error.
     pub fn stop_with_savepoint(self) -> Result<(u64, JobResult), JobError> {
         let outcome = self.handle.stop_with_savepoint();
         let (id, result) = match outcome {
@@ -111,9 +125,10 @@ impl ClusterJob {
     ///
     /// # Errors
     /// [`JobError::Graph`] if the operator cannot be rescaled (nothing changes),
-    /// [`JobError::SavepointFailed`] without checkpointing (or, to continue from a savepoint,
-    /// without checkpoints in a directory) or if the job ended first, and the errors of
-    /// starting the continued job.
+    /// [`JobError::CheckpointingOff`] without checkpointing,
+    /// [`JobError::NeedsCheckpointDir`] to continue from a savepoint without checkpoints in a
+    /// directory, [`JobError::JobEnded`] if the job ended first, and the errors of starting
+    /// the continued job.
     pub fn rescale(
         mut self,
         operator: &str,
@@ -204,8 +219,8 @@ impl ClusterJob {
             .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
         let plan = plan_with(&builder, &options)?;
         let Some(dir) = self.savepoints.clone() else {
-            return Err(JobError::SavepointFailed {
-                reason: "continuing a job needs checkpoints in a directory".to_string(),
+            return Err(JobError::NeedsCheckpointDir {
+                what: "continuing a job on other nodes".to_string(),
             });
         };
         let started = std::time::Instant::now();
@@ -214,7 +229,7 @@ impl ClusterJob {
         let moved = riffle_actors::state_moved(&plan, &sp, savepoint, operator)?;
         options.restore = Some(RestoreFrom::Path(sp));
         let next = run_job(&shared, &me, &name, shared.net.up_peers(), options)?;
-        next.chaos().wait_until(|p| p.restored_record || p.ended);
+        next.wait_until(|p| p.restored_record || p.ended);
         Ok((
             next,
             RescaleOutcome {

@@ -8,9 +8,17 @@
 //!   acknowledgements, when the next one is due, timeouts, direct triggers of drained
 //!   subtasks, commit confirmations.
 //!
-//! The handlers that carry these out still live in the supervisor's files
-//! (`coordinator.rs` saves checkpoints and sends triggers and commits; recovery is in
-//! `supervisor.rs`), and rescale in place (`rescale.rs`) moves here next.
+//! - [`recovery`]: recovery of the whole job from a checkpoint — epochs, one recovery at a
+//!   time, who must still reset, when everyone runs again, the restore time.
+//! - [`rescale`]: rescale in place — hold the sources after a checkpoint, the leaving
+//!   subtasks' commits, the switch, the confirmations, resume; starting over after a failure.
+//!
+//! Each machine's file has its unit tests and a property test over random interleavings; none
+//! starts an actor system. The supervisor's side of each is a file of
+//! `actors/src/supervisor/` (`restarting.rs`, `checkpointing.rs`, `recovering.rs`,
+//! `rescaling.rs`). A new protocol gets a machine here and a file there.
 
 pub(crate) mod checkpoints;
+pub(crate) mod recovery;
+pub(crate) mod rescale;
 pub(crate) mod restarts;

@@ -1,30 +1,27 @@
-//! The checkpoint coordinator's actor side: it carries out what the checkpoint state machine
-//! ([`crate::protocol::checkpoints`]) decides — sends the triggers, saves a completed
-//! checkpoint and tells the sinks to commit. It runs in the job supervisor (same actor), so
-//! that it shares the supervisor's view of the subtasks and a recovery can never interleave
-//! with a checkpoint's completion.
+//! Checkpoint coordination, carried out: what [`crate::protocol::checkpoints`] decides
+//! becomes triggers, saved checkpoints, commits and answers to savepoint requests. It runs in
+//! the job supervisor (same actor), so that it shares the supervisor's view of the subtasks
+//! and a recovery can never interleave with a checkpoint's completion.
 
+use super::JobSupervisor;
 use crate::error::{CheckpointStats, JobError};
-use crate::message::{CheckpointAck, Committed, Control, FirstRecord, ResetDone, TaskDraining};
+use crate::message::{CheckpointAck, Committed, Control, TaskDraining};
 use crate::protocol::checkpoints::Pending;
-use crate::supervisor::JobSupervisor;
+use crate::requests::SavepointRequest;
 use actix::prelude::*;
 use riffle_framework::{Checkpoint, ExecutionPlan, TaskId, TaskSnapshot};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
-
-/// Asks the job for a savepoint.
-pub(crate) struct SavepointRequest {
-    pub reply: oneshot::Sender<Result<u64, JobError>>,
-    /// Stop the job once the savepoint is committed.
-    pub stop: bool,
-}
-impl Message for SavepointRequest {
-    type Result = ();
-}
 
 impl JobSupervisor {
+    /// With checkpointing on: looks every few milliseconds whether a checkpoint is due or
+    /// late.
+    pub(super) fn start_checkpoint_ticks(&self, ctx: &mut Context<Self>) {
+        if let Some(every) = tick_interval(&self.plan) {
+            ctx.run_interval(every, |act, _ctx| act.checkpoint_tick());
+        }
+    }
+
     /// Periodic work: time out the checkpoint in flight, trigger the next one when due.
     pub(crate) fn checkpoint_tick(&mut self) {
         if self.recovery_in_progress() || self.concluded() {
@@ -130,8 +127,8 @@ impl JobSupervisor {
 }
 
 impl JobSupervisor {
-    pub(crate) fn on_ack(&mut self, msg: CheckpointAck, _ctx: &mut Context<Self>) {
-        if msg.epoch != self.epoch {
+    pub(super) fn on_ack(&mut self, msg: CheckpointAck, _ctx: &mut Context<Self>) {
+        if msg.epoch != self.epoch() {
             return;
         }
         let total = self.total;
@@ -143,8 +140,8 @@ impl JobSupervisor {
 }
 
 impl JobSupervisor {
-    pub(crate) fn on_draining(&mut self, msg: TaskDraining, _ctx: &mut Context<Self>) {
-        if msg.epoch != self.epoch {
+    pub(super) fn on_draining(&mut self, msg: TaskDraining, _ctx: &mut Context<Self>) {
+        if msg.epoch != self.epoch() {
             return;
         }
         if let Some(i) = self.plan.tasks().iter().position(|t| *t == msg.task) {
@@ -165,64 +162,12 @@ impl JobSupervisor {
 }
 
 impl JobSupervisor {
-    pub(crate) fn on_committed(&mut self, msg: Committed, _ctx: &mut Context<Self>) {
+    pub(super) fn on_committed(&mut self, msg: Committed, _ctx: &mut Context<Self>) {
         self.rescale_on_committed(msg.task, msg.id);
         let Some(c) = &mut self.coord else { return };
         if c.committed(msg.task) {
             tracing::info!(checkpoint = msg.id, "final checkpoint committed");
             self.conclude_success();
-        }
-    }
-}
-
-impl JobSupervisor {
-    pub(crate) fn on_reset_done(&mut self, msg: ResetDone, _ctx: &mut Context<Self>) {
-        if self.rescale_on_ready(msg.task, msg.epoch) {
-            return;
-        }
-        let epoch = self.epoch;
-        let Some(r) = &mut self.recovery else { return };
-        if msg.epoch != epoch || r.epoch != epoch {
-            return;
-        }
-        r.waiting.remove(&msg.task);
-        if r.go_at.is_some() {
-            // A subtask that joined the recovery late: the others already run.
-            if let Some(a) = self.addrs.get(&msg.task) {
-                a.do_send(Control::Go(epoch));
-            }
-            return;
-        }
-        if r.waiting.is_empty() {
-            r.go_at = Some(Instant::now());
-            for a in self.addrs.values() {
-                a.do_send(Control::Go(epoch));
-            }
-            self.progress.update(|p| p.running_epoch = epoch);
-            if let Some(c) = &mut self.coord {
-                c.last_trigger = Instant::now();
-            }
-        }
-    }
-}
-
-impl JobSupervisor {
-    pub(crate) fn on_first_record(&mut self, msg: FirstRecord, _ctx: &mut Context<Self>) {
-        self.progress.update(|p| p.restored_record = true);
-        self.rescale_on_first_record();
-        let Some(r) = &mut self.recovery else { return };
-        if msg.epoch == r.epoch && r.restore_time.is_none() {
-            let t = r.started.elapsed();
-            r.restore_time = Some(t);
-            if let Some(ev) = self
-                .result
-                .recoveries
-                .iter_mut()
-                .rev()
-                .find(|e| e.epoch == msg.epoch)
-            {
-                ev.restore_time = Some(t);
-            }
         }
     }
 }
@@ -236,13 +181,11 @@ impl Handler<SavepointRequest> for JobSupervisor {
                 c.savepoint_waiters.push(msg.reply);
             }
             Some(_) => {
-                let _ = msg.reply.send(Err(JobError::SavepointFailed {
-                    reason: "the job has ended".to_string(),
-                }));
+                let _ = msg.reply.send(Err(JobError::JobEnded));
             }
             None => {
-                let _ = msg.reply.send(Err(JobError::SavepointFailed {
-                    reason: "checkpointing is off for this job".to_string(),
+                let _ = msg.reply.send(Err(JobError::CheckpointingOff {
+                    what: "a savepoint",
                 }));
             }
         }
@@ -250,7 +193,7 @@ impl Handler<SavepointRequest> for JobSupervisor {
 }
 
 /// How often the supervisor checks whether a checkpoint is due or timed out.
-pub(crate) fn tick_interval(cfg: &ExecutionPlan) -> Option<Duration> {
+fn tick_interval(cfg: &ExecutionPlan) -> Option<Duration> {
     cfg.config()
         .checkpoint
         .as_ref()
