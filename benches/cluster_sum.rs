@@ -17,7 +17,7 @@
 //! share of keyed subtasks on the other node).
 
 use riffle::cluster::Node;
-use riffle::framework::BatchCodec;
+use riffle::internals::framework::BatchCodec;
 use riffle::prelude::*;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 fn codec_ns_per_record() -> f64 {
     let codec = BatchCodec::of::<u64>();
     let batch: Vec<u64> = (0..1024u64).map(|i| i * 7_919_393).collect();
-    let payload: riffle::framework::exec::Payload = Box::new(batch);
+    let payload: riffle::internals::framework::exec::Payload = Box::new(batch);
     let rounds = 2000;
     let t = Instant::now();
     for _ in 0..rounds {

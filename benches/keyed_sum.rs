@@ -96,7 +96,7 @@ fn riffle_with(n: u64, p: usize, checkpoint_every: Option<Duration>) -> Duration
     let env = StreamEnv::new();
     env.set_parallelism(p);
     if let Some(every) = checkpoint_every {
-        env.configure(|c| c.checkpoint = Some(riffle::CheckpointConfig::every(every)));
+        env.configure(|c| c.checkpoint = Some(riffle::prelude::CheckpointConfig::every(every)));
     }
     let shared = Arc::new(Mutex::new(Tally::new()));
     let s = shared.clone();

@@ -10,8 +10,8 @@
 //! processed again), the median checkpoint duration and size, and the median rescale pause of
 //! each kind (request → first record processed by the rescaled operator), with their ratio.
 
+use riffle::chaos::Fault;
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, Fault, RestoreFrom};
 use std::time::{Duration, Instant};
 
 const KEYS: u64 = 100_000;
@@ -69,10 +69,10 @@ fn rescale_job(dir: &std::path::Path, p: usize, restore: Option<RestoreFrom>) ->
 fn rescale_in_place_pause() -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut handle = rescale_job(dir.path(), 2, None).start().expect("start");
-    handle.chaos().wait_until(|p| p.checkpoints >= 2);
+    handle.wait_until(|p| p.checkpoints >= 2);
     let r = handle.rescale("sum", 3).expect("rescale");
     assert!(r.in_place.is_some(), "rescaled in place");
-    assert!(r.moved.keys as u64 == KEYS, "all keys in the state");
+    assert!(r.state.keys as u64 == KEYS, "all keys in the state");
     handle.wait().expect("rescaled job");
     r.pause
 }
@@ -81,14 +81,14 @@ fn rescale_in_place_pause() -> Duration {
 fn rescale_pause() -> Duration {
     let dir = tempfile::tempdir().expect("tempdir");
     let handle = rescale_job(dir.path(), 2, None).start().expect("start");
-    handle.chaos().wait_until(|p| p.checkpoints >= 2);
+    handle.wait_until(|p| p.checkpoints >= 2);
     let stop = Instant::now();
     let (id, _) = handle.stop_with_savepoint().expect("stop with savepoint");
     let sp = dir.path().join("rescale-bench").join(format!("sp-{id}"));
     let next = rescale_job(dir.path(), 3, Some(RestoreFrom::Path(sp)))
         .start()
         .expect("restart");
-    next.chaos().wait_until(|p| p.restored_record);
+    next.wait_until(|p| p.restored_record);
     let pause = stop.elapsed();
     next.wait().expect("rescaled job");
     pause

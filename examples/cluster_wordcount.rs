@@ -27,7 +27,6 @@
 
 use riffle::cluster::{Node, Secret};
 use riffle::prelude::*;
-use riffle::CheckpointConfig;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};

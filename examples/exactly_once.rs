@@ -15,7 +15,6 @@
 
 use riffle::chaos::{ChaosMonkey, FaultKind};
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, RestoreFrom};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;

@@ -10,7 +10,7 @@
 //! subtasks with Riffle's consistent-hash ring and with `hash mod N`, and how many keys move.
 
 use riffle::prelude::*;
-use riffle::{KeyRing, ModuloPartitioner, Partitioner};
+use riffle::routing::{KeyRing, ModuloPartitioner, Partitioner};
 
 /// Tags each record with the subtask that processed it.
 struct Process {

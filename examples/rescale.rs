@@ -16,7 +16,7 @@
 //! the end the output collected over the whole run is checked: every record counted once.
 
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, KeyRing};
+use riffle::routing::KeyRing;
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -28,7 +28,7 @@ fn key(i: u64) -> String {
     format!("user-{}", i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS)
 }
 
-fn job(dir: &Path) -> (StreamEnv, riffle::CollectHandle<(String, u64)>) {
+fn job(dir: &Path) -> (StreamEnv, CollectHandle<(String, u64)>) {
     let env = StreamEnv::new();
     env.configure(|c| {
         c.name = "rescale-example".to_string();
@@ -75,9 +75,9 @@ fn main() -> Result<(), UserError> {
     let mut handle = env.start()?;
     let mut from = 4;
     for to in [5usize, 8, 3] {
-        handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
+        handle.wait_until(|pr| pr.checkpoints >= 2);
         let r = handle.rescale("count", to)?;
-        let (ring, ideal) = r.moved.moved_vs_ideal();
+        let (ring, ideal) = r.state.moved_vs_ideal();
         let (_, modulo, groups) = movement(&hashes, from, to);
         let touched = match r.in_place {
             Some(f) => format!(
@@ -89,8 +89,8 @@ fn main() -> Result<(), UserError> {
         println!(
             "{from:>3} -> {to:<2}  {ring:>10.3} {ideal:>10.3} {modulo:>10.3} {groups:>11.3} {:>7.1} ms  {} keys, {} KiB; {touched}",
             r.pause.as_secs_f64() * 1e3,
-            r.moved.moved,
-            r.moved.bytes_moved / 1024
+            r.state.keys_moved,
+            r.state.bytes_moved / 1024
         );
         from = to;
     }

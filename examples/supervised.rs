@@ -16,7 +16,6 @@
 
 use riffle::chaos::ChaosMonkey;
 use riffle::prelude::*;
-use riffle::{Backoff, PoisonAction, PoisonPolicy};
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -4,7 +4,7 @@
 //! every parallel subtask is an actix actor with its own mailbox. Keyed records are routed over
 //! a consistent-hash ring, so rescaling an operator moves only about 1/(N+1) of the keys.
 //!
-//! This is the facade crate: it re-exports the layers below it and adds the test harness.
+//! This is the facade crate: the API of the layers below it, grouped by use.
 //!
 //! | crate | layer |
 //! |---|---|
@@ -25,39 +25,130 @@
 //! let b = counts.iter().filter(|(w, _)| w == "b").map(|(_, n)| *n).max();
 //! assert_eq!(b, Some(3));
 //! ```
+//!
+//! ## Modules
+//!
+//! Most programs need only [`prelude`]. The rest of the API is grouped by what it is for:
+//!
+//! | module | for |
+//! |---|---|
+//! | [`operators`] | writing operators, sources and sinks as types |
+//! | [`streams`] | building the dataflow |
+//! | [`config`] | job configuration: parallelism, restarts, checkpoints, restoring |
+//! | [`state`] | checkpoints and where they are kept |
+//! | [`connectors`] | the built-in sources' and sinks' handles |
+//! | [`routing`] | how keyed records are spread over subtasks |
+//! | [`job`] | running jobs: the handle, results, rescaling, progress |
+//! | [`errors`] | every error type, and whose problem it is |
+//! | [`chaos`] | crashing subtasks, actors, workers on purpose |
+//! | [`testing`] | one-line harnesses for tests and docs |
+//! | [`cluster`] | running nodes and jobs across them |
+//!
+//! The layers below (`riffle-framework`, `riffle-actors`, `riffle-cluster`) are the
+//! runtime's own; their internals are not part of this API.
 
 #[doc = include_str!("../README.md")]
 #[cfg(doctest)]
 pub struct ReadmeDoctests;
-
-pub use riffle_actors as actors;
-pub use riffle_cluster as cluster;
-pub use riffle_framework as framework;
-
-pub use riffle_actors::chaos;
-pub use riffle_actors::{
-    CheckpointStats, ErrorKind, Execute, JobError, JobHandle, JobResult, RecoveryEvent,
-    RescaleOutcome, RestartEvent, SubtaskMetrics,
-};
-pub use riffle_framework::exec::Fault;
-pub use riffle_framework::{
-    Backoff, Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, CollectHandle,
-    ConnectorError, CountHandle, Data, DataStream, DeadLetter, Encoded, ExecutionPlan,
-    FailureCause, FsStore, GraphError, JobConfig, Key, KeyRing, KeyedOperator, KeyedStream,
-    MemoryStore, ModuloPartitioner, Operator, Output, PartitionScheme, Partitioner, PoisonAction,
-    PoisonPolicy, Position, RestartKind, RestartStrategy, RestoreFrom, Sink, SinkStream, Snapshot,
-    Source, SourceStatus, StoreError, StreamEnv, SubtaskInfo, TaskSnapshot, UserError,
-};
 
 /// Everything an operator author needs, and what running a checkpointed, rescaled job
 /// takes: `use riffle::prelude::*;`.
 pub mod prelude {
     pub use riffle_actors::{Execute, JobError, JobHandle, JobResult, RescaleOutcome};
     pub use riffle_framework::{
-        CheckpointConfig, Data, DataStream, FsStore, JobConfig, Key, KeyedOperator, KeyedStream,
-        Operator, Output, Position, RestartKind, RestartStrategy, RestoreFrom, Sink, Source,
+        Backoff, CheckpointConfig, CollectHandle, CountHandle, Data, DataStream, FsStore,
+        JobConfig, Key, KeyedOperator, KeyedStates, KeyedStream, Operator, Output, PoisonAction,
+        PoisonPolicy, Position, RestartKind, RestartStrategy, RestoreFrom, Sink, Snapshot, Source,
         SourceStatus, StoreError, StreamEnv, SubtaskInfo, UserError,
     };
+}
+
+/// Operators as types: implement [`Operator`](operators::Operator),
+/// [`KeyedOperator`](operators::KeyedOperator), [`Source`](operators::Source) or
+/// [`Sink`](operators::Sink); each parallel subtask runs one instance as an actor.
+pub mod operators {
+    pub use riffle_framework::{
+        Data, DeadLetter, Encoded, Key, KeyedOperator, KeyedStates, Operator, Output, Position,
+        Sink, Snapshot, Source, SourceStatus, SubtaskInfo, UserError,
+    };
+}
+
+/// Building a dataflow: an environment and the streams between its operators.
+pub mod streams {
+    pub use riffle_framework::{DataStream, KeyedStream, SinkStream, StreamEnv};
+}
+
+/// A job's configuration: name, parallelism, workers, batching, restarts, checkpoints and
+/// what to restore from.
+pub mod config {
+    pub use riffle_framework::{
+        Backoff, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction, PoisonPolicy,
+        RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS,
+        DEFAULT_FLUSH_INTERVAL,
+    };
+}
+
+/// Checkpoints: what they hold and where they are kept.
+pub mod state {
+    pub use riffle_framework::{
+        Checkpoint, CheckpointId, CheckpointStore, FsStore, MemoryStore, StoreError, TaskSnapshot,
+    };
+}
+
+/// Handles of the built-in sinks (the sources and sinks themselves are methods of
+/// [`StreamEnv`](streams::StreamEnv) and [`DataStream`](streams::DataStream)).
+pub mod connectors {
+    pub use riffle_framework::{CollectHandle, ConnectorError, CountHandle};
+}
+
+/// How keyed records are spread over subtasks: the consistent-hash ring (rescaling moves only
+/// about 1/(N+1) of the keys), the `hash mod N` baseline, and the key hash itself.
+pub mod routing {
+    pub use riffle_framework::{
+        canonical_key_bytes, ChainRescale, KeyRing, ModuloPartitioner, PartitionScheme,
+        Partitioner, DEFAULT_VNODES,
+    };
+}
+
+/// Running jobs: start one, wait for it, take savepoints, rescale it in place, watch its
+/// progress; what a run reports.
+pub mod job {
+    pub use riffle_actors::{
+        state_moved, CheckpointStats, Execute, InPlaceFigures, JobHandle, JobResult, Progress,
+        RecoveryEvent, RescaleOutcome, RestartEvent, SubtaskMetrics,
+    };
+}
+
+/// Every error a job, an operator or a connector can report; [`ErrorKind`](errors::ErrorKind)
+/// says whose problem it is.
+pub mod errors {
+    pub use riffle_actors::{ErrorKind, JobError};
+    pub use riffle_framework::{ConnectorError, FailureCause, GraphError, StoreError, UserError};
+}
+
+/// Chaos tooling: crash subtasks, stop actors and worker threads on purpose, and plan faults
+/// from a seed.
+pub mod chaos {
+    pub use riffle_actors::chaos::*;
+    pub use riffle_framework::exec::Fault;
+}
+
+/// Nodes and jobs across them: a node process joins a cluster with its shared secret, and a
+/// job's subtasks are placed over the live nodes.
+pub mod cluster {
+    pub use riffle_cluster::{
+        ClusterJob, HostedEnd, JobBuilder, JobOptions, Limits, Member, Node, NodeBuilder,
+        NodeError, Placement, Refusals, Secret, SecretError, Status,
+    };
+}
+
+/// The layers below the API, for Riffle's own tests and tools: not covered by semver, not
+/// documented here.
+#[doc(hidden)]
+pub mod internals {
+    pub use riffle_actors as actors;
+    pub use riffle_cluster as cluster;
+    pub use riffle_framework as framework;
 }
 
 /// One-line harnesses for tests and docs.

@@ -3,7 +3,6 @@
 //! emitted before its barrier — nothing that followed a barrier on the fast channel.
 
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, FsStore};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::time::Duration;

@@ -5,7 +5,6 @@ use crate::common;
 use common::{chaos_restarts, seed, sorted};
 use riffle::chaos::{ChaosMonkey, FaultKind};
 use riffle::prelude::*;
-use riffle::CheckpointConfig;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -15,7 +14,7 @@ const KEYS: u64 = 1000;
 
 /// Keyed running sum, parallelism 4; the sink runs at parallelism 2 (its own chain, so that
 /// faults hit sinks too).
-fn running_sum(env: &StreamEnv, n: u64) -> riffle::CollectHandle<(u64, u64)> {
+fn running_sum(env: &StreamEnv, n: u64) -> riffle::prelude::CollectHandle<(u64, u64)> {
     env.set_parallelism(4);
     env.generate(n, record)
         .key_by(|r: &(u64, u64)| r.0)
@@ -35,7 +34,7 @@ fn gated_running_sum(
     env: &StreamEnv,
     n: u64,
     gate: Arc<AtomicBool>,
-) -> riffle::CollectHandle<(u64, u64)> {
+) -> riffle::prelude::CollectHandle<(u64, u64)> {
     env.set_parallelism(4);
     env.source(move |info: &SubtaskInfo| {
         let (i, p) = (info.index as u64, info.parallelism as u64);
@@ -85,11 +84,11 @@ impl Source for Gated {
 }
 
 trait CollectWith<T> {
-    fn collect_with_parallelism(self, p: usize) -> riffle::CollectHandle<T>;
+    fn collect_with_parallelism(self, p: usize) -> riffle::prelude::CollectHandle<T>;
 }
 
 impl<T: Data> CollectWith<T> for DataStream<T> {
-    fn collect_with_parallelism(self, p: usize) -> riffle::CollectHandle<T> {
+    fn collect_with_parallelism(self, p: usize) -> riffle::prelude::CollectHandle<T> {
         self.rebalance()
             .map(|x| x)
             .parallelism(p)
@@ -256,7 +255,7 @@ fn a_savepoint_starts_another_job_where_it_was_taken() {
     // The first job's sources hold at the middle of their shares until the savepoint is
     // taken (a signal, so that the job cannot end first on a busy machine).
     let gate = Arc::new(AtomicBool::new(false));
-    let make = |restore: Option<riffle::RestoreFrom>, open: bool| {
+    let make = |restore: Option<riffle::prelude::RestoreFrom>, open: bool| {
         let env = StreamEnv::new();
         env.configure(|c| {
             c.name = "savepoints".to_string();
@@ -275,7 +274,7 @@ fn a_savepoint_starts_another_job_where_it_was_taken() {
     };
     let (env, first) = make(None, false);
     let job = env.start().expect("start");
-    job.chaos().wait_until(|p| p.checkpoints >= 1);
+    job.wait_until(|p| p.checkpoints >= 1);
     let id = job.savepoint().expect("savepoint");
     gate.store(true, Ordering::SeqCst);
     let path = job.savepoint_dir(id).expect("checkpoints in a directory");
@@ -287,7 +286,7 @@ fn a_savepoint_starts_another_job_where_it_was_taken() {
         path.display()
     );
 
-    let (env, second) = make(Some(riffle::RestoreFrom::Path(path)), true);
+    let (env, second) = make(Some(riffle::prelude::RestoreFrom::Path(path)), true);
     let result = env.execute().expect("job from the savepoint");
     let (first, second) = (first.take(), second.take());
     println!(
@@ -327,7 +326,9 @@ fn latest_or_fresh_starts_fresh_then_resumes_where_the_job_was() {
             c.name = "latest-or-fresh".to_string();
             c.checkpoint =
                 Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir.path()));
-            c.restore = Some(riffle::RestoreFrom::LatestOrFresh(dir.path().to_path_buf()));
+            c.restore = Some(riffle::prelude::RestoreFrom::LatestOrFresh(
+                dir.path().to_path_buf(),
+            ));
         });
         let out = running_sum(&env, N);
         (env, out)
@@ -350,7 +351,9 @@ fn latest_or_fresh_starts_fresh_then_resumes_where_the_job_was() {
         c.name = "latest-or-fresh".to_string();
         c.checkpoint =
             Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(empty.path()));
-        c.restore = Some(riffle::RestoreFrom::Latest(empty.path().to_path_buf()));
+        c.restore = Some(riffle::prelude::RestoreFrom::Latest(
+            empty.path().to_path_buf(),
+        ));
     });
     let _out = running_sum(&env, N);
     let err = env.execute().expect_err("nothing to restore");

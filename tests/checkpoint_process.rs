@@ -4,7 +4,6 @@
 //! valid checkpoint. The published output must equal a clean run exactly.
 
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, FsStore, RestoreFrom};
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::ExitStatusExt;

@@ -6,8 +6,9 @@
 
 use crate::common;
 
-use riffle::cluster::wire::{encode, EdgeAddress, Message, WireEvent, PROTOCOL_VERSION};
-use riffle::cluster::{handshake, HandshakeConfig, Node, Role, Secret, Status};
+use riffle::cluster::{Node, Secret, Status};
+use riffle::internals::cluster::wire::{encode, EdgeAddress, Message, WireEvent, PROTOCOL_VERSION};
+use riffle::internals::cluster::{handshake, HandshakeConfig, Role};
 use std::io::Write;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;

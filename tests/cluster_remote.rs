@@ -3,10 +3,11 @@
 //! messages stalls its own channel, not the link.
 
 use actix::prelude::*;
-use riffle::actors::{Credit, DataMessage};
-use riffle::cluster::{EdgeAddress, Inbox, Node, Status};
-use riffle::framework::BatchCodec;
-use riffle::framework::{ChannelEvent, RecordBatch};
+use riffle::cluster::{Node, Status};
+use riffle::internals::actors::{Credit, DataMessage};
+use riffle::internals::cluster::{EdgeAddress, Inbox};
+use riffle::internals::framework::BatchCodec;
+use riffle::internals::framework::{ChannelEvent, RecordBatch};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{Notify, Semaphore};

@@ -138,7 +138,7 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
     ];
     up(&n1, &["n2", "n3"]);
     let job = start(&n1, JobOptions::default(), &["n1", "n2", "n3"]);
-    job.chaos().wait_until(|p| p.checkpoints >= 2);
+    job.wait_until(|p| p.checkpoints >= 2);
 
     // Grow: n4 joins, and the keyed operator goes from 6 to 8 subtasks over the 4 nodes.
     children.push(spawn("n4", &seed, dir.path(), 1));
@@ -149,30 +149,31 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
     assert_eq!((figures.started, figures.retired), (2, 0));
     placed_on(&job, &["n1", "n2", "n3", "n4"]);
     // In place: every subtask stays where it was; n4 takes new ones.
-    let node_of = |p: &std::collections::BTreeMap<String, Vec<riffle::framework::TaskId>>,
-                   t: &riffle::framework::TaskId| {
-        p.iter()
-            .find(|(_, ts)| ts.contains(t))
-            .map(|(n, _)| n.clone())
-    };
+    let node_of =
+        |p: &std::collections::BTreeMap<String, Vec<riffle::internals::framework::TaskId>>,
+         t: &riffle::internals::framework::TaskId| {
+            p.iter()
+                .find(|(_, ts)| ts.contains(t))
+                .map(|(n, _)| n.clone())
+        };
     for t in before.values().flatten() {
         let (old, new) = (node_of(&before, t), node_of(&job.placement, t));
         assert_eq!(old, new, "{t:?} moved");
     }
-    let (moved, ideal) = r.moved.moved_vs_ideal();
+    let (moved, ideal) = r.state.moved_vs_ideal();
     println!(
         "6 -> 8 on 4 nodes: {} of {} keys moved ({moved:.3}; ideal {ideal:.3}), pause {:.1} ms",
-        r.moved.moved,
-        r.moved.keys,
+        r.state.keys_moved,
+        r.state.keys,
         r.pause.as_secs_f64() * 1e3
     );
-    assert_eq!((r.moved.from, r.moved.to), (6, 8));
-    assert!(moved <= ideal * 1.25, "{:?}", r.moved);
+    assert_eq!((r.state.from, r.state.to), (6, 8));
+    assert!(moved <= ideal * 1.25, "{:?}", r.state);
     // Shrink: drain n4, then n3 — each time only the drained node's subtasks move — and
     // finish on n1 and n2 with the keyed operator at 4 subtasks.
     let mut job = job;
     for (node, left) in [("n4", vec!["n1", "n2", "n3"]), ("n3", vec!["n1", "n2"])] {
-        job.chaos().wait_until(|p| p.checkpoints >= 2);
+        job.wait_until(|p| p.checkpoints >= 2);
         let before = job.placement.clone();
         let (next, r) = job.drain(node).expect("drain");
         placed_on(&next, &left);
@@ -189,10 +190,10 @@ fn a_job_grows_from_3_to_4_nodes_and_shrinks_to_2_exactly() {
         );
         job = next;
     }
-    job.chaos().wait_until(|p| p.checkpoints >= 2);
+    job.wait_until(|p| p.checkpoints >= 2);
     let (job, r) = job.rescale("sum", 4).expect("rescale to 4");
     placed_on(&job, &["n1", "n2"]);
-    assert_eq!((r.moved.from, r.moved.to), (8, 4));
+    assert_eq!((r.state.from, r.state.to), (8, 4));
     assert_eq!(r.in_place.map(|f| f.retired), Some(4), "rescaled in place");
     let r = job.wait().expect("the last run finishes");
     assert!(r.recoveries.is_empty());
@@ -241,7 +242,7 @@ fn a_node_killed_during_a_rescale_in_place_is_recovered_exactly() {
         let status = killer.join().expect("killer");
         assert_eq!(status.signal(), Some(9), "n3 died of SIGKILL: {status:?}");
         assert!(r.in_place.is_some(), "{at:?}: rescaled in place");
-        assert_eq!((r.moved.from, r.moved.to), (6, 8));
+        assert_eq!((r.state.from, r.state.to), (6, 8));
         let result = job.wait().expect("the job finishes on n1 and n2");
         println!(
             "n3 killed ({at:?}): nodes lost {:?}, recoveries {}, pause {:.1} ms",

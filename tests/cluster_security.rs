@@ -27,9 +27,12 @@
 
 use crate::common;
 
-use riffle::cluster::wire::{encode, read_frame, Hello, Message, RefuseReason, PROTOCOL_VERSION};
-use riffle::cluster::{handshake, HandshakeConfig, Limits, Node, Role, Secret, Status};
-use riffle::framework::TaskId;
+use riffle::cluster::{Limits, Node, Secret, Status};
+use riffle::internals::cluster::wire::{
+    encode, read_frame, Hello, Message, RefuseReason, PROTOCOL_VERSION,
+};
+use riffle::internals::cluster::{handshake, HandshakeConfig, Role};
+use riffle::internals::framework::TaskId;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};

@@ -1,7 +1,7 @@
 //! Bad input gets a typed error with a clear message; nothing panics, nothing hangs.
 
+use riffle::errors::{ConnectorError, ErrorKind, FailureCause, GraphError};
 use riffle::prelude::*;
-use riffle::{ConnectorError, ErrorKind, FailureCause, GraphError};
 
 fn connector_error(e: &JobError) -> &ConnectorError {
     match e {

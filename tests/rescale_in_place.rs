@@ -5,7 +5,6 @@
 use crate::common;
 
 use riffle::prelude::*;
-use riffle::CheckpointConfig;
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -58,7 +57,7 @@ fn paced_records(env: &StreamEnv, every: u64) -> DataStream<(u64, u64)> {
 }
 
 /// A running count per key at parallelism `p`, collected.
-fn count(records: DataStream<(u64, u64)>, p: usize) -> riffle::CollectHandle<(u64, u64)> {
+fn count(records: DataStream<(u64, u64)>, p: usize) -> riffle::prelude::CollectHandle<(u64, u64)> {
     records
         .parallelism(2)
         .key_by(|r: &(u64, u64)| r.0)
@@ -101,14 +100,14 @@ fn a_rescale_in_place_leaves_the_rest_of_the_job_running() {
     let early = handle.chaos();
     for p in [6usize, 2] {
         let before = handle.chaos().tasks().len();
-        handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
+        handle.wait_until(|pr| pr.checkpoints >= 2);
         let r = handle.rescale("count", p).expect("rescale");
         let f = r.in_place.expect("in place");
         println!(
             "count {from} -> {p}: {:?}, {} of {} keys moved, pause {:.1} ms",
             f,
-            r.moved.moved,
-            r.moved.keys,
+            r.state.keys_moved,
+            r.state.keys,
             r.pause.as_secs_f64() * 1e3
         );
         // The two a-sources re-route, the count subtasks that stay re-key; branch B is not
@@ -122,7 +121,7 @@ fn a_rescale_in_place_leaves_the_rest_of_the_job_running() {
         assert_eq!(f.rewired + f.retired + f.untouched, before);
         assert_eq!(handle.chaos().tasks().len(), before + f.started - f.retired);
         assert_eq!(early.tasks(), handle.chaos().tasks());
-        let (moved, ideal) = r.moved.moved_vs_ideal();
+        let (moved, ideal) = r.state.moved_vs_ideal();
         assert!(moved <= ideal * 1.25, "{moved:.3} > 1.25 × {ideal:.3}");
         from = p;
     }
@@ -172,7 +171,7 @@ fn a_job_whose_input_partly_finished_is_rescaled_by_a_restart() {
     let r = handle.rescale("count", 5).expect("rescale");
     assert!(r.in_place.is_none(), "rescaled by a restart");
     assert!(r.before.is_some());
-    assert_eq!((r.moved.from, r.moved.to), (3, 5));
+    assert_eq!((r.state.from, r.state.to), (3, 5));
     let mut updates = r.before.map(|_| counts.take()).unwrap_or_default();
     handle.wait().expect("finishes");
     updates.extend(counts.take());
@@ -243,7 +242,7 @@ fn a_fault_at_each_step_of_a_rescale_is_recovered_exactly() {
             r.pause.as_secs_f64() * 1e3
         );
         assert!(r.in_place.is_some(), "{when:?} / {what:?}: in place");
-        assert_eq!((r.moved.from, r.moved.to), (from, to));
+        assert_eq!((r.state.from, r.state.to), (from, to));
         assert!(
             !result.recoveries.is_empty(),
             "{when:?} / {what:?}: the fault really happened"
@@ -281,16 +280,16 @@ fn shared_routers_and_keyed_stages_in_a_row_rescale_exactly() {
         ("count", 2),
         ("buckets", 1),
     ] {
-        handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
-        let before = handle.chaos().progress().checkpoints;
+        handle.wait_until(|pr| pr.checkpoints >= 2);
+        let before = handle.progress().checkpoints;
         let r = handle.rescale(op, p).expect("rescale");
         let f = r.in_place.expect("in place");
         println!(
             "{op} -> {p}: {f:?}, {} of {} keys moved",
-            r.moved.moved, r.moved.keys
+            r.state.keys_moved, r.state.keys
         );
-        assert_eq!(r.moved.to, p);
-        handle.chaos().wait_until(|pr| pr.checkpoints >= before + 2);
+        assert_eq!(r.state.to, p);
+        handle.wait_until(|pr| pr.checkpoints >= before + 2);
     }
     let result = handle.wait().expect("finishes");
     assert!(result.restarts.is_empty() && result.recoveries.is_empty());

@@ -6,8 +6,8 @@
 
 use crate::common;
 
+use riffle::chaos::Fault;
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, Fault, FsStore, RestoreFrom};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -23,7 +23,7 @@ fn job(
     dir: &Path,
     p: usize,
     restore: Option<PathBuf>,
-) -> (StreamEnv, riffle::CollectHandle<(u64, u64)>) {
+) -> (StreamEnv, riffle::prelude::CollectHandle<(u64, u64)>) {
     let env = StreamEnv::new();
     env.configure(|c| {
         c.name = "running".to_string();
@@ -90,7 +90,7 @@ fn a_running_job_rescaled_4_5_8_3_counts_every_record_once() {
             let (moved, ideal) = c.moved_vs_ideal();
             println!(
                 "{from} -> {p}: {} of {} keys moved ({moved:.3}; ideal {ideal:.3}), {} KiB of state",
-                c.moved,
+                c.keys_moved,
                 c.keys,
                 c.bytes_moved / 1024
             );
@@ -138,7 +138,7 @@ fn job_handle_rescale_keeps_the_job_running_and_exact() {
     ));
     let mut from = 4;
     for p in [5usize, 8, 3] {
-        handle.chaos().wait_until(|pr| pr.checkpoints >= 2);
+        handle.wait_until(|pr| pr.checkpoints >= 2);
         if p == 8 {
             // A crash that coincides with this rescale: it fires at the keyed subtask's next
             // record, while the rescale holds the sources or right after it switched; either
@@ -148,16 +148,16 @@ fn job_handle_rescale_keeps_the_job_running_and_exact() {
             chaos.crash(task, Fault::Panic);
         }
         let r = handle.rescale("count", p).expect("rescale");
-        let (moved, ideal) = r.moved.moved_vs_ideal();
+        let (moved, ideal) = r.state.moved_vs_ideal();
         println!(
             "rescale {from} -> {p}: {} of {} keys ({moved:.3}; ideal {ideal:.3}), {} KiB moved, pause {:.1} ms",
-            r.moved.moved,
-            r.moved.keys,
-            r.moved.bytes_moved / 1024,
+            r.state.keys_moved,
+            r.state.keys,
+            r.state.bytes_moved / 1024,
             r.pause.as_secs_f64() * 1e3
         );
-        assert_eq!((r.moved.from, r.moved.to), (from, p));
-        assert!(r.moved.keys > 0 && moved <= ideal * 1.25, "{:?}", r.moved);
+        assert_eq!((r.state.from, r.state.to), (from, p));
+        assert!(r.state.keys > 0 && moved <= ideal * 1.25, "{:?}", r.state);
         let figures = r.in_place.expect("rescaled in place");
         println!("  {figures:?}");
         assert!(r.before.is_none());

@@ -2,7 +2,6 @@
 //! continues exactly at 6 and at 2, and only the keys the new ring hands over move.
 
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, FsStore, RestoreFrom};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -18,7 +17,7 @@ fn job(
     dir: &Path,
     keyed_parallelism: usize,
     restore: Option<RestoreFrom>,
-) -> (StreamEnv, riffle::CollectHandle<(u64, u64)>) {
+) -> (StreamEnv, riffle::prelude::CollectHandle<(u64, u64)>) {
     let env = StreamEnv::new();
     env.configure(|c| {
         c.name = "rescale".to_string();
@@ -52,7 +51,7 @@ fn a_savepoint_at_parallelism_4_restores_exactly_at_6_and_at_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (env, first) = job(dir.path(), 4, None);
     let handle = env.start().expect("start");
-    handle.chaos().wait_until(|p| p.checkpoints >= 2);
+    handle.wait_until(|p| p.checkpoints >= 2);
     let id = handle.savepoint().expect("savepoint");
     handle.wait().expect("first job");
     let first = first.take();

@@ -4,7 +4,6 @@
 //! only the keys whose owner changed move.
 
 use riffle::prelude::*;
-use riffle::{CheckpointConfig, FsStore, RestoreFrom};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -20,7 +19,7 @@ fn job(
     dir: &Path,
     weights: Option<Vec<u32>>,
     restore: Option<RestoreFrom>,
-) -> (StreamEnv, riffle::CollectHandle<(u64, u64)>) {
+) -> (StreamEnv, riffle::prelude::CollectHandle<(u64, u64)>) {
     let env = StreamEnv::new();
     env.configure(|c| {
         c.name = "weights".to_string();
@@ -106,7 +105,7 @@ fn a_savepoint_restores_exactly_under_other_weights() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (env, first) = job(dir.path(), Some(vec![25, 100, 100, 100]), None);
     let handle = env.start().expect("start");
-    handle.chaos().wait_until(|p| p.checkpoints >= 2);
+    handle.wait_until(|p| p.checkpoints >= 2);
     let id = handle.savepoint().expect("savepoint");
     handle.wait().expect("first job");
     let first = first.take();

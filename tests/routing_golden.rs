@@ -2,8 +2,8 @@
 //! encoding) and the ring layout are part of Riffle's contract — two processes or two builds
 //! must agree on every route — so any change to either breaks this test on purpose.
 
-use riffle::framework::KeyRing;
-use riffle::Key;
+use riffle::prelude::Key;
+use riffle::routing::KeyRing;
 
 fn string_keys() -> Vec<String> {
     [

@@ -1,7 +1,7 @@
 //! The consistent-hash ring: balance, movement on rescale, and the compiled table.
 
-use riffle::framework::{canonical_key_bytes, KeyRing, ModuloPartitioner, Partitioner};
-use riffle::Key;
+use riffle::prelude::Key;
+use riffle::routing::{canonical_key_bytes, KeyRing, ModuloPartitioner, Partitioner};
 
 const KEYS: usize = 100_000;
 

@@ -123,3 +123,51 @@ fn the_load_report_counts_records_and_distinct_keys_per_subtask() {
     );
     print!("{}", result.load_table());
 }
+
+/// Counts records per key and emits each key's total only when the input ends: `on_close`
+/// sees the state of every key its subtask holds.
+struct TotalsAtClose;
+
+impl KeyedOperator for TotalsAtClose {
+    type Key = u64;
+    type In = u64;
+    type Out = (u64, u64);
+    type State = u64;
+
+    fn process(
+        &mut self,
+        _key: &u64,
+        count: &mut u64,
+        _record: u64,
+        _out: &mut Output<'_, (u64, u64)>,
+    ) -> Result<(), UserError> {
+        *count += 1;
+        Ok(())
+    }
+
+    fn on_close(
+        &mut self,
+        states: KeyedStates<'_, u64, u64>,
+        out: &mut Output<'_, (u64, u64)>,
+    ) -> Result<(), UserError> {
+        for (key, count) in states.iter() {
+            out.emit((*key, *count));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_keyed_operator_sees_every_keys_state_when_its_input_ends() {
+    let mut totals = run_local(|env| {
+        env.set_parallelism(3);
+        env.sequence(0..10_000)
+            .key_by(|x: &u64| x % 7)
+            .process(|_: &SubtaskInfo| TotalsAtClose)
+    });
+    totals.sort_unstable();
+    let expected: Vec<(u64, u64)> = (0..7)
+        .map(|k| (k, (0..10_000u64).filter(|x| x % 7 == k).count() as u64))
+        .collect();
+    assert_eq!(totals, expected);
+}

@@ -15,7 +15,7 @@ const PARALLELISM: usize = 4;
 const KEYS: u64 = 1000;
 
 /// source → map → filter → key_by → map → collect, parallelism 4.
-fn pipeline(env: &StreamEnv) -> riffle::CollectHandle<(u64, u64)> {
+fn pipeline(env: &StreamEnv) -> riffle::prelude::CollectHandle<(u64, u64)> {
     env.set_parallelism(PARALLELISM);
     env.configure(|c| c.restart = chaos_restarts(RestartKind::OneForOne));
     env.generate(N, |i| i)

@@ -3,8 +3,9 @@
 use crate::common;
 
 use common::{chaos_restarts, sorted};
+use riffle::errors::FailureCause;
+use riffle::operators::DeadLetter;
 use riffle::prelude::*;
-use riffle::{Backoff, DeadLetter, FailureCause, PoisonAction, PoisonPolicy};
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -14,8 +15,8 @@ fn poison_job(
     action: PoisonAction,
 ) -> (
     StreamEnv,
-    riffle::CollectHandle<u64>,
-    riffle::CollectHandle<DeadLetter>,
+    riffle::prelude::CollectHandle<u64>,
+    riffle::prelude::CollectHandle<DeadLetter>,
 ) {
     let env = StreamEnv::new();
     env.set_parallelism(2);

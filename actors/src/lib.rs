@@ -21,6 +21,12 @@
 //!   the latest completed checkpoint in a new epoch (stale messages are dropped);
 //! - the [`chaos`] module, which crashes subtasks, stops actors and worker threads on purpose.
 //!
+//! Inside, the job's protocols — restart supervision, checkpoint coordination, recovery and
+//! rescale in place — are plain state machines (`protocol/`, tested without actors), and the
+//! job supervisor (`supervisor/`) is a thin actor that feeds them and carries out what they
+//! decide, one file per protocol. A running job's [`Progress`] is kept by the runtime
+//! (`stats.rs`) and read or waited on through [`JobHandle`].
+//!
 //! User code runs under `catch_unwind` (in the framework's operator chain), so a panic becomes
 //! a typed failure naming the operator, never a panic in the caller. Without checkpoints a
 //! failed batch's output is rolled back and the batch retried on a rebuilt chain, so stateless

@@ -39,8 +39,9 @@ pub struct JobHandle {
 pub struct RescaleOutcome {
     /// The checkpoint the rescale aligned at (a savepoint when the job restarted from it).
     pub checkpoint: u64,
-    /// The keyed state that moved (keys, bytes, versus the ideal share).
-    pub moved: ChainRescale,
+    /// The keyed state of the rescaled chain and what of it moved (keys, bytes, versus the
+    /// ideal share).
+    pub state: ChainRescale,
     /// How long the rescaled operator processed no record. In place: from holding the
     /// sources until the operator's first record after the switch (so it includes the
     /// alignment of the checkpoint). By restart: from the request until the restarted job's
@@ -132,7 +133,7 @@ impl JobHandle {
                 self.chaos = self.chaos.for_plan(&self.plan);
                 Ok(RescaleOutcome {
                     checkpoint: done.checkpoint,
-                    moved: done.moved,
+                    state: done.moved,
                     pause: done.pause,
                     in_place: Some(done.figures),
                     before: None,
@@ -172,7 +173,7 @@ impl JobHandle {
         self.wait_until(|p| p.restored_record || p.ended);
         Ok(RescaleOutcome {
             checkpoint: savepoint,
-            moved,
+            state: moved,
             pause: started.elapsed(),
             in_place: None,
             before: Some(before),
@@ -383,7 +384,7 @@ fn load_restore(plan: &ExecutionPlan) -> Result<Option<Checkpoint>, JobError> {
                 reason,
             })?;
     for c in &report.chains {
-        tracing::info!(chain = %c.chain, from = c.from, to = c.to, keys = c.keys, moved = c.moved, bytes_moved = c.bytes_moved, "restoring with keyed state split by the new ring");
+        tracing::info!(chain = %c.chain, from = c.from, to = c.to, keys = c.keys, moved = c.keys_moved, bytes_moved = c.bytes_moved, "restoring with keyed state split by the new ring");
     }
     Ok(Some(checkpoint))
 }

@@ -234,7 +234,7 @@ impl ClusterJob {
             next,
             RescaleOutcome {
                 checkpoint: savepoint,
-                moved,
+                state: moved,
                 pause: started.elapsed(),
                 in_place: None,
                 before: Some(before),

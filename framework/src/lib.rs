@@ -49,8 +49,8 @@ pub use error::{panic_message, ConnectorError, FailureCause, GraphError, StageEr
 pub use event::{ChannelEvent, RecordBatch};
 pub use graph::{BatchCodec, ChannelTarget, ExecutionPlan, TaskChain, TaskId};
 pub use operator::{
-    Encoded, KeyedOperator, Operator, Output, Position, Sink, Snapshot, Source, SourceStatus,
-    SubtaskInfo,
+    Encoded, KeyedOperator, KeyedStates, Operator, Output, Position, Sink, Snapshot, Source,
+    SourceStatus, SubtaskInfo,
 };
 pub use partition::{
     KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, Routing, SubtaskNode,

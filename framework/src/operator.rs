@@ -12,6 +12,7 @@
 use crate::data::{Data, Key};
 use crate::error::{StageError, UserError};
 use crate::exec::{Stage, StageCx};
+use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::sync::Arc;
@@ -43,7 +44,7 @@ pub struct Output<'a, T> {
 
 impl<'a, T> Output<'a, T> {
     /// An output that feeds `next`.
-    pub fn new(next: &'a mut dyn Stage<T>, cx: &'a mut StageCx) -> Self {
+    pub(crate) fn new(next: &'a mut dyn Stage<T>, cx: &'a mut StageCx) -> Self {
         Output {
             next,
             cx,
@@ -57,7 +58,7 @@ impl<'a, T> Output<'a, T> {
 
     /// Holds back the record emitted at index `skip` of this output (a poison record being
     /// set aside on replay); see [`Output::take_skipped`].
-    pub fn skipping(mut self, skip: Option<u64>) -> Self {
+    pub(crate) fn skipping(mut self, skip: Option<u64>) -> Self {
         self.skip = skip;
         self
     }
@@ -90,28 +91,64 @@ impl<'a, T> Output<'a, T> {
     }
 
     /// How many records were emitted through this output.
-    pub fn emitted(&self) -> u64 {
+    pub(crate) fn emitted(&self) -> u64 {
         self.emitted
     }
 
     /// The index of the emitted record whose processing downstream failed.
-    pub fn failed_at(&self) -> Option<u64> {
+    pub(crate) fn failed_at(&self) -> Option<u64> {
         self.failed_at
     }
 
     /// The record held back by [`Output::skipping`], if it was emitted.
-    pub fn take_skipped(&mut self) -> Option<T> {
+    pub(crate) fn take_skipped(&mut self) -> Option<T> {
         self.skipped.take()
     }
 
     /// Whether a downstream chained operator failed during this call.
-    pub fn failed(&self) -> bool {
+    pub(crate) fn failed(&self) -> bool {
         self.failed.is_some()
     }
 
     /// The failure of a downstream chained operator, if one happened during this call.
-    pub fn take_failure(&mut self) -> Option<StageError> {
+    pub(crate) fn take_failure(&mut self) -> Option<StageError> {
         self.failed.take()
+    }
+}
+
+/// The state of every key a keyed subtask holds, as [`KeyedOperator::on_close`] sees it.
+pub struct KeyedStates<'a, K, S> {
+    states: &'a mut FxHashMap<K, S>,
+}
+
+impl<'a, K: Key, S> KeyedStates<'a, K, S> {
+    pub(crate) fn new(states: &'a mut FxHashMap<K, S>) -> Self {
+        KeyedStates { states }
+    }
+
+    /// How many keys.
+    pub fn len(&self) -> usize {
+        self.states.len()
+    }
+
+    /// Whether no key was seen.
+    pub fn is_empty(&self) -> bool {
+        self.states.is_empty()
+    }
+
+    /// The state of `key`.
+    pub fn get(&self, key: &K) -> Option<&S> {
+        self.states.get(key)
+    }
+
+    /// Every key with its state, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&K, &S)> {
+        self.states.iter()
+    }
+
+    /// Every key with its state, to change, in no particular order.
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = (&K, &mut S)> {
+        self.states.iter_mut()
     }
 }
 
@@ -314,11 +351,16 @@ pub trait KeyedOperator: Send + 'static {
         Ok(())
     }
 
-    /// Called once when every input has ended; may emit final records.
+    /// Called once when every input has ended, with the state of every key this subtask
+    /// holds; may emit final records (e.g. one total per key).
     ///
     /// # Errors
     /// An error fails the subtask.
-    fn on_close(&mut self, _out: &mut Output<'_, Self::Out>) -> Result<(), UserError> {
+    fn on_close(
+        &mut self,
+        _states: KeyedStates<'_, Self::Key, Self::State>,
+        _out: &mut Output<'_, Self::Out>,
+    ) -> Result<(), UserError> {
         Ok(())
     }
 

@@ -30,7 +30,7 @@ pub struct ChainRescale {
     /// Keys in its keyed state.
     pub keys: usize,
     /// Keys whose subtask changed.
-    pub moved: usize,
+    pub keys_moved: usize,
     /// Bytes of keyed state (encoded entries).
     pub bytes: usize,
     /// Bytes of the entries that moved.
@@ -43,14 +43,14 @@ impl ChainRescale {
     pub fn moved_vs_ideal(&self) -> (f64, f64) {
         let (n, m) = (self.from.max(1) as f64, self.to.max(1) as f64);
         let ideal = 1.0 - n.min(m) / n.max(m);
-        (self.moved as f64 / self.keys.max(1) as f64, ideal)
+        (self.keys_moved as f64 / self.keys.max(1) as f64, ideal)
     }
 }
 
 impl RescaleReport {
     /// Keys whose subtask index changed, over all chains.
     pub fn keys_moved(&self) -> usize {
-        self.chains.iter().map(|c| c.moved).sum()
+        self.chains.iter().map(|c| c.keys_moved).sum()
     }
 
     /// Keys in the rescaled chains.
@@ -173,7 +173,7 @@ impl ExecutionPlan {
                     if in_place == Some(chain) {
                         gained = g;
                     }
-                    if stats.moved > 0 {
+                    if stats.keys_moved > 0 {
                         stats.chain = name;
                         report.chains.push(stats);
                         tasks.extend(split);
@@ -271,7 +271,7 @@ impl ExecutionPlan {
                     stats.keys += 1;
                     stats.bytes += raw.len();
                     if owner != t.subtask {
-                        stats.moved += 1;
+                        stats.keys_moved += 1;
                         stats.bytes_moved += raw.len();
                         moved_in[owner].push(raw);
                     }

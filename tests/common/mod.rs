@@ -110,7 +110,8 @@ impl SumJob {
         env.configure(|c| {
             c.name = "cluster-sum".to_string();
             c.workers = Some(workers);
-            c.checkpoint = Some(riffle::CheckpointConfig::every(every).in_dir(&checkpoints));
+            c.checkpoint =
+                Some(riffle::prelude::CheckpointConfig::every(every).in_dir(&checkpoints));
         });
         let (pace, pace_ms) = (self.pace.max(1), self.pace_ms);
         let me = *self;

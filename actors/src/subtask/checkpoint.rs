@@ -204,7 +204,6 @@ impl SubtaskActor {
         self.last_acked = order.last_completed.unwrap_or(0);
         self.metrics.records_in = 0;
         self.metrics.records_out = 0;
-        self.cx.records_out = 0;
         let credits = self.plan.config().credits;
         for out in &mut self.outs {
             out.eoi_sent = false;

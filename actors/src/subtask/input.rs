@@ -10,13 +10,13 @@ use riffle_framework::{DeadLetter, PoisonAction, SourceStatus, TaskChain, TaskId
 impl SubtaskActor {
     /// Fires armed chaos faults whose record count has been reached (one at a time).
     pub(super) fn fire_armed(&mut self) {
-        while self.cx.inject.is_none() {
+        while !self.cx.armed() {
             match self.armed.last() {
                 Some(&(after, kind)) if self.metrics.records_in >= after => {
                     self.armed.pop();
                     match kind {
-                        PlannedKind::Panic => self.cx.inject = Some(Fault::Panic),
-                        PlannedKind::Error => self.cx.inject = Some(Fault::Error),
+                        PlannedKind::Panic => self.cx.arm(Fault::Panic),
+                        PlannedKind::Error => self.cx.arm(Fault::Error),
                         PlannedKind::Stop => self
                             .job
                             .do_send(ToJob::StopDue(StopDue { task: self.task })),

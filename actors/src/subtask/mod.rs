@@ -254,7 +254,7 @@ impl SubtaskActor {
             restore: s.restore,
         };
         actor.epoch = s.epoch;
-        actor.cx.checkpointing = actor.checkpointing;
+        actor.cx.set_checkpointing(actor.checkpointing);
         match head {
             Ok(h) => actor.head = Some(h),
             Err(e) => actor.report_fatal(e),
@@ -321,12 +321,11 @@ impl SubtaskActor {
         if let Some(h) = &mut self.head {
             h.head().flush(&mut self.cx);
         }
-        self.cx.inject = None;
-        self.cx.injected_fired = false;
+        self.cx.disarm();
     }
 
     fn stage_failure(&mut self, error: StageError) -> Failure {
-        let injected = std::mem::take(&mut self.cx.injected_fired);
+        let injected = self.cx.take_fired();
         Failure {
             operator: error.operator,
             cause: error.cause,
@@ -554,9 +553,7 @@ impl Handler<Control> for SubtaskActor {
             return;
         }
         match msg {
-            Control::Inject(fault) if self.state == Lifecycle::Running => {
-                self.cx.inject = Some(fault)
-            }
+            Control::Inject(fault) if self.state == Lifecycle::Running => self.cx.arm(fault),
             Control::Inject(_) => {}
             Control::Arm { after, fault } => {
                 self.armed.push((after, fault));

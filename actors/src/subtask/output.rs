@@ -52,10 +52,9 @@ impl SubtaskActor {
             }
             None => {}
         }
-        let idle =
-            self.outs.iter().all(|o| !o.parked) && self.cx.queues.iter().all(|q| q.is_empty());
+        let idle = self.outs.iter().all(|o| !o.parked) && self.cx.queues_empty();
         if self.state == Lifecycle::Draining && idle && self.become_(Lifecycle::Done) {
-            self.metrics.records_out = self.cx.records_out;
+            self.metrics.records_out = self.cx.records_out();
             self.metrics.distinct_keys = self
                 .head
                 .as_ref()
@@ -71,11 +70,11 @@ impl SubtaskActor {
     /// Sends what channel `i` has credit for; says why it stopped if it could not send all.
     pub(super) fn drain_channel(&mut self, i: usize) -> Option<Blocked> {
         let out = &mut self.outs[i];
-        while !out.parked && !self.cx.queues[i].is_empty() {
+        while !out.parked && !self.cx.queue_mut(i).is_empty() {
             let Ok(permit) = out.credits.clone().try_acquire_owned() else {
                 return Some(Blocked::Credit(out.credits.clone()));
             };
-            let Some(event) = self.cx.queues[i].pop_front() else {
+            let Some(event) = self.cx.queue_mut(i).pop_front() else {
                 break;
             };
             let batch = event.is_batch();
@@ -91,7 +90,7 @@ impl SubtaskActor {
             };
             let Some(to) = &out.to else {
                 // Not resolved yet: hold the channel until a re-wire or reset finds it.
-                self.cx.queues[i].push_front(msg.event);
+                self.cx.queue_mut(i).push_front(msg.event);
                 out.parked = true;
                 return None;
             };
@@ -99,13 +98,13 @@ impl SubtaskActor {
                 Ok(()) if batch => self.metrics.batches_out += 1,
                 Ok(()) => out.eoi_sent |= matches!(msg_kind, MsgKind::End),
                 Err(SendError::Full(msg)) => {
-                    self.cx.queues[i].push_front(msg.event);
+                    self.cx.queue_mut(i).push_front(msg.event);
                     return Some(Blocked::Full);
                 }
                 Err(SendError::Closed(msg)) => {
                     // The receiver is gone (its worker stopped): keep the message and wait for
                     // a re-wire.
-                    self.cx.queues[i].push_front(msg.event);
+                    self.cx.queue_mut(i).push_front(msg.event);
                     out.parked = true;
                     tracing::warn!(chain = %self.chain_name, subtask = self.task.subtask, target = ?out.target, "receiver gone; holding its channel until it is re-created");
                 }
@@ -142,12 +141,14 @@ impl SubtaskActor {
             out.to = Some(to);
             out.credits = Arc::new(Semaphore::new(credits));
             out.parked = false;
-            let queued_eoi = self.cx.queues[i]
+            let queued_eoi = self
+                .cx
+                .queue_mut(i)
                 .iter()
                 .any(|e| matches!(e, ChannelEvent::EndOfInput));
             if out.eoi_sent && !queued_eoi {
                 // The lost receiver had our end-of-input; its successor needs it too.
-                self.cx.queues[i].push_back(ChannelEvent::EndOfInput);
+                self.cx.queue_mut(i).push_back(ChannelEvent::EndOfInput);
             }
         }
         if self.state == Lifecycle::Done {

@@ -119,7 +119,7 @@ impl SubtaskActor {
         let mut old: HashMap<(TaskId, u32), (OutChannel, VecDeque<ChannelEvent>)> = self
             .outs
             .drain(..)
-            .zip(self.cx.queues.drain(..))
+            .zip(self.cx.take_queues())
             .map(|(o, q)| ((o.target, o.in_channel), (o, q)))
             .collect();
         for t in self.plan.out_channels(self.task) {
@@ -137,7 +137,7 @@ impl SubtaskActor {
                 (out, VecDeque::new())
             });
             self.outs.push(out);
-            self.cx.queues.push(queue);
+            self.cx.add_queue(queue);
         }
         for ((target, _), (_, queue)) in old {
             if !queue.is_empty() {

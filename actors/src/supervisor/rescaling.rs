@@ -212,7 +212,7 @@ impl JobSupervisor {
             untouched: all - touched.len() - was.saturating_sub(now),
         };
         tracing::info!(
-            chain = %new.chain_name(chain), from = was, to = now, keys_moved = split.moved.moved,
+            chain = %new.chain_name(chain), from = was, to = now, keys_moved = split.moved.keys_moved,
             bytes_moved = split.moved.bytes_moved, ?figures, "rescale: switched to the new plan"
         );
         let done = InPlace {

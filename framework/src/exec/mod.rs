@@ -57,22 +57,23 @@ pub enum Fault {
 /// The message of an injected panic or error.
 pub const INJECTED_FAULT: &str = "chaos: injected fault";
 
-/// Per-subtask context the stages write into: the output queues and counters.
+/// Per-subtask context the stages write into: the output queues and counters. The runtime
+/// reads the queues out and arms chaos faults through its methods.
 #[derive(Debug)]
 pub struct StageCx {
     /// One queue per output channel, in the order of the task's channel list.
-    pub queues: Vec<VecDeque<ChannelEvent>>,
+    pub(crate) queues: Vec<VecDeque<ChannelEvent>>,
     /// Records handed to routers or sinks (committed or not).
-    pub records_out: u64,
+    pub(crate) records_out: u64,
     /// Records per batch.
-    pub batch_size: usize,
-    /// A fault to inject into the next record (taken by the first stage that sees it).
-    pub inject: Option<Fault>,
+    pub(crate) batch_size: usize,
+    /// A fault to inject into the next unit of work (taken by the chain's head).
+    inject: Option<Fault>,
     /// Set when an injected fault fired, so the runtime can tell it from a real failure.
-    pub injected_fired: bool,
+    injected_fired: bool,
     /// Checkpointing is on: sinks stage their output at barriers (`pre_commit`) instead of
     /// flushing it after every unit of work.
-    pub checkpointing: bool,
+    pub(crate) checkpointing: bool,
 }
 
 impl StageCx {
@@ -102,9 +103,66 @@ impl StageCx {
         }
     }
 
-    /// Drops everything queued (a recovery restarts from a checkpoint).
+    /// The output queue of channel `i`.
+    ///
+    /// # Panics
+    /// If the subtask has no channel `i`.
+    pub fn queue_mut(&mut self, i: usize) -> &mut VecDeque<ChannelEvent> {
+        &mut self.queues[i]
+    }
+
+    /// Whether every output queue is empty.
+    pub fn queues_empty(&self) -> bool {
+        self.queues.iter().all(VecDeque::is_empty)
+    }
+
+    /// Takes every output queue out (the subtask's channels are being rebuilt); add them back
+    /// with [`StageCx::add_queue`].
+    pub fn take_queues(&mut self) -> Vec<VecDeque<ChannelEvent>> {
+        std::mem::take(&mut self.queues)
+    }
+
+    /// Adds an output channel's queue after the others.
+    pub fn add_queue(&mut self, queue: VecDeque<ChannelEvent>) {
+        self.queues.push(queue);
+    }
+
+    /// Records handed to routers or sinks so far.
+    pub fn records_out(&self) -> u64 {
+        self.records_out
+    }
+
+    /// Tells the sinks whether checkpointing is on.
+    pub fn set_checkpointing(&mut self, on: bool) {
+        self.checkpointing = on;
+    }
+
+    /// Arms `fault` for the next unit of work (chaos testing).
+    pub fn arm(&mut self, fault: Fault) {
+        self.inject = Some(fault);
+    }
+
+    /// Whether a fault is armed.
+    pub fn armed(&self) -> bool {
+        self.inject.is_some()
+    }
+
+    /// Forgets an armed fault and whether one fired.
+    pub fn disarm(&mut self) {
+        self.inject = None;
+        self.injected_fired = false;
+    }
+
+    /// Whether an injected fault fired since the last call (and forgets it).
+    pub fn take_fired(&mut self) -> bool {
+        std::mem::take(&mut self.injected_fired)
+    }
+
+    /// Drops everything queued and the count of records out (a recovery restarts from a
+    /// checkpoint).
     pub fn clear(&mut self) {
         self.queues.iter_mut().for_each(VecDeque::clear);
+        self.records_out = 0;
         self.inject = None;
         self.injected_fired = false;
     }

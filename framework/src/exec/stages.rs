@@ -4,13 +4,13 @@ use super::{guarded, next_state, BoxStage, RouteLayout, Stage, StageCx};
 use crate::data::Key;
 use crate::error::StageError;
 use crate::operator::{Encoded, Output};
-use crate::operator::{KeyedOperator, Operator, Sink, SubtaskInfo};
+use crate::operator::{KeyedOperator, KeyedStates, Operator, Sink, SubtaskInfo};
 use rustc_hash::FxHashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-/// The hooks operator and keyed stages share: user `on_start`/`on_close` around the rest of
-/// the chain, and pass-through for commits, rollbacks, completions and flushes.
+/// The hooks operator and keyed stages share: user `on_start` before the rest of the chain,
+/// and pass-through for commits, rollbacks, completions and flushes.
 macro_rules! chain_stage_hooks {
     () => {
         fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
@@ -32,13 +32,6 @@ macro_rules! chain_stage_hooks {
         }
         fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
             self.next.reroute(moves);
-        }
-        fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
-            let op = &mut self.op;
-            guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
-                op.on_close(out)
-            })?;
-            self.next.close(cx)
         }
     };
 }
@@ -133,6 +126,13 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
         self.next.rekey(keep, gained)
     }
     chain_stage_hooks!();
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let op = &mut self.op;
+        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            op.on_close(out)
+        })?;
+        self.next.close(cx)
+    }
 }
 
 /// A key extractor shared by the subtasks of a keyed operator.
@@ -246,6 +246,13 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         self.next.rekey(keep, gained)
     }
     chain_stage_hooks!();
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let (op, states) = (&mut self.op, &mut self.states);
+        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            op.on_close(KeyedStates::new(states), out)
+        })?;
+        self.next.close(cx)
+    }
 }
 
 /// A stage writing into a user [`Sink`].
