@@ -122,8 +122,11 @@ pub mod job {
 /// Every error a job, an operator or a connector can report; [`ErrorKind`](errors::ErrorKind)
 /// says whose problem it is.
 pub mod errors {
-    pub use riffle_actors::{ErrorKind, JobError};
-    pub use riffle_framework::{ConnectorError, FailureCause, GraphError, StoreError, UserError};
+    pub use riffle_actors::{ClusterError, ErrorKind, JobError};
+    pub use riffle_framework::{
+        CodecError, ConnectorError, FailureCause, FitError, FitProblem, GraphError, StoreError,
+        UserError,
+    };
 }
 
 /// Chaos tooling: crash subtasks, stop actors and worker threads on purpose, and plan faults

@@ -82,7 +82,7 @@ pub enum JobError {
         /// The checkpoint.
         checkpoint: u64,
         /// What does not fit.
-        reason: String,
+        reason: riffle_framework::FitError,
     },
     /// The request (a savepoint, a rescale) needs checkpointing, which is off for this job
     /// (`JobConfig::checkpoint`; checkpoints in memory do).
@@ -118,15 +118,46 @@ pub enum JobError {
         /// The lost node.
         node: String,
     },
-    /// The cluster could not run the job (no coordinator, a node refused it, …).
+    /// The cluster could not run or change the job.
     #[error("cluster: {0}")]
-    Cluster(String),
+    Cluster(#[from] ClusterError),
     /// The runtime's threads could not be started.
     #[error("cannot start the runtime: {0}")]
     Spawn(#[source] std::io::Error),
     /// The runtime stopped without reporting an outcome (a bug in Riffle).
     #[error("the runtime stopped without reporting the job's outcome")]
     RuntimeLost,
+}
+
+/// Why the cluster could not run or change a job.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ClusterError {
+    /// Jobs are started and changed by their coordinator, the lowest live node id.
+    #[error("node `{me}` is not the coordinator; `{coordinator}` (the lowest live id) is")]
+    NotCoordinator {
+        /// The node asked.
+        me: String,
+        /// The node that coordinates.
+        coordinator: String,
+    },
+    /// No job of that name was registered on the node.
+    #[error("no job registered as `{name}`")]
+    UnknownJob {
+        /// The name asked for.
+        name: String,
+    },
+    /// A node the job was placed on has no link (it left meanwhile).
+    #[error("no link to node `{node}`")]
+    NoLink {
+        /// The node.
+        node: String,
+    },
+    /// The coordinator cannot move the job off itself.
+    #[error("node `{node}` coordinates the job and cannot be drained")]
+    DrainCoordinator {
+        /// The node.
+        node: String,
+    },
 }
 
 impl JobError {

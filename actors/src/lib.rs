@@ -48,8 +48,8 @@ mod subtask;
 mod supervisor;
 
 pub use error::{
-    CheckpointStats, ErrorKind, JobError, JobResult, LinkFigures, NodeFigures, RecoveryEvent,
-    RestartEvent,
+    CheckpointStats, ClusterError, ErrorKind, JobError, JobResult, LinkFigures, NodeFigures,
+    RecoveryEvent, RestartEvent,
 };
 pub use message::{
     CheckpointAck, Committed, Control, Credit, DataMessage, DeadLettered, Decision, Failure,

@@ -2,20 +2,18 @@
 
 use crate::chaos::ChaosHandle;
 use crate::error::{JobError, JobResult, Outcome};
-use crate::host::{Directory, LocalHost, RemoteTasks, Resolve, RestoreSpec, SpawnSpec};
+use crate::host::{Directory, LocalHost, RemoteTasks, Resolve};
 use crate::message::ToJob;
 use crate::protocol::checkpoints::Coordinator;
-use crate::protocol::recovery::Recoveries;
 use crate::protocol::rescale::{InPlaceError, InPlaceFigures};
 use crate::requests::{NodeLost, RescaleRequest, SavepointRequest};
 use crate::stats::{Progress, ProgressCell};
-use crate::supervisor::JobSupervisor;
+use crate::supervisor::{JobSupervisor, Setup};
 use actix::prelude::*;
 use riffle_framework::{
     ChainRescale, Checkpoint, CheckpointConfig, CheckpointStorage, CheckpointStore, ExecutionPlan,
     FsStore, JobConfig, MemoryStore, RestoreFrom, StoreError, StreamEnv,
 };
-use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -463,59 +461,16 @@ fn launch(
             });
         }
         let host = LocalHost::new(plan.clone(), directory, ctx.address().recipient());
-        let mut sup = JobSupervisor {
-            alive: vec![true; workers.len()],
-            // Worker picks draw from their own stream; backoff jitter from the restarts'.
-            rng: Rng::new(cfg.seed ^ 0x5EED_F0F0_0000_0001),
-            total: tasks.len(),
+        let mut sup = JobSupervisor::new(Setup {
+            plan,
             coord,
-            recoveries: Recoveries::default(),
-            plan: plan.clone(),
             workers,
             host,
             remote,
-            addrs: HashMap::new(),
-            placement: HashMap::new(),
-            positions: HashMap::new(),
-            finished: HashMap::new(),
-            restarts: crate::protocol::restarts::Restarts::new(cfg.restart, cfg.seed),
-            recreated: HashMap::new(),
-            result: JobResult::default(),
-            started: Instant::now(),
-            report: Some(tx),
+            report: tx,
             progress,
-            rescale: None,
-            plan_version: 0,
-            steps: Vec::new(),
-        };
-        let last_completed = restored.as_ref().map(|c| c.id);
-        for (i, &task) in tasks.iter().enumerate().rev() {
-            let snapshot = restored
-                .as_ref()
-                .and_then(|c| c.task(task.chain, task.subtask).cloned());
-            let restore = (checkpointing || snapshot.is_some()).then_some(RestoreSpec {
-                snapshot,
-                last_completed,
-            });
-            let spec = SpawnSpec {
-                epoch: 0,
-                attempt: 0,
-                paused,
-                closed_inputs: Vec::new(),
-                restore,
-                plan: None,
-            };
-            sup.start_task(task, spec, i % sup.workers.len());
-        }
-        if paused {
-            // Distributed: every subtask reports ready before any runs (see `Recovery`).
-            sup.recoveries.wait_for(
-                Instant::now(),
-                tasks.iter().copied(),
-                restored.clone(),
-                std::time::Duration::ZERO,
-            );
-        }
+        });
+        sup.start_all(restored, checkpointing, paused);
         sup
     });
     (arbiters, supervisor)

@@ -39,7 +39,7 @@ use crate::shared::Shared;
 use crate::wire::Message;
 use riffle_actors::chaos::ChaosHandle;
 use riffle_actors::RescaleOutcome;
-use riffle_actors::{JobError, JobHandle, JobResult, LinkFigures};
+use riffle_actors::{ClusterError, JobError, JobHandle, JobResult, LinkFigures};
 use riffle_framework::{ExecutionPlan, RestoreFrom, StreamEnv, TaskId};
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -192,9 +192,10 @@ impl ClusterJob {
     /// [`ClusterJob::rescale`].
     pub fn drain(self, node: &str) -> Result<(ClusterJob, RescaleOutcome), JobError> {
         if node == self.links.me {
-            return Err(JobError::Cluster(format!(
-                "node `{node}` coordinates the job and cannot be drained"
-            )));
+            return Err(ClusterError::DrainCoordinator {
+                node: node.to_string(),
+            }
+            .into());
         }
         self.continued(None, |o| o.exclude.push(node.to_string()))
     }
@@ -216,7 +217,9 @@ impl ClusterJob {
         let builder = shared
             .jobs
             .builder(&name)
-            .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
+            .ok_or_else(|| ClusterError::UnknownJob {
+                name: name.to_string(),
+            })?;
         let plan = plan_with(&builder, &options)?;
         let Some(dir) = self.savepoints.clone() else {
             return Err(JobError::NeedsCheckpointDir {
@@ -398,7 +401,9 @@ pub(crate) fn run_job(
     let builder = shared
         .jobs
         .builder(name)
-        .ok_or_else(|| JobError::Cluster(format!("no job registered as `{name}`")))?;
+        .ok_or_else(|| ClusterError::UnknownJob {
+            name: name.to_string(),
+        })?;
     let plan = Arc::new(plan_with(
         &builder,
         &JobOptions {
@@ -429,7 +434,7 @@ pub(crate) fn run_job(
     for node in nodes.iter().filter(|n| n.as_str() != me) {
         let start = job_start(job, name, me, &placement, &options);
         if !resolver.link_to(node).send(start) {
-            return Err(JobError::Cluster(format!("no link to node `{node}`")));
+            return Err(ClusterError::NoLink { node: node.clone() }.into());
         }
     }
     let coordinated = Arc::new(CoordinatedJob {
@@ -489,10 +494,11 @@ fn job_nodes(me: &str, up: Vec<String>, exclude: &[String]) -> Result<Vec<String
     nodes.push(me.to_string());
     nodes.sort();
     if nodes.first().map(String::as_str) != Some(me) {
-        return Err(JobError::Cluster(format!(
-            "node `{me}` is not the coordinator; `{}` (the lowest live id) is",
-            nodes[0]
-        )));
+        return Err(ClusterError::NotCoordinator {
+            me: me.to_string(),
+            coordinator: nodes[0].clone(),
+        }
+        .into());
     }
     Ok(nodes)
 }

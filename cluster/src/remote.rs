@@ -265,7 +265,7 @@ pub(crate) fn deliver(
     }
     let decoded = event.try_map_batch(|b| {
         let (payload, len) = inbox.codec.decode(&b)?;
-        Ok::<_, String>(RecordBatch { payload, len })
+        Ok::<_, riffle_framework::CodecError>(RecordBatch { payload, len })
     });
     let event = match decoded {
         Ok(event) => event,

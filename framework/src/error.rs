@@ -67,6 +67,20 @@ pub enum GraphError {
     },
 }
 
+/// Why a batch could not be encoded for, or decoded from, a remote channel.
+#[derive(Debug, thiserror::Error)]
+pub enum CodecError {
+    /// The batch holds records of another type than the codec's.
+    #[error("batch of another record type")]
+    WrongType,
+    /// The records do not serialize.
+    #[error("records do not encode: {0}")]
+    Encode(#[from] rmp_serde::encode::Error),
+    /// The bytes are not a batch of the codec's record type.
+    #[error("bytes do not decode as a batch: {0}")]
+    Decode(#[from] rmp_serde::decode::Error),
+}
+
 /// Errors of the built-in connectors (sources and sinks).
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {

@@ -10,7 +10,7 @@
 use crate::config::{JobConfig, RestartKind};
 use crate::data::Data;
 use crate::dead_letter::DeadLetterQueue;
-use crate::error::{FailureCause, GraphError, StageError};
+use crate::error::{CodecError, FailureCause, GraphError, StageError};
 use crate::exec::{
     BoxStage, ChainHead, ErasedInput, ErasedSource, InputStage, Payload, Route, RouteLayout,
     Router, Stage, StageCx, Tee,
@@ -43,8 +43,8 @@ pub(crate) trait TypeOps: Send + Sync {
     fn router(&self, edge: &EdgeKind, p: RouterPlan) -> Result<AnyStage, StageError>;
     fn tee(&self, branches: Vec<AnyStage>) -> Result<AnyStage, StageError>;
     fn discard(&self) -> AnyStage;
-    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, String>;
-    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), String>;
+    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, CodecError>;
+    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError>;
 }
 
 /// Encodes and decodes batches of a stream's record type (rmp-serde), for remote channels.
@@ -67,7 +67,7 @@ impl BatchCodec {
     ///
     /// # Errors
     /// The payload is not a batch of this codec's type, or does not serialize.
-    pub fn encode(&self, batch: &Payload) -> Result<Vec<u8>, String> {
+    pub fn encode(&self, batch: &Payload) -> Result<Vec<u8>, CodecError> {
         self.0.encode_batch(batch)
     }
 
@@ -75,7 +75,7 @@ impl BatchCodec {
     ///
     /// # Errors
     /// The bytes are not a batch of this codec's type.
-    pub fn decode(&self, bytes: &[u8]) -> Result<(Payload, usize), String> {
+    pub fn decode(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError> {
         self.0.decode_batch(bytes)
     }
 }
@@ -192,14 +192,14 @@ impl<T: Data> TypeOps for Ops<T> {
     fn discard(&self) -> AnyStage {
         boxed::<T>(Box::new(Discard))
     }
-    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, String> {
+    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, CodecError> {
         let records = batch
             .downcast_ref::<Vec<T>>()
-            .ok_or("batch of another record type")?;
-        rmp_serde::to_vec(records).map_err(|e| e.to_string())
+            .ok_or(CodecError::WrongType)?;
+        Ok(rmp_serde::to_vec(records)?)
     }
-    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), String> {
-        let records: Vec<T> = rmp_serde::from_slice(bytes).map_err(|e| e.to_string())?;
+    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError> {
+        let records: Vec<T> = rmp_serde::from_slice(bytes)?;
         let len = records.len();
         Ok((Box::new(records), len))
     }

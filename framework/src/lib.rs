@@ -45,7 +45,9 @@ pub use config::{
 pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};
 pub use dead_letter::{DeadLetter, DeadLetterQueue};
-pub use error::{panic_message, ConnectorError, FailureCause, GraphError, StageError, UserError};
+pub use error::{
+    panic_message, CodecError, ConnectorError, FailureCause, GraphError, StageError, UserError,
+};
 pub use event::{ChannelEvent, RecordBatch};
 pub use graph::{BatchCodec, ChannelTarget, ExecutionPlan, TaskChain, TaskId};
 pub use operator::{
@@ -56,5 +58,5 @@ pub use partition::{
     KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, Routing, SubtaskNode,
     DEFAULT_VNODES,
 };
-pub use rescale::{ChainRescale, Gained, InPlaceSplit, RescaleReport};
+pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};

@@ -90,8 +90,38 @@ fn encode_entries(entries: &[&[u8]]) -> Vec<u8> {
     buf
 }
 
-fn split_err(chain: &str, what: &str) -> String {
-    format!("chain `{chain}`: {what}")
+/// Why a checkpoint does not fit a plan.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("chain `{chain}`: {problem}")]
+pub struct FitError {
+    /// The chain whose state does not fit.
+    pub chain: String,
+    /// What does not fit.
+    pub problem: FitProblem,
+}
+
+/// What does not fit in a [`FitError`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FitProblem {
+    /// The checkpoint holds no state of this chain's shape (another job?).
+    #[error("no matching state in the checkpoint (another job?)")]
+    NoMatchingState,
+    /// A source's parallelism would change, which is not supported yet.
+    #[error("a source's parallelism cannot change yet")]
+    SourceParallelism,
+    /// The chain holds operator state that is not keyed, which cannot be split.
+    #[error("operator state that is not keyed cannot be split")]
+    UnkeyedState,
+    /// The keyed state in the checkpoint is not a list of (key hash, key, state) entries.
+    #[error("the keyed state in the checkpoint is damaged (not a list of hashed entries)")]
+    DamagedKeyedState,
+}
+
+fn split_err(chain: &str, problem: FitProblem) -> FitError {
+    FitError {
+        chain: chain.to_string(),
+        problem,
+    }
 }
 
 impl ExecutionPlan {
@@ -104,7 +134,7 @@ impl ExecutionPlan {
     pub fn adapt_checkpoint(
         &self,
         checkpoint: Checkpoint,
-    ) -> Result<(Checkpoint, RescaleReport), String> {
+    ) -> Result<(Checkpoint, RescaleReport), FitError> {
         self.adapt(checkpoint, None)
             .map(|(checkpoint, report, _)| (checkpoint, report))
     }
@@ -121,7 +151,7 @@ impl ExecutionPlan {
         &self,
         checkpoint: Checkpoint,
         chain: usize,
-    ) -> Result<InPlaceSplit, String> {
+    ) -> Result<InPlaceSplit, FitError> {
         let (checkpoint, report, gained) = self.adapt(checkpoint, Some(chain))?;
         let name = self.chain_name(chain);
         let moved = report
@@ -140,7 +170,7 @@ impl ExecutionPlan {
         &self,
         checkpoint: Checkpoint,
         in_place: Option<usize>,
-    ) -> Result<(Checkpoint, RescaleReport, Gained), String> {
+    ) -> Result<(Checkpoint, RescaleReport, Gained), FitError> {
         let mut gained = Vec::new();
         let mut tasks = Vec::new();
         let mut report = RescaleReport::default();
@@ -155,10 +185,7 @@ impl ExecutionPlan {
             let p = self.parallelism(chain);
             let entries = self.state_entries(chain);
             if old.is_empty() || old.iter().any(|t| t.states.len() != entries) {
-                return Err(split_err(
-                    &name,
-                    "no matching state in the checkpoint (another job?)",
-                ));
+                return Err(split_err(&name, FitProblem::NoMatchingState));
             }
             if old.len() == p {
                 // Same parallelism: keyed state moves only if the ring's weights changed.
@@ -184,7 +211,7 @@ impl ExecutionPlan {
                 continue;
             }
             if self.is_source(chain) {
-                return Err(split_err(&name, "a source's parallelism cannot change yet"));
+                return Err(split_err(&name, FitProblem::SourceParallelism));
             }
             let (split, mut stats, g) = self.split_chain(chain, &old, p)?;
             if in_place == Some(chain) {
@@ -217,7 +244,7 @@ impl ExecutionPlan {
         chain: usize,
         old: &[&TaskSnapshot],
         p: usize,
-    ) -> Result<(Vec<TaskSnapshot>, ChainRescale, Gained), String> {
+    ) -> Result<(Vec<TaskSnapshot>, ChainRescale, Gained), FitError> {
         let name = self.chain_name(chain);
         let keyed = self.keyed_entries(chain);
         let ring = self.key_routing(chain);
@@ -240,10 +267,7 @@ impl ExecutionPlan {
         for (e, is_keyed) in keyed.iter().enumerate() {
             if !is_keyed {
                 if old.iter().any(|t| !t.states[e].is_empty()) {
-                    return Err(split_err(
-                        name,
-                        "operator state that is not keyed cannot be split",
-                    ));
+                    return Err(split_err(name, FitProblem::UnkeyedState));
                 }
                 continue;
             }
@@ -256,16 +280,16 @@ impl ExecutionPlan {
                 }
                 let mut bytes = t.states[e].as_slice();
                 let items = rmp::decode::read_array_len(&mut bytes)
-                    .map_err(|_| split_err(name, "keyed state is not a list"))?;
+                    .map_err(|_| split_err(name, FitProblem::DamagedKeyedState))?;
                 for _ in 0..items {
                     let start = bytes;
                     let item = rmpv::decode::read_value_ref(&mut bytes)
-                        .map_err(|x| split_err(name, &x.to_string()))?;
+                        .map_err(|_| split_err(name, FitProblem::DamagedKeyedState))?;
                     let hash = match &item {
                         ValueRef::Array(fields) => fields.first().and_then(ValueRef::as_u64),
                         _ => None,
                     }
-                    .ok_or_else(|| split_err(name, "a keyed state entry has no hash"))?;
+                    .ok_or_else(|| split_err(name, FitProblem::DamagedKeyedState))?;
                     let raw = &start[..start.len() - bytes.len()];
                     let owner = ring.route(hash);
                     stats.keys += 1;

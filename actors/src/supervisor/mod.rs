@@ -23,7 +23,7 @@
 //! file here; the files here do not import each other.
 
 use crate::error::{JobResult, Outcome};
-use crate::host::{LocalHost, RemoteTasks, SpawnSpec};
+use crate::host::{LocalHost, RemoteTasks, RestoreSpec, SpawnSpec};
 use crate::message::{
     Control, DeadLettered, StopDue, SubtaskMetrics, TaskFinished, TaskResumed, ToJob,
 };
@@ -36,10 +36,10 @@ use crate::rng::Rng;
 use crate::stats::ProgressCell;
 use crate::subtask::PositionSlot;
 use actix::prelude::*;
-use riffle_framework::{ExecutionPlan, TaskId};
+use riffle_framework::{Checkpoint, ExecutionPlan, TaskId};
 use std::collections::HashMap;
 use std::sync::{mpsc, Arc};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 mod checkpointing;
@@ -82,6 +82,17 @@ pub(crate) struct JobSupervisor {
     pub steps: Vec<(String, usize)>,
 }
 
+/// What a job supervisor starts with.
+pub(crate) struct Setup {
+    pub plan: Arc<ExecutionPlan>,
+    pub coord: Option<Coordinator>,
+    pub workers: Vec<ArbiterHandle>,
+    pub host: LocalHost,
+    pub remote: Option<Arc<dyn RemoteTasks>>,
+    pub report: mpsc::Sender<Outcome>,
+    pub progress: ProgressCell,
+}
+
 /// A rescale in place in progress: its machine, the plan it moves to, who waits for it.
 pub(crate) struct Rescaling {
     machine: Rescale,
@@ -90,6 +101,71 @@ pub(crate) struct Rescaling {
 }
 
 impl JobSupervisor {
+    pub(crate) fn new(s: Setup) -> Self {
+        let cfg = s.plan.config();
+        JobSupervisor {
+            alive: vec![true; s.workers.len()],
+            // Worker picks draw from their own stream; backoff jitter from the restarts'.
+            rng: Rng::new(cfg.seed ^ 0x5EED_F0F0_0000_0001),
+            total: s.plan.tasks().len(),
+            restarts: Restarts::new(cfg.restart, cfg.seed),
+            coord: s.coord,
+            recoveries: Recoveries::default(),
+            plan: s.plan,
+            workers: s.workers,
+            host: s.host,
+            remote: s.remote,
+            addrs: HashMap::new(),
+            placement: HashMap::new(),
+            positions: HashMap::new(),
+            finished: HashMap::new(),
+            recreated: HashMap::new(),
+            result: JobResult::default(),
+            started: Instant::now(),
+            report: Some(s.report),
+            progress: s.progress,
+            rescale: None,
+            plan_version: 0,
+            steps: Vec::new(),
+        }
+    }
+
+    /// Starts every subtask, sinks first so that each is created knowing its downstream
+    /// addresses, restored from `restored` (with `checkpointing`, every subtask restores,
+    /// if only to learn the last completed checkpoint). `paused` (a distributed job): every
+    /// subtask reports ready before any runs.
+    pub(crate) fn start_all(
+        &mut self,
+        restored: Option<Arc<Checkpoint>>,
+        checkpointing: bool,
+        paused: bool,
+    ) {
+        let tasks = self.plan.tasks();
+        let last_completed = restored.as_ref().map(|c| c.id);
+        for (i, &task) in tasks.iter().enumerate().rev() {
+            let snapshot = restored
+                .as_ref()
+                .and_then(|c| c.task(task.chain, task.subtask).cloned());
+            let restore = (checkpointing || snapshot.is_some()).then_some(RestoreSpec {
+                snapshot,
+                last_completed,
+            });
+            let spec = SpawnSpec {
+                epoch: 0,
+                attempt: 0,
+                paused,
+                closed_inputs: Vec::new(),
+                restore,
+                plan: None,
+            };
+            self.start_task(task, spec, i % self.workers.len());
+        }
+        if paused {
+            self.recoveries
+                .wait_for(Instant::now(), tasks, restored, Duration::ZERO);
+        }
+    }
+
     pub(crate) fn concluded(&self) -> bool {
         self.report.is_none()
     }
