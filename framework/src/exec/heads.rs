@@ -1,8 +1,8 @@
 //! Chain heads: the input stage (batches from upstream) and the source driver.
 
-use super::{guarded, raise, BoxStage, Payload, StageCx};
+use super::{guarded, internal, BoxStage, Payload, StageCx};
 use crate::data::Data;
-use crate::error::{FailureCause, StageError};
+use crate::error::StageError;
 use crate::operator::Output;
 use crate::operator::{Position, Source, SourceStatus, SubtaskInfo};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -15,13 +15,6 @@ pub struct BatchFailure {
     pub error: StageError,
     /// The index in the batch of the record that failed.
     pub index: usize,
-}
-
-fn internal(operator: &str, what: &'static str) -> StageError {
-    StageError {
-        operator: operator.to_string(),
-        cause: FailureCause::Internal(what),
-    }
 }
 
 /// A record set aside as poison, encoded with rmp-serde.
@@ -158,12 +151,8 @@ impl<T: Data> ErasedInput for InputStage<T> {
         let records = self
             .records(batch)
             .map_err(|error| BatchFailure { error, index: 0 })?;
-        if let Some(fault) = cx.take_fault() {
-            let error = guarded(&self.name, || raise(Some(fault))).err();
-            let error =
-                error.unwrap_or_else(|| internal(&self.name, "injected fault did not fire"));
-            return Err(BatchFailure { error, index: 0 });
-        }
+        cx.chaos_hook(&self.name)
+            .map_err(|error| BatchFailure { error, index: 0 })?;
         let pushed = if skip.is_empty() {
             self.next.push_all(records, cx).map_err(|(i, e)| (e, i))
         } else {
@@ -255,14 +244,10 @@ impl<S: Source> SourceDriver<S> {
 impl<S: Source> ErasedSource for SourceDriver<S> {
     fn produce(&mut self, cx: &mut StageCx, skip: Option<u64>) -> Result<Produced, BatchFailure> {
         let name = &self.info.operator;
-        if let Some(fault) = cx.take_fault() {
-            let error = guarded(name, || raise(Some(fault))).err();
-            let error = error.unwrap_or_else(|| internal(name, "injected fault did not fire"));
-            return Err(BatchFailure {
-                error,
-                index: usize::MAX,
-            });
-        }
+        cx.chaos_hook(name).map_err(|error| BatchFailure {
+            error,
+            index: usize::MAX,
+        })?;
         let source = &mut self.source;
         let mut out = Output::new(&mut *self.next, cx).skipping(skip);
         let r = catch_unwind(AssertUnwindSafe(|| source.produce(&mut out)));

@@ -26,7 +26,7 @@ pub use heads::{
 pub use router::{Route, Router, Tee};
 pub use stages::{KeyFn, KeyedStage, OperatorStage, SinkStage};
 
-use crate::error::StageError;
+use crate::error::{FailureCause, StageError};
 use crate::event::ChannelEvent;
 use std::collections::VecDeque;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -167,16 +167,26 @@ impl StageCx {
         self.injected_fired = false;
     }
 
-    /// Takes a pending injected fault, marking that it fired. Chain heads check once per unit
-    /// of work and raise it, inside `catch_unwind`, as a failure of the chain's first operator.
-    #[inline]
-    fn take_fault(&mut self) -> Option<Fault> {
-        if self.inject.is_some() {
-            self.injected_fired = true;
-            self.inject.take()
-        } else {
-            None
+    /// The chaos hook of a chain's head, once per unit of work: with no fault armed it is one
+    /// load and one branch that predicts not-taken; an armed fault fires out of line (see
+    /// [`fire`]), as a failure of the chain's first operator `operator`.
+    #[inline(always)]
+    fn chaos_hook(&mut self, operator: &str) -> Result<(), StageError> {
+        if self.inject.is_none() {
+            return Ok(());
         }
+        Err(self.fire(operator))
+    }
+
+    /// Fires the armed fault (inside `catch_unwind`), marking that it fired.
+    #[cold]
+    #[inline(never)]
+    fn fire(&mut self, operator: &str) -> StageError {
+        self.injected_fired = true;
+        let fault = self.inject.take();
+        guarded(operator, || raise(fault))
+            .err()
+            .unwrap_or_else(|| internal(operator, "injected fault did not fire"))
     }
 }
 
@@ -292,6 +302,14 @@ pub(crate) fn next_state<'a>(
         operator: operator.to_string(),
         cause: crate::error::FailureCause::Internal("the checkpoint does not match the chain"),
     })
+}
+
+/// A failure of Riffle's own (an invariant broke) in `operator`.
+pub(crate) fn internal(operator: &str, what: &'static str) -> StageError {
+    StageError {
+        operator: operator.to_string(),
+        cause: FailureCause::Internal(what),
+    }
 }
 
 /// Raises an injected fault (call it under `catch_unwind`).
