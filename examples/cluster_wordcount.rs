@@ -146,10 +146,13 @@ fn parse() -> Result<Args, String> {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = parse()?;
-    if std::env::var_os("RUST_LOG").is_some() {
-        tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_writer(std::io::stderr)
+    if let Ok(filter) = std::env::var("RUST_LOG") {
+        // A level (`info`) or `target=level` directives (`riffle_cluster=debug,warn`).
+        use tracing_subscriber::prelude::*;
+        let targets: tracing_subscriber::filter::Targets = filter.parse()?;
+        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+        tracing_subscriber::registry()
+            .with(fmt.with_filter(targets))
             .init();
     }
     if let Some(path) = &a.new_secret {

@@ -61,13 +61,21 @@ pub fn sorted<T: Ord>(mut v: Vec<T>) -> Vec<T> {
     v
 }
 
-/// Logs to stderr when `RIFFLE_LOG` is set (e.g. `RIFFLE_LOG=debug`).
+/// Logs to stderr when `RIFFLE_LOG` is set (a level, e.g. `RIFFLE_LOG=debug`, or
+/// `target=level` directives, e.g. `RIFFLE_LOG=riffle_cluster=debug,info`).
 pub fn init_logging() {
-    if let Ok(filter) = std::env::var("RIFFLE_LOG") {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-            .with_writer(std::io::stderr)
-            .try_init();
+    use tracing_subscriber::prelude::*;
+    let Ok(filter) = std::env::var("RIFFLE_LOG") else {
+        return;
+    };
+    match filter.parse::<tracing_subscriber::filter::Targets>() {
+        Ok(targets) => {
+            let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+            let _ = tracing_subscriber::registry()
+                .with(fmt.with_filter(targets))
+                .try_init();
+        }
+        Err(e) => eprintln!("RIFFLE_LOG={filter}: {e}"),
     }
 }
 
