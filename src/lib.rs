@@ -114,8 +114,8 @@ pub mod routing {
 /// progress; what a run reports.
 pub mod job {
     pub use riffle_actors::{
-        state_moved, CheckpointStats, Execute, InPlaceFigures, JobHandle, JobResult, Progress,
-        RecoveryEvent, RescaleOutcome, RestartEvent, SubtaskMetrics,
+        CheckpointStats, Execute, InPlaceFigures, JobHandle, JobResult, Progress, RecoveryEvent,
+        RescaleOutcome, RestartEvent, SubtaskMetrics,
     };
 }
 
