@@ -310,3 +310,23 @@ fn shared_routers_and_keyed_stages_in_a_row_rescale_exactly() {
     want.sort_unstable();
     assert_eq!(copies, want);
 }
+
+/// Two operators with the same name: a rescale by that name is refused (it would otherwise
+/// rescale whichever came first) and nothing changes.
+#[test]
+fn a_rescale_by_an_ambiguous_name_is_refused() {
+    let env = StreamEnv::new();
+    env.configure(|c| c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(50))));
+    env.sequence(0..1_000)
+        .map(|x: u64| x + 1)
+        .rebalance()
+        .map(|x: u64| x * 2)
+        .count();
+    let mut handle = env.start().expect("start");
+    let err = handle.rescale("map", 2).expect_err("ambiguous");
+    assert!(
+        matches!(&err, JobError::Graph(riffle::errors::GraphError::Rescale { reason, .. }) if reason.contains("several operators")),
+        "{err:?}"
+    );
+    handle.wait().expect("the job runs on");
+}

@@ -69,6 +69,19 @@ impl SpawnSpec {
     }
 }
 
+/// Why a subtask cannot be started.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SpawnError {
+    /// The job's plan has no such subtask.
+    #[error("subtask {subtask} of chain {chain} is not in the job's plan")]
+    UnknownTask {
+        /// The chain asked for.
+        chain: usize,
+        /// The subtask asked for.
+        subtask: usize,
+    },
+}
+
 /// Starts subtasks of one job in this process: its worker threads, its directory and the
 /// job supervisor's (local or remote) address.
 #[derive(Clone)]
@@ -101,22 +114,7 @@ impl LocalHost {
         spec: SpawnSpec,
         position: PositionSlot,
     ) -> (Recipient<DataMessage>, Recipient<Control>) {
-        let (plan, plan_version) = match &spec.plan {
-            Some((version, steps)) if *version != self.plan_version => {
-                match self
-                    .directory
-                    .plan(*version, &self.plan, self.plan_version, steps)
-                {
-                    Ok(p) => (p, *version),
-                    Err(e) => {
-                        // The coordinator built the same plan from the same steps.
-                        tracing::error!(?task, error = %e, "cannot build the subtask's plan");
-                        (self.plan.clone(), self.plan_version)
-                    }
-                }
-            }
-            _ => (self.plan.clone(), self.plan_version),
-        };
+        let (plan, plan_version) = self.plan_for(task, &spec);
         let plan = &plan;
         let cfg = plan.config();
         let outs: Vec<OutChannel> = plan
@@ -168,6 +166,44 @@ impl LocalHost {
         (data, addr.recipient())
     }
 
+    /// The plan `spec` names (the job's plan after its rescales in place) and its version.
+    fn plan_for(&self, task: TaskId, spec: &SpawnSpec) -> (Arc<ExecutionPlan>, u64) {
+        match &spec.plan {
+            Some((version, steps)) if *version != self.plan_version => {
+                match self
+                    .directory
+                    .plan(*version, &self.plan, self.plan_version, steps)
+                {
+                    Ok(p) => (p, *version),
+                    Err(e) => {
+                        // The coordinator built the same plan from the same steps.
+                        tracing::error!(?task, error = %e, "cannot build the subtask's plan");
+                        (self.plan.clone(), self.plan_version)
+                    }
+                }
+            }
+            _ => (self.plan.clone(), self.plan_version),
+        }
+    }
+
+    /// Checks that `task` is a subtask of the plan `spec` names, before starting it on the
+    /// word of another node.
+    ///
+    /// # Errors
+    /// [`SpawnError::UnknownTask`] if that plan has no such subtask.
+    pub fn check(&self, task: TaskId, spec: &SpawnSpec) -> Result<(), SpawnError> {
+        let (plan, _) = self.plan_for(task, spec);
+        let known = task.chain < plan.chain_count() && task.subtask < plan.parallelism(task.chain);
+        if known {
+            Ok(())
+        } else {
+            Err(SpawnError::UnknownTask {
+                chain: task.chain,
+                subtask: task.subtask,
+            })
+        }
+    }
+
     /// Starts `task` on `worker` with a fresh position slot.
     pub fn spawn(
         &self,
@@ -198,5 +234,48 @@ pub(crate) fn restore_state(
             last_completed,
             finished: false,
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::ToJob;
+    use riffle_framework::StreamEnv;
+
+    struct Nobody;
+    impl Actor for Nobody {
+        type Context = Context<Self>;
+    }
+    impl Handler<ToJob> for Nobody {
+        type Result = ();
+        fn handle(&mut self, _: ToJob, _: &mut Context<Self>) {}
+    }
+
+    /// A spawn order from another node naming a subtask the plan does not have is refused
+    /// with a typed error (it used to index out of range on a worker thread).
+    #[test]
+    fn a_subtask_outside_the_plan_is_refused() {
+        let env = StreamEnv::new();
+        env.set_parallelism(2);
+        env.sequence(0..10).map(|x: u64| x + 1).count();
+        let plan = Arc::new(env.build().expect("plan"));
+        let sys = actix::System::new();
+        sys.block_on(async {
+            let job = Nobody.start().recipient();
+            let host = LocalHost::new(plan.clone(), Arc::new(Directory::default()), job);
+            let spec = SpawnSpec::default();
+            let ok = TaskId {
+                chain: 0,
+                subtask: 1,
+            };
+            assert_eq!(host.check(ok, &spec), Ok(()));
+            for (chain, subtask) in [(0, 2), (plan.chain_count(), 0), (usize::MAX, usize::MAX)] {
+                assert_eq!(
+                    host.check(TaskId { chain, subtask }, &spec),
+                    Err(SpawnError::UnknownTask { chain, subtask })
+                );
+            }
+        });
     }
 }

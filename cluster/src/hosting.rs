@@ -188,7 +188,11 @@ fn on_spawn(shared: &Arc<Shared>, peer: &str, job: u64, task: TaskId, spec: &[u8
         Ok(s) => s,
         Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable spawn order"),
     };
-    let worker = h.workers[(task.chain * 31 + task.subtask) % h.workers.len()].clone();
+    if let Err(e) = h.host.check(task, &spec) {
+        return tracing::error!(job, ?task, %peer, error = %e, "spawn order refused");
+    }
+    let at = task.chain.wrapping_mul(31).wrapping_add(task.subtask);
+    let worker = h.workers[at % h.workers.len()].clone();
     let (host, controls) = (h.host.clone(), h.controls.clone());
     // Spawns and control messages run in order on the first worker.
     h.workers[0].spawn_fn(move || {

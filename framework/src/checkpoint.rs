@@ -182,6 +182,11 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> StoreError {
     }
 }
 
+/// Flushes a directory's entries (files created, renamed or removed in it) to disk.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    fs::File::open(dir)?.sync_all()
+}
+
 /// Writes `bytes` to `path` atomically: temporary file, fsync, rename.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let tmp = path.with_extension("tmp");
@@ -369,8 +374,12 @@ impl CheckpointStore for FsStore {
         };
         let body = rmp_serde::to_vec(&meta).map_err(|e| corrupt(&dir, e.to_string()))?;
         write_atomic(&dir.join(METADATA), &framed(&body))?;
-        if let Ok(d) = fs::File::open(&dir) {
-            let _ = d.sync_all();
+        // The renames, and the checkpoint's directory itself, are durable only once the
+        // directories that hold them are: a checkpoint reported complete (and so committed
+        // to sinks) must survive a power cut.
+        sync_dir(&dir).map_err(io_err(&dir))?;
+        if let Some(parent) = dir.parent() {
+            sync_dir(parent).map_err(io_err(parent))?;
         }
         self.prune()
     }

@@ -8,21 +8,15 @@
 //! channel wiring; the plan is `Send + Sync` so that a restart can build a fresh chain from it.
 
 use crate::config::{JobConfig, RestartKind};
-use crate::data::Data;
 use crate::dead_letter::DeadLetterQueue;
-use crate::error::{CodecError, FailureCause, GraphError, StageError};
-use crate::exec::{
-    BoxStage, ChainHead, ErasedInput, ErasedSource, InputStage, Payload, Route, RouteLayout,
-    Router, Stage, StageCx, Tee,
-};
+use crate::error::{GraphError, StageError};
+use crate::exec::{ChainHead, ErasedInput, ErasedSource, RouteLayout};
 use crate::operator::SubtaskInfo;
 use crate::partition::Routing;
-use std::any::Any;
-use std::marker::PhantomData;
+use crate::typed::{internal, AnyStage, BatchCodec, EdgeKind, RouterPlan, TypeOps};
 use std::sync::Arc;
 
 pub(crate) type NodeId = usize;
-type AnyStage = Box<dyn Any>;
 pub(crate) type SourceBuild =
     Arc<dyn Fn(&SubtaskInfo, AnyStage) -> Result<Box<dyn ErasedSource>, StageError> + Send + Sync>;
 pub(crate) type OperatorBuild =
@@ -35,214 +29,6 @@ pub(crate) enum Build {
     Source(SourceBuild),
     Operator(OperatorBuild),
     Sink(SinkBuild),
-}
-
-/// Typed helpers for the record type of a stream, kept behind a trait object.
-pub(crate) trait TypeOps: Send + Sync {
-    fn input(&self, head: AnyStage, name: Arc<str>) -> Result<Box<dyn ErasedInput>, StageError>;
-    fn router(&self, edge: &EdgeKind, p: RouterPlan) -> Result<AnyStage, StageError>;
-    fn tee(&self, branches: Vec<AnyStage>) -> Result<AnyStage, StageError>;
-    fn discard(&self) -> AnyStage;
-    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, CodecError>;
-    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError>;
-}
-
-/// Encodes and decodes batches of a stream's record type (rmp-serde), for remote channels.
-#[derive(Clone)]
-pub struct BatchCodec(Arc<dyn TypeOps>);
-
-impl std::fmt::Debug for BatchCodec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("BatchCodec")
-    }
-}
-
-impl BatchCodec {
-    /// The codec of batches of `T`.
-    pub fn of<T: Data>() -> Self {
-        BatchCodec(ops::<T>())
-    }
-
-    /// Encodes a batch (a `Vec<T>` payload).
-    ///
-    /// # Errors
-    /// The payload is not a batch of this codec's type, or does not serialize.
-    pub fn encode(&self, batch: &Payload) -> Result<Vec<u8>, CodecError> {
-        self.0.encode_batch(batch)
-    }
-
-    /// Decodes bytes written by [`BatchCodec::encode`]; returns the payload and its length.
-    ///
-    /// # Errors
-    /// The bytes are not a batch of this codec's type.
-    pub fn decode(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError> {
-        self.0.decode_batch(bytes)
-    }
-}
-
-/// Where a router writes: which output queues, how many records per batch.
-pub(crate) struct RouterPlan {
-    base: usize,
-    channels: usize,
-    batch_size: usize,
-    start: usize,
-    partitioner: Option<Routing>,
-}
-
-pub(crate) struct Ops<T>(PhantomData<fn() -> T>);
-
-pub(crate) fn ops<T: Data>() -> Arc<dyn TypeOps> {
-    Arc::new(Ops::<T>(PhantomData))
-}
-
-fn internal(what: &'static str) -> StageError {
-    StageError {
-        operator: "<runtime>".to_string(),
-        cause: FailureCause::Internal(what),
-    }
-}
-
-/// Unpacks a type-erased stage.
-pub(crate) fn unbox<T: 'static>(b: AnyStage) -> Result<T, StageError> {
-    b.downcast::<T>()
-        .map(|b| *b)
-        .map_err(|_| internal("operator chain built with mismatched record types"))
-}
-
-/// Packs a stage for the type-erased chain builder.
-pub(crate) fn boxed<T: 'static>(stage: BoxStage<T>) -> AnyStage {
-    Box::new(stage)
-}
-
-struct Discard;
-impl<T: Data> Stage<T> for Discard {
-    fn push(&mut self, _r: T, _cx: &mut StageCx) -> Result<(), StageError> {
-        Ok(())
-    }
-    fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
-        Ok(())
-    }
-    fn commit(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
-        Ok(())
-    }
-    fn rollback(&mut self) {}
-    fn snapshot(&mut self, _checkpoint: u64, _out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
-        Ok(())
-    }
-    fn restore(
-        &mut self,
-        _states: &mut std::slice::Iter<'_, Vec<u8>>,
-        _last_completed: Option<u64>,
-    ) -> Result<(), StageError> {
-        Ok(())
-    }
-    fn checkpoint_complete(&mut self, _checkpoint: u64) -> Result<(), StageError> {
-        Ok(())
-    }
-    fn flush(&mut self, _cx: &mut StageCx) {}
-    fn close(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
-        Ok(())
-    }
-}
-
-impl<T: Data> TypeOps for Ops<T> {
-    fn input(&self, head: AnyStage, name: Arc<str>) -> Result<Box<dyn ErasedInput>, StageError> {
-        let next: BoxStage<T> = unbox(head)?;
-        Ok(Box::new(InputStage::new(next, name)))
-    }
-    fn router(&self, edge: &EdgeKind, p: RouterPlan) -> Result<AnyStage, StageError> {
-        let route: Route<fn(&T) -> u64> = match edge {
-            EdgeKind::Auto | EdgeKind::Forward => Route::Forward,
-            EdgeKind::Rebalance => Route::Rebalance,
-            EdgeKind::Broadcast => Route::Broadcast,
-            EdgeKind::Key(f) => {
-                let factory = f
-                    .clone()
-                    .downcast::<KeyRouterFactory<T>>()
-                    .map_err(|_| internal("key function of the wrong record type"))?;
-                let routing = p
-                    .partitioner
-                    .ok_or_else(|| internal("keyed edge without partitioner"))?;
-                let plan = KeyRouterPlan {
-                    routing,
-                    base: p.base,
-                    channels: p.channels,
-                    batch_size: p.batch_size,
-                    start: p.start,
-                };
-                return Ok(boxed((factory.0)(plan)));
-            }
-        };
-        let r: BoxStage<T> = Box::new(Router::new(
-            route,
-            p.base,
-            p.channels,
-            p.batch_size,
-            p.start,
-        ));
-        Ok(boxed(r))
-    }
-    fn tee(&self, branches: Vec<AnyStage>) -> Result<AnyStage, StageError> {
-        let b = branches
-            .into_iter()
-            .map(unbox::<BoxStage<T>>)
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(boxed::<T>(Box::new(Tee::new(b))))
-    }
-    fn discard(&self) -> AnyStage {
-        boxed::<T>(Box::new(Discard))
-    }
-    fn encode_batch(&self, batch: &Payload) -> Result<Vec<u8>, CodecError> {
-        let records = batch
-            .downcast_ref::<Vec<T>>()
-            .ok_or(CodecError::WrongType)?;
-        Ok(rmp_serde::to_vec(records)?)
-    }
-    fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError> {
-        let records: Vec<T> = rmp_serde::from_slice(bytes)?;
-        let len = records.len();
-        Ok((Box::new(records), len))
-    }
-}
-
-/// What a keyed edge's router is built from.
-pub(crate) struct KeyRouterPlan {
-    pub routing: Routing,
-    pub base: usize,
-    pub channels: usize,
-    pub batch_size: usize,
-    pub start: usize,
-}
-
-/// Builds the router of a keyed edge with the concrete key closure (stored type-erased on the
-/// edge), so that extracting and hashing a key costs no virtual call.
-pub(crate) struct KeyRouterFactory<T>(pub Arc<dyn Fn(KeyRouterPlan) -> BoxStage<T> + Send + Sync>);
-
-/// How records cross an edge.
-#[derive(Clone)]
-pub(crate) enum EdgeKind {
-    /// Forward if parallelisms match, else rebalance (resolved by the plan).
-    Auto,
-    Forward,
-    Rebalance,
-    Broadcast,
-    /// Holds a `KeyRouterFactory<T>`.
-    Key(Arc<dyn Any + Send + Sync>),
-}
-
-impl EdgeKind {
-    fn is_forward(&self) -> bool {
-        matches!(self, EdgeKind::Forward)
-    }
-    fn label(&self) -> &'static str {
-        match self {
-            EdgeKind::Auto => "AUTO",
-            EdgeKind::Forward => "FORWARD",
-            EdgeKind::Rebalance => "REBALANCE",
-            EdgeKind::Broadcast => "BROADCAST",
-            EdgeKind::Key(_) => "HASH",
-        }
-    }
 }
 
 pub(crate) struct NodeDef {
@@ -531,11 +317,19 @@ impl ExecutionPlan {
             parallelism: n,
             reason,
         };
-        let node = self
+        let mut named = self
             .nodes
             .iter()
-            .position(|x| &*x.name == operator)
+            .enumerate()
+            .filter(|(_, x)| &*x.name == operator);
+        let (node, _) = named
+            .next()
             .ok_or_else(|| bad("no operator has that name"))?;
+        if named.next().is_some() {
+            return Err(bad(
+                "several operators have that name; give the one to rescale its own with .name()",
+            ));
+        }
         if n == 0 {
             return Err(bad("parallelism must be at least 1"));
         }

@@ -33,6 +33,7 @@ mod operator;
 mod partition;
 mod rescale;
 mod stream;
+mod typed;
 
 pub use checkpoint::{
     Checkpoint, CheckpointId, CheckpointStore, FsStore, MemoryStore, StoreError, TaskSnapshot,
@@ -49,7 +50,7 @@ pub use error::{
     panic_message, CodecError, ConnectorError, FailureCause, GraphError, StageError, UserError,
 };
 pub use event::{ChannelEvent, RecordBatch};
-pub use graph::{BatchCodec, ChannelTarget, ExecutionPlan, TaskChain, TaskId};
+pub use graph::{ChannelTarget, ExecutionPlan, TaskChain, TaskId};
 pub use operator::{
     Encoded, KeyedOperator, KeyedStates, Operator, Output, Position, Sink, Snapshot, Source,
     SourceStatus, SubtaskInfo,
@@ -60,3 +61,4 @@ pub use partition::{
 };
 pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};
+pub use typed::BatchCodec;

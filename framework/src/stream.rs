@@ -7,11 +7,9 @@ use crate::error::{GraphError, UserError};
 use crate::exec::{
     BoxStage, KeyFn, KeyedStage, OperatorStage, Route, Router, SinkStage, SourceDriver,
 };
-use crate::graph::{
-    boxed, ops, unbox, Build, EdgeDef, EdgeKind, ExecutionPlan, GraphBuilder, KeyRouterFactory,
-    KeyRouterPlan, NodeDef, NodeId,
-};
+use crate::graph::{Build, EdgeDef, ExecutionPlan, GraphBuilder, NodeDef, NodeId};
 use crate::operator::{KeyedOperator, Operator, Output, Sink, Source, SubtaskInfo};
+use crate::typed::{boxed, ops, unbox, EdgeKind, KeyRouterFactory, KeyRouterPlan};
 use std::cell::RefCell;
 use std::marker::PhantomData;
 use std::rc::Rc;

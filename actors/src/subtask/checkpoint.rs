@@ -9,42 +9,14 @@
 //! has ended, which no barrier can reach any more.
 
 use super::{Lifecycle, RestoreState, SubtaskActor};
-use crate::message::{
-    CheckpointAck, Committed, DataMessage, FirstRecord, ResetOrder, TaskDraining, ToJob,
-};
+use crate::message::{CheckpointAck, Committed, FirstRecord, ResetOrder, TaskDraining, ToJob};
 use actix::prelude::*;
-use riffle_framework::{ChannelEvent, RecordBatch, StageError, TaskSnapshot};
+use riffle_framework::{StageError, TaskSnapshot};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 impl SubtaskActor {
-    /// A data-plane message: drop it if stale, hold it if its channel is aligned, else handle.
-    pub(super) fn on_data(&mut self, msg: DataMessage, ctx: &mut Context<Self>) {
-        if msg.epoch != self.epoch || self.state != Lifecycle::Running {
-            return;
-        }
-        let ch = msg.channel as usize;
-        if self.aligning.is_some() && self.barrier_seen.get(ch).copied().unwrap_or(false) {
-            self.held.push_back(msg);
-            return;
-        }
-        match msg.event {
-            ChannelEvent::Batch(RecordBatch { payload, len }) => {
-                let retry = super::Retry {
-                    payload,
-                    len,
-                    skip: Vec::new(),
-                    fail_index: usize::MAX,
-                    fail_count: 0,
-                };
-                self.run_batch(retry, ctx);
-            }
-            ChannelEvent::Barrier(n) => self.on_barrier(ch, n, ctx),
-            ChannelEvent::EndOfInput => self.close_inputs(&[ch], ctx),
-        }
-    }
-
-    fn on_barrier(&mut self, ch: usize, n: u64, ctx: &mut Context<Self>) {
+    pub(super) fn on_barrier(&mut self, ch: usize, n: u64, ctx: &mut Context<Self>) {
         match self.aligning {
             Some(a) if n < a => return, // a barrier of a checkpoint already given up
             Some(a) if n == a => {}

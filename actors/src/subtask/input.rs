@@ -1,13 +1,41 @@
-//! Input side of a subtask: batches from upstream, a source's `produce` calls, armed chaos
-//! faults and poison records.
+//! Input side of a subtask: the data-plane entry point (`on_data`), batches from upstream, a
+//! source's `produce` calls, armed chaos faults and poison records.
 
 use super::{internal, Lifecycle, Retry, SourcePoison, SubtaskActor, IDLE_SOURCE_PAUSE};
-use crate::message::{DeadLettered, Failure, PlannedKind, StopDue, ToJob};
+use crate::message::{DataMessage, DeadLettered, Failure, PlannedKind, StopDue, ToJob};
 use actix::prelude::*;
 use riffle_framework::exec::{BatchFailure, Fault};
-use riffle_framework::{DeadLetter, PoisonAction, SourceStatus, TaskChain, TaskId};
+use riffle_framework::{
+    ChannelEvent, DeadLetter, PoisonAction, RecordBatch, SourceStatus, TaskChain, TaskId,
+};
 
 impl SubtaskActor {
+    /// A data-plane message: drop it if stale, hold it if its channel is aligned, else handle.
+    pub(super) fn on_data(&mut self, msg: DataMessage, ctx: &mut Context<Self>) {
+        if msg.epoch != self.epoch || self.state != Lifecycle::Running {
+            return;
+        }
+        let ch = msg.channel as usize;
+        if self.aligning.is_some() && self.barrier_seen.get(ch).copied().unwrap_or(false) {
+            self.held.push_back(msg);
+            return;
+        }
+        match msg.event {
+            ChannelEvent::Batch(RecordBatch { payload, len }) => {
+                let retry = Retry {
+                    payload,
+                    len,
+                    skip: Vec::new(),
+                    fail_index: usize::MAX,
+                    fail_count: 0,
+                };
+                self.run_batch(retry, ctx);
+            }
+            ChannelEvent::Barrier(n) => self.on_barrier(ch, n, ctx),
+            ChannelEvent::EndOfInput => self.close_inputs(&[ch], ctx),
+        }
+    }
+
     /// Fires armed chaos faults whose record count has been reached (one at a time).
     pub(super) fn fire_armed(&mut self) {
         while !self.cx.armed() {

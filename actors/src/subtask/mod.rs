@@ -13,8 +13,10 @@
 //! The output queues (committed batches not yet sent), the mailbox, a source's position (kept
 //! outside the source) and the batch that failed, which is retried first. Output of a failed
 //! batch never left the chain (it is staged until the batch commits), so a stateless chain that
-//! fails and recovers emits exactly what a failure-free run emits. Operator state is rebuilt
-//! from the factory (checkpoints will restore it).
+//! fails and recovers emits exactly what a failure-free run emits. Without checkpointing,
+//! operator state is rebuilt from the factory. With checkpointing, the job supervisor answers
+//! every failure with a reset: each subtask restores its state, its source position and its
+//! sinks' transactions from the latest completed checkpoint in a new epoch.
 //!
 //! # Backpressure
 //! Each output channel has a semaphore of `credits` permits. A message is sent only with a

@@ -283,11 +283,17 @@ impl<T: Data + Display> Sink for FileSink<T> {
         res.map_err(|e| self.err(e))
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), UserError> {
+        let mut published_any = false;
         for (c, path) in self.staged_files()? {
             if c <= checkpoint {
                 let published = self.dir.join(format!("{}-{c}", self.part_name()));
                 std::fs::rename(&path, &published).map_err(|e| self.err(e))?;
+                published_any = true;
             }
+        }
+        if published_any {
+            // The renames are the commit: make them durable.
+            crate::checkpoint::sync_dir(&self.dir).map_err(|e| self.err(e))?;
         }
         Ok(())
     }
