@@ -412,13 +412,7 @@ pub(crate) fn run_job(
         },
     )?);
     let nodes = job_nodes(me, up, &options.exclude)?;
-    let ring = Placement::new(nodes.iter().map(|n| (n.as_str(), 1)));
-    let tasks = plan.tasks();
-    let placement = ring.assign_sticky(&tasks, &options.sticky);
-    let mut by_node: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
-    for (t, n) in &placement {
-        by_node.entry(n.clone()).or_default().push(*t);
-    }
+    let (placement, by_node) = place(&plan, &nodes, &options.sticky);
     let chains: Vec<String> = (0..plan.chain_count())
         .map(|c| plan.chain_name(c).to_string())
         .collect();
@@ -448,19 +442,7 @@ pub(crate) fn run_job(
         Some(riffle_framework::CheckpointStorage::Dir(d)) => Some(d.join(&plan.config().name)),
         _ => None,
     };
-    let dist = riffle_actors::Distribution {
-        resolve: resolver.clone(),
-        remote: Arc::new(ClusterTasks {
-            resolver,
-            name: name.to_string(),
-            parallelism: options.parallelism,
-            rescaled: options.rescaled.clone(),
-            exclude: options.exclude.clone(),
-        }),
-        on_start: Box::new(move |ports| {
-            *coordinated.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(ports);
-        }),
-    };
+    let dist = distribution(resolver, coordinated, name, &options);
     let baseline = shared.net.link_totals();
     let handle = riffle_actors::start_distributed(plan, dist)?;
     Ok(ClusterJob {
@@ -482,6 +464,46 @@ pub(crate) fn run_job(
         placement: by_node,
         chains,
     })
+}
+
+/// Places `plan`'s subtasks on the ring of `nodes` (keeping `sticky` ones where they were):
+/// the placement, and the subtasks by node.
+#[allow(clippy::type_complexity)]
+fn place(
+    plan: &ExecutionPlan,
+    nodes: &[String],
+    sticky: &[(TaskId, String)],
+) -> (Vec<(TaskId, String)>, BTreeMap<String, Vec<TaskId>>) {
+    let ring = Placement::new(nodes.iter().map(|n| (n.as_str(), 1)));
+    let placement = ring.assign_sticky(&plan.tasks(), sticky);
+    let mut by_node: BTreeMap<String, Vec<TaskId>> = BTreeMap::new();
+    for (t, n) in &placement {
+        by_node.entry(n.clone()).or_default().push(*t);
+    }
+    (placement, by_node)
+}
+
+/// How the coordinator's runtime reaches the job's subtasks on other nodes: through
+/// `resolver`, and the ports the cluster layer feeds once the supervisor exists.
+fn distribution(
+    resolver: Arc<ClusterResolver>,
+    coordinated: Arc<CoordinatedJob>,
+    name: &str,
+    options: &JobOptions,
+) -> riffle_actors::Distribution {
+    riffle_actors::Distribution {
+        resolve: resolver.clone(),
+        remote: Arc::new(ClusterTasks {
+            resolver,
+            name: name.to_string(),
+            parallelism: options.parallelism,
+            rescaled: options.rescaled.clone(),
+            exclude: options.exclude.clone(),
+        }),
+        on_start: Box::new(move |ports| {
+            *coordinated.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(ports);
+        }),
+    }
 }
 
 /// The nodes a job submitted on `me` runs on: the live ones, less `exclude`, sorted.

@@ -73,7 +73,15 @@ impl CountHandle {
 struct CollectSink<T> {
     local: Vec<T>,
     subtask: usize,
+    parallelism: usize,
     shared: Arc<Mutex<Collected<T>>>,
+}
+
+/// Whether subtask `index` of `parallelism` answers for the transactions of subtask `s`: its
+/// own, and those of subtasks a lower parallelism no longer runs (`s mod parallelism`), so
+/// that every transaction a restored checkpoint covers is committed, whoever staged it.
+fn answers_for(index: usize, parallelism: usize, s: usize) -> bool {
+    s == index || (s >= parallelism && s % parallelism.max(1) == index)
 }
 
 impl<T> CollectSink<T> {
@@ -85,7 +93,7 @@ impl<T> CollectSink<T> {
 impl<T: Data> Sink for CollectSink<T> {
     type In = T;
     fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
-        self.subtask = info.index;
+        (self.subtask, self.parallelism) = (info.index, info.parallelism);
         Ok(())
     }
     #[inline]
@@ -110,11 +118,33 @@ impl<T: Data> Sink for CollectSink<T> {
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), UserError> {
         let subtask = self.subtask;
+        self.commit_where(checkpoint, |s| s == subtask);
+        Ok(())
+    }
+    fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
+        let (index, parallelism) = (self.subtask, self.parallelism);
+        let ours = move |s| answers_for(index, parallelism, s);
+        if let Some(c) = last_completed {
+            self.commit_where(c, ours);
+        }
+        let after = last_completed.unwrap_or(0);
+        self.lock()
+            .staged
+            .retain(|(c, s), _| !ours(*s) || *c <= after);
+        self.local.clear();
+        Ok(())
+    }
+}
+
+impl<T> CollectSink<T> {
+    /// Commits the staged records of checkpoints up to `checkpoint` of the subtasks `ours`
+    /// says.
+    fn commit_where(&self, checkpoint: u64, ours: impl Fn(usize) -> bool) {
         let mut all = self.lock();
         let ready: Vec<(u64, usize)> = all
             .staged
             .keys()
-            .filter(|(c, s)| *c <= checkpoint && *s == subtask)
+            .filter(|(c, s)| *c <= checkpoint && ours(*s))
             .copied()
             .collect();
         for k in ready {
@@ -122,25 +152,13 @@ impl<T: Data> Sink for CollectSink<T> {
                 all.committed.append(&mut v);
             }
         }
-        Ok(())
-    }
-    fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
-        if let Some(c) = last_completed {
-            self.commit(c)?;
-        }
-        let subtask = self.subtask;
-        let after = last_completed.unwrap_or(0);
-        self.lock()
-            .staged
-            .retain(|(c, s), _| *s != subtask || *c <= after);
-        self.local.clear();
-        Ok(())
     }
 }
 
 struct TypedCount<T> {
     local: u64,
     subtask: usize,
+    parallelism: usize,
     shared: Arc<Counted>,
     _t: std::marker::PhantomData<fn(T)>,
 }
@@ -155,7 +173,7 @@ struct Counted {
 impl<T: Data> Sink for TypedCount<T> {
     type In = T;
     fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
-        self.subtask = info.index;
+        (self.subtask, self.parallelism) = (info.index, info.parallelism);
         Ok(())
     }
     #[inline]
@@ -175,26 +193,36 @@ impl<T: Data> Sink for TypedCount<T> {
         Ok(())
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), UserError> {
-        let mut staged = self.shared.staged.lock().unwrap_or_else(|e| e.into_inner());
         let subtask = self.subtask;
+        self.commit_where(checkpoint, |s| s == subtask);
+        Ok(())
+    }
+    fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
+        let (index, parallelism) = (self.subtask, self.parallelism);
+        let ours = move |s| answers_for(index, parallelism, s);
+        if let Some(c) = last_completed {
+            self.commit_where(c, ours);
+        }
+        let after = last_completed.unwrap_or(0);
+        let mut staged = self.shared.staged.lock().unwrap_or_else(|e| e.into_inner());
+        staged.retain(|(c, s), _| !ours(*s) || *c <= after);
+        self.local = 0;
+        Ok(())
+    }
+}
+
+impl<T> TypedCount<T> {
+    /// Commits the staged counts of checkpoints up to `checkpoint` of the subtasks `ours`
+    /// says.
+    fn commit_where(&self, checkpoint: u64, ours: impl Fn(usize) -> bool) {
+        let mut staged = self.shared.staged.lock().unwrap_or_else(|e| e.into_inner());
         staged.retain(|(c, s), n| {
-            let ready = *c <= checkpoint && *s == subtask;
+            let ready = *c <= checkpoint && ours(*s);
             if ready {
                 self.shared.committed.fetch_add(*n, Ordering::AcqRel);
             }
             !ready
         });
-        Ok(())
-    }
-    fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
-        if let Some(c) = last_completed {
-            self.commit(c)?;
-        }
-        let (subtask, after) = (self.subtask, last_completed.unwrap_or(0));
-        let mut staged = self.shared.staged.lock().unwrap_or_else(|e| e.into_inner());
-        staged.retain(|(c, s), _| *s != subtask || *c <= after);
-        self.local = 0;
-        Ok(())
     }
 }
 
@@ -223,6 +251,10 @@ impl<T: Data> Sink for PrintSink<T> {
 struct FileSink<T> {
     dir: PathBuf,
     path: PathBuf,
+    /// This subtask's index and the sink's parallelism (to adopt the parts of subtasks a
+    /// lower parallelism dropped).
+    index: usize,
+    parallelism: usize,
     file: Option<File>,
     /// Lines of the current unit of work, written to the file at `flush`.
     buf: Vec<u8>,
@@ -242,6 +274,7 @@ impl<T: Data + Display> Sink for FileSink<T> {
     type In = T;
     fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
         self.path = self.dir.join(format!("part-{}", info.index));
+        (self.index, self.parallelism) = (info.index, info.parallelism.max(1));
         std::fs::create_dir_all(&self.dir).map_err(|e| self.err(e))?;
         // A restarted subtask appends to what its earlier attempts flushed.
         let f = std::fs::OpenOptions::new()
@@ -283,10 +316,30 @@ impl<T: Data + Display> Sink for FileSink<T> {
         res.map_err(|e| self.err(e))
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), UserError> {
+        let part = self.part_name();
+        self.commit_part(&part, checkpoint)
+    }
+    fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
+        // Its own part, and the parts of subtasks a lower parallelism no longer runs (part j
+        // goes to subtask j mod parallelism): every transaction the restored checkpoint
+        // covers is published, whoever staged it.
+        let mut parts = vec![self.part_name()];
+        parts.extend(self.orphaned_parts()?);
+        for part in &parts {
+            self.recover_part(part, last_completed)?;
+        }
+        self.buf.clear();
+        Ok(())
+    }
+}
+
+impl<T> FileSink<T> {
+    /// Publishes `part`'s staged files of checkpoints up to `checkpoint`, durably.
+    fn commit_part(&self, part: &str, checkpoint: u64) -> Result<(), UserError> {
         let mut published_any = false;
-        for (c, path) in self.staged_files()? {
+        for (c, path) in self.files_with(part, |rest| rest.strip_suffix(".inprogress"))? {
             if c <= checkpoint {
-                let published = self.dir.join(format!("{}-{c}", self.part_name()));
+                let published = self.dir.join(format!("{part}-{c}"));
                 std::fs::rename(&path, &published).map_err(|e| self.err(e))?;
                 published_any = true;
             }
@@ -297,23 +350,49 @@ impl<T: Data + Display> Sink for FileSink<T> {
         }
         Ok(())
     }
-    fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
+
+    /// Brings `part` to the state of checkpoint `last_completed`: what it covers is
+    /// published, what was staged after it is dropped (the replay writes it again), and what
+    /// later checkpoints published is withdrawn (an older checkpoint is restored when the
+    /// newest was damaged).
+    fn recover_part(&self, part: &str, last_completed: Option<u64>) -> Result<(), UserError> {
         if let Some(c) = last_completed {
-            self.commit(c)?;
+            self.commit_part(part, c)?;
         }
-        for (_, path) in self.staged_files()? {
+        for (_, path) in self.files_with(part, |rest| rest.strip_suffix(".inprogress"))? {
             std::fs::remove_file(&path).map_err(|e| self.err(e))?;
         }
-        // Restoring an older checkpoint (the newest was damaged) replays what later ones
-        // published: withdraw those parts, the replay writes them again.
         let after = last_completed.unwrap_or(0);
-        for (c, path) in self.published_files()? {
+        for (c, path) in self.files_with(part, |rest| Some(rest))? {
             if c > after {
                 std::fs::remove_file(&path).map_err(|e| self.err(e))?;
             }
         }
-        self.buf.clear();
         Ok(())
+    }
+
+    /// Parts in the directory of subtasks `j >= parallelism` that this subtask adopts
+    /// (`j mod parallelism == index`).
+    fn orphaned_parts(&self) -> Result<Vec<String>, UserError> {
+        let mut parts = Vec::new();
+        for e in std::fs::read_dir(&self.dir)
+            .map_err(|e| self.err(e))?
+            .flatten()
+        {
+            let name = e.file_name().to_string_lossy().to_string();
+            let j = name
+                .strip_prefix("part-")
+                .and_then(|rest| rest.split('-').next())
+                .and_then(|j| j.parse::<usize>().ok());
+            if let Some(j) = j {
+                if j >= self.parallelism && j % self.parallelism == self.index {
+                    parts.push(format!("part-{j}"));
+                }
+            }
+        }
+        parts.sort();
+        parts.dedup();
+        Ok(parts)
     }
 }
 
@@ -330,21 +409,13 @@ impl<T> FileSink<T> {
             .join(format!("{}-{checkpoint}.inprogress", self.part_name()))
     }
 
-    /// This subtask's staged (not yet published) files, with their checkpoint.
-    fn staged_files(&self) -> Result<Vec<(u64, PathBuf)>, UserError> {
-        self.files_with(|rest| rest.strip_suffix(".inprogress"))
-    }
-
-    /// This subtask's published files, with their checkpoint.
-    fn published_files(&self) -> Result<Vec<(u64, PathBuf)>, UserError> {
-        self.files_with(|rest| Some(rest))
-    }
-
+    /// `part`'s files whose name after `part-` gives a checkpoint id through `id_part`.
     fn files_with(
         &self,
+        part: &str,
         id_part: impl Fn(&str) -> Option<&str>,
     ) -> Result<Vec<(u64, PathBuf)>, UserError> {
-        let prefix = format!("{}-", self.part_name());
+        let prefix = format!("{part}-");
         let mut v = Vec::new();
         for e in std::fs::read_dir(&self.dir)
             .map_err(|e| self.err(e))?
@@ -398,6 +469,7 @@ impl<T: Data> DataStream<T> {
         self.sink_named("collect", move |_| CollectSink {
             local: Vec::new(),
             subtask: 0,
+            parallelism: 1,
             shared: s.clone(),
         });
         CollectHandle { inner: shared }
@@ -410,6 +482,7 @@ impl<T: Data> DataStream<T> {
         self.sink_named("count", move |_| TypedCount::<T> {
             local: 0,
             subtask: 0,
+            parallelism: 1,
             shared: shared.clone(),
             _t: std::marker::PhantomData,
         });
@@ -436,6 +509,8 @@ impl<T: Data> DataStream<T> {
         self.sink_named("write_text_file", move |_| FileSink::<T> {
             dir: dir.clone(),
             path: dir.clone(),
+            index: 0,
+            parallelism: 1,
             file: None,
             buf: Vec::new(),
             _t: std::marker::PhantomData,
@@ -448,5 +523,105 @@ impl<T: Data> Sink for Discard<T> {
     type In = T;
     fn write(&mut self, _r: T) -> Result<(), UserError> {
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn sink(dir: &std::path::Path, index: usize, parallelism: usize) -> FileSink<u64> {
+        let mut s = FileSink::<u64> {
+            dir: dir.to_path_buf(),
+            path: dir.to_path_buf(),
+            index: 0,
+            parallelism: 1,
+            file: None,
+            buf: Vec::new(),
+            _t: std::marker::PhantomData,
+        };
+        let info = SubtaskInfo {
+            operator: Arc::from("write_text_file"),
+            index,
+            parallelism,
+            attempt: 0,
+        };
+        s.on_start(&info).expect("start");
+        s
+    }
+
+    fn names(dir: &std::path::Path) -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(dir)
+            .expect("dir")
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().to_string())
+            .filter(|n| n.matches('-').count() == 2)
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A job resumed with fewer sink subtasks than its checkpoint had: the parts the missing
+    /// subtasks staged under the restored checkpoint are published by the subtasks that adopt
+    /// them, and what they staged after it is dropped.
+    #[test]
+    fn a_lower_parallelism_publishes_the_parts_of_the_subtasks_it_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        for (name, body) in [
+            ("part-4-3.inprogress", "four\n"),
+            ("part-5-3.inprogress", "five\n"),
+            ("part-5-4.inprogress", "after the checkpoint\n"),
+            ("part-3-5", "published after the restored checkpoint\n"),
+        ] {
+            std::fs::write(d.join(name), body).expect("write");
+        }
+        // Parallelism 3 now: part-3 and part-4 go to subtask 0 and 1, part-5 to subtask 2.
+        for index in 0..3 {
+            sink(d, index, 3).recover(Some(3)).expect("recover");
+        }
+        assert_eq!(names(d), ["part-4-3", "part-5-3"]);
+        assert_eq!(
+            std::fs::read_to_string(d.join("part-5-3")).expect("read"),
+            "five\n"
+        );
+    }
+
+    /// The same for the collect sink: the transactions of a subtask a lower parallelism
+    /// dropped are committed by the subtask that answers for it.
+    #[test]
+    fn a_lower_parallelism_commits_the_collect_transactions_of_the_subtasks_it_dropped() {
+        let shared = Arc::new(Mutex::new(Collected::<u64> {
+            committed: Vec::new(),
+            staged: Default::default(),
+        }));
+        {
+            let mut all = shared.lock().expect("lock");
+            all.staged.insert((3, 4), vec![4]);
+            all.staged.insert((3, 5), vec![5]);
+            all.staged.insert((4, 5), vec![50]);
+        }
+        for index in 0..3 {
+            let mut s = CollectSink {
+                local: Vec::new(),
+                subtask: 0,
+                parallelism: 1,
+                shared: shared.clone(),
+            };
+            let info = SubtaskInfo {
+                operator: Arc::from("collect"),
+                index,
+                parallelism: 3,
+                attempt: 0,
+            };
+            s.on_start(&info).expect("start");
+            s.recover(Some(3)).expect("recover");
+        }
+        let all = shared.lock().expect("lock");
+        let mut committed = all.committed.clone();
+        committed.sort_unstable();
+        assert_eq!(committed, [4, 5]);
+        assert!(all.staged.is_empty(), "{:?}", all.staged);
     }
 }
