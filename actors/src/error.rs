@@ -98,6 +98,14 @@ pub enum JobError {
         /// What was asked for, and why it came to that.
         what: String,
     },
+    /// A rescale in place did not switch to the new plan within
+    /// `CheckpointConfig::rescale_timeout` (its checkpoint never completed, or the leaving
+    /// subtasks never confirmed their commit); the sources were released and nothing changed.
+    #[error("the rescale did not switch within {timeout:?}; nothing changed")]
+    RescaleTimedOut {
+        /// The deadline that passed.
+        timeout: std::time::Duration,
+    },
     /// The job ended (or was not running) before the request could be carried out.
     #[error("the job ended before the request could be carried out")]
     JobEnded,
@@ -175,6 +183,7 @@ impl JobError {
             JobError::NoWorkers
             | JobError::Spawn(_)
             | JobError::JobEnded
+            | JobError::RescaleTimedOut { .. }
             | JobError::RescaleRefused { .. }
             | JobError::NodeLost { .. }
             | JobError::Cluster(_) => ErrorKind::External,

@@ -73,6 +73,10 @@ pub struct CheckpointConfig {
     pub storage: CheckpointStorage,
     /// How many completed checkpoints to keep (savepoints are always kept).
     pub keep: usize,
+    /// A rescale in place not done after this long gives up: before its switch it releases
+    /// the sources and fails with `JobError::RescaleTimedOut`; after it the job recovers from
+    /// the rescaled checkpoint (so no wait for a subtask that never confirms is endless).
+    pub rescale_timeout: Duration,
 }
 
 impl Default for CheckpointConfig {
@@ -82,6 +86,7 @@ impl Default for CheckpointConfig {
             timeout: Duration::from_secs(60),
             storage: CheckpointStorage::Memory,
             keep: 3,
+            rescale_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -97,6 +97,9 @@ pub(crate) enum Step {
     Switch { id: u64 },
     /// Tell the new subtasks to run and release the sources.
     Resume { started: Vec<TaskId> },
+    /// The switch happened but `waiting` never confirmed it within the deadline: recover the
+    /// job (from the rescaled checkpoint; the recovery carries the rescale on).
+    Recover { waiting: Vec<TaskId> },
     /// The rescale is over: answer the caller (and forget the machine).
     Done(Result<InPlace, InPlaceError>),
 }
@@ -128,6 +131,10 @@ pub(crate) struct Rescale {
     pub was: usize,
     /// Its parallelism after.
     pub now: usize,
+    /// When the rescale gives up waiting (see [`Rescale::tick`]).
+    deadline: Instant,
+    /// How long it had.
+    timeout: Duration,
     phase: Phase,
     /// When the sources were first held (the pause starts).
     held_at: Option<Instant>,
@@ -138,14 +145,22 @@ pub(crate) struct Rescale {
 
 impl Rescale {
     /// A rescale of `operator` to `n` subtasks, which takes its `chain` from `was` to `now`
-    /// subtasks (chained operators rescale together).
-    pub(crate) fn new(operator: String, n: usize, chain: usize, was: usize, now: usize) -> Self {
+    /// subtasks (chained operators rescale together), asked at `at`, given `timeout`.
+    pub(crate) fn new(
+        operator: String,
+        n: usize,
+        (chain, was, now): (usize, usize, usize),
+        at: Instant,
+        timeout: Duration,
+    ) -> Self {
         Rescale {
             operator,
             n,
             chain,
             was,
             now,
+            deadline: at + timeout,
+            timeout,
             phase: Phase::Holding { id: None },
             held_at: None,
             done: InPlace::default(),
@@ -153,9 +168,14 @@ impl Rescale {
         }
     }
 
-    /// Advances a rescale waiting for its held checkpoint: asks for it when the job can take
-    /// it, or starts over when it was given up (a recovery or a timeout).
-    pub(crate) fn tick(&mut self, job: &JobView) -> Vec<Step> {
+    /// Advances the rescale at `now`: asks for the held checkpoint when the job can take
+    /// it, starts over when it was given up (a recovery or a timeout), and past the deadline
+    /// gives up — before the switch by releasing the sources and failing
+    /// ([`JobError::RescaleTimedOut`]), after it by a recovery.
+    pub(crate) fn tick(&mut self, job: &JobView, now: Instant) -> Vec<Step> {
+        if now >= self.deadline {
+            return self.past_deadline(job, now);
+        }
         let Phase::Holding { id } = self.phase else {
             return Vec::new();
         };
@@ -174,6 +194,50 @@ impl Rescale {
                 Some(why) => self.finish(Err(InPlaceError::Refused(why.clone()))),
                 None => vec![Step::Hold],
             },
+        }
+    }
+
+    fn past_deadline(&mut self, job: &JobView, now: Instant) -> Vec<Step> {
+        let failed = Err(InPlaceError::Failed(JobError::RescaleTimedOut {
+            timeout: self.timeout,
+        }));
+        match &self.phase {
+            Phase::Holding { id } => {
+                tracing::warn!(timeout = ?self.timeout, "rescale: its checkpoint never completed; giving up");
+                // A recovery under way releases the sources itself; a hold not yet asked
+                // for holds nothing.
+                let held = id.is_some() && !job.recovering;
+                let mut steps = if held {
+                    vec![Step::Release]
+                } else {
+                    Vec::new()
+                };
+                steps.extend(self.finish(failed));
+                steps
+            }
+            Phase::Committing { .. } => {
+                tracing::warn!(timeout = ?self.timeout, "rescale: leaving subtasks never confirmed their commit; giving up");
+                let mut steps = vec![Step::Release];
+                steps.extend(self.finish(failed));
+                steps
+            }
+            Phase::Switching {
+                waiting: Some(waiting),
+            } => {
+                let mut waiting: Vec<TaskId> = waiting.iter().copied().collect();
+                waiting.sort_unstable();
+                tracing::warn!(
+                    ?waiting,
+                    "rescale: subtasks never confirmed the new plan; recovering"
+                );
+                // The recovery carries the rescale on (see `recovery_started`); the next
+                // deadline is a fresh one.
+                self.deadline = now + self.timeout;
+                vec![Step::Recover { waiting }]
+            }
+            // Switched and released: the rescale is done even if no record comes.
+            Phase::Resuming => self.first_record(now),
+            Phase::Switching { waiting: None } | Phase::Over => Vec::new(),
         }
     }
 

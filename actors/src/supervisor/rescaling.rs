@@ -36,8 +36,20 @@ impl Handler<RescaleRequest> for JobSupervisor {
                 Ok(plan) => {
                     let chain = plan.chain_of(&msg.operator).unwrap_or_default();
                     let (was, now) = (self.plan.parallelism(chain), plan.parallelism(chain));
+                    let timeout = self
+                        .plan
+                        .config()
+                        .checkpoint
+                        .as_ref()
+                        .map_or(std::time::Duration::from_secs(60), |c| c.rescale_timeout);
                     self.rescale = Some(Rescaling {
-                        machine: Rescale::new(msg.operator, msg.n, chain, was, now),
+                        machine: Rescale::new(
+                            msg.operator,
+                            msg.n,
+                            (chain, was, now),
+                            Instant::now(),
+                            timeout,
+                        ),
                         plan: Arc::new(plan),
                         reply: msg.reply,
                     });
@@ -96,6 +108,21 @@ impl JobSupervisor {
                 }
                 self.release_sources();
             }
+            Step::Recover { waiting } => {
+                let Some(&task) = waiting.first() else { return };
+                let cause = format!(
+                    "a rescale in place: subtasks {waiting:?} did not confirm the new plan in time"
+                );
+                if let Err(restarts) = self.recover(task, cause, None, &[]) {
+                    let chain = self.chain_name(task);
+                    self.escalate(
+                        task,
+                        chain,
+                        riffle_framework::FailureCause::Stopped,
+                        restarts,
+                    );
+                }
+            }
             Step::Done(answer) => {
                 if let Some(r) = self.rescale.take() {
                     let _ = r.reply.send(answer);
@@ -118,7 +145,7 @@ impl JobSupervisor {
     /// Advances a rescale waiting for its held checkpoint.
     pub(super) fn rescale_tick(&mut self) {
         let view = self.rescale_view();
-        self.rescale_with(|r| r.tick(&view));
+        self.rescale_with(|r| r.tick(&view, Instant::now()));
     }
 
     /// Why the rescale cannot be done in place now: a subtask it would touch has ended its

@@ -14,6 +14,17 @@ fn t(subtask: usize) -> TaskId {
     }
 }
 
+/// A rescale to `n` of a chain going from `was` to `now` subtasks, with an hour to finish.
+fn rescale(n: usize, was: usize, now: usize) -> Rescale {
+    Rescale::new(
+        "sum".into(),
+        n,
+        (CHAIN, was, now),
+        Instant::now(),
+        Duration::from_secs(3600),
+    )
+}
+
 fn idle() -> JobView {
     JobView::default()
 }
@@ -34,6 +45,7 @@ fn names(steps: &[Step]) -> Vec<&'static str> {
             Step::ConfirmCommit { .. } => "confirm-commit",
             Step::Switch { .. } => "switch",
             Step::Resume { .. } => "resume",
+            Step::Recover { .. } => "recover",
             Step::Done(Ok(_)) => "done",
             Step::Done(Err(InPlaceError::Refused(_))) => "refused",
             Step::Done(Err(InPlaceError::Failed(_))) => "failed",
@@ -54,11 +66,14 @@ fn switched_ok(
 
 #[test]
 fn scaling_up_holds_switches_and_resumes_once_every_subtask_confirmed() {
-    let mut r = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
+    let mut r = rescale(3, 2, 3);
     let t0 = Instant::now();
-    assert_eq!(names(&r.tick(&idle())), ["hold"]);
+    assert_eq!(names(&r.tick(&idle(), Instant::now())), ["hold"]);
     r.held(7, t0);
-    assert!(r.tick(&in_flight(7)).is_empty(), "waits for its checkpoint");
+    assert!(
+        r.tick(&in_flight(7), Instant::now()).is_empty(),
+        "waits for its checkpoint"
+    );
     // Growing: nobody leaves, so the switch follows at once.
     let steps = r.checkpoint_completed(7);
     assert_eq!(names(&steps), ["confirm-commit", "switch"]);
@@ -84,8 +99,8 @@ fn scaling_up_holds_switches_and_resumes_once_every_subtask_confirmed() {
 
 #[test]
 fn scaling_down_waits_for_the_leaving_subtasks_commits() {
-    let mut r = Rescale::new("sum".into(), 1, CHAIN, 3, 1);
-    assert_eq!(names(&r.tick(&idle())), ["hold"]);
+    let mut r = rescale(1, 3, 1);
+    assert_eq!(names(&r.tick(&idle(), Instant::now())), ["hold"]);
     r.held(4, Instant::now());
     let steps = r.checkpoint_completed(4);
     assert!(
@@ -105,12 +120,12 @@ fn scaling_down_waits_for_the_leaving_subtasks_commits() {
 
 #[test]
 fn a_given_up_checkpoint_releases_the_sources_and_the_rescale_starts_over() {
-    let mut r = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
-    assert_eq!(names(&r.tick(&idle())), ["hold"]);
+    let mut r = rescale(3, 2, 3);
+    assert_eq!(names(&r.tick(&idle(), Instant::now())), ["hold"]);
     r.held(5, Instant::now());
     // Timed out: nothing is in flight any more.
-    assert_eq!(names(&r.tick(&idle())), ["release"]);
-    assert_eq!(names(&r.tick(&idle())), ["hold"]);
+    assert_eq!(names(&r.tick(&idle(), Instant::now())), ["release"]);
+    assert_eq!(names(&r.tick(&idle(), Instant::now())), ["hold"]);
     r.held(6, Instant::now());
     assert!(r.checkpoint_completed(5).is_empty(), "the stale checkpoint");
     assert_eq!(
@@ -121,28 +136,28 @@ fn a_given_up_checkpoint_releases_the_sources_and_the_rescale_starts_over() {
 
 #[test]
 fn it_waits_for_a_savepoint_a_recovery_or_a_commit_under_way() {
-    let mut r = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
+    let mut r = rescale(3, 2, 3);
     // A savepoint someone asked for is in flight: the rescale waits, and its completion
     // is not the rescale's.
-    assert!(r.tick(&in_flight(3)).is_empty());
+    assert!(r.tick(&in_flight(3), Instant::now()).is_empty());
     assert!(r.checkpoint_completed(3).is_empty());
     let recovering = JobView {
         recovering: true,
         ..JobView::default()
     };
-    assert!(r.tick(&recovering).is_empty());
+    assert!(r.tick(&recovering, Instant::now()).is_empty());
     let committing = JobView {
         committing: true,
         ..JobView::default()
     };
-    assert!(r.tick(&committing).is_empty());
-    assert_eq!(names(&r.tick(&idle())), ["hold"]);
+    assert!(r.tick(&committing, Instant::now()).is_empty());
+    assert_eq!(names(&r.tick(&idle(), Instant::now())), ["hold"]);
 }
 
 #[test]
 fn a_fault_while_committing_starts_the_rescale_over_after_the_recovery() {
-    let mut r = Rescale::new("sum".into(), 1, CHAIN, 2, 1);
-    r.tick(&idle());
+    let mut r = rescale(1, 2, 1);
+    r.tick(&idle(), Instant::now());
     r.held(2, Instant::now());
     r.checkpoint_completed(2);
     r.recovery_started();
@@ -154,14 +169,14 @@ fn a_fault_while_committing_starts_the_rescale_over_after_the_recovery() {
         recovering: true,
         ..JobView::default()
     };
-    assert!(r.tick(&recovering).is_empty());
-    assert_eq!(names(&r.tick(&idle())), ["hold"]);
+    assert!(r.tick(&recovering, Instant::now()).is_empty());
+    assert_eq!(names(&r.tick(&idle(), Instant::now())), ["hold"]);
 }
 
 #[test]
 fn a_fault_after_the_switch_is_carried_on_by_the_recovery() {
-    let mut r = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
-    r.tick(&idle());
+    let mut r = rescale(3, 2, 3);
+    r.tick(&idle(), Instant::now());
     r.held(2, Instant::now());
     r.checkpoint_completed(2);
     r.switched(switched_ok(vec![t(0), t(1)], vec![t(2)]));
@@ -171,14 +186,14 @@ fn a_fault_after_the_switch_is_carried_on_by_the_recovery() {
         r.confirmed(t(1)).is_empty(),
         "no resume: the recovery runs everyone"
     );
-    assert!(r.tick(&idle()).is_empty());
+    assert!(r.tick(&idle(), Instant::now()).is_empty());
     assert_eq!(names(&r.first_record(Instant::now())), ["done"]);
 }
 
 #[test]
 fn a_switch_that_fails_releases_the_sources_and_answers() {
-    let mut r = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
-    r.tick(&idle());
+    let mut r = rescale(3, 2, 3);
+    r.tick(&idle(), Instant::now());
     r.held(2, Instant::now());
     r.checkpoint_completed(2);
     let steps = r.switched(Err(InPlaceError::Refused("finished".into())));
@@ -187,28 +202,84 @@ fn a_switch_that_fails_releases_the_sources_and_answers() {
 
 #[test]
 fn a_blocked_rescale_is_refused_before_holding_anything() {
-    let mut r = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
+    let mut r = rescale(3, 2, 3);
     let blocked = JobView {
         blocked: Some("subtask 0 of `src` already finished its input".into()),
         ..JobView::default()
     };
-    assert_eq!(names(&r.tick(&blocked)), ["refused"]);
+    assert_eq!(names(&r.tick(&blocked, Instant::now())), ["refused"]);
 }
 
 #[test]
 fn the_job_ending_fails_a_rescale_before_its_switch_and_completes_one_after() {
-    let mut before = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
-    before.tick(&idle());
+    let mut before = rescale(3, 2, 3);
+    before.tick(&idle(), Instant::now());
     before.held(2, Instant::now());
     assert_eq!(names(&before.ended(Instant::now())), ["failed"]);
     assert!(before.ended(Instant::now()).is_empty(), "answered once");
 
-    let mut after = Rescale::new("sum".into(), 3, CHAIN, 2, 3);
-    after.tick(&idle());
+    let mut after = rescale(3, 2, 3);
+    after.tick(&idle(), Instant::now());
     after.held(2, Instant::now());
     after.checkpoint_completed(2);
     after.switched(switched_ok(vec![t(0)], vec![t(2)]));
     assert_eq!(names(&after.ended(Instant::now())), ["done"]);
+}
+
+/// A rescale with 10 ms to finish, asked at `t0`.
+fn hurried(t0: Instant, n: usize, was: usize, now: usize) -> Rescale {
+    Rescale::new(
+        "sum".into(),
+        n,
+        (CHAIN, was, now),
+        t0,
+        Duration::from_millis(10),
+    )
+}
+
+#[test]
+fn past_its_deadline_a_rescale_gives_up_in_every_phase_and_never_leaves_the_sources_held() {
+    let t0 = Instant::now();
+    let late = t0 + Duration::from_millis(11);
+    // Holding, the hold asked for: released, and a typed error.
+    let mut r = hurried(t0, 3, 2, 3);
+    r.tick(&idle(), t0);
+    r.held(1, t0);
+    let steps = r.tick(&in_flight(1), late);
+    assert_eq!(names(&steps), ["release", "failed"]);
+    assert!(matches!(
+        &steps[1],
+        Step::Done(Err(InPlaceError::Failed(JobError::RescaleTimedOut { .. })))
+    ));
+    // Holding, nothing held yet (a checkpoint of someone else's in the way).
+    let mut r = hurried(t0, 3, 2, 3);
+    assert!(r.tick(&in_flight(9), t0).is_empty());
+    assert_eq!(names(&r.tick(&in_flight(9), late)), ["failed"]);
+    // Committing: the leaving subtasks never confirmed.
+    let mut r = hurried(t0, 1, 2, 1);
+    r.tick(&idle(), t0);
+    r.held(1, t0);
+    r.checkpoint_completed(1);
+    assert_eq!(names(&r.tick(&idle(), late)), ["release", "failed"]);
+    // Switching: a subtask never confirmed the new plan; a recovery carries the rescale on.
+    let mut r = hurried(t0, 3, 2, 3);
+    r.tick(&idle(), t0);
+    r.held(1, t0);
+    r.checkpoint_completed(1);
+    r.switched(switched_ok(vec![t(0), t(1)], vec![t(2)]));
+    r.confirmed(t(0));
+    let steps = r.tick(&idle(), late);
+    assert!(matches!(&steps[..], [Step::Recover { waiting }] if waiting == &[t(1), t(2)]));
+    r.recovery_started();
+    assert_eq!(names(&r.first_record(late)), ["done"]);
+    // Resuming: done even if no record comes.
+    let mut r = hurried(t0, 3, 2, 3);
+    r.tick(&idle(), t0);
+    r.held(1, t0);
+    r.checkpoint_completed(1);
+    r.switched(switched_ok(vec![t(0)], vec![]));
+    assert_eq!(names(&r.confirmed(t(0))), ["resume"]);
+    assert_eq!(names(&r.tick(&idle(), late)), ["done"]);
 }
 
 /// What happens to a rescale in a random run.
@@ -229,6 +300,8 @@ enum Event {
     Recovered,
     FirstRecord,
     SwitchFails,
+    /// A second passes (the rescale has three).
+    Wait,
     End,
 }
 
@@ -244,13 +317,14 @@ fn event() -> impl Strategy<Value = Event> {
         2 => Just(Event::Recovered),
         2 => Just(Event::FirstRecord),
         1 => Just(Event::SwitchFails),
+        1 => Just(Event::Wait),
         1 => Just(Event::End),
     ]
 }
 
 /// The world around the machine: what the supervisor and the subtasks would do.
-#[derive(Default)]
 struct World {
+    now: Instant,
     held: bool,
     recovering: bool,
     in_flight: Option<u64>,
@@ -280,7 +354,7 @@ impl World {
                     self.next_id += 1;
                     self.in_flight = Some(self.next_id);
                     self.held = true;
-                    r.held(self.next_id, Instant::now());
+                    r.held(self.next_id, self.now);
                 }
                 Step::Release => self.held = false,
                 Step::ConfirmCommit { .. } => {}
@@ -294,6 +368,11 @@ impl World {
                     self.run(r, next)?;
                 }
                 Step::Resume { .. } => self.held = false,
+                Step::Recover { .. } => {
+                    self.held = false;
+                    self.recovering = true;
+                    r.recovery_started();
+                }
                 Step::Done(_) => self.answers += 1,
             }
         }
@@ -313,14 +392,24 @@ proptest! {
         events in prop::collection::vec(event(), 1..60),
     ) {
         let (was, now) = if down { (4, 2) } else { (2, 4) };
-        let mut r = Rescale::new("sum".into(), now, CHAIN, was, now);
-        let mut w = World::default();
+        let t0 = Instant::now();
+        let mut r = Rescale::new("sum".into(), now, (CHAIN, was, now), t0, Duration::from_secs(3));
+        let mut w = World {
+            now: t0,
+            held: false,
+            recovering: false,
+            in_flight: None,
+            next_id: 0,
+            answers: 0,
+            switch_fails: false,
+            ended: false,
+        };
         for e in events {
             if w.answers > 0 || w.ended {
                 break;
             }
             let steps = match e {
-                Event::Tick => r.tick(&w.view()),
+                Event::Tick => r.tick(&w.view(), w.now),
                 Event::Complete => match w.in_flight.take() {
                     Some(id) => r.checkpoint_completed(id),
                     None => Vec::new(),
@@ -351,15 +440,19 @@ proptest! {
                     Vec::new()
                 }
                 Event::FirstRecord => {
-                    if w.held || w.recovering { Vec::new() } else { r.first_record(Instant::now()) }
+                    if w.held || w.recovering { Vec::new() } else { r.first_record(w.now) }
                 }
                 Event::SwitchFails => {
                     w.switch_fails = !w.switch_fails;
                     Vec::new()
                 }
+                Event::Wait => {
+                    w.now += Duration::from_secs(1);
+                    Vec::new()
+                }
                 Event::End => {
                     w.ended = true;
-                    r.ended(Instant::now())
+                    r.ended(w.now)
                 }
             };
             w.run(&mut r, steps)?;
@@ -379,7 +472,7 @@ proptest! {
             if w.answers > 0 {
                 break;
             }
-            let steps = r.tick(&w.view());
+            let steps = r.tick(&w.view(), w.now);
             w.run(&mut r, steps)?;
             if let Some(id) = w.in_flight.take() {
                 let steps = r.checkpoint_completed(id);
@@ -392,7 +485,7 @@ proptest! {
                 w.run(&mut r, steps)?;
             }
             if !w.held {
-                let steps = r.first_record(Instant::now());
+                let steps = r.first_record(w.now);
                 w.run(&mut r, steps)?;
             }
         }
