@@ -106,6 +106,18 @@ pub enum JobError {
         /// The deadline that passed.
         timeout: std::time::Duration,
     },
+    /// Subtasks did not report ready within `JobConfig::ready_timeout`, at a distributed
+    /// job's start (epoch 0) or in a recovery (a later epoch): their node never started or
+    /// restored them.
+    #[error("subtasks {subtasks:?} did not report ready within {waited:?} (epoch {epoch})")]
+    NotReady {
+        /// The epoch whose start or recovery did not complete.
+        epoch: u64,
+        /// The subtasks that did not report, as `chain[subtask]`.
+        subtasks: Vec<String>,
+        /// How long the job waited.
+        waited: std::time::Duration,
+    },
     /// The job ended (or was not running) before the request could be carried out.
     #[error("the job ended before the request could be carried out")]
     JobEnded,
@@ -184,6 +196,7 @@ impl JobError {
             | JobError::Spawn(_)
             | JobError::JobEnded
             | JobError::RescaleTimedOut { .. }
+            | JobError::NotReady { .. }
             | JobError::RescaleRefused { .. }
             | JobError::NodeLost { .. }
             | JobError::Cluster(_) => ErrorKind::External,

@@ -51,6 +51,10 @@ pub struct JobConfig {
     pub checkpoint: Option<CheckpointConfig>,
     /// Start from a checkpoint or savepoint instead of from scratch (default: none).
     pub restore: Option<RestoreFrom>,
+    /// How long the job waits for every subtask to report ready — at a distributed job's
+    /// start and in each recovery — before it fails with `JobError::NotReady` naming the
+    /// ones that did not (default 60 s). Nothing waits for ever on another process.
+    pub ready_timeout: Duration,
 }
 
 /// Where checkpoints are kept.
@@ -138,6 +142,7 @@ impl Default for JobConfig {
             seed: 0,
             checkpoint: None,
             restore: None,
+            ready_timeout: Duration::from_secs(60),
         }
     }
 }

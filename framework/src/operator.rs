@@ -1,8 +1,9 @@
 //! The operator traits users implement: [`Source`], [`Operator`], [`KeyedOperator`], [`Sink`].
 //!
 //! Operators are actor types: a user struct holds the operator's state and implements one of
-//! these traits, and each parallel subtask of the operator is one actor running one instance,
-//! built by a factory (`Fn(&SubtaskInfo) -> O`). Only the processing method is required; every
+//! these traits, and each parallel subtask of the operator runs one instance, built by a
+//! factory (`Fn(&SubtaskInfo) -> O`), inside the actor of its chain's subtask (operators
+//! joined by forward edges share one actor). Only the processing method is required; every
 //! hook has a default that does the right thing when it is not needed.
 //!
 //! User code may fail by returning an error or by panicking. Either way the runtime catches it

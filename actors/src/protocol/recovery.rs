@@ -49,18 +49,53 @@ struct Current {
     waiting: HashSet<TaskId>,
     /// When every subtask was told to run.
     go_at: Option<Instant>,
+    /// Past this, the subtasks still waited for are reported ([`Recoveries::expired`]).
+    deadline: Instant,
     /// From the start of the recovery to the first record processed after it.
     restore_time: Option<Duration>,
 }
 
 /// Epochs and the recovery in progress.
-#[derive(Default)]
 pub(crate) struct Recoveries {
     epoch: u64,
     current: Option<Current>,
+    /// How long subtasks have to report ready.
+    timeout: Duration,
+}
+
+impl Default for Recoveries {
+    fn default() -> Self {
+        Recoveries::new(Duration::from_secs(60))
+    }
 }
 
 impl Recoveries {
+    /// No recovery yet; subtasks will have `timeout` to report ready.
+    pub(crate) fn new(timeout: Duration) -> Self {
+        Recoveries {
+            epoch: 0,
+            current: None,
+            timeout,
+        }
+    }
+
+    /// The subtasks a start or recovery still waits for once its deadline passed at `now`
+    /// (sorted), with its epoch and how long it has waited; `None` while in time or when
+    /// none is under way.
+    pub(crate) fn expired(&self, now: Instant) -> Option<(u64, Vec<TaskId>, Duration)> {
+        let c = self.current.as_ref()?;
+        if c.go_at.is_some() || now < c.deadline {
+            return None;
+        }
+        let mut waiting: Vec<TaskId> = c.waiting.iter().copied().collect();
+        waiting.sort_unstable();
+        Some((
+            c.point.epoch,
+            waiting,
+            now.saturating_duration_since(c.started),
+        ))
+    }
+
     /// The current epoch (0 until the first recovery).
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch
@@ -108,6 +143,7 @@ impl Recoveries {
             started: now,
             waiting: tasks.into_iter().collect(),
             go_at: None,
+            deadline: now + backoff + self.timeout,
             restore_time: None,
         });
     }
@@ -262,5 +298,35 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn subtasks_that_never_report_are_named_once_the_deadline_passed() {
+        let mut r = Recoveries::new(Duration::from_millis(100));
+        let now = Instant::now();
+        assert_eq!(
+            r.expired(now + Duration::from_secs(9)),
+            None,
+            "nothing under way"
+        );
+        let e = r.begin(now, [t(0), t(1), t(2)], None, Duration::from_millis(20));
+        r.reset_done(t(1), e, now);
+        assert_eq!(
+            r.expired(now + Duration::from_millis(119)),
+            None,
+            "backoff + timeout"
+        );
+        let late = now + Duration::from_millis(120);
+        assert_eq!(
+            r.expired(late),
+            Some((e, vec![t(0), t(2)], Duration::from_millis(120)))
+        );
+        r.reset_done(t(0), e, late);
+        r.reset_done(t(2), e, late);
+        assert_eq!(
+            r.expired(late + Duration::from_secs(9)),
+            None,
+            "everyone ran"
+        );
     }
 }

@@ -110,7 +110,7 @@ impl JobSupervisor {
             total: s.plan.tasks().len(),
             restarts: Restarts::new(cfg.restart, cfg.seed),
             coord: s.coord,
-            recoveries: Recoveries::default(),
+            recoveries: Recoveries::new(cfg.ready_timeout),
             plan: s.plan,
             workers: s.workers,
             host: s.host,
@@ -275,6 +275,7 @@ impl Actor for JobSupervisor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.start_checkpoint_ticks(ctx);
+        self.watch_ready_deadline(ctx);
     }
 }
 

@@ -11,7 +11,7 @@ use crate::protocol::recovery::AfterReset;
 use crate::requests::NodeLost;
 use actix::prelude::*;
 use riffle_framework::{Checkpoint, FailureCause, TaskId};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
 impl JobSupervisor {
@@ -142,6 +142,28 @@ impl JobSupervisor {
         self.result.recreated += 1;
         tracing::warn!(chain = %self.chain_name(task), subtask = task.subtask, worker, "subtask re-created");
         true
+    }
+
+    /// Checks every 100 ms whether a start or recovery waits past its deadline for subtasks
+    /// that never report ready; if so the job fails, naming them (nothing waits for ever on
+    /// another process).
+    pub(super) fn watch_ready_deadline(&self, ctx: &mut Context<Self>) {
+        ctx.run_interval(Duration::from_millis(100), |act, _ctx| {
+            if act.concluded() {
+                return;
+            }
+            if let Some((epoch, waiting, waited)) = act.recoveries.expired(Instant::now()) {
+                let subtasks = waiting
+                    .iter()
+                    .map(|t| format!("{}[{}]", act.chain_name(*t), t.subtask))
+                    .collect();
+                act.conclude(Err(JobError::NotReady {
+                    epoch,
+                    subtasks,
+                    waited,
+                }));
+            }
+        });
     }
 
     pub(super) fn on_reset_done(&mut self, msg: ResetDone, _ctx: &mut Context<Self>) {
