@@ -66,6 +66,54 @@ fn a_poison_record_goes_to_the_dead_letter_output() {
     assert_eq!(result.dead_letters.len(), 1);
 }
 
+/// A key selector right after a source that panics on one record: the failure is the keyed
+/// operator's (the selector is its code), and the poison policy sets the record aside after
+/// its attempts instead of restarting until the limit.
+#[test]
+fn a_panicking_key_selector_is_the_keyed_operators_poison() {
+    let env = StreamEnv::new();
+    env.set_parallelism(2);
+    env.configure(|c| {
+        c.restart = chaos_restarts(RestartKind::OneForOne);
+        c.poison = PoisonPolicy {
+            max_attempts: 3,
+            action: PoisonAction::DeadLetter,
+        };
+    });
+    let out = env
+        .sequence(0..10_000)
+        .key_by(|x: &u64| {
+            if *x == POISON {
+                panic!("no key for {x}")
+            }
+            x % 10
+        })
+        .sum(|_| 1u64)
+        .name("per_key")
+        .collect();
+    let letters = env.dead_letters().collect();
+    let result = env
+        .execute()
+        .expect("the job completes despite the poison record");
+    let letters = letters.take();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let l = &letters[0];
+    assert_eq!(l.operator, "per_key", "blamed on the keyed operator");
+    assert!(l.cause.contains("no key for 777"), "{}", l.cause);
+    assert_eq!(l.attempts, 3);
+    assert_eq!(l.decode::<u64>().expect("decodes"), POISON);
+    let counted: u64 = {
+        let mut last = std::collections::HashMap::new();
+        for (k, n) in out.take() {
+            let e = last.entry(k).or_insert(0u64);
+            *e = (*e).max(n);
+        }
+        last.values().sum()
+    };
+    assert_eq!(counted, 9_999, "every other record counted once");
+    assert_eq!(result.restarts.len(), 3, "one restart per failed attempt");
+}
+
 #[test]
 fn a_poison_record_fails_the_job_when_configured() {
     let (env, _out, _letters) = poison_job(PoisonAction::FailJob);

@@ -603,6 +603,7 @@ impl ExecutionPlan {
         let edges = &self.chains[task.chain].out_edges;
         for (&ei, layout) in edges.iter().zip(self.route_layout(task.chain)) {
             let plan = RouterPlan {
+                to: self.nodes[self.edges[ei].to].name.clone(),
                 base: layout.base,
                 channels: layout.channels,
                 batch_size: self.config.batch_size,

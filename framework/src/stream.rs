@@ -312,6 +312,7 @@ impl<T: Data> DataStream<T> {
             let route = Route::Key {
                 hash: move |t: &T| kf(t).key_hash(),
                 partitioner: p.routing,
+                operator: p.to,
             };
             Box::new(Router::new(
                 route,

@@ -59,6 +59,8 @@ impl BatchCodec {
 
 /// Where a router writes: which output queues, how many records per batch.
 pub(crate) struct RouterPlan {
+    /// The operator the edge feeds (a key selector's failure is that operator's).
+    pub(crate) to: Arc<str>,
     pub(crate) base: usize,
     pub(crate) channels: usize,
     pub(crate) batch_size: usize,
@@ -141,6 +143,7 @@ impl<T: Data> TypeOps for Ops<T> {
                     .partitioner
                     .ok_or_else(|| internal("keyed edge without partitioner"))?;
                 let plan = KeyRouterPlan {
+                    to: p.to.clone(),
                     routing,
                     base: p.base,
                     channels: p.channels,
@@ -184,6 +187,8 @@ impl<T: Data> TypeOps for Ops<T> {
 
 /// What a keyed edge's router is built from.
 pub(crate) struct KeyRouterPlan {
+    /// The keyed operator the edge feeds.
+    pub to: Arc<str>,
     pub routing: Routing,
     pub base: usize,
     pub channels: usize,

@@ -5,6 +5,7 @@ use crate::data::Data;
 use crate::error::StageError;
 use crate::event::{ChannelEvent, RecordBatch};
 use crate::partition::{Partitioner, Routing};
+use std::panic::{catch_unwind, AssertUnwindSafe};
 
 /// How a router picks the channel of a record; `H` computes a record's key hash.
 pub enum Route<H> {
@@ -20,6 +21,9 @@ pub enum Route<H> {
         hash: H,
         /// Maps the hash to a channel.
         partitioner: Routing,
+        /// The keyed operator: the key selector is its code, so its failure is that
+        /// operator's (and its poison policy applies to the record).
+        operator: std::sync::Arc<str>,
     },
 }
 
@@ -86,9 +90,10 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
 }
 
 impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
-    /// Buffers `record` in the channel its route picks.
+    /// Buffers `record` in the channel its route picks; a key selector that panics fails
+    /// as the keyed operator.
     #[inline]
-    fn place(&mut self, record: T) {
+    fn place(&mut self, record: T) -> Result<(), StageError> {
         let n = self.buffers.len();
         match &self.route {
             Route::Forward => self.buffer(0, record),
@@ -103,11 +108,20 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
                 }
                 self.buffer(0, record);
             }
-            Route::Key { hash, partitioner } => {
-                let ch = partitioner.route(hash(&record));
+            Route::Key {
+                hash,
+                partitioner,
+                operator,
+            } => {
+                let h = match catch_unwind(AssertUnwindSafe(|| hash(&record))) {
+                    Ok(h) => h,
+                    Err(panic) => return Err(StageError::from_panic(operator, panic)),
+                };
+                let ch = partitioner.route(h);
                 self.buffer(ch.min(n - 1), record);
             }
         }
+        Ok(())
     }
 }
 
@@ -115,8 +129,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
     #[inline]
     fn push(&mut self, record: T, _cx: &mut StageCx) -> Result<(), StageError> {
         self.pushed += 1;
-        self.place(record);
-        Ok(())
+        self.place(record)
     }
     fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
         let Some((_, layout)) = moves.iter().find(|(old, _)| *old == self.base) else {
@@ -134,7 +147,10 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
             *partitioner = p.clone();
         }
         for r in left {
-            self.place(r);
+            // Each was routed once already, by the same key selector.
+            if let Err(e) = self.place(r) {
+                tracing::error!(operator = %e.operator, "a key selector failed on a record it had routed before; record dropped");
+            }
         }
         self.committed = self.buffers.iter().map(Vec::len).collect();
     }
