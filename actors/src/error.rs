@@ -118,6 +118,13 @@ pub enum JobError {
         /// How long the job waited.
         waited: std::time::Duration,
     },
+    /// No savepoint completed within three checkpoint timeouts of the request (checkpoints
+    /// kept failing or timing out); the job goes on, and does not stop at a later one.
+    #[error("no savepoint completed within {waited:?}")]
+    SavepointTimedOut {
+        /// How long the request waited.
+        waited: std::time::Duration,
+    },
     /// The job ended (or was not running) before the request could be carried out.
     #[error("the job ended before the request could be carried out")]
     JobEnded,
@@ -197,6 +204,7 @@ impl JobError {
             | JobError::JobEnded
             | JobError::RescaleTimedOut { .. }
             | JobError::NotReady { .. }
+            | JobError::SavepointTimedOut { .. }
             | JobError::RescaleRefused { .. }
             | JobError::NodeLost { .. }
             | JobError::Cluster(_) => ErrorKind::External,

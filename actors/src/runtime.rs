@@ -214,7 +214,8 @@ impl JobHandle {
     ///
     /// # Errors
     /// [`JobError::CheckpointingOff`] if checkpointing is off; [`JobError::JobEnded`] if
-    /// the job ended first.
+    /// the job ended first; [`JobError::SavepointTimedOut`] if no savepoint completed within
+    /// three checkpoint timeouts.
     pub fn savepoint(&self) -> Result<u64, JobError> {
         self.request_savepoint(false)
     }
@@ -239,7 +240,8 @@ impl JobHandle {
     ///
     /// # Errors
     /// [`JobError::CheckpointingOff`] if checkpointing is off, [`JobError::JobEnded`] if the
-    /// job ended first, or the job's own error.
+    /// job ended first, [`JobError::SavepointTimedOut`] if no savepoint completed in time (the
+    /// job goes on), or the job's own error.
     pub fn stop_with_savepoint(self) -> Result<(u64, JobResult), JobError> {
         let id = self.request_savepoint(true)?;
         let result = self.wait()?;

@@ -25,6 +25,15 @@ pub(crate) struct Pending {
     pub final_: bool,
 }
 
+/// Someone waiting for a savepoint.
+pub(crate) struct SavepointWaiter {
+    pub reply: oneshot::Sender<Result<u64, JobError>>,
+    /// The job stops at that savepoint.
+    pub stop: bool,
+    /// Past this the request fails ([`Coordinator::expired_savepoints`]).
+    pub deadline: Instant,
+}
+
 pub(crate) struct Coordinator {
     pub store: Arc<dyn CheckpointStore>,
     pub cfg: CheckpointConfig,
@@ -34,7 +43,8 @@ pub(crate) struct Coordinator {
     /// Subtasks whose input ended (in the current epoch): they need direct triggers.
     pub draining: HashSet<TaskId>,
     pub last_completed: Option<Arc<Checkpoint>>,
-    pub savepoint_waiters: Vec<oneshot::Sender<Result<u64, JobError>>>,
+    /// Who waits for the next savepoint (see [`Coordinator::ask_savepoint`]).
+    pub savepoint_waiters: Vec<SavepointWaiter>,
     /// Subtasks that have not yet confirmed the final commit.
     pub uncommitted: HashSet<TaskId>,
     /// Stop the job once the next savepoint is committed (stop-with-savepoint).
@@ -59,6 +69,35 @@ impl Coordinator {
             uncommitted: HashSet::new(),
             stop_after_savepoint: false,
         }
+    }
+
+    /// Asks for a savepoint at `now` (and, with `stop`, for the job to stop at it). A request
+    /// that no savepoint answers within three checkpoint timeouts fails.
+    pub(crate) fn ask_savepoint(
+        &mut self,
+        reply: oneshot::Sender<Result<u64, JobError>>,
+        stop: bool,
+        now: Instant,
+    ) {
+        self.stop_after_savepoint |= stop;
+        self.savepoint_waiters.push(SavepointWaiter {
+            reply,
+            stop,
+            deadline: now + self.cfg.timeout * 3,
+        });
+    }
+
+    /// The savepoint requests past their deadline at `now`, taken out (the job no longer
+    /// stops at a savepoint nobody waits for).
+    pub(crate) fn expired_savepoints(&mut self, now: Instant) -> Vec<SavepointWaiter> {
+        let (late, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.savepoint_waiters)
+            .into_iter()
+            .partition(|w| now >= w.deadline);
+        self.savepoint_waiters = keep;
+        if !late.is_empty() {
+            self.stop_after_savepoint = self.savepoint_waiters.iter().any(|w| w.stop);
+        }
+        late
     }
 
     /// Gives up the checkpoint in flight (a recovery or a timeout).
@@ -274,5 +313,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_savepoint_nobody_can_take_fails_after_its_deadline_and_the_job_no_longer_stops() {
+        let mut c = coordinator();
+        let t0 = Instant::now();
+        let (tx, _rx) = oneshot::channel();
+        c.ask_savepoint(tx, true, t0);
+        assert!(c.stop_after_savepoint);
+        assert_eq!(c.due(t0), Some(true), "a savepoint is due");
+        assert!(
+            c.expired_savepoints(t0 + c.cfg.timeout).is_empty(),
+            "in time"
+        );
+        let late = c.expired_savepoints(t0 + c.cfg.timeout * 3);
+        assert_eq!(late.len(), 1);
+        assert!(late[0].stop);
+        assert!(!c.stop_after_savepoint, "nobody waits to stop any more");
+        assert_eq!(c.due(t0), None, "no savepoint is due, nor a checkpoint yet");
     }
 }

@@ -28,7 +28,16 @@ impl JobSupervisor {
             return;
         }
         let Some(c) = &mut self.coord else { return };
-        c.time_out(Instant::now());
+        let now = Instant::now();
+        c.time_out(now);
+        for w in c.expired_savepoints(now) {
+            tracing::warn!(
+                stop = w.stop,
+                "no savepoint completed in time; the request fails"
+            );
+            let waited = c.cfg.timeout * 3;
+            let _ = w.reply.send(Err(JobError::SavepointTimedOut { waited }));
+        }
         if self.rescaling() {
             // A rescale in place takes its own checkpoint and holds periodic ones back.
             return self.rescale_tick();
@@ -94,7 +103,7 @@ impl JobSupervisor {
         c.last_completed = Some(Arc::new(checkpoint));
         if p.savepoint {
             for w in c.savepoint_waiters.drain(..) {
-                let _ = w.send(Ok(p.id));
+                let _ = w.reply.send(Ok(p.id));
             }
         }
         // The last checkpoint of the job (final, or a savepoint to stop at): wait for every
@@ -177,8 +186,7 @@ impl Handler<SavepointRequest> for JobSupervisor {
     fn handle(&mut self, msg: SavepointRequest, _ctx: &mut Context<Self>) {
         match &mut self.coord {
             Some(c) if self.report.is_some() => {
-                c.stop_after_savepoint |= msg.stop;
-                c.savepoint_waiters.push(msg.reply);
+                c.ask_savepoint(msg.reply, msg.stop, Instant::now())
             }
             Some(_) => {
                 let _ = msg.reply.send(Err(JobError::JobEnded));
