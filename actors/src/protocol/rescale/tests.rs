@@ -380,21 +380,10 @@ impl World {
     }
 }
 
-proptest! {
-    /// Random interleavings of checkpoints (the rescale's and others), timeouts, commits,
-    /// confirmations, failures and recoveries, then a calm stretch: the machine never holds
-    /// the sources during a recovery, over another checkpoint or twice, answers the caller at most
-    /// once — exactly once when the job ends or the calm lets it finish — and never leaves
-    /// the sources held once it answered.
-    #[test]
-    fn the_sources_are_never_left_held(
-        down in any::<bool>(),
-        events in prop::collection::vec(event(), 1..60),
-    ) {
-        let (was, now) = if down { (4, 2) } else { (2, 4) };
-        let t0 = Instant::now();
-        let mut r = Rescale::new("sum".into(), now, (CHAIN, was, now), t0, Duration::from_secs(3));
-        let mut w = World {
+impl World {
+    /// At `t0`, nothing held, nothing in flight.
+    fn new(t0: Instant) -> Self {
+        World {
             now: t0,
             held: false,
             recovering: false,
@@ -403,58 +392,108 @@ proptest! {
             answers: 0,
             switch_fails: false,
             ended: false,
-        };
+        }
+    }
+
+    /// Lets event `e` happen to the job and to the machine; returns the machine's steps.
+    fn happen(&mut self, r: &mut Rescale, e: Event) -> Vec<Step> {
+        match e {
+            Event::Tick => r.tick(&self.view(), self.now),
+            Event::Complete => match self.in_flight.take() {
+                Some(id) => r.checkpoint_completed(id),
+                None => Vec::new(),
+            },
+            Event::TimeOut => {
+                self.in_flight = None;
+                Vec::new()
+            }
+            Event::OtherCheckpoint => {
+                if self.in_flight.is_none() && !self.held {
+                    self.next_id += 1;
+                    self.in_flight = Some(self.next_id);
+                }
+                Vec::new()
+            }
+            Event::Committed(s) => r.committed(t(s), self.next_id),
+            Event::Confirmed(s) => r.confirmed(t(s)),
+            Event::Fail => {
+                // A recovery gives up the checkpoint in flight and resets the sources.
+                self.in_flight = None;
+                self.held = false;
+                self.recovering = true;
+                r.recovery_started();
+                Vec::new()
+            }
+            Event::Recovered => {
+                self.recovering = false;
+                Vec::new()
+            }
+            Event::FirstRecord if self.held || self.recovering => Vec::new(),
+            Event::FirstRecord => r.first_record(self.now),
+            Event::SwitchFails => {
+                self.switch_fails = !self.switch_fails;
+                Vec::new()
+            }
+            Event::Wait => {
+                self.now += Duration::from_secs(1);
+                Vec::new()
+            }
+            Event::End => {
+                self.ended = true;
+                r.ended(self.now)
+            }
+        }
+    }
+
+    /// A calm stretch: no more failures, and everything the machine waits for arrives.
+    fn calm(&mut self, r: &mut Rescale) -> Result<(), TestCaseError> {
+        self.recovering = false;
+        self.switch_fails = false;
+        for _ in 0..6 {
+            if self.answers > 0 {
+                break;
+            }
+            let steps = r.tick(&self.view(), self.now);
+            self.run(r, steps)?;
+            if let Some(id) = self.in_flight.take() {
+                let steps = r.checkpoint_completed(id);
+                self.run(r, steps)?;
+            }
+            for s in 0..4 {
+                let steps = r.committed(t(s), self.next_id);
+                self.run(r, steps)?;
+                let steps = r.confirmed(t(s));
+                self.run(r, steps)?;
+            }
+            if !self.held {
+                let steps = r.first_record(self.now);
+                self.run(r, steps)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+proptest! {
+    /// Random interleavings of checkpoints (the rescale's and others), timeouts, commits,
+    /// confirmations, failures, recoveries and time, then a calm stretch: the machine never
+    /// holds the sources during a recovery, over another checkpoint or twice, answers the
+    /// caller at most once — exactly once when the job ends or the calm lets it finish — and
+    /// never leaves the sources held once it answered.
+    #[test]
+    fn the_sources_are_never_left_held(
+        down in any::<bool>(),
+        events in prop::collection::vec(event(), 1..60),
+    ) {
+        let (was, now) = if down { (4, 2) } else { (2, 4) };
+        let t0 = Instant::now();
+        let mut r = Rescale::new("sum".into(), now, (CHAIN, was, now), t0, Duration::from_secs(3));
+        let mut w = World::new(t0);
         for e in events {
             if w.answers > 0 || w.ended {
                 break;
             }
-            let steps = match e {
-                Event::Tick => r.tick(&w.view(), w.now),
-                Event::Complete => match w.in_flight.take() {
-                    Some(id) => r.checkpoint_completed(id),
-                    None => Vec::new(),
-                },
-                Event::TimeOut => {
-                    w.in_flight = None;
-                    Vec::new()
-                }
-                Event::OtherCheckpoint => {
-                    if w.in_flight.is_none() && !w.held {
-                        w.next_id += 1;
-                        w.in_flight = Some(w.next_id);
-                    }
-                    Vec::new()
-                }
-                Event::Committed(s) => r.committed(t(s), w.next_id),
-                Event::Confirmed(s) => r.confirmed(t(s)),
-                Event::Fail => {
-                    // A recovery gives up the checkpoint in flight and resets the sources.
-                    w.in_flight = None;
-                    w.held = false;
-                    w.recovering = true;
-                    r.recovery_started();
-                    Vec::new()
-                }
-                Event::Recovered => {
-                    w.recovering = false;
-                    Vec::new()
-                }
-                Event::FirstRecord => {
-                    if w.held || w.recovering { Vec::new() } else { r.first_record(w.now) }
-                }
-                Event::SwitchFails => {
-                    w.switch_fails = !w.switch_fails;
-                    Vec::new()
-                }
-                Event::Wait => {
-                    w.now += Duration::from_secs(1);
-                    Vec::new()
-                }
-                Event::End => {
-                    w.ended = true;
-                    r.ended(w.now)
-                }
-            };
+            let steps = w.happen(&mut r, e);
             w.run(&mut r, steps)?;
             prop_assert!(w.answers <= 1, "answered twice");
             if w.answers == 1 && !w.ended {
@@ -465,30 +504,7 @@ proptest! {
             prop_assert_eq!(w.answers, 1, "the job ended without an answer");
             return Ok(());
         }
-        // Calm: no more failures; everything the machine waits for arrives.
-        w.recovering = false;
-        w.switch_fails = false;
-        for _ in 0..6 {
-            if w.answers > 0 {
-                break;
-            }
-            let steps = r.tick(&w.view(), w.now);
-            w.run(&mut r, steps)?;
-            if let Some(id) = w.in_flight.take() {
-                let steps = r.checkpoint_completed(id);
-                w.run(&mut r, steps)?;
-            }
-            for s in 0..4 {
-                let steps = r.committed(t(s), w.next_id);
-                w.run(&mut r, steps)?;
-                let steps = r.confirmed(t(s));
-                w.run(&mut r, steps)?;
-            }
-            if !w.held {
-                let steps = r.first_record(w.now);
-                w.run(&mut r, steps)?;
-            }
-        }
+        w.calm(&mut r)?;
         prop_assert_eq!(w.answers, 1, "the rescale never finished");
         prop_assert!(!w.held, "the sources were left held");
     }
