@@ -11,13 +11,9 @@ use std::time::Duration;
 
 const POISON: u64 = 777;
 
-fn poison_job(
-    action: PoisonAction,
-) -> (
-    StreamEnv,
-    riffle::prelude::CollectHandle<u64>,
-    riffle::prelude::CollectHandle<DeadLetter>,
-) {
+/// A job of parallelism 2 that restarts one-for-one and treats a record as poison after 3
+/// attempts, with `action`.
+fn poison_env(action: PoisonAction) -> StreamEnv {
     let env = StreamEnv::new();
     env.set_parallelism(2);
     env.configure(|c| {
@@ -27,6 +23,17 @@ fn poison_job(
             action,
         };
     });
+    env
+}
+
+fn poison_job(
+    action: PoisonAction,
+) -> (
+    StreamEnv,
+    riffle::prelude::CollectHandle<u64>,
+    riffle::prelude::CollectHandle<DeadLetter>,
+) {
+    let env = poison_env(action);
     let out = env
         .sequence(0..10_000)
         .rebalance()
@@ -71,15 +78,7 @@ fn a_poison_record_goes_to_the_dead_letter_output() {
 /// its attempts instead of restarting until the limit.
 #[test]
 fn a_panicking_key_selector_is_the_keyed_operators_poison() {
-    let env = StreamEnv::new();
-    env.set_parallelism(2);
-    env.configure(|c| {
-        c.restart = chaos_restarts(RestartKind::OneForOne);
-        c.poison = PoisonPolicy {
-            max_attempts: 3,
-            action: PoisonAction::DeadLetter,
-        };
-    });
+    let env = poison_env(PoisonAction::DeadLetter);
     let out = env
         .sequence(0..10_000)
         .key_by(|x: &u64| {

@@ -24,7 +24,7 @@ pub struct CollectHandle<T> {
 struct Collected<T> {
     committed: Vec<T>,
     /// (checkpoint, subtask) → records staged by that subtask's `pre_commit`.
-    staged: std::collections::BTreeMap<(u64, usize), Vec<T>>,
+    staged: Staged<Vec<T>>,
 }
 
 impl<T> Clone for CollectHandle<T> {
@@ -84,6 +84,39 @@ fn answers_for(index: usize, parallelism: usize, s: usize) -> bool {
     s == index || (s >= parallelism && s % parallelism.max(1) == index)
 }
 
+/// The open transactions of an in-memory sink: (checkpoint, subtask) → what it staged.
+type Staged<V> = std::collections::BTreeMap<(u64, usize), V>;
+
+/// Takes out, in checkpoint order, the transactions of checkpoints up to `checkpoint` staged
+/// by the subtasks `ours` says.
+fn take_ready<V>(staged: &mut Staged<V>, checkpoint: u64, ours: impl Fn(usize) -> bool) -> Vec<V> {
+    let ready: Vec<(u64, usize)> = staged
+        .keys()
+        .filter(|(c, s)| *c <= checkpoint && ours(*s))
+        .copied()
+        .collect();
+    ready
+        .into_iter()
+        .filter_map(|k| staged.remove(&k))
+        .collect()
+}
+
+/// A subtask's recovery to `last_completed`: takes out the transactions it answers for that
+/// the checkpoint covers (to be committed) and drops the ones staged after it.
+fn recover_staged<V>(
+    staged: &mut Staged<V>,
+    last_completed: Option<u64>,
+    ours: impl Fn(usize) -> bool,
+) -> Vec<V> {
+    let ready = match last_completed {
+        Some(c) => take_ready(staged, c, &ours),
+        None => Vec::new(),
+    };
+    let after = last_completed.unwrap_or(0);
+    staged.retain(|(c, s), _| !ours(*s) || *c <= after);
+    ready
+}
+
 impl<T> CollectSink<T> {
     fn lock(&self) -> MutexGuard<'_, Collected<T>> {
         self.shared.lock().unwrap_or_else(|e| e.into_inner())
@@ -118,40 +151,25 @@ impl<T: Data> Sink for CollectSink<T> {
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), UserError> {
         let subtask = self.subtask;
-        self.commit_where(checkpoint, |s| s == subtask);
+        let mut guard = self.lock();
+        let all = &mut *guard;
+        for mut v in take_ready(&mut all.staged, checkpoint, |s| s == subtask) {
+            all.committed.append(&mut v);
+        }
         Ok(())
     }
     fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
         let (index, parallelism) = (self.subtask, self.parallelism);
         let ours = move |s| answers_for(index, parallelism, s);
-        if let Some(c) = last_completed {
-            self.commit_where(c, ours);
-        }
-        let after = last_completed.unwrap_or(0);
-        self.lock()
-            .staged
-            .retain(|(c, s), _| !ours(*s) || *c <= after);
-        self.local.clear();
-        Ok(())
-    }
-}
-
-impl<T> CollectSink<T> {
-    /// Commits the staged records of checkpoints up to `checkpoint` of the subtasks `ours`
-    /// says.
-    fn commit_where(&self, checkpoint: u64, ours: impl Fn(usize) -> bool) {
-        let mut all = self.lock();
-        let ready: Vec<(u64, usize)> = all
-            .staged
-            .keys()
-            .filter(|(c, s)| *c <= checkpoint && ours(*s))
-            .copied()
-            .collect();
-        for k in ready {
-            if let Some(mut v) = all.staged.remove(&k) {
+        {
+            let mut guard = self.lock();
+            let all = &mut *guard;
+            for mut v in recover_staged(&mut all.staged, last_completed, ours) {
                 all.committed.append(&mut v);
             }
         }
+        self.local.clear();
+        Ok(())
     }
 }
 
@@ -167,7 +185,7 @@ struct TypedCount<T> {
 #[derive(Default)]
 struct Counted {
     committed: AtomicU64,
-    staged: Mutex<std::collections::BTreeMap<(u64, usize), u64>>,
+    staged: Mutex<Staged<u64>>,
 }
 
 impl<T: Data> Sink for TypedCount<T> {
@@ -194,35 +212,21 @@ impl<T: Data> Sink for TypedCount<T> {
     }
     fn commit(&mut self, checkpoint: u64) -> Result<(), UserError> {
         let subtask = self.subtask;
-        self.commit_where(checkpoint, |s| s == subtask);
+        let mut staged = self.shared.staged.lock().unwrap_or_else(|e| e.into_inner());
+        for n in take_ready(&mut staged, checkpoint, |s| s == subtask) {
+            self.shared.committed.fetch_add(n, Ordering::AcqRel);
+        }
         Ok(())
     }
     fn recover(&mut self, last_completed: Option<u64>) -> Result<(), UserError> {
         let (index, parallelism) = (self.subtask, self.parallelism);
         let ours = move |s| answers_for(index, parallelism, s);
-        if let Some(c) = last_completed {
-            self.commit_where(c, ours);
-        }
-        let after = last_completed.unwrap_or(0);
         let mut staged = self.shared.staged.lock().unwrap_or_else(|e| e.into_inner());
-        staged.retain(|(c, s), _| !ours(*s) || *c <= after);
+        for n in recover_staged(&mut staged, last_completed, ours) {
+            self.shared.committed.fetch_add(n, Ordering::AcqRel);
+        }
         self.local = 0;
         Ok(())
-    }
-}
-
-impl<T> TypedCount<T> {
-    /// Commits the staged counts of checkpoints up to `checkpoint` of the subtasks `ours`
-    /// says.
-    fn commit_where(&self, checkpoint: u64, ours: impl Fn(usize) -> bool) {
-        let mut staged = self.shared.staged.lock().unwrap_or_else(|e| e.into_inner());
-        staged.retain(|(c, s), n| {
-            let ready = *c <= checkpoint && ours(*s);
-            if ready {
-                self.shared.committed.fetch_add(*n, Ordering::AcqRel);
-            }
-            !ready
-        });
     }
 }
 
