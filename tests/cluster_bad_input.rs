@@ -53,11 +53,22 @@ async fn authenticated(addr: &str, id: &str, bytes: Vec<u8>) -> bool {
         secret: Secret::new(SECRET).expect("secret"),
         encrypt: false,
         timeout: Duration::from_secs(5),
+        incarnation: 7,
     };
     if handshake(&mut s, &cfg, Role::Initiator { expect: None })
         .await
         .is_err()
     {
+        return false;
+    }
+    // A fresh session first, so the garbage reaches the link's reader.
+    let mut resume = Vec::new();
+    let fresh = Message::Resume {
+        session: 1,
+        peer_session: 0,
+        received: 0,
+    };
+    if encode(&fresh, &mut resume).is_err() || s.write_all(&resume).await.is_err() {
         return false;
     }
     let _ = s.write_all(&bytes).await;

@@ -418,6 +418,7 @@ fn hello(node: &str, listen: &str, nonce: u8) -> Message {
         listen: listen.into(),
         nonce: [nonce; 32],
         encrypt: false,
+        incarnation: 7,
     })
 }
 
@@ -637,10 +638,23 @@ async fn insider(addr: &str, id: &str, listen: &str) -> TcpStream {
         secret: Secret::new(SECRET).expect("secret"),
         encrypt: false,
         timeout: Duration::from_secs(5),
+        incarnation: 7,
     };
     handshake(&mut s, &cfg, Role::Initiator { expect: None })
         .await
         .expect("the insider holds the secret");
+    // A fresh session: the node then reads frames from it as from any member.
+    let mut resume = Vec::new();
+    encode(
+        &Message::Resume {
+            session: 1,
+            peer_session: 0,
+            received: 0,
+        },
+        &mut resume,
+    )
+    .expect("encode");
+    s.write_all(&resume).await.expect("resume");
     s
 }
 

@@ -2,9 +2,9 @@
 //! `NNpsk0` handshake over the cluster's pre-shared key that binds all of it.
 //!
 //! ```text
-//! I → R  Hello { version, cluster, node: I, listen, nonce: nI, encrypt }
-//! R → I  Hello { version, cluster, node: R, listen, nonce: nR, encrypt }
-//! I → R  Noise(psk, e)       prologue = "riffle-link-v2" | Hello_I | Hello_R
+//! I → R  Hello { version, cluster, node: I, listen, nonce: nI, encrypt, incarnation }
+//! R → I  Hello { version, cluster, node: R, listen, nonce: nR, encrypt, incarnation }
+//! I → R  Noise(psk, e)       prologue = "riffle-link-v3" | Hello_I | Hello_R
 //! R → I  Noise(e, ee)
 //! ```
 //! The initiator (I) is the side that dialled, the responder (R) the side that accepted.
@@ -66,6 +66,9 @@ pub struct HandshakeConfig {
     pub encrypt: bool,
     /// Deadline for the whole handshake.
     pub timeout: Duration,
+    /// This process's incarnation (random, drawn when the node started; see
+    /// [`crate::wire::Hello::incarnation`]).
+    pub incarnation: u64,
 }
 
 /// Which side of a link this node is.
@@ -88,6 +91,8 @@ pub struct Peer {
     pub node: String,
     /// The address it listens on.
     pub listen: String,
+    /// Its process's incarnation: another one under the same id is a restarted process.
+    pub incarnation: u64,
 }
 
 /// A link that passed the handshake.
@@ -162,6 +167,7 @@ pub struct Handshake {
     mine: Hello,
     peer_id: String,
     peer_listen: String,
+    peer_incarnation: u64,
     phase: Phase,
 }
 
@@ -192,6 +198,7 @@ impl Handshake {
             listen: cfg.listen.clone(),
             nonce,
             encrypt: cfg.encrypt,
+            incarnation: cfg.incarnation,
         };
         let first = matches!(role, Role::Initiator { .. }).then(|| Message::Hello(mine.clone()));
         let hs = Handshake {
@@ -201,6 +208,7 @@ impl Handshake {
             mine,
             peer_id: String::new(),
             peer_listen: String::new(),
+            peer_incarnation: 0,
             phase: Phase::AwaitHello,
         };
         Ok((hs, first))
@@ -244,7 +252,7 @@ impl Handshake {
             Role::Initiator { .. } => (&self.mine, theirs),
             Role::Responder => (theirs, &self.mine),
         };
-        let mut prologue = b"riffle-link-v2".to_vec();
+        let mut prologue = b"riffle-link-v3".to_vec();
         prologue.extend(rmp_serde::to_vec(first).map_err(setup)?);
         prologue.extend(rmp_serde::to_vec(second).map_err(setup)?);
         let params: snow::params::NoiseParams = NOISE_PARAMS.parse().map_err(setup)?;
@@ -277,6 +285,7 @@ impl Handshake {
         };
         self.phase = Phase::AwaitNoise(Box::new(noise));
         self.peer_listen = theirs.listen;
+        self.peer_incarnation = theirs.incarnation;
         Ok(Step::Send(reply))
     }
 
@@ -312,6 +321,7 @@ impl Handshake {
             peer: Peer {
                 node: self.peer_id.clone(),
                 listen: std::mem::take(&mut self.peer_listen),
+                incarnation: self.peer_incarnation,
             },
             cipher,
             transcript,
@@ -413,6 +423,7 @@ mod tests {
             secret: Secret::new(secret.to_vec()).expect("secret"),
             encrypt: false,
             timeout: Duration::from_secs(5),
+            incarnation: 1,
         }
     }
 

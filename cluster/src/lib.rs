@@ -53,6 +53,7 @@ mod proxy;
 pub mod remote;
 pub mod secret;
 pub mod secure;
+mod session;
 mod shared;
 pub mod wire;
 
@@ -64,4 +65,5 @@ pub use node::{Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};
 pub use secret::{Secret, SecretError};
+pub use session::SessionStats;
 pub use wire::{EdgeAddress, Message, WireError, WireEvent, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};

@@ -1,6 +1,7 @@
-//! One link to a peer: the handshake, then a writer fed by a channel (counting what it
-//! writes, sealing it when the link is encrypted) and a reader that records liveness, learns
-//! candidate members and hands job and data frames on.
+//! One link to a peer: the handshake, the resume exchange that continues the peer's session
+//! ([`crate::session`]: the session's writer then writes on this link), and a reader that
+//! records liveness, counts the session's frames, learns candidate members and hands job and
+//! data frames on.
 //!
 //! What a peer can cost this node is bounded: before the handshake its frames are limited to
 //! `HANDSHAKE_MAX_FRAME` and the connection holds a place of admission control
@@ -12,33 +13,24 @@
 use crate::guard::RefusedCounts;
 use crate::guard::Ticket;
 use crate::handshake::{handshake, HandshakeConfig, Role};
-use crate::members::{register, seen};
-use crate::remote::{
-    channel_key, deliver, ChannelKey, CreditsReturned, LinkBudget, LinkSender, Outgoing,
-};
+use crate::members::{declare_down, register, seen, unregister, Registered};
+use crate::remote::{channel_key, deliver, CreditsReturned, LinkBudget, LinkSender};
 use crate::secure::Sealer;
+use crate::session::{Conn, ResumeState, Session, Verdict};
 use crate::shared::Shared;
-use crate::wire::{encode, read_frame, write_frame, EdgeAddress, Message};
+use crate::wire::{encode, read_frame, write_frame, Message};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
-
-/// Bytes of queued frames a link writes at once, at most (plus one frame).
-const WRITE_BATCH: usize = 256 * 1024;
-/// Channels whose credits one write merges, at most.
-const MAX_MERGED_CREDITS: usize = 64;
+use tokio::sync::watch;
 
 /// A link that passed its handshake and was registered.
 struct Up {
     peer: crate::handshake::Peer,
     cipher: Option<crate::secure::LinkCipher>,
-    id: u64,
-    kill: Arc<tokio::sync::Notify>,
-    tx: mpsc::UnboundedSender<Outgoing>,
-    rx: mpsc::UnboundedReceiver<Outgoing>,
+    reg: Registered,
 }
 
 /// Runs the handshake and registers the link; `None` (counted and logged) if either refuses.
@@ -64,15 +56,17 @@ async fn establish(
     if let Some(t) = ticket.as_mut() {
         t.linked();
     }
-    let (tx, rx) = mpsc::unbounded_channel::<Outgoing>();
-    match register(&shared.net.members, &est.peer, ip, tx.clone()) {
-        Ok((id, kill)) => Some(Up {
+    let counters = shared
+        .net
+        .counters
+        .entry(est.peer.node.clone())
+        .or_default()
+        .clone();
+    match register(&shared.net.members, &est.peer, ip, counters) {
+        Ok(reg) => Some(Up {
             peer: est.peer,
             cipher: est.cipher,
-            id,
-            kill,
-            tx,
-            rx,
+            reg,
         }),
         Err(reason) => {
             // Already linked to this node (both dialled at once, or an id claimed from
@@ -87,7 +81,59 @@ async fn establish(
     }
 }
 
-/// Runs one link: handshake, registration, then writer and reader until it closes.
+/// Tells the jobs that `node` is lost (its process restarted, or its session broke), as the
+/// failure detector does for a silent node.
+fn lost(shared: &Arc<Shared>, me: &str, node: &str) {
+    shared.net.members.notify();
+    let up = shared.net.up_peers();
+    crate::hosting::on_node_down(shared, me, node, &up);
+}
+
+/// Why a link's resume exchange failed.
+#[derive(Debug, thiserror::Error)]
+enum ResumeError {
+    #[error("no resume from the peer in time")]
+    Late,
+    #[error("the peer's first frame was not a resume")]
+    NotResume,
+    #[error(transparent)]
+    Wire(#[from] crate::wire::WireError),
+}
+
+/// Sends this side's `Resume` and reads the peer's.
+async fn exchange(
+    w: &mut OwnedWriteHalf,
+    sealer: &mut Option<Sealer>,
+    r: &mut Box<dyn AsyncRead + Unpin + Send>,
+    max: u32,
+    mine: &Message,
+) -> Result<ResumeState, ResumeError> {
+    let mut buf = Vec::new();
+    encode(mine, &mut buf)?;
+    if let Some(s) = sealer.as_mut() {
+        let mut sealed = Vec::new();
+        s.seal(&buf, &mut sealed)?;
+        buf = sealed;
+    }
+    w.write_all(&buf)
+        .await
+        .map_err(crate::wire::WireError::from)?;
+    match read_frame(r, max).await? {
+        Message::Resume {
+            session,
+            peer_session,
+            received,
+        } => Ok(ResumeState {
+            session,
+            peer_session,
+            received,
+        }),
+        _ => Err(ResumeError::NotResume),
+    }
+}
+
+/// Runs one link: handshake, registration, the resume exchange, then the session's writer
+/// writes on it and the reader reads until it closes.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn link(
     mut stream: TcpStream,
@@ -110,105 +156,63 @@ pub(crate) async fn link(
         shared.net.members.lock().dialing.remove(&a);
     }
     let peer = up.peer;
-    tracing::info!(peer = %peer.node, encrypted = up.cipher.is_some(), "link up");
-    let (r, w) = stream.into_split();
-    let sealer = up.cipher.as_ref().map(|c| c.sealer());
-    let reader: Box<dyn AsyncRead + Unpin + Send> = match &up.cipher {
+    if up.reg.restarted {
+        lost(&shared, &hs.node, &peer.node);
+    }
+    let (r, mut w) = stream.into_split();
+    let mut sealer = up.cipher.as_ref().map(|c| c.sealer());
+    let mut reader: Box<dyn AsyncRead + Unpin + Send> = match &up.cipher {
         Some(c) => Box::new(c.opener(r)),
         None => Box::new(r),
     };
-    let counters = shared
-        .net
-        .counters
-        .entry(peer.node.clone())
-        .or_default()
-        .clone();
-    let writer = tokio::spawn(write_loop(up.rx, w, sealer, counters, peer.node.clone()));
+    let session = up.reg.session.clone();
+    let mine = session.resume_frame();
+    let theirs = tokio::time::timeout(
+        hs.timeout,
+        exchange(&mut w, &mut sealer, &mut reader, max, &mine),
+    )
+    .await
+    .unwrap_or(Err(ResumeError::Late));
+    let verdict = match theirs {
+        Ok(theirs) => session.on_resume(theirs),
+        Err(e) => {
+            tracing::warn!(peer = %peer.node, error = %e, "link closed before its session resumed");
+            return unregister(&shared.net.members, &peer.node, up.reg.id);
+        }
+    };
+    match verdict {
+        Verdict::Resume { from } => session.attach(Conn { w, sealer, from }),
+        Verdict::Broken => {
+            // Frames may be lost either way: a session that had run is over, and the peer
+            // is lost to the jobs; the next link starts afresh.
+            let ran = session.established();
+            tracing::warn!(peer = %peer.node, ran, "the peer did not keep our session; link closed");
+            if ran {
+                declare_down(&mut shared.net.members.lock(), &peer.node);
+                lost(&shared, &hs.node, &peer.node);
+            }
+            return unregister(&shared.net.members, &peer.node, up.reg.id);
+        }
+    }
+    tracing::info!(peer = %peer.node, encrypted = up.cipher.is_some(), "link up");
     let reading = Reading {
         shared: shared.clone(),
         me: hs.node.clone(),
         peer: peer.clone(),
-        back: LinkSender {
-            tx: up.tx,
-            peer: peer.node.clone(),
-        },
+        back: session.sender(&peer.node),
+        session,
         budget: Arc::new(LinkBudget {
             held: AtomicUsize::new(0),
             max: budget,
         }),
     };
-    reading.run(reader, max, stop, up.kill).await;
-    writer.abort();
+    let lost_peer = reading.run(reader, max, stop, up.reg.kill).await;
     drop(ticket);
-    let mut st = shared.net.members.lock();
-    if st.kills.get(&peer.node).is_some_and(|(i, _)| *i == up.id) {
-        st.kills.remove(&peer.node);
-        st.links.remove(&peer.node);
+    if lost_peer {
+        declare_down(&mut shared.net.members.lock(), &peer.node);
+        lost(&shared, &hs.node, &peer.node);
     }
-}
-
-/// Writes what is queued for a link: frames queued together go out in one write (fewer
-/// system calls under load); credits returned for one channel in the same write go out as one
-/// frame; a flush request is answered once everything queued before it is written.
-async fn write_loop(
-    mut rx: mpsc::UnboundedReceiver<Outgoing>,
-    mut w: OwnedWriteHalf,
-    mut sealer: Option<Sealer>,
-    counters: Arc<crate::remote::LinkCounters>,
-    peer: String,
-) {
-    let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
-    let mut sealed: Vec<u8> = Vec::new();
-    let mut flushed = Vec::new();
-    let mut credits: Vec<(ChannelKey, EdgeAddress, u32)> = Vec::new();
-    let put = |m: &Message, buf: &mut Vec<u8>| {
-        let before = buf.len();
-        if encode(m, buf).is_err() {
-            tracing::error!(%peer, "cannot encode a frame; dropped");
-            buf.truncate(before);
-        } else {
-            counters.count(m, buf.len() - before);
-        }
-    };
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
-        while let Some(m) = next.take() {
-            match m {
-                Outgoing::Frame(Message::Credit { edge, n }) => {
-                    let key = channel_key(&edge);
-                    match credits.iter_mut().find(|c| c.0 == key) {
-                        Some(c) => c.2 = c.2.saturating_add(n),
-                        None => credits.push((key, edge, n)),
-                    }
-                }
-                Outgoing::Frame(m) => put(&m, &mut buf),
-                Outgoing::Flushed(done) => flushed.push(done),
-            }
-            if buf.len() < WRITE_BATCH && credits.len() < MAX_MERGED_CREDITS {
-                next = rx.try_recv().ok();
-            }
-        }
-        for (_, edge, n) in credits.drain(..) {
-            put(&Message::Credit { edge, n }, &mut buf);
-        }
-        let out = match sealer.as_mut() {
-            Some(s) => {
-                sealed.clear();
-                if s.seal(&buf, &mut sealed).is_err() {
-                    break;
-                }
-                &sealed
-            }
-            None => &buf,
-        };
-        if w.write_all(out).await.is_err() || w.flush().await.is_err() {
-            break;
-        }
-        buf.clear();
-        for done in flushed.drain(..) {
-            let _ = done.send(());
-        }
-    }
+    unregister(&shared.net.members, &peer.node, up.reg.id);
 }
 
 /// The reading side of a link.
@@ -217,41 +221,62 @@ struct Reading {
     me: String,
     peer: crate::handshake::Peer,
     back: LinkSender,
+    session: Arc<Session>,
     budget: Arc<LinkBudget>,
 }
 
+/// What a frame leaves the link in.
+enum After {
+    /// Read on.
+    Go,
+    /// Close this link (the session stays: the next link continues it).
+    Close,
+    /// The peer broke the protocol in a way no link can mend: its session ends and it is
+    /// lost to the jobs.
+    Lost,
+}
+
 impl Reading {
+    /// Reads until the link closes; `true` if the peer is lost (see [`After::Lost`]).
     async fn run(
         self,
         mut r: Box<dyn AsyncRead + Unpin + Send>,
         max: u32,
         mut stop: watch::Receiver<bool>,
         kill: Arc<tokio::sync::Notify>,
-    ) {
+    ) -> bool {
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.changed() => return false,
                 _ = kill.notified() => {
                     tracing::warn!(peer = %self.peer.node, "link to a peer declared down closed");
-                    break;
+                    return false;
                 }
                 frame = read_frame(&mut r, max) => match frame {
                     Ok(m) => {
-                        if !self.on_frame(m) {
-                            break;
+                        let sequenced = m.sequenced();
+                        let after = self.on_frame(m);
+                        // A frame that was handled, or refused for good, is not sent again.
+                        if sequenced && !matches!(after, After::Lost) {
+                            self.session.on_received();
+                        }
+                        match after {
+                            After::Go => {}
+                            After::Close => return false,
+                            After::Lost => return true,
                         }
                     }
                     Err(e) => {
                         tracing::warn!(peer = %self.peer.node, error = %e, "link closed");
-                        break;
+                        return false;
                     }
                 }
             }
         }
     }
 
-    /// Handles one frame; `false` if the link must close.
-    fn on_frame(&self, m: Message) -> bool {
+    /// Handles one frame.
+    fn on_frame(&self, m: Message) -> After {
         let shared = &self.shared;
         match m {
             Message::Heartbeat { members, .. } => {
@@ -270,7 +295,7 @@ impl Reading {
                         if !deliver(&inbox, edge, event, back, &self.budget) {
                             RefusedCounts::add(&shared.refused.over_budget);
                             tracing::error!(peer = %self.peer.node, "peer exceeded its memory budget (it ignores credits); link closed");
-                            return false;
+                            return After::Lost;
                         }
                     }
                     None => {
@@ -297,11 +322,18 @@ impl Reading {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());
                 crate::hosting::on_frame(shared, &self.me, &self.peer.node, m, self.back.clone());
             }
-            Message::Hello(_) | Message::Noise(_) | Message::Refused(_) => {
+            Message::Ack { received } => {
+                seen(&shared.net.members, &self.peer, &self.me, Vec::new());
+                self.session.on_ack(received);
+            }
+            Message::Hello(_)
+            | Message::Noise(_)
+            | Message::Refused(_)
+            | Message::Resume { .. } => {
                 tracing::warn!(peer = %self.peer.node, "handshake frame on a linked link; closed");
-                return false;
+                return After::Close;
             }
         }
-        true
+        After::Go
     }
 }

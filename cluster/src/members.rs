@@ -11,13 +11,13 @@
 
 use crate::config::NodeConfig;
 use crate::handshake::{valid_node_id, Peer};
-use crate::remote::{LinkSender, Outgoing};
+use crate::remote::{LinkCounters, LinkSender};
+use crate::session::Session;
 use crate::wire::RefuseReason;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
 
 /// Candidates (node ids heard of but not verified) kept at once, at most.
 const MAX_CANDIDATES: usize = 64;
@@ -64,13 +64,20 @@ pub(crate) struct Candidate {
     since: Instant,
 }
 
+/// A link that is up now: its id and the signal that closes it.
+pub(crate) struct LinkUp {
+    pub(crate) id: u64,
+    pub(crate) kill: Arc<tokio::sync::Notify>,
+}
+
 #[derive(Default)]
 pub(crate) struct State {
     pub(crate) members: HashMap<String, MemberState>,
     pub(crate) candidates: HashMap<String, Candidate>,
-    pub(crate) links: HashMap<String, mpsc::UnboundedSender<Outgoing>>,
-    /// Per linked peer: the link's id and the signal that closes it.
-    pub(crate) kills: HashMap<String, (u64, Arc<tokio::sync::Notify>)>,
+    /// Per verified member: the session that outlives its links (until it is declared down).
+    pub(crate) sessions: HashMap<String, Arc<Session>>,
+    /// Per linked peer: the link that is up now.
+    pub(crate) links: HashMap<String, LinkUp>,
     /// Addresses being dialled now.
     pub(crate) dialing: std::collections::HashSet<String>,
     pub(crate) next_link: u64,
@@ -115,23 +122,18 @@ impl Membership {
         }
     }
 
-    /// The link to `peer`, if it is up.
+    /// A sender into the session with `peer`, if it has one (it is a member not declared
+    /// down; frames wait in the session while its link is being made again).
     pub(crate) fn link_sender(&self, peer: &str) -> Option<LinkSender> {
-        self.lock().links.get(peer).map(|tx| LinkSender {
-            tx: tx.clone(),
-            peer: peer.to_string(),
-        })
+        self.lock().sessions.get(peer).map(|s| s.sender(peer))
     }
 
-    /// Every link that is up.
+    /// A sender into every session.
     pub(crate) fn all_links(&self) -> Vec<LinkSender> {
         self.lock()
-            .links
+            .sessions
             .iter()
-            .map(|(peer, tx)| LinkSender {
-                tx: tx.clone(),
-                peer: peer.clone(),
-            })
+            .map(|(peer, s)| s.sender(peer))
             .collect()
     }
 
@@ -185,15 +187,30 @@ pub(crate) fn detect(cfg: &NodeConfig, st: &mut State) -> Vec<String> {
     let ttl = cfg.failure_timeout * 5;
     st.candidates
         .retain(|_, c| now.duration_since(c.since) < ttl);
-    // A peer declared down loses its link: if it comes back, it does so through a new
-    // handshake, as a fresh member.
+    // A peer declared down loses its link and its session: if it comes back, it does so
+    // through a new handshake, as a fresh member with a fresh session.
     for node in &down {
-        st.links.remove(node);
-        if let Some((_, kill)) = st.kills.remove(node) {
-            kill.notify_one();
-        }
+        drop_session(st, node);
     }
     down
+}
+
+/// Ends the session with `node` and closes its link (what was queued for it is dropped).
+pub(crate) fn drop_session(st: &mut State, node: &str) {
+    st.sessions.remove(node);
+    if let Some(l) = st.links.remove(node) {
+        l.kill.notify_one();
+    }
+}
+
+/// Declares `node` down at once (its session broke, or it restarted): the caller tells the
+/// jobs, as for a node the failure detector declared down.
+pub(crate) fn declare_down(st: &mut State, node: &str) {
+    if let Some(m) = st.members.get_mut(node) {
+        m.status = Status::Down;
+        m.down_since = Some(Instant::now());
+    }
+    drop_session(st, node);
 }
 
 /// The addresses to dial now, with the node id expected at each (`None` for a seed).
@@ -226,28 +243,60 @@ pub(crate) fn to_dial(cfg: &NodeConfig, st: &mut State) -> Vec<(String, Option<S
     dial
 }
 
-/// Registers an authenticated link (its id and close signal), or says why it is refused: the
-/// node is linked already, or it is a live member whose links came from another address.
+/// A link that was registered.
+pub(crate) struct Registered {
+    /// The link's id.
+    pub(crate) id: u64,
+    /// The signal that closes it.
+    pub(crate) kill: Arc<tokio::sync::Notify>,
+    /// The session it carries.
+    pub(crate) session: Arc<Session>,
+    /// The peer restarted since its session began (another incarnation): the old process is
+    /// gone, and the caller must tell the jobs it is lost.
+    pub(crate) restarted: bool,
+}
+
+/// Registers an authenticated link (its id, close signal and session), or says why it is
+/// refused: the node is linked already, or it is a live member whose links came from another
+/// address. A peer with another incarnation than its session's restarted: its old session
+/// and link end, and it starts a fresh one.
 pub(crate) fn register(
     shared: &Membership,
     peer: &Peer,
     ip: Option<IpAddr>,
-    tx: mpsc::UnboundedSender<Outgoing>,
-) -> Result<(u64, Arc<tokio::sync::Notify>), RefuseReason> {
+    counters: Arc<LinkCounters>,
+) -> Result<Registered, RefuseReason> {
     let mut st = shared.lock();
-    if st.links.contains_key(&peer.node) {
-        return Err(RefuseReason::DuplicateNode);
-    }
     if let Some(m) = st.members.get(&peer.node) {
         if m.status == Status::Up && (m.listen != peer.listen || m.ip != ip) {
             return Err(RefuseReason::DuplicateNode);
         }
     }
+    let restarted = st
+        .sessions
+        .get(&peer.node)
+        .is_some_and(|s| s.incarnation != peer.incarnation);
+    if restarted {
+        tracing::warn!(peer = %peer.node, "peer restarted (another incarnation): its old process is lost");
+        declare_down(&mut st, &peer.node);
+    } else if st.links.contains_key(&peer.node) {
+        return Err(RefuseReason::DuplicateNode);
+    }
     st.next_link += 1;
     let id = st.next_link;
     let kill = Arc::new(tokio::sync::Notify::new());
-    st.kills.insert(peer.node.clone(), (id, kill.clone()));
-    st.links.insert(peer.node.clone(), tx);
+    st.links.insert(
+        peer.node.clone(),
+        LinkUp {
+            id,
+            kill: kill.clone(),
+        },
+    );
+    let session = st
+        .sessions
+        .entry(peer.node.clone())
+        .or_insert_with(|| Session::start(&peer.node, peer.incarnation, counters))
+        .clone();
     st.candidates.remove(&peer.node);
     st.members.insert(
         peer.node.clone(),
@@ -260,7 +309,20 @@ pub(crate) fn register(
         },
     );
     shared.notify();
-    Ok((id, kill))
+    Ok(Registered {
+        id,
+        kill,
+        session,
+        restarted,
+    })
+}
+
+/// The link `id` to `node` closed: it is no longer registered (its session stays).
+pub(crate) fn unregister(shared: &Membership, node: &str, id: u64) {
+    let mut st = shared.lock();
+    if st.links.get(node).is_some_and(|l| l.id == id) {
+        st.links.remove(node);
+    }
 }
 
 /// A frame from `peer`: it is alive. Node ids it mentions that are not members become

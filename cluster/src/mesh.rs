@@ -19,8 +19,13 @@ use tokio::sync::watch;
 /// How long a dial may take to connect.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub(crate) fn handshake_config(cfg: &NodeConfig, local: SocketAddr) -> Option<HandshakeConfig> {
+pub(crate) fn handshake_config(
+    cfg: &NodeConfig,
+    local: SocketAddr,
+    incarnation: u64,
+) -> Option<HandshakeConfig> {
     Some(HandshakeConfig {
+        incarnation,
         cluster: cfg.cluster.clone(),
         node: cfg.name.clone(),
         listen: cfg.advertise.clone().unwrap_or_else(|| local.to_string()),
@@ -65,8 +70,8 @@ pub(crate) async fn run(
             }
         }
     }
-    // Dropping every link's sender ends its writer; readers end with the runtime.
-    shared.net.members.lock().links.clear();
+    // Dropping every session ends its writer; readers end with the runtime.
+    shared.net.members.lock().sessions.clear();
 }
 
 /// An incoming connection: a place from admission control, then the link.
@@ -118,13 +123,13 @@ fn heartbeat(
             .filter(|(_, m)| m.status == Status::Up)
             .map(|(n, m)| (n.clone(), m.listen.clone()))
             .collect();
-        st.links.retain(|_, tx| {
-            tx.send(Outgoing::Frame(Message::Heartbeat {
+        // Heartbeats go on the links that are up (a session without a link drops them).
+        for s in st.sessions.values() {
+            let _ = s.queue().send(Outgoing::Frame(Message::Heartbeat {
                 seq,
                 members: members.clone(),
-            }))
-            .is_ok()
-        });
+            }));
+        }
         let dial = to_dial(cfg, &mut st);
         (down, dial)
     };

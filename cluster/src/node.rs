@@ -20,6 +20,7 @@ pub use crate::members::{Member, Status};
 use crate::mesh::{handshake_config, run};
 use crate::remote::{channel_key, Inbox, LinkSender, Outgoing, RemoteMailbox};
 use crate::secret::Secret;
+use crate::session::SessionStats;
 use crate::shared::Shared;
 use crate::wire::{EdgeAddress, DEFAULT_MAX_FRAME};
 use actix::prelude::{Actor, Addr};
@@ -208,7 +209,7 @@ impl NodeBuilder {
             listen(&cfg.listen)?
         };
         let local = listener.local_addr().map_err(NodeError::Runtime)?;
-        let hs = handshake_config(&cfg, local).ok_or(NodeError::Config(
+        let hs = handshake_config(&cfg, local, incarnation()).ok_or(NodeError::Config(
             "a node needs the cluster's shared secret (NodeBuilder::secret)",
         ))?;
         let shared = Arc::new(Shared {
@@ -235,6 +236,19 @@ impl NodeBuilder {
             thread: Some(thread),
         })
     }
+}
+
+/// A fresh incarnation for this process's node: random (the clock if randomness fails), so a
+/// node restarted under the same id is told from the process it replaces.
+fn incarnation() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        b = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .to_le_bytes();
+    }
+    u64::from_le_bytes(b)
 }
 
 /// Connections the kernel queues for a node before it accepts them: a burst of connections
@@ -376,13 +390,20 @@ impl Node {
         })
     }
 
-    /// The link to `peer`, if it is up.
+    /// A sender into the session with `peer`, if it is a member that is not declared down:
+    /// what is sent on it reaches the peer in order, across links that break and are made
+    /// again ([`crate::session`]).
     pub fn link(&self, peer: &str) -> Option<LinkSender> {
+        self.shared.net.members.link_sender(peer)
+    }
+
+    /// The figures of this node's sessions with its peers (links each ran on, frames resent
+    /// after a reset, frames not acknowledged yet), sorted by peer.
+    pub fn sessions(&self) -> Vec<SessionStats> {
         let st = self.shared.net.members.lock();
-        st.links.get(peer).map(|tx| LinkSender {
-            tx: tx.clone(),
-            peer: peer.to_string(),
-        })
+        let mut v: Vec<SessionStats> = st.sessions.iter().map(|(p, s)| s.stats(p)).collect();
+        v.sort_by(|a, b| a.peer.cmp(&b.peer));
+        v
     }
 
     /// Routes `Data` frames for subtask `to` of `chain` of `job` to `inbox`.
@@ -424,11 +445,11 @@ impl Node {
             .net
             .members
             .lock()
-            .links
+            .sessions
             .values()
-            .filter_map(|tx| {
+            .filter_map(|s| {
                 let (done, wait) = std::sync::mpsc::channel();
-                tx.send(Outgoing::Flushed(done)).ok().map(|()| wait)
+                s.queue().send(Outgoing::Flushed(done)).ok().map(|()| wait)
             })
             .collect();
         for w in waits {

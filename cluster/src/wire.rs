@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 2;
+pub const PROTOCOL_VERSION: u8 = 3;
 
 /// Default largest frame accepted on an authenticated link (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
@@ -106,6 +106,10 @@ pub struct Hello {
     pub nonce: [u8; 32],
     /// Whether the sender encrypts the link after the handshake (both sides must agree).
     pub encrypt: bool,
+    /// The sender's incarnation: a random number drawn when its process started. A node that
+    /// restarts with the same id has another one, so its peers know the old process is gone
+    /// (and with it everything it had not yet handled) even if it comes back at once.
+    pub incarnation: u64,
 }
 
 /// Why a peer was refused.
@@ -247,6 +251,23 @@ pub enum Message {
         /// The job's error, if it failed.
         error: Option<String>,
     },
+    /// The sender has received and handled the first `received` sequenced frames of the
+    /// session: the peer may forget them (not sequenced itself).
+    Ack {
+        /// Sequenced frames received so far.
+        received: u64,
+    },
+    /// First frame after the handshake, both ways (not sequenced): which session the sender
+    /// keeps with the peer and how much of it it has received, so that a link made again
+    /// continues the session where the old link broke (see `session`).
+    Resume {
+        /// The sender's id for its session with the receiver (never 0).
+        session: u64,
+        /// The receiver's session id as the sender knows it (0: not known yet).
+        peer_session: u64,
+        /// Sequenced frames of the receiver's the sender has received.
+        received: u64,
+    },
 }
 
 impl Message {
@@ -268,11 +289,27 @@ impl Message {
             Message::JobEnd { .. } => 14,
             Message::StatsRequest { .. } => 15,
             Message::Stats { .. } => 16,
+            Message::Ack { .. } => 17,
+            Message::Resume { .. } => 18,
         }
+    }
+
+    /// Whether the frame is numbered in its session (and so kept until acknowledged and sent
+    /// again after a reset): every frame but the handshake's, heartbeats, acks and resumes.
+    pub fn sequenced(&self) -> bool {
+        !matches!(
+            self,
+            Message::Hello(_)
+                | Message::Noise(_)
+                | Message::Refused(_)
+                | Message::Heartbeat { .. }
+                | Message::Ack { .. }
+                | Message::Resume { .. }
+        )
     }
 }
 
-const MAX_TAG: u8 = 16;
+const MAX_TAG: u8 = 18;
 /// Tag 3 was version 1's `Welcome`; no message has it now.
 const RETIRED_TAG: u8 = 3;
 
@@ -405,6 +442,7 @@ mod tests {
                 listen: "127.0.0.1:1".into(),
                 nonce: [7; 32],
                 encrypt: true,
+                incarnation: 42,
             }),
             Message::Noise(vec![1, 2, 3]),
             Message::Refused(RefuseReason::BadAuth),
@@ -433,6 +471,12 @@ mod tests {
                     channel: 6,
                 },
                 n: 2,
+            },
+            Message::Ack { received: 77 },
+            Message::Resume {
+                session: 5,
+                peer_session: 0,
+                received: 3,
             },
         ]
     }
