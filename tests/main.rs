@@ -14,6 +14,7 @@ mod checkpoint_exactly_once;
 mod checkpoint_process;
 mod cluster_bad_input;
 mod cluster_job;
+mod cluster_link_reset;
 mod cluster_membership;
 mod cluster_partition;
 mod cluster_remote;

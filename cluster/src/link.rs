@@ -181,7 +181,13 @@ pub(crate) async fn link(
         }
     };
     match verdict {
-        Verdict::Resume { from } => session.attach(Conn { w, sealer, from }),
+        Verdict::Resume { from } => {
+            // Under the membership's lock, so that a waiter on the sessions cannot miss it.
+            let st = shared.net.members.lock();
+            session.attach(Conn { w, sealer, from });
+            drop(st);
+            shared.net.members.notify();
+        }
         Verdict::Broken => {
             // Frames may be lost either way: a session that had run is over, and the peer
             // is lost to the jobs; the next link starts afresh.

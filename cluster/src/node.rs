@@ -397,13 +397,24 @@ impl Node {
         self.shared.net.members.link_sender(peer)
     }
 
+    /// Blocks until `cond` holds for this node's sessions or `timeout` passes; returns them
+    /// (see [`Node::sessions`]).
+    pub fn wait_sessions(
+        &self,
+        timeout: Duration,
+        cond: impl Fn(&[SessionStats]) -> bool,
+    ) -> Vec<SessionStats> {
+        self.shared.net.members.wait_for(timeout, |st, late| {
+            let mut v: Vec<SessionStats> = st.sessions.iter().map(|(p, s)| s.stats(p)).collect();
+            v.sort_by(|a, b| a.peer.cmp(&b.peer));
+            (late || cond(&v)).then_some(v)
+        })
+    }
+
     /// The figures of this node's sessions with its peers (links each ran on, frames resent
     /// after a reset, frames not acknowledged yet), sorted by peer.
     pub fn sessions(&self) -> Vec<SessionStats> {
-        let st = self.shared.net.members.lock();
-        let mut v: Vec<SessionStats> = st.sessions.iter().map(|(p, s)| s.stats(p)).collect();
-        v.sort_by(|a, b| a.peer.cmp(&b.peer));
-        v
+        self.wait_sessions(Duration::ZERO, |_| true)
     }
 
     /// Routes `Data` frames for subtask `to` of `chain` of `job` to `inbox`.
