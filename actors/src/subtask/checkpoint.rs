@@ -58,7 +58,16 @@ impl SubtaskActor {
     }
 
     fn release_held(&mut self, ctx: &mut Context<Self>) {
-        for msg in std::mem::take(&mut self.held) {
+        let mut held = std::mem::take(&mut self.held);
+        while let Some(msg) = held.pop_front() {
+            if self.blocked() {
+                // Blocked on a credit: the rest waits with the deferred data, ahead of it
+                // (everything deferred arrived after what was held).
+                held.push_front(msg);
+                held.append(&mut self.deferred);
+                self.deferred = held;
+                return;
+            }
             self.on_data(msg, ctx);
         }
     }
@@ -164,6 +173,8 @@ impl SubtaskActor {
         self.attempt = order.attempt;
         self.cx.clear();
         self.held.clear();
+        self.deferred.clear();
+        self.produce_parked = false;
         self.aligning = None;
         self.barrier_seen.iter_mut().for_each(|b| *b = false);
         self.closed.iter_mut().for_each(|c| *c = false);

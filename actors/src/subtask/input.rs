@@ -133,6 +133,11 @@ impl SubtaskActor {
             self.hold_parked = true;
             return;
         }
+        if self.blocked() {
+            // Blocked on a credit: the loop goes on when the credit comes.
+            self.produce_parked = true;
+            return;
+        }
         self.fire_armed();
         let skip = self.source_poison.as_ref().and_then(|p| p.skip);
         let Some(TaskChain::Source(source)) = &mut self.head else {

@@ -21,10 +21,16 @@
 //! # Backpressure
 //! Each output channel has a semaphore of `credits` permits. A message is sent only with a
 //! permit, which it carries and which returns when the receiver dropped the message. When a
-//! channel has queued messages and no permit, the actor waits (`ctx.wait`) for one: while it
-//! waits it handles no input, so its own upstream runs out of credits in turn. Records in
-//! flight per channel are therefore bounded by `credits × batch_size` plus what the sender
-//! buffers (one partial batch per channel and the output of the input batch at hand).
+//! channel has queued messages and no permit, the actor is *blocked*: it waits for a permit in
+//! a future spawned beside its mailbox, and until the permit comes it defers the data messages
+//! it receives (they keep their own credits, so its upstream runs out of credits in turn) and
+//! a source stops producing — but it still handles its control messages at once (a reset, a
+//! hold, a re-plan, a stop), however long the block lasts. A wait with `ctx.wait` would hold
+//! the whole mailbox instead, and a subtask blocked again as soon as each credit returns would
+//! never read it. Records in flight per channel are therefore bounded by
+//! `credits × batch_size` plus what the sender buffers (one partial batch per channel and the
+//! output of the input batch at hand) plus the deferred messages, which are bounded by the
+//! credits of the subtask's own inputs.
 
 use crate::directory::Directory;
 use crate::message::{
@@ -202,6 +208,12 @@ pub(crate) struct SubtaskActor {
     hold_parked: bool,
     /// No longer part of the job (scaled down): ignores everything.
     retired: bool,
+    /// The wait for a credit (or a full mailbox's pause) while the subtask is blocked.
+    credit_wait: Option<SpawnHandle>,
+    /// Data messages that arrived while the subtask was blocked, in order.
+    deferred: VecDeque<DataMessage>,
+    /// The source's produce loop stopped on a block; it goes on once the block ends.
+    produce_parked: bool,
 }
 
 impl SubtaskActor {
@@ -254,6 +266,9 @@ impl SubtaskActor {
             hold_parked: false,
             retired: false,
             restore: s.restore,
+            credit_wait: None,
+            deferred: VecDeque::new(),
+            produce_parked: false,
         };
         actor.epoch = s.epoch;
         actor.cx.set_checkpointing(actor.checkpointing);
@@ -409,9 +424,11 @@ impl SubtaskActor {
         if std::mem::take(&mut self.finish_after_restart) || finished_input {
             self.finish_input(ctx);
         } else if self.is_source() {
+            self.produce_parked = false;
             self.produce(ctx);
         } else {
             self.drain(ctx);
+            self.run_deferred(ctx);
         }
     }
 
@@ -516,6 +533,9 @@ impl Actor for SubtaskActor {
 
 impl actix::Supervised for SubtaskActor {
     fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // A restart drops the context's futures, the credit wait among them.
+        self.credit_wait = None;
+        self.produce_parked = false;
         if self.state != Lifecycle::Recovering {
             return;
         }
@@ -542,6 +562,11 @@ impl Handler<DataMessage> for SubtaskActor {
     type Result = ();
 
     fn handle(&mut self, msg: DataMessage, ctx: &mut Context<Self>) {
+        if self.blocked() || !self.deferred.is_empty() {
+            // Blocked on a credit: keep it (and its credit) until the block ends.
+            self.deferred.push_back(msg);
+            return self.run_deferred(ctx);
+        }
         self.on_data(msg, ctx);
         // A message's credit drops with it: the sender gets it back.
     }

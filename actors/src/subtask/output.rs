@@ -21,11 +21,30 @@ pub(super) enum Blocked {
 const FULL_MAILBOX_PAUSE: Duration = Duration::from_millis(1);
 
 impl SubtaskActor {
-    /// Sends queued messages while credits last; waits for a credit when a channel runs out.
+    /// Sends queued messages while credits last; when a channel runs out, waits for a credit
+    /// *beside* the mailbox (a spawned future, not `ctx.wait`): control messages are still
+    /// handled while the subtask is blocked, and data messages are deferred until it is not
+    /// (see the module docs of `subtask`). A wait already under way is replaced: the
+    /// channels may have changed (a re-wire, a reset, a re-plan).
     pub(super) fn drain(&mut self, ctx: &mut Context<Self>) {
+        let replaced = self
+            .credit_wait
+            .take()
+            .map(|h| ctx.cancel_future(h))
+            .is_some();
         if self.paused || matches!(self.state, Lifecycle::Failed | Lifecycle::Recovering) {
             return;
         }
+        self.drain_now(ctx);
+        if replaced && !self.blocked() {
+            // The cancelled wait would have taken the deferred data and the parked source:
+            // do it once this call has returned (it may come from inside `on_data`).
+            ctx.spawn(fut::ready(()).map(|_, act: &mut Self, ctx| act.run_deferred(ctx)));
+        }
+    }
+
+    /// [`Self::drain`]'s work: send, block, or finish.
+    fn drain_now(&mut self, ctx: &mut Context<Self>) {
         // Send what every channel has credit for, then wait for the first one that ran out
         // (a blocked channel must not hold back a barrier queued for another).
         let mut blocked = None;
@@ -38,16 +57,18 @@ impl SubtaskActor {
             Some(Blocked::Credit(wait)) => {
                 self.metrics.credit_stalls += 1;
                 let wait = async move { wait.acquire_owned().await.ok() };
-                ctx.wait(fut::wrap_future::<_, Self>(wait).map(|permit, act, ctx| {
+                let h = ctx.spawn(fut::wrap_future::<_, Self>(wait).map(|permit, act, ctx| {
                     drop(permit);
-                    act.drain(ctx);
+                    act.on_unblocked(ctx);
                 }));
+                self.credit_wait = Some(h);
                 return;
             }
             Some(Blocked::Full) => {
                 // The receiver's mailbox still holds messages of an old epoch; retry shortly.
                 let pause = fut::wrap_future::<_, Self>(tokio::time::sleep(FULL_MAILBOX_PAUSE));
-                ctx.wait(pause.map(|_, act, ctx| act.drain(ctx)));
+                let h = ctx.spawn(pause.map(|_, act, ctx| act.on_unblocked(ctx)));
+                self.credit_wait = Some(h);
                 return;
             }
             None => {}
@@ -64,6 +85,33 @@ impl SubtaskActor {
                 epoch: self.epoch,
                 metrics: self.metrics.clone(),
             }));
+        }
+    }
+
+    /// A credit returned (or a full mailbox's pause passed): send on, then take the data
+    /// deferred meanwhile and let a parked source produce again.
+    fn on_unblocked(&mut self, ctx: &mut Context<Self>) {
+        self.credit_wait = None;
+        self.drain(ctx);
+        self.run_deferred(ctx);
+    }
+
+    /// Whether the subtask waits for a credit (and so defers data and parks its source).
+    pub(super) fn blocked(&self) -> bool {
+        self.credit_wait.is_some()
+    }
+
+    /// Handles the data messages deferred while the subtask was blocked, in order, until it
+    /// blocks again; then a source parked by the block produces again.
+    pub(super) fn run_deferred(&mut self, ctx: &mut Context<Self>) {
+        while !self.blocked() && !self.paused && self.state != Lifecycle::Recovering {
+            let Some(msg) = self.deferred.pop_front() else {
+                break;
+            };
+            self.on_data(msg, ctx);
+        }
+        if !self.blocked() && std::mem::take(&mut self.produce_parked) {
+            self.produce(ctx);
         }
     }
 
