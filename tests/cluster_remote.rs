@@ -132,6 +132,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
             Inbox {
                 to: slow.clone().recipient(),
                 codec: codec.clone(),
+                channels: 1,
             },
         );
         n2.register_inbox(
@@ -141,6 +142,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
             Inbox {
                 to: fast.clone().recipient(),
                 codec: codec.clone(),
+                channels: 1,
             },
         );
         let edge = |to: u32| EdgeAddress {

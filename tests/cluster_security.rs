@@ -29,7 +29,7 @@ use crate::common;
 
 use riffle::cluster::{Limits, Node, Secret, Status};
 use riffle::internals::cluster::wire::{
-    encode, read_frame, Hello, Message, RefuseReason, PROTOCOL_VERSION,
+    encode, read_frame, EdgeAddress, Hello, Message, RefuseReason, WireEvent, PROTOCOL_VERSION,
 };
 use riffle::internals::cluster::{handshake, HandshakeConfig, Role};
 use riffle::internals::framework::TaskId;
@@ -116,13 +116,14 @@ fn write_status(node: &Node, dir: &Path, job: Option<u64>) {
         .collect();
     let r = node.refusals();
     let text = format!(
-        "members={}\ncandidates={}\nconnections={}\nhandshakes={}\nlinks={}\nframes={}\njob={}\n",
+        "members={}\ncandidates={}\nconnections={}\nhandshakes={}\nlinks={}\nframes={}\nbad={}\njob={}\n",
         members.join(","),
         node.candidates(),
         r.connections,
         r.handshakes,
         r.links,
         r.frames,
+        r.bad_frames,
         job.map_or(String::new(), |j| j.to_string()),
     );
     let tmp = dir.join(format!(".status-{}", node.name()));
@@ -932,4 +933,96 @@ async fn connect_from(ip: std::net::Ipv4Addr, port: u16) -> Option<TcpStream> {
         .await
         .ok()?
         .ok()
+}
+
+/// Reads what the node sends on an insider's link until it closes it; `true` if it did
+/// within `wait`.
+async fn closed_by_node(s: &mut TcpStream, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match tokio::time::timeout_at(deadline, read_frame(s, 1 << 20)).await {
+            Ok(Ok(_)) => continue, // its resume and heartbeats
+            Ok(Err(_)) => return true,
+            Err(_) => return false,
+        }
+    }
+}
+
+#[test]
+fn a_frame_naming_what_does_not_exist_closes_its_link_and_nothing_else() {
+    common::init_logging();
+    let expected = sum_job().single_process_output();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = Cluster::three(dir.path(), |_| {});
+    let job = cluster.running_job();
+    let bad0: u64 = ["n1", "n2", "n3"]
+        .iter()
+        .map(|n| cluster.count(n, "bad"))
+        .sum();
+    let closed = free_addr();
+    let edge = |job: u64, chain: u32, to: u32, channel: u32| EdgeAddress {
+        job,
+        epoch: 0,
+        chain,
+        from: 0,
+        to,
+        channel,
+    };
+    let data = |e: EdgeAddress| Message::Data {
+        edge: e,
+        event: WireEvent::Batch(vec![0x90]),
+    };
+    let rt = runtime();
+    let closures = rt.block_on(async {
+        let mut closures = 0u64;
+        // A job nobody runs.
+        let mut s = insider(&cluster.addr("n2"), "zz-bad-job", &closed).await;
+        send(&mut s, &data(edge(job ^ 0x5555, 1, 0, 0))).await;
+        assert!(
+            closed_by_node(&mut s, Duration::from_secs(5)).await,
+            "data for an unknown job closes the link"
+        );
+        closures += 1;
+        // The running job, a chain it does not have.
+        let mut s = insider(&cluster.addr("n2"), "zz-bad-task", &closed).await;
+        send(&mut s, &data(edge(job, 99, 0, 0))).await;
+        assert!(
+            closed_by_node(&mut s, Duration::from_secs(5)).await,
+            "data for an unknown subtask closes the link"
+        );
+        closures += 1;
+        // Every keyed subtask of the job, on a channel it does not have: the nodes hosting
+        // one close the link.
+        let mut hosting = 0;
+        for n in ["n1", "n2", "n3"] {
+            let mut s = insider(&cluster.addr(n), &format!("zz-bad-channel-{n}"), &closed).await;
+            for to in 0..sum_job().parallelism as u32 {
+                send(&mut s, &data(edge(job, 1, to, 999))).await;
+            }
+            if closed_by_node(&mut s, Duration::from_secs(5)).await {
+                hosting += 1;
+            }
+        }
+        assert!(
+            hosting >= 1,
+            "a node hosting a keyed subtask closed the link"
+        );
+        closures + hosting
+    });
+    // Counted by the nodes (status files refresh every 50 ms).
+    cluster.wait(
+        "n2",
+        "the bad frames counted",
+        Duration::from_secs(10),
+        |c| {
+            ["n1", "n2", "n3"]
+                .iter()
+                .map(|n| c.count(n, "bad"))
+                .sum::<u64>()
+                >= bad0 + closures
+        },
+    );
+    println!("bad frames: {closures} links closed, counted by the nodes");
+    assert!(cluster.job_running(), "the frames landed while the job ran");
+    assert_exact(&mut cluster, expected);
 }

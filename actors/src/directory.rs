@@ -18,8 +18,12 @@ pub trait Resolve: Send + Sync {
     /// is not known anywhere.
     fn remote(&self, from: TaskId, to: TaskId, in_channel: u32) -> Option<Recipient<DataMessage>>;
 
-    /// Subtask `task` started in this process at `to` (so that other nodes can reach it).
-    fn local_started(&self, _task: TaskId, _to: &Recipient<DataMessage>) {}
+    /// Subtask `task` started in this process at `to`, with `inputs` input channels (so that
+    /// other nodes can reach it, and frames naming another channel are refused).
+    fn local_started(&self, _task: TaskId, _to: &Recipient<DataMessage>, _inputs: usize) {}
+
+    /// Subtask `task` of this process has `inputs` input channels now (after a rescale).
+    fn inputs_changed(&self, _task: TaskId, _inputs: usize) {}
 }
 
 /// The data addresses of one job's subtasks in this process, with a fallback for the others.
@@ -75,12 +79,20 @@ impl Directory {
         self.plans.insert(version, plan);
     }
 
-    /// Records the address of a subtask running in this process.
-    pub fn insert(&self, task: TaskId, to: Recipient<DataMessage>) {
+    /// Records the address of a subtask running in this process, with `inputs` input
+    /// channels.
+    pub fn insert(&self, task: TaskId, to: Recipient<DataMessage>, inputs: usize) {
         if let Some(r) = &self.remote {
-            r.local_started(task, &to);
+            r.local_started(task, &to, inputs);
         }
         self.local.insert(task, to);
+    }
+
+    /// A subtask of this process has `inputs` input channels now (a rescale re-wired it).
+    pub fn inputs_changed(&self, task: TaskId, inputs: usize) {
+        if let Some(r) = &self.remote {
+            r.inputs_changed(task, inputs);
+        }
     }
 
     /// Forgets a local subtask (it moved away).

@@ -162,7 +162,7 @@ impl LocalHost {
             SubtaskActor::new(setup)
         });
         let data = addr.clone().recipient();
-        self.directory.insert(task, data.clone());
+        self.directory.insert(task, data.clone(), in_channels);
         (data, addr.recipient())
     }
 

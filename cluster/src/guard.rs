@@ -249,6 +249,9 @@ pub(crate) struct RefusedCounts {
     pub(crate) frames: AtomicU64,
     /// Links closed because the peer held more memory than its budget.
     pub(crate) over_budget: AtomicU64,
+    /// Links closed because an authenticated peer sent a frame naming something that does
+    /// not exist ([`crate::FrameError`]).
+    pub(crate) bad_frames: AtomicU64,
 }
 
 impl RefusedCounts {

@@ -28,6 +28,76 @@ use tokio::sync::oneshot;
 /// Jobs a node hosts for others at once, at most.
 const MAX_HOSTED_JOBS: usize = 16;
 
+/// A frame from an authenticated peer that names something that does not exist here — a job,
+/// a subtask or a channel — or does not decode: the peer broke the protocol, and the link it
+/// came on closes ([`crate::Refusals::bad_frames`]). A frame for a job that ended here lately
+/// is late, not wrong, and is dropped without closing anything.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    /// No job of that id runs or ran here lately.
+    #[error("no job {job:#x} is known here")]
+    UnknownJob {
+        /// The job named.
+        job: u64,
+    },
+    /// The job has no such subtask.
+    #[error("job {job:#x} has no subtask {chain}.{subtask}")]
+    UnknownTask {
+        /// The job.
+        job: u64,
+        /// The chain named.
+        chain: usize,
+        /// The subtask named.
+        subtask: usize,
+    },
+    /// The subtask has no such input channel.
+    #[error("subtask {chain}.{subtask} of job {job:#x} has no input channel {channel} (it has {channels})")]
+    UnknownChannel {
+        /// The job.
+        job: u64,
+        /// The chain.
+        chain: u32,
+        /// The subtask.
+        subtask: u32,
+        /// The channel named.
+        channel: u32,
+        /// The channels the subtask has.
+        channels: u32,
+    },
+    /// A body inside the frame does not decode.
+    #[error("job {job:#x}: undecodable {what}: {reason}")]
+    Undecodable {
+        /// The job.
+        job: u64,
+        /// What did not decode.
+        what: &'static str,
+        /// The decoder's complaint.
+        reason: String,
+    },
+}
+
+fn undecodable(job: u64, what: &'static str, e: impl std::fmt::Display) -> FrameError {
+    FrameError::Undecodable {
+        job,
+        what,
+        reason: e.to_string(),
+    }
+}
+
+/// `task` must be a subtask of job `job` as placed here.
+fn known_task(shared: &Shared, job: u64, task: TaskId) -> Result<(), FrameError> {
+    match shared.jobs.placed(job, task) {
+        Some(true) => Ok(()),
+        Some(false) => Err(FrameError::UnknownTask {
+            job,
+            chain: task.chain,
+            subtask: task.subtask,
+        }),
+        None if shared.jobs.ended_lately(job) => Ok(()),
+        None => Err(FrameError::UnknownJob { job }),
+    }
+}
+
 /// Counts and logs a job frame from a node without authority over the job.
 fn refuse(shared: &Shared, job: u64, peer: &str, what: &'static str) {
     crate::guard::RefusedCounts::add(&shared.refused.frames);
@@ -84,28 +154,43 @@ fn start_refused(shared: &Shared, job: u64, peer: &str, coordinator: &str) -> Op
 /// Only a job's coordinator may start, place, control and end it, and only the nodes that
 /// host part of a job may report to its coordinator: any other job frame is refused and
 /// counted ([`crate::Node::refusals`]).
-pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message, back: LinkSender) {
+///
+/// # Errors
+/// [`FrameError`] for a frame from the job's coordinator (or one of its nodes) that names a
+/// subtask the job does not have, or whose body does not decode: the caller closes the link.
+pub(crate) fn on_frame(
+    shared: &Arc<Shared>,
+    me: &str,
+    peer: &str,
+    msg: Message,
+    back: LinkSender,
+) -> Result<(), FrameError> {
     match msg {
         m @ Message::JobStart { .. } => on_job_start(shared, me, peer, m),
-        Message::Spawn { job, task, spec } => on_spawn(shared, peer, job, task, &spec),
-        Message::Control { job, task, body } => on_control(shared, peer, job, task, &body),
-        Message::Report { job, body } => on_report(shared, peer, job, &body, back),
+        Message::Spawn { job, task, spec } => return on_spawn(shared, peer, job, task, &spec),
+        Message::Control { job, task, body } => return on_control(shared, peer, job, task, &body),
+        Message::Report { job, body } => return on_report(shared, peer, job, &body, back),
         Message::Decision { job, task, body } => {
             if hosted_by(shared, job, peer, "decision").is_none() {
-                return;
+                return Ok(());
             }
-            let Some((_, reply)) = shared.net.replies.remove(&(job, task)) else {
-                return;
-            };
-            match rmp_serde::from_slice::<Decision>(&body) {
-                Ok(d) => {
-                    let _ = reply.send(d);
-                }
-                Err(e) => tracing::error!(job, ?task, error = %e, "undecodable decision"),
+            known_task(shared, job, task)?;
+            let d = rmp_serde::from_slice::<Decision>(&body)
+                .map_err(|e| undecodable(job, "decision", e))?;
+            if let Some((_, reply)) = shared.net.replies.remove(&(job, task)) {
+                let _ = reply.send(d);
             }
         }
         Message::Placement { job, moves } => {
             if let Some(h) = hosted_by(shared, job, peer, "placement") {
+                let chains = h.resolver.plan.chain_count();
+                if let Some((t, _)) = moves.iter().find(|(t, _)| t.chain >= chains) {
+                    return Err(FrameError::UnknownTask {
+                        job,
+                        chain: t.chain,
+                        subtask: t.subtask,
+                    });
+                }
                 h.resolver.apply_moves(&moves);
             }
         }
@@ -117,7 +202,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
         }
         Message::Stats { job, links } => {
             if coordinated_from(shared, job, peer, "stats").is_none() {
-                return;
+                return Ok(());
             }
             if let Some(w) = shared.jobs.stats_waiters.get(&job) {
                 let _ = w.send((peer.to_string(), links));
@@ -125,7 +210,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
         }
         Message::JobEnd { job, error } => {
             if hosted_by(shared, job, peer, "job end").is_none() {
-                return;
+                return Ok(());
             }
             if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
                 stop_hosted(shared, job, &h);
@@ -134,6 +219,7 @@ pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message,
         }
         _ => {}
     }
+    Ok(())
 }
 
 /// A `JobStart`: host the job, if its sender has the authority to start it.
@@ -177,19 +263,28 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
 }
 
 /// A `Spawn`: start a subtask of a hosted job (in order with its control messages).
-fn on_spawn(shared: &Arc<Shared>, peer: &str, job: u64, task: TaskId, spec: &[u8]) {
+fn on_spawn(
+    shared: &Arc<Shared>,
+    peer: &str,
+    job: u64,
+    task: TaskId,
+    spec: &[u8],
+) -> Result<(), FrameError> {
     if !shared.jobs.hosted.contains_key(&job) {
-        return tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
+        tracing::warn!(job, ?task, %peer, "spawn order for a job not hosted here");
+        return Ok(());
     }
     let Some(h) = hosted_by(shared, job, peer, "spawn") else {
-        return;
+        return Ok(());
     };
-    let spec: SpawnSpec = match rmp_serde::from_slice(spec) {
-        Ok(s) => s,
-        Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable spawn order"),
-    };
-    if let Err(e) = h.host.check(task, &spec) {
-        return tracing::error!(job, ?task, %peer, error = %e, "spawn order refused");
+    let spec: SpawnSpec =
+        rmp_serde::from_slice(spec).map_err(|e| undecodable(job, "spawn order", e))?;
+    if h.host.check(task, &spec).is_err() {
+        return Err(FrameError::UnknownTask {
+            job,
+            chain: task.chain,
+            subtask: task.subtask,
+        });
     }
     let at = task.chain.wrapping_mul(31).wrapping_add(task.subtask);
     let worker = h.workers[at % h.workers.len()].clone();
@@ -199,36 +294,50 @@ fn on_spawn(shared: &Arc<Shared>, peer: &str, job: u64, task: TaskId, spec: &[u8
         let control = host.spawn(task, &worker, spec);
         controls.insert(task, control);
     });
+    Ok(())
 }
 
 /// A `Control`: hand a control message to a hosted subtask (on the first worker, in order).
-fn on_control(shared: &Arc<Shared>, peer: &str, job: u64, task: TaskId, body: &[u8]) {
+fn on_control(
+    shared: &Arc<Shared>,
+    peer: &str,
+    job: u64,
+    task: TaskId,
+    body: &[u8],
+) -> Result<(), FrameError> {
     let Some(h) = hosted_by(shared, job, peer, "control") else {
-        return;
+        return Ok(());
     };
-    let control: Control = match rmp_serde::from_slice(body) {
-        Ok(c) => c,
-        Err(e) => return tracing::error!(job, ?task, error = %e, "undecodable control message"),
-    };
+    known_task(shared, job, task)?;
+    let control: Control =
+        rmp_serde::from_slice(body).map_err(|e| undecodable(job, "control message", e))?;
     let controls = h.controls.clone();
     h.workers[0].spawn_fn(move || match controls.get(&task) {
         Some(c) => c.do_send(control),
         None => tracing::warn!(?task, "control message for a subtask not running here"),
     });
+    Ok(())
 }
 
 /// A `Report` to a job this node coordinates; a failure report's decision goes back on the
 /// reporting node's link.
-fn on_report(shared: &Arc<Shared>, peer: &str, job: u64, body: &[u8], back: LinkSender) {
+fn on_report(
+    shared: &Arc<Shared>,
+    peer: &str,
+    job: u64,
+    body: &[u8],
+    back: LinkSender,
+) -> Result<(), FrameError> {
     let Some(c) = coordinated_from(shared, job, peer, "report") else {
-        return;
+        return Ok(());
     };
-    let mut report: ToJob = match rmp_serde::from_slice(body) {
-        Ok(r) => r,
-        Err(e) => return tracing::error!(job, %peer, error = %e, "undecodable report"),
-    };
+    let mut report: ToJob =
+        rmp_serde::from_slice(body).map_err(|e| undecodable(job, "report", e))?;
+    if let Some(task) = report.task() {
+        known_task(shared, job, task)?;
+    }
     let Some(ports) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).clone() else {
-        return;
+        return Ok(());
     };
     if let (true, Some(task)) = (report.wants_reply(), report.task()) {
         let (tx, rx) = oneshot::channel();
@@ -244,6 +353,7 @@ fn on_report(shared: &Arc<Shared>, peer: &str, job: u64, body: &[u8], back: Link
         });
     }
     ports.to_job.do_send(report);
+    Ok(())
 }
 
 /// Starts hosting job `job`: builds its plan and starts its worker threads.
@@ -318,6 +428,7 @@ fn host_job(
 
 /// Stops hosting a job: its runtime stops (in the background) and its inboxes go.
 fn stop_hosted(shared: &Arc<Shared>, job: u64, h: &HostedJob) {
+    shared.jobs.gone(job);
     shared.net.inboxes.retain(|k, _| k.0 != job);
     shared.net.returns.retain(|k, _| k.0 != job);
     shared.net.replies.retain(|k, _| k.0 != job);

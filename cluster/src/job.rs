@@ -257,6 +257,7 @@ impl ClusterJob {
         }
         let error = outcome.as_ref().err().map(|e| e.to_string());
         links.shared.jobs.coordinated.remove(&job);
+        links.shared.jobs.gone(job);
         for link in links.shared.net.all_links() {
             let _ = link.send(Message::JobEnd {
                 job,

@@ -58,7 +58,13 @@ pub(crate) struct Jobs {
     /// Hosted jobs that ended, oldest first, until [`Jobs::wait_hosted`] takes them.
     ended: Mutex<VecDeque<HostedEnd>>,
     ended_changed: Condvar,
+    /// The ids of the jobs that ended here lately (coordinated or hosted), newest last: a
+    /// frame for one of them is late, not wrong.
+    gone: Mutex<VecDeque<u64>>,
 }
+
+/// Ended jobs whose ids a node remembers.
+const GONE_KEPT: usize = 1024;
 
 impl Jobs {
     /// The registry of `builders`, whose checkpoints go to `checkpoint_dir` if given.
@@ -88,6 +94,33 @@ impl Jobs {
             });
             env
         }))
+    }
+
+    /// Remembers that job `job` ended here (see [`Jobs::ended_lately`]).
+    pub(crate) fn gone(&self, job: u64) {
+        let mut g = self.gone.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() == GONE_KEPT {
+            g.pop_front();
+        }
+        g.push_back(job);
+    }
+
+    /// Whether job `job` ended here lately: frames for it may still be on their way.
+    pub(crate) fn ended_lately(&self, job: u64) -> bool {
+        self.gone
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&job)
+    }
+
+    /// The subtasks of job `job` (coordinated or hosted here) as its placement knows them,
+    /// or `None` if the job is not known here.
+    pub(crate) fn placed(&self, job: u64, task: TaskId) -> Option<bool> {
+        if let Some(c) = self.coordinated.get(&job) {
+            return Some(c.resolver.placement.contains_key(&task));
+        }
+        let h = self.hosted.get(&job)?;
+        Some(h.resolver.placement.contains_key(&task))
     }
 
     /// Records that a hosted job ended and wakes [`Jobs::wait_hosted`].

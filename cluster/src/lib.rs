@@ -59,7 +59,7 @@ pub mod wire;
 
 pub use guard::Limits;
 pub use handshake::{handshake, Established, HandshakeConfig, HandshakeError, Peer, Role};
-pub use hosting::HostedEnd;
+pub use hosting::{FrameError, HostedEnd};
 pub use job::{ClusterJob, JobBuilder, JobOptions};
 pub use node::{Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;

@@ -13,12 +13,13 @@
 use crate::guard::RefusedCounts;
 use crate::guard::Ticket;
 use crate::handshake::{handshake, HandshakeConfig, Role};
+use crate::hosting::FrameError;
 use crate::members::{declare_down, register, seen, unregister, Registered};
-use crate::remote::{channel_key, deliver, CreditsReturned, LinkBudget, LinkSender};
+use crate::remote::{channel_key, deliver, CreditsReturned, Inbox, LinkBudget, LinkSender};
 use crate::secure::Sealer;
 use crate::session::{Conn, ResumeState, Session, Verdict};
 use crate::shared::Shared;
-use crate::wire::{encode, read_frame, write_frame, Message};
+use crate::wire::{encode, read_frame, write_frame, EdgeAddress, Message};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWriteExt};
@@ -221,6 +222,39 @@ pub(crate) async fn link(
     unregister(&shared.net.members, &peer.node, up.reg.id);
 }
 
+/// Where a `Data` frame for `edge` goes: the local subtask's inbox, `None` for a frame that is
+/// late (its job ended here lately, or its subtask does not run here now), or why the frame
+/// is wrong (it names a job, subtask or channel that does not exist).
+fn inbox_of(shared: &Shared, edge: &EdgeAddress) -> Result<Option<Inbox>, FrameError> {
+    let key = (edge.job, edge.chain, edge.to);
+    if let Some(inbox) = shared.net.inboxes.get(&key).map(|i| i.clone()) {
+        if edge.channel >= inbox.channels {
+            return Err(FrameError::UnknownChannel {
+                job: edge.job,
+                chain: edge.chain,
+                subtask: edge.to,
+                channel: edge.channel,
+                channels: inbox.channels,
+            });
+        }
+        return Ok(Some(inbox));
+    }
+    let task = riffle_framework::TaskId {
+        chain: edge.chain as usize,
+        subtask: edge.to as usize,
+    };
+    match shared.jobs.placed(edge.job, task) {
+        Some(true) => Ok(None),
+        Some(false) => Err(FrameError::UnknownTask {
+            job: edge.job,
+            chain: task.chain,
+            subtask: task.subtask,
+        }),
+        None if shared.jobs.ended_lately(edge.job) => Ok(None),
+        None => Err(FrameError::UnknownJob { job: edge.job }),
+    }
+}
+
 /// The reading side of a link.
 struct Reading {
     shared: Arc<Shared>,
@@ -281,6 +315,14 @@ impl Reading {
         }
     }
 
+    /// An authenticated peer's frame named something that does not exist: counted, logged,
+    /// and the link closes (the session stays; the frame is not sent again).
+    fn bad_frame(&self, e: FrameError) -> After {
+        RefusedCounts::add(&self.shared.refused.bad_frames);
+        tracing::error!(peer = %self.peer.node, error = %e, "bad frame from a member; link closed");
+        After::Close
+    }
+
     /// Handles one frame.
     fn on_frame(&self, m: Message) -> After {
         let shared = &self.shared;
@@ -290,11 +332,10 @@ impl Reading {
             }
             Message::Data { edge, event } => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());
-                let inbox = shared
-                    .net
-                    .inboxes
-                    .get(&(edge.job, edge.chain, edge.to))
-                    .map(|i| i.clone());
+                let inbox = match inbox_of(shared, &edge) {
+                    Ok(inbox) => inbox,
+                    Err(e) => return self.bad_frame(e),
+                };
                 match inbox {
                     Some(inbox) => {
                         let back = self.back.clone();
@@ -305,7 +346,8 @@ impl Reading {
                         }
                     }
                     None => {
-                        tracing::warn!(peer = %self.peer.node, ?edge, "data for an unknown subtask; dropped");
+                        // A job that ended here, or a subtask not started here yet.
+                        tracing::debug!(peer = %self.peer.node, ?edge, "data for a subtask not running here; dropped");
                         self.back.send(Message::Credit { edge, n: 1 });
                     }
                 }
@@ -326,7 +368,11 @@ impl Reading {
             | Message::StatsRequest { .. }
             | Message::Stats { .. }) => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());
-                crate::hosting::on_frame(shared, &self.me, &self.peer.node, m, self.back.clone());
+                let back = self.back.clone();
+                if let Err(e) = crate::hosting::on_frame(shared, &self.me, &self.peer.node, m, back)
+                {
+                    return self.bad_frame(e);
+                }
             }
             Message::Ack { received } => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());

@@ -78,6 +78,9 @@ pub struct Refusals {
     pub frames: u64,
     /// Links closed because the peer's unhandled batches exceeded the link budget.
     pub over_budget: u64,
+    /// Links closed because an authenticated peer sent a frame naming a job, subtask or
+    /// channel that does not exist ([`crate::FrameError`]).
+    pub bad_frames: u64,
 }
 
 /// Builds a [`Node`]:
@@ -369,6 +372,7 @@ impl Node {
             links: r.links.load(Relaxed),
             frames: r.frames.load(Relaxed),
             over_budget: r.over_budget.load(Relaxed),
+            bad_frames: r.bad_frames.load(Relaxed),
         }
     }
 

@@ -95,15 +95,24 @@ impl Resolve for ClusterResolver {
         Some(addr.recipient())
     }
 
-    fn local_started(&self, task: TaskId, to: &Recipient<DataMessage>) {
+    fn local_started(&self, task: TaskId, to: &Recipient<DataMessage>, inputs: usize) {
         if let Some(codec) = self.plan.input_codec(task.chain) {
+            let channels = inputs;
             self.net.inboxes.insert(
                 (self.job, task.chain as u32, task.subtask as u32),
                 Inbox {
                     to: to.clone(),
                     codec,
+                    channels: u32::try_from(channels).unwrap_or(u32::MAX),
                 },
             );
+        }
+    }
+
+    fn inputs_changed(&self, task: TaskId, inputs: usize) {
+        let key = (self.job, task.chain as u32, task.subtask as u32);
+        if let Some(mut inbox) = self.net.inboxes.get_mut(&key) {
+            inbox.channels = u32::try_from(inputs).unwrap_or(u32::MAX);
         }
     }
 }

@@ -244,6 +244,8 @@ pub struct Inbox {
     pub to: Recipient<DataMessage>,
     /// The codec of the records it receives.
     pub codec: BatchCodec,
+    /// How many input channels it has: a frame naming another is refused.
+    pub channels: u32,
 }
 
 /// Delivers a `Data` frame into `inbox`, with a credit that answers on `link` when dropped.

@@ -171,6 +171,7 @@ impl SubtaskActor {
         self.aligning = None;
         let capacity = closed.len() * self.plan.config().credits + crate::directory::MAILBOX_SLACK;
         ctx.set_mailbox_capacity(capacity);
+        self.directory.inputs_changed(self.task, closed.len());
         self.closed = closed;
     }
 }
