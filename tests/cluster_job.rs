@@ -110,6 +110,7 @@ fn node_process_entry() {
 
 struct Cluster {
     children: Vec<Child>,
+    ports: Vec<u16>,
 }
 
 impl Drop for Cluster {
@@ -121,32 +122,48 @@ impl Drop for Cluster {
     }
 }
 
+/// Starts node process n{i+1} of `ports.len()` on its port, sharing `dir`.
+fn spawn_node(i: usize, ports: &[u16], dir: &Path, slow: bool) -> Child {
+    let exe = std::env::current_exe().expect("test binary");
+    let seed = if i == 0 {
+        String::new()
+    } else {
+        format!("127.0.0.1:{}", ports[0])
+    };
+    let spec = format!(
+        "n{}|127.0.0.1:{}|{seed}|{}|{}|{}",
+        i + 1,
+        ports[i],
+        ports.len(),
+        dir.display(),
+        u8::from(slow)
+    );
+    Command::new(&exe)
+        .args(["cluster_job::node_process_entry", "--exact", "--nocapture"])
+        .env(ENV_NODE, spec)
+        .spawn()
+        .expect("spawn node")
+}
+
 /// Starts `n` node processes n1..=n{n} sharing `dir`; n1 is the seed (and the coordinator).
 fn start_cluster(n: usize, dir: &Path, slow: bool) -> Cluster {
-    let exe = std::env::current_exe().expect("test binary");
     let ports: Vec<u16> = (0..n).map(|_| common::free_port()).collect();
-    let children = (0..n)
-        .map(|i| {
-            let seed = if i == 0 {
-                String::new()
-            } else {
-                format!("127.0.0.1:{}", ports[0])
-            };
-            let spec = format!(
-                "n{}|127.0.0.1:{}|{seed}|{n}|{}|{}",
-                i + 1,
-                ports[i],
-                dir.display(),
-                u8::from(slow)
-            );
-            Command::new(&exe)
-                .args(["cluster_job::node_process_entry", "--exact", "--nocapture"])
-                .env(ENV_NODE, spec)
-                .spawn()
-                .expect("spawn node")
-        })
-        .collect();
-    Cluster { children }
+    let children = (0..n).map(|i| spawn_node(i, &ports, dir, slow)).collect();
+    Cluster { children, ports }
+}
+
+/// Waits until a checkpoint of the job has been committed (its output published), while the
+/// coordinator still runs.
+fn wait_for_a_commit(cluster: &mut Cluster, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !common::checkpoint_published(dir) {
+        assert!(Instant::now() < deadline, "no checkpoint was committed");
+        assert!(
+            cluster.children[0].try_wait().expect("try_wait").is_none(),
+            "the job ended before a node could be killed"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 fn wait_all(cluster: &mut Cluster, timeout: Duration) -> Vec<std::process::ExitStatus> {
@@ -212,19 +229,7 @@ fn a_killed_node_is_recovered_from_on_the_other_two() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut cluster = start_cluster(3, dir.path(), true);
     // Mid-run: once a checkpoint has been committed (its output published).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let published = common::checkpoint_published(dir.path());
-        if published {
-            break;
-        }
-        assert!(Instant::now() < deadline, "no checkpoint was committed");
-        assert!(
-            cluster.children[0].try_wait().expect("try_wait").is_none(),
-            "the job ended before a node could be killed"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_a_commit(&mut cluster, dir.path());
     let killed_at = SystemTime::now();
     cluster.children[2].kill().expect("SIGKILL n3");
     let status = cluster.children[2].wait().expect("wait n3");
@@ -256,4 +261,63 @@ fn a_killed_node_is_recovered_from_on_the_other_two() {
         "n3 ran nothing at the end: {report}"
     );
     common::assert_same_output(common::published_output(dir.path()), expected);
+}
+
+#[test]
+fn a_node_restarted_under_its_id_at_once_is_a_lost_node() {
+    // A node SIGKILLed and started again with the same id and address within 100 ms: its
+    // peers must not take the new process for the old one (its incarnation differs), so the
+    // old one is lost and the job recovers without it, exactly. CI runs
+    // `RIFFLE_SAME_ID_TRIALS` trials (default 1); the 5 are `RIFFLE_SAME_ID_TRIALS=5`.
+    use std::os::unix::process::ExitStatusExt;
+    let trials: usize = std::env::var("RIFFLE_SAME_ID_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let expected = sum_job(false).single_process_output();
+    for trial in 0..trials {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = start_cluster(3, dir.path(), true);
+        wait_for_a_commit(&mut cluster, dir.path());
+        cluster.children[2].kill().expect("SIGKILL n3");
+        let status = cluster.children[2].wait().expect("wait n3");
+        let killed = Instant::now();
+        assert_eq!(status.signal(), Some(9), "n3 died of SIGKILL: {status:?}");
+        let ports = cluster.ports.clone();
+        cluster.children[2] = spawn_node(2, &ports, dir.path(), true);
+        let restarted = killed.elapsed();
+        assert!(
+            restarted < Duration::from_millis(100),
+            "n3 restarted within 100 ms ({restarted:?})"
+        );
+        // n1 (the coordinator) and n2 finish the job; the new n3 hosts nothing of it.
+        let deadline = Instant::now() + Duration::from_secs(180);
+        let mut done = [None, None];
+        while done.iter().any(Option::is_none) {
+            assert!(
+                Instant::now() < deadline,
+                "trial {trial}: the job did not end"
+            );
+            for (i, d) in done.iter_mut().enumerate() {
+                if d.is_none() {
+                    *d = cluster.children[i].try_wait().expect("try_wait");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            done.iter().flatten().all(|s| s.success()),
+            "trial {trial}: {done:?}"
+        );
+        let report = std::fs::read_to_string(dir.path().join("report")).expect("report");
+        assert!(report.contains("nodes_lost=n3"), "trial {trial}: {report}");
+        assert!(
+            !report.starts_with("recoveries=0 "),
+            "trial {trial}: the job recovered: {report}"
+        );
+        common::assert_same_output(common::published_output(dir.path()), expected.clone());
+        println!(
+            "same-id restart, trial {trial}: n3 back within {restarted:?}, lost and recovered from; exact"
+        );
+    }
 }

@@ -22,8 +22,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// What a link's writer takes: a frame, or a request to say when everything before it is
-/// written.
+/// What a session's writer takes: a frame, or a request to say when the peer has
+/// acknowledged everything before it.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     Frame(Message),

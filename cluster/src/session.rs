@@ -99,6 +99,9 @@ struct Replay {
     frames: VecDeque<(u64, Vec<u8>)>,
     /// Bytes in `frames`.
     bytes: usize,
+    /// Flush requests, each answered once the peer acknowledged the frames numbered up to
+    /// its sequence number.
+    waiters: Vec<(u64, std::sync::mpsc::Sender<()>)>,
 }
 
 impl Replay {
@@ -106,13 +109,28 @@ impl Replay {
         self.frames.front().map_or(self.sent + 1, |f| f.0)
     }
 
-    /// Forgets the frames the peer has received (`received` of them).
+    /// Forgets the frames the peer has received (`received` of them), and answers the flush
+    /// requests they cover.
     fn trim(&mut self, received: u64) {
         while self.frames.front().is_some_and(|f| f.0 <= received) {
             if let Some((_, f)) = self.frames.pop_front() {
                 self.bytes -= f.len();
             }
         }
+        let acked = self.first_kept().saturating_sub(1);
+        self.waiters.retain(|(upto, done)| {
+            let answered = *upto <= acked;
+            if answered {
+                let _ = done.send(());
+            }
+            !answered
+        });
+    }
+
+    /// Answers `done` once the peer has every frame numbered so far.
+    fn flushed_when_acked(&mut self, done: std::sync::mpsc::Sender<()>) {
+        self.waiters.push((self.sent, done));
+        self.trim(0);
     }
 
     /// The frames after the first `received`, one after the other.
@@ -297,7 +315,9 @@ struct Writer {
     peer: String,
 }
 
-/// What one round of the writer gathered from its queue.
+/// What one round of the writer gathered from its queue (flush requests are answered once
+/// the peer acknowledged everything before them, so a node that stops after a flush knows
+/// its last frames arrived).
 #[derive(Default)]
 struct Gathered {
     buf: Vec<u8>,
@@ -309,7 +329,6 @@ impl Writer {
     async fn run(mut self) {
         let mut conn: Option<Conn> = None;
         let mut acked = 0u64;
-        let mut pending_flush: Vec<std::sync::mpsc::Sender<()>> = Vec::new();
         let mut sealed = Vec::new();
         loop {
             tokio::select! {
@@ -320,11 +339,8 @@ impl Writer {
                     let frames = lock(&self.replay).frames.iter().filter(|f| f.0 > c.from).count();
                     self.resent.fetch_add(frames as u64, Ordering::Relaxed);
                     conn = Some(c);
-                    if !again.is_empty() && !write(&mut conn, &again, &mut sealed).await {
-                        continue;
-                    }
-                    for done in pending_flush.drain(..) {
-                        let _ = done.send(());
+                    if !again.is_empty() {
+                        write(&mut conn, &again, &mut sealed).await;
                     }
                 }
                 m = self.rx.recv() => {
@@ -335,14 +351,13 @@ impl Writer {
                         self.put(&Message::Ack { received }, &mut g.buf, false);
                         acked = received;
                     }
-                    pending_flush.append(&mut g.flushed);
-                    if g.buf.is_empty() || write(&mut conn, &g.buf, &mut sealed).await {
-                        if conn.is_some() {
-                            for done in pending_flush.drain(..) {
-                                let _ = done.send(());
-                            }
+                    if !g.flushed.is_empty() {
+                        let mut r = lock(&self.replay);
+                        for done in g.flushed.drain(..) {
+                            r.flushed_when_acked(done);
                         }
-                    } else {
+                    }
+                    if !g.buf.is_empty() && !write(&mut conn, &g.buf, &mut sealed).await {
                         // The link broke: what it did not take is kept and resent on the next.
                         acked = 0;
                     }
