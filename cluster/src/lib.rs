@@ -34,8 +34,12 @@
 //! proxies use (`net`), the registry of jobs (`jobs`), and `shared`, which holds them; the
 //! mesh's runtime (`mesh`) and each link (`link`) sit on top.
 //!
-//! Not yet: surviving the coordinator's loss, links that survive a reset without loss
-//! (see `cluster/PROTOCOL.md` for the threat model and what a link failure does).
+//! - `session`: what a node sends a peer survives the TCP link it travels on — frames are
+//!   numbered, kept until acknowledged and resent after a reset ([`SessionStats`]); a peer
+//!   that restarted or lost the session is a lost node.
+//!
+//! Not yet: surviving the coordinator's loss (see `cluster/PROTOCOL.md` for the threat model
+//! and what a link failure does).
 
 mod config;
 pub mod guard;

@@ -133,6 +133,61 @@ async fn exchange(
     }
 }
 
+/// The resume exchange on a link just registered: on a session both sides kept, the write
+/// half goes to the session's writer and the reader comes back; otherwise `None` (and a
+/// session that had run is over: the peer is lost to the jobs).
+async fn resume(
+    shared: &Arc<Shared>,
+    hs: &HandshakeConfig,
+    peer: &crate::handshake::Peer,
+    up: &Up,
+    stream: TcpStream,
+    max: u32,
+) -> Option<Box<dyn AsyncRead + Unpin + Send>> {
+    let (r, mut w) = stream.into_split();
+    let mut sealer = up.cipher.as_ref().map(|c| c.sealer());
+    let mut reader: Box<dyn AsyncRead + Unpin + Send> = match &up.cipher {
+        Some(c) => Box::new(c.opener(r)),
+        None => Box::new(r),
+    };
+    let session = &up.reg.session;
+    let mine = session.resume_frame();
+    let theirs = tokio::time::timeout(
+        hs.timeout,
+        exchange(&mut w, &mut sealer, &mut reader, max, &mine),
+    )
+    .await
+    .unwrap_or(Err(ResumeError::Late));
+    let theirs = match theirs {
+        Ok(theirs) => theirs,
+        Err(e) => {
+            tracing::warn!(peer = %peer.node, error = %e, "link closed before its session resumed");
+            return None;
+        }
+    };
+    match session.on_resume(theirs) {
+        Verdict::Resume { from } => {
+            // Under the membership's lock, so that a waiter on the sessions cannot miss it.
+            let st = shared.net.members.lock();
+            session.attach(Conn { w, sealer, from });
+            drop(st);
+            shared.net.members.notify();
+            Some(reader)
+        }
+        Verdict::Broken => {
+            // Frames may be lost either way: a session that had run is over, and the peer
+            // is lost to the jobs; the next link starts afresh.
+            let ran = session.established();
+            tracing::warn!(peer = %peer.node, ran, "the peer did not keep our session; link closed");
+            if ran {
+                declare_down(&mut shared.net.members.lock(), &peer.node);
+                lost(shared, &hs.node, &peer.node);
+            }
+            None
+        }
+    }
+}
+
 /// Runs one link: handshake, registration, the resume exchange, then the session's writer
 /// writes on it and the reader reads until it closes.
 #[allow(clippy::too_many_arguments)]
@@ -156,51 +211,14 @@ pub(crate) async fn link(
         // Linked: a later dial to this address may happen once this link is gone.
         shared.net.members.lock().dialing.remove(&a);
     }
-    let peer = up.peer;
+    let peer = up.peer.clone();
     if up.reg.restarted {
         lost(&shared, &hs.node, &peer.node);
     }
-    let (r, mut w) = stream.into_split();
-    let mut sealer = up.cipher.as_ref().map(|c| c.sealer());
-    let mut reader: Box<dyn AsyncRead + Unpin + Send> = match &up.cipher {
-        Some(c) => Box::new(c.opener(r)),
-        None => Box::new(r),
+    let Some(reader) = resume(&shared, &hs, &peer, &up, stream, max).await else {
+        return unregister(&shared.net.members, &peer.node, up.reg.id);
     };
     let session = up.reg.session.clone();
-    let mine = session.resume_frame();
-    let theirs = tokio::time::timeout(
-        hs.timeout,
-        exchange(&mut w, &mut sealer, &mut reader, max, &mine),
-    )
-    .await
-    .unwrap_or(Err(ResumeError::Late));
-    let verdict = match theirs {
-        Ok(theirs) => session.on_resume(theirs),
-        Err(e) => {
-            tracing::warn!(peer = %peer.node, error = %e, "link closed before its session resumed");
-            return unregister(&shared.net.members, &peer.node, up.reg.id);
-        }
-    };
-    match verdict {
-        Verdict::Resume { from } => {
-            // Under the membership's lock, so that a waiter on the sessions cannot miss it.
-            let st = shared.net.members.lock();
-            session.attach(Conn { w, sealer, from });
-            drop(st);
-            shared.net.members.notify();
-        }
-        Verdict::Broken => {
-            // Frames may be lost either way: a session that had run is over, and the peer
-            // is lost to the jobs; the next link starts afresh.
-            let ran = session.established();
-            tracing::warn!(peer = %peer.node, ran, "the peer did not keep our session; link closed");
-            if ran {
-                declare_down(&mut shared.net.members.lock(), &peer.node);
-                lost(&shared, &hs.node, &peer.node);
-            }
-            return unregister(&shared.net.members, &peer.node, up.reg.id);
-        }
-    }
     tracing::info!(peer = %peer.node, encrypted = up.cipher.is_some(), "link up");
     let reading = Reading {
         shared: shared.clone(),

@@ -396,7 +396,7 @@ impl Node {
 
     /// A sender into the session with `peer`, if it is a member that is not declared down:
     /// what is sent on it reaches the peer in order, across links that break and are made
-    /// again ([`crate::session`]).
+    /// again (see `cluster/PROTOCOL.md`, Sessions).
     pub fn link(&self, peer: &str) -> Option<LinkSender> {
         self.shared.net.members.link_sender(peer)
     }
