@@ -222,7 +222,17 @@ fn a_reset_link_costs_a_pause_not_a_record() {
     let expected = sum_job().single_process_output();
     let mut pauses = Vec::new();
     for i in 0..trials {
+        // A hang is a failure with a message, not a stalled run.
+        let (done, watch) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            let late = std::sync::mpsc::RecvTimeoutError::Timeout;
+            if watch.recv_timeout(Duration::from_secs(120)) == Err(late) {
+                eprintln!("link resets: trial {i} (seed {seed}) did not end within 120 s");
+                std::process::abort();
+            }
+        });
         let p = trial(i, seed, &expected);
+        let _ = done.send(());
         let (a, b) = PAIRS[i % PAIRS.len()];
         println!(
             "trial {i}: link {}-{} reset {} times, exact, no recovery; pauses {:?}",
