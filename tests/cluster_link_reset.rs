@@ -59,7 +59,18 @@ struct Cluster {
 }
 
 impl Cluster {
+    /// Starts the cluster; a port chosen free may be taken before a node binds it (a
+    /// proxy's own port, say), so a failed bind starts over with other ports.
     fn start(dir: &Path) -> Cluster {
+        for _ in 0..5 {
+            if let Some(c) = Cluster::try_start(dir) {
+                return c;
+            }
+        }
+        panic!("no free ports for three nodes in five attempts");
+    }
+
+    fn try_start(dir: &Path) -> Option<Cluster> {
         let addrs: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", common::free_port()))
             .collect();
@@ -100,7 +111,7 @@ impl Cluster {
                 })
                 .register_job("sum", move || sum_job().build(&d))
                 .start()
-                .expect("node");
+                .ok()?;
             nodes.push(node);
         }
         for n in &nodes {
@@ -109,7 +120,7 @@ impl Cluster {
             });
             assert_eq!(m.len(), 2, "{} sees the other two: {m:?}", n.name());
         }
-        Cluster { nodes, proxies }
+        Some(Cluster { nodes, proxies })
     }
 
     /// Links the session of node `a` with node `b` has run on.
