@@ -244,14 +244,7 @@ impl NodeBuilder {
 /// A fresh incarnation for this process's node: random (the clock if randomness fails), so a
 /// node restarted under the same id is told from the process it replaces.
 fn incarnation() -> u64 {
-    let mut b = [0u8; 8];
-    if getrandom::fill(&mut b).is_err() {
-        b = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_nanos() as u64)
-            .to_le_bytes();
-    }
-    u64::from_le_bytes(b)
+    crate::session::random_u64()
 }
 
 /// Connections the kernel queues for a node before it accepts them: a burst of connections

@@ -35,6 +35,19 @@ const WRITE_BATCH: usize = 256 * 1024;
 /// Channels whose credits one write merges, at most.
 const MAX_MERGED_CREDITS: usize = 64;
 
+/// A random number (derived from the clock if randomness fails: it still differs from the
+/// previous one) — for session ids and process incarnations.
+pub(crate) fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_err() {
+        b = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_nanos() as u64)
+            .to_le_bytes();
+    }
+    u64::from_le_bytes(b)
+}
+
 /// The resume exchange as one side sent it: `Resume { session, peer_session, received }`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct ResumeState {
@@ -195,15 +208,7 @@ impl Session {
         let (conns, conn_rx) = mpsc::unbounded_channel();
         let mut id = 0;
         while id == 0 {
-            let mut b = [0u8; 8];
-            if getrandom::fill(&mut b).is_err() {
-                // No randomness: a clock-derived id still differs from the previous session's.
-                b = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(1, |d| d.as_nanos() as u64)
-                    .to_le_bytes();
-            }
-            id = u64::from_le_bytes(b);
+            id = random_u64();
         }
         let s = Arc::new(Session {
             id,
