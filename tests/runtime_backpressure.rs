@@ -164,7 +164,11 @@ fn subtasks_blocked_on_credits_still_take_a_stop_a_reset_and_a_hold() {
 static SLOW_EMITTED: (std::sync::Mutex<u64>, std::sync::Condvar) =
     (std::sync::Mutex::new(0), std::sync::Condvar::new());
 
-const FAST_RECORDS: u64 = 200_000;
+/// Where the fast subtask of [`Mixed`] was at its latest call.
+static FAST_EMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// Far more than the fast subtask emits in the windows between alignments before the stop
+/// (about 200,000 here; 200,000 in all let it finish first on a faster machine).
+const FAST_RECORDS: u64 = 2_000_000;
 const SLOW_RECORDS: u64 = 4;
 const SLOW_EVERY: Duration = Duration::from_millis(1_200);
 
@@ -191,6 +195,7 @@ impl Source for Mixed {
             SLOW_EMITTED.1.notify_all();
             return Ok(SourceStatus::More);
         }
+        FAST_EMITTED.store(self.next, std::sync::atomic::Ordering::Relaxed);
         for _ in 0..out.budget() {
             if self.next == FAST_RECORDS {
                 return Ok(SourceStatus::Finished);
@@ -246,10 +251,18 @@ fn a_subtask_waiting_for_credits_held_by_an_alignment_takes_a_stop() {
     // Fault timing, not synchronisation: by now the next checkpoint is aligning at `join`.
     std::thread::sleep(Duration::from_millis(300));
     let fast = handle.chaos().find("mixed", 0).expect("fast subtask");
+    let fast_at = FAST_EMITTED.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        fast_at < FAST_RECORDS,
+        "the fast subtask finished its {FAST_RECORDS} records before the stop: nothing to test"
+    );
     handle.chaos().stop(fast);
     let p = handle.wait_until(|p| p.epoch >= 1);
     let slow_now = *SLOW_EMITTED.0.lock().expect("slow");
-    println!("the waiting subtask took its stop with the slow one at record {slow_now} of {SLOW_RECORDS}");
+    println!(
+        "the waiting subtask took its stop at record {fast_at} of {FAST_RECORDS}, \
+         with the slow one at record {slow_now} of {SLOW_RECORDS}"
+    );
     assert!(!p.ended, "the job ended before the stop was taken");
     assert_eq!(
         slow_now, 1,
