@@ -673,6 +673,7 @@ fn forged_frames(job: u64) -> Vec<Message> {
             placement: vec![(t, "n2".into())],
             parallelism: None,
             rescaled: Vec::new(),
+            epoch: 0,
         })
         .collect();
     v.push(Message::JobStart {
@@ -682,6 +683,7 @@ fn forged_frames(job: u64) -> Vec<Message> {
         placement: vec![(t, "n2".into())],
         parallelism: None,
         rescaled: Vec::new(),
+        epoch: 0,
     });
     v.push(Message::Spawn {
         job,

@@ -185,6 +185,30 @@ pub enum ClusterError {
         /// The node.
         node: String,
     },
+    /// With etcd, jobs are started and changed by the cluster's elected leader.
+    #[error("node `{me}` is not the cluster's leader (the leader is {})", leader.as_deref().unwrap_or("not elected yet"))]
+    NotLeader {
+        /// The node asked.
+        me: String,
+        /// The leader, if one is known.
+        leader: Option<String>,
+    },
+    /// This node coordinated the job as leader of `epoch` and lost the leadership (its lease
+    /// ended: paused, partitioned from etcd): it stopped the job without committing anything
+    /// more, and the new leader continues it from its latest checkpoint.
+    #[error("fenced: this node no longer leads the cluster (epoch {epoch}): {reason}")]
+    Fenced {
+        /// The epoch this node led in.
+        epoch: u64,
+        /// What showed it.
+        reason: String,
+    },
+    /// etcd, which elects the leader and keeps the jobs' records, did not answer.
+    #[error("etcd: {reason}")]
+    Etcd {
+        /// What failed.
+        reason: String,
+    },
 }
 
 impl JobError {

@@ -35,6 +35,19 @@ pub trait RemoteTasks: Send + Sync {
     /// `added` ones (placed where the cluster layer decides; nodes that do not host the job
     /// yet are told to), and the `removed` ones are gone. `steps` are every rescale so far.
     fn rescaled(&self, _steps: &[(String, usize)], _added: &[TaskId], _removed: &[TaskId]) {}
+    /// Whether this process still has the authority to coordinate the job (with leader
+    /// election: it surely still leads in the epoch the job started under). Asked before a
+    /// checkpoint is triggered and before a lost node's subtasks are recovered; an error ends
+    /// the job with it, committing nothing more.
+    fn authority(&self) -> Result<(), crate::ClusterError> {
+        Ok(())
+    }
+    /// Asked before checkpoint `id` is saved and its sinks commit: records it where a
+    /// successor would look for it, and fails if this process lost its authority meanwhile
+    /// (the checkpoint is then discarded and the job ends with the error).
+    fn confirm_checkpoint(&self, _id: u64) -> Result<(), crate::ClusterError> {
+        Ok(())
+    }
 }
 
 /// What a subtask restores when it starts.

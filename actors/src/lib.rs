@@ -57,7 +57,7 @@ pub use message::{
     TaskDraining, TaskFailed, TaskFinished, TaskLost, TaskResumed, ToJob,
 };
 pub use protocol::rescale::InPlaceFigures;
-pub use requests::NodeLost;
+pub use requests::{Fence, NodeLost};
 pub use runtime::{
     start_distributed, start_plan, state_moved, Distribution, Execute, JobHandle, JobPorts,
     RescaleOutcome, Rng,

@@ -41,6 +41,17 @@ impl Message for NodeLost {
     type Result = ();
 }
 
+/// The cluster layer found that this process lost its authority over the job (another node
+/// leads now): the job ends with `reason` at once, committing nothing more.
+#[derive(Debug)]
+pub struct Fence {
+    /// Why.
+    pub reason: crate::ClusterError,
+}
+impl Message for Fence {
+    type Result = ();
+}
+
 /// A chaos request, handled by the job supervisor.
 pub(crate) enum ChaosCommand {
     /// A control message for the task at this index of `ExecutionPlan::tasks()`.

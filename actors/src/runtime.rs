@@ -6,7 +6,7 @@ use crate::host::{Directory, LocalHost, RemoteTasks, Resolve};
 use crate::message::ToJob;
 use crate::protocol::checkpoints::Coordinator;
 use crate::protocol::rescale::{InPlaceError, InPlaceFigures};
-use crate::requests::{NodeLost, RescaleRequest, SavepointRequest};
+use crate::requests::{Fence, NodeLost, RescaleRequest, SavepointRequest};
 use crate::stats::{Progress, ProgressCell};
 use crate::supervisor::{JobSupervisor, Setup};
 use actix::prelude::*;
@@ -413,6 +413,8 @@ pub struct JobPorts {
     pub to_job: Recipient<ToJob>,
     /// Nodes that were lost.
     pub node_lost: Recipient<NodeLost>,
+    /// The coordinator lost its authority over the job.
+    pub fence: Recipient<Fence>,
 }
 
 /// Starts a planned job whose subtasks are spread over nodes as `dist` says. Every subtask
@@ -460,6 +462,7 @@ fn launch(
             f(JobPorts {
                 to_job: ctx.address().recipient(),
                 node_lost: ctx.address().recipient(),
+                fence: ctx.address().recipient(),
             });
         }
         let host = LocalHost::new(plan.clone(), directory, ctx.address().recipient());

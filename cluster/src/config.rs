@@ -30,6 +30,7 @@ pub(crate) struct NodeConfig {
     pub(crate) advertise: Option<String>,
     pub(crate) dial_via: Option<DialVia>,
     pub(crate) checkpoint_dir: Option<std::path::PathBuf>,
+    pub(crate) etcd: Option<crate::leader::EtcdSettings>,
 }
 
 /// Maps a peer's advertised address to the address to connect to.

@@ -252,6 +252,8 @@ pub(crate) struct RefusedCounts {
     /// Links closed because an authenticated peer sent a frame naming something that does
     /// not exist ([`crate::FrameError`]).
     pub(crate) bad_frames: AtomicU64,
+    /// Job frames refused because the leader that started the job was superseded.
+    pub(crate) fenced: AtomicU64,
 }
 
 impl RefusedCounts {

@@ -104,14 +104,57 @@ fn refuse(shared: &Shared, job: u64, peer: &str, what: &'static str) {
     tracing::warn!(job, %peer, what, "job frame from a node without authority over the job; refused");
 }
 
-/// The hosted job `job`, if `peer` is its coordinator (a frame from anyone else is refused).
-fn hosted_by(shared: &Shared, job: u64, peer: &str, what: &'static str) -> Option<Arc<HostedJob>> {
+/// The hosted job `job`, if `peer` is its coordinator (a frame from anyone else is refused)
+/// and no newer leader superseded the one that started it (see [`drop_stale_hosted`]).
+fn hosted_by(
+    shared: &Arc<Shared>,
+    job: u64,
+    peer: &str,
+    what: &'static str,
+) -> Option<Arc<HostedJob>> {
     let h = shared.jobs.hosted.get(&job).map(|h| h.clone())?;
     if h.coordinator != peer {
         refuse(shared, job, peer, what);
         return None;
     }
+    let newest = shared.leadership.as_ref().map_or(0, |l| l.view().epoch);
+    if h.epoch < newest {
+        drop_stale_hosted(shared, newest);
+        fenced(shared, job, peer, what);
+        return None;
+    }
     Some(h)
+}
+
+/// Counts and logs a frame of a job whose leader was superseded.
+fn fenced(shared: &Shared, job: u64, peer: &str, what: &'static str) {
+    crate::guard::RefusedCounts::add(&shared.refused.fenced);
+    tracing::warn!(job, %peer, what, "frame of a job whose leader was superseded; refused");
+}
+
+/// A newer leader (of `epoch`) leads the cluster: stop hosting every job an older one
+/// started — the new leader continues it — and refuse their frames from now on. These jobs
+/// did not end, so nothing is reported to [`crate::Node::wait_hosted`].
+pub(crate) fn drop_stale_hosted(shared: &Arc<Shared>, epoch: u64) {
+    let stale: Vec<u64> = shared
+        .jobs
+        .hosted
+        .iter()
+        .filter(|e| e.value().epoch < epoch)
+        .map(|e| *e.key())
+        .collect();
+    for job in stale {
+        if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
+            tracing::warn!(
+                job,
+                epoch = h.epoch,
+                newer = epoch,
+                "a newer leader took over: the job's old instance stops here"
+            );
+            shared.jobs.superseded(job);
+            stop_hosted(shared, job, &h);
+        }
+    }
 }
 
 /// The job `job` this node coordinates, if `peer` hosts part of it.
@@ -129,17 +172,39 @@ fn coordinated_from(
     Some(c)
 }
 
+/// A job start from a leader whose epoch is older than the newest this node knows.
+const SUPERSEDED_START: &str = "a job start from a leader that was superseded";
+
 /// Why a `JobStart` from `peer` is refused, if it is: only the coordinator — naming itself,
-/// and the live member with the lowest id among the others this node knows (this node is left
-/// out: one that joined after the job started may have a lower id than its coordinator) — may
-/// start a job; a job runs once; a node hosts a bounded number of jobs.
-fn start_refused(shared: &Shared, job: u64, peer: &str, coordinator: &str) -> Option<&'static str> {
+/// and, without etcd, the live member with the lowest id among the others this node knows
+/// (this node is left out: one that joined after the job started may have a lower id than its
+/// coordinator); with etcd, the leader of an epoch no older than the newest this node knows —
+/// may start a job; a job runs once; a node hosts a bounded number of jobs.
+fn start_refused(
+    shared: &Shared,
+    job: u64,
+    peer: &str,
+    coordinator: &str,
+    epoch: u64,
+) -> Option<&'static str> {
     if coordinator != peer {
         return Some("a job start on behalf of another node");
     }
-    let lowest = shared.net.up_peers().into_iter().min();
-    if lowest.as_deref() != Some(peer) {
-        return Some("a job start from a node that is not the coordinator (the lowest live id)");
+    if let Some(l) = &shared.leadership {
+        let view = l.view();
+        if epoch < view.epoch || epoch == 0 {
+            return Some(SUPERSEDED_START);
+        }
+        if epoch == view.epoch && view.leader.as_deref().is_some_and(|n| n != peer) {
+            return Some("a job start from a node that is not the leader of its epoch");
+        }
+    } else {
+        let lowest = shared.net.up_peers().into_iter().min();
+        if lowest.as_deref() != Some(peer) {
+            return Some(
+                "a job start from a node that is not the coordinator (the lowest live id)",
+            );
+        }
     }
     if shared.jobs.hosted.contains_key(&job) || shared.jobs.coordinated.contains_key(&job) {
         return Some("a job start for a job that runs here already");
@@ -165,6 +230,10 @@ pub(crate) fn on_frame(
     msg: Message,
     back: LinkSender,
 ) -> Result<(), FrameError> {
+    if let Some(job) = msg.command_job().filter(|j| shared.jobs.was_superseded(*j)) {
+        fenced(shared, job, peer, "job frame");
+        return Ok(());
+    }
     match msg {
         m @ Message::JobStart { .. } => on_job_start(shared, me, peer, m),
         Message::Spawn { job, task, spec } => return on_spawn(shared, peer, job, task, &spec),
@@ -214,7 +283,8 @@ pub(crate) fn on_frame(
             }
             if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
                 stop_hosted(shared, job, &h);
-                shared.jobs.hosted_ended(HostedEnd { job, error });
+                let name = h.name.clone();
+                shared.jobs.hosted_ended(HostedEnd { job, name, error });
             }
         }
         _ => {}
@@ -231,11 +301,15 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
         placement,
         parallelism,
         rescaled,
+        epoch,
     } = msg
     else {
         return;
     };
-    if let Some(what) = start_refused(shared, job, peer, &coordinator) {
+    if let Some(what) = start_refused(shared, job, peer, &coordinator, epoch) {
+        if what == SUPERSEDED_START {
+            return fenced(shared, job, peer, what);
+        }
         return refuse(shared, job, peer, what);
     }
     let options = JobOptions {
@@ -248,7 +322,8 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
         sticky: Vec::new(),
         exclude: Vec::new(),
     };
-    match host_job(shared, me, job, &name, &coordinator, &placement, options) {
+    let started = (job, coordinator.as_str(), epoch);
+    match host_job(shared, me, started, &name, &placement, options) {
         Ok(h) => {
             shared.jobs.hosted.insert(job, h);
         }
@@ -256,6 +331,7 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
             tracing::error!(job, %name, error = %e, "cannot host the job");
             shared.jobs.hosted_ended(HostedEnd {
                 job,
+                name,
                 error: Some(e),
             });
         }
@@ -356,13 +432,13 @@ fn on_report(
     Ok(())
 }
 
-/// Starts hosting job `job`: builds its plan and starts its worker threads.
+/// Starts hosting job `job` (started by `coordinator` as leader of `epoch`): builds its plan
+/// and starts its worker threads.
 fn host_job(
     shared: &Arc<Shared>,
     me: &str,
-    job: u64,
+    (job, coordinator, epoch): (u64, &str, u64),
     name: &str,
-    coordinator: &str,
     placement: &[(TaskId, String)],
     options: JobOptions,
 ) -> Result<Arc<HostedJob>, String> {
@@ -415,7 +491,9 @@ fn host_job(
     let host = LocalHost::new(plan, directory, proxy.recipient());
     tracing::info!(job, %name, %coordinator, "hosting job");
     Ok(Arc::new(HostedJob {
+        name: name.to_string(),
         coordinator: coordinator.to_string(),
+        epoch,
         baseline: shared.net.link_totals(),
         resolver,
         host,
@@ -492,10 +570,17 @@ pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[Str
         .collect();
     for job in orphaned {
         if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
-            tracing::error!(job, coordinator = %node, "the coordinator was lost; the job stops here (coordinator loss is not survived)");
             stop_hosted(shared, job, &h);
+            if shared.leadership.is_some() {
+                // Not an end: the next leader continues the job from its latest checkpoint.
+                tracing::warn!(job, coordinator = %node, "the coordinator was lost; the job stops here until the next leader continues it");
+                shared.jobs.superseded(job);
+                continue;
+            }
+            tracing::error!(job, coordinator = %node, "the coordinator was lost; the job stops here (coordinator loss is not survived without etcd)");
             shared.jobs.hosted_ended(HostedEnd {
                 job,
+                name: h.name.clone(),
                 error: Some(format!("coordinator `{node}` was lost")),
             });
         }

@@ -31,6 +31,7 @@
 //! starts it again (from its latest checkpoint if it is configured to restore).
 
 pub use crate::config::JobBuilder;
+use crate::failover::{Authority, JobRecord, RecordState};
 use crate::jobs::CoordinatedJob;
 use crate::placement::Placement;
 use crate::proxy::{ClusterResolver, ClusterTasks};
@@ -139,6 +140,7 @@ impl ClusterJob {
                 self.options.rescaled.retain(|(op, _)| op != operator);
                 self.options.rescaled.push((operator.to_string(), n));
                 self.refresh_placement();
+                self.record_rescale()?;
                 Ok((self, outcome))
             }
             Err(JobError::RescaleRefused { reason }) => {
@@ -149,6 +151,16 @@ impl ClusterJob {
                 })
             }
             Err(e) => Err(e),
+        }
+    }
+
+    /// With etcd: the job's record says how it runs now, so that a new leader continues it
+    /// so.
+    fn record_rescale(&self) -> Result<(), ClusterError> {
+        let coordinated = self.links.shared.jobs.coordinated.get(&self.job);
+        match coordinated.as_ref().and_then(|c| c.authority.clone()) {
+            Some(a) => a.rescaled(&self.options.rescaled),
+            None => Ok(()),
         }
     }
 
@@ -256,8 +268,19 @@ impl ClusterJob {
             result.links = links.figures(job);
         }
         let error = outcome.as_ref().err().map(|e| e.to_string());
-        links.shared.jobs.coordinated.remove(&job);
+        let coordinated = links.shared.jobs.coordinated.remove(&job).map(|(_, c)| c);
         links.shared.jobs.gone(job);
+        if let Some(a) = coordinated.as_ref().and_then(|c| c.authority.clone()) {
+            if matches!(outcome, Err(JobError::Cluster(ClusterError::Fenced { .. }))) {
+                // Not an end: the new leader continues the job; its nodes hear from it.
+                return outcome;
+            }
+            // The end is agreed in etcd before anyone is told.
+            if let Err(e) = a.ended(error.as_deref()) {
+                tracing::error!(job, error = %e, "the job's end could not be recorded; its nodes are not told");
+                return Err(e.into());
+            }
+        }
         for link in links.shared.net.all_links() {
             let _ = link.send(Message::JobEnd {
                 job,
@@ -399,6 +422,31 @@ pub(crate) fn run_job(
     up: Vec<String>,
     options: JobOptions,
 ) -> Result<ClusterJob, JobError> {
+    run_job_in(shared, me, name, up, options, None)
+}
+
+/// With etcd: the epoch this node leads in (it must lead to run a job), else 0.
+fn leader_epoch(shared: &Shared, me: &str) -> Result<u64, ClusterError> {
+    let Some(l) = &shared.leadership else {
+        return Ok(0);
+    };
+    l.holds().ok_or_else(|| ClusterError::NotLeader {
+        me: me.to_string(),
+        leader: l.view().leader,
+    })
+}
+
+/// Submits job `name` on the coordinator; with etcd, its record carries `checkpoint` (the
+/// latest checkpoint of the job this continues, if any) until a newer one completes.
+pub(crate) fn run_job_in(
+    shared: &Arc<Shared>,
+    me: &str,
+    name: &str,
+    up: Vec<String>,
+    options: JobOptions,
+    checkpoint: Option<u64>,
+) -> Result<ClusterJob, JobError> {
+    let epoch = leader_epoch(shared, me)?;
     let builder = shared
         .jobs
         .builder(name)
@@ -412,13 +460,14 @@ pub(crate) fn run_job(
             ..options.clone()
         },
     )?);
-    let nodes = job_nodes(me, up, &options.exclude)?;
+    let nodes = job_nodes(me, up, &options.exclude, epoch > 0)?;
     let (placement, by_node) = place(&plan, &nodes, &options.sticky);
     let chains: Vec<String> = (0..plan.chain_count())
         .map(|c| plan.chain_name(c).to_string())
         .collect();
     let job = random_id();
     log_placement(job, &by_node, &chains);
+    let authority = take_authority(shared, epoch, job, name, &options, checkpoint)?;
     let resolver = Arc::new(ClusterResolver::new(
         job,
         me,
@@ -427,7 +476,7 @@ pub(crate) fn run_job(
         &placement,
     ));
     for node in nodes.iter().filter(|n| n.as_str() != me) {
-        let start = job_start(job, name, me, &placement, &options);
+        let start = job_start((job, epoch), name, me, &placement, &options);
         if !resolver.link_to(node).send(start) {
             return Err(ClusterError::NoLink { node: node.clone() }.into());
         }
@@ -435,6 +484,7 @@ pub(crate) fn run_job(
     let coordinated = Arc::new(CoordinatedJob {
         resolver: resolver.clone(),
         ports: Mutex::new(None),
+        authority: authority.clone(),
     });
     shared.jobs.coordinated.insert(job, coordinated.clone());
     // The supervisor owns its own copy of the (deterministic) plan.
@@ -484,6 +534,31 @@ fn place(
     (placement, by_node)
 }
 
+/// With etcd: takes the leader's authority over job `job` and writes its record (see
+/// [`crate::failover`]); without, `None`.
+fn take_authority(
+    shared: &Shared,
+    epoch: u64,
+    job: u64,
+    name: &str,
+    options: &JobOptions,
+    checkpoint: Option<u64>,
+) -> Result<Option<Arc<Authority>>, ClusterError> {
+    let Some(l) = shared.leadership.clone() else {
+        return Ok(None);
+    };
+    let record = JobRecord {
+        name: name.to_string(),
+        parallelism: options.parallelism,
+        rescaled: options.rescaled.clone(),
+        job,
+        epoch,
+        checkpoint,
+        state: RecordState::Running,
+    };
+    Authority::take(l, epoch, record).map(Some)
+}
+
 /// How the coordinator's runtime reaches the job's subtasks on other nodes: through
 /// `resolver`, and the ports the cluster layer feeds once the supervisor exists.
 fn distribution(
@@ -500,6 +575,7 @@ fn distribution(
             parallelism: options.parallelism,
             rescaled: options.rescaled.clone(),
             exclude: options.exclude.clone(),
+            authority: coordinated.authority.clone(),
         }),
         on_start: Box::new(move |ports| {
             *coordinated.ports.lock().unwrap_or_else(|e| e.into_inner()) = Some(ports);
@@ -510,13 +586,19 @@ fn distribution(
 /// The nodes a job submitted on `me` runs on: the live ones, less `exclude`, sorted.
 ///
 /// # Errors
-/// [`JobError::Cluster`] if `me` is not the lowest of them (not the coordinator).
-fn job_nodes(me: &str, up: Vec<String>, exclude: &[String]) -> Result<Vec<String>, JobError> {
+/// [`JobError::Cluster`] if `me` is not the lowest of them (not the coordinator) and no
+/// leader was `elected`.
+fn job_nodes(
+    me: &str,
+    up: Vec<String>,
+    exclude: &[String],
+    elected: bool,
+) -> Result<Vec<String>, JobError> {
     let mut nodes = up;
     nodes.retain(|n| !exclude.contains(n));
     nodes.push(me.to_string());
     nodes.sort();
-    if nodes.first().map(String::as_str) != Some(me) {
+    if !elected && nodes.first().map(String::as_str) != Some(me) {
         return Err(ClusterError::NotCoordinator {
             me: me.to_string(),
             coordinator: nodes[0].clone(),
@@ -537,9 +619,9 @@ fn log_placement(job: u64, by_node: &BTreeMap<String, Vec<TaskId>>, chains: &[St
     }
 }
 
-/// The `JobStart` frame that tells a node to host job `job`.
+/// The `JobStart` frame that tells a node to host job `job`, started in `epoch`.
 fn job_start(
-    job: u64,
+    (job, epoch): (u64, u64),
     name: &str,
     me: &str,
     placement: &[(TaskId, String)],
@@ -556,6 +638,7 @@ fn job_start(
             .iter()
             .map(|(op, n)| (op.clone(), *n as u32))
             .collect(),
+        epoch,
     }
 }
 

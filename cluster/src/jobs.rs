@@ -18,11 +18,17 @@ use std::time::{Duration, Instant};
 pub(crate) struct CoordinatedJob {
     pub(crate) resolver: Arc<ClusterResolver>,
     pub(crate) ports: Mutex<Option<JobPorts>>,
+    /// The leader's authority over the job (with etcd).
+    pub(crate) authority: Option<Arc<crate::failover::Authority>>,
 }
 
 /// A job this node hosts subtasks of (it is not the coordinator).
 pub(crate) struct HostedJob {
+    /// The job's registered name.
+    pub(crate) name: String,
     pub(crate) coordinator: String,
+    /// The epoch of the leader that started it (0 without etcd).
+    pub(crate) epoch: u64,
     /// Link totals when the job started (its figures are the difference).
     pub(crate) baseline: LinkTotals,
     pub(crate) resolver: Arc<ClusterResolver>,
@@ -38,6 +44,8 @@ pub(crate) struct HostedJob {
 pub struct HostedEnd {
     /// The job's id.
     pub job: u64,
+    /// The job's registered name.
+    pub name: String,
     /// Why it failed (or why this node stopped hosting it), if it did not succeed.
     pub error: Option<String>,
 }
@@ -61,6 +69,12 @@ pub(crate) struct Jobs {
     /// The ids of the jobs that ended here lately (coordinated or hosted), newest last: a
     /// frame for one of them is late, not wrong.
     gone: Mutex<VecDeque<u64>>,
+    /// Jobs this node stopped hosting because a newer leader superseded the one that
+    /// started them, newest last: every frame for one of them is refused.
+    superseded: Mutex<VecDeque<u64>>,
+    /// Jobs this node continued as a new leader.
+    failovers: Mutex<Vec<crate::failover::Failover>>,
+    failovers_changed: Condvar,
 }
 
 /// Ended jobs whose ids a node remembers.
@@ -103,6 +117,52 @@ impl Jobs {
             g.pop_front();
         }
         g.push_back(job);
+    }
+
+    /// Remembers that job `job` was superseded by a newer leader (see
+    /// [`Jobs::was_superseded`]).
+    pub(crate) fn superseded(&self, job: u64) {
+        let mut g = self.superseded.lock().unwrap_or_else(|e| e.into_inner());
+        if g.len() == GONE_KEPT {
+            g.pop_front();
+        }
+        g.push_back(job);
+    }
+
+    /// Whether job `job` was started by a leader that a newer one superseded here.
+    pub(crate) fn was_superseded(&self, job: u64) -> bool {
+        self.superseded
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&job)
+    }
+
+    /// Records a job this node continued as a new leader.
+    pub(crate) fn failed_over(&self, f: crate::failover::Failover) {
+        self.failovers
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(f);
+        self.failovers_changed.notify_all();
+    }
+
+    /// The jobs this node continued as a new leader, once there is at least one (or
+    /// `timeout` passed).
+    pub(crate) fn wait_failovers(&self, timeout: Duration) -> Vec<crate::failover::Failover> {
+        let deadline = Instant::now() + timeout;
+        let mut f = self.failovers.lock().unwrap_or_else(|e| e.into_inner());
+        while f.is_empty() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            f = self
+                .failovers_changed
+                .wait_timeout(f, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        f.clone()
     }
 
     /// Whether job `job` ended here lately: frames for it may still be on their way.

@@ -38,15 +38,19 @@
 //!   numbered, kept until acknowledged and resent after a reset ([`SessionStats`]); a peer
 //!   that restarted or lost the session is a lost node.
 //!
-//! Not yet: surviving the coordinator's loss (see `cluster/PROTOCOL.md` for the threat model
-//! and what a link failure does).
+//! - [`leader`] and [`failover`]: with etcd, the cluster elects a leader that coordinates
+//!   every job; its epoch fences a leader that lost its lease (paused, cut off), and a new
+//!   leader continues every running job from its latest checkpoint. Without etcd, the lowest
+//!   live node id coordinates and its loss ends the jobs (see `cluster/PROTOCOL.md`).
 
 mod config;
+pub mod failover;
 pub mod guard;
 pub mod handshake;
 mod hosting;
 pub mod job;
 mod jobs;
+pub mod leader;
 mod link;
 mod members;
 mod mesh;
@@ -61,10 +65,12 @@ mod session;
 mod shared;
 pub mod wire;
 
+pub use failover::Failover;
 pub use guard::Limits;
 pub use handshake::{handshake, Established, HandshakeConfig, HandshakeError, Peer, Role};
 pub use hosting::{FrameError, HostedEnd};
 pub use job::{ClusterJob, JobBuilder, JobOptions};
+pub use leader::{EtcdSettings, LeaderView};
 pub use node::{Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};

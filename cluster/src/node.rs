@@ -11,10 +11,12 @@
 
 pub use crate::config::DialVia;
 use crate::config::NodeConfig;
+use crate::failover::Failover;
 use crate::guard::{Admission, Limits};
 use crate::hosting::HostedEnd;
 use crate::job::{ClusterJob, JobOptions};
 use crate::jobs::Jobs;
+use crate::leader::{LeaderView, Leadership};
 use crate::members::members_of;
 pub use crate::members::{Member, Status};
 use crate::mesh::{handshake_config, run};
@@ -81,6 +83,9 @@ pub struct Refusals {
     /// Links closed because an authenticated peer sent a frame naming a job, subtask or
     /// channel that does not exist ([`crate::FrameError`]).
     pub bad_frames: u64,
+    /// Job frames refused because a newer leader superseded the one that started the job
+    /// (with etcd; see [`crate::leader`]).
+    pub fenced: u64,
 }
 
 /// Builds a [`Node`]:
@@ -177,6 +182,34 @@ impl NodeBuilder {
         self.cfg.checkpoint_dir = Some(dir.into());
         self
     }
+    /// Elects the cluster's leader on etcd at `endpoints` (`http://HOST:PORT`), so that the
+    /// cluster survives the loss of the node that coordinates its jobs (see
+    /// [`crate::leader`] and [`crate::failover`]). Every node of a cluster must use the same
+    /// etcd. Without it (the default) the lowest live node id coordinates and its loss ends
+    /// the jobs.
+    pub fn etcd<I: IntoIterator<Item = S>, S: Into<String>>(mut self, endpoints: I) -> Self {
+        let lease_ttl = self
+            .cfg
+            .etcd
+            .as_ref()
+            .map_or(crate::leader::DEFAULT_LEASE_TTL, |e| e.lease_ttl);
+        self.cfg.etcd = Some(crate::leader::EtcdSettings {
+            endpoints: endpoints.into_iter().map(Into::into).collect(),
+            lease_ttl,
+        });
+        self
+    }
+
+    /// TTL of the leader's lease on etcd (default [`crate::leader::DEFAULT_LEASE_TTL`];
+    /// whole seconds, at least 1): a lost leader is replaced about this long after it died,
+    /// and a leader cut off from etcd stops coordinating within it.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        if let Some(e) = &mut self.cfg.etcd {
+            e.lease_ttl = ttl;
+        }
+        self
+    }
+
     /// Registers a job builder under `name`. Every node of a cluster registers the same
     /// builders (same binary); the coordinator submits a job by name ([`Node::run_job`]).
     pub fn register_job(
@@ -215,6 +248,17 @@ impl NodeBuilder {
         let hs = handshake_config(&cfg, local, incarnation()).ok_or(NodeError::Config(
             "a node needs the cluster's shared secret (NodeBuilder::secret)",
         ))?;
+        let (events, leader_events) = std::sync::mpsc::channel();
+        let leadership = match &cfg.etcd {
+            Some(etcd) => Some(
+                Leadership::start(&cfg.name, &cfg.cluster, etcd, events)
+                    .map_err(NodeError::Runtime)?,
+            ),
+            None => {
+                tracing::info!(node = %cfg.name, "no etcd: the lowest live node id coordinates jobs, and its loss ends them");
+                None
+            }
+        };
         let shared = Arc::new(Shared {
             net: Arc::default(),
             jobs: Jobs::new(
@@ -223,7 +267,19 @@ impl NodeBuilder {
             ),
             admission: Some(Admission::new(cfg.limits.clone().unwrap_or_default())),
             refused: Default::default(),
+            leadership,
         });
+        if shared.leadership.is_some() {
+            let (s, me) = (shared.clone(), cfg.name.clone());
+            std::thread::Builder::new()
+                .name(format!("riffle-leader-{}", cfg.name))
+                .spawn(move || {
+                    for e in leader_events {
+                        crate::failover::on_event(&s, &me, e);
+                    }
+                })
+                .map_err(NodeError::Runtime)?;
+        }
         let name = cfg.name.clone();
         let (stop_tx, stop_rx) = watch::channel(false);
         let s = shared.clone();
@@ -304,6 +360,7 @@ impl Node {
                 advertise: None,
                 dial_via: None,
                 checkpoint_dir: None,
+                etcd: None,
             },
         }
     }
@@ -318,11 +375,59 @@ impl Node {
         &self.name
     }
 
-    /// The coordinator of jobs submitted now: the live node with the lowest id.
+    /// The coordinator of jobs submitted now: with etcd, the elected leader (empty while
+    /// none is known); without, the live node with the lowest id.
     pub fn coordinator(&self) -> String {
+        if let Some(l) = &self.shared.leadership {
+            return l.view().leader.unwrap_or_default();
+        }
         let mut ids = self.shared.net.up_peers();
         ids.push(self.name.clone());
         ids.into_iter().min().unwrap_or_default()
+    }
+
+    /// With etcd: the cluster's leader and its epoch as this node knows them (`None`
+    /// without etcd).
+    pub fn leader(&self) -> Option<LeaderView> {
+        self.shared.leadership.as_ref().map(|l| l.view())
+    }
+
+    /// With etcd: blocks until a leader is known (or `timeout` passes) and returns it.
+    pub fn wait_leader(&self, timeout: Duration) -> Option<String> {
+        let l = self.shared.leadership.as_ref()?;
+        l.wait_leader(timeout).leader
+    }
+
+    /// With etcd: the epoch this node leads in, if it surely leads now.
+    pub fn leads(&self) -> Option<u64> {
+        self.shared.leadership.as_ref().and_then(|l| l.holds())
+    }
+
+    /// With etcd: blocks until job `name` ended (or `timeout` passes) and returns its
+    /// outcome as the leader recorded it in etcd — the same on every node, whoever
+    /// coordinated it and whatever happened to this node meanwhile: `Some(Ok(()))` if it
+    /// succeeded, `Some(Err(error))` if it failed. `None` without etcd, or if `timeout` passed
+    /// first. (It is the latest end recorded under that name: ask once the job was
+    /// submitted.)
+    pub fn wait_job_end(&self, name: &str, timeout: Duration) -> Option<Result<(), String>> {
+        let l = self.shared.leadership.as_ref()?;
+        crate::failover::agreed_end(l, name, timeout)
+    }
+
+    /// With etcd: the jobs this node continued after it won the election (once there is at
+    /// least one, or `timeout` passed).
+    pub fn wait_failovers(&self, timeout: Duration) -> Vec<Failover> {
+        self.shared.jobs.wait_failovers(timeout)
+    }
+
+    /// With etcd: what this node tried as a leader after it lost the leadership, refused:
+    /// jobs it coordinated and had to stop, checkpoint triggers and recoveries its lease no
+    /// longer covered, and writes etcd refused (records, checkpoints, ends).
+    pub fn refused_as_leader(&self) -> u64 {
+        self.shared
+            .leadership
+            .as_ref()
+            .map_or(0, |l| l.refused_as_leader())
     }
 
     /// Submits the job registered as `name`, spread over every live node. Only the
@@ -351,6 +456,8 @@ impl Node {
     }
 
     /// Blocks until a job this node hosted (as a non-coordinator) ends, or `timeout` passes.
+    /// With etcd, a job this node continued as a new leader reports its end here too, and a
+    /// hosted job whose coordinator was lost is not an end (the next leader continues it).
     pub fn wait_hosted(&self, timeout: Duration) -> Option<HostedEnd> {
         self.shared.jobs.wait_hosted(timeout)
     }
@@ -366,6 +473,7 @@ impl Node {
             frames: r.frames.load(Relaxed),
             over_budget: r.over_budget.load(Relaxed),
             bad_frames: r.bad_frames.load(Relaxed),
+            fenced: r.fenced.load(Relaxed),
         }
     }
 

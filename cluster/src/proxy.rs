@@ -10,7 +10,7 @@ use crate::wire::{EdgeAddress, Message};
 use actix::prelude::*;
 use dashmap::DashMap;
 use riffle_actors::host::{RemoteTasks, Resolve, SpawnSpec};
-use riffle_actors::{Control, DataMessage, ToJob};
+use riffle_actors::{ClusterError, Control, DataMessage, ToJob};
 use riffle_framework::{ExecutionPlan, TaskId};
 use std::sync::Arc;
 
@@ -127,6 +127,8 @@ pub struct ClusterTasks {
     pub(crate) rescaled: Vec<(String, usize)>,
     /// Live nodes left out of the placement (being drained).
     pub(crate) exclude: Vec<String>,
+    /// With etcd: the leader's authority over the job.
+    pub(crate) authority: Option<Arc<crate::failover::Authority>>,
 }
 
 impl RemoteTasks for ClusterTasks {
@@ -158,6 +160,14 @@ impl RemoteTasks for ClusterTasks {
 
     fn this_node(&self) -> String {
         self.resolver.me.clone()
+    }
+
+    fn authority(&self) -> Result<(), ClusterError> {
+        self.authority.as_ref().map_or(Ok(()), |a| a.check())
+    }
+
+    fn confirm_checkpoint(&self, id: u64) -> Result<(), ClusterError> {
+        self.authority.as_ref().map_or(Ok(()), |a| a.checkpoint(id))
     }
 
     /// Places the new subtasks of a rescale in place over the live nodes (the ones that stay
@@ -202,6 +212,7 @@ impl RemoteTasks for ClusterTasks {
                         .iter()
                         .map(|(op, n)| (op.clone(), *n as u32))
                         .collect(),
+                    epoch: self.authority.as_ref().map_or(0, |a| a.epoch),
                 }
             } else {
                 continue;

@@ -18,4 +18,6 @@ pub(crate) struct Shared {
     pub(crate) admission: Option<Arc<Admission>>,
     /// What this node refused.
     pub(crate) refused: RefusedCounts,
+    /// The election on etcd, if the node is configured with it (see [`crate::leader`]).
+    pub(crate) leadership: Option<Arc<crate::leader::Leadership>>,
 }

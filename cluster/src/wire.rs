@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 3;
+pub const PROTOCOL_VERSION: u8 = 4;
 
 /// Default largest frame accepted on an authenticated link (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
@@ -189,6 +189,9 @@ pub enum Message {
         parallelism: Option<u32>,
         /// Operators whose parallelism the coordinator changed, and their parallelism.
         rescaled: Vec<(String, u32)>,
+        /// The epoch of the leader that started the job (0 without leader election): a node
+        /// refuses a start, and every later frame of the job, once it knows a higher one.
+        epoch: u64,
     },
     /// Coordinator → node: start subtask `task` (`spec`: an rmp-serde `SpawnSpec`).
     Spawn {
@@ -291,6 +294,21 @@ impl Message {
             Message::Stats { .. } => 16,
             Message::Ack { .. } => 17,
             Message::Resume { .. } => 18,
+        }
+    }
+
+    /// The job a coordinator's command to a hosting node is about (`None` for every other
+    /// frame).
+    pub fn command_job(&self) -> Option<u64> {
+        match self {
+            Message::JobStart { job, .. }
+            | Message::Spawn { job, .. }
+            | Message::Control { job, .. }
+            | Message::Decision { job, .. }
+            | Message::Placement { job, .. }
+            | Message::StatsRequest { job }
+            | Message::JobEnd { job, .. } => Some(*job),
+            _ => None,
         }
     }
 

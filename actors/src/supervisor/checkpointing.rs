@@ -43,6 +43,9 @@ impl JobSupervisor {
             return self.rescale_tick();
         }
         if let Some(savepoint) = self.coord.as_ref().and_then(|c| c.due(Instant::now())) {
+            if let Err(e) = self.check_authority() {
+                return self.conclude(Err(e.into()));
+            }
             self.trigger(savepoint, false, false);
         }
     }
@@ -79,6 +82,22 @@ impl JobSupervisor {
     }
 
     fn complete(&mut self, p: Pending) {
+        if let Some(remote) = &self.remote {
+            // Nothing is saved or committed unless this process still coordinates the job.
+            match remote.confirm_checkpoint(p.id) {
+                Ok(()) => {}
+                Err(e @ crate::ClusterError::Fenced { .. }) => {
+                    tracing::warn!(checkpoint = p.id, error = %e, "checkpoint refused; the job stops here");
+                    return self.conclude(Err(e.into()));
+                }
+                Err(e) => {
+                    // Not confirmed (etcd did not answer): not saved, not committed; the
+                    // next checkpoint tries again.
+                    tracing::warn!(checkpoint = p.id, error = %e, "checkpoint not confirmed; discarded");
+                    return;
+                }
+            }
+        }
         let Some(c) = &mut self.coord else { return };
         let mut tasks: Vec<TaskSnapshot> = p.acks.into_values().collect();
         tasks.sort_by_key(|t| (t.chain, t.subtask));

@@ -179,6 +179,12 @@ impl JobSupervisor {
         self.recoveries.in_progress()
     }
 
+    /// Whether this process may still coordinate the job (see
+    /// [`RemoteTasks::authority`]; always, for a job in one process).
+    pub(crate) fn check_authority(&self) -> Result<(), crate::ClusterError> {
+        self.remote.as_ref().map_or(Ok(()), |r| r.authority())
+    }
+
     /// Every subtask finished (and committed): report the result.
     pub(crate) fn conclude_success(&mut self) {
         if self.concluded() {

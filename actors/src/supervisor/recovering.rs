@@ -8,7 +8,7 @@ use crate::error::{JobError, RecoveryEvent, RestartEvent};
 use crate::host::{RestoreSpec, SpawnSpec};
 use crate::message::{Control, Decision, FirstRecord, ResetDone, ResetOrder};
 use crate::protocol::recovery::AfterReset;
-use crate::requests::NodeLost;
+use crate::requests::{Fence, NodeLost};
 use actix::prelude::*;
 use riffle_framework::{Checkpoint, FailureCause, TaskId};
 use std::time::{Duration, Instant};
@@ -210,6 +210,14 @@ impl JobSupervisor {
     }
 }
 
+impl Handler<Fence> for JobSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: Fence, _ctx: &mut Context<Self>) {
+        tracing::warn!(reason = %msg.reason, "the job's coordinator lost its authority; the job stops here");
+        self.conclude(Err(msg.reason.into()));
+    }
+}
+
 impl Handler<NodeLost> for JobSupervisor {
     type Result = ();
     fn handle(&mut self, msg: NodeLost, _ctx: &mut Context<Self>) {
@@ -219,6 +227,9 @@ impl Handler<NodeLost> for JobSupervisor {
             .filter(|t| !self.concluded() && self.addrs.contains_key(t))
             .collect();
         let Some(&first) = lost.first() else { return };
+        if let Err(e) = self.check_authority() {
+            return self.conclude(Err(e.into()));
+        }
         self.result.nodes_lost.push(msg.node.clone());
         let cause = format!("node `{}` was lost with {} subtasks", msg.node, lost.len());
         if self.coord.is_none() {

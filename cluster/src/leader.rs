@@ -1,0 +1,560 @@
+//! Leader election and fencing on etcd: which node coordinates the cluster's jobs, and proof
+//! that it still does.
+//!
+//! A node configured with etcd endpoints ([`crate::NodeBuilder::etcd`]) runs an agent on its
+//! own thread: it takes a lease with a TTL, keeps it alive, and campaigns with it in the
+//! election `/riffle/CLUSTER/leader` (etcd's v3 election API). The winner is the **leader**:
+//! it coordinates every job. Its **epoch** is the creation revision of its election key —
+//! etcd revisions only grow, so a later leader always has a higher epoch.
+//!
+//! Fencing, three ways:
+//! - every write a leader makes to etcd (a job's record, its latest checkpoint, its end) is a
+//!   transaction that holds only while the leader's election key still exists with the
+//!   leader's epoch: a leader whose lease expired cannot write anything;
+//! - a checkpoint completes only after such a write (the coordinator's checkpoint gate), so a
+//!   deposed leader never saves a checkpoint nor tells a sink to commit;
+//! - a leader considers itself the leader only while its lease is surely alive (last
+//!   successful keep-alive + 80 % of the TTL), so a leader that was paused past its lease
+//!   stops acting the moment it runs again, before etcd even answers; and every node learns
+//!   the current leader's epoch by observing the election, so it refuses what a job started
+//!   under an older epoch sends (`Refusals::fenced`).
+//!
+//! Without etcd a cluster has one fixed coordinator, the lowest live node id, and does not
+//! survive its loss.
+
+use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, watch};
+
+/// Default TTL of a leader's lease: a lost leader is replaced about this long after it died.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// How long a blocking request to etcd waits for its answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long the agent waits before it tries etcd again after an error.
+const RETRY: Duration = Duration::from_millis(200);
+
+/// Where a cluster's nodes meet in etcd.
+#[derive(Clone, Debug)]
+pub struct EtcdSettings {
+    /// etcd's client URLs (`http://127.0.0.1:2379`).
+    pub endpoints: Vec<String>,
+    /// TTL of the leader's lease (whole seconds in etcd; at least 1 s).
+    pub lease_ttl: Duration,
+}
+
+/// Who leads the cluster, as this node knows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LeaderView {
+    /// The leader's node id, if there is one.
+    pub leader: Option<String>,
+    /// Its epoch (0: none known yet).
+    pub epoch: u64,
+}
+
+/// Why etcd refused or could not take a leader's write.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LeaderError {
+    /// This node does not hold the leadership of that epoch any more: another node leads.
+    #[error("fenced: this node no longer leads (epoch {epoch})")]
+    Fenced {
+        /// The epoch it led in.
+        epoch: u64,
+    },
+    /// etcd did not answer or failed.
+    #[error("etcd: {0}")]
+    Etcd(String),
+}
+
+/// What the agent tells the node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum LeaderEvent {
+    /// This node won the election with this epoch.
+    Elected(u64),
+    /// This node lost the leadership of this epoch (its lease ended).
+    Deposed(u64),
+    /// The leader changed (observed on the election).
+    Changed(LeaderView),
+}
+
+/// This node's leadership, while it holds it.
+#[derive(Clone, Debug)]
+struct Mine {
+    epoch: u64,
+    key: Vec<u8>,
+}
+
+#[derive(Default)]
+struct State {
+    view: LeaderView,
+    mine: Option<Mine>,
+    /// The lease is surely alive until then (set by each successful keep-alive).
+    valid_until: Option<Instant>,
+    refused_as_leader: u64,
+}
+
+/// Keys and their values.
+type KeyValues = Vec<(String, Vec<u8>)>;
+
+/// A condition on a value.
+type Until = Box<dyn Fn(&[u8]) -> bool + Send>;
+
+/// A request served by the agent's runtime.
+enum Request {
+    /// Put `key = value` if this node still leads in `epoch`.
+    PutFenced {
+        epoch: u64,
+        key: String,
+        value: Vec<u8>,
+        reply: std_mpsc::Sender<Result<(), LeaderError>>,
+    },
+    /// Every key under a prefix.
+    List {
+        prefix: String,
+        reply: std_mpsc::Sender<Result<KeyValues, LeaderError>>,
+    },
+    /// The value of `key` once `until` holds for it (watched, not polled).
+    Await {
+        key: String,
+        until: Until,
+        reply: std_mpsc::Sender<Result<Vec<u8>, LeaderError>>,
+    },
+}
+
+/// A node's handle on the election (see the module docs).
+pub(crate) struct Leadership {
+    me: String,
+    prefix: String,
+    ttl: Duration,
+    state: Mutex<State>,
+    changed: Condvar,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl Leadership {
+    /// Starts the agent of node `me` of cluster `cluster` on its own thread; its events go
+    /// to `events`.
+    pub(crate) fn start(
+        me: &str,
+        cluster: &str,
+        settings: &EtcdSettings,
+        events: std_mpsc::Sender<LeaderEvent>,
+    ) -> std::io::Result<Arc<Leadership>> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let l = Arc::new(Leadership {
+            me: me.to_string(),
+            prefix: format!("/riffle/{cluster}"),
+            ttl: settings.lease_ttl.max(Duration::from_secs(1)),
+            state: Mutex::new(State::default()),
+            changed: Condvar::new(),
+            requests: tx,
+        });
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (agent, endpoints) = (l.clone(), settings.endpoints.clone());
+        std::thread::Builder::new()
+            .name(format!("riffle-etcd-{me}"))
+            .spawn(move || runtime.block_on(run(agent, endpoints, rx, events)))?;
+        Ok(l)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The key of job `name`'s record.
+    pub(crate) fn job_key(&self, name: &str) -> String {
+        format!("{}/jobs/{name}", self.prefix)
+    }
+
+    /// The prefix of every job record.
+    pub(crate) fn jobs_prefix(&self) -> String {
+        format!("{}/jobs/", self.prefix)
+    }
+
+    /// Who leads, as observed.
+    pub(crate) fn view(&self) -> LeaderView {
+        self.lock().view.clone()
+    }
+
+    /// The epoch this node leads in, if it surely still does: it won the election and its
+    /// lease was renewed recently enough to be alive now.
+    pub(crate) fn holds(&self) -> Option<u64> {
+        let st = self.lock();
+        let alive = st.valid_until.is_some_and(|t| Instant::now() < t);
+        st.mine.as_ref().filter(|_| alive).map(|m| m.epoch)
+    }
+
+    /// Whether this node surely leads in `epoch`.
+    pub(crate) fn holds_epoch(&self, epoch: u64) -> bool {
+        self.holds() == Some(epoch)
+    }
+
+    /// What this node tried as a leader after it lost the leadership, refused: writes etcd
+    /// refused, and actions its lease no longer covered ([`Leadership::refused`]).
+    pub(crate) fn refused_as_leader(&self) -> u64 {
+        self.lock().refused_as_leader
+    }
+
+    /// Counts an action refused because this node no longer surely leads.
+    pub(crate) fn refused(&self) {
+        self.lock().refused_as_leader += 1;
+    }
+
+    /// Blocks until some node leads (or `timeout` passes); the view then. When this node
+    /// is the leader, it also holds the leadership by then.
+    pub(crate) fn wait_leader(&self, timeout: Duration) -> LeaderView {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        let me = self.me.clone();
+        while st.view.leader.is_none()
+            || (st.view.leader.as_deref() == Some(me.as_str()) && st.mine.is_none())
+        {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        st.view.clone()
+    }
+
+    /// Puts `key = value` if this node still leads in `epoch` (blocks for etcd's answer).
+    ///
+    /// # Errors
+    /// [`LeaderError::Fenced`] if it does not (nothing was written); [`LeaderError::Etcd`] if
+    /// etcd did not answer in time.
+    pub(crate) fn put_fenced(
+        &self,
+        epoch: u64,
+        key: &str,
+        value: Vec<u8>,
+    ) -> Result<(), LeaderError> {
+        if !self.holds_epoch(epoch) {
+            self.lock().refused_as_leader += 1;
+            return Err(LeaderError::Fenced { epoch });
+        }
+        let (reply, rx) = std_mpsc::channel();
+        let req = Request::PutFenced {
+            epoch,
+            key: key.to_string(),
+            value,
+            reply,
+        };
+        let r = self.ask(req, rx);
+        if matches!(r, Err(LeaderError::Fenced { .. })) {
+            self.lock().refused_as_leader += 1;
+        }
+        r
+    }
+
+    /// Every key and value under `prefix` (blocks for etcd's answer).
+    ///
+    /// # Errors
+    /// [`LeaderError::Etcd`] if etcd did not answer in time.
+    pub(crate) fn list(&self, prefix: &str) -> Result<KeyValues, LeaderError> {
+        let (reply, rx) = std_mpsc::channel();
+        let prefix = prefix.to_string();
+        self.ask(Request::List { prefix, reply }, rx)
+    }
+
+    /// The value of `key` once `until` holds for it; waits on etcd's watch at most
+    /// `timeout`.
+    ///
+    /// # Errors
+    /// [`LeaderError::Etcd`] if etcd failed or `timeout` passed first.
+    pub(crate) fn await_value(
+        &self,
+        key: &str,
+        until: impl Fn(&[u8]) -> bool + Send + 'static,
+        timeout: Duration,
+    ) -> Result<Vec<u8>, LeaderError> {
+        let (reply, rx) = std_mpsc::channel();
+        let key = key.to_string();
+        let until = Box::new(until);
+        self.ask_for(Request::Await { key, until, reply }, rx, timeout)
+    }
+
+    fn ask<T>(
+        &self,
+        req: Request,
+        rx: std_mpsc::Receiver<Result<T, LeaderError>>,
+    ) -> Result<T, LeaderError> {
+        self.ask_for(req, rx, REQUEST_TIMEOUT)
+    }
+
+    fn ask_for<T>(
+        &self,
+        req: Request,
+        rx: std_mpsc::Receiver<Result<T, LeaderError>>,
+        timeout: Duration,
+    ) -> Result<T, LeaderError> {
+        let gone = || LeaderError::Etcd("the etcd agent stopped".to_string());
+        self.requests.send(req).map_err(|_| gone())?;
+        rx.recv_timeout(timeout)
+            .map_err(|_| LeaderError::Etcd("no answer from etcd in time".to_string()))?
+    }
+
+    fn set_view(&self, view: LeaderView) -> bool {
+        let mut st = self.lock();
+        if view.epoch < st.view.epoch || view == st.view {
+            return false;
+        }
+        st.view = view;
+        self.changed.notify_all();
+        true
+    }
+
+    fn elected(&self, mine: Mine) {
+        let mut st = self.lock();
+        if mine.epoch >= st.view.epoch {
+            st.view = LeaderView {
+                leader: Some(self.me.clone()),
+                epoch: mine.epoch,
+            };
+        }
+        st.mine = Some(mine);
+        self.changed.notify_all();
+    }
+
+    /// Drops this node's leadership; the epoch it had.
+    fn deposed(&self) -> Option<u64> {
+        let mut st = self.lock();
+        st.valid_until = None;
+        let m = st.mine.take()?;
+        if st.view.epoch == m.epoch {
+            st.view.leader = None;
+        }
+        self.changed.notify_all();
+        Some(m.epoch)
+    }
+
+    fn renewed(&self, until: Instant) {
+        self.lock().valid_until = Some(until);
+    }
+
+    fn my_key(&self, epoch: u64) -> Option<Vec<u8>> {
+        let st = self.lock();
+        st.mine
+            .as_ref()
+            .filter(|m| m.epoch == epoch)
+            .map(|m| m.key.clone())
+    }
+}
+
+/// The agent: connects, serves requests, observes the election and campaigns for ever.
+async fn run(
+    l: Arc<Leadership>,
+    endpoints: Vec<String>,
+    requests: mpsc::UnboundedReceiver<Request>,
+    events: std_mpsc::Sender<LeaderEvent>,
+) {
+    let options = ConnectOptions::new()
+        .with_connect_timeout(Duration::from_secs(2))
+        .with_timeout(REQUEST_TIMEOUT);
+    let client = loop {
+        match Client::connect(&endpoints, Some(options.clone())).await {
+            Ok(c) => break c,
+            Err(e) => {
+                tracing::warn!(endpoints = ?endpoints, error = %e, "cannot reach etcd; trying again");
+                tokio::time::sleep(RETRY * 5).await;
+            }
+        }
+    };
+    tracing::info!(endpoints = ?endpoints, "connected to etcd; campaigning for the leadership");
+    tokio::spawn(serve(l.clone(), client.clone(), requests));
+    tokio::spawn(observe(l.clone(), client.clone(), events.clone()));
+    loop {
+        if let Err(e) = campaign_once(&l, client.clone(), &events).await {
+            tracing::warn!(error = %e, "etcd: the campaign failed; trying again");
+        }
+        if let Some(epoch) = l.deposed() {
+            tracing::warn!(epoch, "lost the leadership");
+            let _ = events.send(LeaderEvent::Deposed(epoch));
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// One lease: keeps it alive, campaigns with it, and leads until it is lost.
+async fn campaign_once(
+    l: &Arc<Leadership>,
+    mut client: Client,
+    events: &std_mpsc::Sender<LeaderEvent>,
+) -> Result<(), etcd_client::Error> {
+    let ttl = l.ttl.as_secs().max(1) as i64;
+    let granted_at = Instant::now();
+    let lease = client.lease_grant(ttl, None).await?.id();
+    l.renewed(granted_at + l.ttl.mul_f64(0.8));
+    let (lost_tx, mut lost) = watch::channel(false);
+    let keeper = tokio::spawn(keep_alive(l.clone(), client.clone(), lease, lost_tx));
+    let name = format!("{}/leader", l.prefix);
+    let won = tokio::select! {
+        r = client.campaign(name, l.me.clone(), lease) => Some(r),
+        _ = lost.wait_for(|v| *v) => None,
+    };
+    if let Some(r) = won {
+        let resp = r?;
+        if let Some(key) = resp.leader() {
+            let epoch = key.rev() as u64;
+            l.elected(Mine {
+                epoch,
+                key: key.key().to_vec(),
+            });
+            tracing::info!(epoch, "elected leader");
+            let _ = events.send(LeaderEvent::Elected(epoch));
+            let _ = lost.wait_for(|v| *v).await;
+        }
+    }
+    keeper.abort();
+    let _ = client.lease_revoke(lease).await;
+    Ok(())
+}
+
+/// Renews `lease` every third of its TTL; says when it is lost (expired, or etcd gone).
+async fn keep_alive(l: Arc<Leadership>, mut client: Client, lease: i64, lost: watch::Sender<bool>) {
+    let every = l.ttl / 3;
+    let result: Result<(), String> = async {
+        let (mut keeper, mut stream) = client
+            .lease_keep_alive(lease)
+            .await
+            .map_err(|e| e.to_string())?;
+        loop {
+            let sent = Instant::now();
+            keeper.keep_alive().await.map_err(|e| e.to_string())?;
+            match stream.message().await {
+                Ok(Some(r)) if r.ttl() > 0 => l.renewed(sent + l.ttl.mul_f64(0.8)),
+                Ok(_) => return Err("the lease expired".to_string()),
+                Err(e) => return Err(e.to_string()),
+            }
+            tokio::time::sleep(every).await;
+        }
+    }
+    .await;
+    if let Err(e) = result {
+        tracing::warn!(lease, error = %e, "the lease is lost");
+    }
+    let _ = lost.send(true);
+}
+
+/// Follows the election: every change of leader becomes this node's view.
+async fn observe(l: Arc<Leadership>, mut client: Client, events: std_mpsc::Sender<LeaderEvent>) {
+    let name = format!("{}/leader", l.prefix);
+    loop {
+        match client.observe(name.clone()).await {
+            Ok(mut stream) => {
+                while let Ok(Some(resp)) = stream.message().await {
+                    let Some(kv) = resp.kv() else { continue };
+                    let view = LeaderView {
+                        leader: kv.value_str().ok().map(str::to_string),
+                        epoch: kv.create_revision() as u64,
+                    };
+                    if l.set_view(view.clone()) {
+                        tracing::info!(leader = ?view.leader, epoch = view.epoch, "the cluster's leader");
+                        let _ = events.send(LeaderEvent::Changed(view));
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "etcd: cannot observe the election"),
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+/// Serves the node's requests, each in its own task.
+async fn serve(l: Arc<Leadership>, client: Client, mut requests: mpsc::UnboundedReceiver<Request>) {
+    while let Some(req) = requests.recv().await {
+        let (l, mut client) = (l.clone(), client.clone());
+        tokio::spawn(async move {
+            match req {
+                Request::PutFenced {
+                    epoch,
+                    key,
+                    value,
+                    reply,
+                } => {
+                    let _ = reply.send(put_fenced(&l, &mut client, epoch, key, value).await);
+                }
+                Request::List { prefix, reply } => {
+                    let r = client
+                        .get(prefix, Some(GetOptions::new().with_prefix()))
+                        .await
+                        .map(|resp| {
+                            resp.kvs()
+                                .iter()
+                                .map(|kv| {
+                                    (
+                                        String::from_utf8_lossy(kv.key()).to_string(),
+                                        kv.value().to_vec(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .map_err(|e| LeaderError::Etcd(e.to_string()));
+                    let _ = reply.send(r);
+                }
+                Request::Await { key, until, reply } => {
+                    let r = await_value(&mut client, key, until).await;
+                    let _ = reply.send(r.map_err(|e| LeaderError::Etcd(e.to_string())));
+                }
+            }
+        });
+    }
+}
+
+/// The value of `key` once `until` holds for it: read, then watched from the revision read.
+async fn await_value(
+    client: &mut Client,
+    key: String,
+    until: Until,
+) -> Result<Vec<u8>, etcd_client::Error> {
+    let now = client.get(key.clone(), None).await?;
+    if let Some(kv) = now.kvs().first().filter(|kv| until(kv.value())) {
+        return Ok(kv.value().to_vec());
+    }
+    let from = now.header().map_or(0, |h| h.revision()) + 1;
+    let options = etcd_client::WatchOptions::new().with_start_revision(from);
+    let mut stream = client.watch(key, Some(options)).await?;
+    while let Some(resp) = stream.message().await? {
+        for ev in resp.events() {
+            if let Some(kv) = ev.kv().filter(|kv| until(kv.value())) {
+                return Ok(kv.value().to_vec());
+            }
+        }
+    }
+    Err(etcd_client::Error::WatchError(
+        "the watch ended".to_string(),
+    ))
+}
+
+/// The fenced write: `key = value` only while this node's election key of `epoch` exists.
+async fn put_fenced(
+    l: &Leadership,
+    client: &mut Client,
+    epoch: u64,
+    key: String,
+    value: Vec<u8>,
+) -> Result<(), LeaderError> {
+    let Some(mine) = l.my_key(epoch) else {
+        return Err(LeaderError::Fenced { epoch });
+    };
+    let txn = Txn::new()
+        .when([Compare::create_revision(
+            mine,
+            CompareOp::Equal,
+            epoch as i64,
+        )])
+        .and_then([TxnOp::put(key, value, None)]);
+    match client.txn(txn).await {
+        Ok(r) if r.succeeded() => Ok(()),
+        Ok(_) => Err(LeaderError::Fenced { epoch }),
+        Err(e) => Err(LeaderError::Etcd(e.to_string())),
+    }
+}
