@@ -203,6 +203,15 @@ pub enum ClusterError {
         /// What showed it.
         reason: String,
     },
+    /// Without etcd: a node that hosted part of the job declared this coordinator lost
+    /// (the coordinator was paused or cut off for longer than the failure timeout), stopped
+    /// its part and reported the job failed; the job fails here too, so that every node
+    /// reports the same outcome. With etcd, a new leader would have continued the job.
+    #[error("node `{node}` declared this coordinator lost while the job ran (paused or cut off past the failure timeout) and failed the job there; it fails everywhere (run the cluster with etcd to survive this)")]
+    DeclaredLost {
+        /// The node that declared the coordinator lost.
+        node: String,
+    },
     /// etcd, which elects the leader and keeps the jobs' records, did not answer.
     #[error("etcd: {reason}")]
     Etcd {

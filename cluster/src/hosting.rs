@@ -236,6 +236,7 @@ pub(crate) fn on_frame(
     }
     match msg {
         m @ Message::JobStart { .. } => on_job_start(shared, me, peer, m),
+        Message::Abandoned { job } => on_abandoned(shared, peer, job),
         Message::Spawn { job, task, spec } => return on_spawn(shared, peer, job, task, &spec),
         Message::Control { job, task, body } => return on_control(shared, peer, job, task, &body),
         Message::Report { job, body } => return on_report(shared, peer, job, &body, back),
@@ -278,6 +279,11 @@ pub(crate) fn on_frame(
             }
         }
         Message::JobEnd { job, error } => {
+            if let Some(name) = shared.jobs.adopt_orphan(job, peer) {
+                // The coordinator came back and tells the outcome of a job stopped here.
+                shared.jobs.hosted_ended(HostedEnd { job, name, error });
+                return Ok(());
+            }
             if hosted_by(shared, job, peer, "job end").is_none() {
                 return Ok(());
             }
@@ -519,6 +525,81 @@ fn stop_hosted(shared: &Arc<Shared>, job: u64, h: &HostedJob) {
     }
 }
 
+/// How long a node waits for the agreed end of a job it stopped hosting.
+const AGREED_END_WAIT: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Reports job `job`'s end once etcd records it ([`crate::Node::wait_hosted`]), on a thread
+/// of its own.
+fn report_agreed_end(
+    shared: &Arc<Shared>,
+    l: Arc<crate::leader::Leadership>,
+    job: u64,
+    name: String,
+) {
+    let s = shared.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("riffle-end-{job:x}"))
+        .spawn(move || {
+            if let Some(end) = crate::failover::agreed_end(&l, &name, AGREED_END_WAIT) {
+                let error = end.err();
+                s.jobs.hosted_ended(HostedEnd { job, name, error });
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "cannot start a thread to wait for a job's end");
+    }
+}
+
+/// Without etcd: orphaned jobs whose coordinator did not come back within the grace are
+/// reported failed ("coordinator lost"), and the coordinator is told if it ever comes back
+/// (`Message::Abandoned`), so that it fails the job too. Called every heartbeat.
+pub(crate) fn expire_orphans(shared: &Shared) {
+    for (job, name, coordinator) in shared.jobs.expired_orphans(std::time::Instant::now()) {
+        tracing::error!(job, %coordinator, "the coordinator did not come back: the job failed here (coordinator loss is not survived without etcd)");
+        shared.jobs.abandon(job, &coordinator);
+        shared.jobs.hosted_ended(HostedEnd {
+            job,
+            name,
+            error: Some(format!("coordinator `{coordinator}` was lost")),
+        });
+    }
+}
+
+/// Sends `node`, linked again, the ends of jobs it hosted that ended while it was away.
+pub(crate) fn deliver_owed_ends(shared: &Shared, node: &str) {
+    let owed = shared.jobs.take_owed_ends(node);
+    if owed.is_empty() {
+        return;
+    }
+    if let Some(link) = shared.net.link_sender(node) {
+        for (job, error) in owed {
+            let _ = link.send(Message::JobEnd { job, error });
+        }
+    }
+}
+
+/// `peer` abandoned job `job` when it declared this coordinator lost: the job fails here too
+/// (if `peer` was one of its nodes; anyone else is refused).
+fn on_abandoned(shared: &Arc<Shared>, peer: &str, job: u64) {
+    let Some(c) = shared.jobs.coordinated.get(&job).map(|c| c.clone()) else {
+        return;
+    };
+    let hosted = c.first_nodes.iter().any(|n| n == peer)
+        || c.resolver.placement.iter().any(|e| e.value() == peer);
+    if !hosted {
+        return refuse(shared, job, peer, "abandoned");
+    }
+    let ports = c.ports.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    if let Some(p) = ports {
+        tracing::error!(job, node = %peer, "a hosting node declared this coordinator lost and abandoned the job; it fails everywhere");
+        p.fence.do_send(riffle_actors::Fence {
+            reason: riffle_actors::ClusterError::DeclaredLost {
+                node: peer.to_string(),
+            },
+        });
+    }
+}
+
 /// Node `node` is down: re-place its subtasks of every job this node coordinates, and stop
 /// hosting the jobs it coordinated.
 pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[String]) {
@@ -571,18 +652,20 @@ pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[Str
     for job in orphaned {
         if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
             stop_hosted(shared, job, &h);
-            if shared.leadership.is_some() {
-                // Not an end: the next leader continues the job from its latest checkpoint.
-                tracing::warn!(job, coordinator = %node, "the coordinator was lost; the job stops here until the next leader continues it");
+            if let Some(l) = shared.leadership.clone() {
+                // Not an end here: the next leader continues the job from its latest
+                // checkpoint (or the coordinator, still leading, continues it without this
+                // node); this node reports the end agreed in etcd.
+                tracing::warn!(job, coordinator = %node, "the coordinator was lost; the job stops here until a leader continues it");
                 shared.jobs.superseded(job);
+                report_agreed_end(shared, l, job, h.name.clone());
                 continue;
             }
-            tracing::error!(job, coordinator = %node, "the coordinator was lost; the job stops here (coordinator loss is not survived without etcd)");
-            shared.jobs.hosted_ended(HostedEnd {
-                job,
-                name: h.name.clone(),
-                error: Some(format!("coordinator `{node}` was lost")),
-            });
+            // Without etcd nobody else can finish the job: its part here stops, and this
+            // node reports the outcome the coordinator tells it if it comes back within the
+            // grace ([`expire_orphans`]), else that the job failed.
+            tracing::error!(job, coordinator = %node, grace = ?shared.jobs.grace, "the coordinator was lost; the job stops here and waits for its word");
+            shared.jobs.orphaned(job, &h.name, node);
         }
     }
 }

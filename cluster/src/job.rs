@@ -287,6 +287,18 @@ impl ClusterJob {
                 error: error.clone(),
             });
         }
+        // Nodes that hosted the job and are away now hear of its end when they are back.
+        let mut hosts = links.hosts.clone();
+        if let Some(c) = &coordinated {
+            hosts.extend(c.resolver.placement.iter().map(|e| e.value().clone()));
+        }
+        hosts.sort();
+        hosts.dedup();
+        for h in hosts.iter().filter(|h| **h != links.me) {
+            if links.shared.net.link_sender(h).is_none() {
+                links.shared.jobs.owe_end(h, job, error.clone());
+            }
+        }
         outcome
     }
 }
@@ -485,6 +497,7 @@ pub(crate) fn run_job_in(
         resolver: resolver.clone(),
         ports: Mutex::new(None),
         authority: authority.clone(),
+        first_nodes: nodes.clone(),
     });
     shared.jobs.coordinated.insert(job, coordinated.clone());
     // The supervisor owns its own copy of the (deterministic) plan.

@@ -20,6 +20,8 @@ pub(crate) struct CoordinatedJob {
     pub(crate) ports: Mutex<Option<JobPorts>>,
     /// The leader's authority over the job (with etcd).
     pub(crate) authority: Option<Arc<crate::failover::Authority>>,
+    /// The nodes it was placed on when it started.
+    pub(crate) first_nodes: Vec<String>,
 }
 
 /// A job this node hosts subtasks of (it is not the coordinator).
@@ -72,9 +74,27 @@ pub(crate) struct Jobs {
     /// Jobs this node stopped hosting because a newer leader superseded the one that
     /// started them, newest last: every frame for one of them is refused.
     superseded: Mutex<VecDeque<u64>>,
+    /// Without etcd: jobs this node stopped hosting because it declared their coordinator
+    /// lost, to tell that coordinator once linked again: (job, coordinator).
+    abandoned: Mutex<Vec<(u64, String)>>,
+    /// Without etcd: jobs whose coordinator was lost, waiting for its word until a deadline.
+    orphans: Mutex<Vec<Orphan>>,
+    /// How long an orphaned job waits for its coordinator to come back.
+    pub(crate) grace: Duration,
+    /// Ends of jobs owed to nodes that hosted them and were away when they ended:
+    /// (node, job, error).
+    owed: Mutex<Vec<(String, u64, Option<String>)>>,
     /// Jobs this node continued as a new leader.
     failovers: Mutex<Vec<crate::failover::Failover>>,
     failovers_changed: Condvar,
+}
+
+/// A hosted job whose coordinator was lost (without etcd).
+struct Orphan {
+    job: u64,
+    name: String,
+    coordinator: String,
+    until: Instant,
 }
 
 /// Ended jobs whose ids a node remembers.
@@ -85,12 +105,70 @@ impl Jobs {
     pub(crate) fn new(
         builders: HashMap<String, JobBuilder>,
         checkpoint_dir: Option<std::path::PathBuf>,
+        grace: Duration,
     ) -> Self {
         Jobs {
             builders,
             checkpoint_dir,
+            grace,
             ..Jobs::default()
         }
+    }
+
+    /// Job `job` (named `name`) lost its coordinator: it waits for its word until the grace
+    /// passes.
+    pub(crate) fn orphaned(&self, job: u64, name: &str, coordinator: &str) {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Orphan {
+                job,
+                name: name.to_string(),
+                coordinator: coordinator.to_string(),
+                until: Instant::now() + self.grace,
+            });
+    }
+
+    /// The name of orphaned job `job` if `coordinator` was its coordinator (it is no longer
+    /// orphaned: its outcome arrived).
+    pub(crate) fn adopt_orphan(&self, job: u64, coordinator: &str) -> Option<String> {
+        let mut o = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        let at = o
+            .iter()
+            .position(|x| x.job == job && x.coordinator == coordinator)?;
+        Some(o.remove(at).name)
+    }
+
+    /// The orphaned jobs whose grace passed by `now`: (job, name, coordinator).
+    pub(crate) fn expired_orphans(&self, now: Instant) -> Vec<(u64, String, String)> {
+        let mut o = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        let (gone, kept): (Vec<Orphan>, Vec<Orphan>) = o.drain(..).partition(|x| x.until <= now);
+        *o = kept;
+        gone.into_iter()
+            .map(|x| (x.job, x.name, x.coordinator))
+            .collect()
+    }
+
+    /// Job `job` ended while `node`, which hosted it, was away: tell it when it is back.
+    pub(crate) fn owe_end(&self, node: &str, job: u64, error: Option<String>) {
+        let mut o = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        if o.len() == GONE_KEPT {
+            o.remove(0);
+        }
+        o.push((node.to_string(), job, error));
+    }
+
+    /// Whether no job end is owed to any node.
+    pub(crate) fn owes_nothing(&self) -> bool {
+        self.owed.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+    }
+
+    /// The job ends owed to `node`: (job, error).
+    pub(crate) fn take_owed_ends(&self, node: &str) -> Vec<(u64, Option<String>)> {
+        let mut o = self.owed.lock().unwrap_or_else(|e| e.into_inner());
+        let (theirs, rest): (Vec<_>, Vec<_>) = o.drain(..).partition(|(n, _, _)| n == node);
+        *o = rest;
+        theirs.into_iter().map(|(_, j, e)| (j, e)).collect()
     }
 
     /// The builder registered as `name`, with this node's checkpoint directory applied.
@@ -135,6 +213,24 @@ impl Jobs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(&job)
+    }
+
+    /// Remembers that this node abandoned job `job` of `coordinator` (see
+    /// [`Jobs::take_abandoned`]).
+    pub(crate) fn abandon(&self, job: u64, coordinator: &str) {
+        let mut a = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+        if a.len() == GONE_KEPT {
+            a.remove(0);
+        }
+        a.push((job, coordinator.to_string()));
+    }
+
+    /// The jobs of `coordinator` this node abandoned and has not told it of yet.
+    pub(crate) fn take_abandoned(&self, coordinator: &str) -> Vec<u64> {
+        let mut a = self.abandoned.lock().unwrap_or_else(|e| e.into_inner());
+        let (theirs, rest): (Vec<_>, Vec<_>) = a.drain(..).partition(|(_, c)| c == coordinator);
+        *a = rest;
+        theirs.into_iter().map(|(j, _)| j).collect()
     }
 
     /// Records a job this node continued as a new leader.

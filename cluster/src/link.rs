@@ -82,6 +82,21 @@ async fn establish(
     }
 }
 
+/// Tells `coordinator`, linked again, which of its jobs this node abandoned when it declared
+/// it lost (see `Message::Abandoned`).
+fn tell_abandoned(shared: &Shared, coordinator: &str) {
+    let jobs = shared.jobs.take_abandoned(coordinator);
+    if jobs.is_empty() {
+        return;
+    }
+    if let Some(link) = shared.net.link_sender(coordinator) {
+        for job in jobs {
+            tracing::warn!(job, %coordinator, "telling the coordinator this node abandoned its job");
+            let _ = link.send(Message::Abandoned { job });
+        }
+    }
+}
+
 /// Tells the jobs that `node` is lost (its process restarted, or its session broke), as the
 /// failure detector does for a silent node.
 fn lost(shared: &Arc<Shared>, me: &str, node: &str) {
@@ -171,6 +186,8 @@ async fn resume(
             let st = shared.net.members.lock();
             session.attach(Conn { w, sealer, from });
             drop(st);
+            tell_abandoned(shared, &peer.node);
+            crate::hosting::deliver_owed_ends(shared, &peer.node);
             shared.net.members.notify();
             Some(reader)
         }
@@ -377,6 +394,7 @@ impl Reading {
                 }
             }
             m @ (Message::JobStart { .. }
+            | Message::Abandoned { .. }
             | Message::Spawn { .. }
             | Message::Control { .. }
             | Message::Report { .. }

@@ -133,6 +133,7 @@ fn heartbeat(
         let dial = to_dial(cfg, &mut st);
         (down, dial)
     };
+    crate::hosting::expire_orphans(shared);
     if !down.is_empty() {
         shared.net.members.notify();
         let up = shared.net.up_peers();

@@ -34,6 +34,10 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
+/// Without etcd, a node that lost a job's coordinator waits this many failure timeouts for
+/// it to come back and tell the job's outcome before it reports the job failed.
+const ORPHAN_GRACE_TIMEOUTS: u32 = 10;
+
 /// Default heartbeat interval.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(100);
 /// Default failure timeout: a peer silent this long is down.
@@ -264,6 +268,7 @@ impl NodeBuilder {
             jobs: Jobs::new(
                 cfg.jobs.iter().cloned().collect(),
                 cfg.checkpoint_dir.clone(),
+                cfg.failure_timeout * ORPHAN_GRACE_TIMEOUTS,
             ),
             admission: Some(Admission::new(cfg.limits.clone().unwrap_or_default())),
             refused: Default::default(),
@@ -555,6 +560,15 @@ impl Node {
     }
 
     fn stop_now(&mut self) {
+        // Nodes that hosted a job and were away when it ended wait for its outcome; give
+        // them the grace they give us to come back and hear it.
+        let jobs = &self.shared.jobs;
+        if !jobs.owes_nothing() {
+            tracing::info!(grace = ?jobs.grace, "waiting for nodes that hosted a job to come back and hear its end");
+            self.shared.net.members.wait_for(jobs.grace, |_, late| {
+                (late || jobs.owes_nothing()).then_some(())
+            });
+        }
         // Frames already queued (a job's end, for one) go out before the links close.
         let waits: Vec<_> = self
             .shared

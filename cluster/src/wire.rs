@@ -271,6 +271,13 @@ pub enum Message {
         /// Sequenced frames of the receiver's the sender has received.
         received: u64,
     },
+    /// Node → coordinator, without etcd: this node declared you lost while it hosted job
+    /// `job`, stopped its part and reported the job failed (sent once the two are linked
+    /// again); the coordinator fails the job too, so that every node reports one outcome.
+    Abandoned {
+        /// The job.
+        job: u64,
+    },
 }
 
 impl Message {
@@ -294,6 +301,7 @@ impl Message {
             Message::Stats { .. } => 16,
             Message::Ack { .. } => 17,
             Message::Resume { .. } => 18,
+            Message::Abandoned { .. } => 19,
         }
     }
 
@@ -327,7 +335,7 @@ impl Message {
     }
 }
 
-const MAX_TAG: u8 = 18;
+const MAX_TAG: u8 = 19;
 /// Tag 3 was version 1's `Welcome`; no message has it now.
 const RETIRED_TAG: u8 = 3;
 
