@@ -18,6 +18,11 @@
 //! variable `RIFFLE_CLUSTER_SECRET`. `--local-cluster` generates a fresh secret for its nodes.
 //! `--encrypt` encrypts every link (all nodes must agree).
 //!
+//! `--etcd URL` (every node the same, e.g. `--etcd http://10.0.0.9:2379`) makes the nodes
+//! elect the coordinator on etcd instead of taking the lowest id: the leader runs the job,
+//! and if it dies another node continues the job from its latest checkpoint; every node then
+//! prints the outcome agreed in etcd. Without it, losing the coordinator ends the job.
+//!
 //! Every node registers the same job, "wordcount": generated lines of text, split into
 //! words, keyed by word, a running count per word, written to `DIR/output` by a
 //! transactional file sink, parallelism 6, checkpoints every 100 ms into `DIR/checkpoints`
@@ -109,6 +114,7 @@ struct Args {
     secret_file: Option<PathBuf>,
     new_secret: Option<PathBuf>,
     encrypt: bool,
+    etcd: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -122,6 +128,7 @@ fn parse() -> Result<Args, String> {
         secret_file: None,
         new_secret: None,
         encrypt: false,
+        etcd: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -138,6 +145,7 @@ fn parse() -> Result<Args, String> {
             "--secret-file" => a.secret_file = Some(PathBuf::from(value()?)),
             "--new-secret" => a.new_secret = Some(PathBuf::from(value()?)),
             "--encrypt" => a.encrypt = true,
+            "--etcd" => a.etcd = Some(value()?),
             other => return Err(format!("unknown argument {other}")),
         }
     }
@@ -207,6 +215,9 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         if a.encrypt {
             cmd.arg("--encrypt");
         }
+        if let Some(url) = &a.etcd {
+            cmd.args(["--etcd", url]);
+        }
         if i > 0 {
             cmd.args(["--seed", &format!("127.0.0.1:{}", ports[0])]);
         }
@@ -262,17 +273,36 @@ fn final_counts(dir: &Path) -> std::io::Result<HashMap<String, u64>> {
 }
 
 /// Runs one node: the coordinator submits the job and reports; the others host their share.
+/// A node that does not coordinate: hosts its share until the job ended, and reports that
+/// end (with etcd, the one agreed there, whichever node led the job to it).
+fn follow(node: &Node, name: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let end = node
+        .wait_hosted(Duration::from_secs(600))
+        .ok_or("no job ended within 10 minutes")?;
+    let error = match node.wait_job_end("wordcount", Duration::from_secs(10)) {
+        Some(agreed) => agreed.err(),
+        None => end.error,
+    };
+    match error {
+        None => Ok(()),
+        Some(e) => Err(format!("{name}: the job failed: {e}").into()),
+    }
+}
+
 fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let dir = a.dir.clone();
-    let node = Node::builder()
+    let mut builder = Node::builder()
         .name(name)
         .listen(&a.listen)
         .seeds(a.seeds.clone())
         .secret(secret(a)?)
         .encrypt(a.encrypt)
         .checkpoint_dir(a.dir.join("checkpoints"))
-        .register_job("wordcount", move || wordcount(&dir))
-        .start()?;
+        .register_job("wordcount", move || wordcount(&dir));
+    if let Some(url) = &a.etcd {
+        builder = builder.etcd([url.as_str()]);
+    }
+    let node = builder.start()?;
     let peers = node.wait_members(Duration::from_secs(30), |m| m.len() + 1 >= a.expect);
     if peers.len() + 1 < a.expect {
         return Err(format!(
@@ -282,15 +312,16 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         )
         .into());
     }
-    if node.coordinator() != name {
-        // Host this node's share until the coordinator says the job ended.
-        let end = node
-            .wait_hosted(Duration::from_secs(600))
-            .ok_or("no job ended within 10 minutes")?;
-        return match end.error {
-            None => Ok(()),
-            Some(e) => Err(format!("{name}: the job failed: {e}").into()),
-        };
+    if a.etcd.is_some() {
+        let leader = node
+            .wait_leader(Duration::from_secs(30))
+            .ok_or("no leader was elected on etcd within 30 s")?;
+        if leader != name {
+            return follow(&node, name);
+        }
+        println!("{name} leads the cluster (elected on etcd)");
+    } else if node.coordinator() != name {
+        return follow(&node, name);
     }
     let job = node.run_job("wordcount")?;
     println!("placement (node: subtasks):");
@@ -302,6 +333,9 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         println!("  {n}: {}", names.join(", "));
     }
     let result = job.wait()?;
+    if let Some(Err(e)) = node.wait_job_end("wordcount", Duration::from_secs(10)) {
+        return Err(format!("{name}: the job failed (as agreed in etcd): {e}").into());
+    }
     println!("\nper node (records in, batches in, credit stalls):");
     for f in result.per_node() {
         println!(

@@ -279,7 +279,8 @@ fn continue_job(
     let job = match start_continued(shared, me, &record) {
         Ok(job) => job,
         Err(e) => {
-            tracing::error!(job = %name, error = %e, "cannot continue the job");
+            tracing::error!(job = %name, error = %e, "cannot continue the job; it failed");
+            record_failed(shared, epoch, record, &e);
             return;
         }
     };
@@ -307,6 +308,30 @@ fn continue_job(
             error,
         });
     }
+}
+
+/// Records that job `record` failed because it could not be continued in `epoch` (so that
+/// every node learns its end), and reports it here.
+fn record_failed(shared: &Shared, epoch: u64, record: JobRecord, error: &JobError) {
+    let Some(l) = shared.leadership.clone() else {
+        return;
+    };
+    let error = format!("the new leader could not continue the job: {error}");
+    let (job, name) = (record.job, record.name.clone());
+    let failed = JobRecord {
+        epoch,
+        state: RecordState::Failed(error.clone()),
+        ..record
+    };
+    if let Err(e) = Authority::take(l, epoch, failed) {
+        tracing::error!(job = %name, error = %e, "cannot record the job's failure");
+        return;
+    }
+    shared.jobs.hosted_ended(HostedEnd {
+        job,
+        name,
+        error: Some(error),
+    });
 }
 
 /// Starts job `record` again from its latest checkpoint; retries while a node it placed on

@@ -160,7 +160,10 @@ impl Jobs {
 
     /// Whether no job end is owed to any node.
     pub(crate) fn owes_nothing(&self) -> bool {
-        self.owed.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        self.owed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
     }
 
     /// The job ends owed to `node`: (job, error).
