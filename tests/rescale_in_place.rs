@@ -330,3 +330,81 @@ fn a_rescale_by_an_ambiguous_name_is_refused() {
     );
     handle.wait().expect("the job runs on");
 }
+
+/// Set once the new subtask of [`StallingCount`] stalled its start.
+static STALLED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// How long the stalled start takes: past the rescale's deadline of 1 s.
+const STALL: Duration = Duration::from_secs(3);
+
+/// A running count per key whose subtask 2 — the one a rescale 2 → 3 adds — takes longer to
+/// start than the rescale's deadline, once.
+struct StallingCount;
+
+impl KeyedOperator for StallingCount {
+    type Key = u64;
+    type In = (u64, u64);
+    type Out = (u64, u64);
+    type State = u64;
+
+    fn process(
+        &mut self,
+        key: &u64,
+        state: &mut u64,
+        record: (u64, u64),
+        out: &mut Output<'_, (u64, u64)>,
+    ) -> Result<(), UserError> {
+        *state += record.1;
+        out.emit((*key, *state));
+        Ok(())
+    }
+
+    fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
+        if info.index == 2 && !STALLED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+            std::thread::sleep(STALL);
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_new_subtask_that_never_confirms_a_rescale_makes_the_job_recover_exactly() {
+    // A rescale in place whose new subtask does not report ready within the rescale's
+    // deadline (1 s here; its start stalls 3 s): the sources must not stay held and the job
+    // must not hang — it recovers from the rescaled checkpoint and finishes exactly.
+    common::init_logging();
+    let env = env("stalled-rescale");
+    env.configure(|c| {
+        c.ready_timeout = Duration::from_secs(15);
+        if let Some(cp) = &mut c.checkpoint {
+            cp.rescale_timeout = Duration::from_secs(1);
+        }
+    });
+    let counts = paced_records(&env, 1_000)
+        .parallelism(2)
+        .key_by(|r: &(u64, u64)| r.0)
+        .process(|_: &SubtaskInfo| StallingCount)
+        .name("count")
+        .parallelism(2)
+        .collect();
+    let mut handle = env.start().expect("start");
+    handle.wait_until(|p| p.checkpoints >= 2);
+    let asked = std::time::Instant::now();
+    let r = handle.rescale("count", 3);
+    println!(
+        "rescale 2 -> 3 with a stalled new subtask: {:?} after {} ms",
+        r.as_ref().map(|r| r.in_place.is_some()),
+        asked.elapsed().as_millis()
+    );
+    let result = handle.wait().expect("the job finishes");
+    assert!(
+        STALLED.load(std::sync::atomic::Ordering::SeqCst),
+        "the new subtask's start stalled"
+    );
+    println!("recoveries: {:?}", result.recoveries);
+    assert!(
+        !result.recoveries.is_empty(),
+        "the subtask that never confirmed made the job recover"
+    );
+    assert_eq!(finals(&counts.take()), expected());
+}

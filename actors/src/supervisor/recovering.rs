@@ -74,7 +74,11 @@ impl JobSupervisor {
             let Some(order) = self.reset_order(t) else {
                 continue;
             };
-            if t == task && lost.is_empty() {
+            // The failed subtask waits for the answer to its report; every other one (and
+            // the first of a recovery nobody asked for, e.g. a rescale's deadline) gets a
+            // reset order.
+            let asked = t == task && lost.is_empty() && reply.is_some();
+            if asked {
                 if let Some(r) = reply.take() {
                     let _ = r.send(Decision::Reset(Box::new(order)));
                 }
