@@ -31,7 +31,6 @@ use riffle::cluster::{Limits, Node, Secret, Status};
 use riffle::internals::cluster::wire::{
     encode, read_frame, EdgeAddress, Hello, Message, RefuseReason, WireEvent, PROTOCOL_VERSION,
 };
-use riffle::internals::cluster::{handshake, HandshakeConfig, Role};
 use riffle::internals::framework::TaskId;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -424,9 +423,7 @@ fn hello(node: &str, listen: &str, nonce: u8) -> Message {
 }
 
 async fn send(s: &mut TcpStream, m: &Message) {
-    let mut buf = Vec::new();
-    encode(m, &mut buf).expect("encode");
-    let _ = s.write_all(&buf).await;
+    common::insider::send(s, m).await;
 }
 
 /// Reads frames until the node closes the connection or `wait` passes; `Err` if the node
@@ -631,32 +628,7 @@ fn outsiders_without_the_secret_are_refused() {
 
 /// Opens an authenticated link to `addr` as `id` (a client that holds the secret).
 async fn insider(addr: &str, id: &str, listen: &str) -> TcpStream {
-    let mut s = connect(addr).await;
-    let cfg = HandshakeConfig {
-        cluster: "riffle".into(),
-        node: id.into(),
-        listen: listen.into(),
-        secret: Secret::new(SECRET).expect("secret"),
-        encrypt: false,
-        timeout: Duration::from_secs(5),
-        incarnation: 7,
-    };
-    handshake(&mut s, &cfg, Role::Initiator { expect: None })
-        .await
-        .expect("the insider holds the secret");
-    // A fresh session: the node then reads frames from it as from any member.
-    let mut resume = Vec::new();
-    encode(
-        &Message::Resume {
-            session: 1,
-            peer_session: 0,
-            received: 0,
-        },
-        &mut resume,
-    )
-    .expect("encode");
-    s.write_all(&resume).await.expect("resume");
-    s
+    common::insider::insider(addr, id, listen, SECRET).await
 }
 
 /// Every job frame a node without authority could send about `job` to a node hosting it.

@@ -13,6 +13,7 @@ mod checkpoint_alignment;
 mod checkpoint_exactly_once;
 mod checkpoint_process;
 mod cluster_bad_input;
+mod cluster_deadlines;
 mod cluster_failover;
 mod cluster_job;
 mod cluster_link_reset;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod insider;
 pub mod proxy;
 
 use riffle::prelude::*;
