@@ -26,6 +26,8 @@ const SECRET: &[u8] = b"cluster failover test";
 const ENV_NODE: &str = "RIFFLE_TEST_FAILOVER_NODE";
 /// The leader's lease: a lost leader is replaced about this long after it stopped.
 const LEASE_TTL: Duration = Duration::from_secs(1);
+/// A pause longer than the failure timeout (500 ms) that the lease may survive.
+const PAUSE_WITHIN_LEASE: Duration = Duration::from_millis(650);
 
 /// The job: paced, so that it runs long enough for one or two leaders to be lost.
 fn sum_job() -> common::SumJob {
@@ -346,8 +348,10 @@ fn a_paused_leader_is_fenced_and_every_node_reports_the_agreed_outcome() {
         .status()
         .expect("kill")
         .success());
-    // Paused past its lease: resumed once another node has the job flowing again.
+    // Paused past its lease (2 s at least, twice the lease): resumed once another node has
+    // the job flowing again.
     wait_for("a failover", || !failovers(dir.path()).is_empty());
+    std::thread::sleep(Duration::from_secs(2).saturating_sub(paused.elapsed()));
     assert!(Command::new("kill")
         .args(["-CONT", &pid])
         .status()
@@ -389,6 +393,51 @@ fn a_paused_leader_is_fenced_and_every_node_reports_the_agreed_outcome() {
     assert!(
         refused_as_leader + fenced_frames > 0,
         "what the old leader tried after its pause was refused and counted"
+    );
+    common::assert_same_output(common::published_output(dir.path()), expected);
+}
+
+#[test]
+fn a_leader_paused_past_the_failure_timeout_but_not_its_lease_ends_with_one_outcome() {
+    // The other nodes declare the leader lost after 500 ms and stop hosting its job; its
+    // lease (1 s) may still hold when it runs again after 650 ms. Either it still leads and
+    // finishes the job without them, or it lost the lease and a new leader continues the
+    // job: every node must report the one outcome recorded in etcd, and the output is exact.
+    let Some(etcd) = Etcd::start() else { return };
+    let expected = sum_job().single_process_output();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cluster = start_cluster(dir.path(), &etcd);
+    wait_for("a first commit", || {
+        dir.path().join("leader").exists() && common::checkpoint_published(dir.path())
+    });
+    let old = std::fs::read_to_string(dir.path().join("leader")).expect("leader");
+    let pid = cluster.children[node_index(&old)].id().to_string();
+    let signal = |sig: &str| {
+        let ok = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("kill");
+        assert!(ok.success(), "kill {sig} {old}");
+    };
+    signal("-STOP");
+    // Fault timing, not synchronisation: the pause is the fault.
+    std::thread::sleep(PAUSE_WITHIN_LEASE);
+    signal("-CONT");
+    for (i, status) in wait_rest(&mut cluster, &[]) {
+        let outcome = std::fs::read_to_string(dir.path().join(format!("outcome-n{}", i + 1)))
+            .unwrap_or_default();
+        println!("n{}: {}", i + 1, outcome.replace('\n', " "));
+        assert!(status.success(), "n{} failed ({status}): {outcome}", i + 1);
+        assert!(outcome.contains("agreed=ok"), "n{}: {outcome}", i + 1);
+    }
+    let took_over = failovers(dir.path());
+    println!(
+        "leader {old} paused {} ms: {}",
+        PAUSE_WITHIN_LEASE.as_millis(),
+        match took_over.first() {
+            Some((n, _, _)) => format!("its lease ended and {n} took over"),
+            None => "it kept its lease and finished the job".to_string(),
+        }
     );
     common::assert_same_output(common::published_output(dir.path()), expected);
 }

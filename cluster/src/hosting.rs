@@ -540,7 +540,7 @@ fn report_agreed_end(
     let spawned = std::thread::Builder::new()
         .name(format!("riffle-end-{job:x}"))
         .spawn(move || {
-            if let Some(end) = crate::failover::agreed_end(&l, &name, AGREED_END_WAIT) {
+            if let Some(end) = crate::authority::agreed_end(&l, &name, AGREED_END_WAIT) {
                 let error = end.err();
                 s.jobs.hosted_ended(HostedEnd { job, name, error });
             }

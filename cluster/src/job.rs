@@ -30,8 +30,8 @@
 //! job ended with an error ([`Node::wait_hosted`](crate::Node::wait_hosted)); a new submission
 //! starts it again (from its latest checkpoint if it is configured to restore).
 
+use crate::authority::{Authority, JobRecord, RecordState};
 pub use crate::config::JobBuilder;
-use crate::failover::{Authority, JobRecord, RecordState};
 use crate::jobs::CoordinatedJob;
 use crate::placement::Placement;
 use crate::proxy::{ClusterResolver, ClusterTasks};
@@ -287,18 +287,7 @@ impl ClusterJob {
                 error: error.clone(),
             });
         }
-        // Nodes that hosted the job and are away now hear of its end when they are back.
-        let mut hosts = links.hosts.clone();
-        if let Some(c) = &coordinated {
-            hosts.extend(c.resolver.placement.iter().map(|e| e.value().clone()));
-        }
-        hosts.sort();
-        hosts.dedup();
-        for h in hosts.iter().filter(|h| **h != links.me) {
-            if links.shared.net.link_sender(h).is_none() {
-                links.shared.jobs.owe_end(h, job, error.clone());
-            }
-        }
+        links.owe_end_to_away_hosts(job, coordinated.as_deref(), &error);
         outcome
     }
 }
@@ -312,6 +301,30 @@ struct JobLinks {
 }
 
 impl JobLinks {
+    /// Without etcd, nodes that hosted job `job` and are away now hear of its end when they
+    /// are back (with etcd they read it there).
+    fn owe_end_to_away_hosts(
+        &self,
+        job: u64,
+        coordinated: Option<&CoordinatedJob>,
+        error: &Option<String>,
+    ) {
+        if self.shared.leadership.is_some() {
+            return;
+        }
+        let mut hosts = self.hosts.clone();
+        if let Some(c) = coordinated {
+            hosts.extend(c.resolver.placement.iter().map(|e| e.value().clone()));
+        }
+        hosts.sort();
+        hosts.dedup();
+        for h in hosts.iter().filter(|h| **h != self.me) {
+            if self.shared.net.link_sender(h).is_none() {
+                self.shared.jobs.owe_end(h, job, error.clone());
+            }
+        }
+    }
+
     /// Asks every hosting node for its links' traffic during job `job` (waits at most 2 s).
     fn figures(&self, job: u64) -> Vec<LinkFigures> {
         let (tx, rx) = std::sync::mpsc::channel();
@@ -548,7 +561,7 @@ fn place(
 }
 
 /// With etcd: takes the leader's authority over job `job` and writes its record (see
-/// [`crate::failover`]); without, `None`.
+/// the `failover` module); without, `None`.
 fn take_authority(
     shared: &Shared,
     epoch: u64,

@@ -19,7 +19,7 @@ pub(crate) struct CoordinatedJob {
     pub(crate) resolver: Arc<ClusterResolver>,
     pub(crate) ports: Mutex<Option<JobPorts>>,
     /// The leader's authority over the job (with etcd).
-    pub(crate) authority: Option<Arc<crate::failover::Authority>>,
+    pub(crate) authority: Option<Arc<crate::authority::Authority>>,
     /// The nodes it was placed on when it started.
     pub(crate) first_nodes: Vec<String>,
 }
@@ -85,7 +85,7 @@ pub(crate) struct Jobs {
     /// (node, job, error).
     owed: Mutex<Vec<(String, u64, Option<String>)>>,
     /// Jobs this node continued as a new leader.
-    failovers: Mutex<Vec<crate::failover::Failover>>,
+    failovers: Mutex<Vec<crate::authority::Failover>>,
     failovers_changed: Condvar,
 }
 
@@ -237,7 +237,7 @@ impl Jobs {
     }
 
     /// Records a job this node continued as a new leader.
-    pub(crate) fn failed_over(&self, f: crate::failover::Failover) {
+    pub(crate) fn failed_over(&self, f: crate::authority::Failover) {
         self.failovers
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -247,7 +247,7 @@ impl Jobs {
 
     /// The jobs this node continued as a new leader, once there is at least one (or
     /// `timeout` passed).
-    pub(crate) fn wait_failovers(&self, timeout: Duration) -> Vec<crate::failover::Failover> {
+    pub(crate) fn wait_failovers(&self, timeout: Duration) -> Vec<crate::authority::Failover> {
         let deadline = Instant::now() + timeout;
         let mut f = self.failovers.lock().unwrap_or_else(|e| e.into_inner());
         while f.is_empty() {

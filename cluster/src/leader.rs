@@ -131,6 +131,8 @@ pub(crate) struct Leadership {
     state: Mutex<State>,
     changed: Condvar,
     requests: mpsc::UnboundedSender<Request>,
+    /// Wakes the leading agent to give the leadership up ([`Leadership::resign`]).
+    resign: tokio::sync::Notify,
 }
 
 impl Leadership {
@@ -150,6 +152,7 @@ impl Leadership {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             requests: tx,
+            resign: tokio::sync::Notify::new(),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -202,6 +205,16 @@ impl Leadership {
     /// Counts an action refused because this node no longer surely leads.
     pub(crate) fn refused(&self) {
         self.lock().refused_as_leader += 1;
+    }
+
+    /// Gives the leadership up (revokes the lease), if this node has it: after it stopped
+    /// its jobs because its lease was not surely alive, a new election — which this node
+    /// may win again — makes some leader continue them.
+    pub(crate) fn resign(&self) {
+        if self.lock().mine.is_some() {
+            tracing::warn!("giving up the leadership: a new election continues the jobs");
+            self.resign.notify_waiters();
+        }
     }
 
     /// Blocks until some node leads (or `timeout` passes); the view then. When this node
@@ -410,7 +423,10 @@ async fn campaign_once(
             });
             tracing::info!(epoch, "elected leader");
             let _ = events.send(LeaderEvent::Elected(epoch));
-            let _ = lost.wait_for(|v| *v).await;
+            tokio::select! {
+                _ = lost.wait_for(|v| *v) => {}
+                () = l.resign.notified() => {}
+            }
         }
     }
     keeper.abort();

@@ -43,6 +43,7 @@
 //!   leader continues every running job from its latest checkpoint. Without etcd, the lowest
 //!   live node id coordinates and its loss ends the jobs (see `cluster/PROTOCOL.md`).
 
+mod authority;
 mod config;
 pub mod failover;
 pub mod guard;
@@ -65,7 +66,7 @@ mod session;
 mod shared;
 pub mod wire;
 
-pub use failover::Failover;
+pub use authority::Failover;
 pub use guard::Limits;
 pub use handshake::{handshake, Established, HandshakeConfig, HandshakeError, Peer, Role};
 pub use hosting::{FrameError, HostedEnd};

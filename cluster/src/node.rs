@@ -9,9 +9,9 @@
 //!
 //! Jobs registered on the builder run across the nodes (see [`crate::job`]).
 
+use crate::authority::Failover;
 pub use crate::config::DialVia;
 use crate::config::NodeConfig;
-use crate::failover::Failover;
 use crate::guard::{Admission, Limits};
 use crate::hosting::HostedEnd;
 use crate::job::{ClusterJob, JobOptions};
@@ -416,7 +416,7 @@ impl Node {
     /// submitted.)
     pub fn wait_job_end(&self, name: &str, timeout: Duration) -> Option<Result<(), String>> {
         let l = self.shared.leadership.as_ref()?;
-        crate::failover::agreed_end(l, name, timeout)
+        crate::authority::agreed_end(l, name, timeout)
     }
 
     /// With etcd: the jobs this node continued after it won the election (once there is at

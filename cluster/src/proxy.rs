@@ -128,7 +128,7 @@ pub struct ClusterTasks {
     /// Live nodes left out of the placement (being drained).
     pub(crate) exclude: Vec<String>,
     /// With etcd: the leader's authority over the job.
-    pub(crate) authority: Option<Arc<crate::failover::Authority>>,
+    pub(crate) authority: Option<Arc<crate::authority::Authority>>,
 }
 
 impl RemoteTasks for ClusterTasks {
