@@ -270,6 +270,51 @@ fn wait_rest(cluster: &mut Cluster, dead: &[usize]) -> Vec<(usize, std::process:
     out
 }
 
+/// Starts the three nodes on `etcd` and waits until their leader committed a checkpoint;
+/// the cluster and the leader's name.
+fn running(dir: &Path, etcd: &Etcd) -> (Cluster, String) {
+    let cluster = start_cluster(dir, etcd);
+    wait_for("a first commit", || {
+        dir.join("leader").exists() && common::checkpoint_published(dir)
+    });
+    let leader = std::fs::read_to_string(dir.join("leader")).expect("leader");
+    (cluster, leader)
+}
+
+/// Sends `signal` (`-STOP`, `-CONT`) to node `name`'s process.
+fn signal(cluster: &Cluster, name: &str, signal: &str) {
+    let pid = cluster.children[node_index(name)].id().to_string();
+    let ok = Command::new("kill")
+        .args([signal, &pid])
+        .status()
+        .expect("kill");
+    assert!(ok.success(), "kill {signal} {name}");
+}
+
+/// Waits for the nodes not in `dead` to exit, and checks that each succeeded and reported
+/// the end agreed in etcd as a success; their outcome files, by node index.
+fn agreed_everywhere(cluster: &mut Cluster, dir: &Path, dead: &[usize]) -> Vec<(usize, String)> {
+    let mut outcomes = Vec::new();
+    for (i, status) in wait_rest(cluster, dead) {
+        let outcome =
+            std::fs::read_to_string(dir.join(format!("outcome-n{}", i + 1))).unwrap_or_default();
+        println!("n{}: {}", i + 1, outcome.replace('\n', " "));
+        assert!(status.success(), "n{} failed ({status}): {outcome}", i + 1);
+        assert!(outcome.contains("agreed=ok"), "n{}: {outcome}", i + 1);
+        outcomes.push((i, outcome));
+    }
+    outcomes
+}
+
+/// The figure `key` (`fenced_frames=`, `refused_as_leader=`) of an outcome file.
+fn figure(outcome: &str, key: &str) -> u64 {
+    outcome
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn a_killed_leader_is_replaced_and_the_job_continues_exactly() {
     let trials: usize = std::env::var("RIFFLE_FAILOVER_TRIALS")
@@ -280,11 +325,7 @@ fn a_killed_leader_is_replaced_and_the_job_continues_exactly() {
     for trial in 0..trials {
         let Some(etcd) = Etcd::start() else { return };
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut cluster = start_cluster(dir.path(), &etcd);
-        wait_for("a first commit", || {
-            dir.path().join("leader").exists() && common::checkpoint_published(dir.path())
-        });
-        let first = std::fs::read_to_string(dir.path().join("leader")).expect("leader");
+        let (mut cluster, first) = running(dir.path(), &etcd);
         let mut dead = vec![node_index(&first)];
         let killed = kill(&mut cluster, &first);
         wait_for("a failover", || !failovers(dir.path()).is_empty());
@@ -316,16 +357,8 @@ fn a_killed_leader_is_replaced_and_the_job_continues_exactly() {
                 flowing.saturating_sub(unix_ms(killed))
             );
         }
-        for (i, status) in wait_rest(&mut cluster, &dead) {
-            let outcome = std::fs::read_to_string(dir.path().join(format!("outcome-n{}", i + 1)))
-                .unwrap_or_default();
-            assert!(
-                status.success(),
-                "trial {trial}: n{} failed ({status}): {outcome}",
-                i + 1
-            );
-            assert!(outcome.contains("agreed=ok"), "trial {trial}: {outcome}");
-        }
+        println!("trial {trial}:");
+        agreed_everywhere(&mut cluster, dir.path(), &dead);
         common::assert_same_output(common::published_output(dir.path()), expected.clone());
         println!("trial {trial}: exact");
     }
@@ -336,57 +369,37 @@ fn a_paused_leader_is_fenced_and_every_node_reports_the_agreed_outcome() {
     let Some(etcd) = Etcd::start() else { return };
     let expected = sum_job().single_process_output();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = start_cluster(dir.path(), &etcd);
-    wait_for("a first commit", || {
-        dir.path().join("leader").exists() && common::checkpoint_published(dir.path())
-    });
-    let old = std::fs::read_to_string(dir.path().join("leader")).expect("leader");
-    let pid = cluster.children[node_index(&old)].id().to_string();
+    let (mut cluster, old) = running(dir.path(), &etcd);
     let paused = Instant::now();
-    assert!(Command::new("kill")
-        .args(["-STOP", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    signal(&cluster, &old, "-STOP");
     // Paused past its lease (2 s at least, twice the lease): resumed once another node has
     // the job flowing again.
     wait_for("a failover", || !failovers(dir.path()).is_empty());
     std::thread::sleep(Duration::from_secs(2).saturating_sub(paused.elapsed()));
-    assert!(Command::new("kill")
-        .args(["-CONT", &pid])
-        .status()
-        .expect("kill")
-        .success());
+    signal(&cluster, &old, "-CONT");
     let (new, _, _) = failovers(dir.path())[0].clone();
     println!(
         "leader {old} paused for {} ms; {new} took over",
         paused.elapsed().as_millis()
     );
     assert_ne!(new, old, "another node leads after the pause");
-    let mut fenced_frames = 0u64;
-    let mut refused_as_leader = 0u64;
-    for (i, status) in wait_rest(&mut cluster, &[]) {
-        let outcome = std::fs::read_to_string(dir.path().join(format!("outcome-n{}", i + 1)))
-            .unwrap_or_default();
-        println!("n{}: {}", i + 1, outcome.replace('\n', " "));
-        assert!(status.success(), "n{} failed ({status}): {outcome}", i + 1);
-        assert!(outcome.contains("agreed=ok"), "n{}: {outcome}", i + 1);
-        let count = |k: &str| {
-            outcome
-                .lines()
-                .find_map(|l| l.strip_prefix(k))
-                .and_then(|v| v.parse::<u64>().ok())
-                .unwrap_or(0)
-        };
-        fenced_frames += count("fenced_frames=");
-        refused_as_leader += count("refused_as_leader=");
-        if i == node_index(&old) {
-            assert!(
-                outcome.contains("own=error: cluster: fenced"),
-                "the paused leader's job was fenced: {outcome}"
-            );
-        }
-    }
+    let outcomes = agreed_everywhere(&mut cluster, dir.path(), &[]);
+    let fenced_frames: u64 = outcomes
+        .iter()
+        .map(|(_, o)| figure(o, "fenced_frames="))
+        .sum();
+    let refused_as_leader: u64 = outcomes
+        .iter()
+        .map(|(_, o)| figure(o, "refused_as_leader="))
+        .sum();
+    let (_, own) = outcomes
+        .iter()
+        .find(|(i, _)| *i == node_index(&old))
+        .expect("the old leader's outcome");
+    assert!(
+        own.contains("own=error: cluster: fenced"),
+        "the paused leader's job was fenced: {own}"
+    );
     println!(
         "refused: {refused_as_leader} actions of the old leader (its lease had ended), {fenced_frames} of its frames at the other nodes"
     );
@@ -406,30 +419,12 @@ fn a_leader_paused_past_the_failure_timeout_but_not_its_lease_ends_with_one_outc
     let Some(etcd) = Etcd::start() else { return };
     let expected = sum_job().single_process_output();
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = start_cluster(dir.path(), &etcd);
-    wait_for("a first commit", || {
-        dir.path().join("leader").exists() && common::checkpoint_published(dir.path())
-    });
-    let old = std::fs::read_to_string(dir.path().join("leader")).expect("leader");
-    let pid = cluster.children[node_index(&old)].id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig} {old}");
-    };
-    signal("-STOP");
+    let (mut cluster, old) = running(dir.path(), &etcd);
+    signal(&cluster, &old, "-STOP");
     // Fault timing, not synchronisation: the pause is the fault.
     std::thread::sleep(PAUSE_WITHIN_LEASE);
-    signal("-CONT");
-    for (i, status) in wait_rest(&mut cluster, &[]) {
-        let outcome = std::fs::read_to_string(dir.path().join(format!("outcome-n{}", i + 1)))
-            .unwrap_or_default();
-        println!("n{}: {}", i + 1, outcome.replace('\n', " "));
-        assert!(status.success(), "n{} failed ({status}): {outcome}", i + 1);
-        assert!(outcome.contains("agreed=ok"), "n{}: {outcome}", i + 1);
-    }
+    signal(&cluster, &old, "-CONT");
+    agreed_everywhere(&mut cluster, dir.path(), &[]);
     let took_over = failovers(dir.path());
     println!(
         "leader {old} paused {} ms: {}",
