@@ -436,3 +436,63 @@ fn a_leader_paused_past_the_failure_timeout_but_not_its_lease_ends_with_one_outc
     );
     common::assert_same_output(common::published_output(dir.path()), expected);
 }
+
+#[test]
+fn a_job_start_from_a_superseded_epoch_is_refused_and_counted() {
+    // n1 leads (elected on etcd with epoch E); a member that claims to start a job as the
+    // leader of an older epoch — what a deposed leader would send — is refused and counted
+    // as fenced; one that claims E while it is not E's leader is refused too.
+    use common::insider::{insider, send};
+    use riffle::internals::cluster::wire::Message;
+    use riffle::internals::framework::TaskId;
+    let Some(etcd) = Etcd::start() else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let d = dir.path().to_path_buf();
+    let n1 = Node::builder()
+        .name("n1")
+        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
+        .etcd([etcd.url.as_str()])
+        .lease_ttl(LEASE_TTL)
+        .register_job("sum", move || sum_job().build(&d))
+        .start()
+        .expect("n1 starts");
+    assert_eq!(
+        n1.wait_leader(Duration::from_secs(30)).as_deref(),
+        Some("n1")
+    );
+    let epoch = n1.leads().expect("n1 leads");
+    let addr = n1.local_addr().to_string();
+    let task = TaskId {
+        chain: 0,
+        subtask: 0,
+    };
+    let start = |job: u64, epoch: u64| Message::JobStart {
+        job,
+        name: "sum".into(),
+        coordinator: "a-deposed".into(),
+        placement: vec![(task, "n1".into())],
+        parallelism: None,
+        rescaled: Vec::new(),
+        epoch,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let nobody = format!("127.0.0.1:{}", common::free_port());
+        let mut s = insider(&addr, "a-deposed", &nobody, SECRET).await;
+        send(&mut s, &start(41, epoch - 1)).await;
+        send(&mut s, &start(42, 0)).await;
+        send(&mut s, &start(43, epoch)).await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while n1.refusals().fenced < 2 || n1.refusals().frames < 1 {
+            assert!(Instant::now() < deadline, "refusals: {:?}", n1.refusals());
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    });
+    let r = n1.refusals();
+    println!("job starts of a superseded epoch refused: {} (fenced), of the current epoch by a non-leader: {}", r.fenced, r.frames);
+    assert_eq!(r.fenced, 2, "{r:?}");
+    assert_eq!(r.frames, 1, "{r:?}");
+}
