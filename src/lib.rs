@@ -59,7 +59,7 @@ pub mod prelude {
         Backoff, CheckpointConfig, CollectHandle, CountHandle, Data, DataStream, FsStore,
         JobConfig, Key, KeyedOperator, KeyedStates, KeyedStream, Operator, Output, PoisonAction,
         PoisonPolicy, Position, RestartKind, RestartStrategy, RestoreFrom, Sink, Snapshot, Source,
-        SourceStatus, StoreError, StreamEnv, SubtaskInfo, UserError,
+        SourceStatus, StoreError, StreamEnv, SubtaskInfo, UserError, WatermarkStrategy,
     };
 }
 
@@ -76,6 +76,14 @@ pub mod operators {
 /// Building a dataflow: an environment and the streams between its operators.
 pub mod streams {
     pub use riffle_framework::{DataStream, KeyedStream, SinkStream, StreamEnv};
+}
+
+/// Event time: how records get timestamps and watermarks ([`WatermarkStrategy`](time::WatermarkStrategy),
+/// used with `DataStream::assign_timestamps_and_watermarks`), and a subtask's clock, the
+/// minimum of its inputs' watermarks ([`InputClock`](time::InputClock)); operators see it
+/// advance in `Operator::on_watermark`.
+pub mod time {
+    pub use riffle_framework::{InputClock, TimestampFn, WatermarkStrategy};
 }
 
 /// A job's configuration: name, parallelism, workers, batching, restarts, checkpoints and

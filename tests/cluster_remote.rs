@@ -48,6 +48,7 @@ impl Handler<DataMessage> for Collector {
             }
             ChannelEvent::Barrier(n) => format!("barrier {n}"),
             ChannelEvent::EndOfInput => "end".to_string(),
+            ChannelEvent::Watermark(t) => format!("watermark {t}"),
         });
         if self.seen.len() == self.expect {
             self.done.notify_one();
@@ -121,7 +122,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
         let fast = Collector {
             seen: Vec::new(),
             done: done.clone(),
-            expect: 52,
+            expect: 53,
         }
         .start();
         let slow = Holder::default().start();
@@ -172,7 +173,11 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
             let p = fast_credits.clone().acquire_owned().await.expect("credit");
             to_fast.try_send(batch(i, p)).expect("send");
         }
-        for event in [ChannelEvent::Barrier(7), ChannelEvent::EndOfInput] {
+        for event in [
+            ChannelEvent::Watermark(41),
+            ChannelEvent::Barrier(7),
+            ChannelEvent::EndOfInput,
+        ] {
             let p = fast_credits.clone().acquire_owned().await.expect("credit");
             let msg = DataMessage {
                 epoch: 3,
@@ -187,6 +192,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
         let mut expect: Vec<String> = (0..50)
             .map(|i| format!("batch {:?}", Some(i as u64)))
             .collect();
+        expect.push("watermark 41".into());
         expect.push("barrier 7".into());
         expect.push("end".into());
         assert_eq!(seen, expect, "typed and in order");

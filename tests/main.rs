@@ -34,4 +34,5 @@ mod runtime_backpressure;
 mod runtime_order;
 mod supervision_chaos;
 mod supervision_strategies;
+mod time_watermarks;
 mod wordcount_property;

@@ -25,6 +25,10 @@ pub enum ChannelEvent<B = RecordBatch> {
     Barrier(u64),
     /// The sender will send nothing more on this channel.
     EndOfInput,
+    /// Event time: the sender will send no record with a timestamp at or below this one
+    /// (milliseconds; `i64::MAX` at the end of input). A receiver's clock is the minimum of
+    /// its open inputs' watermarks.
+    Watermark(i64),
 }
 
 impl<B> ChannelEvent<B> {
@@ -41,6 +45,7 @@ impl<B> ChannelEvent<B> {
             ChannelEvent::Batch(b) => ChannelEvent::Batch(f(b)?),
             ChannelEvent::Barrier(n) => ChannelEvent::Barrier(n),
             ChannelEvent::EndOfInput => ChannelEvent::EndOfInput,
+            ChannelEvent::Watermark(t) => ChannelEvent::Watermark(t),
         })
     }
 
@@ -84,5 +89,7 @@ mod tests {
         let end: ChannelEvent = ChannelEvent::EndOfInput;
         assert!(!end.is_batch());
         assert_eq!(end.try_map_batch(encode), Ok(ChannelEvent::EndOfInput));
+        let wm: ChannelEvent = ChannelEvent::Watermark(-5);
+        assert_eq!(wm.try_map_batch(encode), Ok(ChannelEvent::Watermark(-5)));
     }
 }

@@ -33,6 +33,7 @@ mod operator;
 mod partition;
 mod rescale;
 mod stream;
+mod time;
 mod typed;
 
 pub use checkpoint::{
@@ -61,4 +62,5 @@ pub use partition::{
 };
 pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};
+pub use time::{InputClock, TimestampFn, WatermarkStage, WatermarkStrategy};
 pub use typed::BatchCodec;

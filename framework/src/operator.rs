@@ -293,6 +293,20 @@ pub trait Operator: Send + 'static {
         Ok(())
     }
 
+    /// Called when the subtask's event-time clock advances to `watermark` (milliseconds):
+    /// no record with a timestamp at or below it will arrive any more. May emit; the
+    /// watermark is forwarded after it returns. Default: nothing.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_watermark(
+        &mut self,
+        _watermark: i64,
+        _out: &mut Output<'_, Self::Out>,
+    ) -> Result<(), UserError> {
+        Ok(())
+    }
+
     /// Called once when every input has ended; may emit final records.
     ///
     /// # Errors

@@ -259,6 +259,22 @@ impl<T: Data> DataStream<T> {
         DataStream::new(self.graph, id)
     }
 
+    /// Gives the stream event time: every subtask reads its records' timestamps with
+    /// `strategy` and sends watermarks downstream, in band, behind the records they cover
+    /// (see the crate's `time` module docs). Chained with the operator before it.
+    pub fn assign_timestamps_and_watermarks(
+        self,
+        strategy: crate::WatermarkStrategy<T>,
+    ) -> DataStream<T> {
+        let build = Build::Operator(Arc::new(move |info, next| {
+            let next: BoxStage<T> = unbox(next)?;
+            let stage = crate::WatermarkStage::new(strategy.clone(), info.clone(), next);
+            Ok(boxed::<T>(Box::new(stage)))
+        }));
+        let id = self.add_node::<T>("watermarks", build, true);
+        DataStream::new(self.graph, id)
+    }
+
     /// Applies `f` to every record.
     pub fn map<U: Data>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> DataStream<U> {
         let f = Arc::new(f);

@@ -119,6 +119,9 @@ impl<T: Data> Stage<T> for Discard {
         Ok(())
     }
     fn flush(&mut self, _cx: &mut StageCx) {}
+    fn on_watermark(&mut self, _watermark: i64, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
     fn close(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
     }

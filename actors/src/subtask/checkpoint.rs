@@ -179,6 +179,7 @@ impl SubtaskActor {
         self.barrier_seen.iter_mut().for_each(|b| *b = false);
         self.closed.iter_mut().for_each(|c| *c = false);
         self.open_inputs = self.closed.len();
+        self.clock = riffle_framework::InputClock::new(self.closed.len());
         self.retry = None;
         self.finish_after_restart = false;
         self.source_poison = None;

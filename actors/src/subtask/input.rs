@@ -33,7 +33,23 @@ impl SubtaskActor {
             }
             ChannelEvent::Barrier(n) => self.on_barrier(ch, n, ctx),
             ChannelEvent::EndOfInput => self.close_inputs(&[ch], ctx),
+            ChannelEvent::Watermark(t) => {
+                if let Some(now) = self.clock.advance(ch, t) {
+                    self.clock_advanced(now, ctx);
+                }
+            }
         }
+    }
+
+    /// The event-time clock advanced to `now`: the chain's hooks run, its routers queue the
+    /// watermark behind what they hold, and it goes out.
+    pub(super) fn clock_advanced(&mut self, now: i64, ctx: &mut Context<Self>) {
+        let Some(h) = &mut self.head else { return };
+        if let Err(e) = h.head().on_watermark(now, &mut self.cx) {
+            let f = self.stage_failure(e);
+            return self.fail(f, ctx);
+        }
+        self.drain(ctx);
     }
 
     /// Fires armed chaos faults whose record count has been reached (one at a time).

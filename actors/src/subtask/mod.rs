@@ -190,6 +190,8 @@ pub(crate) struct SubtaskActor {
     aligning: Option<u64>,
     /// Per input channel: delivered the barrier being aligned.
     barrier_seen: Vec<bool>,
+    /// Event time: the minimum of the open inputs' watermarks.
+    clock: riffle_framework::InputClock,
     /// Messages of channels that already delivered the barrier, held until alignment ends.
     held: VecDeque<DataMessage>,
     /// The newest checkpoint this subtask acknowledged.
@@ -257,6 +259,7 @@ impl SubtaskActor {
             checkpointing: cfg.checkpoint.is_some(),
             aligning: None,
             barrier_seen: vec![false; s.in_channels],
+            clock: riffle_framework::InputClock::new(s.in_channels),
             held: VecDeque::new(),
             last_acked: 0,
             paused: s.paused,

@@ -162,12 +162,19 @@ impl SubtaskActor {
     }
 
     pub(super) fn close_inputs(&mut self, channels: &[usize], ctx: &mut Context<Self>) {
+        let mut advanced = None;
         for &c in channels {
             if let Some(closed) = self.closed.get_mut(c) {
                 if !*closed {
                     *closed = true;
                     self.open_inputs -= 1;
                 }
+            }
+            advanced = self.clock.close(c).or(advanced);
+        }
+        if let Some(now) = advanced {
+            if self.state == Lifecycle::Running {
+                self.clock_advanced(now, ctx);
             }
         }
         self.try_complete_alignment(ctx);

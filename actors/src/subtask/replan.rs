@@ -172,6 +172,7 @@ impl SubtaskActor {
         let capacity = closed.len() * self.plan.config().credits + crate::directory::MAILBOX_SLACK;
         ctx.set_mailbox_capacity(capacity);
         self.directory.inputs_changed(self.task, closed.len());
+        self.clock.rewire(&closed);
         self.closed = closed;
     }
 }

@@ -58,6 +58,12 @@ pub trait ChainHead: Send {
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError>;
     /// See [`super::Stage::flush`].
     fn flush(&mut self, cx: &mut StageCx);
+    /// The subtask's event-time clock advanced (see [`super::Stage::on_watermark`]); on
+    /// failure what the hooks emitted is rolled back.
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError>;
     /// Runs the `on_close` hooks (a source's first); on failure their output is rolled back.
     ///
     /// # Errors
@@ -88,6 +94,11 @@ macro_rules! forward_to_chain {
         }
         fn flush(&mut self, cx: &mut StageCx) {
             self.next.flush(cx);
+        }
+        fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+            self.next
+                .on_watermark(watermark, cx)
+                .inspect_err(|_| self.next.rollback())
         }
         fn reroute(&mut self, moves: &[(usize, super::RouteLayout)]) {
             self.next.reroute(moves);

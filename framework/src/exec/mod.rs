@@ -96,6 +96,17 @@ impl StageCx {
         }
     }
 
+    /// Queues watermark `t` on output channels `channels` (a router's range); a watermark
+    /// last in a queue, not sent yet, is replaced rather than followed (it says less).
+    pub fn watermark(&mut self, channels: std::ops::Range<usize>, t: i64) {
+        for q in &mut self.queues[channels] {
+            match q.back_mut() {
+                Some(ChannelEvent::Watermark(w)) => *w = (*w).max(t),
+                _ => q.push_back(ChannelEvent::Watermark(t)),
+            }
+        }
+    }
+
     /// Queues checkpoint barrier `n` on every output channel.
     pub fn barrier_all(&mut self, n: u64) {
         for q in &mut self.queues {
@@ -237,6 +248,15 @@ pub trait Stage<T>: Send {
 
     /// Queues partly filled (committed) batches.
     fn flush(&mut self, cx: &mut StageCx);
+
+    /// The subtask's event-time clock advanced to `watermark`: operators run their
+    /// `on_watermark` hooks front to back (what they emit is final), and routers queue
+    /// everything they hold and then the watermark on their channels, so that no record
+    /// follows a watermark it was sent before. Called between batches, never inside one.
+    ///
+    /// # Errors
+    /// The first hook that failed.
+    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError>;
 
     /// Rescale in place: the router whose first output channel is `old` in one of `moves`
     /// `(old, layout)` takes the new layout (its first channel, channel count and key ring);

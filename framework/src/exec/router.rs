@@ -206,6 +206,13 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
             self.committed[ch] = 0;
         }
     }
+    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        // What the hooks before emitted is final; every record goes before the watermark.
+        self.commit(cx)?;
+        self.flush(cx);
+        cx.watermark(self.base..self.base + self.buffers.len(), watermark);
+        Ok(())
+    }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.commit(cx)?;
         self.flush(cx);
@@ -265,6 +272,11 @@ impl<T: Data> Stage<T> for Tee<T> {
         self.branches
             .iter_mut()
             .try_for_each(|b| b.checkpoint_complete(checkpoint))
+    }
+    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        self.branches
+            .iter_mut()
+            .try_for_each(|b| b.on_watermark(watermark, cx))
     }
     fn flush(&mut self, cx: &mut StageCx) {
         self.branches.iter_mut().for_each(|b| b.flush(cx));

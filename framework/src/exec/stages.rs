@@ -126,6 +126,13 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
         self.next.rekey(keep, gained)
     }
     chain_stage_hooks!();
+    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        let op = &mut self.op;
+        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+            op.on_watermark(watermark, out)
+        })?;
+        self.next.on_watermark(watermark, cx)
+    }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let op = &mut self.op;
         guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
@@ -246,6 +253,10 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         self.next.rekey(keep, gained)
     }
     chain_stage_hooks!();
+    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        // Keyed operators get event-time hooks with timers (not yet); the clock passes on.
+        self.next.on_watermark(watermark, cx)
+    }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let (op, states) = (&mut self.op, &mut self.states);
         guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
@@ -336,6 +347,9 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
         next_state(gained, &self.info.operator).map(drop)
     }
     fn flush(&mut self, _cx: &mut StageCx) {}
+    fn on_watermark(&mut self, _watermark: i64, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.commit(cx)?;
         let sink = &mut self.sink;

@@ -1,0 +1,299 @@
+//! Event time: timestamps, watermarks and a subtask's event-time clock.
+//!
+//! A record's **timestamp** is when its event happened, in milliseconds, read from the record
+//! by the function a [`WatermarkStrategy`] holds. A **watermark** `t` says that no record with
+//! a timestamp at or below `t` will follow on that channel. Watermarks are generated per
+//! subtask by [`DataStream::assign_timestamps_and_watermarks`](crate::DataStream) from the
+//! timestamps it sees (the largest so far, less the allowed out-of-orderness), travel in band
+//! on every channel — behind the records they cover, across nodes too — and each subtask's
+//! **clock** is the minimum of the watermarks of its open inputs ([`InputClock`]): an input
+//! that ended holds nothing back, so at the end of the input every clock reaches `i64::MAX`.
+//! Clocks only move forward. Operators see the clock advance in
+//! [`Operator::on_watermark`](crate::Operator::on_watermark).
+//!
+//! Built so far: generation, the in-band event, the clock, the operator hook, and the
+//! generator's state in checkpoints. Not yet: idleness, record timestamps carried past the
+//! assigner, timers and windows.
+
+use crate::error::StageError;
+use crate::exec::{next_state, BoxStage, RouteLayout, Stage, StageCx};
+use crate::operator::SubtaskInfo;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Reads a record's event timestamp (milliseconds).
+pub type TimestampFn<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
+
+/// How a stream's records get their timestamps and how watermarks are generated from them.
+pub struct WatermarkStrategy<T> {
+    pub(crate) timestamp: TimestampFn<T>,
+    pub(crate) out_of_orderness: Duration,
+}
+
+impl<T> Clone for WatermarkStrategy<T> {
+    fn clone(&self) -> Self {
+        WatermarkStrategy {
+            timestamp: self.timestamp.clone(),
+            out_of_orderness: self.out_of_orderness,
+        }
+    }
+}
+
+impl<T> WatermarkStrategy<T> {
+    /// Timestamps that never decrease within a source subtask: the watermark is the largest
+    /// timestamp seen, less one millisecond.
+    pub fn monotonous(timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static) -> Self {
+        Self::bounded_out_of_orderness(Duration::ZERO, timestamp)
+    }
+
+    /// Records arrive at most `bound` later than a record with a larger timestamp: the
+    /// watermark is the largest timestamp seen less `bound` and one millisecond (as Flink's
+    /// `forBoundedOutOfOrderness`).
+    pub fn bounded_out_of_orderness(
+        bound: Duration,
+        timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static,
+    ) -> Self {
+        WatermarkStrategy {
+            timestamp: Arc::new(timestamp),
+            out_of_orderness: bound,
+        }
+    }
+
+    /// The watermark after seeing timestamps up to `max` (`i64::MIN`: none yet).
+    pub(crate) fn watermark_for(&self, max: i64) -> i64 {
+        if max == i64::MIN {
+            return i64::MIN;
+        }
+        let bound = i64::try_from(self.out_of_orderness.as_millis()).unwrap_or(i64::MAX);
+        max.saturating_sub(bound).saturating_sub(1)
+    }
+}
+
+/// A subtask's event-time clock over its input channels: the minimum of the watermarks of
+/// the open ones (an ended one holds nothing back). It never goes back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InputClock {
+    inputs: Vec<i64>,
+    closed: Vec<bool>,
+    current: i64,
+}
+
+impl InputClock {
+    /// A clock over `channels` inputs that saw no watermark yet.
+    pub fn new(channels: usize) -> Self {
+        InputClock {
+            inputs: vec![i64::MIN; channels],
+            closed: vec![false; channels],
+            current: i64::MIN,
+        }
+    }
+
+    /// The clock now (`i64::MIN` before any watermark).
+    pub fn current(&self) -> i64 {
+        self.current
+    }
+
+    /// Watermark `t` arrived on channel `ch`: the clock's new time if it advanced.
+    pub fn advance(&mut self, ch: usize, t: i64) -> Option<i64> {
+        let w = self.inputs.get_mut(ch)?;
+        *w = (*w).max(t);
+        self.recompute()
+    }
+
+    /// Channel `ch` ended: it holds the clock back no more. The new time if it advanced.
+    pub fn close(&mut self, ch: usize) -> Option<i64> {
+        *self.closed.get_mut(ch)? = true;
+        self.recompute()
+    }
+
+    /// The inputs changed (a rescale re-wired them): `closed` says which of the new ones
+    /// ended. The time stays; new inputs hold it until their first watermark.
+    pub fn rewire(&mut self, closed: &[bool]) {
+        self.inputs = vec![i64::MIN; closed.len()];
+        self.closed = closed.to_vec();
+    }
+
+    fn recompute(&mut self) -> Option<i64> {
+        let open = self
+            .inputs
+            .iter()
+            .zip(&self.closed)
+            .filter(|(_, c)| !**c)
+            .map(|(w, _)| *w);
+        let min = open.min().unwrap_or(i64::MAX);
+        (min > self.current).then(|| {
+            self.current = min;
+            min
+        })
+    }
+}
+
+/// The stage [`DataStream::assign_timestamps_and_watermarks`](crate::DataStream) adds: reads
+/// every record's timestamp and, once the records of a batch are final (committed), sends
+/// the watermark they allow down the chain. Its state — the largest timestamp seen — is in
+/// checkpoints, so the watermark does not go back after a recovery.
+pub struct WatermarkStage<T> {
+    strategy: WatermarkStrategy<T>,
+    info: SubtaskInfo,
+    next: BoxStage<T>,
+    /// The largest timestamp of the records pushed since the last commit.
+    pending: i64,
+    /// The largest timestamp of committed records.
+    max: i64,
+    /// The last watermark sent.
+    sent: i64,
+}
+
+impl<T> WatermarkStage<T> {
+    /// Generates watermarks by `strategy` in front of `next`.
+    pub fn new(strategy: WatermarkStrategy<T>, info: SubtaskInfo, next: BoxStage<T>) -> Self {
+        WatermarkStage {
+            strategy,
+            info,
+            next,
+            pending: i64::MIN,
+            max: i64::MIN,
+            sent: i64::MIN,
+        }
+    }
+
+    fn note(&mut self, record: &T) {
+        self.pending = self.pending.max((self.strategy.timestamp)(record));
+    }
+
+    /// Sends the watermark the committed records allow, if it advanced.
+    fn emit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        let w = self.strategy.watermark_for(self.max);
+        if w > self.sent {
+            self.sent = w;
+            self.next.on_watermark(w, cx)?;
+        }
+        Ok(())
+    }
+}
+
+impl<T: crate::Data> Stage<T> for WatermarkStage<T> {
+    fn push(&mut self, record: T, cx: &mut StageCx) -> Result<(), StageError> {
+        self.note(&record);
+        self.next.push(record, cx)
+    }
+    fn push_all(&mut self, records: &[T], cx: &mut StageCx) -> Result<(), (usize, StageError)> {
+        for r in records {
+            self.note(r);
+        }
+        self.next.push_all(records, cx)
+    }
+    fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.open(cx)
+    }
+    fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.commit(cx)?;
+        self.max = self.max.max(self.pending);
+        self.emit(cx)
+    }
+    fn rollback(&mut self) {
+        self.pending = self.max;
+        self.next.rollback();
+    }
+    fn distinct_keys(&self) -> u64 {
+        self.next.distinct_keys()
+    }
+    fn flush(&mut self, cx: &mut StageCx) {
+        self.next.flush(cx);
+    }
+    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        // Upstream time does not pass an assigner: it makes its own.
+        let _ = watermark;
+        let _ = cx;
+        Ok(())
+    }
+    fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
+        self.next.reroute(moves);
+    }
+    fn rekey(
+        &mut self,
+        keep: &dyn Fn(u64) -> bool,
+        gained: &mut std::slice::Iter<'_, Vec<u8>>,
+    ) -> Result<(), StageError> {
+        next_state(gained, &self.info.operator)?;
+        self.next.rekey(keep, gained)
+    }
+    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+        out.push(self.max.to_le_bytes().to_vec());
+        self.next.snapshot(checkpoint, out)
+    }
+    fn restore(
+        &mut self,
+        states: &mut std::slice::Iter<'_, Vec<u8>>,
+        last_completed: Option<u64>,
+    ) -> Result<(), StageError> {
+        let state = next_state(states, &self.info.operator)?;
+        if let Ok(b) = <[u8; 8]>::try_from(state.as_slice()) {
+            self.max = i64::from_le_bytes(b);
+            self.pending = self.max;
+            // The restored watermark goes out with the first batch's commit.
+        }
+        self.next.restore(states, last_completed)
+    }
+    fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+        self.next.checkpoint_complete(checkpoint)
+    }
+    fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.commit(cx)?;
+        self.max = self.max.max(self.pending);
+        // End of input: nothing more will come from here.
+        self.sent = i64::MAX;
+        self.next.on_watermark(i64::MAX, cx)?;
+        self.next.close(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_clock_is_the_minimum_of_the_open_inputs_and_never_goes_back() {
+        let mut c = InputClock::new(3);
+        assert_eq!(c.advance(0, 10), None, "two inputs saw nothing yet");
+        assert_eq!(c.advance(1, 5), None);
+        assert_eq!(c.advance(2, 7), Some(5));
+        assert_eq!(
+            c.advance(1, 3),
+            None,
+            "an input's watermark never goes back"
+        );
+        assert_eq!(c.advance(1, 20), Some(7));
+        assert_eq!(c.close(2), Some(10), "an ended input holds nothing back");
+        assert_eq!(c.close(0), Some(20));
+        assert_eq!(c.close(1), Some(i64::MAX), "every input ended");
+        assert_eq!(c.current(), i64::MAX);
+        assert_eq!(c.advance(9, 1), None, "an unknown channel changes nothing");
+    }
+
+    #[test]
+    fn a_rewired_clock_keeps_its_time_until_the_new_inputs_catch_up() {
+        let mut c = InputClock::new(2);
+        c.advance(0, 10);
+        c.advance(1, 12);
+        assert_eq!(c.current(), 10);
+        c.rewire(&[false, false, false]);
+        assert_eq!(c.advance(2, 4), None, "the time never goes back");
+        assert_eq!(c.advance(0, 15), None);
+        assert_eq!(c.advance(1, 15), None);
+        assert_eq!(c.advance(2, 11), Some(11));
+    }
+
+    #[test]
+    fn the_strategy_subtracts_the_bound_and_one_millisecond() {
+        let s =
+            WatermarkStrategy::<i64>::bounded_out_of_orderness(Duration::from_millis(100), |t| *t);
+        assert_eq!(s.watermark_for(i64::MIN), i64::MIN);
+        assert_eq!(s.watermark_for(1_000), 899);
+        assert_eq!(
+            WatermarkStrategy::<i64>::monotonous(|t| *t).watermark_for(5),
+            4
+        );
+        assert_eq!(s.watermark_for(i64::MIN + 3), i64::MIN);
+    }
+}
