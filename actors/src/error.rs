@@ -204,10 +204,10 @@ pub enum ClusterError {
         reason: String,
     },
     /// Without etcd: a node that hosted part of the job declared this coordinator lost
-    /// (the coordinator was paused or cut off for longer than the failure timeout), stopped
-    /// its part and reported the job failed; the job fails here too, so that every node
-    /// reports the same outcome. With etcd, a new leader would have continued the job.
-    #[error("node `{node}` declared this coordinator lost while the job ran (paused or cut off past the failure timeout) and failed the job there; it fails everywhere (run the cluster with etcd to survive this)")]
+    /// (the coordinator was paused or cut off for longer than the failure timeout) and
+    /// dropped its part, which cannot run again; the job fails, on every node alike. With
+    /// etcd, a new leader would have continued the job.
+    #[error("node `{node}` declared this coordinator lost while the job ran (paused or cut off past the failure timeout) and dropped its part; the job fails on every node (run the cluster with etcd to survive this)")]
     DeclaredLost {
         /// The node that declared the coordinator lost.
         node: String,

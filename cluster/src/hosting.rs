@@ -237,6 +237,14 @@ pub(crate) fn on_frame(
     match msg {
         m @ Message::JobStart { .. } => on_job_start(shared, me, peer, m),
         Message::Abandoned { job } => on_abandoned(shared, peer, job),
+        Message::Spawn { job, .. } | Message::Control { job, .. }
+            if shared.jobs.dropped(job, peer) =>
+        {
+            // Its coordinator, back, still drives a job this node dropped when it declared
+            // the coordinator lost: it cannot run here any more, and the job fails.
+            tracing::warn!(job, coordinator = %peer, "an order for a job dropped here; telling the coordinator");
+            let _ = back.send(Message::Abandoned { job });
+        }
         Message::Spawn { job, task, spec } => return on_spawn(shared, peer, job, task, &spec),
         Message::Control { job, task, body } => return on_control(shared, peer, job, task, &body),
         Message::Report { job, body } => return on_report(shared, peer, job, &body, back),
@@ -554,9 +562,15 @@ fn report_agreed_end(
 /// reported failed ("coordinator lost"), and the coordinator is told if it ever comes back
 /// (`Message::Abandoned`), so that it fails the job too. Called every heartbeat.
 pub(crate) fn expire_orphans(shared: &Shared) {
-    for (job, name, coordinator) in shared.jobs.expired_orphans(std::time::Instant::now()) {
+    let (now, up) = (std::time::Instant::now(), shared.net.up_peers());
+    for (job, name, coordinator) in shared.jobs.expired_orphans(now, &up) {
         tracing::error!(job, %coordinator, "the coordinator did not come back: the job failed here (coordinator loss is not survived without etcd)");
-        shared.jobs.abandon(job, &coordinator);
+        match shared.net.link_sender(&coordinator) {
+            Some(link) => {
+                let _ = link.send(Message::Abandoned { job });
+            }
+            None => shared.jobs.abandon(job, &coordinator),
+        }
         shared.jobs.hosted_ended(HostedEnd {
             job,
             name,

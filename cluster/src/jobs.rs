@@ -139,9 +139,36 @@ impl Jobs {
         Some(o.remove(at).name)
     }
 
-    /// The orphaned jobs whose grace passed by `now`: (job, name, coordinator).
-    pub(crate) fn expired_orphans(&self, now: Instant) -> Vec<(u64, String, String)> {
+    /// Whether this node stopped hosting job `job` of `coordinator` because it declared the
+    /// coordinator lost (it waits for its word, or gave up on it).
+    pub(crate) fn dropped(&self, job: u64, coordinator: &str) -> bool {
+        let waiting = self
+            .orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|x| x.job == job && x.coordinator == coordinator);
+        waiting
+            || self
+                .abandoned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .any(|(j, c)| *j == job && c == coordinator)
+    }
+
+    /// The orphaned jobs whose grace passed by `now`: (job, name, coordinator). A job whose
+    /// coordinator is among `up` again (it came back and is finishing the job) waits for
+    /// its word while it stays up: its grace starts over.
+    pub(crate) fn expired_orphans(
+        &self,
+        now: Instant,
+        up: &[String],
+    ) -> Vec<(u64, String, String)> {
         let mut o = self.orphans.lock().unwrap_or_else(|e| e.into_inner());
+        for x in o.iter_mut().filter(|x| up.contains(&x.coordinator)) {
+            x.until = now + self.grace;
+        }
         let (gone, kept): (Vec<Orphan>, Vec<Orphan>) = o.drain(..).partition(|x| x.until <= now);
         *o = kept;
         gone.into_iter()

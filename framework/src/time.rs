@@ -70,12 +70,16 @@ impl<T> WatermarkStrategy<T> {
 }
 
 /// A subtask's event-time clock over its input channels: the minimum of the watermarks of
-/// the open ones (an ended one holds nothing back). It never goes back.
+/// the open ones (an ended one holds nothing back). It never goes back, and it stays off —
+/// no watermark goes out, not even at the end — until a watermark arrives: a job without
+/// event time sends none.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct InputClock {
     inputs: Vec<i64>,
     closed: Vec<bool>,
     current: i64,
+    /// A watermark arrived on some input.
+    on: bool,
 }
 
 impl InputClock {
@@ -85,6 +89,7 @@ impl InputClock {
             inputs: vec![i64::MIN; channels],
             closed: vec![false; channels],
             current: i64::MIN,
+            on: false,
         }
     }
 
@@ -97,6 +102,7 @@ impl InputClock {
     pub fn advance(&mut self, ch: usize, t: i64) -> Option<i64> {
         let w = self.inputs.get_mut(ch)?;
         *w = (*w).max(t);
+        self.on = true;
         self.recompute()
     }
 
@@ -114,6 +120,9 @@ impl InputClock {
     }
 
     fn recompute(&mut self) -> Option<i64> {
+        if !self.on {
+            return None;
+        }
         let open = self
             .inputs
             .iter()
@@ -269,6 +278,18 @@ mod tests {
         assert_eq!(c.close(1), Some(i64::MAX), "every input ended");
         assert_eq!(c.current(), i64::MAX);
         assert_eq!(c.advance(9, 1), None, "an unknown channel changes nothing");
+    }
+
+    #[test]
+    fn a_clock_that_never_saw_a_watermark_stays_off() {
+        let mut c = InputClock::new(2);
+        assert_eq!(c.close(0), None);
+        assert_eq!(
+            c.close(1),
+            None,
+            "no event time here: nothing to send at the end"
+        );
+        assert_eq!(c.current(), i64::MIN);
     }
 
     #[test]
