@@ -53,12 +53,25 @@ impl Operator for Probe {
         Ok(())
     }
     fn snapshot(&self) -> Result<Option<Snapshot>, UserError> {
-        // The counts are the probe's state; its clock starts over with the epoch.
-        let counts = (self.ticks, self.late, self.backwards, self.records);
-        Snapshot::encode(&counts).map(Some)
+        // The clock it was shown is part of its state: after a recovery, the clock must go
+        // on from there, never back.
+        let state = (
+            self.clock,
+            self.ticks,
+            self.late,
+            self.backwards,
+            self.records,
+        );
+        Snapshot::encode(&state).map(Some)
     }
     fn restore(&mut self, snapshot: &Snapshot) -> Result<(), UserError> {
-        (self.ticks, self.late, self.backwards, self.records) = snapshot.decode()?;
+        (
+            self.clock,
+            self.ticks,
+            self.late,
+            self.backwards,
+            self.records,
+        ) = snapshot.decode()?;
         Ok(())
     }
     fn on_close(&mut self, out: &mut Output<'_, Seen>) -> Result<(), UserError> {
@@ -128,8 +141,9 @@ fn an_operators_clock_is_the_minimum_of_its_inputs_and_no_record_comes_behind_it
 #[test]
 fn watermarks_stay_behind_their_records_through_checkpoints_and_a_recovery() {
     // The same job with checkpoints every 20 ms and one injected failure of a probe: the
-    // job recovers from a checkpoint (the generators' state restored), and the probes of
-    // the epoch that finishes saw no record behind their clock.
+    // job recovers from a checkpoint (the generators' state and every subtask's clock
+    // restored); the probes saw no record behind their clock, and their clock never went
+    // back — not even across the recovery (the clock they were shown is in their state).
     common::init_logging();
     let env = StreamEnv::new();
     env.configure(|c| {

@@ -241,11 +241,13 @@ pub(crate) fn restore_state(
             states: s.states,
             last_completed,
             finished: s.finished,
+            watermark: s.watermark,
         },
         None => RestoreState {
             states: vec![Vec::new(); plan.state_entries(task.chain)],
             last_completed,
             finished: false,
+            watermark: None,
         },
     }
 }

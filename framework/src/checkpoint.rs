@@ -34,6 +34,10 @@ pub struct TaskSnapshot {
     pub position: Option<Position>,
     /// One entry per operator or sink of the chain, in chain order.
     pub states: Vec<Vec<u8>>,
+    /// The subtask's event-time clock at the checkpoint (`None`: it saw no watermark); a
+    /// subtask restored from it starts its clock there, so no clock goes back.
+    #[serde(default)]
+    pub watermark: Option<i64>,
 }
 
 /// A complete checkpoint as loaded from a store.
@@ -411,8 +415,41 @@ mod tests {
                 finished: false,
                 position: Some(Position::encode(&id).expect("encode")),
                 states: vec![vec![1, 2, 3], Vec::new()],
+                watermark: Some(-7),
             }],
         }
+    }
+
+    #[test]
+    fn a_subtask_snapshot_written_before_event_time_still_loads() {
+        // A checkpoint written before the watermark field existed: the same fields, in order.
+        #[derive(Serialize)]
+        struct Before {
+            chain: usize,
+            subtask: usize,
+            finished: bool,
+            position: Option<Position>,
+            states: Vec<Vec<u8>>,
+        }
+        let old = Before {
+            chain: 2,
+            subtask: 1,
+            finished: true,
+            position: None,
+            states: vec![vec![9]],
+        };
+        let bytes = rmp_serde::to_vec(&old).expect("encode");
+        let t: TaskSnapshot = rmp_serde::from_slice(&bytes).expect("decodes");
+        assert_eq!((t.chain, t.subtask, t.finished), (2, 1, true));
+        assert_eq!(t.states, vec![vec![9]]);
+        assert_eq!(t.watermark, None, "no clock in an old checkpoint");
+        let new = TaskSnapshot {
+            watermark: Some(41),
+            ..t
+        };
+        let back: TaskSnapshot =
+            rmp_serde::from_slice(&rmp_serde::to_vec(&new).expect("encode")).expect("decode");
+        assert_eq!(back, new);
     }
 
     #[test]

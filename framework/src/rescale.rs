@@ -256,6 +256,8 @@ impl ExecutionPlan {
                 finished,
                 position: None,
                 states: vec![Vec::new(); keyed.len()],
+                // Behind every old subtask's clock: no new one is ahead of any input.
+                watermark: old.iter().map(|t| t.watermark).min().flatten(),
             })
             .collect();
         let mut gained: Gained = vec![vec![Vec::new(); keyed.len()]; p];

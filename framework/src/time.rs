@@ -12,8 +12,8 @@
 //! [`Operator::on_watermark`](crate::Operator::on_watermark).
 //!
 //! Built so far: generation, the in-band event, the clock, the operator hook, and the
-//! generator's state in checkpoints. Not yet: idleness, record timestamps carried past the
-//! assigner, timers and windows.
+//! generators' state and every subtask's clock in checkpoints. Not yet: idleness, record
+//! timestamps carried past the assigner, timers and windows.
 
 use crate::error::StageError;
 use crate::exec::{next_state, BoxStage, RouteLayout, Stage, StageCx};
@@ -91,6 +91,17 @@ impl InputClock {
             current: i64::MIN,
             on: false,
         }
+    }
+
+    /// A clock over `channels` inputs that resumes at `at` (a restored subtask's clock at
+    /// its checkpoint; `None`: it had none): it never goes below it.
+    pub fn resumed(channels: usize, at: Option<i64>) -> Self {
+        let mut c = Self::new(channels);
+        if let Some(t) = at {
+            c.current = t;
+            c.on = true;
+        }
+        c
     }
 
     /// The clock now (`i64::MIN` before any watermark).
@@ -278,6 +289,30 @@ mod tests {
         assert_eq!(c.close(1), Some(i64::MAX), "every input ended");
         assert_eq!(c.current(), i64::MAX);
         assert_eq!(c.advance(9, 1), None, "an unknown channel changes nothing");
+    }
+
+    #[test]
+    fn a_resumed_clock_never_goes_below_its_checkpoint() {
+        let mut c = InputClock::resumed(2, Some(100));
+        assert_eq!(c.current(), 100);
+        assert_eq!(c.advance(0, 90), None);
+        assert_eq!(
+            c.advance(1, 100),
+            None,
+            "inputs replayed from the checkpoint"
+        );
+        assert_eq!(
+            c.advance(0, 120),
+            None,
+            "input 1 is still at the checkpoint's time"
+        );
+        assert_eq!(c.advance(1, 130), Some(120));
+        let mut off = InputClock::resumed(1, None);
+        assert_eq!(
+            off.close(0),
+            None,
+            "a subtask without a clock stays without one"
+        );
     }
 
     #[test]

@@ -201,6 +201,7 @@ mod tests {
             finished: false,
             position: None,
             states: Vec::new(),
+            watermark: None,
         }
     }
 

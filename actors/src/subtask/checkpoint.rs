@@ -100,6 +100,7 @@ impl SubtaskActor {
                 finished,
                 position,
                 states,
+                watermark: (self.clock.current() > i64::MIN).then(|| self.clock.current()),
             },
         }));
         Ok(())
@@ -179,7 +180,6 @@ impl SubtaskActor {
         self.barrier_seen.iter_mut().for_each(|b| *b = false);
         self.closed.iter_mut().for_each(|c| *c = false);
         self.open_inputs = self.closed.len();
-        self.clock = riffle_framework::InputClock::new(self.closed.len());
         self.retry = None;
         self.finish_after_restart = false;
         self.source_poison = None;
@@ -205,15 +205,17 @@ impl SubtaskActor {
             }
         }
         let entries = self.plan.state_entries(self.task.chain);
-        let (states, position, finished) = match order.snapshot {
-            Some(s) => (s.states, s.position, s.finished),
-            None => (vec![Vec::new(); entries], None, false),
+        let (states, position, finished, watermark) = match order.snapshot {
+            Some(s) => (s.states, s.position, s.finished, s.watermark),
+            None => (vec![Vec::new(); entries], None, false, None),
         };
+        self.clock = riffle_framework::InputClock::resumed(self.closed.len(), watermark);
         *self.position.lock().unwrap_or_else(|e| e.into_inner()) = position;
         self.restore = Some(RestoreState {
             states,
             last_completed: order.last_completed,
             finished,
+            watermark,
         });
         self.paused = true;
     }

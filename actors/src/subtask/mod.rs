@@ -132,6 +132,8 @@ pub(crate) struct RestoreState {
     pub states: Vec<Vec<u8>>,
     pub last_completed: Option<u64>,
     pub finished: bool,
+    /// The subtask's clock at the checkpoint.
+    pub watermark: Option<i64>,
 }
 
 /// A batch being processed, kept until it succeeds so that it can be retried.
@@ -259,7 +261,10 @@ impl SubtaskActor {
             checkpointing: cfg.checkpoint.is_some(),
             aligning: None,
             barrier_seen: vec![false; s.in_channels],
-            clock: riffle_framework::InputClock::new(s.in_channels),
+            clock: riffle_framework::InputClock::resumed(
+                s.in_channels,
+                s.restore.as_ref().and_then(|r| r.watermark),
+            ),
             held: VecDeque::new(),
             last_acked: 0,
             paused: s.paused,

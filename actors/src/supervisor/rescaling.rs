@@ -319,6 +319,7 @@ impl JobSupervisor {
                         finished: false,
                         position: None,
                         states,
+                        watermark: None,
                     }),
                     last_completed: Some(id),
                 }),
