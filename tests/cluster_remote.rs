@@ -49,6 +49,7 @@ impl Handler<DataMessage> for Collector {
             ChannelEvent::Barrier(n) => format!("barrier {n}"),
             ChannelEvent::EndOfInput => "end".to_string(),
             ChannelEvent::Watermark(t) => format!("watermark {t}"),
+            ChannelEvent::Idle => "idle".to_string(),
         });
         if self.seen.len() == self.expect {
             self.done.notify_one();
@@ -122,7 +123,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
         let fast = Collector {
             seen: Vec::new(),
             done: done.clone(),
-            expect: 53,
+            expect: 54,
         }
         .start();
         let slow = Holder::default().start();
@@ -175,6 +176,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
         }
         for event in [
             ChannelEvent::Watermark(41),
+            ChannelEvent::Idle,
             ChannelEvent::Barrier(7),
             ChannelEvent::EndOfInput,
         ] {
@@ -193,6 +195,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
             .map(|i| format!("batch {:?}", Some(i as u64)))
             .collect();
         expect.push("watermark 41".into());
+        expect.push("idle".into());
         expect.push("barrier 7".into());
         expect.push("end".into());
         assert_eq!(seen, expect, "typed and in order");

@@ -158,3 +158,132 @@ fn watermarks_stay_behind_their_records_through_checkpoints_and_a_recovery() {
     assert_eq!(result.recoveries.len(), 1, "{:?}", result.recoveries);
     check(&seen.take());
 }
+
+/// Idleness: source subtask 3 stays silent (not finished) until the test releases it.
+static RELEASED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+/// Records the sources emitted.
+static EMITTED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+/// The newest clock a probe was shown, and its signal.
+static CLOCK: (std::sync::Mutex<i64>, std::sync::Condvar) =
+    (std::sync::Mutex::new(i64::MIN), std::sync::Condvar::new());
+
+/// Subtasks 0–2 emit increasing timestamps, one record per millisecond, until released
+/// (and 200 more); subtask 3 emits nothing until released, then 100 records far ahead.
+struct Timed {
+    index: usize,
+    next: u64,
+    left_after_release: u64,
+}
+
+impl Source for Timed {
+    type Out = u64;
+    fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
+        self.index = info.index;
+        self.left_after_release = if info.index == 3 { 100 } else { 200 };
+        Ok(())
+    }
+    fn produce(&mut self, out: &mut Output<'_, u64>) -> Result<SourceStatus, UserError> {
+        let released = RELEASED.load(std::sync::atomic::Ordering::SeqCst);
+        if self.index == 3 && !released {
+            return Ok(SourceStatus::Idle);
+        }
+        if released {
+            if self.left_after_release == 0 {
+                return Ok(SourceStatus::Finished);
+            }
+            self.left_after_release -= 1;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        let base = if self.index == 3 { 1 << 40 } else { 0 };
+        out.emit(base + self.next * 4 + self.index as u64);
+        self.next += 1;
+        EMITTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(SourceStatus::More)
+    }
+}
+
+/// A probe that also publishes the clock it is shown.
+struct Watching(Probe);
+
+impl Operator for Watching {
+    type In = u64;
+    type Out = Seen;
+    fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
+        self.0.on_start(info)
+    }
+    fn process(&mut self, x: u64, out: &mut Output<'_, Seen>) -> Result<(), UserError> {
+        self.0.process(x, out)
+    }
+    fn on_watermark(&mut self, t: i64, out: &mut Output<'_, Seen>) -> Result<(), UserError> {
+        let mut c = CLOCK.0.lock().expect("clock");
+        *c = (*c).max(t);
+        CLOCK.1.notify_all();
+        drop(c);
+        self.0.on_watermark(t, out)
+    }
+    fn on_close(&mut self, out: &mut Output<'_, Seen>) -> Result<(), UserError> {
+        self.0.on_close(out)
+    }
+}
+
+#[test]
+fn a_silent_source_subtask_holds_no_clock_back_once_idle() {
+    // With `with_idleness(200 ms)`, subtask 3's silence stops holding the probes' clocks
+    // back after about the idle timeout (plus a flush interval, when the idle mark goes
+    // out); when it speaks again its records are not behind the clock (they are far
+    // ahead), and the job ends with every clock at the end of time.
+    common::init_logging();
+    const IDLE: Duration = Duration::from_millis(200);
+    let env = StreamEnv::new();
+    let seen = env
+        .source(|_: &SubtaskInfo| Timed {
+            index: 0,
+            next: 0,
+            left_after_release: 0,
+        })
+        .name("timed")
+        .parallelism(4)
+        .assign_timestamps_and_watermarks(
+            WatermarkStrategy::monotonous(|x: &u64| *x as i64).with_idleness(IDLE),
+        )
+        .parallelism(4)
+        .rebalance()
+        .process(|_: &SubtaskInfo| Watching(Probe::default()))
+        .name("probe")
+        .parallelism(2)
+        .collect();
+    let started = std::time::Instant::now();
+    let handle = env.start().expect("start");
+    // The clock moves although subtask 3 has sent nothing at all.
+    let first = {
+        let g = CLOCK.0.lock().expect("clock");
+        let (g, timeout) = CLOCK
+            .1
+            .wait_timeout_while(g, Duration::from_secs(30), |c| *c < 100)
+            .expect("clock");
+        assert!(
+            !timeout.timed_out(),
+            "the clock moved while subtask 3 was silent"
+        );
+        *g
+    };
+    let delay = started.elapsed();
+    assert!(!RELEASED.load(std::sync::atomic::Ordering::SeqCst));
+    println!(
+        "the probes' clock reached {first} {} ms after the start, with subtask 3 silent (idle timeout {} ms)",
+        delay.as_millis(),
+        IDLE.as_millis()
+    );
+    RELEASED.store(true, std::sync::atomic::Ordering::SeqCst);
+    handle.wait().expect("the job finishes");
+    let seen = seen.take();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let records: u64 = seen.iter().map(|s| s.0).sum();
+    assert_eq!(records, EMITTED.load(std::sync::atomic::Ordering::SeqCst));
+    for (i, &(_, ticks, late, backwards, last)) in seen.iter().enumerate() {
+        println!("probe {i}: {ticks} clock ticks, {late} behind the clock, last {last}");
+        assert_eq!(late, 0, "probe {i}");
+        assert_eq!(backwards, 0, "probe {i}");
+        assert_eq!(last, i64::MAX, "probe {i}");
+    }
+}

@@ -286,24 +286,28 @@ pub(crate) fn on_frame(
                 let _ = w.send((peer.to_string(), links));
             }
         }
-        Message::JobEnd { job, error } => {
-            if let Some(name) = shared.jobs.adopt_orphan(job, peer) {
-                // The coordinator came back and tells the outcome of a job stopped here.
-                shared.jobs.hosted_ended(HostedEnd { job, name, error });
-                return Ok(());
-            }
-            if hosted_by(shared, job, peer, "job end").is_none() {
-                return Ok(());
-            }
-            if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
-                stop_hosted(shared, job, &h);
-                let name = h.name.clone();
-                shared.jobs.hosted_ended(HostedEnd { job, name, error });
-            }
-        }
+        Message::JobEnd { job, error } => on_job_end(shared, peer, job, error),
         _ => {}
     }
     Ok(())
+}
+
+/// A `JobEnd` from `peer`: the job's outcome, for a job hosted here or one stopped here
+/// while it waited for its coordinator's word.
+fn on_job_end(shared: &Arc<Shared>, peer: &str, job: u64, error: Option<String>) {
+    if let Some(name) = shared.jobs.adopt_orphan(job, peer) {
+        // The coordinator came back and tells the outcome of a job stopped here.
+        shared.jobs.hosted_ended(HostedEnd { job, name, error });
+        return;
+    }
+    if hosted_by(shared, job, peer, "job end").is_none() {
+        return;
+    }
+    if let Some((_, h)) = shared.jobs.hosted.remove(&job) {
+        stop_hosted(shared, job, &h);
+        let name = h.name.clone();
+        shared.jobs.hosted_ended(HostedEnd { job, name, error });
+    }
 }
 
 /// A `JobStart`: host the job, if its sender has the authority to start it.

@@ -29,6 +29,9 @@ pub enum ChannelEvent<B = RecordBatch> {
     /// (milliseconds; `i64::MAX` at the end of input). A receiver's clock is the minimum of
     /// its open inputs' watermarks.
     Watermark(i64),
+    /// Event time: the sender has had no records for a while (it is idle, not blocked): its
+    /// watermark holds the receiver's clock back no more, until it sends again.
+    Idle,
 }
 
 impl<B> ChannelEvent<B> {
@@ -46,6 +49,7 @@ impl<B> ChannelEvent<B> {
             ChannelEvent::Barrier(n) => ChannelEvent::Barrier(n),
             ChannelEvent::EndOfInput => ChannelEvent::EndOfInput,
             ChannelEvent::Watermark(t) => ChannelEvent::Watermark(t),
+            ChannelEvent::Idle => ChannelEvent::Idle,
         })
     }
 

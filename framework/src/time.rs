@@ -12,8 +12,9 @@
 //! [`Operator::on_watermark`](crate::Operator::on_watermark).
 //!
 //! Built so far: generation, the in-band event, the clock, the operator hook, and the
-//! generators' state and every subtask's clock in checkpoints. Not yet: idleness, record
-//! timestamps carried past the assigner, timers and windows.
+//! generators' state and every subtask's clock in checkpoints, and idleness (an idle input
+//! holds no clock back until it sends again). Not yet: record timestamps carried past the
+//! assigner, timers and windows.
 
 use crate::error::StageError;
 use crate::exec::{next_state, BoxStage, RouteLayout, Stage, StageCx};
@@ -28,6 +29,7 @@ pub type TimestampFn<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
 pub struct WatermarkStrategy<T> {
     pub(crate) timestamp: TimestampFn<T>,
     pub(crate) out_of_orderness: Duration,
+    pub(crate) idleness: Option<Duration>,
 }
 
 impl<T> Clone for WatermarkStrategy<T> {
@@ -35,6 +37,7 @@ impl<T> Clone for WatermarkStrategy<T> {
         WatermarkStrategy {
             timestamp: self.timestamp.clone(),
             out_of_orderness: self.out_of_orderness,
+            idleness: self.idleness,
         }
     }
 }
@@ -56,7 +59,16 @@ impl<T> WatermarkStrategy<T> {
         WatermarkStrategy {
             timestamp: Arc::new(timestamp),
             out_of_orderness: bound,
+            idleness: None,
         }
+    }
+
+    /// A subtask that had no record for `timeout` (and is not held back by backpressure)
+    /// marks its output idle: downstream clocks stop waiting for it until it sends again.
+    /// Without it, one silent source subtask stops every clock downstream.
+    pub fn with_idleness(mut self, timeout: Duration) -> Self {
+        self.idleness = Some(timeout);
+        self
     }
 
     /// The watermark after seeing timestamps up to `max` (`i64::MIN`: none yet).
@@ -77,6 +89,8 @@ impl<T> WatermarkStrategy<T> {
 pub struct InputClock {
     inputs: Vec<i64>,
     closed: Vec<bool>,
+    /// Inputs marked idle (they hold nothing back until they send again).
+    idle: Vec<bool>,
     current: i64,
     /// A watermark arrived on some input.
     on: bool,
@@ -88,6 +102,7 @@ impl InputClock {
         InputClock {
             inputs: vec![i64::MIN; channels],
             closed: vec![false; channels],
+            idle: vec![false; channels],
             current: i64::MIN,
             on: false,
         }
@@ -114,7 +129,32 @@ impl InputClock {
         let w = self.inputs.get_mut(ch)?;
         *w = (*w).max(t);
         self.on = true;
+        self.idle[ch] = false;
         self.recompute()
+    }
+
+    /// Channel `ch` went idle: it holds the clock back no more. The new time if it advanced.
+    pub fn idle(&mut self, ch: usize) -> Option<i64> {
+        *self.idle.get_mut(ch)? = true;
+        self.recompute()
+    }
+
+    /// Channel `ch` sent records: it holds the clock again (at its last watermark).
+    pub fn active(&mut self, ch: usize) {
+        if let Some(i) = self.idle.get_mut(ch) {
+            *i = false;
+        }
+    }
+
+    /// Whether every input still open is idle (the subtask is idle too).
+    pub fn all_idle(&self) -> bool {
+        let mut open = self.closed.iter().zip(&self.idle).filter(|(c, _)| !**c);
+        let mut any = false;
+        let all = open.all(|(_, i)| {
+            any = true;
+            *i
+        });
+        any && all
     }
 
     /// Channel `ch` ended: it holds the clock back no more. The new time if it advanced.
@@ -127,6 +167,7 @@ impl InputClock {
     /// ended. The time stays; new inputs hold it until their first watermark.
     pub fn rewire(&mut self, closed: &[bool]) {
         self.inputs = vec![i64::MIN; closed.len()];
+        self.idle = vec![false; closed.len()];
         self.closed = closed.to_vec();
     }
 
@@ -134,11 +175,15 @@ impl InputClock {
         if !self.on {
             return None;
         }
+        if self.all_idle() {
+            // Nothing but idle inputs: the clock waits for one to speak again.
+            return None;
+        }
         let open = self
             .inputs
             .iter()
-            .zip(&self.closed)
-            .filter(|(_, c)| !**c)
+            .zip(self.closed.iter().zip(&self.idle))
+            .filter(|(_, (c, i))| !**c && !**i)
             .map(|(w, _)| *w);
         let min = open.min().unwrap_or(i64::MAX);
         (min > self.current).then(|| {
@@ -162,6 +207,12 @@ pub struct WatermarkStage<T> {
     max: i64,
     /// The last watermark sent.
     sent: i64,
+    /// Records were pushed since the last commit.
+    pushed: bool,
+    /// When the last committed records were.
+    last_records: std::time::Instant,
+    /// The output is marked idle.
+    idle: bool,
 }
 
 impl<T> WatermarkStage<T> {
@@ -174,11 +225,15 @@ impl<T> WatermarkStage<T> {
             pending: i64::MIN,
             max: i64::MIN,
             sent: i64::MIN,
+            pushed: false,
+            last_records: std::time::Instant::now(),
+            idle: false,
         }
     }
 
     fn note(&mut self, record: &T) {
         self.pending = self.pending.max((self.strategy.timestamp)(record));
+        self.pushed = true;
     }
 
     /// Sends the watermark the committed records allow, if it advanced.
@@ -204,15 +259,23 @@ impl<T: crate::Data> Stage<T> for WatermarkStage<T> {
         self.next.push_all(records, cx)
     }
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        // Silence counts from the start of the subtask, not from its construction.
+        self.last_records = std::time::Instant::now();
         self.next.open(cx)
     }
     fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.next.commit(cx)?;
         self.max = self.max.max(self.pending);
+        if std::mem::take(&mut self.pushed) {
+            // Records again: the output is active (its records and watermark say so).
+            self.last_records = std::time::Instant::now();
+            self.idle = false;
+        }
         self.emit(cx)
     }
     fn rollback(&mut self) {
         self.pending = self.max;
+        self.pushed = false;
         self.next.rollback();
     }
     fn distinct_keys(&self) -> u64 {
@@ -220,12 +283,22 @@ impl<T: crate::Data> Stage<T> for WatermarkStage<T> {
     }
     fn flush(&mut self, cx: &mut StageCx) {
         self.next.flush(cx);
+        let Some(timeout) = self.strategy.idleness else {
+            return;
+        };
+        // Idle: no record for the timeout, and nothing waiting to be sent (a subtask held
+        // back by backpressure is not idle).
+        if !self.idle && self.last_records.elapsed() >= timeout && cx.queues_empty() {
+            self.idle = true;
+            self.next.on_idle(cx);
+        }
     }
-    fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+    fn on_watermark(&mut self, _watermark: i64, _cx: &mut StageCx) -> Result<(), StageError> {
         // Upstream time does not pass an assigner: it makes its own.
-        let _ = watermark;
-        let _ = cx;
         Ok(())
+    }
+    fn on_idle(&mut self, _cx: &mut StageCx) {
+        // Nor does upstream idleness: this stage knows when its own records stop.
     }
     fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
         self.next.reroute(moves);
@@ -313,6 +386,26 @@ mod tests {
             None,
             "a subtask without a clock stays without one"
         );
+    }
+
+    #[test]
+    fn idle_inputs_hold_the_clock_back_no_more_until_they_speak_again() {
+        let mut c = InputClock::new(3);
+        c.advance(0, 10);
+        c.advance(1, 20);
+        assert_eq!(c.current(), i64::MIN, "input 2 saw nothing yet");
+        assert_eq!(c.idle(2), Some(10), "input 2 idle: the others set the time");
+        assert!(!c.all_idle());
+        c.active(2);
+        assert_eq!(c.advance(0, 30), None, "input 2 holds the clock again");
+        assert_eq!(c.advance(2, 25), Some(20));
+        assert_eq!(c.idle(0), None);
+        assert_eq!(c.idle(1), Some(25));
+        assert_eq!(c.idle(2), None, "all idle: the clock waits");
+        assert!(c.all_idle());
+        assert_eq!(c.close(0), None);
+        assert_eq!(c.advance(1, 40), Some(40), "a watermark wakes its input");
+        assert!(!c.all_idle());
     }
 
     #[test]

@@ -22,6 +22,7 @@ impl SubtaskActor {
         }
         match msg.event {
             ChannelEvent::Batch(RecordBatch { payload, len }) => {
+                self.clock.active(ch);
                 let retry = Retry {
                     payload,
                     len,
@@ -36,6 +37,18 @@ impl SubtaskActor {
             ChannelEvent::Watermark(t) => {
                 if let Some(now) = self.clock.advance(ch, t) {
                     self.clock_advanced(now, ctx);
+                }
+            }
+            ChannelEvent::Idle => {
+                if let Some(now) = self.clock.idle(ch) {
+                    self.clock_advanced(now, ctx);
+                }
+                if self.clock.all_idle() {
+                    // Every input is idle: so is this subtask's output.
+                    if let Some(h) = &mut self.head {
+                        h.head().on_idle(&mut self.cx);
+                    }
+                    self.drain(ctx);
                 }
             }
         }

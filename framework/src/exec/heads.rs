@@ -64,6 +64,8 @@ pub trait ChainHead: Send {
     /// # Errors
     /// The first hook that failed.
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError>;
+    /// The subtask's inputs went idle (see [`super::Stage::on_idle`]).
+    fn on_idle(&mut self, cx: &mut StageCx);
     /// Runs the `on_close` hooks (a source's first); on failure their output is rolled back.
     ///
     /// # Errors
@@ -99,6 +101,9 @@ macro_rules! forward_to_chain {
             self.next
                 .on_watermark(watermark, cx)
                 .inspect_err(|_| self.next.rollback())
+        }
+        fn on_idle(&mut self, cx: &mut StageCx) {
+            self.next.on_idle(cx);
         }
         fn reroute(&mut self, moves: &[(usize, super::RouteLayout)]) {
             self.next.reroute(moves);

@@ -107,6 +107,16 @@ impl StageCx {
         }
     }
 
+    /// Queues the idle mark on output channels `channels` (once: a mark last in a queue is
+    /// not repeated).
+    pub fn idle(&mut self, channels: std::ops::Range<usize>) {
+        for q in &mut self.queues[channels] {
+            if !matches!(q.back(), Some(ChannelEvent::Idle)) {
+                q.push_back(ChannelEvent::Idle);
+            }
+        }
+    }
+
     /// Queues checkpoint barrier `n` on every output channel.
     pub fn barrier_all(&mut self, n: u64) {
         for q in &mut self.queues {
@@ -257,6 +267,10 @@ pub trait Stage<T>: Send {
     /// # Errors
     /// The first hook that failed.
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError>;
+
+    /// The subtask's inputs (or its source) went idle: routers queue everything they hold
+    /// and then the idle mark on their channels; other stages pass it on.
+    fn on_idle(&mut self, cx: &mut StageCx);
 
     /// Rescale in place: the router whose first output channel is `old` in one of `moves`
     /// `(old, layout)` takes the new layout (its first channel, channel count and key ring);

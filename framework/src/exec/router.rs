@@ -213,6 +213,11 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         cx.watermark(self.base..self.base + self.buffers.len(), watermark);
         Ok(())
     }
+    fn on_idle(&mut self, cx: &mut StageCx) {
+        // Called between batches: what it holds is committed.
+        self.flush(cx);
+        cx.idle(self.base..self.base + self.buffers.len());
+    }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.commit(cx)?;
         self.flush(cx);
@@ -277,6 +282,9 @@ impl<T: Data> Stage<T> for Tee<T> {
         self.branches
             .iter_mut()
             .try_for_each(|b| b.on_watermark(watermark, cx))
+    }
+    fn on_idle(&mut self, cx: &mut StageCx) {
+        self.branches.iter_mut().for_each(|b| b.on_idle(cx));
     }
     fn flush(&mut self, cx: &mut StageCx) {
         self.branches.iter_mut().for_each(|b| b.flush(cx));

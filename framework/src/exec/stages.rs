@@ -133,6 +133,9 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
         })?;
         self.next.on_watermark(watermark, cx)
     }
+    fn on_idle(&mut self, cx: &mut StageCx) {
+        self.next.on_idle(cx);
+    }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let op = &mut self.op;
         guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
@@ -257,6 +260,9 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         // Keyed operators get event-time hooks with timers (not yet); the clock passes on.
         self.next.on_watermark(watermark, cx)
     }
+    fn on_idle(&mut self, cx: &mut StageCx) {
+        self.next.on_idle(cx);
+    }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let (op, states) = (&mut self.op, &mut self.states);
         guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
@@ -350,6 +356,7 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
     fn on_watermark(&mut self, _watermark: i64, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
     }
+    fn on_idle(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.commit(cx)?;
         let sink = &mut self.sink;
