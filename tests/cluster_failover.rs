@@ -496,3 +496,42 @@ fn a_job_start_from_a_superseded_epoch_is_refused_and_counted() {
     assert_eq!(r.fenced, 2, "{r:?}");
     assert_eq!(r.frames, 1, "{r:?}");
 }
+
+#[test]
+fn a_leader_that_shuts_down_hands_over_before_its_lease_ends() {
+    // Two nodes on etcd with a 10 s lease; the leader shuts down (gracefully): it revokes
+    // its lease, so the other wins the election at once instead of after the TTL.
+    let Some(etcd) = Etcd::start() else { return };
+    let ttl = Duration::from_secs(10);
+    let node = |name: &str| {
+        Node::builder()
+            .name(name)
+            .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
+            .etcd([etcd.url.as_str()])
+            .lease_ttl(ttl)
+            .start()
+            .expect("node starts")
+    };
+    let n1 = node("n1");
+    assert_eq!(
+        n1.wait_leader(Duration::from_secs(30)).as_deref(),
+        Some("n1")
+    );
+    let n2 = node("n2");
+    assert_eq!(
+        n2.wait_leader(Duration::from_secs(30)).as_deref(),
+        Some("n1")
+    );
+    let before = n1.leads().expect("n1 leads");
+    let stopped = Instant::now();
+    n1.shutdown();
+    let epoch = n2
+        .wait_leads(ttl / 2)
+        .expect("n2 took over within half the lease");
+    println!(
+        "n2 leads (epoch {epoch}, after {before}) {} ms after n1 shut down (lease TTL {} s)",
+        stopped.elapsed().as_millis(),
+        ttl.as_secs()
+    );
+    assert!(epoch > before);
+}

@@ -93,6 +93,8 @@ struct State {
     /// The lease is surely alive until then (set by each successful keep-alive).
     valid_until: Option<Instant>,
     refused_as_leader: u64,
+    /// The lease the agent holds now.
+    lease: Option<i64>,
 }
 
 /// Keys and their values.
@@ -133,6 +135,10 @@ pub(crate) struct Leadership {
     requests: mpsc::UnboundedSender<Request>,
     /// Wakes the leading agent to give the leadership up ([`Leadership::resign`]).
     resign: tokio::sync::Notify,
+    /// Stops the agent ([`Leadership::shutdown`]).
+    stop: watch::Sender<bool>,
+    /// Signalled when the agent stopped.
+    stopped: Mutex<Option<std_mpsc::Receiver<()>>>,
 }
 
 impl Leadership {
@@ -145,6 +151,8 @@ impl Leadership {
         events: std_mpsc::Sender<LeaderEvent>,
     ) -> std::io::Result<Arc<Leadership>> {
         let (tx, rx) = mpsc::unbounded_channel();
+        let (stop, mut stopping) = watch::channel(false);
+        let (done, stopped) = std_mpsc::channel();
         let l = Arc::new(Leadership {
             me: me.to_string(),
             prefix: format!("/riffle/{cluster}"),
@@ -153,6 +161,8 @@ impl Leadership {
             changed: Condvar::new(),
             requests: tx,
             resign: tokio::sync::Notify::new(),
+            stop,
+            stopped: Mutex::new(Some(stopped)),
         });
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -160,8 +170,31 @@ impl Leadership {
         let (agent, endpoints) = (l.clone(), settings.endpoints.clone());
         std::thread::Builder::new()
             .name(format!("riffle-etcd-{me}"))
-            .spawn(move || runtime.block_on(run(agent, endpoints, rx, events)))?;
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let l = agent.clone();
+                    tokio::select! {
+                        () = run(agent, endpoints.clone(), rx, events) => {}
+                        _ = stopping.wait_for(|v| *v) => revoke(&l, &endpoints).await,
+                    }
+                });
+                let _ = done.send(());
+            })?;
         Ok(l)
+    }
+
+    /// Stops the agent: revokes its lease, so that a leader that stops hands over at once
+    /// rather than after the TTL, and leaves the election (waits at most 2 s).
+    pub(crate) fn shutdown(&self) {
+        let _ = self.stop.send(true);
+        let stopped = self
+            .stopped
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(rx) = stopped {
+            let _ = rx.recv_timeout(Duration::from_secs(2));
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -189,6 +222,25 @@ impl Leadership {
         let st = self.lock();
         let alive = st.valid_until.is_some_and(|t| Instant::now() < t);
         st.mine.as_ref().filter(|_| alive).map(|m| m.epoch)
+    }
+
+    /// Blocks until this node leads (or `timeout` passes); the epoch it leads in.
+    pub(crate) fn wait_holds(&self, timeout: Duration) -> Option<u64> {
+        let deadline = Instant::now() + timeout;
+        let mut st = self.lock();
+        while st.mine.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return None;
+            }
+            st = self
+                .changed
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        drop(st);
+        self.holds()
     }
 
     /// Whether this node surely leads in `epoch`.
@@ -362,6 +414,19 @@ impl Leadership {
     }
 }
 
+/// Revokes the lease the agent holds, if any (on a fresh connection: the agent's own is
+/// being dropped).
+async fn revoke(l: &Leadership, endpoints: &[String]) {
+    let Some(lease) = l.lock().lease.take() else {
+        return;
+    };
+    l.deposed();
+    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
+    if let Ok(mut c) = Client::connect(endpoints, Some(options)).await {
+        let _ = tokio::time::timeout(Duration::from_secs(1), c.lease_revoke(lease)).await;
+    }
+}
+
 /// The agent: connects, serves requests, observes the election and campaigns for ever.
 async fn run(
     l: Arc<Leadership>,
@@ -405,6 +470,7 @@ async fn campaign_once(
     let ttl = l.ttl.as_secs().max(1) as i64;
     let granted_at = Instant::now();
     let lease = client.lease_grant(ttl, None).await?.id();
+    l.lock().lease = Some(lease);
     l.renewed(granted_at + l.ttl.mul_f64(0.8));
     let (lost_tx, mut lost) = watch::channel(false);
     let keeper = tokio::spawn(keep_alive(l.clone(), client.clone(), lease, lost_tx));
@@ -430,6 +496,7 @@ async fn campaign_once(
         }
     }
     keeper.abort();
+    l.lock().lease = None;
     let _ = client.lease_revoke(lease).await;
     Ok(())
 }

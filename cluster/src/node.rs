@@ -403,6 +403,11 @@ impl Node {
         l.wait_leader(timeout).leader
     }
 
+    /// With etcd: blocks until this node leads (or `timeout` passes); the epoch it leads in.
+    pub fn wait_leads(&self, timeout: Duration) -> Option<u64> {
+        self.shared.leadership.as_ref()?.wait_holds(timeout)
+    }
+
     /// With etcd: the epoch this node leads in, if it surely leads now.
     pub fn leads(&self) -> Option<u64> {
         self.shared.leadership.as_ref().and_then(|l| l.holds())
@@ -568,6 +573,10 @@ impl Node {
             self.shared.net.members.wait_for(jobs.grace, |_, late| {
                 (late || jobs.owes_nothing()).then_some(())
             });
+        }
+        // A leader hands over at once; every node leaves the election.
+        if let Some(l) = &self.shared.leadership {
+            l.shutdown();
         }
         // Frames already queued (a job's end, for one) go out before the links close.
         let waits: Vec<_> = self
