@@ -275,20 +275,12 @@ impl Jobs {
     /// The jobs this node continued as a new leader, once there is at least one (or
     /// `timeout` passed).
     pub(crate) fn wait_failovers(&self, timeout: Duration) -> Vec<crate::authority::Failover> {
-        let deadline = Instant::now() + timeout;
-        let mut f = self.failovers.lock().unwrap_or_else(|e| e.into_inner());
-        while f.is_empty() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            f = self
-                .failovers_changed
-                .wait_timeout(f, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
-        f.clone()
+        let f = self.failovers.lock().unwrap_or_else(|e| e.into_inner());
+        self.failovers_changed
+            .wait_timeout_while(f, timeout, |f| f.is_empty())
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0)
+            .clone()
     }
 
     /// Whether job `job` ended here lately: frames for it may still be on their way.

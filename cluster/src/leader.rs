@@ -226,19 +226,12 @@ impl Leadership {
 
     /// Blocks until this node leads (or `timeout` passes); the epoch it leads in.
     pub(crate) fn wait_holds(&self, timeout: Duration) -> Option<u64> {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        while st.mine.is_none() {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return None;
-            }
-            st = self
-                .changed
-                .wait_timeout(st, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
+        let st = self.lock();
+        let st = self
+            .changed
+            .wait_timeout_while(st, timeout, |st| st.mine.is_none())
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
         drop(st);
         self.holds()
     }
@@ -272,22 +265,15 @@ impl Leadership {
     /// Blocks until some node leads (or `timeout` passes); the view then. When this node
     /// is the leader, it also holds the leadership by then.
     pub(crate) fn wait_leader(&self, timeout: Duration) -> LeaderView {
-        let deadline = Instant::now() + timeout;
-        let mut st = self.lock();
-        let me = self.me.clone();
-        while st.view.leader.is_none()
-            || (st.view.leader.as_deref() == Some(me.as_str()) && st.mine.is_none())
-        {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                break;
-            }
-            st = self
-                .changed
-                .wait_timeout(st, left)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|e| e.into_inner().0);
-        }
+        let me = self.me.as_str();
+        let unsettled = |st: &mut State| {
+            st.view.leader.is_none() || (st.view.leader.as_deref() == Some(me) && st.mine.is_none())
+        };
+        let st = self
+            .changed
+            .wait_timeout_while(self.lock(), timeout, unsettled)
+            .map(|(g, _)| g)
+            .unwrap_or_else(|e| e.into_inner().0);
         st.view.clone()
     }
 
