@@ -34,6 +34,7 @@ mod partition;
 mod rescale;
 mod stream;
 mod time;
+pub mod timers;
 mod typed;
 
 pub use checkpoint::{
@@ -63,4 +64,5 @@ pub use partition::{
 pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};
 pub use time::{InputClock, TimestampFn, WatermarkStage, WatermarkStrategy};
+pub use timers::{KeyTimers, TimeDomain, Timer, Timers};
 pub use typed::BatchCodec;

@@ -13,6 +13,7 @@
 use crate::data::{Data, Key};
 use crate::error::{StageError, UserError};
 use crate::exec::{Stage, StageCx};
+use crate::timers::{Timer, Timers};
 use rustc_hash::FxHashMap;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -41,6 +42,7 @@ pub struct Output<'a, T> {
     failed_at: Option<u64>,
     skip: Option<u64>,
     skipped: Option<T>,
+    timers: Option<&'a mut Timers>,
 }
 
 impl<'a, T> Output<'a, T> {
@@ -54,7 +56,30 @@ impl<'a, T> Output<'a, T> {
             failed_at: None,
             skip: None,
             skipped: None,
+            timers: None,
         }
+    }
+
+    /// An output of a keyed operator, whose calls may use `timers`.
+    pub(crate) fn with_timers(mut self, timers: &'a mut Timers) -> Self {
+        self.timers = Some(timers);
+        self
+    }
+
+    /// The timers and clocks of the key at hand, in a [`KeyedOperator`]'s `process` and
+    /// `on_timer` (see the crate's `timers` module docs).
+    ///
+    /// # Errors
+    /// Called outside a keyed operator, where no key is at hand.
+    pub fn timers(&mut self) -> Result<&mut Timers, UserError> {
+        self.timers
+            .as_deref_mut()
+            .ok_or_else(|| UserError::from("timers exist only in keyed operators (key_by(..).process)"))
+    }
+
+    /// The keyed operator's timers (the runtime's side of [`Output::timers`]).
+    pub(crate) fn timer_buf(&mut self) -> Option<&mut Timers> {
+        self.timers.as_deref_mut()
     }
 
     /// Holds back the record emitted at index `skip` of this output (a poison record being
@@ -363,6 +388,24 @@ pub trait KeyedOperator: Send + 'static {
     /// # Errors
     /// An error fails the subtask.
     fn on_start(&mut self, _info: &SubtaskInfo) -> Result<(), UserError> {
+        Ok(())
+    }
+
+    /// A timer this operator registered for `key` (through [`Output::timers`]) is due, with
+    /// the key's state. Event-time timers fire when the watermark reaches their time, before
+    /// the watermark goes on downstream; processing-time timers when the wall clock does;
+    /// every pending timer fires at the end of the input. May emit and register timers.
+    /// Default: nothing.
+    ///
+    /// # Errors
+    /// An error fails the subtask.
+    fn on_timer(
+        &mut self,
+        _key: &Self::Key,
+        _state: &mut Self::State,
+        _timer: Timer,
+        _out: &mut Output<'_, Self::Out>,
+    ) -> Result<(), UserError> {
         Ok(())
     }
 

@@ -297,6 +297,12 @@ impl<T: crate::Data> Stage<T> for WatermarkStage<T> {
         // Upstream time does not pass an assigner: it makes its own.
         Ok(())
     }
+    fn on_processing_time(&mut self, now: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.on_processing_time(now, cx)
+    }
+    fn resume_clock(&mut self, _watermark: i64) {
+        // Downstream of an assigner, time is this stage's own (restored with its state).
+    }
     fn on_idle(&mut self, _cx: &mut StageCx) {
         // Nor does upstream idleness: this stage knows when its own records stop.
     }

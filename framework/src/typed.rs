@@ -122,6 +122,10 @@ impl<T: Data> Stage<T> for Discard {
     fn on_watermark(&mut self, _watermark: i64, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
     }
+    fn on_processing_time(&mut self, _now: i64, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn resume_clock(&mut self, _watermark: i64) {}
     fn on_idle(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())

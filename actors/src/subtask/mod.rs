@@ -386,7 +386,13 @@ impl SubtaskActor {
         self.first_record_pending |= r.last_completed.is_some();
         self.restored_finished = r.finished;
         match &mut self.head {
-            Some(h) => h.head().restore(&r.states, r.last_completed),
+            Some(h) => {
+                h.head().restore(&r.states, r.last_completed)?;
+                if let Some(w) = r.watermark {
+                    h.head().resume_clock(w);
+                }
+                Ok(())
+            }
             None => Ok(()),
         }
     }
@@ -505,6 +511,14 @@ impl SubtaskActor {
             return;
         }
         if let Some(h) = &mut self.head {
+            if !self.paused {
+                // Processing-time timers fire on this tick (a paused subtask waits).
+                let now = riffle_framework::timers::processing_time_now();
+                if let Err(e) = h.head().on_processing_time(now, &mut self.cx) {
+                    let f = self.stage_failure(e);
+                    return self.fail(f, ctx);
+                }
+            }
             h.head().flush(&mut self.cx);
         }
         self.drain(ctx);

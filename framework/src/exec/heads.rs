@@ -66,6 +66,14 @@ pub trait ChainHead: Send {
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError>;
     /// The subtask's inputs went idle (see [`super::Stage::on_idle`]).
     fn on_idle(&mut self, cx: &mut StageCx);
+    /// The wall clock reads `now`: due processing-time timers fire and what they emit is
+    /// committed (see [`super::Stage::on_processing_time`]); on failure it is rolled back.
+    ///
+    /// # Errors
+    /// The first timer that failed.
+    fn on_processing_time(&mut self, now: i64, cx: &mut StageCx) -> Result<(), StageError>;
+    /// A restored chain's clock resumes at `watermark` (see [`super::Stage::resume_clock`]).
+    fn resume_clock(&mut self, watermark: i64);
     /// Runs the `on_close` hooks (a source's first); on failure their output is rolled back.
     ///
     /// # Errors
@@ -104,6 +112,15 @@ macro_rules! forward_to_chain {
         }
         fn on_idle(&mut self, cx: &mut StageCx) {
             self.next.on_idle(cx);
+        }
+        fn on_processing_time(&mut self, now: i64, cx: &mut StageCx) -> Result<(), StageError> {
+            self.next
+                .on_processing_time(now, cx)
+                .and_then(|()| self.next.commit(cx))
+                .inspect_err(|_| self.next.rollback())
+        }
+        fn resume_clock(&mut self, watermark: i64) {
+            self.next.resume_clock(watermark);
         }
         fn reroute(&mut self, moves: &[(usize, super::RouteLayout)]) {
             self.next.reroute(moves);

@@ -268,6 +268,18 @@ pub trait Stage<T>: Send {
     /// The first hook that failed.
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError>;
 
+    /// The wall clock reads `now` (milliseconds since the Unix epoch): keyed operators fire
+    /// their processing-time timers due by then, front to back; what they emit is committed
+    /// by the chain's head like a unit of work.
+    ///
+    /// # Errors
+    /// The first timer that failed.
+    fn on_processing_time(&mut self, now: i64, cx: &mut StageCx) -> Result<(), StageError>;
+
+    /// A restored chain's event-time clock resumes at `watermark` (its checkpoint's): keyed
+    /// operators take it as their current watermark; nothing fires and nothing is sent.
+    fn resume_clock(&mut self, watermark: i64);
+
     /// The subtask's inputs (or its source) went idle: routers queue everything they hold
     /// and then the idle mark on their channels; other stages pass it on.
     fn on_idle(&mut self, cx: &mut StageCx);

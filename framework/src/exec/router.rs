@@ -213,6 +213,10 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         cx.watermark(self.base..self.base + self.buffers.len(), watermark);
         Ok(())
     }
+    fn on_processing_time(&mut self, _now: i64, _cx: &mut StageCx) -> Result<(), StageError> {
+        Ok(())
+    }
+    fn resume_clock(&mut self, _watermark: i64) {}
     fn on_idle(&mut self, cx: &mut StageCx) {
         // Called between batches: what it holds is committed.
         self.flush(cx);
@@ -282,6 +286,16 @@ impl<T: Data> Stage<T> for Tee<T> {
         self.branches
             .iter_mut()
             .try_for_each(|b| b.on_watermark(watermark, cx))
+    }
+    fn on_processing_time(&mut self, now: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        self.branches
+            .iter_mut()
+            .try_for_each(|b| b.on_processing_time(now, cx))
+    }
+    fn resume_clock(&mut self, watermark: i64) {
+        self.branches
+            .iter_mut()
+            .for_each(|b| b.resume_clock(watermark));
     }
     fn on_idle(&mut self, cx: &mut StageCx) {
         self.branches.iter_mut().for_each(|b| b.on_idle(cx));

@@ -5,6 +5,7 @@ use crate::data::Key;
 use crate::error::StageError;
 use crate::operator::{Encoded, Output};
 use crate::operator::{KeyedOperator, KeyedStates, Operator, Sink, SubtaskInfo};
+use crate::timers::{KeyTimers, TimeDomain, Timer, TimerStore, Timers};
 use rustc_hash::FxHashMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
@@ -72,7 +73,7 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
     #[inline]
     fn push(&mut self, record: O::In, cx: &mut StageCx) -> Result<(), StageError> {
         let op = &mut self.op;
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+        guarded_emit(&self.info.operator, &mut *self.next, cx, None, |out| {
             op.process(record, out)
         })
         .map(drop)
@@ -128,17 +129,23 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
     chain_stage_hooks!();
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
         let op = &mut self.op;
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+        guarded_emit(&self.info.operator, &mut *self.next, cx, None, |out| {
             op.on_watermark(watermark, out)
         })?;
         self.next.on_watermark(watermark, cx)
+    }
+    fn on_processing_time(&mut self, now: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        self.next.on_processing_time(now, cx)
+    }
+    fn resume_clock(&mut self, watermark: i64) {
+        self.next.resume_clock(watermark);
     }
     fn on_idle(&mut self, cx: &mut StageCx) {
         self.next.on_idle(cx);
     }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         let op = &mut self.op;
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+        guarded_emit(&self.info.operator, &mut *self.next, cx, None, |out| {
             op.on_close(out)
         })?;
         self.next.close(cx)
@@ -148,13 +155,38 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
 /// A key extractor shared by the subtasks of a keyed operator.
 pub type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
 
-/// A stage running a user [`KeyedOperator`], holding one state per key.
+/// A stage running a user [`KeyedOperator`], holding one state and the timers per key.
 pub struct KeyedStage<O: KeyedOperator> {
     op: O,
     key_fn: KeyFn<O::In, O::Key>,
     states: FxHashMap<O::Key, O::State>,
+    timers: TimerStore<O::Key>,
+    /// What the call at hand asked of its key's timers (applied when it returns).
+    buf: Timers,
     info: SubtaskInfo,
     next: BoxStage<O::Out>,
+}
+
+/// One key's entry in a keyed operator's checkpoint state, as written: its routing hash
+/// first (rescaling cuts the list by it), then key, state, and pending timers if any.
+#[derive(serde::Serialize)]
+struct EntryOut<'a, K, S> {
+    hash: u64,
+    key: &'a K,
+    state: &'a S,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    timers: Option<&'a KeyTimers>,
+}
+
+/// [`EntryOut`] as read back; entries written before timers existed have no timers.
+#[derive(serde::Deserialize)]
+struct EntryIn<K, S> {
+    #[allow(dead_code)]
+    hash: u64,
+    key: K,
+    state: S,
+    #[serde(default)]
+    timers: KeyTimers,
 }
 
 impl<O: KeyedOperator> KeyedStage<O> {
@@ -169,8 +201,59 @@ impl<O: KeyedOperator> KeyedStage<O> {
             op,
             key_fn,
             states: FxHashMap::default(),
+            timers: TimerStore::default(),
+            buf: Timers::new(),
             info,
             next,
+        }
+    }
+
+    /// Applies what the last call asked of `key`'s timers and state.
+    #[inline]
+    fn after_call(&mut self, key: &O::Key) {
+        if !self.buf.untouched() && self.timers.apply(key, &mut self.buf) {
+            self.states.remove(key);
+        }
+    }
+
+    /// Fires `timer` of `key`.
+    fn fire(&mut self, key: O::Key, timer: Timer, cx: &mut StageCx) -> Result<(), StageError> {
+        let state = self.states.entry(key.clone()).or_default();
+        let op = &mut self.op;
+        let r = guarded_emit(
+            &self.info.operator,
+            &mut *self.next,
+            cx,
+            Some(&mut self.buf),
+            |out| op.on_timer(&key, state, timer, out),
+        );
+        self.after_call(&key);
+        r.map(drop)
+    }
+
+    /// Fires every timer of `domain` due at `now`, in time order.
+    fn fire_due(
+        &mut self,
+        domain: TimeDomain,
+        now: i64,
+        cx: &mut StageCx,
+    ) -> Result<(), StageError> {
+        while let Some((key, timer)) = self.timers.pop_due(domain, now) {
+            self.fire(key, timer, cx)?;
+        }
+        Ok(())
+    }
+
+    fn decode_entries(&self, bytes: &[u8]) -> Result<Vec<EntryIn<O::Key, O::State>>, StageError> {
+        guarded(&self.info.operator, || Ok(rmp_serde::from_slice(bytes)?))
+    }
+
+    fn add_entries(&mut self, entries: Vec<EntryIn<O::Key, O::State>>) {
+        for e in entries {
+            if !e.timers.is_empty() {
+                self.timers.insert(e.key.clone(), e.timers);
+            }
+            self.states.insert(e.key, e.state);
         }
     }
 }
@@ -184,17 +267,23 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
             None => self.states.entry(key.clone()).or_default(),
         };
         let op = &mut self.op;
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
-            op.process(&key, state, record, out)
-        })
-        .map(drop)
+        let r = guarded_emit(
+            &self.info.operator,
+            &mut *self.next,
+            cx,
+            Some(&mut self.buf),
+            |out| op.process(&key, state, record, out),
+        );
+        self.after_call(&key);
+        r.map(drop)
     }
     fn push_all(&mut self, records: &[O::In], cx: &mut StageCx) -> Result<(), (usize, StageError)> {
         // One `catch_unwind` for the batch: a panic here is this operator's (later stages
         // catch their own and report through the output).
-        let (op, key_fn, states) = (&mut self.op, &self.key_fn, &mut self.states);
+        let (op, key_fn, states, timers) =
+            (&mut self.op, &self.key_fn, &mut self.states, &mut self.timers);
         let mut at = 0;
-        let mut out = Output::new(&mut *self.next, cx);
+        let mut out = Output::new(&mut *self.next, cx).with_timers(&mut self.buf);
         let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), crate::UserError> {
             for (i, record) in records.iter().enumerate() {
                 at = i;
@@ -203,7 +292,13 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
                     Some(s) => s,
                     None => states.entry(key.clone()).or_default(),
                 };
-                op.process(&key, state, record.clone(), &mut out)?;
+                let r = op.process(&key, state, record.clone(), &mut out);
+                if let Some(buf) = out.timer_buf().filter(|b| !b.untouched()) {
+                    if timers.apply(&key, buf) {
+                        states.remove(&key);
+                    }
+                }
+                r?;
                 if out.failed() {
                     break;
                 }
@@ -216,13 +311,32 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
         self.states.len() as u64 + self.next.distinct_keys()
     }
     fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
-        // Sorted by key hash, so that a range of the ring can be cut out for rescaling.
-        let mut entries: Vec<(u64, &O::Key, &O::State)> = self
+        // Sorted by key hash, so that a range of the ring can be cut out for rescaling. A key
+        // with timers but no state is written with the default state.
+        let empty = O::State::default();
+        let timers = &self.timers;
+        let mut entries: Vec<EntryOut<'_, O::Key, O::State>> = self
             .states
             .iter()
-            .map(|(k, s)| (k.key_hash(), k, s))
+            .map(|(k, s)| EntryOut {
+                hash: k.key_hash(),
+                key: k,
+                state: s,
+                timers: timers.of(k),
+            })
             .collect();
-        entries.sort_unstable_by_key(|e| e.0);
+        entries.extend(
+            timers
+                .keys()
+                .filter(|k| !self.states.contains_key(*k))
+                .map(|k| EntryOut {
+                    hash: k.key_hash(),
+                    key: k,
+                    state: &empty,
+                    timers: timers.of(k),
+                }),
+        );
+        entries.sort_unstable_by_key(|e| e.hash);
         let bytes = guarded(&self.info.operator, || Ok(rmp_serde::to_vec(&entries)?))?;
         out.push(bytes);
         self.next.snapshot(checkpoint, out)
@@ -234,9 +348,10 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
     ) -> Result<(), StageError> {
         let state = next_state(states, &self.info.operator)?;
         if !state.is_empty() {
-            let entries: Vec<(u64, O::Key, O::State)> =
-                guarded(&self.info.operator, || Ok(rmp_serde::from_slice(state)?))?;
-            self.states = entries.into_iter().map(|(_, k, s)| (k, s)).collect();
+            let entries = self.decode_entries(state)?;
+            self.states.clear();
+            self.timers = TimerStore::default();
+            self.add_entries(entries);
         }
         self.next.restore(states, last_completed)
     }
@@ -247,25 +362,37 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
     ) -> Result<(), StageError> {
         let state = next_state(gained, &self.info.operator)?;
         self.states.retain(|k, _| keep(k.key_hash()));
+        self.timers.retain(|k| keep(k.key_hash()));
         if !state.is_empty() {
-            let entries: Vec<(u64, O::Key, O::State)> =
-                guarded(&self.info.operator, || Ok(rmp_serde::from_slice(state)?))?;
-            self.states
-                .extend(entries.into_iter().map(|(_, k, s)| (k, s)));
+            let entries = self.decode_entries(state)?;
+            self.add_entries(entries);
         }
         self.next.rekey(keep, gained)
     }
     chain_stage_hooks!();
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
-        // Keyed operators get event-time hooks with timers (not yet); the clock passes on.
+        self.buf.set_watermark(watermark);
+        self.fire_due(TimeDomain::EventTime, watermark, cx)?;
         self.next.on_watermark(watermark, cx)
+    }
+    fn on_processing_time(&mut self, now: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        self.fire_due(TimeDomain::ProcessingTime, now, cx)?;
+        self.next.on_processing_time(now, cx)
+    }
+    fn resume_clock(&mut self, watermark: i64) {
+        self.buf.set_watermark(watermark);
+        self.next.resume_clock(watermark);
     }
     fn on_idle(&mut self, cx: &mut StageCx) {
         self.next.on_idle(cx);
     }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+        // The end of the input: every pending timer fires, in time order.
+        while let Some((key, timer)) = self.timers.pop_any() {
+            self.fire(key, timer, cx)?;
+        }
         let (op, states) = (&mut self.op, &mut self.states);
-        guarded_emit(&self.info.operator, &mut *self.next, cx, |out| {
+        guarded_emit(&self.info.operator, &mut *self.next, cx, None, |out| {
             op.on_close(KeyedStates::new(states), out)
         })?;
         self.next.close(cx)
@@ -353,9 +480,14 @@ impl<S: Sink> Stage<S::In> for SinkStage<S> {
         next_state(gained, &self.info.operator).map(drop)
     }
     fn flush(&mut self, _cx: &mut StageCx) {}
-    fn on_watermark(&mut self, _watermark: i64, _cx: &mut StageCx) -> Result<(), StageError> {
+    fn on_watermark(&mut self, _watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
+        // What timers and watermark hooks wrote before it is final.
+        self.commit(cx)
+    }
+    fn on_processing_time(&mut self, _now: i64, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
     }
+    fn resume_clock(&mut self, _watermark: i64) {}
     fn on_idle(&mut self, _cx: &mut StageCx) {}
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.commit(cx)?;
@@ -371,9 +503,13 @@ fn guarded_emit<T>(
     operator: &str,
     next: &mut dyn Stage<T>,
     cx: &mut StageCx,
+    timers: Option<&mut Timers>,
     f: impl FnOnce(&mut Output<'_, T>) -> Result<(), crate::UserError>,
 ) -> Result<u64, StageError> {
     let mut out = Output::new(next, cx);
+    if let Some(t) = timers {
+        out = out.with_timers(t);
+    }
     let r = catch_unwind(AssertUnwindSafe(|| f(&mut out)));
     if let Some(e) = out.take_failure() {
         return Err(e);
