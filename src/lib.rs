@@ -56,6 +56,10 @@ pub struct ReadmeDoctests;
 pub mod prelude {
     pub use riffle_actors::{Execute, JobError, JobHandle, JobResult, RescaleOutcome};
     pub use riffle_framework::{
+        AggregateFunction, Firing, TimeDomain, TimeWindow, Timer, Timers, Trigger, WindowAssigner,
+        WindowResult, Windowed, WindowedStream,
+    };
+    pub use riffle_framework::{
         Backoff, CheckpointConfig, CollectHandle, CountHandle, Data, DataStream, FsStore,
         JobConfig, Key, KeyedOperator, KeyedStates, KeyedStream, Operator, Output, PoisonAction,
         PoisonPolicy, Position, RestartKind, RestartStrategy, RestoreFrom, Sink, Snapshot, Source,
@@ -75,15 +79,24 @@ pub mod operators {
 
 /// Building a dataflow: an environment and the streams between its operators.
 pub mod streams {
-    pub use riffle_framework::{DataStream, KeyedStream, SinkStream, StreamEnv};
+    pub use riffle_framework::{
+        DataStream, KeyedStream, SinkStream, StreamEnv, Windowed, WindowedStream,
+    };
 }
 
 /// Event time: how records get timestamps and watermarks ([`WatermarkStrategy`](time::WatermarkStrategy),
 /// used with `DataStream::assign_timestamps_and_watermarks`), and a subtask's clock, the
 /// minimum of its inputs' watermarks ([`InputClock`](time::InputClock)); operators see it
-/// advance in `Operator::on_watermark`.
+/// advance in `Operator::on_watermark`. Keyed operators register timers per key
+/// ([`Timers`](time::Timers), from `Output::timers`), and windows are built on them
+/// ([`WindowAssigner`](time::WindowAssigner), `KeyedStream::window`).
 pub mod time {
-    pub use riffle_framework::{InputClock, TimestampFn, WatermarkStrategy};
+    pub use riffle_framework::timers::processing_time_now;
+    pub use riffle_framework::{
+        AggregateFunction, Firing, InputClock, KeyTimers, TimeDomain, TimeWindow, Timer, Timers,
+        TimestampFn, Trigger, WatermarkStrategy, WindowAssigner, WindowEvent, WindowResult,
+        WindowState,
+    };
 }
 
 /// A job's configuration: name, parallelism, workers, batching, restarts, checkpoints and

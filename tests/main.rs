@@ -35,4 +35,5 @@ mod runtime_order;
 mod supervision_chaos;
 mod supervision_strategies;
 mod time_watermarks;
+mod time_windows;
 mod wordcount_property;

@@ -8,7 +8,7 @@ use std::fmt;
 pub type UserError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// A job graph that cannot run. Returned when a job is built, before any actor starts.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum GraphError {
     /// An operator (or the job default) asked for zero parallel subtasks.
     #[error("operator `{operator}` has parallelism 0; every operator needs at least one subtask")]
@@ -53,6 +53,15 @@ pub enum GraphError {
         /// The value given.
         value: u64,
         /// What a valid value is.
+        reason: &'static str,
+    },
+    /// A window operator is not set up so that it can run (a zero size, no timestamps for
+    /// event time, a trigger its assigner does not support).
+    #[error("window operator `{operator}`: {reason}")]
+    InvalidWindow {
+        /// The operator's name.
+        operator: String,
+        /// What is wrong.
         reason: &'static str,
     },
     /// An operator cannot be rescaled as asked.

@@ -56,6 +56,8 @@ pub(crate) struct GraphBuilder {
     pub edges: Vec<EdgeDef>,
     pub config: JobConfig,
     pub dead_letters: DeadLetterQueue,
+    /// Mistakes found while the graph was built, reported by `build()`.
+    pub errors: Vec<GraphError>,
 }
 
 #[derive(Clone)]
@@ -155,6 +157,9 @@ impl ExecutionPlan {
     /// Validates `g` and plans its execution.
     pub(crate) fn new(g: &GraphBuilder) -> Result<Self, GraphError> {
         g.config.validate()?;
+        if let Some(e) = g.errors.first() {
+            return Err(e.clone());
+        }
         if !g.nodes.iter().any(|n| matches!(n.build, Build::Sink(_))) {
             return Err(GraphError::NoSink);
         }

@@ -36,6 +36,7 @@ mod stream;
 mod time;
 pub mod timers;
 mod typed;
+mod window;
 
 pub use checkpoint::{
     Checkpoint, CheckpointId, CheckpointStore, FsStore, MemoryStore, StoreError, TaskSnapshot,
@@ -62,7 +63,11 @@ pub use partition::{
     DEFAULT_VNODES,
 };
 pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
-pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv};
+pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv, Windowed, WindowedStream};
 pub use time::{InputClock, TimestampFn, WatermarkStage, WatermarkStrategy};
 pub use timers::{KeyTimers, TimeDomain, Timer, Timers};
 pub use typed::BatchCodec;
+pub use window::{
+    AggregateFunction, Firing, TimeWindow, Trigger, WindowAssigner, WindowEvent, WindowResult,
+    WindowState,
+};

@@ -72,9 +72,9 @@ impl<'a, T> Output<'a, T> {
     /// # Errors
     /// Called outside a keyed operator, where no key is at hand.
     pub fn timers(&mut self) -> Result<&mut Timers, UserError> {
-        self.timers
-            .as_deref_mut()
-            .ok_or_else(|| UserError::from("timers exist only in keyed operators (key_by(..).process)"))
+        self.timers.as_deref_mut().ok_or_else(|| {
+            UserError::from("timers exist only in keyed operators (key_by(..).process)")
+        })
     }
 
     /// The keyed operator's timers (the runtime's side of [`Output::timers`]).

@@ -55,6 +55,7 @@ impl StreamEnv {
                 edges: Vec::new(),
                 config,
                 dead_letters: DeadLetterQueue::default(),
+                errors: Vec::new(),
             })),
         }
     }
@@ -141,6 +142,8 @@ pub struct DataStream<T> {
     graph: Rc<RefCell<GraphBuilder>>,
     node: NodeId,
     edge: EdgeKind,
+    /// How to read a record's event timestamp, where the stream has event time.
+    pub(crate) timestamps: Option<crate::TimestampFn<T>>,
     _t: PhantomData<fn() -> T>,
 }
 
@@ -150,6 +153,7 @@ impl<T> Clone for DataStream<T> {
             graph: self.graph.clone(),
             node: self.node,
             edge: self.edge.clone(),
+            timestamps: self.timestamps.clone(),
             _t: PhantomData,
         }
     }
@@ -161,6 +165,7 @@ impl<T: Data> DataStream<T> {
             graph,
             node,
             edge: EdgeKind::Auto,
+            timestamps: None,
             _t: PhantomData,
         }
     }
@@ -266,13 +271,29 @@ impl<T: Data> DataStream<T> {
         self,
         strategy: crate::WatermarkStrategy<T>,
     ) -> DataStream<T> {
+        let timestamps = strategy.timestamp.clone();
         let build = Build::Operator(Arc::new(move |info, next| {
             let next: BoxStage<T> = unbox(next)?;
             let stage = crate::WatermarkStage::new(strategy.clone(), info.clone(), next);
             Ok(boxed::<T>(Box::new(stage)))
         }));
         let id = self.add_node::<T>("watermarks", build, true);
-        DataStream::new(self.graph, id)
+        let mut out = DataStream::new(self.graph, id);
+        out.timestamps = Some(timestamps);
+        out
+    }
+
+    /// Says how to read this stream's event timestamps, for event-time windows downstream:
+    /// the timestamps of records are read from the records themselves (Riffle carries no
+    /// hidden timestamp beside a record), so a stream whose type changed since
+    /// [`DataStream::assign_timestamps_and_watermarks`] (a `map`, a `process`) names its
+    /// timestamp again here. Watermarks are not changed: they keep flowing from the assigner.
+    pub fn with_timestamps(
+        mut self,
+        timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static,
+    ) -> Self {
+        self.timestamps = Some(Arc::new(timestamp));
+        self
     }
 
     /// Applies `f` to every record.
@@ -287,10 +308,13 @@ impl<T: Data> DataStream<T> {
     /// Keeps the records for which `f` is true.
     pub fn filter(self, f: impl Fn(&T) -> bool + Send + Sync + 'static) -> DataStream<T> {
         let f = Arc::new(f);
-        self.process_named("filter", move |_| Filter {
+        let timestamps = self.timestamps.clone();
+        let mut out = self.process_named("filter", move |_| Filter {
             f: f.clone(),
             _t: PhantomData,
-        })
+        });
+        out.timestamps = timestamps;
+        out
     }
 
     /// Emits every item `f` returns for a record.
@@ -625,5 +649,131 @@ impl StreamEnv {
             queue: queue.clone(),
         })
         .mark_dead_letters()
+    }
+}
+
+impl<T: Data, K: Key> KeyedStream<T, K> {
+    /// Groups each key's records into windows (see the crate's `window` module docs).
+    pub fn window(self, assigner: crate::WindowAssigner) -> WindowedStream<T, K> {
+        WindowedStream {
+            keyed: self,
+            spec: crate::window::WindowSpec {
+                assigner,
+                lateness: 0,
+                trigger: crate::Trigger::default(),
+            },
+        }
+    }
+}
+
+/// A keyed stream cut into windows; finish it with `reduce`, `aggregate` or `process`.
+pub struct WindowedStream<T, K> {
+    keyed: KeyedStream<T, K>,
+    spec: crate::window::WindowSpec,
+}
+
+impl<T: Data, K: Key> WindowedStream<T, K> {
+    /// Keeps each window's state for `lateness` after it fired on time: a record that
+    /// arrives in that time is added and the window fires again (a late firing). Records
+    /// later than that go to the late-data output. Default: zero.
+    pub fn allowed_lateness(mut self, lateness: std::time::Duration) -> Self {
+        self.spec.lateness = i64::try_from(lateness.as_millis()).unwrap_or(i64::MAX);
+        self
+    }
+
+    /// Adds early firings (see [`crate::Trigger`]); the on-time firing always happens.
+    pub fn trigger(mut self, trigger: crate::Trigger) -> Self {
+        self.spec.trigger = trigger;
+        self
+    }
+
+    /// Each window's value is its records combined with `f`, incrementally.
+    pub fn reduce(self, f: impl Fn(&T, T) -> T + Send + Sync + 'static) -> Windowed<K, T, T> {
+        self.build("window_reduce", crate::window::ReduceFn(f))
+    }
+
+    /// Each window's value is `agg`'s result over an accumulator that records are added to
+    /// as they arrive.
+    pub fn aggregate<A: crate::AggregateFunction<T>>(self, agg: A) -> Windowed<K, A::Out, T> {
+        self.build("window_aggregate", crate::window::AggregateFn(agg))
+    }
+
+    /// Each window's value is `f` of the key, the window and all its records (kept until it
+    /// fires; in time-slice order, arrival order within a slice).
+    pub fn process<R: Data>(
+        self,
+        f: impl Fn(&K, &crate::TimeWindow, &[T]) -> R + Send + Sync + 'static,
+    ) -> Windowed<K, R, T> {
+        self.build("window_process", crate::window::ProcessFn(f))
+    }
+
+    fn build<F: crate::window::WindowFunction<K, T>>(
+        self,
+        name: &str,
+        f: F,
+    ) -> Windowed<K, F::Out, T> {
+        let spec = self.spec;
+        let timestamp = self.keyed.stream.timestamps.clone();
+        if let Some(reason) = spec.check(timestamp.is_some()) {
+            let operator = name.to_string();
+            let e = GraphError::InvalidWindow { operator, reason };
+            self.keyed.stream.graph.borrow_mut().errors.push(e);
+        }
+        let f = Arc::new(f);
+        let raw = self
+            .keyed
+            .process_named(name, move |info| crate::window::WindowOperator {
+                f: f.clone(),
+                spec,
+                timestamp: timestamp.clone(),
+                late: 0,
+                operator: info.operator.clone(),
+                _k: PhantomData,
+            });
+        Windowed { raw }
+    }
+}
+
+/// A window operator's output: its firings ([`Windowed::results`]) and the records that
+/// came too late for all their windows ([`Windowed::late_data`]).
+pub struct Windowed<K, R, T> {
+    raw: DataStream<crate::WindowEvent<K, R, T>>,
+}
+
+impl<K: Key, R: Data, T: Data> Windowed<K, R, T> {
+    /// Sets the window operator's parallelism.
+    pub fn parallelism(mut self, n: usize) -> Self {
+        self.raw = self.raw.parallelism(n);
+        self
+    }
+
+    /// Names the window operator.
+    pub fn name(mut self, name: &str) -> Self {
+        self.raw = self.raw.name(name);
+        self
+    }
+
+    /// The records later than the allowed lateness of every window they belong to, in the
+    /// order the window operator's subtasks met them.
+    pub fn late_data(&self) -> DataStream<T> {
+        self.raw
+            .clone()
+            .flat_map(|e| match e {
+                crate::WindowEvent::Late(t) => Some(t),
+                crate::WindowEvent::Fired(_) => None,
+            })
+            .name("late_data")
+    }
+
+    /// Every firing of every window. Its records carry no timestamp of their own; a
+    /// window's time is its bounds (`window.max_timestamp()` for a later event-time stage).
+    pub fn results(self) -> DataStream<crate::WindowResult<K, R>> {
+        self.raw
+            .flat_map(|e| match e {
+                crate::WindowEvent::Fired(r) => Some(r),
+                crate::WindowEvent::Late(_) => None,
+            })
+            .name("window_results")
+            .with_timestamps(|r: &crate::WindowResult<K, R>| r.window.max_timestamp())
     }
 }

@@ -89,7 +89,8 @@ impl Timers {
 
     /// Cancels this key's event-time timer at `time`, if there is one.
     pub fn delete_event_time(&mut self, time: i64) {
-        self.ops.push((TimerOp::Delete, TimeDomain::EventTime, time));
+        self.ops
+            .push((TimerOp::Delete, TimeDomain::EventTime, time));
     }
 
     /// Calls `on_timer` for this key when the wall clock reaches `time` (see
@@ -182,7 +183,10 @@ impl<K: Key> TimerStore<K> {
         let times = self.per_key.entry(key.clone()).or_default().times(domain);
         if let Err(at) = times.binary_search(&time) {
             times.insert(at, time);
-            self.index(domain).entry(time).or_default().push(key.clone());
+            self.index(domain)
+                .entry(time)
+                .or_default()
+                .push(key.clone());
         }
     }
 

@@ -189,6 +189,9 @@ struct EntryIn<K, S> {
     timers: KeyTimers,
 }
 
+/// A keyed operator's decoded checkpoint entries.
+type Entries<O> = Vec<EntryIn<<O as KeyedOperator>::Key, <O as KeyedOperator>::State>>;
+
 impl<O: KeyedOperator> KeyedStage<O> {
     /// Wraps `op`, keyed by `key_fn`, feeding `next`.
     pub fn new(
@@ -244,11 +247,11 @@ impl<O: KeyedOperator> KeyedStage<O> {
         Ok(())
     }
 
-    fn decode_entries(&self, bytes: &[u8]) -> Result<Vec<EntryIn<O::Key, O::State>>, StageError> {
+    fn decode_entries(&self, bytes: &[u8]) -> Result<Entries<O>, StageError> {
         guarded(&self.info.operator, || Ok(rmp_serde::from_slice(bytes)?))
     }
 
-    fn add_entries(&mut self, entries: Vec<EntryIn<O::Key, O::State>>) {
+    fn add_entries(&mut self, entries: Entries<O>) {
         for e in entries {
             if !e.timers.is_empty() {
                 self.timers.insert(e.key.clone(), e.timers);
@@ -280,8 +283,12 @@ impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
     fn push_all(&mut self, records: &[O::In], cx: &mut StageCx) -> Result<(), (usize, StageError)> {
         // One `catch_unwind` for the batch: a panic here is this operator's (later stages
         // catch their own and report through the output).
-        let (op, key_fn, states, timers) =
-            (&mut self.op, &self.key_fn, &mut self.states, &mut self.timers);
+        let (op, key_fn, states, timers) = (
+            &mut self.op,
+            &self.key_fn,
+            &mut self.states,
+            &mut self.timers,
+        );
         let mut at = 0;
         let mut out = Output::new(&mut *self.next, cx).with_timers(&mut self.buf);
         let r = catch_unwind(AssertUnwindSafe(|| -> Result<(), crate::UserError> {
