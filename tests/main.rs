@@ -36,4 +36,5 @@ mod supervision_chaos;
 mod supervision_strategies;
 mod time_watermarks;
 mod time_windows;
+mod time_windows_chaos;
 mod wordcount_property;
