@@ -37,4 +37,5 @@ mod supervision_strategies;
 mod time_watermarks;
 mod time_windows;
 mod time_windows_chaos;
+mod time_windows_rescale;
 mod wordcount_property;

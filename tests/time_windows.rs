@@ -294,8 +294,8 @@ impl Oracle {
 }
 
 /// Input: `n` records over `keys` keys, time advancing 0–`step` ms per record, each record
-/// up to `bound` ms out of order, and one in about `late_every` later than the bound (up to
-/// `late_by` ms more).
+/// up to `bound` ms out of order, and one in about 30 later than the bound (up to `late_by`
+/// ms more; none with `late_by` 0).
 pub fn generate(seed: u64, n: usize, keys: u32, step: i64, bound: i64, late_by: i64) -> Vec<Rec> {
     let mut rng = Rng(seed);
     let mut base = 1_000_000i64;
@@ -303,7 +303,7 @@ pub fn generate(seed: u64, n: usize, keys: u32, step: i64, bound: i64, late_by: 
         .map(|i| {
             base += rng.below(step as u64 + 1) as i64;
             let key = rng.below(keys as u64) as u32;
-            let ts = if rng.below(30) == 0 {
+            let ts = if late_by > 0 && rng.below(30) == 0 {
                 base - bound - 1 - rng.below(late_by as u64) as i64
             } else {
                 base - rng.below(bound as u64 + 1) as i64
