@@ -34,6 +34,7 @@ mod runtime_backpressure;
 mod runtime_order;
 mod supervision_chaos;
 mod supervision_strategies;
+mod time_timers;
 mod time_watermarks;
 mod time_windows;
 mod time_windows_chaos;

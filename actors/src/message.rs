@@ -329,6 +329,11 @@ pub enum Control {
     /// Rescale in place: move to a new plan (re-wire routers, inputs and outputs; a subtask
     /// of the rescaled chain also hands over and takes in keyed state).
     Replan(Box<ReplanOrder>),
+    /// Checkpoint `n` is a rescale's: from its snapshot on, fire no processing-time timer
+    /// (the keys that move are handed over as the checkpoint holds them) until
+    /// [`Control::Replan`] or [`Control::Release`]. Sent to every non-source subtask before
+    /// the sources get [`Control::Hold`].
+    HoldTimers(u64),
     /// The subtask is not part of the job any more (its chain was scaled down): drop
     /// everything and ignore what follows.
     Retire,

@@ -90,6 +90,7 @@ impl SubtaskActor {
             .unwrap_or_else(|e| e.into_inner())
             .clone();
         self.last_acked = n;
+        self.fired_at_snapshot = self.cx.processing_fired();
         self.job.do_send(ToJob::Ack(CheckpointAck {
             task: self.task,
             epoch: self.epoch,

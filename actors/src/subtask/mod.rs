@@ -208,6 +208,10 @@ pub(crate) struct SubtaskActor {
     first_record_pending: bool,
     /// A source held after a checkpoint (`Control::Hold`) until `Control::Release`.
     holding: bool,
+    /// Processing-time timers stand still (a rescale's checkpoint, `Control::HoldTimers`).
+    timers_held: bool,
+    /// Processing-time timers fired before the last snapshot was taken (a count).
+    fired_at_snapshot: u64,
     /// The held source's produce loop stopped; `Control::Release` starts it again.
     hold_parked: bool,
     /// No longer part of the job (scaled down): ignores everything.
@@ -271,6 +275,8 @@ impl SubtaskActor {
             restored_finished: false,
             first_record_pending: false,
             holding: false,
+            timers_held: false,
+            fired_at_snapshot: 0,
             hold_parked: false,
             retired: false,
             restore: s.restore,
@@ -510,8 +516,12 @@ impl SubtaskActor {
         if self.state != Lifecycle::Running {
             return;
         }
+        if self.holding {
+            // A held source makes no idle marks (they could move clocks after its hold).
+            return self.drain(ctx);
+        }
         if let Some(h) = &mut self.head {
-            if !self.paused {
+            if !self.paused && !self.timers_held {
                 // Processing-time timers fire on this tick (a paused subtask waits).
                 let now = riffle_framework::timers::processing_time_now();
                 if let Err(e) = h.head().on_processing_time(now, &mut self.cx) {
@@ -644,6 +654,7 @@ impl Handler<Control> for SubtaskActor {
             }
             Control::Go(epoch) => self.on_go(epoch, ctx),
             Control::Hold(n) => self.on_hold(n, ctx),
+            Control::HoldTimers(n) => self.on_hold_timers(n, ctx),
             Control::Release => self.on_release(ctx),
             Control::Replan(order) => self.on_replan(*order, ctx),
             Control::Retire => self.retire(),

@@ -30,8 +30,28 @@ impl SubtaskActor {
         self.on_trigger(n, ctx);
     }
 
-    /// A held source continues.
+    /// Checkpoint `n` is a rescale's: processing-time timers stand still from its snapshot
+    /// on. If the snapshot was taken before this order arrived and a timer fired since, the
+    /// checkpoint no longer holds this subtask's state: the subtask fails and the job
+    /// recovers (only possible when the order overtook no barrier, across nodes).
+    pub(super) fn on_hold_timers(&mut self, n: u64, ctx: &mut Context<Self>) {
+        self.timers_held = true;
+        if self.last_acked >= n && self.cx.processing_fired() != self.fired_at_snapshot {
+            let failure = Failure {
+                operator: self.chain_name.clone(),
+                cause: FailureCause::Internal(
+                    "a processing-time timer fired after the rescale's checkpoint",
+                ),
+                injected: false,
+                poison_attempts: None,
+            };
+            self.fail(failure, ctx);
+        }
+    }
+
+    /// A held source continues; held timers run again.
     pub(super) fn on_release(&mut self, ctx: &mut Context<Self>) {
+        self.timers_held = false;
         self.holding = false;
         if std::mem::take(&mut self.hold_parked) {
             self.produce(ctx);
@@ -51,6 +71,7 @@ impl SubtaskActor {
 
     /// Moves to the plan the order names (see the module documentation).
     pub(super) fn on_replan(&mut self, order: ReplanOrder, ctx: &mut Context<Self>) {
+        self.timers_held = false;
         if order.version > self.plan_version {
             if let Err(e) = self.replan(&order, ctx) {
                 let failure = Failure {

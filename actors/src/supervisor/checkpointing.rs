@@ -69,6 +69,16 @@ impl JobSupervisor {
             hold,
             "checkpoint triggered"
         );
+        if hold {
+            // Before any barrier of the checkpoint: timers stand still from its snapshot on.
+            for t in self.plan.tasks() {
+                if !self.plan.is_source(t.chain) {
+                    if let Some(a) = self.addrs.get(&t) {
+                        a.do_send(Control::HoldTimers(id));
+                    }
+                }
+            }
+        }
         for t in targets {
             if let Some(a) = self.addrs.get(&t) {
                 if hold && self.plan.is_source(t.chain) {

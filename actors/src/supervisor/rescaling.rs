@@ -165,12 +165,11 @@ impl JobSupervisor {
             })
     }
 
+    /// Sources produce again and other subtasks' timers run again.
     fn release_sources(&self) {
         for t in self.plan.tasks() {
-            if self.plan.is_source(t.chain) {
-                if let Some(a) = self.addrs.get(&t) {
-                    a.do_send(Control::Release);
-                }
+            if let Some(a) = self.addrs.get(&t) {
+                a.do_send(Control::Release);
             }
         }
     }

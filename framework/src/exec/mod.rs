@@ -74,6 +74,8 @@ pub struct StageCx {
     /// Checkpointing is on: sinks stage their output at barriers (`pre_commit`) instead of
     /// flushing it after every unit of work.
     pub(crate) checkpointing: bool,
+    /// Processing-time timers fired so far.
+    pub(crate) processing_fired: u64,
 }
 
 impl StageCx {
@@ -86,7 +88,13 @@ impl StageCx {
             inject: None,
             injected_fired: false,
             checkpointing: false,
+            processing_fired: 0,
         }
+    }
+
+    /// How many processing-time timers fired in this subtask so far.
+    pub fn processing_fired(&self) -> u64 {
+        self.processing_fired
     }
 
     /// Queues end-of-input on every output channel.

@@ -242,6 +242,9 @@ impl<O: KeyedOperator> KeyedStage<O> {
         cx: &mut StageCx,
     ) -> Result<(), StageError> {
         while let Some((key, timer)) = self.timers.pop_due(domain, now) {
+            if domain == TimeDomain::ProcessingTime {
+                cx.processing_fired += 1;
+            }
             self.fire(key, timer, cx)?;
         }
         Ok(())
