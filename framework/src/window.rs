@@ -502,15 +502,37 @@ impl<K: Key, T: Data, F: WindowFunction<K, T>> WindowOperator<K, T, F> {
             return Ok(());
         }
         let ps = floor_div(ts, pane).saturating_mul(pane);
-        let p = state.panes.entry(ps).or_insert_with(|| Pane {
-            acc: self.f.create(),
-            count: 0,
+        let mut new_pane = false;
+        let p = state.panes.entry(ps).or_insert_with(|| {
+            new_pane = true;
+            Pane {
+                acc: self.f.create(),
+                count: 0,
+            }
         });
         self.f.add(&mut p.acc, record);
         p.count += 1;
-        // Every window of the record, oldest first: late updates for those past, early
-        // firings by count for the others.
-        let mut end = self.first_end(ps);
+        let first_end = self.first_end(ps);
+        if first_end <= state.done || self.spec.trigger.count.is_some() {
+            self.record_windows(key, state, (first_end, last_start, wm), out);
+        }
+        // Timers change only with the set of panes.
+        if new_pane {
+            self.arm_sliding(state, out.timers()?);
+        }
+        Ok(())
+    }
+
+    /// Every window of a record just added, oldest first (its first end, its last start):
+    /// late updates for those past, early firings by count for the others.
+    fn record_windows(
+        &self,
+        key: &K,
+        state: &WindowState<F::Acc>,
+        (mut end, last_start, wm): (i64, i64, i64),
+        out: &mut Out<'_, K, F, T>,
+    ) {
+        let (size, slide, _) = self.sliding();
         while end.saturating_sub(size) <= last_start {
             let w = TimeWindow {
                 start: end - size,
@@ -528,8 +550,6 @@ impl<K: Key, T: Data, F: WindowFunction<K, T>> WindowOperator<K, T, F> {
             }
             end = end.saturating_add(slide);
         }
-        self.arm_sliding(state, out.timers()?);
-        Ok(())
     }
 
     /// Registers the timer of the next window to fire, and the next cleanup; with no pane
