@@ -38,5 +38,6 @@ mod time_timers;
 mod time_watermarks;
 mod time_windows;
 mod time_windows_chaos;
+mod time_windows_idle;
 mod time_windows_rescale;
 mod wordcount_property;
