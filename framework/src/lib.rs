@@ -15,6 +15,8 @@
 //!   unit of work so that a failed unit can be rolled back;
 //! - checkpoint data and stores ([`TaskSnapshot`], [`FsStore`], [`MemoryStore`]) and restoring a
 //!   checkpoint at other parallelisms ([`ExecutionPlan::adapt_checkpoint`]);
+//! - event time: watermarks and clocks ([`WatermarkStrategy`], [`InputClock`]), timers of keyed
+//!   operators ([`timers`]) and windows built on them ([`WindowAssigner`], [`WindowedStream`]);
 //! - the built-in connectors.
 //!
 //! The runtime that runs a plan — one actix actor per subtask, credit-based channels — lives in

@@ -11,10 +11,10 @@
 //! Clocks only move forward. Operators see the clock advance in
 //! [`Operator::on_watermark`](crate::Operator::on_watermark).
 //!
-//! Built so far: generation, the in-band event, the clock, the operator hook, and the
-//! generators' state and every subtask's clock in checkpoints, and idleness (an idle input
-//! holds no clock back until it sends again). Not yet: record timestamps carried past the
-//! assigner, timers and windows.
+//! Generators' state and every subtask's clock are in checkpoints, and an idle input holds no
+//! clock back until it sends again. Timestamps are read from the records themselves (a
+//! stream remembers how, see `DataStream::with_timestamps`); timers are in the `timers`
+//! module and windows, built on them, in the `window` module.
 
 use crate::error::StageError;
 use crate::exec::{next_state, BoxStage, RouteLayout, Stage, StageCx};

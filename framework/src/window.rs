@@ -1,8 +1,8 @@
 //! Windows on keyed streams: tumbling, sliding and session windows in event or processing
 //! time, with incremental aggregation, allowed lateness and a late-data side output.
 //!
-//! `key_by(..).window(assigner)` gives a [`WindowedStream`]; `reduce`, `aggregate` or
-//! `process` turn it into a [`Windowed`] operator whose `results()` are [`WindowResult`]s
+//! `key_by(..).window(assigner)` gives a `WindowedStream`; `reduce`, `aggregate` or
+//! `process` turn it into a `Windowed` operator whose `results()` are [`WindowResult`]s
 //! (key, bounds, value, and whether the firing was early, on time or late) and whose
 //! `late_data()` is a stream of the records that came too late for every window they belong
 //! to. Nothing is dropped silently.
@@ -187,7 +187,7 @@ impl Trigger {
     }
 }
 
-/// An incremental aggregation for [`WindowedStream::aggregate`]: records are added to an
+/// An incremental aggregation for `WindowedStream::aggregate`: records are added to an
 /// accumulator as they come, accumulators of panes or merged sessions are merged, and the
 /// result is read when the window fires.
 pub trait AggregateFunction<T>: Send + Sync + 'static {
