@@ -93,9 +93,9 @@ pub mod streams {
 pub mod time {
     pub use riffle_framework::timers::processing_time_now;
     pub use riffle_framework::{
-        AggregateFunction, Firing, InputClock, KeyTimers, TimeDomain, TimeWindow, Timer, Timers,
-        TimestampFn, Trigger, WatermarkStrategy, WindowAssigner, WindowEvent, WindowResult,
-        WindowState,
+        AggregateFunction, Firing, GeneratorFn, InputClock, KeyTimers, TimeDomain, TimeWindow,
+        Timer, Timers, TimestampFn, Trigger, WatermarkStrategy, WindowAssigner, WindowEvent,
+        WindowResult, WindowState,
     };
 }
 

@@ -488,3 +488,83 @@ impl Rng {
         (z ^ (z >> 31)) % n.max(1)
     }
 }
+
+/// Emits its records one per call, each followed by its own watermark (the record's
+/// timestamp less one): a source that knows its time.
+struct SelfTimed {
+    records: Vec<Rec>,
+    next: usize,
+}
+
+impl Source for SelfTimed {
+    type Out = Rec;
+    fn produce(&mut self, out: &mut Output<'_, Rec>) -> Result<SourceStatus, UserError> {
+        let Some(&r) = self.records.get(self.next) else {
+            return Ok(SourceStatus::Finished);
+        };
+        out.emit(r);
+        out.emit_watermark(r.1 - 1)?;
+        self.next += 1;
+        Ok(SourceStatus::More)
+    }
+}
+
+/// Records of key 1: the third is behind the watermark the second allowed (far too late
+/// for its window), so it can only come out as late data if that watermark arrived.
+const TIMED: [Rec; 4] = [(1, 100, 1), (1, 1_500, 0), (1, 200, 5), (1, 1_700, 2)];
+
+fn windows_of(stream: DataStream<Rec>) -> (CollectHandle<(i64, i64)>, CollectHandle<Rec>) {
+    let w = stream
+        .key_by(|r: &Rec| r.0)
+        .window(WindowAssigner::tumbling(Duration::from_secs(1)))
+        .reduce(|a: &Rec, b: Rec| (a.0, a.1, a.2 + b.2));
+    let late = w.late_data().collect();
+    (
+        w.results().map(|r| (r.window.start, r.value.2)).collect(),
+        late,
+    )
+}
+
+#[test]
+fn a_source_that_emits_its_own_watermarks_drives_windows_and_lateness() {
+    let env = StreamEnv::new();
+    env.set_parallelism(1);
+    let stream = env
+        .source(|_: &SubtaskInfo| SelfTimed {
+            records: TIMED.to_vec(),
+            next: 0,
+        })
+        .with_timestamps(|r: &Rec| r.1);
+    let (fired, late) = windows_of(stream);
+    env.configure(|c| c.batch_size = 1);
+    env.execute().expect("runs");
+    assert_eq!(common::sorted(fired.take()), vec![(0, 1), (1_000, 2)]);
+    assert_eq!(
+        late.take(),
+        vec![(1, 200, 5)],
+        "behind the source's watermark"
+    );
+}
+
+#[test]
+fn a_custom_generator_makes_punctuated_watermarks() {
+    // Only records with value 0 carry a watermark (their timestamp): the record after the
+    // marker at 1,500 is late, exactly as with the source's own watermarks.
+    let env = StreamEnv::new();
+    env.set_parallelism(1);
+    env.configure(|c| c.batch_size = 1);
+    let stream = env
+        .from_collection(TIMED.to_vec())
+        .assign_timestamps_and_watermarks(WatermarkStrategy::for_generator(
+            |r: &Rec| r.1,
+            |r: &Rec, ts| (r.2 == 0).then_some(ts),
+        ));
+    let (fired, late) = windows_of(stream);
+    env.execute().expect("runs");
+    assert_eq!(common::sorted(fired.take()), vec![(0, 1), (1_000, 2)]);
+    assert_eq!(
+        late.take(),
+        vec![(1, 200, 5)],
+        "behind the marker's watermark"
+    );
+}

@@ -66,7 +66,7 @@ pub use partition::{
 };
 pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv, Windowed, WindowedStream};
-pub use time::{InputClock, TimestampFn, WatermarkStage, WatermarkStrategy};
+pub use time::{GeneratorFn, InputClock, TimestampFn, WatermarkStage, WatermarkStrategy};
 pub use timers::{KeyTimers, TimeDomain, Timer, Timers};
 pub use typed::BatchCodec;
 pub use window::{

@@ -43,6 +43,8 @@ pub struct Output<'a, T> {
     skip: Option<u64>,
     skipped: Option<T>,
     timers: Option<&'a mut Timers>,
+    /// In a source: `Some`, holding the largest watermark it emitted in this call, if any.
+    watermark: Option<Option<i64>>,
 }
 
 impl<'a, T> Output<'a, T> {
@@ -57,7 +59,39 @@ impl<'a, T> Output<'a, T> {
             skip: None,
             skipped: None,
             timers: None,
+            watermark: None,
         }
+    }
+
+    /// An output of a source, which may emit watermarks.
+    pub(crate) fn for_source(mut self) -> Self {
+        self.watermark = Some(None);
+        self
+    }
+
+    /// In a [`Source`]'s `produce`: says that no record with a timestamp at or below `t`
+    /// will follow from this subtask (a source that knows its time emits its own watermarks,
+    /// instead of an assigner downstream). It goes out after this call's records; a
+    /// watermark not above the last one sent changes nothing. A source that seeks after a
+    /// recovery emits its watermark again.
+    ///
+    /// # Errors
+    /// Called outside a source (operators' time comes from their inputs' watermarks).
+    pub fn emit_watermark(&mut self, t: i64) -> Result<(), UserError> {
+        match &mut self.watermark {
+            Some(w) => {
+                *w = Some(w.map_or(t, |w| w.max(t)));
+                Ok(())
+            }
+            None => Err(UserError::from(
+                "only a source emits watermarks (an operator's time comes from its inputs)",
+            )),
+        }
+    }
+
+    /// The largest watermark a source emitted in this call.
+    pub(crate) fn take_watermark(&mut self) -> Option<i64> {
+        self.watermark.as_mut().and_then(Option::take)
     }
 
     /// An output of a keyed operator, whose calls may use `timers`.

@@ -25,10 +25,15 @@ use std::time::Duration;
 /// Reads a record's event timestamp (milliseconds).
 pub type TimestampFn<T> = Arc<dyn Fn(&T) -> i64 + Send + Sync>;
 
+/// A custom watermark generator: given a record and its timestamp, the watermark it allows
+/// (`None`: no change).
+pub type GeneratorFn<T> = Arc<dyn Fn(&T, i64) -> Option<i64> + Send + Sync>;
+
 /// How a stream's records get their timestamps and how watermarks are generated from them.
 pub struct WatermarkStrategy<T> {
     pub(crate) timestamp: TimestampFn<T>,
     pub(crate) out_of_orderness: Duration,
+    pub(crate) generator: Option<GeneratorFn<T>>,
     pub(crate) idleness: Option<Duration>,
 }
 
@@ -37,6 +42,7 @@ impl<T> Clone for WatermarkStrategy<T> {
         WatermarkStrategy {
             timestamp: self.timestamp.clone(),
             out_of_orderness: self.out_of_orderness,
+            generator: self.generator.clone(),
             idleness: self.idleness,
         }
     }
@@ -59,6 +65,24 @@ impl<T> WatermarkStrategy<T> {
         WatermarkStrategy {
             timestamp: Arc::new(timestamp),
             out_of_orderness: bound,
+            generator: None,
+            idleness: None,
+        }
+    }
+
+    /// A custom generator: `generator(record, timestamp)` is called for every record and
+    /// returns the watermark it allows, if any — e.g. punctuated watermarks from marker
+    /// records, or a bound that depends on the record. The subtask sends the largest one so
+    /// far once the records before it are final; it is in checkpoints like the built-in
+    /// generators' state.
+    pub fn for_generator(
+        timestamp: impl Fn(&T) -> i64 + Send + Sync + 'static,
+        generator: impl Fn(&T, i64) -> Option<i64> + Send + Sync + 'static,
+    ) -> Self {
+        WatermarkStrategy {
+            timestamp: Arc::new(timestamp),
+            out_of_orderness: Duration::ZERO,
+            generator: Some(Arc::new(generator)),
             idleness: None,
         }
     }
@@ -71,10 +95,22 @@ impl<T> WatermarkStrategy<T> {
         self
     }
 
-    /// The watermark after seeing timestamps up to `max` (`i64::MIN`: none yet).
+    /// What a record adds to the generator's state: its timestamp (built-in generators) or
+    /// the watermark the custom generator allows for it.
+    #[inline]
+    pub(crate) fn observe(&self, record: &T) -> i64 {
+        let ts = (self.timestamp)(record);
+        match &self.generator {
+            None => ts,
+            Some(g) => g(record, ts).unwrap_or(i64::MIN),
+        }
+    }
+
+    /// The watermark for the generator's state `max` (the largest timestamp seen, or the
+    /// custom generator's largest watermark; `i64::MIN`: none yet).
     pub(crate) fn watermark_for(&self, max: i64) -> i64 {
-        if max == i64::MIN {
-            return i64::MIN;
+        if max == i64::MIN || self.generator.is_some() {
+            return max;
         }
         let bound = i64::try_from(self.out_of_orderness.as_millis()).unwrap_or(i64::MAX);
         max.saturating_sub(bound).saturating_sub(1)
@@ -232,7 +268,7 @@ impl<T> WatermarkStage<T> {
     }
 
     fn note(&mut self, record: &T) {
-        self.pending = self.pending.max((self.strategy.timestamp)(record));
+        self.pending = self.pending.max(self.strategy.observe(record));
         self.pushed = true;
     }
 
@@ -450,5 +486,11 @@ mod tests {
             4
         );
         assert_eq!(s.watermark_for(i64::MIN + 3), i64::MIN);
+        // A custom generator's watermarks are taken as they are.
+        let punctuated =
+            WatermarkStrategy::<(i64, bool)>::for_generator(|r| r.0, |r, ts| r.1.then_some(ts));
+        assert_eq!(punctuated.observe(&(7, false)), i64::MIN);
+        assert_eq!(punctuated.observe(&(7, true)), 7);
+        assert_eq!(punctuated.watermark_for(7), 7);
     }
 }

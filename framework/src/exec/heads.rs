@@ -265,12 +265,31 @@ pub struct SourceDriver<S: Source> {
     source: S,
     info: SubtaskInfo,
     next: BoxStage<S::Out>,
+    /// The last watermark the source emitted itself.
+    watermark: i64,
 }
 
 impl<S: Source> SourceDriver<S> {
     /// Drives `source` into `next`.
     pub fn new(source: S, info: SubtaskInfo, next: BoxStage<S::Out>) -> Self {
-        SourceDriver { source, info, next }
+        SourceDriver {
+            source,
+            info,
+            next,
+            watermark: i64::MIN,
+        }
+    }
+
+    /// Commits a successful call's output, then sends the watermark the source emitted.
+    fn commit(&mut self, cx: &mut StageCx, watermark: Option<i64>) -> Result<(), StageError> {
+        self.next.commit(cx)?;
+        match watermark {
+            Some(w) if w > self.watermark => {
+                self.watermark = w;
+                self.next.on_watermark(w, cx)
+            }
+            _ => Ok(()),
+        }
     }
 }
 
@@ -282,8 +301,9 @@ impl<S: Source> ErasedSource for SourceDriver<S> {
             index: usize::MAX,
         })?;
         let source = &mut self.source;
-        let mut out = Output::new(&mut *self.next, cx).skipping(skip);
+        let mut out = Output::new(&mut *self.next, cx).skipping(skip).for_source();
         let r = catch_unwind(AssertUnwindSafe(|| source.produce(&mut out)));
+        let watermark = out.take_watermark();
         let emitted = out.emitted();
         let (failed_at, skipped) = (out.failed_at(), out.take_skipped());
         let result = match (out.take_failure(), r) {
@@ -292,7 +312,7 @@ impl<S: Source> ErasedSource for SourceDriver<S> {
             (None, Ok(Err(e))) => Err(StageError::from_error(name, e)),
             (None, Err(p)) => Err(StageError::from_panic(name, p)),
         };
-        match result.and_then(|status| self.next.commit(cx).map(|()| status)) {
+        match result.and_then(|status| self.commit(cx, watermark).map(|()| status)) {
             Ok(status) => Ok(Produced {
                 status,
                 emitted,
