@@ -470,6 +470,24 @@ proptest! {
     }
 
     #[test]
+    fn tumbling_process_equals_the_reference((seed, step, bound) in input_strategy()) {
+        let input = generate(seed, 1200, 6, step, bound, 400);
+        check(setup(Kind::Tumbling(150), Func::Process, bound), &input)?;
+    }
+
+    #[test]
+    fn sliding_reduce_equals_the_reference((seed, step, bound) in input_strategy()) {
+        let input = generate(seed, 1500, 6, step, bound, 700);
+        check(setup(Kind::Sliding(240, 60), Func::Reduce, bound), &input)?;
+    }
+
+    #[test]
+    fn session_aggregate_equals_the_reference((seed, step, bound) in input_strategy()) {
+        let input = generate(seed, 1500, 12, step * 3, bound, 400);
+        check(setup(Kind::Session(100), Func::Aggregate, bound), &input)?;
+    }
+
+    #[test]
     fn session_process_equals_the_reference((seed, step, bound) in input_strategy()) {
         let input = generate(seed, 1200, 12, step * 3, bound, 400);
         check(setup(Kind::Session(90), Func::Process, bound), &input)?;
@@ -567,4 +585,162 @@ fn a_custom_generator_makes_punctuated_watermarks() {
         vec![(1, 200, 5)],
         "behind the marker's watermark"
     );
+}
+
+#[test]
+fn a_count_trigger_fires_early_every_n_records_and_on_time_at_the_end() {
+    let env = StreamEnv::new();
+    env.set_parallelism(2);
+    env.configure(|c| c.batch_size = 1);
+    let input: Vec<Rec> = vec![
+        (1, 100, 1),
+        (1, 200, 2),
+        (1, 300, 3),
+        (2, 150, 10),
+        (1, 1_200, 7),
+    ];
+    let fired = env
+        .from_collection(input)
+        .parallelism(1)
+        .assign_timestamps_and_watermarks(WatermarkStrategy::monotonous(|r: &Rec| r.1))
+        .parallelism(1)
+        .key_by(|r: &Rec| r.0)
+        .window(WindowAssigner::tumbling(Duration::from_secs(1)))
+        .trigger(Trigger::count(2))
+        .reduce(|a: &Rec, b: Rec| (a.0, a.1, a.2 + b.2))
+        .results()
+        .map(|w| (w.key, w.window.start, w.firing, w.value.2))
+        .collect();
+    env.execute().expect("runs");
+    assert_eq!(
+        common::sorted(fired.take()),
+        vec![
+            (1, 0, Firing::Early, 3),
+            (1, 0, Firing::OnTime, 6),
+            (1, 1_000, Firing::OnTime, 7),
+            (2, 0, Firing::OnTime, 10),
+        ]
+    );
+}
+
+static EARLY_SEEN: (std::sync::Mutex<bool>, std::sync::Condvar) =
+    (std::sync::Mutex::new(false), std::sync::Condvar::new());
+
+/// Emits two records of one window, then waits (idle) until an early firing was seen.
+struct TwoThenWait {
+    sent: usize,
+}
+
+impl Source for TwoThenWait {
+    type Out = Rec;
+    fn produce(&mut self, out: &mut Output<'_, Rec>) -> Result<SourceStatus, UserError> {
+        if self.sent < 2 {
+            self.sent += 1;
+            out.emit((1, 100 * self.sent as i64, self.sent as i64));
+            return Ok(SourceStatus::More);
+        }
+        let seen = *EARLY_SEEN.0.lock().map_err(|_| "poisoned")?;
+        Ok(if seen {
+            SourceStatus::Finished
+        } else {
+            SourceStatus::Idle
+        })
+    }
+}
+
+#[test]
+fn an_interval_trigger_fires_an_open_window_early_by_the_wall_clock() {
+    // Event time stands still (the source waits), so only the wall-clock trigger can fire
+    // the window before its end; the source ends when the sink saw an early firing.
+    let env = StreamEnv::new();
+    env.set_parallelism(1);
+    let fired = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let f = fired.clone();
+    env.source(|_: &SubtaskInfo| TwoThenWait { sent: 0 })
+        .with_timestamps(|r: &Rec| r.1)
+        .key_by(|r: &Rec| r.0)
+        .window(WindowAssigner::tumbling(Duration::from_secs(1)))
+        .trigger(Trigger::every(Duration::from_millis(20)))
+        .reduce(|a: &Rec, b: Rec| (a.0, a.1, a.2 + b.2))
+        .results()
+        .sink_fn(move |w| {
+            f.lock().expect("fired").push((w.firing, w.value.2));
+            if w.firing == Firing::Early {
+                *EARLY_SEEN.0.lock().expect("seen") = true;
+                EARLY_SEEN.1.notify_all();
+            }
+        });
+    let handle = env.start().expect("start");
+    {
+        let g = EARLY_SEEN.0.lock().expect("seen");
+        let (_g, t) = EARLY_SEEN
+            .1
+            .wait_timeout_while(g, Duration::from_secs(30), |s| !*s)
+            .expect("seen");
+        assert!(!t.timed_out(), "the open window fired early");
+    }
+    handle.wait().expect("runs");
+    let fired = fired.lock().expect("fired").clone();
+    assert!(fired.contains(&(Firing::Early, 3)), "{fired:?}");
+    assert_eq!(fired.last(), Some(&(Firing::OnTime, 3)), "{fired:?}");
+}
+
+#[test]
+fn processing_time_windows_count_every_record_once() {
+    const N: u64 = 3_000;
+    let env = StreamEnv::new();
+    env.set_parallelism(2);
+    env.configure(|c| c.batch_size = 16);
+    let fired = env
+        .generate(N, |i| {
+            if i % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            (i % 7, 1u64)
+        })
+        .key_by(|r: &(u64, u64)| r.0)
+        .window(WindowAssigner::tumbling(Duration::from_millis(10)).processing_time())
+        .reduce(|a: &(u64, u64), b: (u64, u64)| (a.0, a.1 + b.1))
+        .results()
+        .map(|w| (w.firing, w.value.1))
+        .collect();
+    env.execute().expect("runs");
+    let fired = fired.take();
+    assert!(fired.iter().all(|f| f.0 == Firing::OnTime));
+    assert!(
+        fired.len() > 7,
+        "windows of several wall-clock slices: {}",
+        fired.len()
+    );
+    assert_eq!(
+        fired.iter().map(|f| f.1).sum::<u64>(),
+        N,
+        "every record once"
+    );
+}
+
+#[test]
+fn a_window_without_timestamps_or_with_a_bad_size_is_refused_at_build() {
+    let env = StreamEnv::new();
+    env.from_collection(vec![(1u32, 1i64, 1i64)])
+        .key_by(|r: &Rec| r.0)
+        .window(WindowAssigner::tumbling(Duration::from_secs(1)))
+        .reduce(|a: &Rec, _b: Rec| *a)
+        .results()
+        .sink_fn(drop);
+    let err = env.build().expect_err("no timestamps");
+    assert!(err.to_string().contains("need timestamps"), "{err}");
+    let env = StreamEnv::new();
+    env.from_collection(vec![(1u32, 1i64, 1i64)])
+        .with_timestamps(|r: &Rec| r.1)
+        .key_by(|r: &Rec| r.0)
+        .window(WindowAssigner::sliding(
+            Duration::from_secs(1),
+            Duration::from_secs(2),
+        ))
+        .reduce(|a: &Rec, _b: Rec| *a)
+        .results()
+        .sink_fn(drop);
+    let err = env.build().expect_err("slide > size");
+    assert!(err.to_string().contains("slide"), "{err}");
 }

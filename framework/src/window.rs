@@ -491,7 +491,11 @@ impl<K: Key, T: Data, F: WindowFunction<K, T>> WindowOperator<K, T, F> {
     ) -> Result<(), UserError> {
         let (ts, wm) = self.times(&record, out.timers()?);
         let (size, slide, pane) = self.sliding();
-        state.done = state.done.max(self.done_end(wm));
+        if self.spec.assigner.domain == TimeDomain::EventTime {
+            // Every window past the watermark has fired (its timer came first). Wall-clock
+            // timers fire on a tick, so in processing time only they move `done`.
+            state.done = state.done.max(self.done_end(wm));
+        }
         let last_start = floor_div(ts, slide).saturating_mul(slide);
         if last_start
             .saturating_add(size - 1)
