@@ -5,7 +5,7 @@
 //! reference: every window fires exactly once with the right value.
 
 use crate::common;
-use crate::time_windows::{generate, job, oracle, Func, Kind, Setup};
+use crate::time_windows::{generate, job, oracle, run, Func, Kind, Setup};
 
 use common::{chaos_restarts, seed, sorted};
 use riffle::chaos::{ChaosMonkey, FaultKind};
@@ -18,6 +18,12 @@ fn chaos_run(seed: u64, setup: Setup) {
     let input = generate(seed, 40_000, 40, 4, setup.bound, 600);
     let (want, mut want_late) = oracle(setup, &input);
     want_late.sort();
+    // The failure-free run, at the same parallelism, is the reference's too.
+    let clean = run(setup, &input, 3, Some(Duration::from_millis(50)));
+    assert!(
+        clean == (want.clone(), want_late.clone()),
+        "seed {seed}: the failure-free run differs from the reference"
+    );
     let env = StreamEnv::new();
     let every = 50 + seed % 51;
     env.configure(|c| {
