@@ -157,6 +157,18 @@ pub mod chaos {
     pub use riffle_framework::exec::Fault;
 }
 
+/// The process's HTTP server: `GET /metrics` for Prometheus (and, growing, a REST API of its
+/// jobs). Off unless started: `riffle::http::serve("127.0.0.1:8081".parse()?)`.
+pub mod http {
+    pub use riffle_actors::http::{serve, HttpError, HttpServer};
+}
+
+/// Metrics through the `metrics` facade (names and labels in Prometheus's conventions; the
+/// table is in `riffle_actors::telemetry`): install the Prometheus recorder and render it.
+pub mod metrics {
+    pub use riffle_actors::telemetry::{install_prometheus, prometheus, set_node_name};
+}
+
 /// Nodes and jobs across them: a node process joins a cluster with its shared secret, and a
 /// job's subtasks are placed over the live nodes.
 pub mod cluster {

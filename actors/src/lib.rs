@@ -38,6 +38,7 @@ pub mod chaos;
 mod directory;
 mod error;
 pub mod host;
+pub mod http;
 mod message;
 mod protocol;
 mod requests;
@@ -46,6 +47,7 @@ mod runtime;
 mod stats;
 mod subtask;
 mod supervisor;
+pub mod telemetry;
 
 pub use error::{
     CheckpointStats, ClusterError, ErrorKind, JobError, JobResult, LinkFigures, NodeFigures,

@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod insider;
+pub mod prometheus;
 pub mod proxy;
 
 use riffle::prelude::*;

@@ -98,7 +98,12 @@ impl SubtaskActor {
                 "a source subtask received a batch",
             ));
         };
+        let started = std::time::Instant::now();
         let result = input.process(&r.payload, &r.skip, &mut self.cx);
+        self.telemetry.clock().busy(started.elapsed());
+        if self.telemetry.due() {
+            self.publish();
+        }
         match result {
             Ok(n) => {
                 self.note_first_record();
@@ -172,6 +177,7 @@ impl SubtaskActor {
         let Some(TaskChain::Source(source)) = &mut self.head else {
             return;
         };
+        let started = std::time::Instant::now();
         let produced = source.produce(&mut self.cx, skip).and_then(|p| {
             let pos = source.position().map_err(|error| BatchFailure {
                 error,
@@ -179,6 +185,10 @@ impl SubtaskActor {
             })?;
             Ok((p, pos))
         });
+        self.telemetry.clock().busy(started.elapsed());
+        if self.telemetry.due() {
+            self.publish();
+        }
         let status = match produced {
             Ok((p, pos)) => {
                 if p.emitted > 0 {

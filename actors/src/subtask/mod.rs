@@ -208,6 +208,8 @@ pub(crate) struct SubtaskActor {
     first_record_pending: bool,
     /// A source held after a checkpoint (`Control::Hold`) until `Control::Release`.
     holding: bool,
+    /// Its metric handles and time split.
+    telemetry: crate::telemetry::SubtaskTelemetry,
     /// Processing-time timers stand still (a rescale's checkpoint, `Control::HoldTimers`).
     timers_held: bool,
     /// Processing-time timers fired before the last snapshot was taken (a count).
@@ -236,6 +238,8 @@ impl SubtaskActor {
         let open_inputs = closed.iter().filter(|c| !**c).count();
         let chain_name = s.plan.chain_name(s.task.chain).to_string();
         let head = s.plan.build_task(s.task, s.attempt);
+        let telemetry =
+            crate::telemetry::SubtaskTelemetry::new(&cfg.name, &chain_name, s.task.subtask);
         let mut actor = SubtaskActor {
             metrics: SubtaskMetrics {
                 chain: chain_name.clone(),
@@ -275,6 +279,7 @@ impl SubtaskActor {
             restored_finished: false,
             first_record_pending: false,
             holding: false,
+            telemetry,
             timers_held: false,
             fired_at_snapshot: 0,
             hold_parked: false,
@@ -373,6 +378,7 @@ impl SubtaskActor {
         }
         let interval = self.plan.config().flush_interval;
         ctx.run_interval(interval, |act, ctx| act.flush(ctx));
+        ctx.run_interval(crate::telemetry::PUBLISH_INTERVAL, |act, _| act.publish());
         if self.paused {
             self.job.do_send(ToJob::ResetDone(ResetDone {
                 task: self.task,
@@ -510,6 +516,19 @@ impl SubtaskActor {
         self.cx.end_all();
         self.notify_draining();
         self.drain(ctx);
+    }
+
+    /// Publishes this subtask's figures to the metrics recorder.
+    pub(super) fn publish(&mut self) {
+        let figures = crate::telemetry::SubtaskFigures {
+            records_in: self.metrics.records_in,
+            records_out: self.cx.records_out(),
+            batches_in: self.metrics.batches_in,
+            batches_out: self.metrics.batches_out,
+            credit_stalls: self.metrics.credit_stalls,
+            queue: self.deferred.len(),
+        };
+        self.telemetry.publish(&figures);
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {

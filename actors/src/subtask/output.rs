@@ -56,6 +56,7 @@ impl SubtaskActor {
         match blocked {
             Some(Blocked::Credit(wait)) => {
                 self.metrics.credit_stalls += 1;
+                self.telemetry.clock().blocked();
                 let wait = async move { wait.acquire_owned().await.ok() };
                 let h = ctx.spawn(fut::wrap_future::<_, Self>(wait).map(|permit, act, ctx| {
                     drop(permit);
@@ -80,6 +81,7 @@ impl SubtaskActor {
                 .head
                 .as_ref()
                 .map_or(0, |h| h.head_ref().distinct_keys());
+            self.publish();
             self.job.do_send(ToJob::Finished(TaskFinished {
                 task: self.task,
                 epoch: self.epoch,
@@ -92,6 +94,7 @@ impl SubtaskActor {
     /// deferred meanwhile and let a parked source produce again.
     fn on_unblocked(&mut self, ctx: &mut Context<Self>) {
         self.credit_wait = None;
+        self.telemetry.clock().unblocked();
         self.drain(ctx);
         self.run_deferred(ctx);
     }

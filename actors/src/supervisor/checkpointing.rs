@@ -29,7 +29,10 @@ impl JobSupervisor {
         }
         let Some(c) = &mut self.coord else { return };
         let now = Instant::now();
-        c.time_out(now);
+        if c.time_out(now) {
+            self.telemetry.checkpoints_failed.increment(1);
+        }
+        let Some(c) = &mut self.coord else { return };
         for w in c.expired_savepoints(now) {
             tracing::warn!(
                 stop = w.stop,
@@ -104,6 +107,7 @@ impl JobSupervisor {
                     // Not confirmed (etcd did not answer): not saved, not committed; the
                     // next checkpoint tries again.
                     tracing::warn!(checkpoint = p.id, error = %e, "checkpoint not confirmed; discarded");
+                    self.telemetry.checkpoints_failed.increment(1);
                     return;
                 }
             }
@@ -118,6 +122,7 @@ impl JobSupervisor {
         };
         if let Err(e) = c.store.save(&checkpoint) {
             tracing::error!(checkpoint = p.id, error = %e, "checkpoint could not be saved; discarded");
+            self.telemetry.checkpoints_failed.increment(1);
             return;
         }
         let stats = CheckpointStats {
@@ -127,6 +132,11 @@ impl JobSupervisor {
             savepoint: p.savepoint,
         };
         tracing::info!(checkpoint = p.id, duration = ?stats.duration, bytes = stats.bytes, "checkpoint completed");
+        self.telemetry.checkpoints_completed.increment(1);
+        self.telemetry
+            .checkpoint_duration
+            .set(stats.duration.as_secs_f64());
+        self.telemetry.checkpoint_size.set(stats.bytes as f64);
         self.result.checkpoints.push(stats);
         self.progress.update(|p| p.checkpoints += 1);
         c.last_completed = Some(Arc::new(checkpoint));

@@ -80,6 +80,8 @@ pub(crate) struct JobSupervisor {
     pub plan_version: u64,
     /// Those rescales, as (operator, parallelism).
     pub steps: Vec<(String, usize)>,
+    /// The job's metric handles.
+    pub telemetry: crate::telemetry::JobTelemetry,
 }
 
 /// What a job supervisor starts with.
@@ -103,6 +105,7 @@ pub(crate) struct Rescaling {
 impl JobSupervisor {
     pub(crate) fn new(s: Setup) -> Self {
         let cfg = s.plan.config();
+        let telemetry = crate::telemetry::JobTelemetry::new(&cfg.name);
         JobSupervisor {
             alive: vec![true; s.workers.len()],
             // Worker picks draw from their own stream; backoff jitter from the restarts'.
@@ -127,6 +130,7 @@ impl JobSupervisor {
             rescale: None,
             plan_version: 0,
             steps: Vec::new(),
+            telemetry,
         }
     }
 

@@ -58,14 +58,7 @@ impl JobSupervisor {
                 return Ok(());
             }
         }
-        self.result.recoveries.push(RecoveryEvent {
-            epoch,
-            cause: cause.clone(),
-            restored_from: last_completed,
-            restore_time: None,
-            started_at: std::time::SystemTime::now(),
-        });
-        tracing::warn!(epoch, ?last_completed, %cause, "recovering the job from its latest checkpoint");
+        self.note_recovery(epoch, &cause, last_completed);
         let mut reply = reply;
         for t in tasks {
             if lost.contains(&t) {
@@ -86,6 +79,7 @@ impl JobSupervisor {
                 a.do_send(Control::Reset(Box::new(order)));
             }
         }
+        self.telemetry.restarts.increment(1);
         self.result.restarts.push(RestartEvent {
             chain: self.chain_name(task),
             subtask: task.subtask,
@@ -96,6 +90,19 @@ impl JobSupervisor {
             also_restarted: self.total.saturating_sub(1),
         });
         Ok(())
+    }
+
+    /// Records a recovery in the job's result and metrics.
+    fn note_recovery(&mut self, epoch: u64, cause: &str, last_completed: Option<u64>) {
+        self.telemetry.recoveries.increment(1);
+        self.result.recoveries.push(RecoveryEvent {
+            epoch,
+            cause: cause.to_string(),
+            restored_from: last_completed,
+            restore_time: None,
+            started_at: std::time::SystemTime::now(),
+        });
+        tracing::warn!(epoch, ?last_completed, %cause, "recovering the job from its latest checkpoint");
     }
 
     /// What `task` resets to in the current recovery (`None` without one).

@@ -109,6 +109,7 @@ impl JobSupervisor {
             chain = %chain, subtask = task.subtask, attempt, ?backoff, cause = %failure.cause,
             injected = failure.injected, also_restarted = restarted, "restarting subtask"
         );
+        self.telemetry.restarts.increment(1);
         self.result.restarts.push(RestartEvent {
             chain,
             subtask: task.subtask,

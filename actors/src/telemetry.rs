@@ -1,0 +1,319 @@
+//! Metrics of running jobs, through the `metrics` facade, in Prometheus's conventions.
+//!
+//! Nothing is recorded until a recorder is installed: [`install_prometheus`] installs
+//! `metrics-exporter-prometheus`'s (once per process) and returns the handle that renders the
+//! exposition text (`GET /metrics` of the HTTP server). Without one the calls below cost an
+//! atomic load each, once a second per subtask.
+//!
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `riffle_records_in_total` | counter | job, operator, subtask, node | records the subtask took in |
+//! | `riffle_records_out_total` | counter | job, operator, subtask, node | records it handed on |
+//! | `riffle_batches_in_total`, `riffle_batches_out_total` | counter | same | batches |
+//! | `riffle_credit_stalls_total` | counter | same | times it waited for a credit |
+//! | `riffle_input_queue_length` | gauge | same | data messages waiting in it |
+//! | `riffle_busy_ratio` | gauge | same | share of time handling records (× 1000: Flink's busyTimeMsPerSecond) |
+//! | `riffle_backpressured_ratio` | gauge | same | share of time waiting for credits (backPressuredTimeMsPerSecond) |
+//! | `riffle_idle_ratio` | gauge | same | the rest (idleTimeMsPerSecond) |
+//! | `riffle_checkpoints_completed_total`, `riffle_checkpoints_failed_total` | counter | job | checkpoints |
+//! | `riffle_checkpoint_duration_seconds`, `riffle_checkpoint_size_bytes` | gauge | job | of the last completed |
+//! | `riffle_restarts_total`, `riffle_recoveries_total` | counter | job | subtask restarts, job recoveries |
+//!
+//! The three shares are measured over the last publishing interval (one second) and add up
+//! to 1. Prometheus wants base units, so they are ratios; times 1000 they are Flink's
+//! milliseconds per second.
+
+use metrics::{Counter, Gauge, Label};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+static PROMETHEUS: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
+static NODE: OnceLock<String> = OnceLock::new();
+
+/// How often a subtask publishes its figures.
+pub const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Installs the Prometheus recorder as this process's `metrics` recorder (the first call;
+/// later calls return the same handle).
+///
+/// # Errors
+/// Another `metrics` recorder was installed first.
+pub fn install_prometheus() -> Result<PrometheusHandle, String> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let handle = PrometheusBuilder::new()
+                .install_recorder()
+                .map_err(|e| format!("cannot install the Prometheus recorder: {e}"))?;
+            describe();
+            Ok(handle)
+        })
+        .clone()
+}
+
+/// The help text and unit of every metric.
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(
+        "riffle_records_in_total",
+        Unit::Count,
+        "Records a subtask took in."
+    );
+    describe_counter!(
+        "riffle_records_out_total",
+        Unit::Count,
+        "Records a subtask handed on (to channels or sinks)."
+    );
+    describe_counter!(
+        "riffle_batches_in_total",
+        Unit::Count,
+        "Batches a subtask took in."
+    );
+    describe_counter!(
+        "riffle_batches_out_total",
+        Unit::Count,
+        "Batches a subtask sent."
+    );
+    describe_counter!(
+        "riffle_credit_stalls_total",
+        Unit::Count,
+        "Times a subtask waited for a credit of a downstream channel."
+    );
+    describe_gauge!(
+        "riffle_input_queue_length",
+        Unit::Count,
+        "Data messages waiting in a subtask."
+    );
+    describe_gauge!(
+        "riffle_busy_ratio",
+        Unit::Percent,
+        "Share of the last second a subtask spent handling records."
+    );
+    describe_gauge!(
+        "riffle_backpressured_ratio",
+        Unit::Percent,
+        "Share of the last second a subtask waited for credits."
+    );
+    describe_gauge!(
+        "riffle_idle_ratio",
+        Unit::Percent,
+        "Share of the last second a subtask had nothing to do."
+    );
+    describe_counter!(
+        "riffle_checkpoints_completed_total",
+        Unit::Count,
+        "Checkpoints completed."
+    );
+    describe_counter!(
+        "riffle_checkpoints_failed_total",
+        Unit::Count,
+        "Checkpoints that failed or timed out."
+    );
+    describe_gauge!(
+        "riffle_checkpoint_duration_seconds",
+        Unit::Seconds,
+        "Duration of the last completed checkpoint."
+    );
+    describe_gauge!(
+        "riffle_checkpoint_size_bytes",
+        Unit::Bytes,
+        "State size of the last completed checkpoint."
+    );
+    describe_counter!("riffle_restarts_total", Unit::Count, "Subtask restarts.");
+    describe_counter!(
+        "riffle_recoveries_total",
+        Unit::Count,
+        "Job recoveries from a checkpoint or from the start."
+    );
+}
+
+/// The Prometheus handle, if [`install_prometheus`] installed it.
+pub fn prometheus() -> Option<PrometheusHandle> {
+    PROMETHEUS.get().and_then(|r| r.as_ref().ok()).cloned()
+}
+
+/// Names this process's node in the `node` label (first call wins; default `local`).
+pub fn set_node_name(name: &str) {
+    let _ = NODE.set(name.to_string());
+}
+
+fn node() -> String {
+    NODE.get().cloned().unwrap_or_else(|| "local".to_string())
+}
+
+/// The metric handles of one subtask.
+pub(crate) struct SubtaskTelemetry {
+    records_in: Counter,
+    records_out: Counter,
+    batches_in: Counter,
+    batches_out: Counter,
+    stalls: Counter,
+    queue: Gauge,
+    busy: Gauge,
+    backpressured: Gauge,
+    idle: Gauge,
+    clock: TimeSplit,
+}
+
+/// Figures a subtask publishes.
+pub(crate) struct SubtaskFigures {
+    pub records_in: u64,
+    pub records_out: u64,
+    pub batches_in: u64,
+    pub batches_out: u64,
+    pub credit_stalls: u64,
+    pub queue: usize,
+}
+
+impl SubtaskTelemetry {
+    pub(crate) fn new(job: &str, operator: &str, subtask: usize) -> Self {
+        let labels = [
+            Label::new("job", job.to_string()),
+            Label::new("operator", operator.to_string()),
+            Label::new("subtask", subtask.to_string()),
+            Label::new("node", node()),
+        ];
+        let c = |name: &'static str| metrics::counter!(name, labels.iter());
+        let g = |name: &'static str| metrics::gauge!(name, labels.iter());
+        SubtaskTelemetry {
+            records_in: c("riffle_records_in_total"),
+            records_out: c("riffle_records_out_total"),
+            batches_in: c("riffle_batches_in_total"),
+            batches_out: c("riffle_batches_out_total"),
+            stalls: c("riffle_credit_stalls_total"),
+            queue: g("riffle_input_queue_length"),
+            busy: g("riffle_busy_ratio"),
+            backpressured: g("riffle_backpressured_ratio"),
+            idle: g("riffle_idle_ratio"),
+            clock: TimeSplit::new(),
+        }
+    }
+
+    /// The subtask's time split (busy, backpressured), to measure into.
+    pub(crate) fn clock(&mut self) -> &mut TimeSplit {
+        &mut self.clock
+    }
+
+    /// Whether a publication is due (a busy actor's interval timer can lag: actix handles up
+    /// to 256 messages before it looks at its timers, so the data path asks too).
+    #[inline]
+    pub(crate) fn due(&self) -> bool {
+        self.clock.since.elapsed() >= PUBLISH_INTERVAL
+    }
+
+    /// Publishes `f` and the time split since the last call.
+    pub(crate) fn publish(&mut self, f: &SubtaskFigures) {
+        self.records_in.absolute(f.records_in);
+        self.records_out.absolute(f.records_out);
+        self.batches_in.absolute(f.batches_in);
+        self.batches_out.absolute(f.batches_out);
+        self.stalls.absolute(f.credit_stalls);
+        self.queue.set(f.queue as f64);
+        let (busy, backpressured) = self.clock.take_per_second();
+        self.busy.set(busy / 1000.0);
+        self.backpressured.set(backpressured / 1000.0);
+        self.idle
+            .set(((1000.0 - busy - backpressured) / 1000.0).max(0.0));
+    }
+}
+
+/// Where a subtask's time goes: busy (handling records) and backpressured (waiting for a
+/// credit), accumulated since the last [`TimeSplit::take_per_second`].
+pub(crate) struct TimeSplit {
+    since: Instant,
+    busy: Duration,
+    blocked: Duration,
+    blocked_since: Option<Instant>,
+}
+
+impl TimeSplit {
+    fn new() -> Self {
+        TimeSplit {
+            since: Instant::now(),
+            busy: Duration::ZERO,
+            blocked: Duration::ZERO,
+            blocked_since: None,
+        }
+    }
+
+    /// Adds busy time.
+    #[inline]
+    pub(crate) fn busy(&mut self, d: Duration) {
+        self.busy += d;
+    }
+
+    /// The subtask starts waiting for a credit (if it was not already).
+    pub(crate) fn blocked(&mut self) {
+        self.blocked_since.get_or_insert_with(Instant::now);
+    }
+
+    /// A credit came back.
+    pub(crate) fn unblocked(&mut self) {
+        if let Some(t) = self.blocked_since.take() {
+            self.blocked += t.elapsed();
+        }
+    }
+
+    /// Busy and backpressured milliseconds per second since the last call; starts anew.
+    fn take_per_second(&mut self) -> (f64, f64) {
+        let now = Instant::now();
+        if let Some(t) = self.blocked_since {
+            self.blocked += now.duration_since(t);
+            self.blocked_since = Some(now);
+        }
+        let wall = now.duration_since(self.since).as_secs_f64().max(1e-9);
+        let per_second = |d: Duration| (d.as_secs_f64() / wall * 1000.0).min(1000.0);
+        let (busy, blocked) = (per_second(self.busy), per_second(self.blocked));
+        self.since = now;
+        self.busy = Duration::ZERO;
+        self.blocked = Duration::ZERO;
+        (busy, blocked.min(1000.0 - busy))
+    }
+}
+
+/// The metric handles of one job (its supervisor's).
+pub(crate) struct JobTelemetry {
+    pub checkpoints_completed: Counter,
+    pub checkpoints_failed: Counter,
+    pub checkpoint_duration: Gauge,
+    pub checkpoint_size: Gauge,
+    pub restarts: Counter,
+    pub recoveries: Counter,
+}
+
+impl JobTelemetry {
+    pub(crate) fn new(job: &str) -> Self {
+        let labels = [Label::new("job", job.to_string())];
+        JobTelemetry {
+            checkpoints_completed: metrics::counter!(
+                "riffle_checkpoints_completed_total",
+                labels.iter()
+            ),
+            checkpoints_failed: metrics::counter!("riffle_checkpoints_failed_total", labels.iter()),
+            checkpoint_duration: metrics::gauge!(
+                "riffle_checkpoint_duration_seconds",
+                labels.iter()
+            ),
+            checkpoint_size: metrics::gauge!("riffle_checkpoint_size_bytes", labels.iter()),
+            restarts: metrics::counter!("riffle_restarts_total", labels.iter()),
+            recoveries: metrics::counter!("riffle_recoveries_total", labels.iter()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_time_split_adds_up_to_a_second_per_second() {
+        let mut t = TimeSplit::new();
+        t.since -= Duration::from_millis(100);
+        t.busy(Duration::from_millis(60));
+        t.blocked_since = Some(Instant::now() - Duration::from_millis(30));
+        let (busy, blocked) = t.take_per_second();
+        assert!((550.0..=650.0).contains(&busy), "{busy}");
+        assert!((250.0..=350.0).contains(&blocked), "{blocked}");
+        assert!(t.blocked_since.is_some(), "still blocked");
+    }
+}
