@@ -125,6 +125,12 @@ pub enum JobError {
         /// How long the request waited.
         waited: std::time::Duration,
     },
+    /// The job was stopped without a savepoint (`JobControl::cancel`, `POST /jobs/ID/stop`).
+    #[error("the job was cancelled by {by}")]
+    Cancelled {
+        /// Who stopped it.
+        by: String,
+    },
     /// The job ended (or was not running) before the request could be carried out.
     #[error("the job ended before the request could be carried out")]
     JobEnded,
@@ -235,6 +241,7 @@ impl JobError {
             JobError::NoWorkers
             | JobError::Spawn(_)
             | JobError::JobEnded
+            | JobError::Cancelled { .. }
             | JobError::RescaleTimedOut { .. }
             | JobError::NotReady { .. }
             | JobError::SavepointTimedOut { .. }

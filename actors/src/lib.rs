@@ -41,6 +41,7 @@ pub mod host;
 pub mod http;
 mod message;
 mod protocol;
+pub mod registry;
 mod requests;
 mod rng;
 mod runtime;

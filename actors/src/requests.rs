@@ -28,6 +28,15 @@ impl Message for SavepointRequest {
     type Result = ();
 }
 
+/// Asks the job to stop at once, without a savepoint.
+pub(crate) struct CancelRequest {
+    /// Who asked (for the error and the log).
+    pub by: String,
+}
+impl Message for CancelRequest {
+    type Result = ();
+}
+
 /// A node that ran some of the job's subtasks was lost; they were re-placed (the cluster
 /// layer's [`crate::host::RemoteTasks::node_of`] already answers with their new nodes).
 #[derive(Debug)]

@@ -29,7 +29,10 @@ pub struct JobHandle {
     job: Option<Addr<JobSupervisor>>,
     chaos: ChaosHandle,
     progress: ProgressCell,
-    plan: Arc<ExecutionPlan>,
+    plan: crate::registry::SharedPlan,
+    /// What the REST API acts on the job with, and its id there.
+    control: crate::registry::JobControl,
+    id: String,
 }
 
 /// What one [`JobHandle::rescale`] did.
@@ -94,13 +97,13 @@ impl JobHandle {
     /// [`JobError::NeedsCheckpointDir`] if it must restart and checkpoints are in memory;
     /// [`JobError::JobEnded`] if the job ended first.
     pub fn rescale(&mut self, operator: &str, n: usize) -> Result<RescaleOutcome, JobError> {
-        if self.plan.config().checkpoint.is_none() {
+        if self.plan().config().checkpoint.is_none() {
             return Err(JobError::CheckpointingOff { what: "a rescale" });
         }
         match self.rescale_in_place(operator, n) {
             Err(JobError::RescaleRefused { reason }) => {
                 tracing::info!(%reason, "cannot rescale in place; restarting from a savepoint");
-                let plan = self.plan.rescaled(operator, n)?;
+                let plan = self.plan().rescaled(operator, n)?;
                 self.rescale_by_restart(plan, operator, &reason)
             }
             other => other,
@@ -118,7 +121,7 @@ impl JobHandle {
         operator: &str,
         n: usize,
     ) -> Result<RescaleOutcome, JobError> {
-        let plan = self.plan.rescaled(operator, n)?;
+        let plan = self.plan().rescaled(operator, n)?;
         let (tx, rx) = tokio::sync::oneshot::channel();
         self.supervisor()?.do_send(RescaleRequest {
             operator: operator.to_string(),
@@ -127,8 +130,9 @@ impl JobHandle {
         });
         match rx.blocking_recv() {
             Ok(Ok(done)) => {
-                self.plan = Arc::new(plan);
-                self.chaos = self.chaos.for_plan(&self.plan);
+                let plan = Arc::new(plan);
+                *self.plan.lock().unwrap_or_else(|e| e.into_inner()) = plan.clone();
+                self.chaos = self.chaos.for_plan(&plan);
                 Ok(RescaleOutcome {
                     checkpoint: done.checkpoint,
                     state: done.moved,
@@ -178,6 +182,21 @@ impl JobHandle {
         })
     }
 
+    /// The job's plan now (rescales change it).
+    pub fn plan(&self) -> Arc<ExecutionPlan> {
+        self.plan.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The job's id in this process's registry (the REST API's `/jobs/ID`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// What acts on the job from another thread (the REST API uses it).
+    pub fn control(&self) -> crate::registry::JobControl {
+        self.control.clone()
+    }
+
     /// A handle to inject faults into the running job (see [`crate::chaos`]).
     ///
     /// # Panics
@@ -201,7 +220,8 @@ impl JobHandle {
     /// Where savepoint `id` of this job is kept — `DIR/JOB/sp-ID`, for
     /// `RestoreFrom::Path` — when its checkpoints are in a directory; `None` in memory.
     pub fn savepoint_dir(&self, id: u64) -> Option<std::path::PathBuf> {
-        let cfg = self.plan.config();
+        let plan = self.plan();
+        let cfg = plan.config();
         match cfg.checkpoint.as_ref().map(|c| &c.storage) {
             Some(CheckpointStorage::Dir(d)) => Some(d.join(&cfg.name).join(format!("sp-{id}"))),
             _ => None,
@@ -318,9 +338,11 @@ fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHand
     let p = plan.clone();
     let progress = ProgressCell::default();
     let cell = progress.clone();
+    let history = crate::registry::CheckpointHistory::default();
+    let h = history.clone();
     let thread = std::thread::Builder::new()
         .name(name)
-        .spawn(move || run_system(p, restored, tx, started_tx, cell, dist))
+        .spawn(move || run_system(p, restored, tx, started_tx, (cell, h), dist))
         .map_err(JobError::Spawn)?;
     let (job, chaos) = match started_rx.recv() {
         Ok((job, workers)) => {
@@ -329,13 +351,23 @@ fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHand
         }
         Err(_) => (None, ChaosHandle::detached()),
     };
+    let shared = Arc::new(std::sync::Mutex::new(keep.clone()));
+    let control = crate::registry::JobControl {
+        supervisor: job.clone(),
+        plan: shared.clone(),
+        progress: progress.clone(),
+        history,
+    };
+    let id = crate::registry::register(&keep.config().name, control.clone());
     Ok(JobHandle {
         outcome: rx,
         thread: Some(thread),
         job,
         chaos,
         progress,
-        plan: keep,
+        plan: shared,
+        control,
+        id,
     })
 }
 
@@ -344,12 +376,12 @@ fn run_system(
     restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
     started: mpsc::Sender<(Addr<JobSupervisor>, usize)>,
-    progress: ProgressCell,
+    (progress, history): (ProgressCell, crate::registry::CheckpointHistory),
     dist: Option<Distribution>,
 ) {
     let sys = System::new();
     let arbiters = sys.block_on(async {
-        let (arbiters, supervisor) = launch(&plan, restored, tx, progress, dist);
+        let (arbiters, supervisor) = launch(&plan, restored, tx, (progress, history), dist);
         let _ = started.send((supervisor, arbiters.len()));
         arbiters
     });
@@ -433,7 +465,7 @@ fn launch(
     plan: &Arc<ExecutionPlan>,
     restored: Option<Checkpoint>,
     tx: mpsc::Sender<Outcome>,
-    progress: ProgressCell,
+    (progress, history): (ProgressCell, crate::registry::CheckpointHistory),
     dist: Option<Distribution>,
 ) -> (Vec<Arbiter>, Addr<JobSupervisor>) {
     let cfg = plan.config().clone();
@@ -474,6 +506,7 @@ fn launch(
             remote,
             report: tx,
             progress,
+            history,
         });
         sup.start_all(restored, checkpointing, paused);
         sup

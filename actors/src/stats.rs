@@ -24,6 +24,8 @@ pub struct Progress {
     pub rescales_switched: u64,
     /// Per subtask (in `ExecutionPlan::tasks` order): its input ended in the current epoch.
     pub draining: Vec<bool>,
+    /// Why the job failed, once it ended with an error.
+    pub failure: Option<String>,
 }
 
 impl Progress {
@@ -62,3 +64,9 @@ impl ProgressCell {
         g.clone()
     }
 }
+
+/// A job's plan, shared between its handle and the registry (a rescale changes it).
+pub(crate) type SharedPlan = Arc<Mutex<Arc<riffle_framework::ExecutionPlan>>>;
+
+/// A job's completed checkpoints, shared between its supervisor and the registry.
+pub(crate) type CheckpointHistory = Arc<Mutex<Vec<crate::error::CheckpointStats>>>;

@@ -137,6 +137,11 @@ pub fn set_node_name(name: &str) {
     let _ = NODE.set(name.to_string());
 }
 
+/// This process's node name (the `node` label).
+pub fn node_name() -> String {
+    node()
+}
+
 fn node() -> String {
     NODE.get().cloned().unwrap_or_else(|| "local".to_string())
 }

@@ -137,6 +137,10 @@ impl JobSupervisor {
             .checkpoint_duration
             .set(stats.duration.as_secs_f64());
         self.telemetry.checkpoint_size.set(stats.bytes as f64);
+        self.history
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(stats.clone());
         self.result.checkpoints.push(stats);
         self.progress.update(|p| p.checkpoints += 1);
         c.last_completed = Some(Arc::new(checkpoint));

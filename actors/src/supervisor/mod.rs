@@ -82,6 +82,8 @@ pub(crate) struct JobSupervisor {
     pub steps: Vec<(String, usize)>,
     /// The job's metric handles.
     pub telemetry: crate::telemetry::JobTelemetry,
+    /// Its completed checkpoints, as the REST API shows them.
+    pub history: crate::stats::CheckpointHistory,
 }
 
 /// What a job supervisor starts with.
@@ -93,6 +95,7 @@ pub(crate) struct Setup {
     pub remote: Option<Arc<dyn RemoteTasks>>,
     pub report: mpsc::Sender<Outcome>,
     pub progress: ProgressCell,
+    pub history: crate::stats::CheckpointHistory,
 }
 
 /// A rescale in place in progress: its machine, the plan it moves to, who waits for it.
@@ -131,6 +134,7 @@ impl JobSupervisor {
             plan_version: 0,
             steps: Vec::new(),
             telemetry,
+            history: s.history,
         }
     }
 
@@ -229,6 +233,7 @@ impl JobSupervisor {
 
     fn conclude(&mut self, outcome: Outcome) {
         self.rescale_on_end();
+        let outcome_failure = outcome.as_ref().err().map(ToString::to_string);
         if let Some(tx) = self.report.take() {
             match &outcome {
                 Ok(r) => {
@@ -238,7 +243,11 @@ impl JobSupervisor {
             }
             let _ = tx.send(outcome);
         }
-        self.progress.update(|p| p.ended = true);
+        let failure = outcome_failure;
+        self.progress.update(|p| {
+            p.ended = true;
+            p.failure = failure;
+        });
         System::current().stop();
     }
 

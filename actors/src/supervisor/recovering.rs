@@ -229,6 +229,14 @@ impl Handler<Fence> for JobSupervisor {
     }
 }
 
+impl Handler<crate::requests::CancelRequest> for JobSupervisor {
+    type Result = ();
+    fn handle(&mut self, msg: crate::requests::CancelRequest, _ctx: &mut Context<Self>) {
+        tracing::warn!(by = %msg.by, "the job is cancelled");
+        self.conclude(Err(JobError::Cancelled { by: msg.by }));
+    }
+}
+
 impl Handler<NodeLost> for JobSupervisor {
     type Result = ();
     fn handle(&mut self, msg: NodeLost, _ctx: &mut Context<Self>) {

@@ -1,0 +1,276 @@
+//! The REST API end to end: every route and each error status, a rescale and a savepoint
+//! through HTTP with the job's output still exact, and stopping a job (with a savepoint, and
+//! cancelling) through HTTP.
+
+use crate::common;
+
+use riffle::prelude::*;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+const N: u64 = 400_000;
+const KEYS: u64 = 500;
+
+/// (status, JSON body) of a request.
+fn call(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let req = ureq::request(method, url);
+    let res = match body {
+        Some(b) => req.set("Content-Type", "application/json").send_string(b),
+        None => req.call(),
+    };
+    let res = match res {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("{method} {url}: {e}"),
+    };
+    let status = res.status();
+    let text = res.into_string().expect("body");
+    let json = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {url}: not JSON ({e}): {text}"));
+    (status, json)
+}
+
+/// Emits `(i % KEYS, 1)` for its share of `0..N`; at the middle of its share it holds
+/// (idle, so that checkpoints still pass) until `gate` opens, so that the job cannot end
+/// before the test is done with it.
+struct Gated {
+    next: u64,
+    end: u64,
+    hold_at: u64,
+    gate: &'static AtomicBool,
+}
+
+impl Source for Gated {
+    type Out = (u64, u64);
+    fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
+        let (i, p) = (info.index as u64, info.parallelism as u64);
+        (self.next, self.end) = (N * i / p, N * (i + 1) / p);
+        self.hold_at = (self.next + self.end) / 2;
+        Ok(())
+    }
+    fn produce(&mut self, out: &mut Output<'_, (u64, u64)>) -> Result<SourceStatus, UserError> {
+        if self.next >= self.hold_at && !self.gate.load(Ordering::SeqCst) {
+            return Ok(SourceStatus::Idle);
+        }
+        for _ in 0..out.budget() {
+            if self.next == self.end {
+                return Ok(SourceStatus::Finished);
+            }
+            out.emit((self.next % KEYS, 1));
+            self.next += 1;
+        }
+        Ok(SourceStatus::More)
+    }
+    fn position(&self) -> Result<Option<Position>, UserError> {
+        Position::encode(&self.next).map(Some)
+    }
+    fn seek(&mut self, p: &Position) -> Result<(), UserError> {
+        self.next = p.decode()?;
+        Ok(())
+    }
+}
+
+fn counting_job(
+    name: &str,
+    dir: &std::path::Path,
+    gate: &'static AtomicBool,
+) -> (StreamEnv, CollectHandle<(u64, u64)>) {
+    let env = StreamEnv::new();
+    env.configure(|c| {
+        c.name = name.to_string();
+        c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir));
+    });
+    let out = env
+        .source(move |_: &SubtaskInfo| Gated {
+            next: 0,
+            end: 0,
+            hold_at: 0,
+            gate,
+        })
+        .name("numbers")
+        .parallelism(2)
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .name("count")
+        .parallelism(2)
+        .collect();
+    (env, out)
+}
+
+#[test]
+fn every_route_with_a_rescale_and_a_savepoint_keeps_the_output_exact() {
+    common::init_logging();
+    let http = riffle::http::serve("127.0.0.1:0".parse().expect("addr")).expect("HTTP");
+    let base = http.url();
+    let dir = tempfile::tempdir().expect("dir");
+    static GATE: AtomicBool = AtomicBool::new(false);
+    let (env, out) = counting_job("rest-job", dir.path(), &GATE);
+    let handle = env.start().expect("start");
+    let id = handle.id().to_string();
+    let job = format!("{base}/jobs/{id}");
+
+    let (s, jobs) = call("GET", &format!("{base}/jobs"), None);
+    assert_eq!(s, 200);
+    let me = jobs
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|j| j["id"] == id.as_str())
+        .expect("listed");
+    assert_eq!(me["name"], "rest-job");
+    assert_eq!(me["state"], "running");
+
+    let (s, plan) = call("GET", &job, None);
+    assert_eq!(s, 200);
+    let count = plan["chains"]
+        .as_array()
+        .expect("chains")
+        .iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("count")))
+        .expect("count chain")
+        .clone();
+    assert_eq!(count["parallelism"], 2);
+    assert!(count["inputs"][0]
+        .as_str()
+        .is_some_and(|n| n.starts_with("numbers")));
+    assert_eq!(plan["subtasks"].as_array().expect("subtasks").len(), 4);
+    assert!(plan["subtasks"][0]["node"].is_string());
+
+    handle.wait_until(|p| p.checkpoints >= 2);
+    let (s, cps) = call("GET", &format!("{job}/checkpoints"), None);
+    assert_eq!(s, 200);
+    assert!(cps.as_array().is_some_and(|c| !c.is_empty()), "{cps}");
+
+    let (s, sp) = call("POST", &format!("{job}/savepoints"), None);
+    assert_eq!(s, 201, "{sp}");
+    assert!(sp["savepoint"].as_u64().is_some());
+
+    // The rescale answers once the rescaled operator processed a record, so the sources
+    // are let go (the gate opens) once the rescale has held them.
+    let url = format!("{job}/rescale");
+    let rescale = std::thread::spawn(move || {
+        call(
+            "POST",
+            &url,
+            Some(r#"{"operator": "count", "parallelism": 3}"#),
+        )
+    });
+    handle.wait_until(|p| p.rescales_held >= 1);
+    GATE.store(true, Ordering::SeqCst);
+    let (s, r) = rescale.join().expect("rescale thread");
+    assert_eq!(s, 200, "{r}");
+    println!("rescale through HTTP: {r}");
+    let (_, plan) = call("GET", &job, None);
+    let count = plan["chains"]
+        .as_array()
+        .expect("chains")
+        .iter()
+        .find(|c| c["name"].as_str().is_some_and(|n| n.starts_with("count")))
+        .expect("count")
+        .clone();
+    assert_eq!(
+        count["parallelism"], 3,
+        "the plan shows the new parallelism"
+    );
+    assert_eq!(plan["subtasks"].as_array().expect("subtasks").len(), 5);
+
+    // Errors: unknown job, unknown route, bad bodies, unknown operator, bad parallelism, a
+    // source (which cannot be rescaled).
+    assert_eq!(call("GET", &format!("{base}/jobs/nope"), None).0, 404);
+    assert_eq!(call("GET", &format!("{base}/nowhere"), None).0, 404);
+    assert_eq!(
+        call("POST", &format!("{base}/jobs/nope/savepoints"), None).0,
+        404
+    );
+    assert_eq!(
+        call("POST", &format!("{job}/rescale"), Some("{not json")).0,
+        400
+    );
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{job}/rescale"),
+            Some(r#"{"operator": "count"}"#)
+        )
+        .0,
+        400
+    );
+    let (s, e) = call(
+        "POST",
+        &format!("{job}/rescale"),
+        Some(r#"{"operator": "nope", "parallelism": 2}"#),
+    );
+    assert_eq!(s, 404, "{e}");
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("nope")));
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{job}/rescale"),
+            Some(r#"{"operator": "count", "parallelism": 0}"#)
+        )
+        .0,
+        400
+    );
+    assert_eq!(
+        call(
+            "POST",
+            &format!("{job}/rescale"),
+            Some(r#"{"operator": "numbers", "parallelism": 3}"#)
+        )
+        .0,
+        409
+    );
+
+    let result = handle.wait().expect("the job finishes");
+    assert!(result.recoveries.is_empty());
+    let mut finals: HashMap<u64, u64> = HashMap::new();
+    for (k, s) in out.take() {
+        let e = finals.entry(k).or_default();
+        *e = (*e).max(s);
+    }
+    assert_eq!(finals.len() as u64, KEYS);
+    assert!(
+        finals.values().all(|&c| c == N / KEYS),
+        "every key counted exactly once"
+    );
+    let (_, plan) = call("GET", &job, None);
+    assert_eq!(plan["state"], "finished");
+    // The job ended: actions on it conflict.
+    assert_eq!(call("POST", &format!("{job}/savepoints"), None).0, 409);
+    assert_eq!(call("POST", &format!("{job}/stop"), None).0, 409);
+}
+
+#[test]
+fn a_job_is_stopped_through_http_with_a_savepoint_or_at_once() {
+    common::init_logging();
+    let http = riffle::http::serve("127.0.0.1:0".parse().expect("addr")).expect("HTTP");
+    let base = http.url();
+    let dir = tempfile::tempdir().expect("dir");
+    static HOLD: AtomicBool = AtomicBool::new(false);
+    let (env, _out) = counting_job("rest-stop", dir.path(), &HOLD);
+    let handle = env.start().expect("start");
+    handle.wait_until(|p| p.checkpoints >= 1);
+    let (s, r) = call(
+        "POST",
+        &format!("{base}/jobs/{}/stop", handle.id()),
+        Some(r#"{"savepoint": true}"#),
+    );
+    assert_eq!(s, 200, "{r}");
+    let sp = r["savepoint"].as_u64().expect("savepoint id");
+    let result = handle.wait().expect("stopped at a savepoint");
+    assert_eq!(result.stopped_at_savepoint, Some(sp));
+
+    let (env, _out) = counting_job("rest-cancel", dir.path(), &HOLD);
+    let handle = env.start().expect("start");
+    let id = handle.id().to_string();
+    let (s, r) = call("POST", &format!("{base}/jobs/{id}/stop"), None);
+    assert_eq!(s, 200, "{r}");
+    let err = handle.wait().expect_err("cancelled");
+    assert!(err.to_string().contains("cancelled"), "{err}");
+    let (_, job) = call("GET", &format!("{base}/jobs/{id}"), None);
+    assert_eq!(job["state"], "failed");
+    assert!(job["failure"]
+        .as_str()
+        .is_some_and(|f| f.contains("cancelled")));
+}
