@@ -24,6 +24,7 @@ mod cluster_rescale;
 mod cluster_security;
 mod connectors_io;
 mod errors_bad_input;
+mod observe_cli;
 mod observe_metrics;
 mod observe_rest;
 mod rescale_in_place;
