@@ -12,6 +12,9 @@
 //! generating half of the records and routing them by key hash to the owning thread through
 //! bounded channels of 1024-record batches.
 //!
+//! The cost of metrics (P=2 with the Prometheus recorder installed versus not, in child
+//! processes, alternately) is printed after the checkpointing cost.
+//!
 //! Peak RSS (VmHWM of the whole benchmark process) is printed at the end; for one
 //! configuration alone use `/usr/bin/time -v target/release/deps/keyed_sum-* N P`.
 
@@ -250,7 +253,61 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// The cost of metrics: P=2 runs in child processes of this benchmark, alternately with the
+/// Prometheus recorder installed (and the figures published every second) and without (a
+/// recorder is per process and cannot be taken out again); each child prints its time.
+fn metrics_cost(n: u64, runs: usize) {
+    let exe = match std::env::current_exe() {
+        Ok(e) => e,
+        Err(e) => return eprintln!("  metrics cost: cannot find this benchmark's binary: {e}"),
+    };
+    let child = |on: bool| -> Option<Duration> {
+        let out = std::process::Command::new(&exe)
+            .env("RIFFLE_BENCH_CHILD", if on { "metrics" } else { "plain" })
+            .arg(n.to_string())
+            .output()
+            .ok()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let secs: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("child-seconds "))?
+            .parse()
+            .ok()?;
+        Some(Duration::from_secs_f64(secs))
+    };
+    let (mut off, mut on) = (Vec::new(), Vec::new());
+    for _ in 0..runs.max(3) {
+        off.extend(child(false));
+        on.extend(child(true));
+    }
+    if off.is_empty() || on.is_empty() {
+        return eprintln!("  metrics cost: the child runs failed");
+    }
+    let (off, on) = (median(off), median(on));
+    println!(
+        "  P=2 metrics: off {:.0} rec/s | on (Prometheus recorder) {:.0} rec/s | {:+.1} % (target: at most 2 % slower)",
+        rate(n, off),
+        rate(n, on),
+        (off.as_secs_f64() / on.as_secs_f64() - 1.0) * 100.0
+    );
+}
+
+/// A child of [`metrics_cost`]: one P=2 run, with the recorder installed if asked.
+fn metrics_child(mode: &str, n: u64) {
+    if mode == "metrics" {
+        riffle::metrics::install_prometheus().expect("recorder");
+    }
+    println!("child-seconds {}", riffle(n, 2).as_secs_f64());
+}
+
 fn main() {
+    let child_n = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(10_000_000);
+    if let Ok(mode) = std::env::var("RIFFLE_BENCH_CHILD") {
+        return metrics_child(&mode, child_n);
+    }
     // `cargo bench` passes `--bench`; ignore flags.
     let args: Vec<String> = std::env::args()
         .skip(1)
@@ -310,6 +367,9 @@ fn main() {
             rate(n, s100),
             change(s100)
         );
+    }
+    if ps.contains(&2) {
+        metrics_cost(n, runs);
     }
     if let Some(kib) = peak_rss_kib() {
         println!(
