@@ -150,7 +150,18 @@ fn heartbeat(
         };
         tokio::spawn(async move {
             let connected = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&target));
-            if let Ok(Ok(stream)) = connected.await {
+            let connected = match connected.await {
+                Ok(Ok(stream)) => Some(stream),
+                Ok(Err(e)) => {
+                    dial_failed(&target, &e.to_string());
+                    None
+                }
+                Err(_) => {
+                    dial_failed(&target, &format!("no answer within {CONNECT_TIMEOUT:?}"));
+                    None
+                }
+            };
+            if let Some(stream) = connected {
                 let role = Role::Initiator { expect };
                 let dialled = Some(addr.clone());
                 link(
@@ -168,5 +179,24 @@ fn heartbeat(
             }
             shared.net.members.lock().dialing.remove(&addr);
         });
+    }
+}
+
+/// Logs a failed dial of `addr` at warn, at most once every 5 s per address (dials are
+/// retried on every tick), and at debug in between.
+fn dial_failed(addr: &str, cause: &str) {
+    type Seen = std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>;
+    static LAST: std::sync::OnceLock<Seen> = std::sync::OnceLock::new();
+    let last = LAST.get_or_init(Default::default);
+    let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    let due = last
+        .get(addr)
+        .is_none_or(|t| now.duration_since(*t) >= std::time::Duration::from_secs(5));
+    if due {
+        last.insert(addr.to_string(), now);
+        tracing::warn!(%addr, %cause, "cannot reach a peer; retrying");
+    } else {
+        tracing::debug!(%addr, %cause, "cannot reach a peer; retrying");
     }
 }
