@@ -261,3 +261,59 @@ fn a_balanced_job_is_not_backpressured() {
         "the sink is not backpressured"
     );
 }
+
+/// Emits records stamped two seconds behind the wall clock until `STOP_LAG` is set.
+struct Behind;
+
+static STOP_LAG: AtomicBool = AtomicBool::new(false);
+
+impl Source for Behind {
+    type Out = i64;
+    fn produce(&mut self, out: &mut Output<'_, i64>) -> Result<SourceStatus, UserError> {
+        if STOP_LAG.load(Ordering::SeqCst) {
+            return Ok(SourceStatus::Finished);
+        }
+        std::thread::sleep(Duration::from_millis(1));
+        out.emit(riffle::time::processing_time_now() - 2_000);
+        Ok(SourceStatus::More)
+    }
+}
+
+#[test]
+fn the_event_time_lag_is_the_watermark_behind_the_wall_clock() {
+    common::init_logging();
+    let http = server();
+    let env = StreamEnv::new();
+    env.configure(|c| c.name = "lagging".to_string());
+    env.source(|_: &SubtaskInfo| Behind)
+        .name("behind")
+        .parallelism(1)
+        .assign_timestamps_and_watermarks(WatermarkStrategy::monotonous(|t: &i64| *t))
+        .parallelism(1)
+        .rebalance()
+        .map(|t| t)
+        .name("downstream")
+        .parallelism(1)
+        .count();
+    let handle = env.start().expect("start");
+    let lag = gauge(
+        "lagging",
+        "riffle_event_time_lag_seconds",
+        "downstream -> count",
+    );
+    let (ok, text) = watch(&http.url(), Duration::from_secs(10), |t| {
+        lag(t).is_some_and(|l| l > 0.0)
+    });
+    STOP_LAG.store(true, Ordering::SeqCst);
+    handle.wait().expect("the job ends");
+    println!(
+        "event-time lag downstream: {:?} s (records are 2 s behind)",
+        lag(&text)
+    );
+    assert!(ok, "the lag is published");
+    assert!(
+        lag(&text).is_some_and(|l| (1.9..10.0).contains(&l)),
+        "{:?}",
+        lag(&text)
+    );
+}

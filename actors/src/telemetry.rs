@@ -15,6 +15,7 @@
 //! | `riffle_busy_ratio` | gauge | same | share of time handling records (× 1000: Flink's busyTimeMsPerSecond) |
 //! | `riffle_backpressured_ratio` | gauge | same | share of time waiting for credits (backPressuredTimeMsPerSecond) |
 //! | `riffle_idle_ratio` | gauge | same | the rest (idleTimeMsPerSecond) |
+//! | `riffle_event_time_lag_seconds` | gauge | same | wall clock minus the subtask's watermark (subtasks with event time) |
 //! | `riffle_checkpoints_completed_total`, `riffle_checkpoints_failed_total` | counter | job | checkpoints |
 //! | `riffle_checkpoint_duration_seconds`, `riffle_checkpoint_size_bytes` | gauge | job | of the last completed |
 //! | `riffle_restarts_total`, `riffle_recoveries_total` | counter | job | subtask restarts, job recoveries |
@@ -54,6 +55,11 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
 /// The help text and unit of every metric.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
+    describe_gauge!(
+        "riffle_event_time_lag_seconds",
+        Unit::Seconds,
+        "How far a subtask's event-time clock (watermark) is behind the wall clock."
+    );
     describe_counter!(
         "riffle_records_in_total",
         Unit::Count,
@@ -157,6 +163,7 @@ pub(crate) struct SubtaskTelemetry {
     busy: Gauge,
     backpressured: Gauge,
     idle: Gauge,
+    lag: Gauge,
     clock: TimeSplit,
 }
 
@@ -168,6 +175,8 @@ pub(crate) struct SubtaskFigures {
     pub batches_out: u64,
     pub credit_stalls: u64,
     pub queue: usize,
+    /// The subtask's event-time clock, if it has one.
+    pub watermark: Option<i64>,
 }
 
 impl SubtaskTelemetry {
@@ -190,6 +199,7 @@ impl SubtaskTelemetry {
             busy: g("riffle_busy_ratio"),
             backpressured: g("riffle_backpressured_ratio"),
             idle: g("riffle_idle_ratio"),
+            lag: g("riffle_event_time_lag_seconds"),
             clock: TimeSplit::new(),
         }
     }
@@ -214,6 +224,10 @@ impl SubtaskTelemetry {
         self.batches_out.absolute(f.batches_out);
         self.stalls.absolute(f.credit_stalls);
         self.queue.set(f.queue as f64);
+        if let Some(w) = f.watermark {
+            let now = riffle_framework::timers::processing_time_now();
+            self.lag.set(now.saturating_sub(w) as f64 / 1000.0);
+        }
         let (busy, backpressured) = self.clock.take_per_second();
         self.busy.set(busy / 1000.0);
         self.backpressured.set(backpressured / 1000.0);

@@ -527,6 +527,7 @@ impl SubtaskActor {
             batches_out: self.metrics.batches_out,
             credit_stalls: self.metrics.credit_stalls,
             queue: self.deferred.len(),
+            watermark: Some(self.clock.current()).filter(|w| *w > i64::MIN && *w < i64::MAX),
         };
         self.telemetry.publish(&figures);
     }
