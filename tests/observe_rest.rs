@@ -161,6 +161,15 @@ fn every_route_with_a_rescale_and_a_savepoint_keeps_the_output_exact() {
     let (s, r) = rescale.join().expect("rescale thread");
     assert_eq!(s, 200, "{r}");
     println!("rescale through HTTP: {r}");
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    assert!(
+        metrics.contains("riffle_rescales_total{job=\"rest-job\"} 1"),
+        "the rescale is counted"
+    );
     let (_, plan) = call("GET", &job, None);
     let count = plan["chains"]
         .as_array()

@@ -19,6 +19,8 @@
 //! | `riffle_checkpoints_completed_total`, `riffle_checkpoints_failed_total` | counter | job | checkpoints |
 //! | `riffle_checkpoint_duration_seconds`, `riffle_checkpoint_size_bytes` | gauge | job | of the last completed |
 //! | `riffle_restarts_total`, `riffle_recoveries_total` | counter | job | subtask restarts, job recoveries |
+//! | `riffle_rescales_total`, `riffle_rescale_pause_seconds` | counter, gauge | job | rescales in place, the last one's pause |
+//! | `riffle_dead_letters_total` | counter | job | poison records set aside |
 //!
 //! The three shares are measured over the last publishing interval (one second) and add up
 //! to 1. Prometheus wants base units, so they are ratios; times 1000 they are Flink's
@@ -55,6 +57,21 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
 /// The help text and unit of every metric.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(
+        "riffle_rescales_total",
+        Unit::Count,
+        "Rescales in place done."
+    );
+    describe_gauge!(
+        "riffle_rescale_pause_seconds",
+        Unit::Seconds,
+        "How long the last rescale in place paused the rescaled operator."
+    );
+    describe_counter!(
+        "riffle_dead_letters_total",
+        Unit::Count,
+        "Poison records set aside as dead letters."
+    );
     describe_gauge!(
         "riffle_event_time_lag_seconds",
         Unit::Seconds,
@@ -298,6 +315,9 @@ pub(crate) struct JobTelemetry {
     pub checkpoint_size: Gauge,
     pub restarts: Counter,
     pub recoveries: Counter,
+    pub rescales: Counter,
+    pub rescale_pause: Gauge,
+    pub dead_letters: Counter,
 }
 
 impl JobTelemetry {
@@ -316,6 +336,9 @@ impl JobTelemetry {
             checkpoint_size: metrics::gauge!("riffle_checkpoint_size_bytes", labels.iter()),
             restarts: metrics::counter!("riffle_restarts_total", labels.iter()),
             recoveries: metrics::counter!("riffle_recoveries_total", labels.iter()),
+            rescales: metrics::counter!("riffle_rescales_total", labels.iter()),
+            rescale_pause: metrics::gauge!("riffle_rescale_pause_seconds", labels.iter()),
+            dead_letters: metrics::counter!("riffle_dead_letters_total", labels.iter()),
         }
     }
 }

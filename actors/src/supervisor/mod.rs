@@ -344,6 +344,7 @@ impl JobSupervisor {
     pub(crate) fn on_dead_lettered(&mut self, msg: DeadLettered, _ctx: &mut Context<Self>) {
         tracing::warn!(operator = %msg.letter.operator, subtask = msg.letter.subtask, cause = %msg.letter.cause, "record dead-lettered");
         self.plan.dead_letter_queue().push(msg.letter.clone());
+        self.telemetry.dead_letters.increment(1);
         self.result.dead_letters.push(msg.letter);
     }
 }

@@ -124,6 +124,10 @@ impl JobSupervisor {
                 }
             }
             Step::Done(answer) => {
+                if let Ok(done) = &answer {
+                    self.telemetry.rescales.increment(1);
+                    self.telemetry.rescale_pause.set(done.pause.as_secs_f64());
+                }
                 if let Some(r) = self.rescale.take() {
                     let _ = r.reply.send(answer);
                 }
