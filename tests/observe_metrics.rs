@@ -317,3 +317,48 @@ fn the_event_time_lag_is_the_watermark_behind_the_wall_clock() {
         lag(&text)
     );
 }
+
+#[test]
+fn a_nodes_links_are_in_the_metrics() {
+    common::init_logging();
+    let http = server();
+    let node = |name: &str, seeds: Vec<String>| {
+        riffle::cluster::Node::builder()
+            .name(name)
+            .cluster("metrics")
+            .secret(
+                riffle::cluster::Secret::new(b"metrics test secret, long enough").expect("secret"),
+            )
+            .seeds(seeds)
+            .heartbeat(Duration::from_millis(20))
+            .failure_timeout(Duration::from_millis(500))
+            .start()
+            .expect("node starts")
+    };
+    let a = node("links-a", Vec::new());
+    let b = node("links-b", vec![a.local_addr().to_string()]);
+    let bytes = |t: &str| {
+        value(
+            t,
+            "riffle_link_bytes_total",
+            &[("from", "links-a"), ("to", "links-b")],
+        )
+    };
+    let frames = |t: &str| {
+        value(
+            t,
+            "riffle_link_frames_total",
+            &[("from", "links-b"), ("to", "links-a")],
+        )
+    };
+    let (ok, text) = watch(&http.url(), Duration::from_secs(10), |t| {
+        bytes(t).is_some_and(|b| b > 0.0) && frames(t).is_some_and(|f| f > 0.0)
+    });
+    println!(
+        "link a -> b: {:?} bytes; b -> a: {:?} frames",
+        bytes(&text),
+        frames(&text)
+    );
+    drop((a, b));
+    assert!(ok, "both directions of the link are counted");
+}

@@ -21,6 +21,7 @@
 //! | `riffle_restarts_total`, `riffle_recoveries_total` | counter | job | subtask restarts, job recoveries |
 //! | `riffle_rescales_total`, `riffle_rescale_pause_seconds` | counter, gauge | job | rescales in place, the last one's pause |
 //! | `riffle_dead_letters_total` | counter | job | poison records set aside |
+//! | `riffle_link_bytes_total`, `riffle_link_frames_total` | counter | from, to | what a node wrote on its link to a peer (cluster) |
 //!
 //! The three shares are measured over the last publishing interval (one second) and add up
 //! to 1. Prometheus wants base units, so they are ratios; times 1000 they are Flink's
@@ -57,6 +58,16 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
 /// The help text and unit of every metric.
 fn describe() {
     use metrics::{describe_counter, describe_gauge, Unit};
+    describe_counter!(
+        "riffle_link_bytes_total",
+        Unit::Bytes,
+        "Bytes a node wrote on its link to a peer (whole frames)."
+    );
+    describe_counter!(
+        "riffle_link_frames_total",
+        Unit::Count,
+        "Frames a node wrote on its link to a peer."
+    );
     describe_counter!(
         "riffle_rescales_total",
         Unit::Count,

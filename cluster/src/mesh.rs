@@ -134,6 +134,7 @@ fn heartbeat(
         (down, dial)
     };
     crate::hosting::expire_orphans(shared);
+    publish_links(&cfg.name, shared);
     if !down.is_empty() {
         shared.net.members.notify();
         let up = shared.net.up_peers();
@@ -198,5 +199,18 @@ fn dial_failed(addr: &str, cause: &str) {
         tracing::warn!(%addr, %cause, "cannot reach a peer; retrying");
     } else {
         tracing::debug!(%addr, %cause, "cannot reach a peer; retrying");
+    }
+}
+
+/// Publishes what this node wrote on each link (`riffle_link_bytes_total`,
+/// `riffle_link_frames_total`, labels `from` and `to`) to the metrics recorder.
+fn publish_links(me: &str, shared: &Shared) {
+    for (peer, bytes, frames, _, _) in shared.net.link_totals() {
+        let labels = [
+            metrics::Label::new("from", me.to_string()),
+            metrics::Label::new("to", peer),
+        ];
+        metrics::counter!("riffle_link_bytes_total", labels.iter()).absolute(bytes);
+        metrics::counter!("riffle_link_frames_total", labels.iter()).absolute(frames);
     }
 }
