@@ -55,110 +55,153 @@ pub fn install_prometheus() -> Result<PrometheusHandle, String> {
         .clone()
 }
 
+/// Whether a metric is a counter or a gauge.
+enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Every metric: kind, name, unit, help text.
+const METRICS: &[(Kind, &str, metrics::Unit, &str)] = {
+    use metrics::Unit;
+    &[
+        (
+            Kind::Counter,
+            "riffle_link_bytes_total",
+            Unit::Bytes,
+            "Bytes a node wrote on its link to a peer (whole frames).",
+        ),
+        (
+            Kind::Counter,
+            "riffle_link_frames_total",
+            Unit::Count,
+            "Frames a node wrote on its link to a peer.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_rescales_total",
+            Unit::Count,
+            "Rescales in place done.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_rescale_pause_seconds",
+            Unit::Seconds,
+            "How long the last rescale in place paused the rescaled operator.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_dead_letters_total",
+            Unit::Count,
+            "Poison records set aside as dead letters.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_event_time_lag_seconds",
+            Unit::Seconds,
+            "How far a subtask's event-time clock (watermark) is behind the wall clock.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_records_in_total",
+            Unit::Count,
+            "Records a subtask took in.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_records_out_total",
+            Unit::Count,
+            "Records a subtask handed on (to channels or sinks).",
+        ),
+        (
+            Kind::Counter,
+            "riffle_batches_in_total",
+            Unit::Count,
+            "Batches a subtask took in.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_batches_out_total",
+            Unit::Count,
+            "Batches a subtask sent.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_credit_stalls_total",
+            Unit::Count,
+            "Times a subtask waited for a credit of a downstream channel.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_input_queue_length",
+            Unit::Count,
+            "Data messages waiting in a subtask.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_busy_ratio",
+            Unit::Percent,
+            "Share of the last second a subtask spent handling records.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_backpressured_ratio",
+            Unit::Percent,
+            "Share of the last second a subtask waited for credits.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_idle_ratio",
+            Unit::Percent,
+            "Share of the last second a subtask had nothing to do.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_checkpoints_completed_total",
+            Unit::Count,
+            "Checkpoints completed.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_checkpoints_failed_total",
+            Unit::Count,
+            "Checkpoints that failed or timed out.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_checkpoint_duration_seconds",
+            Unit::Seconds,
+            "Duration of the last completed checkpoint.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_checkpoint_size_bytes",
+            Unit::Bytes,
+            "State size of the last completed checkpoint.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_restarts_total",
+            Unit::Count,
+            "Subtask restarts.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_recoveries_total",
+            Unit::Count,
+            "Job recoveries from a checkpoint or from the start.",
+        ),
+    ]
+};
+
 /// The help text and unit of every metric.
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, Unit};
-    describe_counter!(
-        "riffle_link_bytes_total",
-        Unit::Bytes,
-        "Bytes a node wrote on its link to a peer (whole frames)."
-    );
-    describe_counter!(
-        "riffle_link_frames_total",
-        Unit::Count,
-        "Frames a node wrote on its link to a peer."
-    );
-    describe_counter!(
-        "riffle_rescales_total",
-        Unit::Count,
-        "Rescales in place done."
-    );
-    describe_gauge!(
-        "riffle_rescale_pause_seconds",
-        Unit::Seconds,
-        "How long the last rescale in place paused the rescaled operator."
-    );
-    describe_counter!(
-        "riffle_dead_letters_total",
-        Unit::Count,
-        "Poison records set aside as dead letters."
-    );
-    describe_gauge!(
-        "riffle_event_time_lag_seconds",
-        Unit::Seconds,
-        "How far a subtask's event-time clock (watermark) is behind the wall clock."
-    );
-    describe_counter!(
-        "riffle_records_in_total",
-        Unit::Count,
-        "Records a subtask took in."
-    );
-    describe_counter!(
-        "riffle_records_out_total",
-        Unit::Count,
-        "Records a subtask handed on (to channels or sinks)."
-    );
-    describe_counter!(
-        "riffle_batches_in_total",
-        Unit::Count,
-        "Batches a subtask took in."
-    );
-    describe_counter!(
-        "riffle_batches_out_total",
-        Unit::Count,
-        "Batches a subtask sent."
-    );
-    describe_counter!(
-        "riffle_credit_stalls_total",
-        Unit::Count,
-        "Times a subtask waited for a credit of a downstream channel."
-    );
-    describe_gauge!(
-        "riffle_input_queue_length",
-        Unit::Count,
-        "Data messages waiting in a subtask."
-    );
-    describe_gauge!(
-        "riffle_busy_ratio",
-        Unit::Percent,
-        "Share of the last second a subtask spent handling records."
-    );
-    describe_gauge!(
-        "riffle_backpressured_ratio",
-        Unit::Percent,
-        "Share of the last second a subtask waited for credits."
-    );
-    describe_gauge!(
-        "riffle_idle_ratio",
-        Unit::Percent,
-        "Share of the last second a subtask had nothing to do."
-    );
-    describe_counter!(
-        "riffle_checkpoints_completed_total",
-        Unit::Count,
-        "Checkpoints completed."
-    );
-    describe_counter!(
-        "riffle_checkpoints_failed_total",
-        Unit::Count,
-        "Checkpoints that failed or timed out."
-    );
-    describe_gauge!(
-        "riffle_checkpoint_duration_seconds",
-        Unit::Seconds,
-        "Duration of the last completed checkpoint."
-    );
-    describe_gauge!(
-        "riffle_checkpoint_size_bytes",
-        Unit::Bytes,
-        "State size of the last completed checkpoint."
-    );
-    describe_counter!("riffle_restarts_total", Unit::Count, "Subtask restarts.");
-    describe_counter!(
-        "riffle_recoveries_total",
-        Unit::Count,
-        "Job recoveries from a checkpoint or from the start."
-    );
+    for (kind, name, unit, help) in METRICS {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(*name, *unit, *help),
+            Kind::Gauge => metrics::describe_gauge!(*name, *unit, *help),
+        }
+    }
 }
 
 /// The Prometheus handle, if [`install_prometheus`] installed it.
