@@ -24,37 +24,6 @@ fn riffle(url: &str, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Emits `(i % 100, 1)` until `gate` opens after half of `n`, then the rest.
-struct Held {
-    next: u64,
-    n: u64,
-    gate: &'static AtomicBool,
-}
-
-impl Source for Held {
-    type Out = (u64, u64);
-    fn produce(&mut self, out: &mut Output<'_, (u64, u64)>) -> Result<SourceStatus, UserError> {
-        if self.next >= self.n / 2 && !self.gate.load(Ordering::SeqCst) {
-            return Ok(SourceStatus::Idle);
-        }
-        for _ in 0..out.budget() {
-            if self.next == self.n {
-                return Ok(SourceStatus::Finished);
-            }
-            out.emit((self.next % 100, 1));
-            self.next += 1;
-        }
-        Ok(SourceStatus::More)
-    }
-    fn position(&self) -> Result<Option<Position>, UserError> {
-        Position::encode(&self.next).map(Some)
-    }
-    fn seek(&mut self, p: &Position) -> Result<(), UserError> {
-        self.next = p.decode()?;
-        Ok(())
-    }
-}
-
 #[test]
 fn the_cli_lists_shows_rescales_and_stops_a_running_job() {
     common::init_logging();
@@ -67,18 +36,14 @@ fn the_cli_lists_shows_rescales_and_stops_a_running_job() {
         c.name = "cli-job".to_string();
         c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir.path()));
     });
-    env.source(|_: &SubtaskInfo| Held {
-        next: 0,
-        n: 200_000,
-        gate: &GATE,
-    })
-    .name("numbers")
-    .parallelism(1)
-    .key_by(|r: &(u64, u64)| r.0)
-    .sum(|r| r.1)
-    .name("count")
-    .parallelism(2)
-    .collect();
+    env.source(|_: &SubtaskInfo| common::gated::Gated::new(200_000, 100, &GATE))
+        .name("numbers")
+        .parallelism(1)
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .name("count")
+        .parallelism(2)
+        .collect();
     let handle = env.start().expect("start");
     let id = handle.id().to_string();
     handle.wait_until(|p| p.checkpoints >= 2);

@@ -31,46 +31,6 @@ fn call(method: &str, url: &str, body: Option<&str>) -> (u16, serde_json::Value)
     (status, json)
 }
 
-/// Emits `(i % KEYS, 1)` for its share of `0..N`; at the middle of its share it holds
-/// (idle, so that checkpoints still pass) until `gate` opens, so that the job cannot end
-/// before the test is done with it.
-struct Gated {
-    next: u64,
-    end: u64,
-    hold_at: u64,
-    gate: &'static AtomicBool,
-}
-
-impl Source for Gated {
-    type Out = (u64, u64);
-    fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
-        let (i, p) = (info.index as u64, info.parallelism as u64);
-        (self.next, self.end) = (N * i / p, N * (i + 1) / p);
-        self.hold_at = (self.next + self.end) / 2;
-        Ok(())
-    }
-    fn produce(&mut self, out: &mut Output<'_, (u64, u64)>) -> Result<SourceStatus, UserError> {
-        if self.next >= self.hold_at && !self.gate.load(Ordering::SeqCst) {
-            return Ok(SourceStatus::Idle);
-        }
-        for _ in 0..out.budget() {
-            if self.next == self.end {
-                return Ok(SourceStatus::Finished);
-            }
-            out.emit((self.next % KEYS, 1));
-            self.next += 1;
-        }
-        Ok(SourceStatus::More)
-    }
-    fn position(&self) -> Result<Option<Position>, UserError> {
-        Position::encode(&self.next).map(Some)
-    }
-    fn seek(&mut self, p: &Position) -> Result<(), UserError> {
-        self.next = p.decode()?;
-        Ok(())
-    }
-}
-
 fn counting_job(
     name: &str,
     dir: &std::path::Path,
@@ -82,12 +42,7 @@ fn counting_job(
         c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(20)).in_dir(dir));
     });
     let out = env
-        .source(move |_: &SubtaskInfo| Gated {
-            next: 0,
-            end: 0,
-            hold_at: 0,
-            gate,
-        })
+        .source(move |_: &SubtaskInfo| common::gated::Gated::new(N, KEYS, gate))
         .name("numbers")
         .parallelism(2)
         .key_by(|r: &(u64, u64)| r.0)

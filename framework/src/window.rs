@@ -770,24 +770,18 @@ impl<K: Key, T: Data, F: WindowFunction<K, T>> KeyedOperator for WindowOperator<
             // An early-firing timer (processing time, event-time windows).
             state.early = false;
             match self.spec.assigner.shape {
-                Shape::Sliding { .. } => self.sliding_early(key, state, out),
+                Shape::Sliding { .. } => {
+                    self.sliding_early(key, state, out);
+                    self.arm_sliding(state, out.timers()?);
+                }
                 Shape::Session { .. } => {
                     for s in state.sessions.iter().filter(|s| !s.fired) {
                         self.emit(key, s.window, &s.acc, Firing::Early, out);
                     }
+                    self.arm_sessions(state, out.timers()?);
                 }
             }
-            let timers = out.timers()?;
-            return match self.spec.assigner.shape {
-                Shape::Sliding { .. } => {
-                    self.arm_sliding(state, timers);
-                    Ok(())
-                }
-                Shape::Session { .. } => {
-                    self.arm_sessions(state, timers);
-                    Ok(())
-                }
-            };
+            return Ok(());
         }
         let timers = out.timers()?;
         let wm = match domain {

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod etcd;
+pub mod gated;
 pub mod insider;
 pub mod prometheus;
 pub mod proxy;
