@@ -25,6 +25,7 @@ mod cluster_security;
 mod connectors_io;
 mod errors_bad_input;
 mod observe_cli;
+mod observe_console;
 mod observe_metrics;
 mod observe_rest;
 mod rescale_in_place;

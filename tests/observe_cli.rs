@@ -70,13 +70,31 @@ fn the_cli_lists_shows_rescales_and_stops_a_running_job() {
         .lines()
         .find(|l| l.starts_with("count"))
         .expect("count chain row");
-    // CHAIN (may hold spaces)  PARALLELISM  INPUTS
+    // CHAIN (may hold spaces)  PARALLELISM  INPUTS  IN/S  OUT/S  BUSY  BACKPRESSURED
     let cells: Vec<&str> = count_row.split_whitespace().rev().collect();
-    assert_eq!((cells[1], cells[0]), ("2", "numbers"), "{out}");
+    assert_eq!((cells[5], cells[4]), ("2", "numbers"), "{out}");
+    assert!(cells[0].ends_with('%') && cells[1].ends_with('%'), "{out}");
     let (code, json, _) = riffle(&url, &["--json", "job", &id]);
     assert_eq!(code, 0);
     let v: serde_json::Value = serde_json::from_str(&json).expect("--json prints JSON");
     assert_eq!(v["subtasks"].as_array().map(Vec::len), Some(3));
+
+    // nodes: this process (other tests of this binary may run cluster nodes meanwhile, so
+    // only "exactly one node answers as this one" is certain).
+    let (code, out, _) = riffle(&url, &["nodes"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("NODE"), "{out}");
+    let (code, json, _) = riffle(&url, &["--json", "nodes"]);
+    assert_eq!(code, 0);
+    let nodes: serde_json::Value = serde_json::from_str(&json).expect("JSON");
+    let this: Vec<_> = nodes
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|n| n["this"] == true)
+        .collect();
+    assert_eq!(this.len(), 1, "{json}");
+    assert_eq!(this[0]["state"], "up", "{json}");
 
     let (code, out, _) = riffle(&url, &["checkpoints", &id]);
     assert_eq!(code, 0);

@@ -238,3 +238,56 @@ fn a_job_is_stopped_through_http_with_a_savepoint_or_at_once() {
         .as_str()
         .is_some_and(|f| f.contains("cancelled")));
 }
+
+#[test]
+fn the_server_describes_itself_and_serves_the_console_and_its_nodes() {
+    common::init_logging();
+    let http = riffle::http::serve("127.0.0.1:0".parse().expect("addr")).expect("HTTP");
+    let base = http.url();
+    // The OpenAPI document is JSON and names every route the server has.
+    let (s, doc) = call("GET", &format!("{base}/openapi.json"), None);
+    assert_eq!(s, 200);
+    assert_eq!(doc["openapi"].as_str().map(|v| &v[..2]), Some("3."));
+    let routes = [
+        ("/metrics", "get"),
+        ("/jobs", "get"),
+        ("/jobs/{id}", "get"),
+        ("/jobs/{id}/checkpoints", "get"),
+        ("/jobs/{id}/savepoints", "post"),
+        ("/jobs/{id}/rescale", "post"),
+        ("/jobs/{id}/stop", "post"),
+        ("/cluster/nodes", "get"),
+        ("/console/", "get"),
+    ];
+    for (path, method) in routes {
+        assert!(
+            doc["paths"][path][method].is_object(),
+            "{method} {path} described"
+        );
+    }
+    // Nodes: exactly one answers as this one.
+    let (s, nodes) = call("GET", &format!("{base}/cluster/nodes"), None);
+    assert_eq!(s, 200);
+    let this = nodes
+        .as_array()
+        .expect("a list")
+        .iter()
+        .filter(|n| n["this"] == true)
+        .count();
+    assert_eq!(this, 1, "{nodes}");
+    // The console: `/` redirects to it; its files are built in; an unknown one is a 404.
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let r = agent.get(&format!("{base}/")).call().expect("redirect");
+    assert_eq!((r.status(), r.header("Location")), (302, Some("/console/")));
+    let page = ureq::get(&format!("{base}/console/"))
+        .call()
+        .expect("console");
+    assert!(page.content_type().starts_with("text/html"));
+    assert!(page.into_string().expect("html").contains("console.js"));
+    let js = ureq::get(&format!("{base}/console/console.js"))
+        .call()
+        .expect("js");
+    assert!(js.content_type().contains("javascript"));
+    let (s, e) = call("GET", &format!("{base}/console/nope.js"), None);
+    assert_eq!(s, 404, "{e}");
+}

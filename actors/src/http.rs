@@ -9,6 +9,9 @@
 //! | `POST /jobs/{id}/savepoints` | takes a savepoint; answers its id |
 //! | `POST /jobs/{id}/rescale` | `{"operator": .., "parallelism": ..}`: rescales in place |
 //! | `POST /jobs/{id}/stop` | `{"savepoint": true}` stops at a savepoint; without, cancels |
+//! | `GET /cluster/nodes` | the cluster's nodes as this one sees them (a local process: itself) |
+//! | `GET /openapi.json` | the OpenAPI 3 description of these routes ([`OPENAPI`]) |
+//! | `GET /console/` | the web console (`/` redirects there): static files built in |
 //!
 //! Errors are JSON (`{"error": ".."}`) with 400 for a bad request, 404 for an unknown job or
 //! operator, 409 for an action the job's state does not allow.
@@ -106,6 +109,12 @@ pub fn serve(addr: SocketAddr) -> Result<HttpServer, HttpError> {
                             )
                             .into()
                         }))
+                        .route("/", web::get().to(console_redirect))
+                        .route("/console", web::get().to(console_redirect))
+                        .route("/console/", web::get().to(console_index))
+                        .route("/console/{file}", web::get().to(console_file))
+                        .route("/openapi.json", web::get().to(openapi))
+                        .route("/cluster/nodes", web::get().to(cluster_nodes))
                         .route("/metrics", web::get().to(metrics))
                         .route("/jobs", web::get().to(list_jobs))
                         .route("/jobs/{id}", web::get().to(show_job))
@@ -143,6 +152,103 @@ pub fn serve(addr: SocketAddr) -> Result<HttpServer, HttpError> {
         handle,
         thread: Some(thread),
     })
+}
+
+/// The console's files, built into the binary.
+const CONSOLE: &[(&str, &str, &str)] = &[
+    (
+        "index.html",
+        "text/html; charset=utf-8",
+        include_str!("console/index.html"),
+    ),
+    (
+        "console.js",
+        "text/javascript; charset=utf-8",
+        include_str!("console/console.js"),
+    ),
+    (
+        "console.css",
+        "text/css; charset=utf-8",
+        include_str!("console/console.css"),
+    ),
+];
+
+/// The OpenAPI description of this server's routes.
+pub const OPENAPI: &str = include_str!("openapi.json");
+
+async fn console_redirect() -> HttpResponse {
+    HttpResponse::Found()
+        .insert_header(("Location", "/console/"))
+        .finish()
+}
+
+async fn console_index() -> HttpResponse {
+    console_serve("index.html")
+}
+
+async fn console_file(file: web::Path<String>) -> HttpResponse {
+    console_serve(&file)
+}
+
+fn console_serve(file: &str) -> HttpResponse {
+    match CONSOLE.iter().find(|(name, _, _)| *name == file) {
+        Some((_, kind, body)) => HttpResponse::Ok().content_type(*kind).body(*body),
+        None => error(actix_web::http::StatusCode::NOT_FOUND, "no such file"),
+    }
+}
+
+async fn openapi() -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(OPENAPI)
+}
+
+/// One node of the cluster, as `GET /cluster/nodes` shows it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct NodeInfo {
+    /// Its id.
+    pub name: String,
+    /// The address it listens on for its peers (empty for a process without a cluster).
+    pub address: String,
+    /// `up`, `suspect` or `down`, as this node sees it.
+    pub state: String,
+    /// Whether it is the node that answers.
+    pub this: bool,
+    /// Whether it coordinates the cluster's jobs (as this node sees it).
+    pub coordinator: bool,
+}
+
+type ClusterView = Arc<dyn Fn() -> Option<Vec<NodeInfo>> + Send + Sync>;
+
+fn cluster_view() -> &'static std::sync::RwLock<Option<ClusterView>> {
+    static VIEW: std::sync::OnceLock<std::sync::RwLock<Option<ClusterView>>> =
+        std::sync::OnceLock::new();
+    VIEW.get_or_init(|| std::sync::RwLock::new(None))
+}
+
+/// Sets what `GET /cluster/nodes` answers (the cluster layer calls it when a node starts;
+/// the last call in a process wins). Without it, or while it answers `None` (its node
+/// stopped), the answer is this process alone.
+pub fn set_cluster_view(view: impl Fn() -> Option<Vec<NodeInfo>> + Send + Sync + 'static) {
+    *cluster_view().write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(view));
+}
+
+async fn cluster_nodes() -> HttpResponse {
+    let view = cluster_view()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let nodes = match view.and_then(|v| v()) {
+        Some(nodes) => nodes,
+        None => vec![NodeInfo {
+            name: crate::telemetry::node_name(),
+            address: String::new(),
+            state: "up".to_string(),
+            this: true,
+            coordinator: true,
+        }],
+    };
+    HttpResponse::Ok().json(nodes)
 }
 
 fn error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
@@ -192,55 +298,81 @@ fn with_job(id: &str, f: impl FnOnce(Arc<RegisteredJob>) -> HttpResponse) -> Htt
     }
 }
 
+/// A chain of `plan`: name, parallelism, inputs, and the live figures summed (rates) or
+/// at their worst (busy, backpressured) over its subtasks in this process.
+fn chain_view(plan: &riffle_framework::ExecutionPlan, job: &str, c: usize) -> serde_json::Value {
+    let task = |subtask| riffle_framework::TaskId { chain: c, subtask };
+    let mut inputs: Vec<&str> = plan
+        .in_channels(task(0))
+        .iter()
+        .map(|(t, _)| plan.chain_name(t.chain))
+        .collect();
+    inputs.dedup();
+    let name = plan.chain_name(c);
+    let live: Vec<_> = (0..plan.parallelism(c))
+        .filter_map(|s| crate::telemetry::live(job, name, s))
+        .collect();
+    let sum = |f: fn(&crate::telemetry::LiveFigures) -> f64| live.iter().map(f).sum::<f64>();
+    let max = |f: fn(&crate::telemetry::LiveFigures) -> f64| live.iter().map(f).fold(0.0, f64::max);
+    json!({
+        "name": name,
+        "operator": plan.head_name(c),
+        "parallelism": plan.parallelism(c),
+        "inputs": inputs,
+        "source": plan.is_source(c),
+        "sink": plan.is_sink(c),
+        "records_in": live.iter().map(|l| l.records_in).sum::<u64>(),
+        "records_out": live.iter().map(|l| l.records_out).sum::<u64>(),
+        "rate_in": sum(|l| l.rate_in),
+        "rate_out": sum(|l| l.rate_out),
+        "busy": max(|l| l.busy),
+        "backpressured": max(|l| l.backpressured),
+        "reporting": live.len(),
+    })
+}
+
+/// Every subtask of the job: its chain, index, node, state and live figures (`null` when
+/// it runs on another node).
+fn subtask_views(
+    j: &RegisteredJob,
+    plan: &riffle_framework::ExecutionPlan,
+) -> Vec<serde_json::Value> {
+    let progress = j.control.progress();
+    plan.tasks()
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let state = match (progress.ended, progress.active(i)) {
+                (true, _) => "ended",
+                (false, true) => "running",
+                (false, false) => "finishing",
+            };
+            let name = plan.chain_name(t.chain);
+            json!({
+                "chain": name,
+                "subtask": t.subtask,
+                "node": j.control.node_of(t),
+                "state": state,
+                "figures": crate::telemetry::live(&j.name, name, t.subtask),
+            })
+        })
+        .collect()
+}
+
 async fn show_job(id: web::Path<String>) -> HttpResponse {
     with_job(&id, |j| {
         let plan = j.control.plan();
         let progress = j.control.progress();
-        let node = crate::telemetry::node_name();
         let chains: Vec<_> = (0..plan.chain_count())
-            .map(|c| {
-                let mut inputs: Vec<&str> = plan
-                    .in_channels(riffle_framework::TaskId {
-                        chain: c,
-                        subtask: 0,
-                    })
-                    .iter()
-                    .map(|(t, _)| plan.chain_name(t.chain))
-                    .collect();
-                inputs.dedup();
-                json!({
-                    "name": plan.chain_name(c),
-                    "parallelism": plan.parallelism(c),
-                    "inputs": inputs,
-                    "source": plan.is_source(c),
-                    "sink": plan.is_sink(c),
-                })
-            })
-            .collect();
-        let subtasks: Vec<_> = plan
-            .tasks()
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| {
-                let state = match (progress.ended, progress.active(i)) {
-                    (true, _) => "ended",
-                    (false, true) => "running",
-                    (false, false) => "finishing",
-                };
-                json!({
-                    "chain": plan.chain_name(t.chain),
-                    "subtask": t.subtask,
-                    "node": node,
-                    "state": state,
-                })
-            })
+            .map(|c| chain_view(&plan, &j.name, c))
             .collect();
         let mut body = summary(&j);
         body["failure"] = json!(progress.failure);
         body["epoch"] = json!(progress.epoch);
         body["checkpoints"] = json!(progress.checkpoints);
+        body["checkpointing"] = json!(plan.config().checkpoint.is_some());
         body["chains"] = json!(chains);
-        body["subtasks"] = json!(subtasks);
+        body["subtasks"] = json!(subtask_views(&j, &plan));
         HttpResponse::Ok().json(body)
     })
 }

@@ -24,6 +24,8 @@ pub struct JobControl {
     pub(crate) plan: SharedPlan,
     pub(crate) progress: ProgressCell,
     pub(crate) history: CheckpointHistory,
+    /// Where a distributed job's subtasks run (`None`: all in this process).
+    pub(crate) remote: Option<Arc<dyn crate::host::RemoteTasks>>,
 }
 
 /// A rescale in place done through a [`JobControl`].
@@ -56,6 +58,14 @@ impl JobControl {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone()
+    }
+
+    /// The node subtask `task` runs on (this process's node for a local job).
+    pub fn node_of(&self, task: riffle_framework::TaskId) -> String {
+        match &self.remote {
+            Some(r) => r.node_of(task).unwrap_or_else(|| r.this_node()),
+            None => crate::telemetry::node_name(),
+        }
     }
 
     fn supervisor(&self) -> Result<&Addr<JobSupervisor>, JobError> {

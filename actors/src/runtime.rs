@@ -340,6 +340,7 @@ fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHand
     let cell = progress.clone();
     let history = crate::registry::CheckpointHistory::default();
     let h = history.clone();
+    let remote = dist.as_ref().map(|d| d.remote.clone());
     let thread = std::thread::Builder::new()
         .name(name)
         .spawn(move || run_system(p, restored, tx, started_tx, (cell, h), dist))
@@ -357,6 +358,7 @@ fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHand
         plan: shared.clone(),
         progress: progress.clone(),
         history,
+        remote,
     };
     let id = crate::registry::register(&keep.config().name, control.clone());
     Ok(JobHandle {

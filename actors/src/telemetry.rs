@@ -223,8 +223,44 @@ fn node() -> String {
     NODE.get().cloned().unwrap_or_else(|| "local".to_string())
 }
 
+/// One subtask's latest figures, as it published them (each second): what the REST API
+/// and the console show, with or without a metrics recorder.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct LiveFigures {
+    /// Records taken in so far.
+    pub records_in: u64,
+    /// Records handed on so far.
+    pub records_out: u64,
+    /// Records taken in per second over the last interval.
+    pub rate_in: f64,
+    /// Records handed on per second over the last interval.
+    pub rate_out: f64,
+    /// Share of the last interval spent handling records (0..1).
+    pub busy: f64,
+    /// Share of the last interval spent waiting for credits (0..1).
+    pub backpressured: f64,
+    /// Data messages waiting in it.
+    pub queue: usize,
+}
+
+type LiveKey = (String, String, usize);
+
+fn live_table() -> &'static dashmap::DashMap<LiveKey, LiveFigures> {
+    static LIVE: OnceLock<dashmap::DashMap<LiveKey, LiveFigures>> = OnceLock::new();
+    LIVE.get_or_init(dashmap::DashMap::new)
+}
+
+/// The latest figures of subtask `subtask` of `operator` (a chain's name) in the job named
+/// `job`, if it published any in this process.
+pub fn live(job: &str, operator: &str, subtask: usize) -> Option<LiveFigures> {
+    let key = (job.to_string(), operator.to_string(), subtask);
+    live_table().get(&key).map(|f| *f)
+}
+
 /// The metric handles of one subtask.
 pub(crate) struct SubtaskTelemetry {
+    key: LiveKey,
+    last: (u64, u64),
     records_in: Counter,
     records_out: Counter,
     batches_in: Counter,
@@ -261,6 +297,8 @@ impl SubtaskTelemetry {
         let c = |name: &'static str| metrics::counter!(name, labels.iter());
         let g = |name: &'static str| metrics::gauge!(name, labels.iter());
         SubtaskTelemetry {
+            key: (job.to_string(), operator.to_string(), subtask),
+            last: (0, 0),
             records_in: c("riffle_records_in_total"),
             records_out: c("riffle_records_out_total"),
             batches_in: c("riffle_batches_in_total"),
@@ -299,7 +337,30 @@ impl SubtaskTelemetry {
             let now = riffle_framework::timers::processing_time_now();
             self.lag.set(now.saturating_sub(w) as f64 / 1000.0);
         }
+        let wall = self.clock.since.elapsed();
+        if wall < PUBLISH_INTERVAL / 2 {
+            // Published again soon after the last time (the data path and the interval
+            // timer both publish): the counters are new, the shares and rates of so short a
+            // span would be noise.
+            if let Some(mut l) = live_table().get_mut(&self.key) {
+                (l.records_in, l.records_out, l.queue) = (f.records_in, f.records_out, f.queue);
+            }
+            return;
+        }
+        let wall = wall.as_secs_f64();
         let (busy, backpressured) = self.clock.take_per_second();
+        let rate = |now: u64, before: u64| now.saturating_sub(before) as f64 / wall;
+        let live = LiveFigures {
+            records_in: f.records_in,
+            records_out: f.records_out,
+            rate_in: rate(f.records_in, self.last.0),
+            rate_out: rate(f.records_out, self.last.1),
+            busy: busy / 1000.0,
+            backpressured: backpressured / 1000.0,
+            queue: f.queue,
+        };
+        self.last = (f.records_in, f.records_out);
+        live_table().insert(self.key.clone(), live);
         self.busy.set(busy / 1000.0);
         self.backpressured.set(backpressured / 1000.0);
         self.idle

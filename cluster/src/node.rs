@@ -286,6 +286,9 @@ impl NodeBuilder {
                 .map_err(NodeError::Runtime)?;
         }
         let name = cfg.name.clone();
+        // The `node` label of this process's metrics (the first node of a process names it).
+        riffle_actors::telemetry::set_node_name(&name);
+        publish_cluster_view(&shared, &name, local);
         let (stop_tx, stop_rx) = watch::channel(false);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -300,6 +303,49 @@ impl NodeBuilder {
             thread: Some(thread),
         })
     }
+}
+
+/// The coordinator as the node `me` of `shared` sees it (see [`Node::coordinator`]).
+fn coordinator_of(shared: &Shared, me: &str) -> String {
+    if let Some(l) = &shared.leadership {
+        return l.view().leader.unwrap_or_default();
+    }
+    let mut ids = shared.net.up_peers();
+    ids.push(me.to_string());
+    ids.into_iter().min().unwrap_or_default()
+}
+
+/// Makes this process's `GET /cluster/nodes` answer with the members node `me` sees (for as
+/// long as the node runs; the last node started in a process wins).
+fn publish_cluster_view(shared: &Arc<Shared>, me: &str, local: SocketAddr) {
+    let weak = Arc::downgrade(shared);
+    let me = me.to_string();
+    riffle_actors::http::set_cluster_view(move || {
+        let shared = weak.upgrade()?;
+        let coordinator = coordinator_of(&shared, &me);
+        let mut nodes = vec![riffle_actors::http::NodeInfo {
+            name: me.clone(),
+            address: local.to_string(),
+            state: "up".to_string(),
+            this: true,
+            coordinator: coordinator == me,
+        }];
+        for m in members_of(&shared.net.members.lock()) {
+            nodes.push(riffle_actors::http::NodeInfo {
+                coordinator: coordinator == m.node,
+                state: match m.status {
+                    Status::Up => "up",
+                    Status::Down => "down",
+                }
+                .to_string(),
+                name: m.node,
+                address: m.listen,
+                this: false,
+            });
+        }
+        nodes.sort_by(|a, b| a.name.cmp(&b.name));
+        Some(nodes)
+    });
 }
 
 /// A fresh incarnation for this process's node: random (the clock if randomness fails), so a
@@ -386,9 +432,7 @@ impl Node {
         if let Some(l) = &self.shared.leadership {
             return l.view().leader.unwrap_or_default();
         }
-        let mut ids = self.shared.net.up_peers();
-        ids.push(self.name.clone());
-        ids.into_iter().min().unwrap_or_default()
+        coordinator_of(&self.shared, &self.name)
     }
 
     /// With etcd: the cluster's leader and its epoch as this node knows them (`None`

@@ -7,6 +7,7 @@
 //! riffle savepoint ID
 //! riffle rescale ID OPERATOR N
 //! riffle stop ID [--savepoint]
+//! riffle nodes
 //! ```
 //!
 //! Exit codes: 0 done, 1 the server refused or failed (its message is printed), 2 a usage
@@ -72,6 +73,8 @@ enum Command {
         #[arg(long)]
         savepoint: bool,
     },
+    /// List the cluster's nodes (as the node at --url sees them).
+    Nodes,
 }
 
 /// Why a command failed.
@@ -169,10 +172,21 @@ fn show(cli: &Cli, v: &Value) {
                 println!("failure: {f}");
             }
             println!();
-            let keys = ["name", "parallelism", "inputs"];
+            let chains: Vec<Vec<String>> = v["chains"]
+                .as_array()
+                .map(|a| a.iter().map(chain_row).collect())
+                .unwrap_or_default();
             table(
-                &["CHAIN", "PARALLELISM", "INPUTS"],
-                &rows(&v["chains"], &keys),
+                &[
+                    "CHAIN",
+                    "PARALLELISM",
+                    "INPUTS",
+                    "IN/S",
+                    "OUT/S",
+                    "BUSY",
+                    "BACKPRESSURED",
+                ],
+                &chains,
             );
             println!();
             let keys = ["chain", "subtask", "node", "state"];
@@ -201,7 +215,29 @@ fn show(cli: &Cli, v: &Value) {
             Some(sp) => println!("stopped at savepoint {sp}"),
             None => println!("stopped"),
         },
+        Command::Nodes => {
+            let keys = ["name", "address", "state", "this", "coordinator"];
+            table(
+                &["NODE", "ADDRESS", "STATE", "THIS", "COORDINATOR"],
+                &rows(v, &keys),
+            );
+        }
     }
+}
+
+/// A chain's row: name, parallelism, inputs, rates (records/s) and its busiest subtask's
+/// busy and backpressured share (in %).
+fn chain_row(c: &Value) -> Vec<String> {
+    let num = |k: &str| c[k].as_f64().unwrap_or(0.0);
+    vec![
+        text(&c["name"]),
+        text(&c["parallelism"]),
+        text(&c["inputs"]),
+        format!("{:.0}", num("rate_in")),
+        format!("{:.0}", num("rate_out")),
+        format!("{:.0}%", 100.0 * num("busy")),
+        format!("{:.0}%", 100.0 * num("backpressured")),
+    ]
 }
 
 fn run(cli: &Cli) -> Result<Value, Failure> {
@@ -226,6 +262,7 @@ fn run(cli: &Cli) -> Result<Value, Failure> {
             &format!("{}/stop", job(id)),
             Some(serde_json::json!({ "savepoint": savepoint })),
         ),
+        Command::Nodes => request("GET", &format!("{base}/cluster/nodes"), None),
     }
 }
 
