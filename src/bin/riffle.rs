@@ -140,61 +140,28 @@ fn text(v: &Value) -> String {
     }
 }
 
+/// The rows of a JSON list: the fields `keys` of each element, as text.
+fn rows(list: &Value, keys: &[&str]) -> Vec<Vec<String>> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| keys.iter().map(|k| text(&x[*k])).collect())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 fn show(cli: &Cli, v: &Value) {
     if cli.json {
         println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
         return;
     }
-    let rows = |list: &Value, keys: &[&str]| -> Vec<Vec<String>> {
-        list.as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|x| keys.iter().map(|k| text(&x[*k])).collect())
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
     match &cli.command {
         Command::Jobs => {
             let keys = ["id", "name", "state", "started_ms"];
             table(&["ID", "NAME", "STATE", "STARTED (ms)"], &rows(v, &keys));
         }
-        Command::Job { .. } => {
-            println!(
-                "{}  {}  {}  (epoch {}, {} checkpoints)",
-                text(&v["id"]),
-                text(&v["name"]),
-                text(&v["state"]),
-                text(&v["epoch"]),
-                text(&v["checkpoints"])
-            );
-            if let Some(f) = v["failure"].as_str() {
-                println!("failure: {f}");
-            }
-            println!();
-            let chains: Vec<Vec<String>> = v["chains"]
-                .as_array()
-                .map(|a| a.iter().map(chain_row).collect())
-                .unwrap_or_default();
-            table(
-                &[
-                    "CHAIN",
-                    "PARALLELISM",
-                    "INPUTS",
-                    "IN/S",
-                    "OUT/S",
-                    "BUSY",
-                    "BACKPRESSURED",
-                ],
-                &chains,
-            );
-            println!();
-            let keys = ["chain", "subtask", "node", "state"];
-            table(
-                &["CHAIN", "SUBTASK", "NODE", "STATE"],
-                &rows(&v["subtasks"], &keys),
-            );
-        }
+        Command::Job { .. } => show_job(v),
         Command::Checkpoints { .. } => {
             let keys = ["id", "duration_ms", "bytes", "savepoint"];
             table(
@@ -223,6 +190,44 @@ fn show(cli: &Cli, v: &Value) {
             );
         }
     }
+}
+
+/// A job: its summary, its chains and its subtasks.
+fn show_job(v: &Value) {
+    println!(
+        "{}  {}  {}  (epoch {}, {} checkpoints)",
+        text(&v["id"]),
+        text(&v["name"]),
+        text(&v["state"]),
+        text(&v["epoch"]),
+        text(&v["checkpoints"])
+    );
+    if let Some(f) = v["failure"].as_str() {
+        println!("failure: {f}");
+    }
+    println!();
+    let chains: Vec<Vec<String>> = v["chains"]
+        .as_array()
+        .map(|a| a.iter().map(chain_row).collect())
+        .unwrap_or_default();
+    table(
+        &[
+            "CHAIN",
+            "PARALLELISM",
+            "INPUTS",
+            "IN/S",
+            "OUT/S",
+            "BUSY",
+            "BACKPRESSURED",
+        ],
+        &chains,
+    );
+    println!();
+    let keys = ["chain", "subtask", "node", "state"];
+    table(
+        &["CHAIN", "SUBTASK", "NODE", "STATE"],
+        &rows(&v["subtasks"], &keys),
+    );
 }
 
 /// A chain's row: name, parallelism, inputs, rates (records/s) and its busiest subtask's
