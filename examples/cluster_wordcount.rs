@@ -104,74 +104,71 @@ fn wordcount(dir: &Path) -> StreamEnv {
     env
 }
 
+/// Word count across several node processes (see the file's docs for a cluster of
+/// machines).
+#[derive(clap::Parser)]
+#[command(name = "cluster_wordcount")]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["local_cluster", "node", "new_secret"])))]
 struct Args {
-    local_cluster: Option<usize>,
+    /// Start N node processes of this binary on 127.0.0.1 and check their result.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
+    local_cluster: Option<u64>,
+    /// Run one node with this id.
+    #[arg(long, value_name = "NAME")]
     node: Option<String>,
+    /// The address the node listens on for its peers.
+    #[arg(long, default_value = "127.0.0.1:0")]
     listen: String,
+    /// A node to join through (repeat for several).
+    #[arg(long = "seed", value_name = "HOST:PORT")]
     seeds: Vec<String>,
-    expect: usize,
+    /// Nodes to wait for before the job starts.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    expect: u64,
+    /// How long to wait for them, in seconds.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    join_timeout: u64,
+    /// Checkpoints and output (shared by the nodes).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join(format!("riffle-cluster-wordcount-{}", std::process::id())))]
     dir: PathBuf,
+    /// The cluster's secret (else the environment variable RIFFLE_CLUSTER_SECRET).
+    #[arg(long, value_name = "FILE")]
     secret_file: Option<PathBuf>,
+    /// Write a new cluster secret to FILE and exit.
+    #[arg(long, value_name = "FILE")]
     new_secret: Option<PathBuf>,
+    /// Encrypt every link (all nodes must agree).
+    #[arg(long)]
     encrypt: bool,
+    /// Elect the coordinator on etcd at this URL.
+    #[arg(long, value_name = "URL")]
     etcd: Option<String>,
+    /// The node's HTTP server (metrics, REST API, console); `off` for none. With
+    /// --local-cluster every node serves on a free port of 127.0.0.1.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR|off")]
+    http: String,
+    /// Keep the node (and its HTTP server) up this many seconds after the job ended, or
+    /// until SIGTERM or Ctrl-C.
+    #[arg(long, default_value_t = 0, value_name = "SECS")]
+    linger: u64,
 }
 
-fn parse() -> Result<Args, String> {
-    let mut a = Args {
-        local_cluster: None,
-        node: None,
-        listen: "127.0.0.1:0".to_string(),
-        seeds: Vec::new(),
-        expect: 1,
-        dir: std::env::temp_dir().join(format!("riffle-cluster-wordcount-{}", std::process::id())),
-        secret_file: None,
-        new_secret: None,
-        encrypt: false,
-        etcd: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or(format!("{flag} needs a value"));
-        match flag.as_str() {
-            "--local-cluster" => {
-                a.local_cluster = Some(value()?.parse().map_err(|_| "--local-cluster N")?)
-            }
-            "--node" => a.node = Some(value()?),
-            "--listen" => a.listen = value()?,
-            "--seed" => a.seeds.push(value()?),
-            "--expect" => a.expect = value()?.parse().map_err(|_| "--expect N")?,
-            "--dir" => a.dir = PathBuf::from(value()?),
-            "--secret-file" => a.secret_file = Some(PathBuf::from(value()?)),
-            "--new-secret" => a.new_secret = Some(PathBuf::from(value()?)),
-            "--encrypt" => a.encrypt = true,
-            "--etcd" => a.etcd = Some(value()?),
-            other => return Err(format!("unknown argument {other}")),
-        }
-    }
-    Ok(a)
+fn main() -> std::process::ExitCode {
+    riffle::cli::init_logging();
+    let a = <Args as clap::Parser>::parse();
+    riffle::cli::exit(run(a))
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let a = parse()?;
-    if let Ok(filter) = std::env::var("RUST_LOG") {
-        // A level (`info`) or `target=level` directives (`riffle_cluster=debug,warn`).
-        use tracing_subscriber::prelude::*;
-        let targets: tracing_subscriber::filter::Targets = filter.parse()?;
-        let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
-        tracing_subscriber::registry()
-            .with(fmt.with_filter(targets))
-            .init();
-    }
+fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     if let Some(path) = &a.new_secret {
         Secret::generate()?.write_new_file(path)?;
         println!("wrote a new cluster secret to {}", path.display());
         return Ok(());
     }
     match (&a.local_cluster, &a.node) {
-        (Some(n), _) => local_cluster(*n, &a),
+        (Some(n), _) => local_cluster(*n as usize, &a),
         (None, Some(name)) => run_node(name, &a),
-        (None, None) => Err("use --local-cluster N, or --node NAME (see the file's docs)".into()),
+        (None, None) => Err("use --local-cluster N, or --node NAME (see --help)".into()),
     }
 }
 
@@ -221,8 +218,26 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         if i > 0 {
             cmd.args(["--seed", &format!("127.0.0.1:{}", ports[0])]);
         }
+        cmd.args([
+            "--http",
+            if a.http == "off" {
+                "off"
+            } else {
+                "127.0.0.1:0"
+            },
+        ]);
+        cmd.args(["--linger", &a.linger.to_string()]);
         children.push(cmd.spawn()?);
     }
+    // A stop signal goes on to every node.
+    let pids: Vec<u32> = children.iter().map(Child::id).collect();
+    riffle::cli::on_stop_signal(move || {
+        for pid in pids {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    })?;
     let mut failed = Vec::new();
     for (i, mut c) in children.into_iter().enumerate() {
         let status = c.wait()?;
@@ -290,6 +305,7 @@ fn follow(node: &Node, name: &str) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
+    let _http = serve_http(name, &a.http)?;
     let dir = a.dir.clone();
     let mut builder = Node::builder()
         .name(name)
@@ -303,12 +319,55 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         builder = builder.etcd([url.as_str()]);
     }
     let node = builder.start()?;
-    let peers = node.wait_members(Duration::from_secs(30), |m| m.len() + 1 >= a.expect);
-    if peers.len() + 1 < a.expect {
+    let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    riffle::cli::on_stop_signal(move || {
+        let _ = stop_tx.send(());
+    })?;
+    let done = coordinate_or_follow(&node, name, a);
+    if done.is_ok() && a.linger > 0 {
+        println!(
+            "{name}: lingering {} s (SIGTERM or Ctrl-C ends it)",
+            a.linger
+        );
+        let _ = stop_rx.recv_timeout(Duration::from_secs(a.linger));
+    }
+    done
+}
+
+/// The node's HTTP server on `addr` (`off`: none); says where it listens.
+fn serve_http(
+    name: &str,
+    addr: &str,
+) -> Result<Option<riffle::http::HttpServer>, Box<dyn std::error::Error>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let at = addr
+        .parse()
+        .map_err(|e| format!("--http {addr}: not an address ({e})"))?;
+    let server = riffle::http::serve(at)?;
+    println!(
+        "{name}: HTTP at {} (console: {}/console/)",
+        server.url(),
+        server.url()
+    );
+    Ok(Some(server))
+}
+
+/// Waits for the expected nodes, then runs the job (the coordinator) or hosts its share.
+fn coordinate_or_follow(
+    node: &Node,
+    name: &str,
+    a: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let expect = a.expect as usize;
+    let timeout = Duration::from_secs(a.join_timeout);
+    let peers = node.wait_members(timeout, |m| m.len() + 1 >= expect);
+    if peers.len() + 1 < expect {
         return Err(format!(
-            "{name}: only {} of {} nodes joined",
+            "{name}: only {} of {expect} nodes joined within {} s",
             peers.len() + 1,
-            a.expect
+            a.join_timeout
         )
         .into());
     }
@@ -317,12 +376,17 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             .wait_leader(Duration::from_secs(30))
             .ok_or("no leader was elected on etcd within 30 s")?;
         if leader != name {
-            return follow(&node, name);
+            return follow(node, name);
         }
         println!("{name} leads the cluster (elected on etcd)");
     } else if node.coordinator() != name {
-        return follow(&node, name);
+        return follow(node, name);
     }
+    coordinate(node, name, a)
+}
+
+/// The coordinator: runs the job and reports.
+fn coordinate(node: &Node, name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let job = node.run_job("wordcount")?;
     println!("placement (node: subtasks):");
     for (n, tasks) in &job.placement {

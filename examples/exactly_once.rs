@@ -5,8 +5,12 @@
 //! cargo run --release --example exactly_once -- --kill-after 3     # dies after checkpoint 3
 //! cargo run --release --example exactly_once -- --resume           # finishes the killed run
 //! ```
-//! Options: `--dir DIR` (state, input and output; default: a `riffle-exactly-once` folder in the
-//! system's temp dir), `--input FILE` (default: a generated text), `--seed N`.
+//! Options (`--help`): `--dir DIR` (state, input and output; default: a `riffle-exactly-once`
+//! folder in the system's temp dir), `--input FILE` (default: a generated text of `--lines N`
+//! lines), `--seed N`, `--no-chaos`.
+//!
+//! SIGTERM or Ctrl-C stops the job with a savepoint (it says where) and exits 0; `--resume`
+//! continues from it and the output is still exact. A second signal exits at once.
 //!
 //! The job counts the words of a text file with checkpoints every 20 ms into `DIR/checkpoints`
 //! and a transactional file sink into `DIR/out`. Without flags a chaos monkey crashes subtasks
@@ -21,39 +25,36 @@ use std::time::Duration;
 
 const JOB: &str = "exactly-once-wordcount";
 
+/// Exactly-once word count through crashes and process kills: checkpoints into DIR, a
+/// transactional file sink, output checked against a clean run.
+#[derive(clap::Parser)]
+#[command(name = "exactly_once")]
 struct Args {
+    /// State, input and output (default: `riffle-exactly-once` in the temp dir).
+    #[arg(long, default_value_os_t = std::env::temp_dir().join("riffle-exactly-once"))]
     dir: PathBuf,
+    /// The text to count (default: a generated one, `DIR/input.txt`).
+    #[arg(long)]
     input: Option<PathBuf>,
+    /// Lines of the generated text.
+    #[arg(long, default_value_t = 300_000, value_parser = clap::value_parser!(u64).range(1..))]
+    lines: u64,
+    /// Abort the process once this checkpoint completed (then run with --resume).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     kill_after: Option<u64>,
+    /// Continue from the latest checkpoint or savepoint in DIR instead of starting over.
+    #[arg(long)]
     resume: bool,
+    /// Without the chaos monkey (it runs on a fresh start otherwise).
+    #[arg(long)]
+    no_chaos: bool,
+    /// Seed of the chaos monkey and of the job.
+    #[arg(long, default_value_t = 7)]
     seed: u64,
 }
 
-fn args() -> Result<Args, UserError> {
-    let mut a = Args {
-        dir: std::env::temp_dir().join("riffle-exactly-once"),
-        input: None,
-        kill_after: None,
-        resume: false,
-        seed: 7,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(arg) = it.next() {
-        let mut value = || it.next().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--dir" => a.dir = value()?.into(),
-            "--input" => a.input = Some(value()?.into()),
-            "--kill-after" => a.kill_after = Some(value()?.parse()?),
-            "--seed" => a.seed = value()?.parse()?,
-            "--resume" => a.resume = true,
-            other => return Err(format!("unknown argument {other}").into()),
-        }
-    }
-    Ok(a)
-}
-
 /// A generated text: 300,000 lines of words from a small vocabulary.
-fn generate_input(path: &Path) -> Result<(), UserError> {
+fn generate_input(path: &Path, lines: u64) -> Result<(), UserError> {
     const WORDS: [&str; 12] = [
         "stream",
         "actor",
@@ -70,7 +71,7 @@ fn generate_input(path: &Path) -> Result<(), UserError> {
     ];
     let mut text = String::new();
     let mut x: u64 = 0x2545_F491_4F6C_DD1D;
-    for _ in 0..300_000 {
+    for _ in 0..lines {
         for _ in 0..6 {
             x ^= x << 13;
             x ^= x >> 7;
@@ -147,6 +148,19 @@ fn clean_counts(input: &Path) -> Result<HashMap<String, u64>, UserError> {
     Ok(counts)
 }
 
+/// At SIGTERM or Ctrl-C: stop the job with a savepoint and say where it is (a second signal
+/// exits at once).
+fn stop_on_signal(control: JobControl) -> Result<(), UserError> {
+    riffle::cli::on_stop_signal(move || match control.savepoint_blocking(true) {
+        Ok(id) => {
+            let at = control.savepoint_dir(id).unwrap_or_default();
+            eprintln!("savepoint {id} written to {}", at.display());
+        }
+        Err(e) => eprintln!("could not stop with a savepoint: {e}"),
+    })?;
+    Ok(())
+}
+
 fn report(result: &JobResult) {
     for r in &result.recoveries {
         println!(
@@ -177,15 +191,20 @@ fn report(result: &JobResult) {
     );
 }
 
-fn main() -> Result<(), UserError> {
-    let a = args()?;
+fn main() -> std::process::ExitCode {
+    riffle::cli::init_logging();
+    let a = <Args as clap::Parser>::parse();
+    riffle::cli::exit(run(a).map_err(|e| -> Box<dyn std::error::Error> { e }))
+}
+
+fn run(a: Args) -> Result<(), UserError> {
     std::fs::create_dir_all(&a.dir)?;
     let input = match &a.input {
         Some(p) => p.clone(),
         None => {
             let p = a.dir.join("input.txt");
             if !p.exists() {
-                generate_input(&p)?;
+                generate_input(&p, a.lines)?;
             }
             p
         }
@@ -197,13 +216,15 @@ fn main() -> Result<(), UserError> {
         let _ = std::fs::remove_dir_all(a.dir.join("out"));
     }
     let job = checkpointed(&a, &input, a.resume).start()?;
+    stop_on_signal(job.control())?;
+    println!("job running (SIGTERM or Ctrl-C stops it with a savepoint)");
     let chaos = job.chaos();
     if let Some(n) = a.kill_after {
         chaos.wait_until(|p| p.checkpoints >= n);
         println!("checkpoint {n} completed: killing the process now; run again with --resume");
         std::process::abort();
     }
-    let monkey = (!a.resume).then(|| {
+    let monkey = (!a.resume && !a.no_chaos).then(|| {
         let chaos = chaos.clone();
         let seed = a.seed;
         std::thread::spawn(move || {
@@ -216,6 +237,10 @@ fn main() -> Result<(), UserError> {
     let result = job.wait()?;
     if let Some(m) = monkey {
         let _ = m.join();
+    }
+    if let Some(sp) = result.stopped_at_savepoint {
+        println!("stopped at savepoint {sp}; run again with --resume to finish exactly");
+        return Ok(());
     }
     println!(
         "{} finished in {:?}",

@@ -42,7 +42,18 @@ fn owners(p: &dyn Partitioner, keys: &[String]) -> Vec<usize> {
     keys.iter().map(|k| p.route(k.key_hash())).collect()
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// How keys spread over subtasks: the consistent-hash ring against `hash % n`.
+#[derive(clap::Parser)]
+#[command(name = "load_balance")]
+struct Args {}
+
+fn main() -> std::process::ExitCode {
+    riffle::cli::init_logging();
+    let Args {} = <Args as clap::Parser>::parse();
+    riffle::cli::exit(run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let keys: Vec<String> = (0..100).map(|i| format!("data-{i}")).collect();
 
     let env = StreamEnv::new();

@@ -63,7 +63,18 @@ fn movement(keys: &[u64], a: usize, b: usize) -> (f64, f64, f64) {
     (ring, modulo, groups)
 }
 
-fn main() -> Result<(), UserError> {
+/// Rescales a running keyed job in place (4 -> 5 -> 8 -> 3 subtasks) and checks it stayed exact.
+#[derive(clap::Parser)]
+#[command(name = "rescale")]
+struct Args {}
+
+fn main() -> std::process::ExitCode {
+    riffle::cli::init_logging();
+    let Args {} = <Args as clap::Parser>::parse();
+    riffle::cli::exit(run().map_err(|e| -> Box<dyn std::error::Error> { e }))
+}
+
+fn run() -> Result<(), UserError> {
     let dir = std::env::temp_dir().join("riffle-rescale-example");
     let _ = std::fs::remove_dir_all(&dir);
     let hashes: Vec<u64> = (0..KEYS).map(|k| format!("user-{k}").key_hash()).collect();

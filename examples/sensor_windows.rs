@@ -226,7 +226,18 @@ fn print(line: Line) {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// Event-time windows, timers and late data over simulated sensor readings.
+#[derive(clap::Parser)]
+#[command(name = "sensor_windows")]
+struct Args {}
+
+fn main() -> std::process::ExitCode {
+    riffle::cli::init_logging();
+    let Args {} = <Args as clap::Parser>::parse();
+    riffle::cli::exit(run())
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
     let env = StreamEnv::new();
     env.set_parallelism(2);
     let readings = env

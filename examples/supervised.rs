@@ -5,6 +5,9 @@
 //! cargo run --release --example supervised [-- SEED]
 //! ```
 //!
+//! Each caught panic is one `subtask failed` log line on stderr (operator, subtask,
+//! message); `RUST_LOG=debug` adds its backtrace.
+//!
 //! The pipeline parses 2,000,000 numbers, keys them by residue and scales them (parallelism 4);
 //! the driver sums the output per key. The `parse` operator panics on three "corrupt" records
 //! every time it sees them: after 3 attempts each becomes a dead letter. The operators are
@@ -23,11 +26,23 @@ const N: u64 = 2_000_000;
 const KEYS: u64 = 16;
 const CORRUPT: [u64; 3] = [123_456, 1_000_001, 1_999_999];
 
-fn main() -> Result<(), UserError> {
-    let seed: u64 = std::env::args()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(7);
+/// Supervision in action: panicking records become dead letters, a chaos monkey crashes
+/// subtasks, and the result is still right.
+#[derive(clap::Parser)]
+#[command(name = "supervised")]
+struct Args {
+    /// The chaos monkey's seed.
+    #[arg(default_value_t = 7)]
+    seed: u64,
+}
+
+fn main() -> std::process::ExitCode {
+    riffle::cli::init_logging();
+    let args = <Args as clap::Parser>::parse();
+    riffle::cli::exit(run(args.seed).map_err(|e| -> Box<dyn std::error::Error> { e }))
+}
+
+fn run(seed: u64) -> Result<(), UserError> {
     riffle::chaos::silence_injected_panics();
     let env = StreamEnv::new();
     env.set_parallelism(4);

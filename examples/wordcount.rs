@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --release --example wordcount                      # built-in text
 //! cargo run --release --example wordcount -- FILE [-p N]       # a text file, N subtasks
+//! cargo run --release --example wordcount -- --help
 //! ```
 //!
 //! Reads lines (split across subtasks), splits them into lowercase words, keys by word and keeps
@@ -47,23 +48,30 @@ impl Sink for LatestCounts {
     }
 }
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut file = None;
-    let mut parallelism = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let mut it = args.iter();
-    while let Some(a) = it.next() {
-        match a.as_str() {
-            "-p" | "--parallelism" => {
-                parallelism = it
-                    .next()
-                    .and_then(|v| v.parse().ok())
-                    .ok_or("-p needs a number")?;
-            }
-            path => file = Some(path.to_string()),
-        }
-    }
+/// Word count: reads lines, splits them into words, keeps a running count per word and
+/// prints the top words and the records each subtask handled.
+#[derive(clap::Parser)]
+#[command(name = "wordcount")]
+struct Args {
+    /// A text file to count (default: a built-in text).
+    file: Option<std::path::PathBuf>,
+    /// Parallel subtasks of each operator (default: the number of cores).
+    #[arg(short, long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    parallelism: Option<u32>,
+}
 
+fn main() -> std::process::ExitCode {
+    riffle::cli::init_logging();
+    let args = <Args as clap::Parser>::parse();
+    riffle::cli::exit(run(args))
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let parallelism = match args.parallelism {
+        Some(p) => p as usize,
+        None => std::thread::available_parallelism().map_or(2, |n| n.get()),
+    };
+    let file = args.file.map(|f| f.display().to_string());
     let env = StreamEnv::new();
     env.set_parallelism(parallelism);
     let lines = match &file {

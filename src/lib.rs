@@ -54,6 +54,7 @@ pub struct ReadmeDoctests;
 /// Everything an operator author needs, and what running a checkpointed, rescaled job
 /// takes: `use riffle::prelude::*;`.
 pub mod prelude {
+    pub use riffle_actors::registry::JobControl;
     pub use riffle_actors::{Execute, JobError, JobHandle, JobResult, RescaleOutcome};
     pub use riffle_framework::{
         AggregateFunction, Firing, TimeDomain, TimeWindow, Timer, Timers, Trigger, WindowAssigner,
@@ -134,6 +135,7 @@ pub mod routing {
 /// Running jobs: start one, wait for it, take savepoints, rescale it in place, watch its
 /// progress; what a run reports.
 pub mod job {
+    pub use riffle_actors::registry::JobControl;
     pub use riffle_actors::{
         CheckpointStats, Execute, InPlaceFigures, JobHandle, JobResult, Progress, RecoveryEvent,
         RescaleOutcome, RestartEvent, SubtaskMetrics,
@@ -145,8 +147,8 @@ pub mod job {
 pub mod errors {
     pub use riffle_actors::{ClusterError, ErrorKind, JobError};
     pub use riffle_framework::{
-        CodecError, ConnectorError, FailureCause, FitError, FitProblem, GraphError, StoreError,
-        UserError,
+        CodecError, ConnectorError, FailureCause, FitError, FitProblem, GraphError, Permanent,
+        StoreError, UserError,
     };
 }
 
@@ -157,10 +159,15 @@ pub mod chaos {
     pub use riffle_framework::exec::Fault;
 }
 
-/// The process's HTTP server: `GET /metrics` for Prometheus (and, growing, a REST API of its
-/// jobs). Off unless started: `riffle::http::serve("127.0.0.1:8081".parse()?)`.
+pub mod cli;
+
+/// The process's HTTP server: `GET /metrics` for Prometheus, the REST API of its jobs
+/// (described by [`OPENAPI`](http::OPENAPI), served at `/openapi.json`) and the web console
+/// at `/console/`. Off unless started: `riffle::http::serve("127.0.0.1:8081".parse()?)`.
 pub mod http {
-    pub use riffle_actors::http::{serve, HttpError, HttpServer};
+    pub use riffle_actors::http::{
+        serve, set_cluster_view, HttpError, HttpServer, NodeInfo, OPENAPI,
+    };
 }
 
 /// Metrics through the `metrics` facade (names and labels in Prometheus's conventions; the

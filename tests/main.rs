@@ -12,6 +12,7 @@ mod common;
 mod checkpoint_alignment;
 mod checkpoint_exactly_once;
 mod checkpoint_process;
+mod cli_examples;
 mod cluster_bad_input;
 mod cluster_deadlines;
 mod cluster_failover;

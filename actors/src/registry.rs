@@ -86,6 +86,30 @@ impl JobControl {
         rx.await.map_err(|_| JobError::JobEnded)?
     }
 
+    /// As [`JobControl::savepoint`], blocking the calling thread (not from inside an async
+    /// runtime).
+    ///
+    /// # Errors
+    /// As `JobHandle::savepoint`.
+    pub fn savepoint_blocking(&self, stop: bool) -> Result<u64, JobError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.supervisor()?
+            .do_send(SavepointRequest { reply: tx, stop });
+        rx.blocking_recv().map_err(|_| JobError::JobEnded)?
+    }
+
+    /// Where savepoint `id` is kept, if the job checkpoints into a directory.
+    pub fn savepoint_dir(&self, id: u64) -> Option<std::path::PathBuf> {
+        let plan = self.plan();
+        let cfg = plan.config();
+        match cfg.checkpoint.as_ref().map(|c| &c.storage) {
+            Some(riffle_framework::CheckpointStorage::Dir(d)) => {
+                Some(d.join(&cfg.name).join(format!("sp-{id}")))
+            }
+            _ => None,
+        }
+    }
+
     /// Rescales `operator` to `n` in place (never by a restart: that needs the job's
     /// handle).
     ///

@@ -127,6 +127,34 @@ pub enum ConnectorError {
     },
 }
 
+impl ConnectorError {
+    /// Whether no restart can fix it: a file or directory that is missing or may not be
+    /// read or written (a transient I/O error or a refused connection may pass).
+    pub fn is_permanent(&self) -> bool {
+        use std::io::ErrorKind::{NotFound, PermissionDenied};
+        match self {
+            ConnectorError::ReadFile { source, .. } | ConnectorError::WriteFile { source, .. } => {
+                matches!(source.kind(), NotFound | PermissionDenied)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// A user error that no restart can fix (bad configuration, a missing resource): returned
+/// from an operator, source or sink, it fails the job at once instead of being retried as
+/// the restart strategy says. Wrap any error: `Err(Permanent::new("no such table").into())`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Permanent(pub UserError);
+
+impl Permanent {
+    /// Marks `e` as permanent.
+    pub fn new(e: impl Into<UserError>) -> Self {
+        Permanent(e.into())
+    }
+}
+
 /// Why a subtask failed.
 #[derive(Debug)]
 pub enum FailureCause {
@@ -138,6 +166,19 @@ pub enum FailureCause {
     Stopped,
     /// The runtime broke one of its own invariants (a bug in Riffle).
     Internal(&'static str),
+}
+
+impl FailureCause {
+    /// Whether no restart can fix it: a [`Permanent`] error, or a connector's error that is
+    /// (see [`ConnectorError::is_permanent`]).
+    pub fn is_permanent(&self) -> bool {
+        let FailureCause::Error(e) = self else {
+            return false;
+        };
+        e.is::<Permanent>()
+            || e.downcast_ref::<ConnectorError>()
+                .is_some_and(ConnectorError::is_permanent)
+    }
 }
 
 impl fmt::Display for FailureCause {

@@ -52,7 +52,8 @@ pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};
 pub use dead_letter::{DeadLetter, DeadLetterQueue};
 pub use error::{
-    panic_message, CodecError, ConnectorError, FailureCause, GraphError, StageError, UserError,
+    panic_message, CodecError, ConnectorError, FailureCause, GraphError, Permanent, StageError,
+    UserError,
 };
 pub use event::{ChannelEvent, RecordBatch};
 pub use graph::{ChannelTarget, ExecutionPlan, TaskChain, TaskId};

@@ -36,6 +36,11 @@ impl JobSupervisor {
         if failure.injected {
             self.result.faults_injected += 1;
         }
+        if failure.cause.is_permanent() {
+            // A missing file, a `Permanent` error: no restart can fix it.
+            abort(reply);
+            return self.fail_job(task, Escalation::Never, failure);
+        }
         let kind = self.plan.restart_kind(task.chain);
         if let Some(e) = Restarts::triage(kind, failure.poison_attempts) {
             abort(reply);

@@ -1,0 +1,208 @@
+//! The examples' command lines as a new user meets them: `--help`, bad numbers, a missing
+//! file, zero nodes, an unreachable seed, deliberate panics under `RUST_BACKTRACE=1`, and a
+//! graceful stop by SIGTERM (a savepoint, exit 0, and `--resume` finishing exactly). Each
+//! case checks the exit code and that the message names the problem in one line, with no
+//! `Debug` dump and no backtrace.
+//!
+//! The examples are built by `cargo test` (next to this test binary, in `examples/`).
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+/// The built example `name`.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary");
+    let dir = exe.parent().and_then(|d| d.parent()).expect("target dir");
+    let path = dir.join("examples").join(name);
+    assert!(
+        path.exists(),
+        "{} is not built (cargo test builds the examples)",
+        path.display()
+    );
+    path
+}
+
+fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(example(name))
+        .args(args)
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("the example runs")
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// No Debug dump (`Os { code: .. }`, `Custom {`, `kind: NotFound`) and no backtrace.
+fn assert_readable(err: &str) {
+    for bad in [
+        "Os {",
+        "Custom {",
+        "kind: ",
+        "stack backtrace",
+        "panicked at",
+    ] {
+        assert!(!err.contains(bad), "`{bad}` in:\n{err}");
+    }
+}
+
+/// The `error: ` line a failed example ends with.
+fn error_line(err: &str) -> &str {
+    let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
+    assert_eq!(errors.len(), 1, "one error line in:\n{err}");
+    errors[0]
+}
+
+#[test]
+fn help_is_usage_text_and_exits_zero() {
+    let out = run("wordcount", &["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("Usage: wordcount [OPTIONS] [FILE]"), "{help}");
+    assert!(help.contains("--parallelism"), "{help}");
+    let out = run("cluster_wordcount", &["--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(text(&out.stdout).contains("--local-cluster <N>"));
+}
+
+#[test]
+fn a_bad_number_is_a_usage_error_naming_it() {
+    for (name, args, names) in [
+        ("wordcount", &["-p", "many"][..], "'many'"),
+        ("wordcount", &["-p", "0"][..], "'0'"),
+        ("exactly_once", &["--kill-after", "x"][..], "'x'"),
+        ("cluster_wordcount", &["--local-cluster", "0"][..], "'0'"),
+        (
+            "cluster_wordcount",
+            &["--local-cluster", "three"][..],
+            "'three'",
+        ),
+    ] {
+        let out = run(name, args);
+        let err = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{name} {args:?}: {err}");
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: invalid value") && first.contains(names),
+            "{err}"
+        );
+        assert_readable(&err);
+    }
+    let out = run("cluster_wordcount", &[]);
+    assert_eq!(out.status.code(), Some(2), "no mode is a usage error");
+}
+
+#[test]
+fn a_missing_file_fails_at_once_in_one_line() {
+    let dir = tempfile::tempdir().expect("dir");
+    let missing = dir.path().join("no-such-file.txt");
+    let started = Instant::now();
+    let out = run("wordcount", &[missing.to_str().expect("path"), "-p", "1"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = error_line(&err);
+    assert!(
+        line.contains("no-such-file.txt") && line.contains("No such file"),
+        "{line}"
+    );
+    assert_readable(&err);
+    // Not retried: the one subtask failed once.
+    assert_eq!(err.matches("subtask failed").count(), 1, "{err}");
+    println!("failed in {:?}", started.elapsed());
+}
+
+#[test]
+fn an_unreachable_seed_is_logged_with_its_address_and_the_node_gives_up() {
+    let out = Command::new(example("cluster_wordcount"))
+        .args(["--node", "n2", "--seed", "127.0.0.1:1", "--expect", "2"])
+        .args(["--join-timeout", "2", "--http", "off"])
+        .env("RIFFLE_CLUSTER_SECRET", "0123456789abcdef0123456789abcdef")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("runs");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.lines()
+            .any(|l| l.contains("cannot reach a peer") && l.contains("127.0.0.1:1")),
+        "the failed dial is logged at warn with its address:\n{err}"
+    );
+    let line = error_line(&err);
+    assert!(line.contains("only 1 of 2 nodes joined"), "{line}");
+    assert_readable(&err);
+}
+
+#[test]
+fn deliberate_panics_are_one_line_each_without_backtraces() {
+    let out = run("supervised", &[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert_readable(&err);
+    let failed: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains("subtask failed"))
+        .collect();
+    assert!(!failed.is_empty(), "the caught panics are reported:\n{err}");
+    for l in &failed {
+        assert!(
+            l.contains("operator=") && l.contains("subtask=") && l.contains("cause="),
+            "{l}"
+        );
+    }
+    let corrupt = failed
+        .iter()
+        .filter(|l| l.contains("corrupt record"))
+        .count();
+    assert_eq!(corrupt, 9, "3 corrupt records, 3 attempts each:\n{err}");
+}
+
+#[test]
+fn sigterm_stops_with_a_savepoint_and_resume_finishes_exactly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("path");
+    let mut child = Command::new(example("exactly_once"))
+        .args(["--dir", d, "--no-chaos", "--lines", "1000000"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starts");
+    let stdout = child.stdout.take().expect("stdout");
+    let mut lines = BufReader::new(stdout).lines();
+    let running = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("job running"));
+    assert!(running, "the job started");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let out = child.wait_with_output().expect("exits");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{rest:?}\n{err}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("stopped at savepoint")),
+        "stopped before the end (raise --lines if this machine is that fast): {rest:?}"
+    );
+    assert!(
+        err.contains("savepoint") && err.contains("written to"),
+        "{err}"
+    );
+    assert_readable(&err);
+
+    let started = Instant::now();
+    let out = Command::new(example("exactly_once"))
+        .args(["--dir", d, "--resume"])
+        .output()
+        .expect("resumes");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains("equal to a clean run"), "{stdout}");
+    assert!(started.elapsed() < Duration::from_secs(600));
+}
