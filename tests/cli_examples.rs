@@ -206,3 +206,107 @@ fn sigterm_stops_with_a_savepoint_and_resume_finishes_exactly() {
     assert!(stdout.contains("equal to a clean run"), "{stdout}");
     assert!(started.elapsed() < Duration::from_secs(600));
 }
+
+/// `GET url` as JSON.
+fn get_json(url: &str) -> serde_json::Value {
+    ureq::get(url)
+        .call()
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+        .into_json()
+        .expect("JSON")
+}
+
+#[test]
+fn every_node_of_a_local_cluster_serves_the_endpoints() {
+    let dir = tempfile::tempdir().expect("dir");
+    let mut parent = Command::new(example("cluster_wordcount"))
+        .args(["--local-cluster", "3", "--linger", "120"])
+        .arg("--dir")
+        .arg(dir.path().join("run"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    // "nK: HTTP at URL (console: ..)" from each node, then the coordinator's report.
+    let mut lines = BufReader::new(parent.stdout.take().expect("stdout")).lines();
+    let mut urls = std::collections::BTreeMap::new();
+    let mut lingering = 0;
+    for l in lines.by_ref().map_while(Result::ok) {
+        if let Some((node, rest)) = l.split_once(": HTTP at ") {
+            let url = rest.split_whitespace().next().expect("url").to_string();
+            urls.insert(node.to_string(), url);
+        }
+        lingering += usize::from(l.contains(": lingering"));
+        if lingering == 3 {
+            break;
+        }
+    }
+    assert_eq!(urls.len(), 3, "{urls:?}");
+    let names: Vec<&String> = urls.keys().collect();
+    assert_eq!(names, ["n1", "n2", "n3"]);
+
+    // The coordinator (n1, the lowest id) shows where each subtask ran.
+    let jobs = get_json(&format!("{}/jobs", urls["n1"]));
+    let job = jobs
+        .as_array()
+        .and_then(|a| a.iter().find(|j| j["name"] == "cluster-wordcount"))
+        .unwrap_or_else(|| panic!("the coordinator lists the job: {jobs}"));
+    assert_eq!(job["state"], "finished", "{job}");
+    let id = job["id"].as_str().expect("id");
+    let plan = get_json(&format!("{}/jobs/{id}", urls["n1"]));
+    let nodes: std::collections::BTreeSet<&str> = plan["subtasks"]
+        .as_array()
+        .expect("subtasks")
+        .iter()
+        .filter_map(|s| s["node"].as_str())
+        .collect();
+    assert_eq!(
+        nodes.into_iter().collect::<Vec<_>>(),
+        ["n1", "n2", "n3"],
+        "{plan}"
+    );
+
+    for (name, url) in &urls {
+        let members = get_json(&format!("{url}/cluster/nodes"));
+        let list = members.as_array().expect("nodes");
+        let seen: Vec<(&str, &str, bool, bool)> = list
+            .iter()
+            .map(|n| {
+                let s = |k: &str| n[k].as_str().unwrap_or_default();
+                (
+                    s("name"),
+                    s("state"),
+                    n["this"] == true,
+                    n["coordinator"] == true,
+                )
+            })
+            .collect();
+        let want: Vec<(&str, &str, bool, bool)> = ["n1", "n2", "n3"]
+            .iter()
+            .map(|n| (*n, "up", n == name, *n == "n1"))
+            .collect();
+        assert_eq!(seen, want, "{name}: {members}");
+        let metrics = ureq::get(&format!("{url}/metrics"))
+            .call()
+            .expect("metrics")
+            .into_string()
+            .expect("text");
+        let mine = format!("node=\"{name}\"");
+        assert!(
+            metrics
+                .lines()
+                .any(|l| l.starts_with("riffle_records_in_total{") && l.contains(&mine)),
+            "{name} counts its own subtasks' records"
+        );
+    }
+    // A stop signal to the parent goes on to the nodes; all exit 0 and the result is checked.
+    let kill = Command::new("kill")
+        .args(["-TERM", &parent.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = parent.wait().expect("exits");
+    assert!(status.success(), "{rest:?}");
+    assert!(rest.iter().any(|l| l.starts_with("checked:")), "{rest:?}");
+}
