@@ -322,8 +322,8 @@ fn the_event_time_lag_is_the_watermark_behind_the_wall_clock() {
 fn a_nodes_links_are_in_the_metrics() {
     common::init_logging();
     let http = server();
-    let node = |name: &str, seeds: Vec<String>| {
-        riffle::cluster::Node::builder()
+    let node = |name: &str, seeds: Vec<String>, via: Option<(String, String)>| {
+        let mut b = riffle::cluster::Node::builder()
             .name(name)
             .cluster("metrics")
             .secret(
@@ -331,34 +331,65 @@ fn a_nodes_links_are_in_the_metrics() {
             )
             .seeds(seeds)
             .heartbeat(Duration::from_millis(20))
-            .failure_timeout(Duration::from_millis(500))
-            .start()
-            .expect("node starts")
+            .failure_timeout(Duration::from_millis(500));
+        if let Some((to, proxy)) = via {
+            b = b.dial_via(move |addr| {
+                if addr == to {
+                    proxy.clone()
+                } else {
+                    addr.to_string()
+                }
+            });
+        }
+        b.start().expect("node starts")
     };
-    let a = node("links-a", Vec::new());
-    let b = node("links-b", vec![a.local_addr().to_string()]);
-    let bytes = |t: &str| {
-        value(
-            t,
-            "riffle_link_bytes_total",
-            &[("from", "links-a"), ("to", "links-b")],
-        )
-    };
-    let frames = |t: &str| {
-        value(
-            t,
-            "riffle_link_frames_total",
-            &[("from", "links-b"), ("to", "links-a")],
-        )
-    };
+    let a = node("links-a", Vec::new(), None);
+    // b reaches a through a proxy that the test resets once.
+    let proxy = common::proxy::Proxy::start(a.local_addr().to_string());
+    let a_addr = a.local_addr().to_string();
+    let b = node(
+        "links-b",
+        vec![a_addr.clone()],
+        Some((a_addr, proxy.addr.clone())),
+    );
+    let from_a = [("from", "links-a"), ("to", "links-b")];
+    let from_b = [("from", "links-b"), ("to", "links-a")];
+    let bytes = |t: &str| value(t, "riffle_link_bytes_total", &from_a);
+    let frames = |t: &str| value(t, "riffle_link_frames_total", &from_b);
+    let rtt = |t: &str| value(t, "riffle_link_rtt_seconds", &from_a);
     let (ok, text) = watch(&http.url(), Duration::from_secs(10), |t| {
-        bytes(t).is_some_and(|b| b > 0.0) && frames(t).is_some_and(|f| f > 0.0)
+        bytes(t).is_some_and(|b| b > 0.0)
+            && frames(t).is_some_and(|f| f > 0.0)
+            && rtt(t).is_some_and(|r| r > 0.0)
     });
     println!(
-        "link a -> b: {:?} bytes; b -> a: {:?} frames",
+        "link a -> b: {:?} bytes, round trip {:?} s; b -> a: {:?} frames",
         bytes(&text),
+        rtt(&text),
         frames(&text)
     );
+    assert!(
+        ok,
+        "both directions of the link are counted, and the round trip measured"
+    );
+    assert!(
+        rtt(&text).is_some_and(|r| r < 1.0),
+        "a round trip on 127.0.0.1"
+    );
+    assert_eq!(
+        value(&text, "riffle_link_reconnects_total", &from_a),
+        Some(0.0)
+    );
+
+    // A reset: the link is made again, and both sides count it.
+    proxy.set(common::proxy::RESET);
+    proxy.set(common::proxy::PASS);
+    let reconnects = |t: &str, labels: &[(&str, &str)]| {
+        value(t, "riffle_link_reconnects_total", labels).unwrap_or(0.0)
+    };
+    let (ok, text) = watch(&http.url(), Duration::from_secs(10), |t| {
+        reconnects(t, &from_a) >= 1.0 && reconnects(t, &from_b) >= 1.0
+    });
     drop((a, b));
-    assert!(ok, "both directions of the link are counted");
+    assert!(ok, "the reconnect is counted on both sides:\n{text}");
 }

@@ -216,6 +216,11 @@ pub struct NodeInfo {
     pub this: bool,
     /// Whether it coordinates the cluster's jobs (as this node sees it).
     pub coordinator: bool,
+    /// The last heartbeat round trip to it, in milliseconds (`None` for this node, or
+    /// before the first answer).
+    pub rtt_ms: Option<f64>,
+    /// Links made to it again after the first.
+    pub reconnects: u64,
 }
 
 type ClusterView = Arc<dyn Fn() -> Option<Vec<NodeInfo>> + Send + Sync>;
@@ -246,6 +251,8 @@ async fn cluster_nodes() -> HttpResponse {
             state: "up".to_string(),
             this: true,
             coordinator: true,
+            rtt_ms: None,
+            reconnects: 0,
         }],
     };
     HttpResponse::Ok().json(nodes)

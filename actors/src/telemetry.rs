@@ -22,6 +22,8 @@
 //! | `riffle_rescales_total`, `riffle_rescale_pause_seconds` | counter, gauge | job | rescales in place, the last one's pause |
 //! | `riffle_dead_letters_total` | counter | job | poison records set aside |
 //! | `riffle_link_bytes_total`, `riffle_link_frames_total` | counter | from, to | what a node wrote on its link to a peer (cluster) |
+//! | `riffle_link_reconnects_total` | counter | from, to | links made again to the peer after the first |
+//! | `riffle_link_rtt_seconds` | gauge | from, to | the last heartbeat round trip |
 //!
 //! The three shares are measured over the last publishing interval (one second) and add up
 //! to 1. Prometheus wants base units, so they are ratios; times 1000 they are Flink's
@@ -76,6 +78,18 @@ const METRICS: &[(Kind, &str, metrics::Unit, &str)] = {
             "riffle_link_frames_total",
             Unit::Count,
             "Frames a node wrote on its link to a peer.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_link_reconnects_total",
+            Unit::Count,
+            "Links a node made again to a peer after its first.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_link_rtt_seconds",
+            Unit::Seconds,
+            "The last heartbeat round trip on a node's link to a peer.",
         ),
         (
             Kind::Counter,

@@ -15,7 +15,9 @@ use crate::guard::Ticket;
 use crate::handshake::{handshake, HandshakeConfig, Role};
 use crate::hosting::FrameError;
 use crate::members::{declare_down, register, seen, unregister, Registered};
-use crate::remote::{channel_key, deliver, CreditsReturned, Inbox, LinkBudget, LinkSender};
+use crate::remote::{
+    channel_key, deliver, CreditsReturned, Inbox, LinkBudget, LinkSender, Outgoing,
+};
 use crate::secure::Sealer;
 use crate::session::{Conn, ResumeState, Session, Verdict};
 use crate::shared::Shared;
@@ -237,6 +239,9 @@ pub(crate) async fn link(
     };
     let session = up.reg.session.clone();
     tracing::info!(peer = %peer.node, encrypted = up.cipher.is_some(), "link up");
+    if let Some(c) = shared.net.counters.get(&peer.node) {
+        c.linked();
+    }
     let reading = Reading {
         shared: shared.clone(),
         me: hs.node.clone(),
@@ -362,8 +367,17 @@ impl Reading {
     fn on_frame(&self, m: Message) -> After {
         let shared = &self.shared;
         match m {
-            Message::Heartbeat { members, .. } => {
+            Message::Heartbeat { members, seq } => {
                 seen(&shared.net.members, &self.peer, &self.me, members);
+                let _ = self
+                    .session
+                    .queue()
+                    .send(Outgoing::Frame(Message::HeartbeatAck { seq }));
+            }
+            Message::HeartbeatAck { seq } => {
+                if let Some(c) = shared.net.counters.get(&self.peer.node) {
+                    c.answered(seq);
+                }
             }
             Message::Data { edge, event } => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());

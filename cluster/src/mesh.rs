@@ -124,11 +124,14 @@ fn heartbeat(
             .map(|(n, m)| (n.clone(), m.listen.clone()))
             .collect();
         // Heartbeats go on the links that are up (a session without a link drops them).
-        for s in st.sessions.values() {
-            let _ = s.queue().send(Outgoing::Frame(Message::Heartbeat {
+        for (peer, s) in &st.sessions {
+            let sent = s.queue().send(Outgoing::Frame(Message::Heartbeat {
                 seq,
                 members: members.clone(),
             }));
+            if let (Ok(()), Some(c)) = (sent, shared.net.counters.get(peer)) {
+                c.pinged(seq);
+            }
         }
         let dial = to_dial(cfg, &mut st);
         (down, dial)
@@ -202,15 +205,23 @@ fn dial_failed(addr: &str, cause: &str) {
     }
 }
 
-/// Publishes what this node wrote on each link (`riffle_link_bytes_total`,
-/// `riffle_link_frames_total`, labels `from` and `to`) to the metrics recorder.
+/// Publishes each link's figures to the metrics recorder (labels `from` and `to`): what
+/// this node wrote (`riffle_link_bytes_total`, `riffle_link_frames_total`), the links made
+/// again (`riffle_link_reconnects_total`) and the heartbeat round trip
+/// (`riffle_link_rtt_seconds`).
 fn publish_links(me: &str, shared: &Shared) {
-    for (peer, bytes, frames, _, _) in shared.net.link_totals() {
+    for e in shared.net.counters.iter() {
+        let (peer, c) = (e.key(), e.value());
+        let (_, bytes, frames, _, _) = c.totals(peer);
         let labels = [
             metrics::Label::new("from", me.to_string()),
-            metrics::Label::new("to", peer),
+            metrics::Label::new("to", peer.clone()),
         ];
         metrics::counter!("riffle_link_bytes_total", labels.iter()).absolute(bytes);
         metrics::counter!("riffle_link_frames_total", labels.iter()).absolute(frames);
+        metrics::counter!("riffle_link_reconnects_total", labels.iter()).absolute(c.reconnects());
+        if let Some(rtt) = c.rtt() {
+            metrics::gauge!("riffle_link_rtt_seconds", labels.iter()).set(rtt.as_secs_f64());
+        }
     }
 }

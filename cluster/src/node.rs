@@ -329,9 +329,20 @@ fn publish_cluster_view(shared: &Arc<Shared>, me: &str, local: SocketAddr) {
             state: "up".to_string(),
             this: true,
             coordinator: coordinator == me,
+            rtt_ms: None,
+            reconnects: 0,
         }];
         for m in members_of(&shared.net.members.lock()) {
+            let link = shared.net.counters.get(&m.node);
+            let rtt_ms = link
+                .as_ref()
+                .and_then(|c| c.rtt())
+                .map(|d| d.as_secs_f64() * 1e3);
+            let reconnects = link.as_ref().map_or(0, |c| c.reconnects());
+            drop(link);
             nodes.push(riffle_actors::http::NodeInfo {
+                rtt_ms,
+                reconnects,
                 coordinator: coordinator == m.node,
                 state: match m.status {
                     Status::Up => "up",

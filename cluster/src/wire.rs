@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 6;
+pub const PROTOCOL_VERSION: u8 = 7;
 
 /// Default largest frame accepted on an authenticated link (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
@@ -160,6 +160,11 @@ pub enum Message {
         /// The members the sender knows.
         members: Vec<(String, String)>,
     },
+    /// The answer to a heartbeat, at once: its sender measures the link's round trip.
+    HeartbeatAck {
+        /// The heartbeat's `seq`.
+        seq: u64,
+    },
     /// An event of a channel to a remote subtask: a batch, a barrier or end of input.
     Data {
         /// Which channel.
@@ -302,6 +307,7 @@ impl Message {
             Message::Ack { .. } => 17,
             Message::Resume { .. } => 18,
             Message::Abandoned { .. } => 19,
+            Message::HeartbeatAck { .. } => 20,
         }
     }
 
@@ -329,13 +335,14 @@ impl Message {
                 | Message::Noise(_)
                 | Message::Refused(_)
                 | Message::Heartbeat { .. }
+                | Message::HeartbeatAck { .. }
                 | Message::Ack { .. }
                 | Message::Resume { .. }
         )
     }
 }
 
-const MAX_TAG: u8 = 19;
+const MAX_TAG: u8 = 20;
 /// Tag 3 was version 1's `Welcome`; no message has it now.
 const RETIRED_TAG: u8 = 3;
 
@@ -476,6 +483,7 @@ mod tests {
                 seq: 9,
                 members: vec![("n2".into(), "a".into())],
             },
+            Message::HeartbeatAck { seq: 9 },
             Message::Data {
                 edge: EdgeAddress {
                     job: 1,

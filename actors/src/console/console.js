@@ -126,6 +126,7 @@ function drawTables(job, checkpoints, nodes) {
       el("td", {}, bytes(c.bytes)), el("td", {}, c.savepoint ? "savepoint" : "checkpoint"))));
   $("nodes").tBodies[0].replaceChildren(...nodes.map((n) =>
     el("tr", {}, el("td", {}, n.name), el("td", {}, n.address), el("td", {}, n.state),
+      el("td", {}, n.rtt_ms == null ? "–" : n.rtt_ms.toFixed(2) + " ms"), el("td", {}, String(n.reconnects)),
       el("td", {}, [n.this ? "this node" : "", n.coordinator ? "coordinator" : ""].filter(Boolean).join(", ")))));
 }
 
