@@ -125,6 +125,17 @@ fn every_route_with_a_rescale_and_a_savepoint_keeps_the_output_exact() {
         metrics.contains("riffle_rescales_total{job=\"rest-job\"} 1"),
         "the rescale is counted"
     );
+    // `count` has two inputs: its subtasks align each checkpoint's barriers.
+    let aligned = metrics.lines().find(|l| {
+        l.starts_with("riffle_checkpoint_alignment_seconds{")
+            && l.contains("job=\"rest-job\"")
+            && l.contains("operator=\"count")
+    });
+    let seconds: f64 = aligned
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("an alignment time for count: {aligned:?}"));
+    assert!((0.0..5.0).contains(&seconds), "{seconds}");
     let (_, plan) = call("GET", &job, None);
     let count = plan["chains"]
         .as_array()

@@ -15,6 +15,7 @@
 //! | `riffle_busy_ratio` | gauge | same | share of time handling records (× 1000: Flink's busyTimeMsPerSecond) |
 //! | `riffle_backpressured_ratio` | gauge | same | share of time waiting for credits (backPressuredTimeMsPerSecond) |
 //! | `riffle_idle_ratio` | gauge | same | the rest (idleTimeMsPerSecond) |
+//! | `riffle_checkpoint_alignment_seconds` | gauge | same | the last checkpoint's barrier alignment at the subtask (first input to last) |
 //! | `riffle_event_time_lag_seconds` | gauge | same | wall clock minus the subtask's watermark (subtasks with event time) |
 //! | `riffle_checkpoints_completed_total`, `riffle_checkpoints_failed_total` | counter | job | checkpoints |
 //! | `riffle_checkpoint_duration_seconds`, `riffle_checkpoint_size_bytes` | gauge | job | of the last completed |
@@ -108,6 +109,12 @@ const METRICS: &[(Kind, &str, metrics::Unit, &str)] = {
             "riffle_dead_letters_total",
             Unit::Count,
             "Poison records set aside as dead letters.",
+        ),
+        (
+            Kind::Gauge,
+            "riffle_checkpoint_alignment_seconds",
+            Unit::Seconds,
+            "How long the last checkpoint's barriers took to align at a subtask (first to last input).",
         ),
         (
             Kind::Gauge,
@@ -285,6 +292,7 @@ pub(crate) struct SubtaskTelemetry {
     backpressured: Gauge,
     idle: Gauge,
     lag: Gauge,
+    alignment: Gauge,
     clock: TimeSplit,
 }
 
@@ -323,8 +331,14 @@ impl SubtaskTelemetry {
             backpressured: g("riffle_backpressured_ratio"),
             idle: g("riffle_idle_ratio"),
             lag: g("riffle_event_time_lag_seconds"),
+            alignment: g("riffle_checkpoint_alignment_seconds"),
             clock: TimeSplit::new(),
         }
+    }
+
+    /// A checkpoint's barriers aligned at this subtask, `took` after the first arrived.
+    pub(crate) fn aligned(&mut self, took: Duration) {
+        self.alignment.set(took.as_secs_f64());
     }
 
     /// The subtask's time split (busy, backpressured), to measure into.

@@ -24,6 +24,7 @@ impl SubtaskActor {
                 // A newer checkpoint supersedes one that never aligned (it timed out).
                 self.release_held(ctx);
                 self.aligning = Some(n);
+                self.align_started = Some(std::time::Instant::now());
                 self.barrier_seen.iter_mut().for_each(|b| *b = false);
             }
         }
@@ -46,6 +47,9 @@ impl SubtaskActor {
         }
         self.aligning = None;
         self.barrier_seen.iter_mut().for_each(|b| *b = false);
+        if let Some(t) = self.align_started.take() {
+            self.telemetry.aligned(t.elapsed());
+        }
         if n > self.last_acked {
             if let Err(e) = self.snapshot_and_ack(n, false) {
                 let f = self.stage_failure(e);

@@ -190,6 +190,8 @@ pub(crate) struct SubtaskActor {
     checkpointing: bool,
     /// The checkpoint whose barriers are being aligned.
     aligning: Option<u64>,
+    /// When the alignment under way began (its first barrier).
+    align_started: Option<std::time::Instant>,
     /// Per input channel: delivered the barrier being aligned.
     barrier_seen: Vec<bool>,
     /// Event time: the minimum of the open inputs' watermarks.
@@ -268,6 +270,7 @@ impl SubtaskActor {
             source_poison: None,
             checkpointing: cfg.checkpoint.is_some(),
             aligning: None,
+            align_started: None,
             barrier_seen: vec![false; s.in_channels],
             clock: riffle_framework::InputClock::resumed(
                 s.in_channels,
