@@ -234,7 +234,12 @@ fn run(a: Args) -> Result<(), UserError> {
                 .drive(&chaos, 3, 1)
         })
     });
+    // Records/s and a bar on a terminal: the source chain (file lines split into words)
+    // hands on 6 words per line of a generated input.
+    let total = a.input.is_none().then_some(a.lines * 6);
+    let progress = riffle::cli::show_progress(job.control(), total);
     let result = job.wait()?;
+    drop(progress);
     if let Some(m) = monkey {
         let _ = m.join();
     }

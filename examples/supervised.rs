@@ -84,7 +84,9 @@ fn run(seed: u64) -> Result<(), UserError> {
         .within_records(200_000)
         .arm(&job.chaos());
     println!("chaos monkey (seed {seed}) armed {} faults", plan.len());
+    let progress = riffle::cli::show_progress(job.control(), Some(N));
     let result = job.wait()?;
+    drop(progress);
 
     println!("\nrestarts:");
     for r in &result.restarts {

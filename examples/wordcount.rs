@@ -97,7 +97,11 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         })
         .name("latest");
 
-    let result = env.execute()?;
+    let job = env.start()?;
+    // Records/s on a terminal, for a long file.
+    let progress = riffle::cli::show_progress(job.control(), None);
+    let result = job.wait()?;
+    drop(progress);
     let counts = counts.lock().map_err(|_| "counts lock poisoned")?;
     let mut top: Vec<(&String, &u64)> = counts.iter().collect();
     top.sort_by(|a, b| b.1.cmp(a.1).then(a.0.cmp(b.0)));

@@ -152,3 +152,80 @@ mod tests {
         );
     }
 }
+
+/// A running job's progress on stderr; the line is cleared when it is dropped (or the job
+/// ended).
+pub struct ProgressLine {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for ProgressLine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Records the job's sources emitted so far, as their subtasks last published it.
+fn source_records(control: &riffle_actors::registry::JobControl) -> u64 {
+    let plan = control.plan();
+    let job = &plan.config().name;
+    (0..plan.chain_count())
+        .filter(|&c| plan.is_source(c))
+        .flat_map(|c| {
+            let name = plan.chain_name(c);
+            (0..plan.parallelism(c))
+                .filter_map(move |s| riffle_actors::telemetry::live(job, name, s))
+        })
+        .map(|f| f.records_out)
+        .sum()
+}
+
+/// Shows the progress of the job `control` acts on, if stderr is a terminal (and nothing
+/// otherwise): the records its source chains handed on (a source and the operators chained
+/// to it) and their rate, with a bar when `total` — the records they hand on in all — is
+/// known. The figures are the subtasks' own, published once a second.
+pub fn show_progress(
+    control: riffle_actors::registry::JobControl,
+    total: Option<u64>,
+) -> ProgressLine {
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return ProgressLine { stop, thread: None };
+    }
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:30} {percent:>3}%  {human_pos}/{human_len} records  {msg}  eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        ),
+        None => indicatif::ProgressBar::new_spinner().with_style(
+            indicatif::ProgressStyle::with_template("{spinner} {human_pos} records  {msg}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        ),
+    };
+    let quit = stop.clone();
+    let thread = std::thread::Builder::new()
+        .name("progress".to_string())
+        .spawn(move || {
+            let mut last = (std::time::Instant::now(), 0u64);
+            while !quit.load(Ordering::SeqCst) && !control.progress().ended {
+                let n = source_records(&control);
+                if n != last.1 {
+                    let rate = (n - last.1.min(n)) as f64 / last.0.elapsed().as_secs_f64();
+                    bar.set_message(format!("{:.2} M records/s", rate / 1e6));
+                    last = (std::time::Instant::now(), n);
+                }
+                bar.set_position(n);
+                bar.tick();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            bar.finish_and_clear();
+        })
+        .ok();
+    ProgressLine { stop, thread }
+}

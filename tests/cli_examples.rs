@@ -310,3 +310,38 @@ fn every_node_of_a_local_cluster_serves_the_endpoints() {
     assert!(status.success(), "{rest:?}");
     assert!(rest.iter().any(|l| l.starts_with("checked:")), "{rest:?}");
 }
+
+#[test]
+fn long_runs_show_progress_on_a_terminal_and_nothing_otherwise() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().to_str().expect("path");
+    let args = ["--dir", d, "--no-chaos", "--lines", "600000"];
+    // Not a terminal: no progress line.
+    let out = run("exactly_once", &args);
+    assert_eq!(out.status.code(), Some(0));
+    let err = text(&out.stderr);
+    assert!(!err.contains('\r') && !err.contains("records/s"), "{err}");
+    // A terminal (util-linux's `script` gives the example one): a bar with a rate.
+    let Some(script) = crate::common::prometheus::which("script") else {
+        let required = std::env::var("RIFFLE_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
+        assert!(
+            !required,
+            "`script` (bsdutils) is required to give the example a terminal"
+        );
+        println!("SKIPPED: no `script` here to run the example on a terminal");
+        return;
+    };
+    let cmd = format!("{} {}", example("exactly_once").display(), args.join(" "));
+    let out = Command::new(script)
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("TERM", "xterm")
+        .output()
+        .expect("script runs");
+    let tty = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{tty}");
+    assert!(
+        tty.contains("/3,600,000 records"),
+        "a bar over the known total:\n{tty}"
+    );
+    assert!(tty.contains("M records/s"), "a rate:\n{tty}");
+}
