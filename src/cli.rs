@@ -130,29 +130,6 @@ pub fn stop_requested() -> bool {
     SIGNALS.load(Ordering::SeqCst) > 0
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("cannot read input file a.txt: {0}")]
-    struct Outer(#[source] std::io::Error);
-
-    #[derive(Debug, thiserror::Error)]
-    #[error("the job failed")]
-    struct Top(#[source] Outer);
-
-    #[test]
-    fn one_line_keeps_each_cause_once() {
-        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
-        let e = Top(Outer(io));
-        assert_eq!(
-            one_line(&e),
-            "the job failed: cannot read input file a.txt: No such file"
-        );
-    }
-}
-
 /// A running job's progress on stderr; the line is cleared when it is dropped (or the job
 /// ended).
 pub struct ProgressLine {
@@ -228,4 +205,27 @@ pub fn show_progress(
         })
         .ok();
     ProgressLine { stop, thread }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read input file a.txt: {0}")]
+    struct Outer(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("the job failed")]
+    struct Top(#[source] Outer);
+
+    #[test]
+    fn one_line_keeps_each_cause_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file");
+        let e = Top(Outer(io));
+        assert_eq!(
+            one_line(&e),
+            "the job failed: cannot read input file a.txt: No such file"
+        );
+    }
 }
