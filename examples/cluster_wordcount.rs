@@ -14,6 +14,20 @@
 //!     --seed 10.0.0.1:7100 --secret-file wc.secret --encrypt --expect 3 --dir /shared/wc
 //! ```
 //!
+//! A node's settings may come from a TOML file, `--config node.toml`, with the long flags'
+//! names as keys (flags on the command line win):
+//!
+//! ```toml
+//! node = "n2"
+//! listen = "10.0.0.2:7100"
+//! seed = ["10.0.0.1:7100"]
+//! secret-file = "wc.secret"
+//! encrypt = true
+//! expect = 3
+//! dir = "/shared/wc"
+//! http = "0.0.0.0:8081"
+//! ```
+//!
 //! A node refuses to start without a secret: `--secret-file FILE`, or the environment
 //! variable `RIFFLE_CLUSTER_SECRET`. `--local-cluster` generates a fresh secret for its nodes.
 //! `--encrypt` encrypts every link (all nodes must agree).
@@ -108,7 +122,7 @@ fn wordcount(dir: &Path) -> StreamEnv {
 /// machines).
 #[derive(clap::Parser)]
 #[command(name = "cluster_wordcount")]
-#[command(group(clap::ArgGroup::new("mode").required(true).args(["local_cluster", "node", "new_secret"])))]
+#[command(group(clap::ArgGroup::new("mode").required(true).args(["local_cluster", "node", "new_secret", "config"])))]
 struct Args {
     /// Start N node processes of this binary on 127.0.0.1 and check their result.
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=16))]
@@ -151,12 +165,97 @@ struct Args {
     /// until SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     linger: u64,
+    /// Read the node's settings from a TOML file (keys as the long flags: `node`,
+    /// `listen`, `seed` (a list), `expect`, `join-timeout`, `dir`, `secret-file`,
+    /// `encrypt`, `etcd`, `http`, `linger`); flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+/// The settings a `--config` file may hold (see [`Args::config`]).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct ConfigFile {
+    node: Option<String>,
+    listen: Option<String>,
+    seed: Option<Vec<String>>,
+    expect: Option<u64>,
+    join_timeout: Option<u64>,
+    dir: Option<PathBuf>,
+    secret_file: Option<PathBuf>,
+    encrypt: Option<bool>,
+    etcd: Option<String>,
+    http: Option<String>,
+    linger: Option<u64>,
+}
+
+impl ConfigFile {
+    /// Reads `path`; a bad file is one line naming the file, the line and the problem.
+    fn load(path: &Path) -> Result<ConfigFile, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read --config {}: {e}", path.display()))?;
+        toml::from_str(&text).map_err(|e| {
+            let line = e.span().map_or(0, |s| {
+                1 + text.as_bytes()[..s.start.min(text.len())]
+                    .iter()
+                    .filter(|b| **b == b'\n')
+                    .count()
+            });
+            format!("--config {}, line {line}: {}", path.display(), e.message())
+        })
+    }
+
+    /// Fills in what the command line did not give (`given(id)`: the flag was given).
+    fn under(self, a: &mut Args, given: impl Fn(&str) -> bool) {
+        fn set<T>(to: &mut T, v: Option<T>, given: bool) {
+            if let (Some(v), false) = (v, given) {
+                *to = v;
+            }
+        }
+        set(&mut a.node, self.node.map(Some), given("node"));
+        set(&mut a.listen, self.listen, given("listen"));
+        set(&mut a.seeds, self.seed, given("seeds"));
+        set(&mut a.expect, self.expect, given("expect"));
+        set(
+            &mut a.join_timeout,
+            self.join_timeout,
+            given("join_timeout"),
+        );
+        set(&mut a.dir, self.dir, given("dir"));
+        set(
+            &mut a.secret_file,
+            self.secret_file.map(Some),
+            given("secret_file"),
+        );
+        set(&mut a.encrypt, self.encrypt, given("encrypt"));
+        set(&mut a.etcd, self.etcd.map(Some), given("etcd"));
+        set(&mut a.http, self.http, given("http"));
+        set(&mut a.linger, self.linger, given("linger"));
+    }
+}
+
+/// The command line, with a `--config` file's settings under it.
+fn parse() -> Result<Args, String> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Args::command().get_matches();
+    let mut a = Args::from_arg_matches(&matches).map_err(|e| e.to_string())?;
+    if let Some(path) = a.config.clone() {
+        let given =
+            |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
+        ConfigFile::load(&path)?.under(&mut a, given);
+    }
+    Ok(a)
 }
 
 fn main() -> std::process::ExitCode {
     riffle::cli::init_logging();
-    let a = <Args as clap::Parser>::parse();
-    riffle::cli::exit(run(a))
+    match parse() {
+        Ok(a) => riffle::cli::exit(run(a)),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(riffle::cli::EXIT_USAGE)
+        }
+    }
 }
 
 fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
@@ -168,7 +267,7 @@ fn run(a: Args) -> Result<(), Box<dyn std::error::Error>> {
     match (&a.local_cluster, &a.node) {
         (Some(n), _) => local_cluster(*n as usize, &a),
         (None, Some(name)) => run_node(name, &a),
-        (None, None) => Err("use --local-cluster N, or --node NAME (see --help)".into()),
+        (None, None) => Err("use --local-cluster N, or --node NAME (on the command line or in --config; see --help)".into()),
     }
 }
 

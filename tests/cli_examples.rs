@@ -4,7 +4,9 @@
 //! case checks the exit code and that the message names the problem in one line, with no
 //! `Debug` dump and no backtrace.
 //!
-//! The examples are built by `cargo test` (next to this test binary, in `examples/`).
+//! The examples are built by `cargo test` (next to this test binary, in `examples/`); a
+//! filtered run (`--test riffle_tests cli_examples`) does not rebuild them, so run
+//! `cargo build --release --examples` first after changing one.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -344,4 +346,49 @@ fn long_runs_show_progress_on_a_terminal_and_nothing_otherwise() {
         "a bar over the known total:\n{tty}"
     );
     assert!(tty.contains("M records/s"), "a rate:\n{tty}");
+}
+
+#[test]
+fn a_node_takes_its_settings_from_a_toml_file_and_flags_win() {
+    let dir = tempfile::tempdir().expect("dir");
+    let config = dir.path().join("node.toml");
+    std::fs::write(
+        &config,
+        "node = \"from-file\"\nseed = [\"127.0.0.1:1\"]\nexpect = 2\njoin-timeout = 1\nhttp = \"off\"\n",
+    )
+    .expect("write");
+    let node = |args: &[&str]| {
+        Command::new(example("cluster_wordcount"))
+            .arg("--config")
+            .arg(&config)
+            .args(args)
+            .env("RIFFLE_CLUSTER_SECRET", "0123456789abcdef0123456789abcdef")
+            .env_remove("RUST_LOG")
+            .output()
+            .expect("runs")
+    };
+    // The file's name, seed and timeout; the command line's --expect.
+    let out = node(&["--expect", "3"]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let line = error_line(&err);
+    assert!(
+        line.contains("from-file: only 1 of 3 nodes joined within 1 s"),
+        "{line}"
+    );
+    assert!(
+        err.contains("127.0.0.1:1"),
+        "the file's seed was dialled:\n{err}"
+    );
+    // A mistyped key is a usage error naming the file, the line and the key.
+    std::fs::write(&config, "node = \"n1\"\nsed = [\"127.0.0.1:1\"]\n").expect("write");
+    let out = node(&[]);
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let line = error_line(&err);
+    assert!(
+        line.contains("node.toml, line 2") && line.contains("sed"),
+        "{line}"
+    );
+    assert_readable(&err);
 }
