@@ -44,16 +44,16 @@
 //! records each node handled, the traffic of each link and the top words; with
 //! `--local-cluster` the parent checks the result against the counts computed directly.
 
-use riffle::cluster::{Node, Secret};
+use riffle::cluster::{JobOptions, Node, Secret};
 use riffle::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// The environment variable a node reads its secret from when no file is given.
 const SECRET_ENV: &str = "RIFFLE_CLUSTER_SECRET";
-const LINES: u64 = 200_000;
 const WORDS: &[&str] = &[
     "stream",
     "actor",
@@ -97,7 +97,7 @@ fn line(i: u64) -> String {
 }
 
 /// The job every node registers.
-fn wordcount(dir: &Path) -> StreamEnv {
+fn wordcount(dir: &Path, lines: u64) -> StreamEnv {
     let env = StreamEnv::new();
     env.set_parallelism(6);
     env.configure(|c| {
@@ -105,7 +105,7 @@ fn wordcount(dir: &Path) -> StreamEnv {
         // Stored where the node says (`Node::builder().checkpoint_dir(..)`).
         c.checkpoint = Some(CheckpointConfig::every(Duration::from_millis(100)));
     });
-    env.generate(LINES, line)
+    env.generate(lines, line)
         .name("lines")
         .flat_map(|l: String| l.split(' ').map(String::from).collect::<Vec<_>>())
         .name("tokenize")
@@ -165,6 +165,12 @@ struct Args {
     /// until SIGTERM or Ctrl-C.
     #[arg(long, default_value_t = 0, value_name = "SECS")]
     linger: u64,
+    /// Lines of generated text the job counts (every node must agree).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u64).range(1..))]
+    lines: u64,
+    /// Continue the job from the latest checkpoint or savepoint in DIR (after a stop).
+    #[arg(long)]
+    resume: bool,
     /// Read the node's settings from a TOML file (keys as the long flags: `node`,
     /// `listen`, `seed` (a list), `expect`, `join-timeout`, `dir`, `secret-file`,
     /// `encrypt`, `etcd`, `http`, `linger`); flags given on the command line win.
@@ -289,9 +295,13 @@ fn secret(a: &Args) -> Result<Secret, Box<dyn std::error::Error>> {
 /// The nodes share a secret generated for this run, in a file only its owner can read.
 fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let dir = a.dir.as_path();
-    let _ = std::fs::remove_dir_all(dir);
+    if !a.resume {
+        let _ = std::fs::remove_dir_all(dir);
+    }
     std::fs::create_dir_all(dir)?;
     let secret_file = dir.join("cluster.secret");
+    // A fresh secret for every run (also a resumed one).
+    let _ = std::fs::remove_file(&secret_file);
     Secret::generate()?.write_new_file(&secret_file)?;
     let ports: Vec<u16> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
@@ -326,6 +336,10 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             },
         ]);
         cmd.args(["--linger", &a.linger.to_string()]);
+        cmd.args(["--lines", &a.lines.to_string()]);
+        if a.resume {
+            cmd.arg("--resume");
+        }
         children.push(cmd.spawn()?);
     }
     // A stop signal goes on to every node.
@@ -347,9 +361,13 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if !failed.is_empty() {
         return Err(failed.join("; ").into());
     }
+    if riffle::cli::stop_requested() {
+        println!("\nstopped; continue with --resume --dir {}", dir.display());
+        return Ok(());
+    }
     let got = final_counts(&dir.join("output"))?;
     let mut want: HashMap<String, u64> = HashMap::new();
-    for i in 0..LINES {
+    for i in 0..a.lines {
         for w in line(i).split(' ') {
             *want.entry(w.to_string()).or_default() += 1;
         }
@@ -405,7 +423,7 @@ fn follow(node: &Node, name: &str) -> Result<(), Box<dyn std::error::Error>> {
 
 fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let _http = serve_http(name, &a.http)?;
-    let dir = a.dir.clone();
+    let (dir, lines) = (a.dir.clone(), a.lines);
     let mut builder = Node::builder()
         .name(name)
         .listen(&a.listen)
@@ -413,16 +431,30 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .secret(secret(a)?)
         .encrypt(a.encrypt)
         .checkpoint_dir(a.dir.join("checkpoints"))
-        .register_job("wordcount", move || wordcount(&dir));
+        .register_job("wordcount", move || wordcount(&dir, lines));
     if let Some(url) = &a.etcd {
         builder = builder.etcd([url.as_str()]);
     }
     let node = builder.start()?;
+    // A stop signal: the coordinator stops a running job with a savepoint (the other nodes
+    // then see it end); a lingering node ends.
+    let running: Running = Arc::default();
     let (stop_tx, stop_rx) = std::sync::mpsc::channel::<()>();
+    let (slot, me) = (running.clone(), name.to_string());
     riffle::cli::on_stop_signal(move || {
+        let control = slot.lock().ok().and_then(|c| c.clone());
+        if let Some(c) = control {
+            match c.savepoint_blocking(true) {
+                Ok(id) => {
+                    let at = c.savepoint_dir(id).unwrap_or_default();
+                    println!("{me}: stopped the job at savepoint {id} ({})", at.display());
+                }
+                Err(e) => eprintln!("{me}: could not stop the job with a savepoint: {e}"),
+            }
+        }
         let _ = stop_tx.send(());
     })?;
-    let done = coordinate_or_follow(&node, name, a);
+    let done = coordinate_or_follow(&node, name, a, &running);
     if done.is_ok() && a.linger > 0 {
         println!(
             "{name}: lingering {} s (SIGTERM or Ctrl-C ends it)",
@@ -458,6 +490,7 @@ fn coordinate_or_follow(
     node: &Node,
     name: &str,
     a: &Args,
+    running: &Running,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let expect = a.expect as usize;
     let timeout = Duration::from_secs(a.join_timeout);
@@ -481,12 +514,29 @@ fn coordinate_or_follow(
     } else if node.coordinator() != name {
         return follow(node, name);
     }
-    coordinate(node, name, a)
+    coordinate(node, name, a, running)
 }
 
+/// The job this node coordinates, while it runs.
+type Running = Arc<Mutex<Option<JobControl>>>;
+
 /// The coordinator: runs the job and reports.
-fn coordinate(node: &Node, name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let job = node.run_job("wordcount")?;
+fn coordinate(
+    node: &Node,
+    name: &str,
+    a: &Args,
+    running: &Running,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let options = JobOptions {
+        restore: a
+            .resume
+            .then(|| RestoreFrom::Latest(a.dir.join("checkpoints"))),
+        ..JobOptions::default()
+    };
+    let job = node.run_job_with("wordcount", options)?;
+    if let Ok(mut slot) = running.lock() {
+        *slot = Some(job.control());
+    }
     println!("placement (node: subtasks):");
     for (n, tasks) in &job.placement {
         let names: Vec<String> = tasks
@@ -496,6 +546,13 @@ fn coordinate(node: &Node, name: &str, a: &Args) -> Result<(), Box<dyn std::erro
         println!("  {n}: {}", names.join(", "));
     }
     let result = job.wait()?;
+    if let Ok(mut slot) = running.lock() {
+        *slot = None;
+    }
+    if let Some(sp) = result.stopped_at_savepoint {
+        println!("{name}: stopped at savepoint {sp}; continue with --resume --dir DIR");
+        return Ok(());
+    }
     if let Some(Err(e)) = node.wait_job_end("wordcount", Duration::from_secs(10)) {
         return Err(format!("{name}: the job failed (as agreed in etcd): {e}").into());
     }

@@ -392,3 +392,61 @@ fn a_node_takes_its_settings_from_a_toml_file_and_flags_win() {
     );
     assert_readable(&err);
 }
+
+#[test]
+fn sigterm_stops_a_local_cluster_at_a_savepoint_and_resume_finishes_exactly() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().join("run");
+    let d = d.to_str().expect("path");
+    let args = [
+        "--local-cluster",
+        "3",
+        "--dir",
+        d,
+        "--lines",
+        "2000000",
+        "--http",
+        "off",
+    ];
+    let mut parent = Command::new(example("cluster_wordcount"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starts");
+    let mut lines = BufReader::new(parent.stdout.take().expect("stdout")).lines();
+    let placed = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with("placement"));
+    assert!(placed, "the coordinator started the job");
+    let kill = Command::new("kill")
+        .args(["-TERM", &parent.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let status = parent.wait().expect("exits");
+    assert!(status.success(), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("n1: stopped the job at savepoint")),
+        "the coordinator stopped the job with a savepoint (raise --lines if it ended first): {rest:?}"
+    );
+    assert!(
+        rest.iter()
+            .any(|l| l.starts_with("stopped; continue with --resume")),
+        "{rest:?}"
+    );
+
+    let out = Command::new(example("cluster_wordcount"))
+        .args(args)
+        .arg("--resume")
+        .output()
+        .expect("resumes");
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(
+        stdout.contains("checked: the 3-node result equals"),
+        "{stdout}"
+    );
+}

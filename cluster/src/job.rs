@@ -68,6 +68,11 @@ impl ClusterJob {
         self.job
     }
 
+    /// What acts on the running job from another thread (a savepoint, a stop with one).
+    pub fn control(&self) -> riffle_actors::registry::JobControl {
+        self.handle.control()
+    }
+
     /// A chaos handle for the job (faults injected into subtasks wherever they run).
     pub fn chaos(&self) -> ChaosHandle {
         self.handle.chaos()
