@@ -300,6 +300,20 @@ fn every_node_of_a_local_cluster_serves_the_endpoints() {
                 .any(|l| l.starts_with("riffle_records_in_total{") && l.contains(&mine)),
             "{name} counts its own subtasks' records"
         );
+        for name_of in [
+            "riffle_remote_bytes_in_total{",
+            "riffle_remote_bytes_out_total{",
+        ] {
+            let bytes: f64 = metrics
+                .lines()
+                .filter(|l| l.starts_with(name_of) && l.contains(&mine))
+                .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum();
+            assert!(
+                bytes > 0.0,
+                "{name}: {name_of}..}} counts what crossed nodes"
+            );
+        }
     }
     // A stop signal to the parent goes on to the nodes; all exit 0 and the result is checked.
     let kill = Command::new("kill")

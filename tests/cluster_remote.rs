@@ -135,6 +135,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
                 to: slow.clone().recipient(),
                 codec: codec.clone(),
                 channels: 1,
+                bytes_in: None,
             },
         );
         n2.register_inbox(
@@ -145,6 +146,7 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
                 to: fast.clone().recipient(),
                 codec: codec.clone(),
                 channels: 1,
+                bytes_in: None,
             },
         );
         let edge = |to: u32| EdgeAddress {

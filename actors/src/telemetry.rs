@@ -10,6 +10,7 @@
 //! | `riffle_records_in_total` | counter | job, operator, subtask, node | records the subtask took in |
 //! | `riffle_records_out_total` | counter | job, operator, subtask, node | records it handed on |
 //! | `riffle_batches_in_total`, `riffle_batches_out_total` | counter | same | batches |
+//! | `riffle_remote_bytes_in_total`, `riffle_remote_bytes_out_total` | counter | same | batch bytes from and to subtasks on other nodes (cluster) |
 //! | `riffle_credit_stalls_total` | counter | same | times it waited for a credit |
 //! | `riffle_input_queue_length` | gauge | same | data messages waiting in it |
 //! | `riffle_busy_ratio` | gauge | same | share of time handling records (× 1000: Flink's busyTimeMsPerSecond) |
@@ -148,6 +149,18 @@ const METRICS: &[(Kind, &str, metrics::Unit, &str)] = {
         ),
         (
             Kind::Counter,
+            "riffle_remote_bytes_in_total",
+            Unit::Bytes,
+            "Batch bytes a subtask received from subtasks on other nodes.",
+        ),
+        (
+            Kind::Counter,
+            "riffle_remote_bytes_out_total",
+            Unit::Bytes,
+            "Batch bytes a subtask sent to subtasks on other nodes.",
+        ),
+        (
+            Kind::Counter,
             "riffle_credit_stalls_total",
             Unit::Count,
             "Times a subtask waited for a credit of a downstream channel.",
@@ -276,6 +289,24 @@ fn live_table() -> &'static dashmap::DashMap<LiveKey, LiveFigures> {
 pub fn live(job: &str, operator: &str, subtask: usize) -> Option<LiveFigures> {
     let key = (job.to_string(), operator.to_string(), subtask);
     live_table().get(&key).map(|f| *f)
+}
+
+/// The counter `name` of subtask `subtask` of `operator` (a chain) in job `job`, on this
+/// process's node: for figures counted outside the subtask (the cluster layer counts the
+/// bytes of its remote channels).
+pub fn subtask_counter(
+    name: &'static str,
+    job: &str,
+    operator: &str,
+    subtask: usize,
+) -> metrics::Counter {
+    let labels = [
+        Label::new("job", job.to_string()),
+        Label::new("operator", operator.to_string()),
+        Label::new("subtask", subtask.to_string()),
+        Label::new("node", node()),
+    ];
+    metrics::counter!(name, labels.iter())
 }
 
 /// The metric handles of one subtask.

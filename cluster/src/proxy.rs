@@ -87,7 +87,16 @@ impl Resolve for ClusterResolver {
         let codec = self.plan.input_codec(to.chain)?;
         let net = self.net.clone();
         let lookup: LinkLookup = Arc::new(move |peer: &str| net.link_sender(peer));
-        let addr = RemoteMailbox::with_lookup(edge, &node, lookup, codec).start();
+        let job = &self.plan.config().name;
+        let counter = riffle_actors::telemetry::subtask_counter(
+            "riffle_remote_bytes_out_total",
+            job,
+            self.plan.chain_name(from.chain),
+            from.subtask,
+        );
+        let addr = RemoteMailbox::with_lookup(edge, &node, lookup, codec)
+            .counting(counter)
+            .start();
         self.net
             .returns
             .insert(channel_key(&edge), addr.clone().recipient());
@@ -104,6 +113,12 @@ impl Resolve for ClusterResolver {
                     to: to.clone(),
                     codec,
                     channels: u32::try_from(channels).unwrap_or(u32::MAX),
+                    bytes_in: Some(riffle_actors::telemetry::subtask_counter(
+                        "riffle_remote_bytes_in_total",
+                        &self.plan.config().name,
+                        self.plan.chain_name(task.chain),
+                        task.subtask,
+                    )),
                 },
             );
         }

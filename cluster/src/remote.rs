@@ -102,6 +102,8 @@ pub struct RemoteMailbox {
     released: bool,
     /// Frames that could not be sent (closed link) or encoded.
     pub dropped: u64,
+    /// The sending subtask's `riffle_remote_bytes_out_total`.
+    bytes_out: Option<metrics::Counter>,
 }
 
 /// The receiver behind a mailbox is gone for good (its node was lost and the subtask was
@@ -126,6 +128,7 @@ impl RemoteMailbox {
             retry_scheduled: false,
             released: false,
             dropped: 0,
+            bytes_out: None,
         }
     }
 
@@ -149,7 +152,15 @@ impl RemoteMailbox {
             retry_scheduled: false,
             released: false,
             dropped: 0,
+            bytes_out: None,
         }
+    }
+
+    /// Counts the bytes of the batches it sends on `counter` (the sending subtask's
+    /// `riffle_remote_bytes_out_total`).
+    pub fn counting(mut self, counter: metrics::Counter) -> Self {
+        self.bytes_out = Some(counter);
+        self
     }
 
     /// Sends waiting frames while a link is up; without one, waits (lookup) or drops.
@@ -205,6 +216,9 @@ impl Handler<DataMessage> for RemoteMailbox {
                 return;
             }
         };
+        if let (Some(c), ChannelEvent::Batch(b)) = (&self.bytes_out, &event) {
+            c.increment(b.len() as u64);
+        }
         let edge = EdgeAddress {
             epoch: msg.epoch,
             channel: msg.channel,
@@ -246,6 +260,8 @@ pub struct Inbox {
     pub codec: BatchCodec,
     /// How many input channels it has: a frame naming another is refused.
     pub channels: u32,
+    /// The subtask's `riffle_remote_bytes_in_total`, if counted.
+    pub bytes_in: Option<metrics::Counter>,
 }
 
 /// Delivers a `Data` frame into `inbox`, with a credit that answers on `link` when dropped.
@@ -264,6 +280,9 @@ pub(crate) fn deliver(
     };
     if !budget.take(bytes) {
         return false;
+    }
+    if let Some(c) = &inbox.bytes_in {
+        c.increment(bytes as u64);
     }
     let decoded = event.try_map_batch(|b| {
         let (payload, len) = inbox.codec.decode(&b)?;
