@@ -255,7 +255,32 @@ fn every_node_of_a_local_cluster_serves_the_endpoints() {
         .unwrap_or_else(|| panic!("the coordinator lists the job: {jobs}"));
     assert_eq!(job["state"], "finished", "{job}");
     let id = job["id"].as_str().expect("id");
-    let plan = get_json(&format!("{}/jobs/{id}", urls["n1"]));
+    // Every subtask's figures, those of other nodes sent on their heartbeats (the last ones
+    // may be a heartbeat away): 200,000 lines of 3 to 7 words (3 + i % 5), 1,000,000 words.
+    let counted = |plan: &serde_json::Value| -> u64 {
+        plan["subtasks"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter(|s| s["chain"].as_str().is_some_and(|c| c.starts_with("count")))
+                    .filter_map(|s| s["figures"]["records_in"].as_u64())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let until = Instant::now() + Duration::from_secs(10);
+    let plan = loop {
+        let plan = get_json(&format!("{}/jobs/{id}", urls["n1"]));
+        if counted(&plan) == 1_000_000 || Instant::now() > until {
+            break plan;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        counted(&plan),
+        1_000_000,
+        "every word reached `count`: {plan}"
+    );
     let nodes: std::collections::BTreeSet<&str> = plan["subtasks"]
         .as_array()
         .expect("subtasks")

@@ -71,6 +71,7 @@ fn a_node_that_accepts_a_job_and_never_hosts_it_fails_the_start_in_time() {
                 let beat = Message::Heartbeat {
                     seq,
                     members: Vec::new(),
+                    figures: Vec::new(),
                 };
                 send(&mut w, &beat).await;
                 tokio::time::sleep(Duration::from_millis(50)).await;

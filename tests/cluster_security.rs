@@ -744,6 +744,7 @@ fn a_member_cannot_command_jobs_it_does_not_coordinate() {
                 &Message::Heartbeat {
                     seq: 1,
                     members: members.clone(),
+                    figures: Vec::new(),
                 },
             )
             .await;

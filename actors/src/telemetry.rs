@@ -259,7 +259,7 @@ fn node() -> String {
 
 /// One subtask's latest figures, as it published them (each second): what the REST API
 /// and the console show, with or without a metrics recorder.
-#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LiveFigures {
     /// Records taken in so far.
     pub records_in: u64,
@@ -285,10 +285,43 @@ fn live_table() -> &'static dashmap::DashMap<LiveKey, LiveFigures> {
 }
 
 /// The latest figures of subtask `subtask` of `operator` (a chain's name) in the job named
-/// `job`, if it published any in this process.
+/// `job`, if it published any in this process (or a peer node sent them, see
+/// [`forward_live`]).
 pub fn live(job: &str, operator: &str, subtask: usize) -> Option<LiveFigures> {
     let key = (job.to_string(), operator.to_string(), subtask);
     live_table().get(&key).map(|f| *f)
+}
+
+/// A subtask's figures as they travel between nodes: job, operator, subtask, figures.
+pub type LiveUpdate = (String, String, u32, LiveFigures);
+
+static FORWARD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn outbox() -> &'static std::sync::Mutex<std::collections::HashMap<LiveKey, LiveFigures>> {
+    static OUT: OnceLock<std::sync::Mutex<std::collections::HashMap<LiveKey, LiveFigures>>> =
+        OnceLock::new();
+    OUT.get_or_init(Default::default)
+}
+
+/// From now on, keeps what this process's subtasks publish for [`take_live_updates`] too (a
+/// cluster node sends it to its peers, so that a job's coordinator shows the figures of
+/// subtasks on other nodes).
+pub fn forward_live() {
+    FORWARD.store(true, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// What this process's subtasks published since the last call (the latest per subtask).
+pub fn take_live_updates() -> Vec<LiveUpdate> {
+    let mut out = outbox().lock().unwrap_or_else(|e| e.into_inner());
+    out.drain()
+        .map(|((job, op, s), f)| (job, op, s as u32, f))
+        .collect()
+}
+
+/// Figures a peer node sent for one of its subtasks.
+pub fn put_live(update: LiveUpdate) {
+    let (job, op, s, f) = update;
+    live_table().insert((job, op, s as usize), f);
 }
 
 /// The counter `name` of subtask `subtask` of `operator` (a chain) in job `job`, on this
@@ -401,9 +434,11 @@ impl SubtaskTelemetry {
             // Published again soon after the last time (the data path and the interval
             // timer both publish): the counters are new, the shares and rates of so short a
             // span would be noise.
-            if let Some(mut l) = live_table().get_mut(&self.key) {
-                (l.records_in, l.records_out, l.queue) = (f.records_in, f.records_out, f.queue);
-            }
+            let mut l = live_table().entry(self.key.clone()).or_default();
+            (l.records_in, l.records_out, l.queue) = (f.records_in, f.records_out, f.queue);
+            let live = *l;
+            drop(l);
+            self.forward(live);
             return;
         }
         let wall = wall.as_secs_f64();
@@ -420,10 +455,21 @@ impl SubtaskTelemetry {
         };
         self.last = (f.records_in, f.records_out);
         live_table().insert(self.key.clone(), live);
+        self.forward(live);
         self.busy.set(busy / 1000.0);
         self.backpressured.set(backpressured / 1000.0);
         self.idle
             .set(((1000.0 - busy - backpressured) / 1000.0).max(0.0));
+    }
+}
+
+impl SubtaskTelemetry {
+    /// Keeps `live` for the peers, on a cluster node (see [`forward_live`]).
+    fn forward(&self, live: LiveFigures) {
+        if FORWARD.load(std::sync::atomic::Ordering::Relaxed) {
+            let mut out = outbox().lock().unwrap_or_else(|e| e.into_inner());
+            out.insert(self.key.clone(), live);
+        }
     }
 }
 

@@ -367,8 +367,15 @@ impl Reading {
     fn on_frame(&self, m: Message) -> After {
         let shared = &self.shared;
         match m {
-            Message::Heartbeat { members, seq } => {
+            Message::Heartbeat {
+                members,
+                seq,
+                figures,
+            } => {
                 seen(&shared.net.members, &self.peer, &self.me, members);
+                figures
+                    .into_iter()
+                    .for_each(riffle_actors::telemetry::put_live);
                 let _ = self
                     .session
                     .queue()

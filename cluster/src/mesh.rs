@@ -124,10 +124,12 @@ fn heartbeat(
             .map(|(n, m)| (n.clone(), m.listen.clone()))
             .collect();
         // Heartbeats go on the links that are up (a session without a link drops them).
+        let figures = riffle_actors::telemetry::take_live_updates();
         for (peer, s) in &st.sessions {
             let sent = s.queue().send(Outgoing::Frame(Message::Heartbeat {
                 seq,
                 members: members.clone(),
+                figures: figures.clone(),
             }));
             if let (Ok(()), Some(c)) = (sent, shared.net.counters.get(peer)) {
                 c.pinged(seq);

@@ -288,6 +288,7 @@ impl NodeBuilder {
         let name = cfg.name.clone();
         // The `node` label of this process's metrics (the first node of a process names it).
         riffle_actors::telemetry::set_node_name(&name);
+        riffle_actors::telemetry::forward_live();
         publish_cluster_view(&shared, &name, local);
         let (stop_tx, stop_rx) = watch::channel(false);
         let s = shared.clone();

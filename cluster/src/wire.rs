@@ -159,6 +159,9 @@ pub enum Message {
         seq: u64,
         /// The members the sender knows.
         members: Vec<(String, String)>,
+        /// Figures its subtasks published since its last heartbeat (for the coordinators'
+        /// views of their jobs).
+        figures: Vec<riffle_actors::telemetry::LiveUpdate>,
     },
     /// The answer to a heartbeat, at once: its sender measures the link's round trip.
     HeartbeatAck {
@@ -482,6 +485,7 @@ mod tests {
             Message::Heartbeat {
                 seq: 9,
                 members: vec![("n2".into(), "a".into())],
+                figures: vec![("job".into(), "op".into(), 1, Default::default())],
             },
             Message::HeartbeatAck { seq: 9 },
             Message::Data {
