@@ -52,6 +52,29 @@ fn assert_readable(err: &str) {
     }
 }
 
+/// Sends SIGTERM to process `pid`.
+fn sigterm(pid: u32) {
+    let kill = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .expect("kill");
+    assert!(kill.success(), "kill -TERM {pid}");
+}
+
+/// Reads `child`'s stdout until a line starts with `prefix`, sends it SIGTERM, and returns
+/// the rest of its stdout (until it closes).
+fn sigterm_after(child: &mut std::process::Child, prefix: &str) -> Vec<String> {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let seen = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .any(|l| l.starts_with(prefix));
+    assert!(seen, "a line starting with {prefix:?}");
+    sigterm(child.id());
+    lines.map_while(Result::ok).collect()
+}
+
 /// The `error: ` line a failed example ends with.
 fn error_line(err: &str) -> &str {
     let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error: ")).collect();
@@ -172,19 +195,7 @@ fn sigterm_stops_with_a_savepoint_and_resume_finishes_exactly() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starts");
-    let stdout = child.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let running = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.starts_with("job running"));
-    assert!(running, "the job started");
-    let kill = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest = sigterm_after(&mut child, "job running");
     let out = child.wait_with_output().expect("exits");
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{rest:?}\n{err}");
@@ -341,11 +352,7 @@ fn every_node_of_a_local_cluster_serves_the_endpoints() {
         }
     }
     // A stop signal to the parent goes on to the nodes; all exit 0 and the result is checked.
-    let kill = Command::new("kill")
-        .args(["-TERM", &parent.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
+    sigterm(parent.id());
     let rest: Vec<String> = lines.map_while(Result::ok).collect();
     let status = parent.wait().expect("exits");
     assert!(status.success(), "{rest:?}");
@@ -453,18 +460,7 @@ fn sigterm_stops_a_local_cluster_at_a_savepoint_and_resume_finishes_exactly() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starts");
-    let mut lines = BufReader::new(parent.stdout.take().expect("stdout")).lines();
-    let placed = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.starts_with("placement"));
-    assert!(placed, "the coordinator started the job");
-    let kill = Command::new("kill")
-        .args(["-TERM", &parent.id().to_string()])
-        .status()
-        .expect("kill");
-    assert!(kill.success());
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest = sigterm_after(&mut parent, "placement");
     let status = parent.wait().expect("exits");
     assert!(status.success(), "{rest:?}");
     assert!(

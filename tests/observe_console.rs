@@ -5,7 +5,6 @@
 use crate::common;
 
 use riffle::prelude::*;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -158,11 +157,7 @@ fn the_console_shows_a_running_job_and_rescales_it() {
         result.recoveries.is_empty(),
         "rescaled in place, no recovery"
     );
-    let mut last: HashMap<u64, u64> = HashMap::new();
-    for (k, n) in out.take() {
-        let e = last.entry(k).or_default();
-        *e = (*e).max(n);
-    }
+    let last = common::final_sums(out.take());
     assert_eq!(last.len() as u64, KEYS);
     assert!(
         last.values().all(|&n| n == N / KEYS),

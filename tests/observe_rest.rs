@@ -5,7 +5,6 @@
 use crate::common;
 
 use riffle::prelude::*;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
@@ -199,11 +198,7 @@ fn every_route_with_a_rescale_and_a_savepoint_keeps_the_output_exact() {
 
     let result = handle.wait().expect("the job finishes");
     assert!(result.recoveries.is_empty());
-    let mut finals: HashMap<u64, u64> = HashMap::new();
-    for (k, s) in out.take() {
-        let e = finals.entry(k).or_default();
-        *e = (*e).max(s);
-    }
+    let finals = common::final_sums(out.take());
     assert_eq!(finals.len() as u64, KEYS);
     assert!(
         finals.values().all(|&c| c == N / KEYS),

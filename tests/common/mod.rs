@@ -216,3 +216,13 @@ pub fn assert_same_output(got: Vec<String>, want: Vec<String>) {
         extra.iter().take(5).collect::<Vec<_>>()
     );
 }
+
+/// The final value of each key of a running sum's output: the largest seen (sums only grow).
+pub fn final_sums(out: Vec<(u64, u64)>) -> std::collections::HashMap<u64, u64> {
+    let mut finals = std::collections::HashMap::new();
+    for (k, s) in out {
+        let e = finals.entry(k).or_insert(0);
+        *e = s.max(*e);
+    }
+    finals
+}
