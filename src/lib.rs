@@ -43,6 +43,11 @@
 //! | [`chaos`] | crashing subtasks, actors, workers on purpose |
 //! | [`testing`] | one-line harnesses for tests and docs |
 //! | [`cluster`] | running nodes and jobs across them |
+//! | [`http`] | the HTTP server: metrics, REST API, web console |
+//! | [`metrics`] | the Prometheus recorder and the node label |
+//! | [`cli`] | command-line programs: logging, one-line errors, progress, stop signals |
+//!
+//! The `riffle` binary (`src/bin/riffle.rs`) is the command line over the REST API.
 //!
 //! The layers below (`riffle-framework`, `riffle-actors`, `riffle-cluster`) are the
 //! runtime's own; their internals are not part of this API.

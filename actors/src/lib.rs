@@ -19,7 +19,13 @@
 //! - with checkpointing on, the job supervisor's **checkpoint coordinator**: aligned barrier
 //!   checkpoints, two-phase commits of the sinks, savepoints, and recovery of the whole job from
 //!   the latest completed checkpoint in a new epoch (stale messages are dropped);
-//! - the [`chaos`] module, which crashes subtasks, stops actors and worker threads on purpose.
+//! - the [`chaos`] module, which crashes subtasks, stops actors and worker threads on purpose;
+//! - the operator's view of running jobs: `telemetry` (every subtask's and job's figures
+//!   through the `metrics` facade, and the latest figures of each subtask for the REST API),
+//!   `registry` (the jobs this process runs, each with a `JobControl` that takes savepoints,
+//!   rescales and stops it from any thread) and `http` (an actix-web server, off unless
+//!   started: `GET /metrics`, the REST API described in `openapi.json`, and the web console,
+//!   static files built in).
 //!
 //! Inside, the job's protocols — restart supervision, checkpoint coordination, recovery and
 //! rescale in place — are plain state machines (`protocol/`, tested without actors), and the
