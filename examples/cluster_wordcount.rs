@@ -470,19 +470,15 @@ fn serve_http(
     name: &str,
     addr: &str,
 ) -> Result<Option<riffle::http::HttpServer>, Box<dyn std::error::Error>> {
-    if addr == "off" {
-        return Ok(None);
+    let server = riffle::cli::serve_http(addr)?;
+    if let Some(s) = &server {
+        println!(
+            "{name}: HTTP at {} (console: {}/console/)",
+            s.url(),
+            s.url()
+        );
     }
-    let at = addr
-        .parse()
-        .map_err(|e| format!("--http {addr}: not an address ({e})"))?;
-    let server = riffle::http::serve(at)?;
-    println!(
-        "{name}: HTTP at {} (console: {}/console/)",
-        server.url(),
-        server.url()
-    );
-    Ok(Some(server))
+    Ok(server)
 }
 
 /// Waits for the expected nodes, then runs the job (the coordinator) or hosts its share.

@@ -9,6 +9,7 @@
 //! folder in the system's temp dir), `--input FILE` (default: a generated text of `--lines N`
 //! lines), `--seed N`, `--no-chaos`.
 //!
+//! The console of the running job is at the URL it prints (`--http ADDR`, `off` for none).
 //! SIGTERM or Ctrl-C stops the job with a savepoint (it says where) and exits 0; `--resume`
 //! continues from it and the output is still exact. A second signal exits at once.
 //!
@@ -48,6 +49,9 @@ struct Args {
     /// Without the chaos monkey (it runs on a fresh start otherwise).
     #[arg(long)]
     no_chaos: bool,
+    /// The HTTP server (metrics, REST API, web console); `off` for none.
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR|off")]
+    http: String,
     /// Seed of the chaos monkey and of the job.
     #[arg(long, default_value_t = 7)]
     seed: u64,
@@ -215,6 +219,7 @@ fn run(a: Args) -> Result<(), UserError> {
         let _ = std::fs::remove_dir_all(a.dir.join("checkpoints"));
         let _ = std::fs::remove_dir_all(a.dir.join("out"));
     }
+    let _http = riffle::cli::serve_http(&a.http).map_err(|e| e.to_string())?;
     let job = checkpointed(&a, &input, a.resume).start()?;
     stop_on_signal(job.control())?;
     println!("job running (SIGTERM or Ctrl-C stops it with a savepoint)");

@@ -100,6 +100,23 @@ pub fn exit(result: Result<(), Box<dyn Error>>) -> ExitCode {
     }
 }
 
+/// Starts the HTTP server (metrics, REST API, web console) as an `--http ADDR|off` flag
+/// says, and says on stderr where the console is.
+///
+/// # Errors
+/// `addr` is neither `off` nor an address, or the server cannot start there.
+pub fn serve_http(addr: &str) -> Result<Option<riffle_actors::http::HttpServer>, Box<dyn Error>> {
+    if addr == "off" {
+        return Ok(None);
+    }
+    let at = addr
+        .parse()
+        .map_err(|e| format!("--http {addr}: not an address ({e})"))?;
+    let server = riffle_actors::http::serve(at)?;
+    eprintln!("console: {}/console/", server.url());
+    Ok(Some(server))
+}
+
 static SIGNALS: AtomicU32 = AtomicU32::new(0);
 
 /// Runs `on_first` (in a thread of its own) at the first SIGTERM or Ctrl-C — typically
