@@ -41,20 +41,61 @@ fn missing_input_file() {
     );
     assert_eq!(err.kind(), ErrorKind::User);
 
-    // With the default strategy the job restarts the source until the intensity limit, then
-    // reports the same root cause.
+    // With the default strategy too: a missing file is permanent, so the job fails at once
+    // with the same root cause instead of restarting the source until the intensity limit.
     let env = StreamEnv::new();
     env.configure(|c| c.restart.backoff.initial = std::time::Duration::ZERO);
     env.read_text_file("/definitely/not/here.txt").count();
     let err = env.execute().expect_err("must fail");
-    assert!(
-        matches!(err, JobError::RestartLimit { restarts: 10, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, JobError::SubtaskFailed { .. }), "{err:?}");
     assert!(matches!(
         connector_error(&err),
         ConnectorError::ReadFile { .. }
     ));
+}
+
+/// An operator error wrapped in `Permanent` fails the job at once; the same error unwrapped
+/// is retried as the restart strategy and the poison policy say.
+#[test]
+fn a_permanent_error_is_not_retried() {
+    use riffle::errors::Permanent;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static CALLS: [AtomicU32; 2] = [AtomicU32::new(0), AtomicU32::new(0)];
+    for permanent in [true, false] {
+        let calls = &CALLS[usize::from(permanent)];
+        let env = StreamEnv::new();
+        env.configure(|c| {
+            c.restart.backoff.initial = std::time::Duration::ZERO;
+            c.restart.backoff.max = std::time::Duration::ZERO;
+        });
+        env.from_collection(vec![1u64, 2, 3])
+            .parallelism(1)
+            .try_map(move |x: u64| -> Result<u64, UserError> {
+                if x != 2 {
+                    return Ok(x);
+                }
+                calls.fetch_add(1, Ordering::SeqCst);
+                Err(if permanent {
+                    Permanent::new("no such table").into()
+                } else {
+                    "no such table".into()
+                })
+            })
+            .count();
+        let outcome = env.execute();
+        let n = calls.load(Ordering::SeqCst);
+        if permanent {
+            let err = outcome.expect_err("fails");
+            assert!(err.to_string().contains("no such table"), "{err}");
+            assert!(matches!(err, JobError::SubtaskFailed { .. }), "{err:?}");
+            assert_eq!(n, 1, "tried once");
+        } else {
+            // The default poison policy: 3 attempts, then the record is a dead letter.
+            let result = outcome.expect("finishes");
+            assert_eq!(result.dead_letters.len(), 1);
+            assert_eq!(n, 3, "tried 3 times");
+        }
+    }
 }
 
 #[test]
