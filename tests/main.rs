@@ -36,6 +36,7 @@ mod rescale_weights;
 mod routing_golden;
 mod routing_ring;
 mod runtime_backpressure;
+mod runtime_latency_mode;
 mod runtime_order;
 mod supervision_chaos;
 mod supervision_strategies;

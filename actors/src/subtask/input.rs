@@ -109,6 +109,7 @@ impl SubtaskActor {
                 self.note_first_record();
                 self.metrics.batches_in += 1;
                 self.metrics.records_in += (n - r.skip.len().min(n)) as u64;
+                self.flush_eagerly();
                 self.drain(ctx);
             }
             Err(failure) => {
@@ -209,6 +210,7 @@ impl SubtaskActor {
                 return self.fail(f, ctx);
             }
         };
+        self.flush_eagerly();
         match status {
             SourceStatus::Finished => self.finish_input(ctx),
             SourceStatus::More => {

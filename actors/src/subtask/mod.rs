@@ -190,6 +190,8 @@ pub(crate) struct SubtaskActor {
     checkpointing: bool,
     /// The checkpoint whose barriers are being aligned.
     aligning: Option<u64>,
+    /// Latency mode: flush after every input batch and source call.
+    eager_flush: bool,
     /// When the alignment under way began (its first barrier).
     align_started: Option<std::time::Instant>,
     /// Per input channel: delivered the barrier being aligned.
@@ -270,6 +272,7 @@ impl SubtaskActor {
             source_poison: None,
             checkpointing: cfg.checkpoint.is_some(),
             aligning: None,
+            eager_flush: cfg.flush_interval.is_zero(),
             align_started: None,
             barrier_seen: vec![false; s.in_channels],
             clock: riffle_framework::InputClock::resumed(
@@ -379,7 +382,12 @@ impl SubtaskActor {
             let f = self.stage_failure(e);
             return self.fail(f, ctx);
         }
-        let interval = self.plan.config().flush_interval;
+        // Latency mode (a zero interval) flushes after every batch; the tick still fires
+        // processing-time timers and idle marks.
+        let interval = match self.plan.config().flush_interval {
+            d if d.is_zero() => riffle_framework::DEFAULT_FLUSH_INTERVAL,
+            d => d,
+        };
         ctx.run_interval(interval, |act, ctx| act.flush(ctx));
         ctx.run_interval(crate::telemetry::PUBLISH_INTERVAL, |act, _| act.publish());
         if self.paused {
@@ -533,6 +541,16 @@ impl SubtaskActor {
             watermark: Some(self.clock.current()).filter(|w| *w > i64::MIN && *w < i64::MAX),
         };
         self.telemetry.publish(&figures);
+    }
+
+    /// In latency mode (`flush_interval` zero): sends the partly filled batches now.
+    #[inline]
+    pub(super) fn flush_eagerly(&mut self) {
+        if self.eager_flush {
+            if let Some(h) = &mut self.head {
+                h.head().flush(&mut self.cx);
+            }
+        }
     }
 
     fn flush(&mut self, ctx: &mut Context<Self>) {
