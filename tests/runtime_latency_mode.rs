@@ -31,20 +31,28 @@ impl Source for Trickle {
     }
 }
 
-fn trickle(n: u64, flush: Duration) -> JobResult {
+/// The trickle through a keyed sum: the job's flush interval `flush`, the source's own
+/// `own` if given.
+fn trickle(n: u64, flush: Duration, own: Option<Duration>) -> JobResult {
     let env = StreamEnv::new();
     env.configure(|c| c.flush_interval = flush);
-    env.source(move |_: &SubtaskInfo| Trickle {
-        next: 0,
-        n,
-        idle: false,
-    })
-    .parallelism(1)
-    .name("trickle")
-    .key_by(|r: &(u64, u64)| r.0)
-    .sum(|r| r.1)
-    .parallelism(2)
-    .collect();
+    let source = env
+        .source(move |_: &SubtaskInfo| Trickle {
+            next: 0,
+            n,
+            idle: false,
+        })
+        .parallelism(1)
+        .name("trickle");
+    let source = match own {
+        Some(d) => source.buffer_timeout(d),
+        None => source,
+    };
+    source
+        .key_by(|r: &(u64, u64)| r.0)
+        .sum(|r| r.1)
+        .parallelism(2)
+        .collect();
     env.execute().expect("runs")
 }
 
@@ -58,11 +66,15 @@ fn every_record_of_a_trickle_leaves_in_a_batch_of_its_own() {
             .map(|s| s.batches_out)
             .sum()
     };
-    let eager = trickle(N, Duration::ZERO);
+    let eager = trickle(N, Duration::ZERO, None);
     assert_eq!(sent(&eager), N, "latency mode: one batch per record");
     // With a flush tick far longer than the run, the trickle leaves in few batches.
-    let batched = trickle(N, Duration::from_secs(60));
+    let minute = Duration::from_secs(60);
+    let batched = trickle(N, minute, None);
     assert!(sent(&batched) < N / 10, "{} batches", sent(&batched));
+    // Latency mode for the source's operator alone.
+    let own = trickle(N, minute, Some(Duration::ZERO));
+    assert_eq!(sent(&own), N, "the source's buffer timeout");
 }
 
 #[test]

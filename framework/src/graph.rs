@@ -36,6 +36,8 @@ pub(crate) struct NodeDef {
     /// Runs a keyed operator (its state can be split by key).
     pub keyed: bool,
     pub restart: Option<RestartKind>,
+    /// Overrides the job's `flush_interval` for the chain that runs it.
+    pub flush: Option<std::time::Duration>,
     pub dead_letters: bool,
     pub parallelism: Option<usize>,
     pub max_parallelism: Option<usize>,
@@ -65,6 +67,7 @@ struct PlanNode {
     name: Arc<str>,
     keyed: bool,
     restart: Option<RestartKind>,
+    flush: Option<std::time::Duration>,
     /// Reads the dead-letter stream (directly or downstream of it).
     after_dead_letters: bool,
     parallelism: usize,
@@ -204,6 +207,7 @@ impl ExecutionPlan {
                 name: n.name.as_str().into(),
                 keyed: n.keyed,
                 restart: n.restart,
+                flush: n.flush,
                 after_dead_letters,
                 parallelism: p,
                 build: n.build.clone(),
@@ -377,6 +381,18 @@ impl ExecutionPlan {
             .nodes
             .iter()
             .any(|&n| self.nodes[n].after_dead_letters)
+    }
+
+    /// How long the chain's subtasks hold a partly filled batch: the smallest override among
+    /// its operators (`DataStream::buffer_timeout`), else the job's `flush_interval`; zero is
+    /// latency mode.
+    pub fn flush_interval(&self, chain: usize) -> std::time::Duration {
+        self.chains[chain]
+            .nodes
+            .iter()
+            .filter_map(|&n| self.nodes[n].flush)
+            .min()
+            .unwrap_or(self.config.flush_interval)
     }
 
     /// The restart kind for the chain: the first override among its operators, else the job's.

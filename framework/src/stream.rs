@@ -109,6 +109,7 @@ impl StreamEnv {
             name: name.to_string(),
             keyed: false,
             restart: None,
+            flush: None,
             dead_letters: false,
             parallelism: None,
             max_parallelism: max_p,
@@ -189,6 +190,15 @@ impl<T: Data> DataStream<T> {
         self
     }
 
+    /// How long the operator that produces this stream (and the chain it runs in) may hold a
+    /// partly filled batch before sending it — Flink's buffer timeout, for this operator
+    /// only; the job's default is `JobConfig::flush_interval`. `Duration::ZERO` is latency
+    /// mode: it sends what it has after each input batch (or source call).
+    pub fn buffer_timeout(self, timeout: std::time::Duration) -> Self {
+        self.graph.borrow_mut().nodes[self.node].flush = Some(timeout);
+        self
+    }
+
     pub(crate) fn mark_dead_letters(self) -> Self {
         self.graph.borrow_mut().nodes[self.node].dead_letters = true;
         self
@@ -223,6 +233,7 @@ impl<T: Data> DataStream<T> {
             name: name.to_string(),
             keyed: false,
             restart: None,
+            flush: None,
             dead_letters: false,
             parallelism: None,
             max_parallelism: None,

@@ -272,7 +272,7 @@ impl SubtaskActor {
             source_poison: None,
             checkpointing: cfg.checkpoint.is_some(),
             aligning: None,
-            eager_flush: cfg.flush_interval.is_zero(),
+            eager_flush: s.plan.flush_interval(s.task.chain).is_zero(),
             align_started: None,
             barrier_seen: vec![false; s.in_channels],
             clock: riffle_framework::InputClock::resumed(
@@ -384,7 +384,7 @@ impl SubtaskActor {
         }
         // Latency mode (a zero interval) flushes after every batch; the tick still fires
         // processing-time timers and idle marks.
-        let interval = match self.plan.config().flush_interval {
+        let interval = match self.plan.flush_interval(self.task.chain) {
             d if d.is_zero() => riffle_framework::DEFAULT_FLUSH_INTERVAL,
             d => d,
         };
