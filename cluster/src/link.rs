@@ -363,6 +363,24 @@ impl Reading {
         After::Close
     }
 
+    /// A heartbeat: the peer is alive (and names its members), its subtasks' figures are
+    /// kept, and the heartbeat is answered at once for the peer's round trip.
+    fn on_heartbeat(
+        &self,
+        seq: u64,
+        members: Vec<(String, String)>,
+        figures: Vec<riffle_actors::telemetry::LiveUpdate>,
+    ) {
+        seen(&self.shared.net.members, &self.peer, &self.me, members);
+        figures
+            .into_iter()
+            .for_each(riffle_actors::telemetry::put_live);
+        let _ = self
+            .session
+            .queue()
+            .send(Outgoing::Frame(Message::HeartbeatAck { seq }));
+    }
+
     /// Handles one frame.
     fn on_frame(&self, m: Message) -> After {
         let shared = &self.shared;
@@ -371,16 +389,7 @@ impl Reading {
                 members,
                 seq,
                 figures,
-            } => {
-                seen(&shared.net.members, &self.peer, &self.me, members);
-                figures
-                    .into_iter()
-                    .for_each(riffle_actors::telemetry::put_live);
-                let _ = self
-                    .session
-                    .queue()
-                    .send(Outgoing::Frame(Message::HeartbeatAck { seq }));
-            }
+            } => self.on_heartbeat(seq, members, figures),
             Message::HeartbeatAck { seq } => {
                 if let Some(c) = shared.net.counters.get(&self.peer.node) {
                     c.answered(seq);
