@@ -14,7 +14,9 @@
 //! (elapsed × 2 cores) that encoding and decoding the records that cross a link costs — the
 //! codec's cost per record measured here, times the records that crossed (each source sends
 //! a key to the node of the subtask that owns it; with the keys spread evenly that is the
-//! share of keyed subtasks on the other node).
+//! share of keyed subtasks on the other node), and the writes node `n1` made on its
+//! connection to `n2` (each a gathered buffer of frames) per 1,000 records it sent across,
+//! with their size.
 
 use riffle::cluster::Node;
 use riffle::internals::framework::BatchCodec;
@@ -120,10 +122,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let codec_ns = codec_ns_per_record();
     let (mut single, mut cluster, mut bytes, mut share) = (vec![], vec![], vec![], vec![]);
+    let (mut writes_per_k, mut bytes_per_write) = (vec![], vec![]);
+    let n1_writes = |node: &Node| {
+        node.link_writes()
+            .into_iter()
+            .filter(|(peer, _, _)| peer == "n2")
+            .fold((0, 0), |(w, b), (_, w2, b2)| (w + w2, b + b2))
+    };
     for _ in 0..runs {
         let r = job(n, 2).execute()?;
         single.push(n as f64 / r.elapsed.as_secs_f64());
 
+        let before = n1_writes(&node);
         let j = node.run_job("sum")?;
         // Keyed subtasks on the other node, as seen from each node.
         let placement = j.placement.clone();
@@ -145,6 +155,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 s.records_out as f64 * other as f64 / keyed
             })
             .sum();
+        let after = n1_writes(&node);
+        let (writes, written) = (after.0 - before.0, after.1 - before.1);
+        let from_n1: f64 = r
+            .subtasks
+            .iter()
+            .filter(|s| s.chain.starts_with("sequence") && s.node == "n1")
+            .map(|s| s.records_out as f64 * on("n2") as f64 / keyed)
+            .sum();
+        writes_per_k.push(writes as f64 * 1000.0 / from_n1.max(1.0));
+        bytes_per_write.push(written as f64 / (writes.max(1)) as f64);
         let wire: u64 = r.links.iter().map(|l| l.bytes).sum();
         bytes.push(wire as f64 / n as f64);
         share.push(crossed * codec_ns / (elapsed * 2.0 * 1e9));
@@ -162,6 +182,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!(
         "  bytes on the wire per record:  {:>12.2}  (all frames, both directions)",
         median(bytes)
+    );
+    println!(
+        "  n1 -> n2 writes:               {:>12.2} per 1,000 records that crossed, {:.0} bytes per write",
+        median(writes_per_k),
+        median(bytes_per_write)
     );
     println!(
         "  codec: {codec_ns:.1} ns per record (encode + decode); share of the cluster run's CPU: {:.1} %",

@@ -548,6 +548,23 @@ impl Node {
         self.shared.net.members.lock().candidates.len()
     }
 
+    /// Per peer: the writes this node made on its connections to it so far (each a gathered
+    /// buffer of frames, one `write_all`) and their bytes — for measuring the data path.
+    pub fn link_writes(&self) -> Vec<(String, u64, u64)> {
+        let mut v: Vec<_> = self
+            .shared
+            .net
+            .counters
+            .iter()
+            .map(|e| {
+                let (writes, bytes) = e.value().writes();
+                (e.key().clone(), writes, bytes)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
     /// The other members this node knows, sorted by id.
     pub fn members(&self) -> Vec<Member> {
         members_of(&self.shared.net.members.lock())

@@ -332,9 +332,26 @@ pub(crate) struct LinkCounters {
     ping: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
     /// The last measured round trip in microseconds (0: none yet).
     rtt_micros: AtomicU64,
+    /// Writes on the connection (each `write_all` of a gathered buffer) and their bytes.
+    writes: AtomicU64,
+    written: AtomicU64,
 }
 
 impl LinkCounters {
+    /// A gathered buffer of `bytes` was written on the connection.
+    pub(crate) fn wrote(&self, bytes: usize) {
+        self.writes.fetch_add(1, Ordering::Relaxed);
+        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Writes on the connection so far, and their bytes.
+    pub(crate) fn writes(&self) -> (u64, u64) {
+        (
+            self.writes.load(Ordering::Relaxed),
+            self.written.load(Ordering::Relaxed),
+        )
+    }
+
     /// A link to the peer came up.
     pub(crate) fn linked(&self) {
         self.links.fetch_add(1, Ordering::Relaxed);

@@ -362,7 +362,12 @@ impl Writer {
                             r.flushed_when_acked(done);
                         }
                     }
-                    if !g.buf.is_empty() && !write(&mut conn, &g.buf, &mut sealed).await {
+                    if g.buf.is_empty() {
+                        continue;
+                    }
+                    if write(&mut conn, &g.buf, &mut sealed).await {
+                        self.counters.wrote(g.buf.len());
+                    } else {
                         // The link broke: what it did not take is kept and resent on the next.
                         acked = 0;
                     }
