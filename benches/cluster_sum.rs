@@ -1,10 +1,13 @@
 //! Keyed sum across two node processes versus one process.
 //!
 //! ```text
-//! cargo bench --bench cluster_sum -- [N] [RUNS] [--encrypt]   # defaults: 2000000 records, 3 runs
+//! cargo bench --bench cluster_sum -- [N] [RUNS] [--encrypt] [--cluster-only]
 //! ```
+//! (defaults: 2000000 records, 3 runs)
 //!
 //! `--encrypt` encrypts the link between the two nodes (Noise transport, ChaCha20-Poly1305).
+//! `--cluster-only` skips the one-process runs (no ratio): for profiling the cluster's data
+//! path alone.
 //!
 //! The job: `sequence(0..N) → key_by(x % 100000) → sum → discard`, parallelism 2, no
 //! checkpoints. One process runs it with 2 worker threads; the cluster runs it on two node
@@ -101,6 +104,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .unwrap_or(2_000_000);
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let encrypt = std::env::args().any(|a| a == "--encrypt");
+    let cluster_only = std::env::args().any(|a| a == "--cluster-only");
 
     let node = Node::builder()
         .name("n1")
@@ -130,8 +134,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .fold((0, 0), |(w, b), (_, w2, b2)| (w + w2, b + b2))
     };
     for _ in 0..runs {
-        let r = job(n, 2).execute()?;
-        single.push(n as f64 / r.elapsed.as_secs_f64());
+        if !cluster_only {
+            let r = job(n, 2).execute()?;
+            single.push(n as f64 / r.elapsed.as_secs_f64());
+        }
 
         let before = n1_writes(&node);
         let j = node.run_job("sum")?;
@@ -170,7 +176,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         share.push(crossed * codec_ns / (elapsed * 2.0 * 1e9));
     }
     let _ = child.wait();
-    let (s, c) = (median(single), median(cluster));
+    let c = median(cluster);
+    let s = if cluster_only { c } else { median(single) };
     let links = if encrypt { "encrypted" } else { "plain" };
     println!("cluster_sum: N = {n}, {runs} runs, medians; 2 cores; {links} links");
     println!("  1 process,  2 workers:          {:>12.0} rec/s", s);

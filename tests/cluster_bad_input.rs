@@ -7,7 +7,9 @@
 use crate::common;
 
 use riffle::cluster::{Node, Secret, Status};
-use riffle::internals::cluster::wire::{encode, EdgeAddress, Message, WireEvent, PROTOCOL_VERSION};
+use riffle::internals::cluster::wire::{
+    encode, BatchBytes, EdgeAddress, Message, WireEvent, PROTOCOL_VERSION,
+};
 use riffle::internals::cluster::{handshake, HandshakeConfig, Role};
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -141,7 +143,7 @@ fn garbage_during_a_job() {
                 to: 99,
                 channel: 0,
             },
-            event: WireEvent::Batch(vec![0x91, 0x01]),
+            event: WireEvent::Batch(BatchBytes(vec![0x91, 0x01])),
         },
         &mut bogus,
     )

@@ -29,7 +29,8 @@ use crate::common;
 
 use riffle::cluster::{Limits, Node, Secret, Status};
 use riffle::internals::cluster::wire::{
-    encode, read_frame, EdgeAddress, Hello, Message, RefuseReason, WireEvent, PROTOCOL_VERSION,
+    encode, read_frame, BatchBytes, EdgeAddress, Hello, Message, RefuseReason, WireEvent,
+    PROTOCOL_VERSION,
 };
 use riffle::internals::framework::TaskId;
 use std::path::{Path, PathBuf};
@@ -945,7 +946,7 @@ fn a_frame_naming_what_does_not_exist_closes_its_link_and_nothing_else() {
     };
     let data = |e: EdgeAddress| Message::Data {
         edge: e,
-        event: WireEvent::Batch(vec![0x90]),
+        event: WireEvent::Batch(BatchBytes(vec![0x90])),
     };
     let rt = runtime();
     let closures = rt.block_on(async {

@@ -100,6 +100,16 @@ impl Directory {
         self.local.remove(&task);
     }
 
+    /// The credits of a channel to `to`: the job's `credits` for a subtask in this process,
+    /// its `remote_credits` for one elsewhere (see [`riffle_framework::JobConfig`]).
+    pub fn credits_to(&self, to: TaskId, cfg: &riffle_framework::JobConfig) -> usize {
+        if self.local.contains_key(&to) {
+            cfg.credits
+        } else {
+            cfg.remote_credits
+        }
+    }
+
     /// The address for `from`'s channel `in_channel` to `to`.
     pub fn resolve(
         &self,

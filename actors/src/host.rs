@@ -143,7 +143,7 @@ impl LocalHost {
                     parked: to.is_none(),
                     to,
                     in_channel: t.in_channel as u32,
-                    credits: Arc::new(Semaphore::new(cfg.credits)),
+                    credits: Arc::new(Semaphore::new(self.directory.credits_to(t.task, cfg))),
                     eoi_sent: false,
                 }
             })
@@ -154,7 +154,7 @@ impl LocalHost {
             restore_state(plan, task, r.snapshot, r.last_completed)
         });
         let in_channels = plan.in_channel_count(task);
-        let capacity = in_channels * cfg.credits + MAILBOX_SLACK;
+        let capacity = in_channels * cfg.max_credits() + MAILBOX_SLACK;
         let setup = SubtaskSetup {
             task,
             plan: plan.clone(),

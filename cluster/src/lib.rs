@@ -77,4 +77,6 @@ pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, RemoteMailbox};
 pub use secret::{Secret, SecretError};
 pub use session::SessionStats;
-pub use wire::{EdgeAddress, Message, WireError, WireEvent, DEFAULT_MAX_FRAME, PROTOCOL_VERSION};
+pub use wire::{
+    BatchBytes, EdgeAddress, Message, WireError, WireEvent, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,
+};

@@ -12,7 +12,7 @@
 //! subtask's address and its record codec); a `Data` frame is decoded into the typed batch
 //! and delivered with a [`RemoteCredit`] whose drop sends the `Credit` frame back.
 
-use crate::wire::{EdgeAddress, Message, WireEvent};
+use crate::wire::{BatchBytes, EdgeAddress, Message, WireEvent};
 use actix::prelude::{Actor, AsyncContext, Context, Handler, Recipient};
 use riffle_actors::{Credit, DataMessage, RemoteCredit};
 use riffle_framework::{BatchCodec, ChannelEvent, RecordBatch};
@@ -208,7 +208,10 @@ impl Handler<DataMessage> for RemoteMailbox {
             self.dropped += 1;
             return; // the message's credit returns as it drops
         }
-        let event = match msg.event.try_map_batch(|b| self.codec.encode(&b.payload)) {
+        let event = match msg
+            .event
+            .try_map_batch(|b| self.codec.encode(&b.payload).map(BatchBytes))
+        {
             Ok(event) => event,
             Err(e) => {
                 tracing::error!(edge = ?self.edge, error = %e, "cannot encode a batch; dropped");
@@ -285,7 +288,7 @@ pub(crate) fn deliver(
         c.increment(bytes as u64);
     }
     let decoded = event.try_map_batch(|b| {
-        let (payload, len) = inbox.codec.decode(&b)?;
+        let (payload, len) = inbox.codec.decode(&b.0)?;
         Ok::<_, riffle_framework::CodecError>(RecordBatch { payload, len })
     });
     let event = match decoded {

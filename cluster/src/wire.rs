@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 7;
+pub const PROTOCOL_VERSION: u8 = 8;
 
 /// Default largest frame accepted on an authenticated link (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
@@ -139,9 +139,27 @@ pub enum RefuseReason {
 }
 
 /// What a `Data` frame carries, in the channel's order: the channel event of every layer
-/// ([`ChannelEvent`]) with its batch encoded (the records, rmp-serde encoded by the channel's
-/// codec).
-pub type WireEvent = ChannelEvent<Vec<u8>>;
+/// ([`ChannelEvent`]) with its batch encoded (the records, encoded by the channel's codec).
+pub type WireEvent = ChannelEvent<BatchBytes>;
+
+/// A batch's records as the channel's codec encoded them. On the wire they are one msgpack
+/// `bin` (a length and the bytes, copied as a block), not an array of numbers to walk byte by
+/// byte.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct BatchBytes(#[serde(with = "serde_bytes")] pub Vec<u8>);
+
+impl BatchBytes {
+    /// The number of encoded bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// No bytes at all.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
 
 /// Every message of the protocol. The tag on the wire is [`Message::tag`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -497,7 +515,7 @@ mod tests {
                     to: 5,
                     channel: 6,
                 },
-                event: WireEvent::Batch(vec![0; 100]),
+                event: WireEvent::Batch(BatchBytes(vec![0; 100])),
             },
             Message::Credit {
                 edge: EdgeAddress {

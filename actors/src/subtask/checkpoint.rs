@@ -193,7 +193,6 @@ impl SubtaskActor {
         self.last_acked = order.last_completed.unwrap_or(0);
         self.metrics.records_in = 0;
         self.metrics.records_out = 0;
-        let credits = self.plan.config().credits;
         for out in &mut self.outs {
             out.eoi_sent = false;
             out.parked = false;
@@ -205,6 +204,7 @@ impl SubtaskActor {
                 // from the messages the old epoch left in an unchanged receiver's mailbox.
                 if out.to.as_ref() != Some(&to) {
                     out.to = Some(to);
+                    let credits = self.directory.credits_to(out.target, self.plan.config());
                     out.credits = Arc::new(Semaphore::new(credits));
                 }
             }

@@ -187,7 +187,6 @@ impl SubtaskActor {
     }
 
     pub(super) fn rewire(&mut self, target: TaskId, ctx: &mut Context<Self>) {
-        let credits = self.plan.config().credits;
         for (i, out) in self.outs.iter_mut().enumerate() {
             if out.target != target {
                 continue;
@@ -197,6 +196,7 @@ impl SubtaskActor {
                 continue;
             };
             out.to = Some(to);
+            let credits = self.directory.credits_to(target, self.plan.config());
             out.credits = Arc::new(Semaphore::new(credits));
             out.parked = false;
             let queued_eoi = self

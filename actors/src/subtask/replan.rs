@@ -136,7 +136,6 @@ impl SubtaskActor {
     /// Output channels of the new plan: a channel to the same target and input channel keeps
     /// its address, credits and queue; a new one is resolved.
     fn rewire_outputs(&mut self) {
-        let credits = self.plan.config().credits;
         let mut old: HashMap<(TaskId, u32), (OutChannel, VecDeque<ChannelEvent>)> = self
             .outs
             .drain(..)
@@ -152,7 +151,9 @@ impl SubtaskActor {
                     parked: to.is_none(),
                     to,
                     in_channel,
-                    credits: Arc::new(Semaphore::new(credits)),
+                    credits: Arc::new(Semaphore::new(
+                        self.directory.credits_to(t.task, self.plan.config()),
+                    )),
                     eoi_sent: false,
                 };
                 (out, VecDeque::new())
@@ -190,7 +191,8 @@ impl SubtaskActor {
         self.open_inputs = closed.iter().filter(|c| !**c).count();
         self.barrier_seen = vec![false; closed.len()];
         self.aligning = None;
-        let capacity = closed.len() * self.plan.config().credits + crate::directory::MAILBOX_SLACK;
+        let capacity =
+            closed.len() * self.plan.config().max_credits() + crate::directory::MAILBOX_SLACK;
         ctx.set_mailbox_capacity(capacity);
         self.directory.inputs_changed(self.task, closed.len());
         self.clock.rewire(&closed);
