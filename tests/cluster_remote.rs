@@ -136,6 +136,8 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
                 codec: codec.clone(),
                 channels: 1,
                 bytes_in: None,
+                credit_batch: 1,
+                pending: Default::default(),
             },
         );
         n2.register_inbox(
@@ -147,6 +149,8 @@ fn remote_mailboxes_carry_events_with_per_channel_credits() {
                 codec: codec.clone(),
                 channels: 1,
                 bytes_in: None,
+                credit_batch: 1,
+                pending: Default::default(),
             },
         );
         let edge = |to: u32| EdgeAddress {

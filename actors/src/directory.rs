@@ -15,8 +15,15 @@ pub(crate) const MAILBOX_SLACK: usize = 64;
 /// Resolves the data address of a subtask that is not in this process.
 pub trait Resolve: Send + Sync {
     /// The address to which `from` sends its channel `in_channel` of `to`, or `None` if `to`
-    /// is not known anywhere.
-    fn remote(&self, from: TaskId, to: TaskId, in_channel: u32) -> Option<Recipient<DataMessage>>;
+    /// is not known anywhere. `on` is the worker that runs `from`: a stand-in actor for the
+    /// channel runs there too, so that handing it a batch wakes no other thread.
+    fn remote(
+        &self,
+        from: TaskId,
+        to: TaskId,
+        in_channel: u32,
+        on: &ArbiterHandle,
+    ) -> Option<Recipient<DataMessage>>;
 
     /// Subtask `task` started in this process at `to`, with `inputs` input channels (so that
     /// other nodes can reach it, and frames naming another channel are refused).
@@ -103,23 +110,39 @@ impl Directory {
     /// The credits of a channel to `to`: the job's `credits` for a subtask in this process,
     /// its `remote_credits` for one elsewhere (see [`riffle_framework::JobConfig`]).
     pub fn credits_to(&self, to: TaskId, cfg: &riffle_framework::JobConfig) -> usize {
-        if self.local.contains_key(&to) {
+        if self.is_local(to) {
             cfg.credits
         } else {
             cfg.remote_credits
         }
     }
 
-    /// The address for `from`'s channel `in_channel` to `to`.
+    /// The records of a full batch to `to`: the job's `batch_size`, times its
+    /// `remote_batch_scale` for a subtask elsewhere.
+    pub fn batch_size_to(&self, to: TaskId, cfg: &riffle_framework::JobConfig) -> usize {
+        if self.is_local(to) {
+            cfg.batch_size
+        } else {
+            cfg.batch_size.saturating_mul(cfg.remote_batch_scale)
+        }
+    }
+
+    /// Whether `to` runs in this process.
+    pub fn is_local(&self, to: TaskId) -> bool {
+        self.local.contains_key(&to)
+    }
+
+    /// The address for `from`'s channel `in_channel` to `to`; `from` runs on worker `on`.
     pub fn resolve(
         &self,
         from: TaskId,
         to: TaskId,
         in_channel: u32,
+        on: &ArbiterHandle,
     ) -> Option<Recipient<DataMessage>> {
         if let Some(r) = self.local.get(&to) {
             return Some(r.clone());
         }
-        self.remote.as_ref()?.remote(from, to, in_channel)
+        self.remote.as_ref()?.remote(from, to, in_channel, on)
     }
 }

@@ -134,7 +134,8 @@ impl LocalHost {
             .out_channels(task)
             .into_iter()
             .map(|t| {
-                let to = self.directory.resolve(task, t.task, t.in_channel as u32);
+                let to = self.directory
+                    .resolve(task, t.task, t.in_channel as u32, worker);
                 if to.is_none() {
                     tracing::error!(?task, target = ?t.task, "output target not found; its channel waits for a re-wire");
                 }

@@ -74,7 +74,7 @@ pub use job::{ClusterJob, JobBuilder, JobOptions};
 pub use leader::{EtcdSettings, LeaderView};
 pub use node::{Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;
-pub use remote::{Inbox, LinkSender, RemoteMailbox};
+pub use remote::{Inbox, LinkSender, PendingCredits, RemoteMailbox};
 pub use secret::{Secret, SecretError};
 pub use session::SessionStats;
 pub use wire::{

@@ -66,7 +66,13 @@ impl ClusterResolver {
 }
 
 impl Resolve for ClusterResolver {
-    fn remote(&self, from: TaskId, to: TaskId, in_channel: u32) -> Option<Recipient<DataMessage>> {
+    fn remote(
+        &self,
+        from: TaskId,
+        to: TaskId,
+        in_channel: u32,
+        on: &ArbiterHandle,
+    ) -> Option<Recipient<DataMessage>> {
         let node = self.placement.get(&to)?.clone();
         if node == self.me {
             tracing::error!(?to, "a subtask placed here is not running here");
@@ -94,9 +100,8 @@ impl Resolve for ClusterResolver {
             self.plan.chain_name(from.chain),
             from.subtask,
         );
-        let addr = RemoteMailbox::with_lookup(edge, &node, lookup, codec)
-            .counting(counter)
-            .start();
+        let mailbox = RemoteMailbox::with_lookup(edge, &node, lookup, codec).counting(counter);
+        let addr = RemoteMailbox::start_in_arbiter(on, move |_| mailbox);
         self.net
             .returns
             .insert(channel_key(&edge), addr.clone().recipient());
@@ -119,6 +124,8 @@ impl Resolve for ClusterResolver {
                         self.plan.chain_name(task.chain),
                         task.subtask,
                     )),
+                    credit_batch: credit_batch(self.plan.config()),
+                    pending: Arc::default(),
                 },
             );
         }
@@ -130,6 +137,14 @@ impl Resolve for ClusterResolver {
             inbox.channels = u32::try_from(inputs).unwrap_or(u32::MAX);
         }
     }
+}
+
+/// Credits a receiving node returns together on a channel from another node: a quarter of
+/// the sender's window, so the sender always has credits left while some are held back.
+fn credit_batch(cfg: &riffle_framework::JobConfig) -> u32 {
+    u32::try_from(cfg.remote_credits / 4)
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 /// The coordinator's view of where subtasks run and how remote ones start.

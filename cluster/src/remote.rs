@@ -265,6 +265,30 @@ pub struct Inbox {
     pub channels: u32,
     /// The subtask's `riffle_remote_bytes_in_total`, if counted.
     pub bytes_in: Option<metrics::Counter>,
+    /// Credits of a channel returned together (1: each as its batch is handled). A sender
+    /// holds more credits than this, so it never waits for the ones held back, and a
+    /// `Credit` frame (and the wake-ups on both sides) serves several batches.
+    pub credit_batch: u32,
+    /// Credits handled and not returned yet, by sending subtask and input channel.
+    pub pending: Arc<PendingCredits>,
+}
+
+/// Credits held back by a receiving node until a channel has [`Inbox::credit_batch`] of them.
+#[derive(Debug, Default)]
+pub struct PendingCredits(std::sync::Mutex<std::collections::HashMap<(u32, u32), u32>>);
+
+impl PendingCredits {
+    /// One more credit of `channel` (sender and input channel); the credits to return now, if
+    /// it has `every` of them.
+    fn add(&self, channel: (u32, u32), every: u32) -> Option<u32> {
+        let mut p = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let n = p.entry(channel).or_insert(0);
+        *n += 1;
+        if *n < every {
+            return None;
+        }
+        p.remove(&channel)
+    }
 }
 
 /// Delivers a `Data` frame into `inbox`, with a credit that answers on `link` when dropped.
@@ -301,9 +325,12 @@ pub(crate) fn deliver(
         }
     };
     let held = budget.clone();
+    let (pending, every) = (inbox.pending.clone(), inbox.credit_batch.max(1));
     let credit = RemoteCredit::new(move || {
         held.give(bytes);
-        let _ = link.send(Message::Credit { edge, n: 1 });
+        if let Some(n) = pending.add((edge.from, edge.channel), every) {
+            let _ = link.send(Message::Credit { edge, n });
+        }
     });
     let msg = DataMessage {
         epoch: edge.epoch,

@@ -345,6 +345,9 @@ impl<T: crate::Data> Stage<T> for WatermarkStage<T> {
     fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
         self.next.reroute(moves);
     }
+    fn batch_limits(&mut self, limits: &[usize]) {
+        self.next.batch_limits(limits);
+    }
     fn rekey(
         &mut self,
         keep: &dyn Fn(u64) -> bool,

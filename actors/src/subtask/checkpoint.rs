@@ -196,9 +196,9 @@ impl SubtaskActor {
         for out in &mut self.outs {
             out.eoi_sent = false;
             out.parked = false;
-            if let Some(to) = self
-                .directory
-                .resolve(self.task, out.target, out.in_channel)
+            if let Some(to) =
+                self.directory
+                    .resolve(self.task, out.target, out.in_channel, &Arbiter::current())
             {
                 // Only a re-created receiver gets fresh credits: the old ones still return
                 // from the messages the old epoch left in an unchanged receiver's mailbox.

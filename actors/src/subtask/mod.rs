@@ -382,6 +382,7 @@ impl SubtaskActor {
             let f = self.stage_failure(e);
             return self.fail(f, ctx);
         }
+        self.set_batch_limits();
         // Latency mode (a zero interval) flushes after every batch; the tick still fires
         // processing-time timers and idle marks.
         let interval = match self.plan.flush_interval(self.task.chain) {

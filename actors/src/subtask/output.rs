@@ -186,12 +186,30 @@ impl SubtaskActor {
         }
     }
 
+    /// Tells the chain's routers how many records make a full batch on each output channel
+    /// (larger to other nodes, see `JobConfig::remote_batch_scale`); again whenever an
+    /// output is re-wired.
+    pub(super) fn set_batch_limits(&mut self) {
+        let cfg = self.plan.config();
+        let limits: Vec<usize> = self
+            .outs
+            .iter()
+            .map(|o| self.directory.batch_size_to(o.target, cfg))
+            .collect();
+        if let Some(h) = &mut self.head {
+            h.head().batch_limits(&limits);
+        }
+    }
+
     pub(super) fn rewire(&mut self, target: TaskId, ctx: &mut Context<Self>) {
         for (i, out) in self.outs.iter_mut().enumerate() {
             if out.target != target {
                 continue;
             }
-            let Some(to) = self.directory.resolve(self.task, target, out.in_channel) else {
+            let Some(to) =
+                self.directory
+                    .resolve(self.task, target, out.in_channel, &Arbiter::current())
+            else {
                 tracing::error!(task = ?self.task, ?target, "re-wired to a subtask nobody knows");
                 continue;
             };
@@ -209,6 +227,7 @@ impl SubtaskActor {
                 self.cx.queue_mut(i).push_back(ChannelEvent::EndOfInput);
             }
         }
+        self.set_batch_limits();
         if self.state == Lifecycle::Done {
             // Late re-wire after we finished: send the repeated end-of-input directly.
             for i in 0..self.outs.len() {

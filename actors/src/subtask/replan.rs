@@ -117,6 +117,7 @@ impl SubtaskActor {
             h.reroute(&moves);
         }
         self.rewire_outputs();
+        self.set_batch_limits();
         self.rewire_inputs(&old, ctx);
         if let Some(gained) = &order.gained {
             if order.epoch == self.epoch {
@@ -145,7 +146,9 @@ impl SubtaskActor {
         for t in self.plan.out_channels(self.task) {
             let in_channel = t.in_channel as u32;
             let (out, queue) = old.remove(&(t.task, in_channel)).unwrap_or_else(|| {
-                let to = self.directory.resolve(self.task, t.task, in_channel);
+                let to = self
+                    .directory
+                    .resolve(self.task, t.task, in_channel, &Arbiter::current());
                 let out = OutChannel {
                     target: t.task,
                     parked: to.is_none(),

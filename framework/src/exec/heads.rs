@@ -40,6 +40,9 @@ pub trait ChainHead: Send {
     ) -> Result<(), StageError>;
     /// Rescale in place: routers take new layouts (see [`super::Stage::reroute`]).
     fn reroute(&mut self, moves: &[(usize, super::RouteLayout)]);
+    /// Routers take per output queue the records of a full batch (see
+    /// [`super::Stage::batch_limits`]).
+    fn batch_limits(&mut self, limits: &[usize]);
     /// Rescale in place: keyed state keeps the keys `keep` accepts and takes in `gained` (see
     /// [`super::Stage::rekey`]).
     ///
@@ -124,6 +127,9 @@ macro_rules! forward_to_chain {
         }
         fn reroute(&mut self, moves: &[(usize, super::RouteLayout)]) {
             self.next.reroute(moves);
+        }
+        fn batch_limits(&mut self, limits: &[usize]) {
+            self.next.batch_limits(limits);
         }
         fn rekey(
             &mut self,

@@ -297,6 +297,12 @@ pub trait Stage<T>: Send {
     /// other stages pass the call on. Records still buffered are routed again.
     fn reroute(&mut self, _moves: &[(usize, RouteLayout)]) {}
 
+    /// Routers take, per output queue, the records at which a batch is full (`limits[q]` for
+    /// queue `q`; a queue without an entry keeps the job's batch size): the runtime makes
+    /// batches to other nodes larger, since each one costs a frame, a write and wake-ups on
+    /// both sides. Other stages pass the call on.
+    fn batch_limits(&mut self, _limits: &[usize]) {}
+
     /// Rescale in place: keyed operators keep only the keys whose hash `keep` accepts and take
     /// in the entries of `gained` (one entry per state entry, in chain order, encoded as
     /// [`Stage::snapshot`] writes them; an empty entry adds nothing). Stages that hold a state

@@ -42,6 +42,9 @@ pub struct Router<T, H = fn(&T) -> u64> {
     staged: Vec<(usize, Vec<T>)>,
     next_rr: usize,
     batch_size: usize,
+    /// Per channel, the records at which a batch is full: `batch_size`, or more on a channel
+    /// to another node ([`Stage::batch_limits`]).
+    limits: Vec<usize>,
     /// Records pushed in the current unit of work (counted as output when it commits).
     pushed: u64,
 }
@@ -66,6 +69,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
             staged: Vec::new(),
             next_rr: start % channels,
             batch_size,
+            limits: vec![batch_size; channels],
             pushed: 0,
         }
     }
@@ -74,8 +78,9 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
     fn buffer(&mut self, ch: usize, record: T) {
         let buf = &mut self.buffers[ch];
         buf.push(record);
-        if buf.len() >= self.batch_size {
-            let full = std::mem::replace(buf, Vec::with_capacity(self.batch_size));
+        let limit = self.limits[ch];
+        if buf.len() >= limit {
+            let full = std::mem::replace(buf, Vec::with_capacity(limit));
             self.staged.push((ch, full));
         }
     }
@@ -142,6 +147,8 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         self.buffers = (0..channels)
             .map(|_| Vec::with_capacity(self.batch_size))
             .collect();
+        // The runtime sets the limits of the new channels again once it knows where they go.
+        self.limits = vec![self.batch_size; channels];
         self.next_rr %= channels;
         if let (Route::Key { partitioner, .. }, Some(p)) = (&mut self.route, &layout.partitioner) {
             *partitioner = p.clone();
@@ -200,7 +207,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         for ch in 0..self.buffers.len() {
             if !self.buffers[ch].is_empty() {
                 let full =
-                    std::mem::replace(&mut self.buffers[ch], Vec::with_capacity(self.batch_size));
+                    std::mem::replace(&mut self.buffers[ch], Vec::with_capacity(self.limits[ch]));
                 self.queue(cx, ch, full);
             }
             self.committed[ch] = 0;
@@ -215,6 +222,15 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
     }
     fn on_processing_time(&mut self, _now: i64, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
+    }
+    fn batch_limits(&mut self, limits: &[usize]) {
+        for (ch, limit) in self.limits.iter_mut().enumerate() {
+            *limit = limits
+                .get(self.base + ch)
+                .copied()
+                .unwrap_or(self.batch_size)
+                .max(1);
+        }
     }
     fn resume_clock(&mut self, _watermark: i64) {}
     fn on_idle(&mut self, cx: &mut StageCx) {
@@ -305,6 +321,11 @@ impl<T: Data> Stage<T> for Tee<T> {
     }
     fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
         self.branches.iter_mut().for_each(|b| b.reroute(moves));
+    }
+    fn batch_limits(&mut self, limits: &[usize]) {
+        self.branches
+            .iter_mut()
+            .for_each(|b| b.batch_limits(limits));
     }
     fn rekey(
         &mut self,

@@ -34,6 +34,9 @@ macro_rules! chain_stage_hooks {
         fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
             self.next.reroute(moves);
         }
+        fn batch_limits(&mut self, limits: &[usize]) {
+            self.next.batch_limits(limits);
+        }
     };
 }
 
