@@ -14,6 +14,7 @@ mod checkpoint_exactly_once;
 mod checkpoint_process;
 mod cli_examples;
 mod cluster_bad_input;
+mod cluster_data_path;
 mod cluster_deadlines;
 mod cluster_failover;
 mod cluster_job;
