@@ -19,7 +19,9 @@
 //! sinks' transactions from the latest completed checkpoint in a new epoch.
 //!
 //! # Backpressure
-//! Each output channel has a semaphore of `credits` permits. A message is sent only with a
+//! Each output channel has a semaphore of `credits` permits (`remote_credits` for a channel
+//! to another node, whose batches are also `remote_batch_scale` times larger: see
+//! `Directory::credits_to` and `set_batch_limits`). A message is sent only with a
 //! permit, which it carries and which returns when the receiver dropped the message. When a
 //! channel has queued messages and no permit, the actor is *blocked*: it waits for a permit in
 //! a future spawned beside its mailbox, and until the permit comes it defers the data messages
@@ -27,8 +29,8 @@
 //! a source stops producing — but it still handles its control messages at once (a reset, a
 //! hold, a re-plan, a stop), however long the block lasts. A wait with `ctx.wait` would hold
 //! the whole mailbox instead, and a subtask blocked again as soon as each credit returns would
-//! never read it. Records in flight per channel are therefore bounded by
-//! `credits × batch_size` plus what the sender buffers (one partial batch per channel and the
+//! never read it. Records in flight per channel are therefore bounded by its credits times its
+//! batch size plus what the sender buffers (one partial batch per channel and the
 //! output of the input batch at hand) plus the deferred messages, which are bounded by the
 //! credits of the subtask's own inputs.
 
