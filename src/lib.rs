@@ -111,7 +111,7 @@ pub mod config {
     pub use riffle_framework::{
         Backoff, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction, PoisonPolicy,
         RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS,
-        DEFAULT_FLUSH_INTERVAL,
+        DEFAULT_FLUSH_INTERVAL, DEFAULT_REMOTE_BATCH_SCALE, DEFAULT_REMOTE_CREDITS,
     };
 }
 

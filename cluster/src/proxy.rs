@@ -80,7 +80,10 @@ impl Resolve for ClusterResolver {
         }
         let key = (from, to, in_channel, node.clone());
         if let Some(m) = self.mailboxes.get(&key) {
-            return Some(m.clone().recipient());
+            // A mailbox runs on its sender's worker: one whose worker stopped is made again.
+            if m.connected() {
+                return Some(m.clone().recipient());
+            }
         }
         let edge = EdgeAddress {
             job: self.job,

@@ -46,7 +46,7 @@ pub use checkpoint::{
 pub use config::{
     Backoff, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction, PoisonPolicy,
     RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS,
-    DEFAULT_FLUSH_INTERVAL,
+    DEFAULT_FLUSH_INTERVAL, DEFAULT_REMOTE_BATCH_SCALE, DEFAULT_REMOTE_CREDITS,
 };
 pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};
