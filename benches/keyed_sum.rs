@@ -15,6 +15,8 @@
 //! The cost of metrics (P=2 with the Prometheus recorder installed versus not, in child
 //! processes, alternately) is printed after the checkpointing cost.
 //!
+//! `KEYED_SUM_ONLY=riffle|hand [N] [P]` runs one side once (for profilers).
+//!
 //! Peak RSS (VmHWM of the whole benchmark process) is printed at the end; for one
 //! configuration alone use `/usr/bin/time -v target/release/deps/keyed_sum-* N P`.
 
@@ -307,6 +309,19 @@ fn main() {
         .unwrap_or(10_000_000);
     if let Ok(mode) = std::env::var("RIFFLE_BENCH_CHILD") {
         return metrics_child(&mode, child_n);
+    }
+    // For profiling one side alone: `KEYED_SUM_ONLY=riffle|hand N P` runs it once.
+    if let Ok(side) = std::env::var("KEYED_SUM_ONLY") {
+        let p = std::env::args()
+            .nth(2)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(2);
+        let took = match (side.as_str(), p) {
+            ("hand", 1) => hand_one(child_n),
+            ("hand", _) => hand_two(child_n),
+            _ => riffle(child_n, p),
+        };
+        return println!("{side} P={p}: {:.0} rec/s", rate(child_n, took));
     }
     // `cargo bench` passes `--bench`; ignore flags.
     let args: Vec<String> = std::env::args()

@@ -515,8 +515,11 @@ impl<T: Data, K: Key> KeyedStream<T, K> {
     where
         V: Data + Default + std::ops::AddAssign,
     {
-        self.fold(V::default(), move |acc, t| *acc += value(&t))
-            .name("sum")
+        let value = Arc::new(value);
+        self.process_named("sum", move |_| Sum {
+            value: value.clone(),
+            _k: PhantomData,
+        })
     }
 }
 
@@ -634,6 +637,37 @@ impl<T: Data, K: Key, A: Data, F: Fn(&mut A, T) + Send + Sync + 'static> KeyedOp
         let acc = s.get_or_insert_with(|| self.init.clone());
         (self.f)(acc, r);
         out.emit((k.clone(), acc.clone()));
+        Ok(())
+    }
+}
+
+/// A running sum per key. Its state is the sum itself (not an `Option` as in [`Fold`]): the
+/// value type has a default, so a key's entry in the state table is a third smaller.
+struct Sum<T, K, V, F> {
+    value: Arc<F>,
+    _k: PhantomData<fn(K, T) -> V>,
+}
+impl<T, K, V, F> KeyedOperator for Sum<T, K, V, F>
+where
+    T: Data,
+    K: Key,
+    V: Data + Default + std::ops::AddAssign,
+    F: Fn(&T) -> V + Send + Sync + 'static,
+{
+    type Key = K;
+    type In = T;
+    type Out = (K, V);
+    type State = V;
+    #[inline]
+    fn process(
+        &mut self,
+        k: &K,
+        sum: &mut V,
+        r: T,
+        out: &mut Output<'_, (K, V)>,
+    ) -> Result<(), UserError> {
+        *sum += (self.value)(&r);
+        out.emit((k.clone(), sum.clone()));
         Ok(())
     }
 }

@@ -74,7 +74,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     fn buffer(&mut self, ch: usize, record: T) {
         let buf = &mut self.buffers[ch];
         buf.push(record);
