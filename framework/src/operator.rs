@@ -45,7 +45,13 @@ pub struct Output<'a, T> {
     timers: Option<&'a mut Timers>,
     /// In a source: `Some`, holding the largest watermark it emitted in this call, if any.
     watermark: Option<Option<i64>>,
+    /// In a source: records emitted but not yet handed on (they go to the next stage a chunk
+    /// at a time, one call per chunk instead of one per record), and the index of the first.
+    chunk: Option<(&'a mut Vec<T>, u64)>,
 }
+
+/// How many records a source's output gathers before handing them on.
+const SOURCE_CHUNK: usize = 256;
 
 impl<'a, T> Output<'a, T> {
     /// An output that feeds `next`.
@@ -60,13 +66,37 @@ impl<'a, T> Output<'a, T> {
             skipped: None,
             timers: None,
             watermark: None,
+            chunk: None,
         }
     }
 
-    /// An output of a source, which may emit watermarks.
-    pub(crate) fn for_source(mut self) -> Self {
+    /// An output of a source, which may emit watermarks and gathers its records in `chunk`
+    /// (empty, kept by the caller between calls) before handing them on; the caller ends the
+    /// call with [`Output::finish`].
+    pub(crate) fn for_source(mut self, chunk: &'a mut Vec<T>) -> Self {
         self.watermark = Some(None);
+        chunk.clear();
+        self.chunk = Some((chunk, 0));
         self
+    }
+
+    /// Hands on the records a source's output still holds (see [`Output::for_source`]).
+    pub(crate) fn finish(&mut self) {
+        let Some((chunk, first)) = &mut self.chunk else {
+            return;
+        };
+        if chunk.is_empty() {
+            return;
+        }
+        if self.failed.is_some() {
+            chunk.clear();
+            return;
+        }
+        if let Err((i, e)) = self.next.push_many(chunk, self.cx) {
+            chunk.clear();
+            self.failed = Some(e);
+            self.failed_at = Some(*first + i as u64);
+        }
     }
 
     /// In a [`Source`]'s `produce`: says that no record with a timestamp at or below `t`
@@ -136,7 +166,20 @@ impl<'a, T> Output<'a, T> {
             return;
         }
         if self.skip == Some(index) {
+            // Records before it go on first, so that the chunk's indexes stay contiguous.
+            self.finish();
             self.skipped = Some(record);
+            return;
+        }
+        if let Some((chunk, first)) = &mut self.chunk {
+            if chunk.is_empty() {
+                *first = index;
+            }
+            chunk.push(record);
+            let full = chunk.len() >= SOURCE_CHUNK;
+            if full {
+                self.finish();
+            }
             return;
         }
         if let Err(e) = self.next.push(record, self.cx) {

@@ -273,6 +273,9 @@ pub struct SourceDriver<S: Source> {
     next: BoxStage<S::Out>,
     /// The last watermark the source emitted itself.
     watermark: i64,
+    /// Where the source's output gathers records before handing them on (kept for its
+    /// allocation).
+    chunk: Vec<S::Out>,
 }
 
 impl<S: Source> SourceDriver<S> {
@@ -283,6 +286,7 @@ impl<S: Source> SourceDriver<S> {
             info,
             next,
             watermark: i64::MIN,
+            chunk: Vec::new(),
         }
     }
 
@@ -307,8 +311,11 @@ impl<S: Source> ErasedSource for SourceDriver<S> {
             index: usize::MAX,
         })?;
         let source = &mut self.source;
-        let mut out = Output::new(&mut *self.next, cx).skipping(skip).for_source();
+        let mut out = Output::new(&mut *self.next, cx)
+            .skipping(skip)
+            .for_source(&mut self.chunk);
         let r = catch_unwind(AssertUnwindSafe(|| source.produce(&mut out)));
+        out.finish();
         let watermark = out.take_watermark();
         let emitted = out.emitted();
         let (failed_at, skipped) = (out.failed_at(), out.take_skipped());

@@ -242,6 +242,24 @@ pub trait Stage<T>: Send {
         Ok(())
     }
 
+    /// Handles the records of `records` in order, taking them (the vector is left empty,
+    /// its allocation kept for the caller). Sources hand their records on this way, a chunk
+    /// at a time; routers override it with one loop per chunk.
+    ///
+    /// # Errors
+    /// The index in `records` of the record that failed, with the failure (the records
+    /// after it are dropped: the unit of work fails and is rolled back).
+    fn push_many(
+        &mut self,
+        records: &mut Vec<T>,
+        cx: &mut StageCx,
+    ) -> Result<(), (usize, StageError)> {
+        for (i, r) in records.drain(..).enumerate() {
+            self.push(r, cx).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
+
     /// Runs `on_start` hooks, front to back.
     ///
     /// # Errors

@@ -136,6 +136,38 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         self.pushed += 1;
         self.place(record)
     }
+    fn push_many(
+        &mut self,
+        records: &mut Vec<T>,
+        _cx: &mut StageCx,
+    ) -> Result<(), (usize, StageError)> {
+        self.pushed += records.len() as u64;
+        if let Route::Key {
+            hash,
+            partitioner,
+            operator,
+        } = &self.route
+        {
+            // The common case in one loop: hash, pick the channel, buffer.
+            let last = self.buffers.len() - 1;
+            for (i, record) in records.drain(..).enumerate() {
+                let h = catch_unwind(AssertUnwindSafe(|| hash(&record)))
+                    .map_err(|panic| (i, StageError::from_panic(operator, panic)))?;
+                let ch = partitioner.route(h).min(last);
+                let buf = &mut self.buffers[ch];
+                buf.push(record);
+                if buf.len() >= self.limits[ch] {
+                    let full = std::mem::replace(buf, Vec::with_capacity(self.limits[ch]));
+                    self.staged.push((ch, full));
+                }
+            }
+            return Ok(());
+        }
+        for (i, record) in records.drain(..).enumerate() {
+            self.place(record).map_err(|e| (i, e))?;
+        }
+        Ok(())
+    }
     fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
         let Some((_, layout)) = moves.iter().find(|(old, _)| *old == self.base) else {
             return;
