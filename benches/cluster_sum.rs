@@ -50,19 +50,24 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// Codec cost per record: encode and decode batches of 1024 `u64`s.
+/// Codec cost per record: encode and decode batches like the ones that cross in the job
+/// (4,096 of the sequence's numbers whose key the ring gives to subtask 1 of 2).
 fn codec_ns_per_record() -> f64 {
     let codec = BatchCodec::of::<u64>();
-    let batch: Vec<u64> = (0..1024u64).map(|i| i * 7_919_393).collect();
+    let ring = riffle::routing::KeyRing::new(2);
+    let batch: Vec<u64> = (0u64..)
+        .filter(|x| ring.route_hash((x % 100_000).key_hash()) == 1)
+        .take(4096)
+        .collect();
     let payload: riffle::internals::framework::exec::Payload = Box::new(batch);
-    let rounds = 2000;
+    let rounds = 500;
     let t = Instant::now();
     for _ in 0..rounds {
         let bytes = codec.encode(&payload).expect("encode");
         let decoded = codec.decode(&bytes).expect("decode");
         std::hint::black_box(decoded);
     }
-    t.elapsed().as_nanos() as f64 / (rounds as f64 * 1024.0)
+    t.elapsed().as_nanos() as f64 / (rounds as f64 * 4096.0)
 }
 
 fn node_main(spec: &str) {

@@ -88,6 +88,10 @@ pub enum CodecError {
     /// The bytes are not a batch of the codec's record type.
     #[error("bytes do not decode as a batch: {0}")]
     Decode(#[from] rmp_serde::decode::Error),
+    /// The bytes are not a column-encoded batch of the codec's record type (see the
+    /// codec's docs for which types are written in columns).
+    #[error("bytes do not decode as a batch in columns: {0}")]
+    Columns(&'static str),
 }
 
 /// Errors of the built-in connectors (sources and sinks).

@@ -23,6 +23,7 @@
 //! `riffle-actors`. Users normally import `riffle::prelude::*` rather than this crate.
 
 mod checkpoint;
+mod columns;
 mod config;
 mod connectors;
 mod data;

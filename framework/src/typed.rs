@@ -24,7 +24,8 @@ pub(crate) trait TypeOps: Send + Sync {
     fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError>;
 }
 
-/// Encodes and decodes batches of a stream's record type (rmp-serde), for remote channels.
+/// Encodes and decodes batches of a stream's record type for remote channels: in columns for
+/// integers, `f64`, `String` and pairs of them (see the `columns` module), else rmp-serde.
 #[derive(Clone)]
 pub struct BatchCodec(pub(crate) Arc<dyn TypeOps>);
 
@@ -184,9 +185,15 @@ impl<T: Data> TypeOps for Ops<T> {
         let records = batch
             .downcast_ref::<Vec<T>>()
             .ok_or(CodecError::WrongType)?;
-        Ok(rmp_serde::to_vec(records)?)
+        match crate::columns::encode::<T>(records) {
+            Some(bytes) => Ok(bytes),
+            None => Ok(rmp_serde::to_vec(records)?),
+        }
     }
     fn decode_batch(&self, bytes: &[u8]) -> Result<(Payload, usize), CodecError> {
+        if let Some(decoded) = crate::columns::decode::<T>(bytes) {
+            return decoded;
+        }
         let records: Vec<T> = rmp_serde::from_slice(bytes)?;
         let len = records.len();
         Ok((Box::new(records), len))
