@@ -24,6 +24,8 @@ fn job(scale: usize) -> StreamEnv {
         c.workers = Some(1);
         c.flush_interval = Duration::from_secs(10);
         c.remote_batch_scale = scale;
+        // Credits return in groups of a quarter of the window: 4 here.
+        c.remote_credits = 16;
     });
     env.sequence(0..N)
         .key_by(|x: &u64| x % 1000)

@@ -96,7 +96,7 @@ impl<'a> Reader<'a> {
     }
 }
 
-#[inline]
+#[inline(always)]
 fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     if v < 0x80 {
         out.push(v as u8);

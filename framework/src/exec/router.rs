@@ -1,6 +1,7 @@
 //! Routers (the tail of a chain for an outgoing edge) and tees (a stream read twice).
 
 use super::{BoxStage, RouteLayout, Stage, StageCx};
+use crate::config::REMOTE_BATCH_BYTES;
 use crate::data::Data;
 use crate::error::StageError;
 use crate::event::{ChannelEvent, RecordBatch};
@@ -256,12 +257,19 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         Ok(())
     }
     fn batch_limits(&mut self, limits: &[usize]) {
+        // A larger batch (to another node) holds at most `REMOTE_BATCH_BYTES` of records.
+        let by_bytes = (REMOTE_BATCH_BYTES / std::mem::size_of::<T>().max(1)).max(self.batch_size);
         for (ch, limit) in self.limits.iter_mut().enumerate() {
-            *limit = limits
+            let asked = limits
                 .get(self.base + ch)
                 .copied()
-                .unwrap_or(self.batch_size)
-                .max(1);
+                .unwrap_or(self.batch_size);
+            *limit = if asked > self.batch_size {
+                asked.min(by_bytes)
+            } else {
+                asked
+            }
+            .max(1);
         }
     }
     fn resume_clock(&mut self, _watermark: i64) {}
@@ -370,5 +378,50 @@ impl<T: Data> Stage<T> for Tee<T> {
     }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.branches.iter_mut().try_for_each(|b| b.close(cx))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ChannelEvent;
+
+    /// The sizes of the batches `records` records make on each of two channels whose limits
+    /// the runtime asked to be `asked` (forward route: everything goes to channel 0).
+    fn batch_sizes<T: Data + Default>(asked: &[usize], records: usize) -> Vec<usize> {
+        let mut router: Router<T> = Router::new(Route::Forward, 0, 2, 1024, 0);
+        router.batch_limits(asked);
+        let mut cx = StageCx::new(2, 1024);
+        let mut chunk: Vec<T> = (0..records).map(|_| T::default()).collect();
+        router.push_many(&mut chunk, &mut cx).expect("pushed");
+        router.commit(&mut cx).expect("committed");
+        cx.queues[0]
+            .iter()
+            .filter_map(|e| match e {
+                ChannelEvent::Batch(b) => Some(b.len),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn larger_batches_hold_at_most_remote_batch_bytes_of_records() {
+        // u64: 32 × 1024 records are 256 KiB, within the cap.
+        assert_eq!(
+            batch_sizes::<u64>(&[32 * 1024, 1024], 70_000),
+            vec![32 * 1024; 2]
+        );
+        // 64-byte records: the cap is 4,096 of them.
+        assert_eq!(
+            batch_sizes::<[u64; 8]>(&[32 * 1024, 1024], 10_000),
+            vec![4096; 2]
+        );
+        // Records larger than the cap allows for one local batch: a batch is never smaller.
+        assert_eq!(
+            batch_sizes::<[[u64; 32]; 2]>(&[32 * 1024, 1024], 3_000),
+            vec![1024; 2]
+        );
+        // Local (or smaller) limits are kept as asked.
+        assert_eq!(batch_sizes::<[u64; 8]>(&[100, 1024], 250), vec![100; 2]);
     }
 }
