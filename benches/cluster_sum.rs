@@ -7,12 +7,15 @@
 //!
 //! `--encrypt` encrypts the link between the two nodes (Noise transport, ChaCha20-Poly1305).
 //! `--cluster-only` skips the one-process runs (no ratio): for profiling the cluster's data
-//! path alone.
+//! path alone. `--shared-cores` lets both node processes use every core instead of binding
+//! each to its own (see below).
 //!
 //! The job: `sequence(0..N) → key_by(x % 100000) → sum → discard`, parallelism 2, no
 //! checkpoints. One process runs it with 2 worker threads; the cluster runs it on two node
 //! processes (this binary started again as node `n2`) with 1 worker thread each, so both use
-//! the machine's 2 cores. Reported per setup (median of RUNS): records/s; for the cluster the
+//! the machine's 2 cores. Each node process is bound to a core of its own (n1's threads to
+//! core 0, n2 to core 1), as two one-core machines would run them; the one-process runs use
+//! both cores. Reported per setup (median of RUNS): records/s; for the cluster the
 //! bytes written on the links per record and the share of the cluster run's CPU time
 //! (elapsed × 2 cores) that encoding and decoding the records that cross a link costs — the
 //! codec's cost per record measured here, times the records that crossed (each source sends
@@ -21,6 +24,8 @@
 //! connection to `n2` (each a gathered buffer of frames) per 1,000 records it sent across,
 //! with their size.
 
+use nix::sched::{sched_setaffinity, CpuSet};
+use nix::unistd::Pid;
 use riffle::cluster::Node;
 use riffle::internals::framework::BatchCodec;
 use riffle::prelude::*;
@@ -70,7 +75,21 @@ fn codec_ns_per_record() -> f64 {
     t.elapsed().as_nanos() as f64 / (rounds as f64 * 4096.0)
 }
 
+/// Binds the calling thread, and the threads it starts from now on, to `cores`.
+fn bind(cores: &[usize]) {
+    let mut set = CpuSet::new();
+    for &c in cores {
+        let _ = set.set(c);
+    }
+    if let Err(e) = sched_setaffinity(Pid::from_raw(0), &set) {
+        eprintln!("cannot bind to cores {cores:?}: {e}");
+    }
+}
+
 fn node_main(spec: &str) {
+    if std::env::var("RIFFLE_BENCH_SHARED").is_err() {
+        bind(&[1]);
+    }
     let encrypt = std::env::var("RIFFLE_BENCH_ENCRYPT").is_ok();
     let (seed, runs) = spec.split_once('|').expect("seed|runs");
     let runs: usize = runs.parse().expect("runs");
@@ -110,18 +129,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let runs: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(3);
     let encrypt = std::env::args().any(|a| a == "--encrypt");
     let cluster_only = std::env::args().any(|a| a == "--cluster-only");
-
-    let node = Node::builder()
-        .name("n1")
-        .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
-        .encrypt(encrypt)
-        .register_job("sum", move || job(n, 1))
-        .start()?;
+    let shared = std::env::args().any(|a| a == "--shared-cores");
+    let all: Vec<usize> =
+        (0..std::thread::available_parallelism().map_or(1, |c| c.get())).collect();
+    // Node n1's threads (made while this thread is bound) run on core 0, n2 on core 1: two
+    // one-core machines. The one-process runs use every core.
+    let on_core_0 = |f: &mut dyn FnMut()| {
+        if !shared && all.len() >= 2 {
+            bind(&[0]);
+        }
+        f();
+        bind(&all);
+    };
+    let mut started = None;
+    on_core_0(&mut || {
+        started = Some(
+            Node::builder()
+                .name("n1")
+                .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
+                .encrypt(encrypt)
+                .register_job("sum", move || job(n, 1))
+                .start(),
+        )
+    });
+    let node = started.ok_or("node n1 did not start")??;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.env(ENV_NODE, format!("{}|{runs}", node.local_addr()))
         .env("RIFFLE_BENCH_N", n.to_string());
     if encrypt {
         cmd.env("RIFFLE_BENCH_ENCRYPT", "1");
+    }
+    if shared || all.len() < 2 {
+        cmd.env("RIFFLE_BENCH_SHARED", "1");
     }
     let mut child = cmd.spawn()?;
     let up = node.wait_members(Duration::from_secs(30), |m| !m.is_empty());
@@ -145,7 +184,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
 
         let before = n1_writes(&node);
-        let j = node.run_job("sum")?;
+        let mut ran = None;
+        on_core_0(&mut || ran = Some(node.run_job("sum")));
+        let j = ran.ok_or("the job did not start")??;
         // Keyed subtasks on the other node, as seen from each node.
         let placement = j.placement.clone();
         let on = |node: &str| {

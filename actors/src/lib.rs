@@ -68,8 +68,8 @@ pub use message::{
 pub use protocol::rescale::InPlaceFigures;
 pub use requests::{Fence, NodeLost};
 pub use runtime::{
-    start_distributed, start_plan, state_moved, Distribution, Execute, JobHandle, JobPorts,
-    RescaleOutcome, Rng,
+    pin_to_cores, start_distributed, start_plan, state_moved, Distribution, Execute, JobHandle,
+    JobPorts, RescaleOutcome, Rng,
 };
 pub use stats::Progress;
 pub use subtask::Lifecycle;

@@ -461,6 +461,24 @@ pub fn start_distributed(plan: ExecutionPlan, dist: Distribution) -> Result<JobH
     start_with(plan, Some(dist))
 }
 
+/// Pins worker `i` to core `i` of those this process may use (see
+/// `JobConfig::pin_workers`); a core that cannot be had is logged and skipped.
+pub fn pin_to_cores(arbiters: &[Arbiter]) {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    if cores.is_empty() {
+        tracing::debug!("cannot list the cores; worker threads are not pinned");
+        return;
+    }
+    for (i, a) in arbiters.iter().enumerate() {
+        let core = cores[i % cores.len()];
+        a.spawn_fn(move || {
+            if !core_affinity::set_for_current(core) {
+                tracing::debug!(worker = i, core = core.id, "cannot pin the worker thread");
+            }
+        });
+    }
+}
+
 /// Creates the worker arbiters, the job supervisor and every subtask actor, sinks first so
 /// that each actor is created knowing its downstream addresses.
 fn launch(
@@ -472,6 +490,9 @@ fn launch(
 ) -> (Vec<Arbiter>, Addr<JobSupervisor>) {
     let cfg = plan.config().clone();
     let arbiters: Vec<Arbiter> = (0..cfg.worker_count()).map(|_| Arbiter::new()).collect();
+    if cfg.pins_workers() {
+        pin_to_cores(&arbiters);
+    }
     let workers: Vec<ArbiterHandle> = arbiters.iter().map(|a| a.handle()).collect();
     let tasks = plan.tasks();
     tracing::info!(job = %cfg.name, tasks = tasks.len(), workers = workers.len(), "starting job\n{}", plan.describe());

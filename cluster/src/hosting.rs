@@ -466,6 +466,7 @@ fn host_job(
         .ok_or_else(|| format!("no job registered as `{name}`"))?;
     let plan = Arc::new(plan_with(&builder, &options).map_err(|e| e.to_string())?);
     let workers = plan.config().worker_count();
+    let pin = plan.config().pins_workers();
     if shared.net.link_sender(coordinator).is_none() {
         return Err(format!("no link to the coordinator `{coordinator}`"));
     }
@@ -478,6 +479,9 @@ fn host_job(
             let sys = System::new();
             let arbiters: Vec<Arbiter> = sys.block_on(async {
                 let arbiters: Vec<Arbiter> = (0..workers).map(|_| Arbiter::new()).collect();
+                if pin {
+                    riffle_actors::pin_to_cores(&arbiters);
+                }
                 let proxy = JobProxy {
                     job,
                     coordinator: coord,

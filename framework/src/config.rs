@@ -53,6 +53,12 @@ pub struct JobConfig {
     pub remote_batch_scale: usize,
     /// Worker threads (actix arbiters); `None` means one per available core.
     pub workers: Option<usize>,
+    /// Pin worker `i` to core `i` (mod the cores this process may use). `None` (default):
+    /// pin when the job has a worker per available core. Without pinning the kernel at times
+    /// placed both workers of a two-worker job on one core (a worker that wakes the other
+    /// pulls it to its own core), and a keyed job's throughput then swung by a third from run
+    /// to run, its sources waiting for credits from a consumer that had no core.
+    pub pin_workers: Option<bool>,
     /// Chain forward edges of equal parallelism into one actor (default: true).
     pub chaining: bool,
     /// Partitioner for keyed edges (default: the ring with 1024 virtual nodes).
@@ -163,6 +169,7 @@ impl Default for JobConfig {
             remote_credits: DEFAULT_REMOTE_CREDITS,
             remote_batch_scale: DEFAULT_REMOTE_BATCH_SCALE,
             workers: None,
+            pin_workers: None,
             chaining: true,
             partitioning: PartitionScheme::default(),
             ring_weights: std::collections::BTreeMap::new(),
@@ -221,6 +228,13 @@ impl JobConfig {
             return Err(bad("vnodes", 0, "must be at least 1"));
         }
         Ok(())
+    }
+
+    /// Whether worker threads are pinned to cores ([`JobConfig::pin_workers`]).
+    pub fn pins_workers(&self) -> bool {
+        self.pin_workers.unwrap_or_else(|| {
+            std::thread::available_parallelism().is_ok_and(|n| n.get() == self.worker_count())
+        })
     }
 
     /// The most credits any input channel of a subtask can have: what its mailbox must take.
