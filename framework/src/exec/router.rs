@@ -50,6 +50,24 @@ pub struct Router<T, H = fn(&T) -> u64> {
     pushed: u64,
 }
 
+/// Buffers `record` in channel `ch`; a buffer that reaches its limit is staged whole.
+#[inline(always)]
+fn put<T>(
+    buffers: &mut [Vec<T>],
+    limits: &[usize],
+    staged: &mut Vec<(usize, Vec<T>)>,
+    ch: usize,
+    record: T,
+) {
+    let buf = &mut buffers[ch];
+    buf.push(record);
+    let limit = limits[ch];
+    if buf.len() >= limit {
+        let full = std::mem::replace(buf, Vec::with_capacity(limit));
+        staged.push((ch, full));
+    }
+}
+
 impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
     /// A router over output queues `base..base + channels`. Round robin starts at `start`.
     pub fn new(
@@ -77,13 +95,13 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
 
     #[inline(always)]
     fn buffer(&mut self, ch: usize, record: T) {
-        let buf = &mut self.buffers[ch];
-        buf.push(record);
-        let limit = self.limits[ch];
-        if buf.len() >= limit {
-            let full = std::mem::replace(buf, Vec::with_capacity(limit));
-            self.staged.push((ch, full));
-        }
+        put(
+            &mut self.buffers,
+            &self.limits,
+            &mut self.staged,
+            ch,
+            record,
+        );
     }
 
     fn queue(&mut self, cx: &mut StageCx, ch: usize, batch: Vec<T>) {
@@ -155,12 +173,13 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
                 let h = catch_unwind(AssertUnwindSafe(|| hash(&record)))
                     .map_err(|panic| (i, StageError::from_panic(operator, panic)))?;
                 let ch = partitioner.route(h).min(last);
-                let buf = &mut self.buffers[ch];
-                buf.push(record);
-                if buf.len() >= self.limits[ch] {
-                    let full = std::mem::replace(buf, Vec::with_capacity(self.limits[ch]));
-                    self.staged.push((ch, full));
-                }
+                put(
+                    &mut self.buffers,
+                    &self.limits,
+                    &mut self.staged,
+                    ch,
+                    record,
+                );
             }
             return Ok(());
         }
