@@ -63,8 +63,8 @@ pub use operator::{
     SourceStatus, SubtaskInfo,
 };
 pub use partition::{
-    KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, Routing, SubtaskNode,
-    DEFAULT_VNODES,
+    KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, RingTable, Routing,
+    SubtaskNode, DEFAULT_VNODES,
 };
 pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv, Windowed, WindowedStream};

@@ -153,6 +153,34 @@ impl<'a, T> Output<'a, T> {
         self
     }
 
+    /// Emits every record of `records`, in order: the same as [`Output::emit`] for each, but
+    /// in a source the records are gathered a chunk at a time without per-record bookkeeping
+    /// (a generator's loop becomes a plain copy into the chunk).
+    #[inline]
+    pub fn emit_all(&mut self, records: impl IntoIterator<Item = T>) {
+        let mut records = records.into_iter();
+        while self.skip.is_none() && self.failed.is_none() {
+            let emitted = self.emitted;
+            let Some((chunk, first)) = &mut self.chunk else {
+                break;
+            };
+            if chunk.is_empty() {
+                *first = emitted;
+            }
+            let before = chunk.len();
+            chunk.extend(records.by_ref().take(SOURCE_CHUNK.saturating_sub(before)));
+            let (len, added) = (chunk.len(), chunk.len() - before);
+            self.emitted += added as u64;
+            if len < SOURCE_CHUNK {
+                return; // `records` has run out
+            }
+            self.finish();
+        }
+        for record in records {
+            self.emit(record);
+        }
+    }
+
     /// Emits one record downstream.
     ///
     /// If an operator chained after this one fails on the record, the failure is kept and

@@ -238,11 +238,19 @@ impl KeyRing {
     /// The subtask that owns `key_hash`, from the compiled table.
     #[inline]
     pub fn route_hash(&self, key_hash: u64) -> usize {
-        let mut i = self.buckets[(key_hash >> self.shift) as usize] as usize;
-        while self.ends[i] < key_hash {
-            i += 1;
+        self.table().route(key_hash)
+    }
+
+    /// The compiled table as plain slices, for routing many hashes in a loop (the slices are
+    /// read once instead of through `self` per record).
+    #[inline]
+    pub fn table(&self) -> RingTable<'_> {
+        RingTable {
+            buckets: &self.buckets,
+            ends: &self.ends,
+            owners: &self.owners,
+            shift: self.shift,
         }
-        self.owners[i] as usize
     }
 
     /// The subtask that owns the key whose canonical bytes are `canonical`, asked of the
@@ -276,6 +284,28 @@ impl KeyRing {
     /// The number of resident ranges after merging neighbours with the same owner.
     pub fn ranges(&self) -> usize {
         self.ends.len()
+    }
+}
+
+/// A borrowed view of a [`KeyRing`]'s compiled lookup table (see [`KeyRing::table`]).
+#[derive(Clone, Copy, Debug)]
+pub struct RingTable<'a> {
+    buckets: &'a [u32],
+    ends: &'a [u64],
+    owners: &'a [u32],
+    shift: u32,
+}
+
+impl RingTable<'_> {
+    /// The subtask that owns `key_hash`: the bucket of its top bits, then forward to the first
+    /// range that ends at or after it (the last range ends at `u64::MAX`).
+    #[inline(always)]
+    pub fn route(&self, key_hash: u64) -> usize {
+        let mut i = self.buckets[(key_hash >> self.shift) as usize] as usize;
+        while self.ends[i] < key_hash {
+            i += 1;
+        }
+        self.owners[i] as usize
     }
 }
 

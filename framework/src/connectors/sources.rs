@@ -57,9 +57,8 @@ impl<T: Data, F: Fn(u64) -> T + Send + Sync + 'static> Source for GeneratorSourc
     #[inline]
     fn produce(&mut self, out: &mut Output<'_, T>) -> Result<SourceStatus, UserError> {
         let end = self.range.end.min(self.range.start + out.budget() as u64);
-        for i in self.range.start..end {
-            out.emit((self.f)(i));
-        }
+        let f = &*self.f;
+        out.emit_all((self.range.start..end).map(f));
         self.range.start = end;
         Ok(if self.range.is_empty() {
             SourceStatus::Finished

@@ -68,6 +68,30 @@ fn put<T>(
     }
 }
 
+/// Routes a chunk by key into the channel buffers: hash, pick the channel, buffer. One
+/// `catch_unwind` for the chunk; a key selector that panics stops it there, with the index of
+/// the record at hand (the unit of work then fails and is rolled back).
+#[inline(always)]
+fn route_chunk<T, H: Fn(&T) -> u64>(
+    records: &mut Vec<T>,
+    hash: &H,
+    route: impl Fn(u64) -> usize,
+    buffers: &mut [Vec<T>],
+    limits: &[usize],
+    staged: &mut Vec<(usize, Vec<T>)>,
+) -> Result<(), (usize, Box<dyn std::any::Any + Send>)> {
+    let last = buffers.len() - 1;
+    let mut at = 0;
+    catch_unwind(AssertUnwindSafe(|| {
+        for record in records.drain(..) {
+            let ch = route(hash(&record)).min(last);
+            put(buffers, limits, staged, ch, record);
+            at += 1;
+        }
+    }))
+    .map_err(|panic| (at, panic))
+}
+
 impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
     /// A router over output queues `base..base + channels`. Round robin starts at `start`.
     pub fn new(
@@ -167,21 +191,18 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
             operator,
         } = &self.route
         {
-            // The common case in one loop: hash, pick the channel, buffer.
-            let last = self.buffers.len() - 1;
-            for (i, record) in records.drain(..).enumerate() {
-                let h = catch_unwind(AssertUnwindSafe(|| hash(&record)))
-                    .map_err(|panic| (i, StageError::from_panic(operator, panic)))?;
-                let ch = partitioner.route(h).min(last);
-                put(
-                    &mut self.buffers,
-                    &self.limits,
-                    &mut self.staged,
-                    ch,
-                    record,
-                );
-            }
-            return Ok(());
+            // The common case in one loop per partitioner, everything it reads hoisted.
+            let (bufs, limits, staged) = (&mut self.buffers, &self.limits, &mut self.staged);
+            let r = match partitioner {
+                Routing::Ring(ring) => {
+                    let table = ring.table();
+                    route_chunk(records, hash, |h| table.route(h), bufs, limits, staged)
+                }
+                Routing::Modulo(m) => {
+                    route_chunk(records, hash, |h| m.route(h), bufs, limits, staged)
+                }
+            };
+            return r.map_err(|(i, panic)| (i, StageError::from_panic(operator, panic)));
         }
         for (i, record) in records.drain(..).enumerate() {
             self.place(record).map_err(|e| (i, e))?;
