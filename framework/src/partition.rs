@@ -143,10 +143,11 @@ impl Partitioner for ModuloPartitioner {
 
 /// A consistent-hash ring over subtask indexes, compiled into a flat lookup table.
 ///
-/// The table has `2^bits` buckets indexed by the top bits of the key hash; each bucket holds the
-/// index of the first ring range that ends at or after the bucket's start, and a lookup walks
-/// forward from there (almost always zero or one step, since there are at least four buckets per
-/// range). [`KeyRing::route_with_crate`] asks the crate instead, so tests can check the two agree.
+/// The table has `2^bits` buckets indexed by the top bits of the key hash. A bucket that lies
+/// inside one ring range holds that range's owner (one load routes the record); a bucket in
+/// which a range ends holds the index of the first range that ends at or after the bucket's
+/// start, and the lookup walks forward from there (zero or one step, almost always). There are
+/// at least four buckets per range, so most are of the first kind. [`KeyRing::route_with_crate`] asks the crate instead, so tests can check the two agree.
 #[derive(Clone)]
 pub struct KeyRing {
     ring: Ring<SubtaskNode, RingHasher>,
@@ -154,7 +155,8 @@ pub struct KeyRing {
     ends: Vec<u64>,
     /// Owner of each range.
     owners: Vec<u32>,
-    /// Per bucket, the first range index whose end is ≥ the bucket start.
+    /// Per bucket: [`DIRECT`] | the owner when the whole bucket lies in one range, else the
+    /// first range index whose end is ≥ the bucket start.
     buckets: Vec<u32>,
     shift: u32,
     parallelism: usize,
@@ -222,7 +224,14 @@ impl KeyRing {
             while ends[idx] < start {
                 idx += 1;
             }
-            buckets.push(idx as u32);
+            // A bucket inside one range holds its owner directly.
+            let last = start | (u64::MAX >> bits);
+            let inside = ends[idx] >= last && owners[idx] < DIRECT;
+            buckets.push(if inside {
+                DIRECT | owners[idx]
+            } else {
+                idx as u32
+            });
         }
         KeyRing {
             ring,
@@ -287,6 +296,10 @@ impl KeyRing {
     }
 }
 
+/// The flag of a [`KeyRing`] bucket that holds its owner itself (most do: a table has at
+/// least four buckets per range, and only those a range ends in need the search).
+const DIRECT: u32 = 1 << 31;
+
 /// A borrowed view of a [`KeyRing`]'s compiled lookup table (see [`KeyRing::table`]).
 #[derive(Clone, Copy, Debug)]
 pub struct RingTable<'a> {
@@ -301,7 +314,11 @@ impl RingTable<'_> {
     /// range that ends at or after it (the last range ends at `u64::MAX`).
     #[inline(always)]
     pub fn route(&self, key_hash: u64) -> usize {
-        let mut i = self.buckets[(key_hash >> self.shift) as usize] as usize;
+        let bucket = self.buckets[(key_hash >> self.shift) as usize];
+        if bucket & DIRECT != 0 {
+            return (bucket & !DIRECT) as usize;
+        }
+        let mut i = bucket as usize;
         while self.ends[i] < key_hash {
             i += 1;
         }

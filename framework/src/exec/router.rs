@@ -36,35 +36,48 @@ pub enum Route<H> {
 pub struct Router<T, H = fn(&T) -> u64> {
     route: Route<H>,
     base: usize,
-    buffers: Vec<Vec<T>>,
-    /// Per channel, how many records of `buffers` were committed.
-    committed: Vec<usize>,
+    /// One lane per channel.
+    lanes: Vec<Lane<T>>,
     /// Full batches of the current unit of work, in order, with their channel.
     staged: Vec<(usize, Vec<T>)>,
     next_rr: usize,
     batch_size: usize,
-    /// Per channel, the records at which a batch is full: `batch_size`, or more on a channel
-    /// to another node ([`Stage::batch_limits`]).
-    limits: Vec<usize>,
     /// Records pushed in the current unit of work (counted as output when it commits).
     pushed: u64,
 }
 
+/// One channel of a router: the batch being filled and its bounds.
+struct Lane<T> {
+    buf: Vec<T>,
+    /// The records at which a batch is full: `batch_size`, or more on a channel to another
+    /// node ([`Stage::batch_limits`]).
+    limit: usize,
+    /// How many records of `buf` were committed.
+    committed: usize,
+}
+
+impl<T> Lane<T> {
+    fn new(limit: usize) -> Self {
+        Lane {
+            buf: Vec::with_capacity(limit),
+            limit,
+            committed: 0,
+        }
+    }
+
+    /// Takes the batch, leaving an empty one of the same capacity.
+    fn take(&mut self) -> Vec<T> {
+        std::mem::replace(&mut self.buf, Vec::with_capacity(self.limit))
+    }
+}
+
 /// Buffers `record` in channel `ch`; a buffer that reaches its limit is staged whole.
 #[inline(always)]
-fn put<T>(
-    buffers: &mut [Vec<T>],
-    limits: &[usize],
-    staged: &mut Vec<(usize, Vec<T>)>,
-    ch: usize,
-    record: T,
-) {
-    let buf = &mut buffers[ch];
-    buf.push(record);
-    let limit = limits[ch];
-    if buf.len() >= limit {
-        let full = std::mem::replace(buf, Vec::with_capacity(limit));
-        staged.push((ch, full));
+fn put<T>(lanes: &mut [Lane<T>], staged: &mut Vec<(usize, Vec<T>)>, ch: usize, record: T) {
+    let lane = &mut lanes[ch];
+    lane.buf.push(record);
+    if lane.buf.len() >= lane.limit {
+        staged.push((ch, lane.take()));
     }
 }
 
@@ -76,16 +89,15 @@ fn route_chunk<T, H: Fn(&T) -> u64>(
     records: &mut Vec<T>,
     hash: &H,
     route: impl Fn(u64) -> usize,
-    buffers: &mut [Vec<T>],
-    limits: &[usize],
+    lanes: &mut [Lane<T>],
     staged: &mut Vec<(usize, Vec<T>)>,
 ) -> Result<(), (usize, Box<dyn std::any::Any + Send>)> {
-    let last = buffers.len() - 1;
+    let last = lanes.len().saturating_sub(1);
     let mut at = 0;
     catch_unwind(AssertUnwindSafe(|| {
         for record in records.drain(..) {
             let ch = route(hash(&record)).min(last);
-            put(buffers, limits, staged, ch, record);
+            put(lanes, staged, ch, record);
             at += 1;
         }
     }))
@@ -105,27 +117,17 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
         Router {
             route,
             base,
-            buffers: (0..channels)
-                .map(|_| Vec::with_capacity(batch_size))
-                .collect(),
-            committed: vec![0; channels],
+            lanes: (0..channels).map(|_| Lane::new(batch_size)).collect(),
             staged: Vec::new(),
             next_rr: start % channels,
             batch_size,
-            limits: vec![batch_size; channels],
             pushed: 0,
         }
     }
 
     #[inline(always)]
     fn buffer(&mut self, ch: usize, record: T) {
-        put(
-            &mut self.buffers,
-            &self.limits,
-            &mut self.staged,
-            ch,
-            record,
-        );
+        put(&mut self.lanes, &mut self.staged, ch, record);
     }
 
     fn queue(&mut self, cx: &mut StageCx, ch: usize, batch: Vec<T>) {
@@ -142,7 +144,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
     /// as the keyed operator.
     #[inline]
     fn place(&mut self, record: T) -> Result<(), StageError> {
-        let n = self.buffers.len();
+        let n = self.lanes.len();
         match &self.route {
             Route::Forward => self.buffer(0, record),
             Route::Rebalance => {
@@ -192,15 +194,13 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         } = &self.route
         {
             // The common case in one loop per partitioner, everything it reads hoisted.
-            let (bufs, limits, staged) = (&mut self.buffers, &self.limits, &mut self.staged);
+            let (lanes, staged) = (&mut self.lanes, &mut self.staged);
             let r = match partitioner {
                 Routing::Ring(ring) => {
                     let table = ring.table();
-                    route_chunk(records, hash, |h| table.route(h), bufs, limits, staged)
+                    route_chunk(records, hash, |h| table.route(h), lanes, staged)
                 }
-                Routing::Modulo(m) => {
-                    route_chunk(records, hash, |h| m.route(h), bufs, limits, staged)
-                }
+                Routing::Modulo(m) => route_chunk(records, hash, |h| m.route(h), lanes, staged),
             };
             return r.map_err(|(i, panic)| (i, StageError::from_panic(operator, panic)));
         }
@@ -214,14 +214,15 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
             return;
         };
         // After a barrier's flush nothing is buffered; anything left is routed again.
-        let left: Vec<T> = self.buffers.iter_mut().flat_map(|b| b.drain(..)).collect();
+        let left: Vec<T> = self
+            .lanes
+            .iter_mut()
+            .flat_map(|l| l.buf.drain(..))
+            .collect();
         let channels = layout.channels.max(1);
         self.base = layout.base;
-        self.buffers = (0..channels)
-            .map(|_| Vec::with_capacity(self.batch_size))
-            .collect();
         // The runtime sets the limits of the new channels again once it knows where they go.
-        self.limits = vec![self.batch_size; channels];
+        self.lanes = (0..channels).map(|_| Lane::new(self.batch_size)).collect();
         self.next_rr %= channels;
         if let (Route::Key { partitioner, .. }, Some(p)) = (&mut self.route, &layout.partitioner) {
             *partitioner = p.clone();
@@ -232,7 +233,9 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
                 tracing::error!(operator = %e.operator, "a key selector failed on a record it had routed before; record dropped");
             }
         }
-        self.committed = self.buffers.iter().map(Vec::len).collect();
+        for lane in &mut self.lanes {
+            lane.committed = lane.buf.len();
+        }
     }
     fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
@@ -242,8 +245,8 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         for (ch, batch) in std::mem::take(&mut self.staged) {
             self.queue(cx, ch, batch);
         }
-        for (c, b) in self.committed.iter_mut().zip(&self.buffers) {
-            *c = b.len();
+        for lane in &mut self.lanes {
+            lane.committed = lane.buf.len();
         }
         Ok(())
     }
@@ -252,15 +255,15 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         // batch). If the buffer filled up during the unit, the first staged batch of `ch`
         // starts with them; otherwise they are still at the front of the buffer.
         self.pushed = 0;
-        let mut restored = vec![false; self.buffers.len()];
+        let mut restored = vec![false; self.lanes.len()];
         for (ch, batch) in std::mem::take(&mut self.staged) {
             if !restored[ch] {
                 restored[ch] = true;
-                self.buffers[ch] = batch;
+                self.lanes[ch].buf = batch;
             }
         }
-        for (buf, &keep) in self.buffers.iter_mut().zip(&self.committed) {
-            buf.truncate(keep);
+        for lane in &mut self.lanes {
+            lane.buf.truncate(lane.committed);
         }
     }
     fn snapshot(&mut self, _checkpoint: u64, _out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
@@ -277,20 +280,19 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         Ok(())
     }
     fn flush(&mut self, cx: &mut StageCx) {
-        for ch in 0..self.buffers.len() {
-            if !self.buffers[ch].is_empty() {
-                let full =
-                    std::mem::replace(&mut self.buffers[ch], Vec::with_capacity(self.limits[ch]));
+        for ch in 0..self.lanes.len() {
+            if !self.lanes[ch].buf.is_empty() {
+                let full = self.lanes[ch].take();
                 self.queue(cx, ch, full);
             }
-            self.committed[ch] = 0;
+            self.lanes[ch].committed = 0;
         }
     }
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
         // What the hooks before emitted is final; every record goes before the watermark.
         self.commit(cx)?;
         self.flush(cx);
-        cx.watermark(self.base..self.base + self.buffers.len(), watermark);
+        cx.watermark(self.base..self.base + self.lanes.len(), watermark);
         Ok(())
     }
     fn on_processing_time(&mut self, _now: i64, _cx: &mut StageCx) -> Result<(), StageError> {
@@ -299,7 +301,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
     fn batch_limits(&mut self, limits: &[usize]) {
         // A larger batch (to another node) holds at most `REMOTE_BATCH_BYTES` of records.
         let by_bytes = (REMOTE_BATCH_BYTES / std::mem::size_of::<T>().max(1)).max(self.batch_size);
-        for (ch, limit) in self.limits.iter_mut().enumerate() {
+        for (ch, limit) in self.lanes.iter_mut().map(|l| &mut l.limit).enumerate() {
             let asked = limits
                 .get(self.base + ch)
                 .copied()
@@ -316,7 +318,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
     fn on_idle(&mut self, cx: &mut StageCx) {
         // Called between batches: what it holds is committed.
         self.flush(cx);
-        cx.idle(self.base..self.base + self.buffers.len());
+        cx.idle(self.base..self.base + self.lanes.len());
     }
     fn close(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.commit(cx)?;
