@@ -97,7 +97,7 @@ trait KeyedIdentity {
     fn map_keyed_identity(self) -> DataStream<Rec>;
 }
 
-impl KeyedIdentity for KeyedStream<Rec, u32> {
+impl<F: Fn(&Rec) -> u32 + Send + Sync + 'static> KeyedIdentity for KeyedStream<Rec, u32, F> {
     fn map_keyed_identity(self) -> DataStream<Rec> {
         self.process(|_: &SubtaskInfo| Check).parallelism(2)
     }

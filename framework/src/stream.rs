@@ -4,9 +4,7 @@ use crate::config::{JobConfig, RestartKind};
 use crate::data::{Data, Key};
 use crate::dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterSource};
 use crate::error::{GraphError, UserError};
-use crate::exec::{
-    BoxStage, KeyFn, KeyedStage, OperatorStage, Route, Router, SinkStage, SourceDriver,
-};
+use crate::exec::{BoxStage, KeyedStage, OperatorStage, Route, Router, SinkStage, SourceDriver};
 use crate::graph::{Build, EdgeDef, ExecutionPlan, GraphBuilder, NodeDef, NodeId};
 use crate::operator::{KeyedOperator, Operator, Output, Sink, Source, SubtaskInfo};
 use crate::typed::{boxed, ops, unbox, EdgeKind, KeyRouterFactory, KeyRouterPlan};
@@ -355,7 +353,10 @@ impl<T: Data> DataStream<T> {
     /// Partitions the stream by key: every record with the same key goes to the same subtask
     /// of the next operator, over one FIFO channel per upstream subtask (so per-key order from
     /// each upstream subtask is kept).
-    pub fn key_by<K: Key>(self, f: impl Fn(&T) -> K + Send + Sync + 'static) -> KeyedStream<T, K> {
+    pub fn key_by<K: Key, F>(self, f: F) -> KeyedStream<T, K, F>
+    where
+        F: Fn(&T) -> K + Send + Sync + 'static,
+    {
         let f = Arc::new(f);
         let kf = f.clone(); // the concrete closure, so the router inlines key and hash
         let factory = move |p: KeyRouterPlan| -> BoxStage<T> {
@@ -373,10 +374,14 @@ impl<T: Data> DataStream<T> {
                 p.start,
             ))
         };
-        let key_fn: KeyFn<T, K> = f;
+        let key_fn = f;
         let mut stream = self;
         stream.edge = EdgeKind::Key(Arc::new(KeyRouterFactory(Arc::new(factory))));
-        KeyedStream { stream, key_fn }
+        KeyedStream {
+            stream,
+            key_fn,
+            _k: PhantomData,
+        }
     }
 
     /// Ends the stream in a user sink; `factory` builds one instance per subtask.
@@ -436,13 +441,15 @@ impl SinkStream {
     }
 }
 
-/// A stream partitioned by a key of type `K` (see [`DataStream::key_by`]).
-pub struct KeyedStream<T, K> {
+/// A stream partitioned by a key of type `K` (see [`DataStream::key_by`]); `KF` is the type of
+/// the key selector, kept so that keyed operators call it directly.
+pub struct KeyedStream<T, K, KF> {
     stream: DataStream<T>,
-    key_fn: KeyFn<T, K>,
+    key_fn: Arc<KF>,
+    _k: PhantomData<fn() -> K>,
 }
 
-impl<T: Data, K: Key> KeyedStream<T, K> {
+impl<T: Data, K: Key, KF: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, KF> {
     /// Adds a keyed operator: the runtime keeps one `O::State` per key.
     pub fn process<O, F>(self, factory: F) -> DataStream<O::Out>
     where
@@ -697,9 +704,9 @@ impl StreamEnv {
     }
 }
 
-impl<T: Data, K: Key> KeyedStream<T, K> {
+impl<T: Data, K: Key, KF: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K, KF> {
     /// Groups each key's records into windows (see the crate's `window` module docs).
-    pub fn window(self, assigner: crate::WindowAssigner) -> WindowedStream<T, K> {
+    pub fn window(self, assigner: crate::WindowAssigner) -> WindowedStream<T, K, KF> {
         WindowedStream {
             keyed: self,
             spec: crate::window::WindowSpec {
@@ -711,13 +718,14 @@ impl<T: Data, K: Key> KeyedStream<T, K> {
     }
 }
 
-/// A keyed stream cut into windows; finish it with `reduce`, `aggregate` or `process`.
-pub struct WindowedStream<T, K> {
-    keyed: KeyedStream<T, K>,
+/// A keyed stream cut into windows; finish it with `reduce`, `aggregate` or `process` (`KF`
+/// is the key selector's type, as in [`KeyedStream`]).
+pub struct WindowedStream<T, K, KF> {
+    keyed: KeyedStream<T, K, KF>,
     spec: crate::window::WindowSpec,
 }
 
-impl<T: Data, K: Key> WindowedStream<T, K> {
+impl<T: Data, K: Key, KF: Fn(&T) -> K + Send + Sync + 'static> WindowedStream<T, K, KF> {
     /// Keeps each window's state for `lateness` after it fired on time: a record that
     /// arrives in that time is added and the window fires again (a late firing). Records
     /// later than that go to the late-data output. Default: zero.

@@ -24,7 +24,7 @@ pub use heads::{
     SourceDriver,
 };
 pub use router::{Route, Router, Tee};
-pub use stages::{KeyFn, KeyedStage, OperatorStage, SinkStage};
+pub use stages::{KeyedStage, OperatorStage, SinkStage};
 
 use crate::error::{FailureCause, StageError};
 use crate::event::ChannelEvent;

@@ -93,15 +93,16 @@ fn route_chunk<T, H: Fn(&T) -> u64>(
     staged: &mut Vec<(usize, Vec<T>)>,
 ) -> Result<(), (usize, Box<dyn std::any::Any + Send>)> {
     let last = lanes.len().saturating_sub(1);
-    let mut at = 0;
+    let len = records.len();
+    let mut drain = records.drain(..);
     catch_unwind(AssertUnwindSafe(|| {
-        for record in records.drain(..) {
+        for record in &mut drain {
             let ch = route(hash(&record)).min(last);
             put(lanes, staged, ch, record);
-            at += 1;
         }
     }))
-    .map_err(|panic| (at, panic))
+    // The record at hand was taken from the drain before its key selector panicked.
+    .map_err(|panic| (len - drain.len() - 1, panic))
 }
 
 impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
@@ -444,6 +445,27 @@ mod tests {
                 _ => None,
             })
             .collect()
+    }
+
+    #[test]
+    fn a_panicking_key_selector_names_the_record_it_panicked_on() {
+        let route = Route::Key {
+            hash: |r: &u64| {
+                assert!(*r != 13, "unlucky key");
+                *r
+            },
+            partitioner: crate::PartitionScheme::default().build(2),
+            operator: std::sync::Arc::from("keyed"),
+        };
+        let mut router = Router::new(route, 0, 2, 4, 0);
+        let mut cx = StageCx::new(2, 4);
+        let mut chunk: Vec<u64> = vec![1, 2, 3, 13, 5];
+        let (at, e) = router.push_many(&mut chunk, &mut cx).expect_err("panics");
+        assert_eq!(at, 3);
+        assert_eq!(&*e.operator, "keyed");
+        assert!(chunk.is_empty(), "the chunk is taken whole");
+        let mut fine: Vec<u64> = vec![1, 2, 3];
+        router.push_many(&mut fine, &mut cx).expect("no panic");
     }
 
     #[test]

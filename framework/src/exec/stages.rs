@@ -155,13 +155,11 @@ impl<O: Operator> Stage<O::In> for OperatorStage<O> {
     }
 }
 
-/// A key extractor shared by the subtasks of a keyed operator.
-pub type KeyFn<T, K> = Arc<dyn Fn(&T) -> K + Send + Sync>;
-
-/// A stage running a user [`KeyedOperator`], holding one state and the timers per key.
-pub struct KeyedStage<O: KeyedOperator> {
+/// A stage running a user [`KeyedOperator`], holding one state and the timers per key; `F`
+/// is the key selector (shared by the operator's subtasks, called without indirection).
+pub struct KeyedStage<O: KeyedOperator, F> {
     op: O,
-    key_fn: KeyFn<O::In, O::Key>,
+    key_fn: Arc<F>,
     states: FxHashMap<O::Key, O::State>,
     timers: TimerStore<O::Key>,
     /// What the call at hand asked of its key's timers (applied when it returns).
@@ -195,14 +193,13 @@ struct EntryIn<K, S> {
 /// A keyed operator's decoded checkpoint entries.
 type Entries<O> = Vec<EntryIn<<O as KeyedOperator>::Key, <O as KeyedOperator>::State>>;
 
-impl<O: KeyedOperator> KeyedStage<O> {
+impl<O, F> KeyedStage<O, F>
+where
+    O: KeyedOperator,
+    F: Fn(&O::In) -> O::Key + Send + Sync + 'static,
+{
     /// Wraps `op`, keyed by `key_fn`, feeding `next`.
-    pub fn new(
-        op: O,
-        key_fn: KeyFn<O::In, O::Key>,
-        info: SubtaskInfo,
-        next: BoxStage<O::Out>,
-    ) -> Self {
+    pub fn new(op: O, key_fn: Arc<F>, info: SubtaskInfo, next: BoxStage<O::Out>) -> Self {
         KeyedStage {
             op,
             key_fn,
@@ -267,7 +264,11 @@ impl<O: KeyedOperator> KeyedStage<O> {
     }
 }
 
-impl<O: KeyedOperator> Stage<O::In> for KeyedStage<O> {
+impl<O, F> Stage<O::In> for KeyedStage<O, F>
+where
+    O: KeyedOperator,
+    F: Fn(&O::In) -> O::Key + Send + Sync + 'static,
+{
     #[inline]
     fn push(&mut self, record: O::In, cx: &mut StageCx) -> Result<(), StageError> {
         let key = guarded(&self.info.operator, || Ok((self.key_fn)(&record)))?;
