@@ -230,6 +230,9 @@ pub(crate) struct SubtaskActor {
     deferred: VecDeque<DataMessage>,
     /// The source's produce loop stopped on a block; it goes on once the block ends.
     produce_parked: bool,
+    /// When the source loop last yielded through the scheduler's I/O poll (see
+    /// `input::IO_YIELD_EVERY`).
+    io_yielded: std::time::Instant,
 }
 
 impl SubtaskActor {
@@ -296,6 +299,7 @@ impl SubtaskActor {
             credit_wait: None,
             deferred: VecDeque::new(),
             produce_parked: false,
+            io_yielded: std::time::Instant::now(),
         };
         actor.epoch = s.epoch;
         actor.cx.set_checkpointing(actor.checkpointing);
