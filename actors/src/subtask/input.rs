@@ -217,18 +217,15 @@ impl SubtaskActor {
                 self.drain(ctx);
                 // Yield to the thread's other actors; at most every `IO_YIELD_EVERY` also
                 // through the scheduler's I/O poll (timers, sockets), which costs a system call.
-                if started.duration_since(self.io_yielded) >= IO_YIELD_EVERY {
+                let through_io = started.duration_since(self.io_yielded) >= IO_YIELD_EVERY;
+                if through_io {
                     self.io_yielded = started;
-                    ctx.spawn(
-                        fut::wrap_future::<_, Self>(tokio::task::yield_now())
-                            .map(|_, act, ctx| act.produce(ctx)),
-                    );
-                } else {
-                    ctx.spawn(
-                        fut::wrap_future::<_, Self>(YieldLocally(false))
-                            .map(|_, act, ctx| act.produce(ctx)),
-                    );
                 }
+                let yielded = Yield {
+                    io: through_io.then(|| Box::pin(tokio::task::yield_now())),
+                    woken: false,
+                };
+                ctx.spawn(fut::wrap_future::<_, Self>(yielded).map(|_, act, ctx| act.produce(ctx)));
             }
             SourceStatus::Idle => {
                 self.drain(ctx);
@@ -299,22 +296,30 @@ impl SubtaskActor {
 /// a keyed job's time; 100 µs against 500 µs made no difference to throughput).
 const IO_YIELD_EVERY: std::time::Duration = std::time::Duration::from_micros(100);
 
-/// Lets the other actors of the worker thread run once, then resumes: the task wakes itself
-/// and goes to the back of the thread's local run queue. Unlike `tokio::task::yield_now`
-/// (whose deferred wake makes the scheduler poll the I/O driver, an `epoll_wait` per call) it
-/// costs no system call; the scheduler still polls the driver every few dozen tasks.
-struct YieldLocally(bool);
+/// Lets the other actors of the worker thread run once, then resumes. Without `io`, the task
+/// wakes itself and goes to the back of the thread's local run queue, which costs no system
+/// call; with it (tokio's `yield_now`), the wake is deferred and the scheduler polls the I/O
+/// driver first — an `epoll_wait`, and the only way a thread kept busy by its actors serves
+/// its timers and sockets (without it, cluster heartbeats went unanswered).
+struct Yield<F> {
+    io: Option<std::pin::Pin<Box<F>>>,
+    woken: bool,
+}
 
-impl std::future::Future for YieldLocally {
+impl<F: std::future::Future<Output = ()>> std::future::Future for Yield<F> {
     type Output = ();
     fn poll(
-        mut self: std::pin::Pin<&mut Self>,
+        self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<()> {
-        if self.0 {
+        let this = self.get_mut();
+        if let Some(io) = &mut this.io {
+            return io.as_mut().poll(cx);
+        }
+        if this.woken {
             return std::task::Poll::Ready(());
         }
-        self.0 = true;
+        this.woken = true;
         cx.waker().wake_by_ref();
         std::task::Poll::Pending
     }
