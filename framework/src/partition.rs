@@ -147,7 +147,8 @@ impl Partitioner for ModuloPartitioner {
 /// inside one ring range holds that range's owner (one load routes the record); a bucket in
 /// which a range ends holds the index of the first range that ends at or after the bucket's
 /// start, and the lookup walks forward from there (zero or one step, almost always). There are
-/// at least four buckets per range, so most are of the first kind. [`KeyRing::route_with_crate`] asks the crate instead, so tests can check the two agree.
+/// at least four buckets per range, so most are of the first kind.
+/// [`KeyRing::route_with_crate`] asks the crate instead, so tests can check the two agree.
 #[derive(Clone)]
 pub struct KeyRing {
     ring: Ring<SubtaskNode, RingHasher>,

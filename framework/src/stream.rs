@@ -374,12 +374,11 @@ impl<T: Data> DataStream<T> {
                 p.start,
             ))
         };
-        let key_fn = f;
         let mut stream = self;
         stream.edge = EdgeKind::Key(Arc::new(KeyRouterFactory(Arc::new(factory))));
         KeyedStream {
             stream,
-            key_fn,
+            key_fn: f,
             _k: PhantomData,
         }
     }

@@ -65,6 +65,11 @@ impl<T> Lane<T> {
         }
     }
 
+    /// Marks everything buffered as committed.
+    fn commit(&mut self) {
+        self.committed = self.buf.len();
+    }
+
     /// Takes the batch, leaving an empty one of the same capacity.
     fn take(&mut self) -> Vec<T> {
         std::mem::replace(&mut self.buf, Vec::with_capacity(self.limit))
@@ -234,9 +239,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
                 tracing::error!(operator = %e.operator, "a key selector failed on a record it had routed before; record dropped");
             }
         }
-        for lane in &mut self.lanes {
-            lane.committed = lane.buf.len();
-        }
+        self.lanes.iter_mut().for_each(Lane::commit);
     }
     fn open(&mut self, _cx: &mut StageCx) -> Result<(), StageError> {
         Ok(())
@@ -246,9 +249,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         for (ch, batch) in std::mem::take(&mut self.staged) {
             self.queue(cx, ch, batch);
         }
-        for lane in &mut self.lanes {
-            lane.committed = lane.buf.len();
-        }
+        self.lanes.iter_mut().for_each(Lane::commit);
         Ok(())
     }
     fn rollback(&mut self) {
