@@ -4,7 +4,10 @@ use crate::config::{JobConfig, RestartKind};
 use crate::data::{Data, Key};
 use crate::dead_letter::{DeadLetter, DeadLetterQueue, DeadLetterSource};
 use crate::error::{GraphError, UserError};
-use crate::exec::{BoxStage, KeyedStage, OperatorStage, Route, Router, SinkStage, SourceDriver};
+use crate::exec::{
+    AggregateStage, BoxStage, KeyedStage, OperatorStage, Route, Router, RunningAggregate,
+    SinkStage, SourceDriver,
+};
 use crate::graph::{Build, EdgeDef, ExecutionPlan, GraphBuilder, NodeDef, NodeId};
 use crate::operator::{KeyedOperator, Operator, Output, Sink, Source, SubtaskInfo};
 use crate::typed::{boxed, ops, unbox, EdgeKind, KeyRouterFactory, KeyRouterPlan};
@@ -474,6 +477,24 @@ impl<T: Data, K: Key, KF: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K,
         DataStream::new(self.stream.graph, id)
     }
 
+    /// Adds a built-in running aggregation (one result per record, handed on a batch at a
+    /// time; see [`AggregateStage`]).
+    fn aggregate_named<A, F>(self, name: &str, factory: F) -> DataStream<A::Out>
+    where
+        A: RunningAggregate<Key = K, In = T>,
+        F: Fn() -> A + Send + Sync + 'static,
+    {
+        let key_fn = self.key_fn;
+        let build = Build::Operator(Arc::new(move |info, next| {
+            let next: BoxStage<A::Out> = unbox(next)?;
+            let stage = AggregateStage::new(factory(), key_fn.clone(), info.clone(), next);
+            Ok(boxed::<T>(Box::new(stage)))
+        }));
+        let id = self.stream.add_node::<A::Out>(name, build, true);
+        self.stream.graph.borrow_mut().nodes[id].keyed = true;
+        DataStream::new(self.stream.graph, id)
+    }
+
     /// Applies `f` to every record, in the subtask that owns the record's key.
     pub fn map<U: Data>(self, f: impl Fn(T) -> U + Send + Sync + 'static) -> DataStream<U> {
         self.stream.map(f)
@@ -495,7 +516,7 @@ impl<T: Data, K: Key, KF: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K,
     /// Combines each record with the key's previous result; emits every new result.
     pub fn reduce(self, f: impl Fn(&T, T) -> T + Send + Sync + 'static) -> DataStream<T> {
         let f = Arc::new(f);
-        self.process_named("reduce", move |_| Reduce {
+        self.aggregate_named("reduce", move || Reduce {
             f: f.clone(),
             _k: PhantomData,
         })
@@ -509,7 +530,7 @@ impl<T: Data, K: Key, KF: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K,
         f: impl Fn(&mut A, T) + Send + Sync + 'static,
     ) -> DataStream<(K, A)> {
         let f = Arc::new(f);
-        self.process_named("fold", move |_| Fold {
+        self.aggregate_named("fold", move || Fold {
             init: init.clone(),
             f: f.clone(),
             _k: PhantomData,
@@ -522,7 +543,7 @@ impl<T: Data, K: Key, KF: Fn(&T) -> K + Send + Sync + 'static> KeyedStream<T, K,
         V: Data + Default + std::ops::AddAssign,
     {
         let value = Arc::new(value);
-        self.process_named("sum", move |_| Sum {
+        self.aggregate_named("sum", move || Sum {
             value: value.clone(),
             _k: PhantomData,
         })
@@ -598,25 +619,21 @@ struct Reduce<T, K, F> {
     f: Arc<F>,
     _k: PhantomData<fn(K) -> T>,
 }
-impl<T: Data, K: Key, F: Fn(&T, T) -> T + Send + Sync + 'static> KeyedOperator for Reduce<T, K, F> {
+impl<T: Data, K: Key, F: Fn(&T, T) -> T + Send + Sync + 'static> RunningAggregate
+    for Reduce<T, K, F>
+{
     type Key = K;
     type In = T;
     type Out = T;
     type State = Option<T>;
-    fn process(
-        &mut self,
-        _k: &K,
-        s: &mut Option<T>,
-        r: T,
-        out: &mut Output<'_, T>,
-    ) -> Result<(), UserError> {
+    #[inline]
+    fn apply(&mut self, _k: &K, s: &mut Option<T>, r: T) -> T {
         let v = match s.take() {
             Some(prev) => (self.f)(&prev, r),
             None => r,
         };
-        out.emit(v.clone());
-        *s = Some(v);
-        Ok(())
+        *s = Some(v.clone());
+        v
     }
 }
 
@@ -625,7 +642,7 @@ struct Fold<T, K, A, F> {
     f: Arc<F>,
     _k: PhantomData<fn(K, T)>,
 }
-impl<T: Data, K: Key, A: Data, F: Fn(&mut A, T) + Send + Sync + 'static> KeyedOperator
+impl<T: Data, K: Key, A: Data, F: Fn(&mut A, T) + Send + Sync + 'static> RunningAggregate
     for Fold<T, K, A, F>
 {
     type Key = K;
@@ -633,17 +650,10 @@ impl<T: Data, K: Key, A: Data, F: Fn(&mut A, T) + Send + Sync + 'static> KeyedOp
     type Out = (K, A);
     type State = Option<A>;
     #[inline]
-    fn process(
-        &mut self,
-        k: &K,
-        s: &mut Option<A>,
-        r: T,
-        out: &mut Output<'_, (K, A)>,
-    ) -> Result<(), UserError> {
+    fn apply(&mut self, k: &K, s: &mut Option<A>, r: T) -> (K, A) {
         let acc = s.get_or_insert_with(|| self.init.clone());
         (self.f)(acc, r);
-        out.emit((k.clone(), acc.clone()));
-        Ok(())
+        (k.clone(), acc.clone())
     }
 }
 
@@ -653,7 +663,7 @@ struct Sum<T, K, V, F> {
     value: Arc<F>,
     _k: PhantomData<fn(K, T) -> V>,
 }
-impl<T, K, V, F> KeyedOperator for Sum<T, K, V, F>
+impl<T, K, V, F> RunningAggregate for Sum<T, K, V, F>
 where
     T: Data,
     K: Key,
@@ -665,16 +675,9 @@ where
     type Out = (K, V);
     type State = V;
     #[inline]
-    fn process(
-        &mut self,
-        k: &K,
-        sum: &mut V,
-        r: T,
-        out: &mut Output<'_, (K, V)>,
-    ) -> Result<(), UserError> {
+    fn apply(&mut self, k: &K, sum: &mut V, r: T) -> (K, V) {
         *sum += (self.value)(&r);
-        out.emit((k.clone(), sum.clone()));
-        Ok(())
+        (k.clone(), sum.clone())
     }
 }
 

@@ -15,7 +15,33 @@
 //! therefore be retried on a fresh chain without duplicating any output, and a source can seek
 //! back to where the failed `produce` started.
 
+/// The hooks a stage in front of `self.next` passes on unchanged: commits, rollbacks,
+/// completions, flushes, reroutes and batch limits.
+macro_rules! pass_through_hooks {
+    () => {
+        fn commit(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
+            self.next.commit(cx)
+        }
+        fn rollback(&mut self) {
+            self.next.rollback();
+        }
+        fn checkpoint_complete(&mut self, checkpoint: u64) -> Result<(), StageError> {
+            self.next.checkpoint_complete(checkpoint)
+        }
+        fn flush(&mut self, cx: &mut StageCx) {
+            self.next.flush(cx);
+        }
+        fn reroute(&mut self, moves: &[(usize, RouteLayout)]) {
+            self.next.reroute(moves);
+        }
+        fn batch_limits(&mut self, limits: &[usize]) {
+            self.next.batch_limits(limits);
+        }
+    };
+}
+
 mod heads;
+mod keyed;
 mod router;
 mod stages;
 
@@ -23,8 +49,10 @@ pub use heads::{
     BatchFailure, ChainHead, DeadRecord, ErasedInput, ErasedSource, InputStage, Produced,
     SourceDriver,
 };
+pub use keyed::KeyedStage;
+pub(crate) use keyed::{AggregateStage, RunningAggregate};
 pub use router::{Route, Router, Tee};
-pub use stages::{KeyedStage, OperatorStage, SinkStage};
+pub use stages::{OperatorStage, SinkStage};
 
 use crate::error::{FailureCause, StageError};
 use crate::event::ChannelEvent;
