@@ -334,6 +334,9 @@ pub(crate) trait RunningAggregate: Send + 'static {
     fn apply(&mut self, key: &Self::Key, state: &mut Self::State, record: Self::In) -> Self::Out;
 }
 
+/// How many results an [`AggregateStage`] gathers before handing them on.
+const HANDOFF: usize = 64;
+
 /// A stage running a [`RunningAggregate`]: one state per key (no timers), results handed on
 /// a batch at a time.
 pub(crate) struct AggregateStage<A: RunningAggregate, F> {
@@ -361,6 +364,25 @@ where
             info,
             next,
         }
+    }
+
+    /// [`AggregateStage::run`] over `records` a `HANDOFF` at a time.
+    #[inline(always)]
+    fn run_chunked<I: ExactSizeIterator<Item = A::In>>(
+        &mut self,
+        records: I,
+        cx: &mut StageCx,
+    ) -> Result<(), (usize, StageError)> {
+        let len = records.len();
+        let mut records = records;
+        let mut base = 0;
+        while base < len {
+            let n = HANDOFF.min(len - base);
+            self.run(records.by_ref().take(n), cx)
+                .map_err(|(i, e)| (base + i, e))?;
+            base += n;
+        }
+        Ok(())
     }
 
     /// Aggregates `records` into `self.results` under one `catch_unwind`, then hands the
@@ -417,14 +439,14 @@ where
         self.next.push(result, cx)
     }
     fn push_all(&mut self, records: &[A::In], cx: &mut StageCx) -> Result<(), (usize, StageError)> {
-        self.run(records.iter().cloned(), cx)
+        self.run_chunked(records.iter().cloned(), cx)
     }
     fn push_many(
         &mut self,
         records: &mut Vec<A::In>,
         cx: &mut StageCx,
     ) -> Result<(), (usize, StageError)> {
-        self.run(records.drain(..), cx)
+        self.run_chunked(records.drain(..), cx)
     }
     fn distinct_keys(&self) -> u64 {
         self.table.len() + self.next.distinct_keys()
@@ -557,6 +579,12 @@ mod tests {
             .push_many(&mut vec![5, 13], &mut cx)
             .expect_err("panics");
         assert_eq!(at, 1);
+        // Past the first hand-off: the index counts from the start of the batch.
+        let long: Vec<u64> = (0..200).map(|i| if i == 130 { 13 } else { 20 }).collect();
+        let before = seen.lock().expect("seen").len();
+        let (at, _) = stage.push_all(&long, &mut cx).expect_err("panics");
+        assert_eq!(at, 130);
+        assert_eq!(seen.lock().expect("seen").len() - before, 130);
     }
 
     #[test]
