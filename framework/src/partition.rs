@@ -336,7 +336,7 @@ pub struct RingTable<'a> {
 
 impl RingTable<'_> {
     /// The subtask that owns `key_hash`: the bucket of its top bits, then the owner on the
-    /// hash's side of the bucket's split (see [`Bucket`]).
+    /// hash's side of the bucket's split (see [`KeyRing`]).
     #[inline(always)]
     pub fn route(&self, key_hash: u64) -> usize {
         // The bucket's bits and the 32 after them, in one shift.
