@@ -140,6 +140,39 @@ impl<K: Key, S: Default + Serialize + DeserializeOwned> KeyedTable<K, S> {
     }
 }
 
+/// The hooks of a stage that keeps its keys in `self.table`: the key count, and its
+/// checkpoint entry written, restored and cut for a rescale in place (one entry, in chain
+/// order, before the rest of the chain's).
+macro_rules! keyed_table_hooks {
+    () => {
+        fn distinct_keys(&self) -> u64 {
+            self.table.len() + self.next.distinct_keys()
+        }
+        fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
+            out.push(self.table.encode(&self.info.operator)?);
+            self.next.snapshot(checkpoint, out)
+        }
+        fn restore(
+            &mut self,
+            states: &mut std::slice::Iter<'_, Vec<u8>>,
+            last_completed: Option<u64>,
+        ) -> Result<(), StageError> {
+            let state = next_state(states, &self.info.operator)?;
+            self.table.restore(state, &self.info.operator)?;
+            self.next.restore(states, last_completed)
+        }
+        fn rekey(
+            &mut self,
+            keep: &dyn Fn(u64) -> bool,
+            gained: &mut std::slice::Iter<'_, Vec<u8>>,
+        ) -> Result<(), StageError> {
+            let state = next_state(gained, &self.info.operator)?;
+            self.table.rekey(keep, state, &self.info.operator)?;
+            self.next.rekey(keep, gained)
+        }
+    };
+}
+
 /// A stage running a user [`KeyedOperator`], holding one state and the timers per key; `F`
 /// is the key selector (shared by the operator's subtasks, called without indirection).
 pub struct KeyedStage<O: KeyedOperator, F> {
@@ -260,31 +293,7 @@ where
         }));
         batch_outcome(&self.info.operator, &mut out, r, at)
     }
-    fn distinct_keys(&self) -> u64 {
-        self.table.len() + self.next.distinct_keys()
-    }
-    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
-        out.push(self.table.encode(&self.info.operator)?);
-        self.next.snapshot(checkpoint, out)
-    }
-    fn restore(
-        &mut self,
-        states: &mut std::slice::Iter<'_, Vec<u8>>,
-        last_completed: Option<u64>,
-    ) -> Result<(), StageError> {
-        let state = next_state(states, &self.info.operator)?;
-        self.table.restore(state, &self.info.operator)?;
-        self.next.restore(states, last_completed)
-    }
-    fn rekey(
-        &mut self,
-        keep: &dyn Fn(u64) -> bool,
-        gained: &mut std::slice::Iter<'_, Vec<u8>>,
-    ) -> Result<(), StageError> {
-        let state = next_state(gained, &self.info.operator)?;
-        self.table.rekey(keep, state, &self.info.operator)?;
-        self.next.rekey(keep, gained)
-    }
+    keyed_table_hooks!();
     chain_stage_hooks!();
     fn on_watermark(&mut self, watermark: i64, cx: &mut StageCx) -> Result<(), StageError> {
         self.buf.set_watermark(watermark);
@@ -448,31 +457,7 @@ where
     ) -> Result<(), (usize, StageError)> {
         self.run_chunked(records.drain(..), cx)
     }
-    fn distinct_keys(&self) -> u64 {
-        self.table.len() + self.next.distinct_keys()
-    }
-    fn snapshot(&mut self, checkpoint: u64, out: &mut Vec<Vec<u8>>) -> Result<(), StageError> {
-        out.push(self.table.encode(&self.info.operator)?);
-        self.next.snapshot(checkpoint, out)
-    }
-    fn restore(
-        &mut self,
-        states: &mut std::slice::Iter<'_, Vec<u8>>,
-        last_completed: Option<u64>,
-    ) -> Result<(), StageError> {
-        let state = next_state(states, &self.info.operator)?;
-        self.table.restore(state, &self.info.operator)?;
-        self.next.restore(states, last_completed)
-    }
-    fn rekey(
-        &mut self,
-        keep: &dyn Fn(u64) -> bool,
-        gained: &mut std::slice::Iter<'_, Vec<u8>>,
-    ) -> Result<(), StageError> {
-        let state = next_state(gained, &self.info.operator)?;
-        self.table.rekey(keep, state, &self.info.operator)?;
-        self.next.rekey(keep, gained)
-    }
+    keyed_table_hooks!();
     fn open(&mut self, cx: &mut StageCx) -> Result<(), StageError> {
         self.next.open(cx)
     }
