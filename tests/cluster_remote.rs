@@ -99,10 +99,7 @@ fn batch(i: u64, credit: tokio::sync::OwnedSemaphorePermit) -> DataMessage {
     DataMessage {
         epoch: 3,
         channel: 0,
-        event: ChannelEvent::Batch(RecordBatch {
-            payload: Box::new(vec![i; 16]),
-            len: 16,
-        }),
+        event: ChannelEvent::Batch(RecordBatch::new(Box::new(vec![i; 16]), 16)),
         credit: Some(Credit::Local(credit)),
     }
 }

@@ -208,10 +208,11 @@ impl Handler<DataMessage> for RemoteMailbox {
             self.dropped += 1;
             return; // the message's credit returns as it drops
         }
-        let event = match msg
-            .event
-            .try_map_batch(|b| self.codec.encode(&b.payload).map(BatchBytes))
-        {
+        let event = match msg.event.try_map_batch(|b| {
+            let bytes = self.codec.encode(&b.payload);
+            b.recycle();
+            bytes.map(BatchBytes)
+        }) {
             Ok(event) => event,
             Err(e) => {
                 tracing::error!(edge = ?self.edge, error = %e, "cannot encode a batch; dropped");
@@ -313,7 +314,7 @@ pub(crate) fn deliver(
     }
     let decoded = event.try_map_batch(|b| {
         let (payload, len) = inbox.codec.decode(&b.0)?;
-        Ok::<_, riffle_framework::CodecError>(RecordBatch { payload, len })
+        Ok::<_, riffle_framework::CodecError>(RecordBatch::new(payload, len))
     });
     let event = match decoded {
         Ok(event) => event,

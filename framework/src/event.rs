@@ -11,6 +11,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::any::Any;
+use std::sync::Arc;
 
 /// A batch of records of some type (`Vec<T>`), moved between subtasks without serialization.
 pub type Payload = Box<dyn Any + Send>;
@@ -59,12 +60,46 @@ impl<B> ChannelEvent<B> {
     }
 }
 
+/// Where the buffer of a batch goes once its records are consumed: back to the router that
+/// filled it, which fills it again instead of allocating (as Flink's network buffers return
+/// to their pool). Implemented by the router's buffer pool for its record type.
+pub trait GiveBack: Send + Sync {
+    /// Takes back `payload` (a `Vec<T>` of the pool's type; any other is dropped). Its records
+    /// are dropped here, on the consumer's thread.
+    fn give_back(&self, payload: Payload);
+}
+
 /// A batch of records of one type inside a process: `Vec<T>`, boxed, and how many.
 pub struct RecordBatch {
     /// The records (`Vec<T>` of the channel's record type).
     pub payload: Payload,
     /// How many records.
     pub len: usize,
+    /// Where the buffer goes once the records are consumed (`None`: it is freed).
+    pub home: Option<Arc<dyn GiveBack>>,
+}
+
+impl RecordBatch {
+    /// A batch whose buffer is freed once consumed.
+    pub fn new(payload: Payload, len: usize) -> Self {
+        RecordBatch {
+            payload,
+            len,
+            home: None,
+        }
+    }
+
+    /// The records are consumed: the buffer goes back to its pool (or is freed).
+    pub fn recycle(self) {
+        recycle(self.payload, self.home);
+    }
+}
+
+/// Gives a consumed batch's buffer back to `home`, or frees it.
+pub fn recycle(payload: Payload, home: Option<Arc<dyn GiveBack>>) {
+    if let Some(home) = home {
+        home.give_back(payload);
+    }
 }
 
 impl std::fmt::Debug for RecordBatch {
@@ -80,10 +115,7 @@ mod tests {
     #[test]
     fn mapping_a_batch_passes_control_events_through() {
         let encode = |b: RecordBatch| Ok::<_, String>(vec![0u8; b.len]);
-        let batch = ChannelEvent::Batch(RecordBatch {
-            payload: Box::new(vec![1u64, 2, 3]),
-            len: 3,
-        });
+        let batch = ChannelEvent::Batch(RecordBatch::new(Box::new(vec![1u64, 2, 3]), 3));
         assert_eq!(
             batch.try_map_batch(encode),
             Ok(ChannelEvent::Batch(vec![0; 3]))

@@ -56,7 +56,7 @@ pub use error::{
     panic_message, CodecError, ConnectorError, FailureCause, GraphError, Permanent, StageError,
     UserError,
 };
-pub use event::{ChannelEvent, RecordBatch};
+pub use event::{recycle, ChannelEvent, GiveBack, RecordBatch};
 pub use graph::{ChannelTarget, ExecutionPlan, TaskChain, TaskId};
 pub use operator::{
     Encoded, KeyedOperator, KeyedStates, Operator, Output, Position, Sink, Snapshot, Source,

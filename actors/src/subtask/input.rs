@@ -21,11 +21,12 @@ impl SubtaskActor {
             return;
         }
         match msg.event {
-            ChannelEvent::Batch(RecordBatch { payload, len }) => {
+            ChannelEvent::Batch(RecordBatch { payload, len, home }) => {
                 self.clock.active(ch);
                 let retry = Retry {
                     payload,
                     len,
+                    home,
                     skip: Vec::new(),
                     fail_index: usize::MAX,
                     fail_count: 0,
@@ -109,6 +110,7 @@ impl SubtaskActor {
                 self.note_first_record();
                 self.metrics.batches_in += 1;
                 self.metrics.records_in += (n - r.skip.len().min(n)) as u64;
+                riffle_framework::recycle(r.payload, r.home);
                 self.flush_eagerly();
                 self.drain(ctx);
             }

@@ -142,6 +142,8 @@ pub(crate) struct RestoreState {
 struct Retry {
     payload: Payload,
     len: usize,
+    /// Where the batch's buffer goes once it succeeded.
+    home: Option<std::sync::Arc<dyn riffle_framework::GiveBack>>,
     skip: Vec<usize>,
     fail_index: usize,
     fail_count: u32,

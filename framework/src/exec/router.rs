@@ -4,9 +4,51 @@ use super::{BoxStage, RouteLayout, Stage, StageCx};
 use crate::config::REMOTE_BATCH_BYTES;
 use crate::data::Data;
 use crate::error::StageError;
-use crate::event::{ChannelEvent, RecordBatch};
+use crate::event::{ChannelEvent, GiveBack, Payload, RecordBatch};
 use crate::partition::{Partitioner, Routing};
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::{Arc, Mutex};
+
+/// How many empty buffers a router keeps for reuse: enough for the batches in flight on a
+/// few channels; past it, returned buffers are freed.
+const POOL_KEEP: usize = 16;
+
+/// The empty batch buffers of one router, returned by the subtasks that consumed them (see
+/// [`GiveBack`]): a full lane takes its next buffer from here instead of from the allocator,
+/// so the batch memory stays warm and no allocation crosses threads per batch.
+pub(crate) struct BufferPool<T> {
+    free: Mutex<Vec<Vec<T>>>,
+}
+
+impl<T> BufferPool<T> {
+    fn new() -> Self {
+        BufferPool {
+            free: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// An empty buffer with room for at least `capacity` records.
+    fn take(&self, capacity: usize) -> Vec<T> {
+        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match reused {
+            Some(buf) if buf.capacity() >= capacity => buf,
+            _ => Vec::with_capacity(capacity),
+        }
+    }
+}
+
+impl<T: Send + 'static> GiveBack for BufferPool<T> {
+    fn give_back(&self, payload: Payload) {
+        let Ok(mut buf) = payload.downcast::<Vec<T>>() else {
+            return;
+        };
+        buf.clear();
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        if free.len() < POOL_KEEP {
+            free.push(*buf);
+        }
+    }
+}
 
 /// How a router picks the channel of a record; `H` computes a record's key hash.
 pub enum Route<H> {
@@ -44,6 +86,8 @@ pub struct Router<T, H = fn(&T) -> u64> {
     batch_size: usize,
     /// Records pushed in the current unit of work (counted as output when it commits).
     pushed: u64,
+    /// Buffers for lanes that filled up, given back by the consumers of earlier batches.
+    pool: Arc<BufferPool<T>>,
 }
 
 /// One channel of a router: the batch being filled and its bounds.
@@ -70,19 +114,33 @@ impl<T> Lane<T> {
         self.committed = self.buf.len();
     }
 
-    /// Takes the batch, leaving an empty one of the same capacity.
-    fn take(&mut self) -> Vec<T> {
-        std::mem::replace(&mut self.buf, Vec::with_capacity(self.limit))
+    /// Takes the batch, leaving an empty buffer from `pool` in its place.
+    fn take(&mut self, pool: &BufferPool<T>) -> Vec<T> {
+        std::mem::replace(&mut self.buf, pool.take(self.limit))
     }
 }
 
 /// Buffers `record` in channel `ch`; a buffer that reaches its limit is staged whole.
 #[inline(always)]
-fn put<T>(lanes: &mut [Lane<T>], staged: &mut Vec<(usize, Vec<T>)>, ch: usize, record: T) {
+fn put<T>(lanes: &mut [Lane<T>], staging: &mut Staging<'_, T>, ch: usize, record: T) {
     let lane = &mut lanes[ch];
     lane.buf.push(record);
     if lane.buf.len() >= lane.limit {
-        staged.push((ch, lane.take()));
+        staging.stage(ch, lane);
+    }
+}
+
+/// Where full lanes go: their batch to the staged list, a fresh buffer from the pool.
+struct Staging<'a, T> {
+    staged: &'a mut Vec<(usize, Vec<T>)>,
+    pool: &'a BufferPool<T>,
+}
+
+impl<T> Staging<'_, T> {
+    #[cold]
+    #[inline(never)]
+    fn stage(&mut self, ch: usize, lane: &mut Lane<T>) {
+        self.staged.push((ch, lane.take(self.pool)));
     }
 }
 
@@ -95,7 +153,7 @@ fn route_chunk<T, H: Fn(&T) -> u64>(
     hash: &H,
     route: impl Fn(u64) -> usize,
     lanes: &mut [Lane<T>],
-    staged: &mut Vec<(usize, Vec<T>)>,
+    mut staging: Staging<'_, T>,
 ) -> Result<(), (usize, Box<dyn std::any::Any + Send>)> {
     let last = lanes.len().saturating_sub(1);
     let len = records.len();
@@ -103,7 +161,7 @@ fn route_chunk<T, H: Fn(&T) -> u64>(
     catch_unwind(AssertUnwindSafe(|| {
         for record in &mut drain {
             let ch = route(hash(&record)).min(last);
-            put(lanes, staged, ch, record);
+            put(lanes, &mut staging, ch, record);
         }
     }))
     // The record at hand was taken from the drain before its key selector panicked.
@@ -128,19 +186,26 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
             next_rr: start % channels,
             batch_size,
             pushed: 0,
+            pool: Arc::new(BufferPool::new()),
         }
     }
 
     #[inline(always)]
     fn buffer(&mut self, ch: usize, record: T) {
-        put(&mut self.lanes, &mut self.staged, ch, record);
+        let staging = Staging {
+            staged: &mut self.staged,
+            pool: &self.pool,
+        };
+        put(&mut self.lanes, &mut { staging }, ch, record);
     }
 
     fn queue(&mut self, cx: &mut StageCx, ch: usize, batch: Vec<T>) {
         let len = batch.len();
+        let home: Arc<dyn GiveBack> = self.pool.clone();
         cx.queues[self.base + ch].push_back(ChannelEvent::Batch(RecordBatch {
             payload: Box::new(batch),
             len,
+            home: Some(home),
         }));
     }
 }
@@ -200,13 +265,17 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         } = &self.route
         {
             // The common case in one loop per partitioner, everything it reads hoisted.
-            let (lanes, staged) = (&mut self.lanes, &mut self.staged);
+            let lanes = &mut self.lanes;
+            let staging = Staging {
+                staged: &mut self.staged,
+                pool: &self.pool,
+            };
             let r = match partitioner {
                 Routing::Ring(ring) => {
                     let table = ring.table();
-                    route_chunk(records, hash, |h| table.route(h), lanes, staged)
+                    route_chunk(records, hash, |h| table.route(h), lanes, staging)
                 }
-                Routing::Modulo(m) => route_chunk(records, hash, |h| m.route(h), lanes, staged),
+                Routing::Modulo(m) => route_chunk(records, hash, |h| m.route(h), lanes, staging),
             };
             return r.map_err(|(i, panic)| (i, StageError::from_panic(operator, panic)));
         }
@@ -284,7 +353,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
     fn flush(&mut self, cx: &mut StageCx) {
         for ch in 0..self.lanes.len() {
             if !self.lanes[ch].buf.is_empty() {
-                let full = self.lanes[ch].take();
+                let full = self.lanes[ch].take(&self.pool);
                 self.queue(cx, ch, full);
             }
             self.lanes[ch].committed = 0;
@@ -467,6 +536,51 @@ mod tests {
         assert!(chunk.is_empty(), "the chunk is taken whole");
         let mut fine: Vec<u64> = vec![1, 2, 3];
         router.push_many(&mut fine, &mut cx).expect("no panic");
+    }
+
+    /// The batches queued on channel 0, taken out of `cx`.
+    fn queued(cx: &mut StageCx) -> Vec<RecordBatch> {
+        cx.queues[0]
+            .drain(..)
+            .filter_map(|e| match e {
+                ChannelEvent::Batch(b) => Some(b),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_consumed_batch_buffer_is_filled_again_and_a_foreign_one_is_dropped() {
+        let mut router: Router<u64> = Router::new(Route::Forward, 0, 1, 4, 0);
+        let mut cx = StageCx::new(1, 4);
+        router
+            .push_many(&mut (0..4).collect(), &mut cx)
+            .expect("pushed");
+        router.commit(&mut cx).expect("committed");
+        let first = queued(&mut cx).pop().expect("a full batch");
+        let at = first
+            .payload
+            .downcast_ref::<Vec<u64>>()
+            .expect("a Vec<u64>")
+            .as_ptr();
+        // The lane already holds the next buffer; the one given back serves the one after.
+        first.recycle();
+        router
+            .push_many(&mut (4..12).collect(), &mut cx)
+            .expect("pushed");
+        router.commit(&mut cx).expect("committed");
+        let batches = queued(&mut cx);
+        let reused = batches[1].payload.downcast_ref::<Vec<u64>>().expect("Vec");
+        assert_eq!(
+            reused.as_ptr(),
+            at,
+            "the buffer given back was filled again"
+        );
+        assert_eq!(reused, &vec![8, 9, 10, 11], "with the new records only");
+        // A buffer of another type is dropped, not kept.
+        let home = batches[0].home.clone().expect("a local batch has a home");
+        home.give_back(Box::new(vec![1u32; 4]));
+        assert!(router.pool.free.lock().expect("pool").is_empty());
     }
 
     #[test]
