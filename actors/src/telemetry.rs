@@ -410,11 +410,14 @@ impl SubtaskTelemetry {
         &mut self.clock
     }
 
-    /// Whether a publication is due (a busy actor's interval timer can lag: actix handles up
-    /// to 256 messages before it looks at its timers, so the data path asks too).
+    /// Counts the work that ran from `started` to `ended` as busy time and says whether a
+    /// publication is due at `ended` (a busy actor's interval timer can lag: actix handles up
+    /// to 256 messages before it looks at its timers, so the data path asks too). One clock
+    /// reading per unit of work serves both.
     #[inline]
-    pub(crate) fn due(&self) -> bool {
-        self.clock.since.elapsed() >= PUBLISH_INTERVAL
+    pub(crate) fn worked(&mut self, started: Instant, ended: Instant) -> bool {
+        self.clock.busy(ended.saturating_duration_since(started));
+        ended.saturating_duration_since(self.clock.since) >= PUBLISH_INTERVAL
     }
 
     /// Publishes `f` and the time split since the last call.

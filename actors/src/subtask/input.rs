@@ -101,8 +101,7 @@ impl SubtaskActor {
         };
         let started = std::time::Instant::now();
         let result = input.process(&r.payload, &r.skip, &mut self.cx);
-        self.telemetry.clock().busy(started.elapsed());
-        if self.telemetry.due() {
+        if self.telemetry.worked(started, std::time::Instant::now()) {
             self.publish();
         }
         match result {
@@ -188,8 +187,7 @@ impl SubtaskActor {
             })?;
             Ok((p, pos))
         });
-        self.telemetry.clock().busy(started.elapsed());
-        if self.telemetry.due() {
+        if self.telemetry.worked(started, std::time::Instant::now()) {
             self.publish();
         }
         let status = match produced {
