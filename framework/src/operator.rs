@@ -168,7 +168,18 @@ impl<'a, T> Output<'a, T> {
                 *first = emitted;
             }
             let before = chunk.len();
-            chunk.extend(records.by_ref().take(SOURCE_CHUNK.saturating_sub(before)));
+            let room = SOURCE_CHUNK.saturating_sub(before);
+            if records.size_hint().1.is_some_and(|n| n <= room) {
+                // All of them fit: extending by the iterator itself keeps its exact length
+                // (a counted loop for ranges and maps of them).
+                chunk.extend(records);
+                self.emitted += (chunk.len() - before) as u64;
+                if chunk.len() >= SOURCE_CHUNK {
+                    self.finish();
+                }
+                return;
+            }
+            chunk.extend(records.by_ref().take(room));
             let (len, added) = (chunk.len(), chunk.len() - before);
             self.emitted += added as u64;
             if len < SOURCE_CHUNK {
@@ -214,6 +225,14 @@ impl<'a, T> Output<'a, T> {
             self.failed = Some(e);
             self.failed_at = Some(index);
         }
+    }
+
+    /// How many records fit in a source's chunk before it is handed on (see
+    /// [`Output::emit_all`]); 0 outside a source.
+    pub(crate) fn room(&self) -> usize {
+        self.chunk
+            .as_ref()
+            .map_or(0, |(chunk, _)| SOURCE_CHUNK.saturating_sub(chunk.len()))
     }
 
     /// How many records a source should emit per call to [`Source::produce`] (the batch size).

@@ -58,8 +58,13 @@ impl<T: Data, F: Fn(u64) -> T + Send + Sync + 'static> Source for GeneratorSourc
     fn produce(&mut self, out: &mut Output<'_, T>) -> Result<SourceStatus, UserError> {
         let end = self.range.end.min(self.range.start + out.budget() as u64);
         let f = &*self.f;
-        out.emit_all((self.range.start..end).map(f));
-        self.range.start = end;
+        // A chunk's room at a time, so that each piece is one counted copy.
+        while self.range.start < end {
+            let piece = (out.room().max(1) as u64).min(end - self.range.start);
+            let to = self.range.start + piece;
+            out.emit_all((self.range.start..to).map(f));
+            self.range.start = to;
+        }
         Ok(if self.range.is_empty() {
             SourceStatus::Finished
         } else {
