@@ -404,24 +404,25 @@ where
         cx: &mut StageCx,
     ) -> Result<(), (usize, StageError)> {
         let len = records.len();
-        let mut records = records;
         let (agg, key_fn, states, results) = (
             &mut self.agg,
             &*self.key_fn,
             &mut self.table.states,
             &mut self.results,
         );
+        results.clear();
         results.reserve(len);
+        // The iterator moves into the loop (its position stays in registers): the record at
+        // hand when a panic strikes is the one after the last result.
         let r = catch_unwind(AssertUnwindSafe(|| {
-            for record in &mut records {
+            for record in records {
                 let key = key_fn(&record);
                 let state = state_of!(states, &key);
                 results.push(agg.apply(&key, state, record));
             }
         }));
-        // The record at hand was taken from the iterator before it panicked.
         let failed = r.err().map(|p| {
-            let at = len - records.len() - 1;
+            let at = self.results.len();
             (at, StageError::from_panic(&self.info.operator, p))
         });
         let handed = self.next.push_many(&mut self.results, cx);
@@ -448,7 +449,11 @@ where
         self.next.push(result, cx)
     }
     fn push_all(&mut self, records: &[A::In], cx: &mut StageCx) -> Result<(), (usize, StageError)> {
-        self.run_chunked(records.iter().cloned(), cx)
+        for (n, part) in records.chunks(HANDOFF).enumerate() {
+            self.run(part.iter().cloned(), cx)
+                .map_err(|(i, e)| (n * HANDOFF + i, e))?;
+        }
+        Ok(())
     }
     fn push_many(
         &mut self,
