@@ -109,10 +109,10 @@ pub mod time {
 /// what to restore from.
 pub mod config {
     pub use riffle_framework::{
-        Backoff, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction, PoisonPolicy,
-        RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS,
-        DEFAULT_FLUSH_INTERVAL, DEFAULT_REMOTE_BATCH_SCALE, DEFAULT_REMOTE_CREDITS,
-        REMOTE_BATCH_BYTES,
+        Backoff, Batching, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction,
+        PoisonPolicy, RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_BYTES,
+        DEFAULT_BATCH_SIZE, DEFAULT_CREDITS, DEFAULT_FLUSH_INTERVAL, DEFAULT_REMOTE_BATCH_SCALE,
+        DEFAULT_REMOTE_CREDITS, REMOTE_BATCH_BYTES,
     };
 }
 

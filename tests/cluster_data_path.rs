@@ -22,6 +22,8 @@ fn job(scale: usize) -> StreamEnv {
     env.configure(move |c| {
         c.name = "data-path".to_string();
         c.workers = Some(1);
+        // Batches of 1,024 records (the byte limit would make them 4,096 of these `u64`s).
+        c.batch_size = 1024;
         c.flush_interval = Duration::from_secs(10);
         c.remote_batch_scale = scale;
         // Credits return in groups of a quarter of the window: 4 here.

@@ -4,8 +4,14 @@ use crate::error::GraphError;
 use crate::partition::PartitionScheme;
 use std::time::Duration;
 
-/// Records per batch on an edge unless configured: a batch is flushed when it holds this many.
-pub const DEFAULT_BATCH_SIZE: usize = 1024;
+/// The most records a batch on an edge holds unless configured (a batch is full when it holds
+/// this many, or [`DEFAULT_BATCH_BYTES`] of records, whichever comes first).
+pub const DEFAULT_BATCH_SIZE: usize = 4096;
+/// The most bytes of records (by in-memory size, `size_of::<T>()` each) a batch inside a
+/// process holds unless configured: 32 KiB, like Flink's network buffers. 2,048 records of 16
+/// bytes, 1,024 of 32, 163 of 200; so a channel's memory in flight is bounded by
+/// `credits × 32 KiB` whatever the record type.
+pub const DEFAULT_BATCH_BYTES: usize = 32 * 1024;
 /// Longest time a partly filled batch waits before it is flushed (the latency bound).
 pub const DEFAULT_FLUSH_INTERVAL: Duration = Duration::from_millis(5);
 /// Batches in flight per channel (upstream subtask → downstream subtask).
@@ -15,9 +21,10 @@ pub const DEFAULT_REMOTE_CREDITS: usize = 8;
 /// How many times [`JobConfig::batch_size`] records a batch to another node holds.
 pub const DEFAULT_REMOTE_BATCH_SCALE: usize = 32;
 /// The most a batch to another node holds by the records' in-memory size
-/// (`size_of::<T>()` each), unless [`JobConfig::batch_size`] records alone are more: 256 KiB.
-/// With [`DEFAULT_REMOTE_CREDITS`] a channel between nodes holds at most 2 MiB of records in
-/// flight, whatever their type (as `credits × batch_size` records bound a local channel).
+/// (`size_of::<T>()` each), unless one local batch is more: 256 KiB. With
+/// [`DEFAULT_REMOTE_CREDITS`] a channel between nodes holds at most 2 MiB of records in
+/// flight, whatever their type (as `credits` batches of [`DEFAULT_BATCH_BYTES`] bound a local
+/// channel).
 pub const REMOTE_BATCH_BYTES: usize = 256 * 1024;
 
 /// How a job runs. Every field has a documented default ([`JobConfig::default`]).
@@ -25,8 +32,15 @@ pub const REMOTE_BATCH_BYTES: usize = 256 * 1024;
 pub struct JobConfig {
     /// Parallelism of operators that do not set their own (default: 1).
     pub default_parallelism: usize,
-    /// Records per batch (default [`DEFAULT_BATCH_SIZE`]).
+    /// The most records per batch (default [`DEFAULT_BATCH_SIZE`]); see also
+    /// [`JobConfig::batch_bytes`].
     pub batch_size: usize,
+    /// The most bytes of records per batch inside a process, by in-memory size (default
+    /// [`DEFAULT_BATCH_BYTES`]): a batch of `T` holds
+    /// `min(batch_size, batch_bytes / size_of::<T>())` records, at least one. Small records
+    /// travel in larger batches (fewer messages and credits per record), large ones in
+    /// smaller (bounded memory). Also what a source is asked for per call.
+    pub batch_bytes: usize,
     /// Flush partly filled batches after this long (default [`DEFAULT_FLUSH_INTERVAL`]), like
     /// Flink's buffer timeout. `Duration::ZERO` is *latency mode*: a subtask sends what it
     /// has as soon as it handled an input batch (or a source produced), so a lightly loaded
@@ -34,7 +48,7 @@ pub struct JobConfig {
     /// from full input batches. It costs throughput where inputs arrive in small pieces.
     pub flush_interval: Duration,
     /// Credits (batches in flight) per channel (default [`DEFAULT_CREDITS`]). A channel holds at
-    /// most `credits × batch_size` records that were sent and not yet processed.
+    /// most `credits` full batches that were sent and not yet processed.
     pub credits: usize,
     /// Credits per channel to a subtask on another node (default [`DEFAULT_REMOTE_CREDITS`]).
     /// A credit returns only after the batch crossed the link, was handled and its credit
@@ -46,7 +60,7 @@ pub struct JobConfig {
     pub remote_credits: usize,
     /// A batch to a subtask on another node is full at `batch_size × remote_batch_scale`
     /// records (default [`DEFAULT_REMOTE_BATCH_SCALE`]) or at [`REMOTE_BATCH_BYTES`] of
-    /// records by their in-memory size, whichever comes first (but never below `batch_size`):
+    /// records by their in-memory size, whichever comes first (but never below a local batch):
     /// each batch that crosses costs a frame, a write and wake-ups on both nodes, so larger
     /// ones carry records for less. The flush interval still bounds how long a partly filled
     /// batch waits (and latency mode still sends after each input batch).
@@ -167,6 +181,7 @@ impl Default for JobConfig {
         JobConfig {
             default_parallelism: 1,
             batch_size: DEFAULT_BATCH_SIZE,
+            batch_bytes: DEFAULT_BATCH_BYTES,
             flush_interval: DEFAULT_FLUSH_INTERVAL,
             credits: DEFAULT_CREDITS,
             remote_credits: DEFAULT_REMOTE_CREDITS,
@@ -187,7 +202,50 @@ impl Default for JobConfig {
     }
 }
 
+/// How full a batch gets: at most `records` records and `bytes` bytes of them (by in-memory
+/// size), at least one record. From [`JobConfig::batching`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Batching {
+    /// The most records.
+    pub records: usize,
+    /// The most bytes of records (`size_of::<T>()` each).
+    pub bytes: usize,
+}
+
+impl Batching {
+    /// Batches of exactly `records` records, whatever their size.
+    pub fn records(records: usize) -> Self {
+        Batching {
+            records,
+            bytes: usize::MAX,
+        }
+    }
+
+    /// How many records of type `T` make a full batch.
+    pub fn records_of<T>(&self) -> usize {
+        (self.bytes / std::mem::size_of::<T>().max(1)).clamp(1, self.records.max(1))
+    }
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching {
+            records: DEFAULT_BATCH_SIZE,
+            bytes: DEFAULT_BATCH_BYTES,
+        }
+    }
+}
+
 impl JobConfig {
+    /// The batch limits of edges inside a process ([`JobConfig::batch_size`] and
+    /// [`JobConfig::batch_bytes`]).
+    pub fn batching(&self) -> Batching {
+        Batching {
+            records: self.batch_size,
+            bytes: self.batch_bytes,
+        }
+    }
+
     /// Checks every value is in range.
     ///
     /// # Errors
@@ -206,6 +264,9 @@ impl JobConfig {
         };
         if self.batch_size == 0 {
             return Err(bad("batch_size", 0, "must be at least 1"));
+        }
+        if self.batch_bytes == 0 {
+            return Err(bad("batch_bytes", 0, "must be at least 1"));
         }
         if self.credits == 0 {
             return Err(bad("credits", 0, "must be at least 1"));

@@ -627,7 +627,7 @@ impl ExecutionPlan {
                 to: self.nodes[self.edges[ei].to].name.clone(),
                 base: layout.base,
                 channels: layout.channels,
-                batch_size: self.config.batch_size,
+                batching: self.config.batching(),
                 start: task.subtask,
                 partitioner: layout.partitioner,
             };

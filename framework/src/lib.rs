@@ -45,9 +45,10 @@ pub use checkpoint::{
     Checkpoint, CheckpointId, CheckpointStore, FsStore, MemoryStore, StoreError, TaskSnapshot,
 };
 pub use config::{
-    Backoff, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction, PoisonPolicy,
-    RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_SIZE, DEFAULT_CREDITS,
-    DEFAULT_FLUSH_INTERVAL, DEFAULT_REMOTE_BATCH_SCALE, DEFAULT_REMOTE_CREDITS, REMOTE_BATCH_BYTES,
+    Backoff, Batching, CheckpointConfig, CheckpointStorage, JobConfig, PoisonAction, PoisonPolicy,
+    RestartKind, RestartStrategy, RestoreFrom, DEFAULT_BATCH_BYTES, DEFAULT_BATCH_SIZE,
+    DEFAULT_CREDITS, DEFAULT_FLUSH_INTERVAL, DEFAULT_REMOTE_BATCH_SCALE, DEFAULT_REMOTE_CREDITS,
+    REMOTE_BATCH_BYTES,
 };
 pub use connectors::{CollectHandle, CountHandle};
 pub use data::{canonical_key_bytes, Data, Key};

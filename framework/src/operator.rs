@@ -235,9 +235,10 @@ impl<'a, T> Output<'a, T> {
             .map_or(0, |(chunk, _)| SOURCE_CHUNK.saturating_sub(chunk.len()))
     }
 
-    /// How many records a source should emit per call to [`Source::produce`] (the batch size).
+    /// How many records a source should emit per call to [`Source::produce`]: a batch of its
+    /// record type (see [`crate::JobConfig::batch_bytes`]).
     pub fn budget(&self) -> usize {
-        self.cx.batch_size
+        self.cx.batching.records_of::<T>()
     }
 
     /// How many records were emitted through this output.

@@ -369,13 +369,7 @@ impl<T: Data> DataStream<T> {
                 partitioner: p.routing,
                 operator: p.to,
             };
-            Box::new(Router::new(
-                route,
-                p.base,
-                p.channels,
-                p.batch_size,
-                p.start,
-            ))
+            Box::new(Router::new(route, p.base, p.channels, p.batching, p.start))
         };
         let mut stream = self;
         stream.edge = EdgeKind::Key(Arc::new(KeyRouterFactory(Arc::new(factory))));

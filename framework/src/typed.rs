@@ -64,7 +64,7 @@ pub(crate) struct RouterPlan {
     pub(crate) to: Arc<str>,
     pub(crate) base: usize,
     pub(crate) channels: usize,
-    pub(crate) batch_size: usize,
+    pub(crate) batching: crate::config::Batching,
     pub(crate) start: usize,
     pub(crate) partitioner: Option<Routing>,
 }
@@ -156,19 +156,13 @@ impl<T: Data> TypeOps for Ops<T> {
                     routing,
                     base: p.base,
                     channels: p.channels,
-                    batch_size: p.batch_size,
+                    batching: p.batching,
                     start: p.start,
                 };
                 return Ok(boxed((factory.0)(plan)));
             }
         };
-        let r: BoxStage<T> = Box::new(Router::new(
-            route,
-            p.base,
-            p.channels,
-            p.batch_size,
-            p.start,
-        ));
+        let r: BoxStage<T> = Box::new(Router::new(route, p.base, p.channels, p.batching, p.start));
         Ok(boxed(r))
     }
     fn tee(&self, branches: Vec<AnyStage>) -> Result<AnyStage, StageError> {
@@ -207,7 +201,7 @@ pub(crate) struct KeyRouterPlan {
     pub routing: Routing,
     pub base: usize,
     pub channels: usize,
-    pub batch_size: usize,
+    pub batching: crate::config::Batching,
     pub start: usize,
 }
 

@@ -123,6 +123,10 @@ impl SumJob {
         env.configure(|c| {
             c.name = "cluster-sum".to_string();
             c.workers = Some(workers);
+            // A source call of 1,024 records (the byte limit alone would make it 4,096 of
+            // these `u64`s): the paced map sleeps within the call, and the tests' steps are
+            // timed for calls of this length.
+            c.batch_size = 1024;
             c.checkpoint =
                 Some(riffle::prelude::CheckpointConfig::every(every).in_dir(&checkpoints));
         });

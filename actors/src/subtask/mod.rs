@@ -259,7 +259,7 @@ impl SubtaskActor {
             },
             task: s.task,
             chain_name,
-            cx: StageCx::new(s.outs.len(), cfg.batch_size),
+            cx: StageCx::with_batching(s.outs.len(), cfg.batching()),
             plan: s.plan.clone(),
             plan_version: s.plan_version,
             head: None,

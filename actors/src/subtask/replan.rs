@@ -65,7 +65,7 @@ impl SubtaskActor {
         self.head = None;
         self.outs.clear();
         self.held.clear();
-        self.cx = StageCx::new(0, self.plan.config().batch_size);
+        self.cx = StageCx::with_batching(0, self.plan.config().batching());
         tracing::debug!(chain = %self.chain_name, subtask = self.task.subtask, "subtask retired by a rescale");
     }
 

@@ -93,8 +93,8 @@ pub struct StageCx {
     pub(crate) queues: Vec<VecDeque<ChannelEvent>>,
     /// Records handed to routers or sinks (committed or not).
     pub(crate) records_out: u64,
-    /// Records per batch.
-    pub(crate) batch_size: usize,
+    /// How full a batch gets (and what a source is asked for per call).
+    pub(crate) batching: crate::config::Batching,
     /// A fault to inject into the next unit of work (taken by the chain's head).
     inject: Option<Fault>,
     /// Set when an injected fault fired, so the runtime can tell it from a real failure.
@@ -107,12 +107,17 @@ pub struct StageCx {
 }
 
 impl StageCx {
-    /// A context with `channels` empty output queues.
+    /// A context with `channels` empty output queues and batches of `batch_size` records.
     pub fn new(channels: usize, batch_size: usize) -> Self {
+        Self::with_batching(channels, crate::config::Batching::records(batch_size))
+    }
+
+    /// A context with `channels` empty output queues and the job's `batching`.
+    pub fn with_batching(channels: usize, batching: crate::config::Batching) -> Self {
         StageCx {
             queues: (0..channels).map(|_| VecDeque::new()).collect(),
             records_out: 0,
-            batch_size,
+            batching,
             inject: None,
             injected_fired: false,
             checkpointing: false,

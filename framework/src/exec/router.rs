@@ -1,7 +1,7 @@
 //! Routers (the tail of a chain for an outgoing edge) and tees (a stream read twice).
 
 use super::{BoxStage, RouteLayout, Stage, StageCx};
-use crate::config::REMOTE_BATCH_BYTES;
+use crate::config::{Batching, REMOTE_BATCH_BYTES};
 use crate::data::Data;
 use crate::error::StageError;
 use crate::event::{ChannelEvent, GiveBack, Payload, RecordBatch};
@@ -83,7 +83,11 @@ pub struct Router<T, H = fn(&T) -> u64> {
     /// Full batches of the current unit of work, in order, with their channel.
     staged: Vec<(usize, Vec<T>)>,
     next_rr: usize,
+    /// The configured most records per batch (what the runtime asks for a local channel).
     batch_size: usize,
+    /// The records of a full local batch of `T` (at most `batch_size`, and at most the
+    /// configured bytes).
+    local: usize,
     /// Records pushed in the current unit of work (counted as output when it commits).
     pushed: u64,
     /// Buffers for lanes that filled up, given back by the consumers of earlier batches.
@@ -93,8 +97,8 @@ pub struct Router<T, H = fn(&T) -> u64> {
 /// One channel of a router: the batch being filled and its bounds.
 struct Lane<T> {
     buf: Vec<T>,
-    /// The records at which a batch is full: `batch_size`, or more on a channel to another
-    /// node ([`Stage::batch_limits`]).
+    /// The records at which a batch is full: a local batch of `T`, or more on a channel to
+    /// another node ([`Stage::batch_limits`]).
     limit: usize,
     /// How many records of `buf` were committed.
     committed: usize,
@@ -169,22 +173,25 @@ fn route_chunk<T, H: Fn(&T) -> u64>(
 }
 
 impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
-    /// A router over output queues `base..base + channels`. Round robin starts at `start`.
+    /// A router over output queues `base..base + channels`, cutting batches as `batching`
+    /// says. Round robin starts at `start`.
     pub fn new(
         route: Route<H>,
         base: usize,
         channels: usize,
-        batch_size: usize,
+        batching: Batching,
         start: usize,
     ) -> Self {
         let channels = channels.max(1);
+        let local = batching.records_of::<T>();
         Router {
             route,
             base,
-            lanes: (0..channels).map(|_| Lane::new(batch_size)).collect(),
+            lanes: (0..channels).map(|_| Lane::new(local)).collect(),
             staged: Vec::new(),
             next_rr: start % channels,
-            batch_size,
+            batch_size: batching.records,
+            local,
             pushed: 0,
             pool: Arc::new(BufferPool::new()),
         }
@@ -297,7 +304,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         let channels = layout.channels.max(1);
         self.base = layout.base;
         // The runtime sets the limits of the new channels again once it knows where they go.
-        self.lanes = (0..channels).map(|_| Lane::new(self.batch_size)).collect();
+        self.lanes = (0..channels).map(|_| Lane::new(self.local)).collect();
         self.next_rr %= channels;
         if let (Route::Key { partitioner, .. }, Some(p)) = (&mut self.route, &layout.partitioner) {
             *partitioner = p.clone();
@@ -370,8 +377,9 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         Ok(())
     }
     fn batch_limits(&mut self, limits: &[usize]) {
-        // A larger batch (to another node) holds at most `REMOTE_BATCH_BYTES` of records.
-        let by_bytes = (REMOTE_BATCH_BYTES / std::mem::size_of::<T>().max(1)).max(self.batch_size);
+        // A larger batch (to another node) holds at most `REMOTE_BATCH_BYTES` of records, and
+        // never fewer than a local batch; a local channel gets a local batch of `T`.
+        let by_bytes = (REMOTE_BATCH_BYTES / std::mem::size_of::<T>().max(1)).max(self.local);
         for (ch, limit) in self.lanes.iter_mut().map(|l| &mut l.limit).enumerate() {
             let asked = limits
                 .get(self.base + ch)
@@ -380,7 +388,7 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
             *limit = if asked > self.batch_size {
                 asked.min(by_bytes)
             } else {
-                asked
+                asked.min(self.local)
             }
             .max(1);
         }
@@ -502,7 +510,7 @@ mod tests {
     /// The sizes of the batches `records` records make on each of two channels whose limits
     /// the runtime asked to be `asked` (forward route: everything goes to channel 0).
     fn batch_sizes<T: Data + Default>(asked: &[usize], records: usize) -> Vec<usize> {
-        let mut router: Router<T> = Router::new(Route::Forward, 0, 2, 1024, 0);
+        let mut router: Router<T> = Router::new(Route::Forward, 0, 2, Batching::records(1024), 0);
         router.batch_limits(asked);
         let mut cx = StageCx::new(2, 1024);
         let mut chunk: Vec<T> = (0..records).map(|_| T::default()).collect();
@@ -527,7 +535,7 @@ mod tests {
             partitioner: crate::PartitionScheme::default().build(2),
             operator: std::sync::Arc::from("keyed"),
         };
-        let mut router = Router::new(route, 0, 2, 4, 0);
+        let mut router = Router::new(route, 0, 2, Batching::records(4), 0);
         let mut cx = StageCx::new(2, 4);
         let mut chunk: Vec<u64> = vec![1, 2, 3, 13, 5];
         let (at, e) = router.push_many(&mut chunk, &mut cx).expect_err("panics");
@@ -551,7 +559,7 @@ mod tests {
 
     #[test]
     fn a_consumed_batch_buffer_is_filled_again_and_a_foreign_one_is_dropped() {
-        let mut router: Router<u64> = Router::new(Route::Forward, 0, 1, 4, 0);
+        let mut router: Router<u64> = Router::new(Route::Forward, 0, 1, Batching::records(4), 0);
         let mut cx = StageCx::new(1, 4);
         router
             .push_many(&mut (0..4).collect(), &mut cx)
