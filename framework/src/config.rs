@@ -474,4 +474,37 @@ mod tests {
         cfg.pin_workers = Some(false);
         assert!(!cfg.pins_workers(), "asked not to");
     }
+
+    #[test]
+    fn a_batch_is_full_at_its_bytes_or_its_records_whichever_comes_first() {
+        let b = Batching::default();
+        assert_eq!(
+            b.records_of::<u64>(),
+            4096,
+            "32 KiB of 8 bytes, and the record limit"
+        );
+        assert_eq!(b.records_of::<(u64, u64)>(), 2048);
+        assert_eq!(b.records_of::<[u8; 200]>(), 163);
+        assert_eq!(b.records_of::<[u8; 64 * 1024]>(), 1, "never empty");
+        assert_eq!(
+            b.records_of::<()>(),
+            4096,
+            "zero-sized records: the record limit"
+        );
+        assert_eq!(Batching::records(4).records_of::<[u8; 200]>(), 4);
+        let cfg = JobConfig {
+            batch_size: 100,
+            ..JobConfig::default()
+        };
+        assert_eq!(
+            cfg.batching().records_of::<u64>(),
+            100,
+            "a smaller record limit holds"
+        );
+        let zero = JobConfig {
+            batch_bytes: 0,
+            ..JobConfig::default()
+        };
+        assert!(zero.validate().is_err());
+    }
 }
