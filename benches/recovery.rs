@@ -15,7 +15,9 @@ use riffle::prelude::*;
 use std::time::{Duration, Instant};
 
 const KEYS: u64 = 100_000;
-const N: u64 = 20_000_000;
+/// Long enough (a few hundred milliseconds at full speed) that the faults and rescales land
+/// while input remains; a run where the job still ended first is run again.
+const N: u64 = 60_000_000;
 
 fn run() -> Option<(Duration, Vec<Duration>, usize)> {
     let env = StreamEnv::new();
@@ -65,25 +67,35 @@ fn rescale_job(dir: &std::path::Path, p: usize, restore: Option<RestoreFrom>) ->
     env
 }
 
-/// Rescale the running job's keyed operator from 2 to 3 in place: the pause it reports.
-fn rescale_in_place_pause() -> Duration {
+/// Rescale the running job's keyed operator from 2 to 3 in place: the pause it reports
+/// (`None` if the job ended first).
+fn rescale_in_place_pause() -> Option<Duration> {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut handle = rescale_job(dir.path(), 2, None).start().expect("start");
     handle.wait_until(|p| p.checkpoints >= 2);
-    let r = handle.rescale("sum", 3).expect("rescale");
+    let r = match handle.rescale("sum", 3) {
+        Ok(r) => r,
+        Err(JobError::JobEnded) => return None,
+        Err(e) => panic!("rescale: {e}"),
+    };
     assert!(r.in_place.is_some(), "rescaled in place");
     assert!(r.state.keys as u64 == KEYS, "all keys in the state");
     handle.wait().expect("rescaled job");
-    r.pause
+    Some(r.pause)
 }
 
-/// Stop at a savepoint at parallelism 2, restart at 3: the pause until the first record.
-fn rescale_pause() -> Duration {
+/// Stop at a savepoint at parallelism 2, restart at 3: the pause until the first record
+/// (`None` if the job ended first).
+fn rescale_pause() -> Option<Duration> {
     let dir = tempfile::tempdir().expect("tempdir");
     let handle = rescale_job(dir.path(), 2, None).start().expect("start");
     handle.wait_until(|p| p.checkpoints >= 2);
     let stop = Instant::now();
-    let (id, _) = handle.stop_with_savepoint().expect("stop with savepoint");
+    let id = match handle.stop_with_savepoint() {
+        Ok((id, _)) => id,
+        Err(JobError::JobEnded) => return None,
+        Err(e) => panic!("stop with savepoint: {e}"),
+    };
     let sp = dir.path().join("rescale-bench").join(format!("sp-{id}"));
     let next = rescale_job(dir.path(), 3, Some(RestoreFrom::Path(sp)))
         .start()
@@ -91,7 +103,7 @@ fn rescale_pause() -> Duration {
     next.wait_until(|p| p.restored_record);
     let pause = stop.elapsed();
     next.wait().expect("rescaled job");
-    pause
+    Some(pause)
 }
 
 fn main() {
@@ -117,9 +129,15 @@ fn main() {
     }
     restores.sort();
     checkpoints.sort();
-    let mut pauses: Vec<Duration> = (0..runs).map(|_| rescale_pause()).collect();
+    let mut pauses: Vec<Duration> = std::iter::repeat_with(rescale_pause)
+        .flatten()
+        .take(runs)
+        .collect();
     pauses.sort();
-    let mut in_place: Vec<Duration> = (0..runs).map(|_| rescale_in_place_pause()).collect();
+    let mut in_place: Vec<Duration> = std::iter::repeat_with(rescale_in_place_pause)
+        .flatten()
+        .take(runs)
+        .collect();
     in_place.sort();
     println!(
         "recovery ({KEYS} keys, {runs} runs): median restore {:.2} ms (min {:.2}, max {:.2}); \
