@@ -27,12 +27,18 @@ impl<T> BufferPool<T> {
         }
     }
 
-    /// An empty buffer with room for at least `capacity` records.
+    /// An empty buffer with room for at least `capacity` records: the smallest kept one that
+    /// has it (lanes to other nodes take larger batches than local ones, and each should find
+    /// its own kind), else a new one.
     fn take(&self, capacity: usize) -> Vec<T> {
-        let reused = self.free.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match reused {
-            Some(buf) if buf.capacity() >= capacity => buf,
-            _ => Vec::with_capacity(capacity),
+        let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
+        let fit = (free.iter().enumerate())
+            .filter(|(_, b)| b.capacity() >= capacity)
+            .min_by_key(|(_, b)| b.capacity())
+            .map(|(i, _)| i);
+        match fit {
+            Some(i) => free.swap_remove(i),
+            None => Vec::with_capacity(capacity),
         }
     }
 }
