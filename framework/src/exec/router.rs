@@ -205,11 +205,11 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
 
     #[inline(always)]
     fn buffer(&mut self, ch: usize, record: T) {
-        let staging = Staging {
+        let mut staging = Staging {
             staged: &mut self.staged,
             pool: &self.pool,
         };
-        put(&mut self.lanes, &mut { staging }, ch, record);
+        put(&mut self.lanes, &mut staging, ch, record);
     }
 
     fn queue(&mut self, cx: &mut StageCx, ch: usize, batch: Vec<T>) {
