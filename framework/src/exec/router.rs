@@ -29,15 +29,17 @@ impl<T> BufferPool<T> {
 
     /// An empty buffer with room for at least `capacity` records: the smallest kept one that
     /// has it (lanes to other nodes take larger batches than local ones, and each should find
-    /// its own kind), else a new one.
+    /// its own kind) and of those the last given back (the one most likely still in a cache;
+    /// cycling through all of them would keep them all warm at the keyed state's expense),
+    /// else a new one.
     fn take(&self, capacity: usize) -> Vec<T> {
         let mut free = self.free.lock().unwrap_or_else(|e| e.into_inner());
-        let fit = (free.iter().enumerate())
+        let fit = (free.iter().enumerate().rev())
             .filter(|(_, b)| b.capacity() >= capacity)
             .min_by_key(|(_, b)| b.capacity())
             .map(|(i, _)| i);
         match fit {
-            Some(i) => free.swap_remove(i),
+            Some(i) => free.remove(i),
             None => Vec::with_capacity(capacity),
         }
     }
