@@ -378,7 +378,9 @@ where
         }
     }
 
-    /// [`AggregateStage::run`] over `records` a `HANDOFF` at a time.
+    /// [`AggregateStage::run`] over records handed over by value, a `HANDOFF` at a time
+    /// (`push_all` cuts its slice itself instead: a piece of a slice is an exact-length
+    /// iterator the loop can own, a `take` of a drain is not).
     #[inline(always)]
     fn run_chunked<I: ExactSizeIterator<Item = A::In>>(
         &mut self,
@@ -413,7 +415,7 @@ where
             &mut self.table.states,
             &mut self.results,
         );
-        results.clear();
+        // `results` is empty here: it is cleared after every hand-off.
         results.reserve(len);
         // The iterator moves into the loop (its position stays in registers): the record at
         // hand when a panic strikes is the one after the last result.
