@@ -1,8 +1,9 @@
 //! End-to-end latency of a keyed pipeline at fixed rates, with the default flush and in
 //! latency mode, in one process and across two node processes.
 //!
-//! `cargo bench --bench latency -- [SECONDS] [RUNS]` (defaults: 2 s per rate, 3 runs; the
-//! medians of the runs' percentiles are printed).
+//! `cargo bench --bench latency -- [SECONDS] [RUNS] [--two-processes]` (defaults: 2 s per
+//! rate, 3 runs; the medians of the runs' percentiles are printed; `--two-processes` runs
+//! only the settings across two node processes).
 //!
 //! Pipeline: one source subtask emits records `(key, stamp)` at a fixed rate — 10 k, 100 k
 //! and 1 M records/s, as fast as it can, and half of that maximum — each stamped with the
@@ -338,6 +339,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{:<46} {:>12} {:>10} {:>10} {:>10}",
         "setting", "records/s", "p50 µs", "p99 µs", "p99.9 µs"
     );
+    if std::env::args().any(|a| a == "--two-processes") {
+        // Only the settings across two node processes (for profiling the hop).
+        two_processes(secs, runs)?;
+        let _ = std::fs::remove_dir_all(out_dir());
+        return Ok(());
+    }
     let mut max = 0.0;
     for (name, flush) in [
         ("default flush 5 ms", default),
