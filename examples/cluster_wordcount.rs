@@ -36,6 +36,9 @@
 //! elect the coordinator on etcd instead of taking the lowest id: the leader runs the job,
 //! and if it dies another node continues the job from its latest checkpoint; every node then
 //! prints the outcome agreed in etcd. Without it, losing the coordinator ends the job.
+//! `--etcd-ca FILE` talks to etcd over TLS (`https://` URL), `--etcd-cert`/`--etcd-key` add a
+//! client certificate, `--etcd-user USER --etcd-password-file FILE` authenticate to an etcd
+//! with auth enabled: then only the cluster's nodes can touch its election and job records.
 //!
 //! Every node registers the same job, "wordcount": generated lines of text, split into
 //! words, keyed by word, a running count per word, written to `DIR/output` by a
@@ -154,9 +157,25 @@ struct Args {
     /// Encrypt every link (all nodes must agree).
     #[arg(long)]
     encrypt: bool,
-    /// Elect the coordinator on etcd at this URL.
+    /// Elect the coordinator on etcd at this URL (`https://…` with --etcd-ca).
     #[arg(long, value_name = "URL")]
     etcd: Option<String>,
+    /// Talk to etcd over TLS, trusting the CA certificate in FILE (PEM).
+    #[arg(long, value_name = "FILE")]
+    etcd_ca: Option<PathBuf>,
+    /// This node's certificate (PEM) for an etcd that checks client certificates.
+    #[arg(long, value_name = "FILE")]
+    etcd_cert: Option<PathBuf>,
+    /// The private key (PEM) of --etcd-cert.
+    #[arg(long, value_name = "FILE")]
+    etcd_key: Option<PathBuf>,
+    /// The etcd user to authenticate as (etcd's auth enabled); its password is read from
+    /// --etcd-password-file.
+    #[arg(long, value_name = "USER")]
+    etcd_user: Option<String>,
+    /// The file holding --etcd-user's password (its first line).
+    #[arg(long, value_name = "FILE")]
+    etcd_password_file: Option<PathBuf>,
     /// The node's HTTP server (metrics, REST API, console); `off` for none. With
     /// --local-cluster every node serves on a free port of 127.0.0.1.
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR|off")]
@@ -173,7 +192,8 @@ struct Args {
     resume: bool,
     /// Read the node's settings from a TOML file (keys as the long flags: `node`,
     /// `listen`, `seed` (a list), `expect`, `join-timeout`, `dir`, `secret-file`,
-    /// `encrypt`, `etcd`, `http`, `linger`); flags given on the command line win.
+    /// `encrypt`, `etcd`, `etcd-ca`, `etcd-cert`, `etcd-key`, `etcd-user`,
+    /// `etcd-password-file`, `http`, `linger`); flags given on the command line win.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
 }
@@ -191,6 +211,11 @@ struct ConfigFile {
     secret_file: Option<PathBuf>,
     encrypt: Option<bool>,
     etcd: Option<String>,
+    etcd_ca: Option<PathBuf>,
+    etcd_cert: Option<PathBuf>,
+    etcd_key: Option<PathBuf>,
+    etcd_user: Option<String>,
+    etcd_password_file: Option<PathBuf>,
     http: Option<String>,
     linger: Option<u64>,
 }
@@ -235,9 +260,45 @@ impl ConfigFile {
         );
         set(&mut a.encrypt, self.encrypt, given("encrypt"));
         set(&mut a.etcd, self.etcd.map(Some), given("etcd"));
+        set(&mut a.etcd_ca, self.etcd_ca.map(Some), given("etcd_ca"));
+        set(
+            &mut a.etcd_cert,
+            self.etcd_cert.map(Some),
+            given("etcd_cert"),
+        );
+        set(&mut a.etcd_key, self.etcd_key.map(Some), given("etcd_key"));
+        set(
+            &mut a.etcd_user,
+            self.etcd_user.map(Some),
+            given("etcd_user"),
+        );
+        set(
+            &mut a.etcd_password_file,
+            self.etcd_password_file.map(Some),
+            given("etcd_password_file"),
+        );
         set(&mut a.http, self.http, given("http"));
         set(&mut a.linger, self.linger, given("linger"));
     }
+}
+
+/// The etcd TLS and user of the command line, on `builder`; a file that cannot be read is
+/// an error naming it.
+fn etcd_settings(
+    mut builder: riffle::cluster::NodeBuilder,
+    a: &Args,
+) -> Result<riffle::cluster::NodeBuilder, Box<dyn std::error::Error>> {
+    if let Some(ca) = &a.etcd_ca {
+        let identity = a.etcd_cert.as_deref().zip(a.etcd_key.as_deref());
+        builder = builder.etcd_tls(riffle::cluster::EtcdTls::from_files(ca, identity)?);
+    }
+    if let (Some(user), Some(file)) = (&a.etcd_user, &a.etcd_password_file) {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read --etcd-password-file {}: {e}", file.display()))?;
+        let password = text.lines().next().unwrap_or_default().to_string();
+        builder = builder.etcd_auth(user.clone(), password);
+    }
+    Ok(builder)
 }
 
 /// The command line, with a `--config` file's settings under it.
@@ -250,7 +311,26 @@ fn parse() -> Result<Args, String> {
             |id: &str| matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine);
         ConfigFile::load(&path)?.under(&mut a, given);
     }
+    check_etcd_flags(&a)?;
     Ok(a)
+}
+
+/// The etcd flags that only work together.
+fn check_etcd_flags(a: &Args) -> Result<(), String> {
+    let tls_or_user = a.etcd_ca.is_some() || a.etcd_cert.is_some() || a.etcd_user.is_some();
+    if tls_or_user && a.etcd.is_none() {
+        return Err("--etcd-ca, --etcd-cert and --etcd-user need --etcd URL".into());
+    }
+    if a.etcd_cert.is_some() != a.etcd_key.is_some() {
+        return Err("--etcd-cert and --etcd-key go together".into());
+    }
+    if a.etcd_cert.is_some() && a.etcd_ca.is_none() {
+        return Err("--etcd-cert needs --etcd-ca (TLS to etcd)".into());
+    }
+    if a.etcd_user.is_some() != a.etcd_password_file.is_some() {
+        return Err("--etcd-user and --etcd-password-file go together".into());
+    }
+    Ok(())
 }
 
 fn main() -> std::process::ExitCode {
@@ -323,6 +403,19 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
         if let Some(url) = &a.etcd {
             cmd.args(["--etcd", url]);
+        }
+        for (flag, file) in [
+            ("--etcd-ca", &a.etcd_ca),
+            ("--etcd-cert", &a.etcd_cert),
+            ("--etcd-key", &a.etcd_key),
+            ("--etcd-password-file", &a.etcd_password_file),
+        ] {
+            if let Some(f) = file {
+                cmd.arg(flag).arg(f);
+            }
+        }
+        if let Some(user) = &a.etcd_user {
+            cmd.args(["--etcd-user", user]);
         }
         if i > 0 {
             cmd.args(["--seed", &format!("127.0.0.1:{}", ports[0])]);
@@ -433,7 +526,7 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         .checkpoint_dir(a.dir.join("checkpoints"))
         .register_job("wordcount", move || wordcount(&dir, lines));
     if let Some(url) = &a.etcd {
-        builder = builder.etcd([url.as_str()]);
+        builder = etcd_settings(builder.etcd([url.as_str()]), a)?;
     }
     let node = builder.start()?;
     // A stop signal: the coordinator stops a running job with a savepoint (the other nodes

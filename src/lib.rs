@@ -186,8 +186,8 @@ pub mod metrics {
 /// job's subtasks are placed over the live nodes.
 pub mod cluster {
     pub use riffle_cluster::{
-        ClusterJob, HostedEnd, JobBuilder, JobOptions, Limits, Member, Node, NodeBuilder,
-        NodeError, Placement, Refusals, Secret, SecretError, Status,
+        ClusterJob, EtcdAuth, EtcdTls, HostedEnd, JobBuilder, JobOptions, Limits, Member, Node,
+        NodeBuilder, NodeError, Placement, Refusals, Secret, SecretError, Status,
     };
 }
 

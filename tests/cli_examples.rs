@@ -485,3 +485,58 @@ fn sigterm_stops_a_local_cluster_at_a_savepoint_and_resume_finishes_exactly() {
         "{stdout}"
     );
 }
+
+#[test]
+fn a_local_cluster_elects_its_leader_on_an_etcd_with_tls_and_a_password() {
+    let Some(secure) = crate::common::etcd::Etcd::start_secure() else {
+        return;
+    };
+    let password = "the example's etcd password";
+    secure.enable_auth(password);
+    let dir = tempfile::tempdir().expect("dir");
+    let pw = dir.path().join("etcd.password");
+    std::fs::write(&pw, format!("{password}\n")).expect("password file");
+    let path = |p: &std::path::Path| p.to_str().expect("path").to_string();
+    let out = Command::new(example("cluster_wordcount"))
+        .args(["--local-cluster", "3", "--lines", "20000", "--http", "off"])
+        .args(["--dir", &path(&dir.path().join("run"))])
+        .args(["--etcd", &secure.etcd.url])
+        .args(["--etcd-ca", &path(&secure.pem("ca.pem"))])
+        .args(["--etcd-cert", &path(&secure.pem("client.pem"))])
+        .args(["--etcd-key", &path(&secure.pem("client.key"))])
+        .args(["--etcd-user", "root", "--etcd-password-file", &path(&pw)])
+        .output()
+        .expect("runs");
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(
+        stdout.contains("leads the cluster (elected on etcd)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("checked: the 3-node result equals"),
+        "{stdout}"
+    );
+
+    // Half of a pair is a usage error naming it.
+    let out = run(
+        "cluster_wordcount",
+        &[
+            "--local-cluster",
+            "1",
+            "--etcd",
+            &secure.etcd.url,
+            "--etcd-user",
+            "root",
+        ],
+    );
+    let err = text(&out.stderr);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(err.contains("--etcd-password-file"), "{err}");
+    assert_readable(&err);
+}

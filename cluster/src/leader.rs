@@ -22,7 +22,10 @@
 //! Without etcd a cluster has one fixed coordinator, the lowest live node id, and does not
 //! survive its loss.
 
-use etcd_client::{Client, Compare, CompareOp, ConnectOptions, GetOptions, Txn, TxnOp};
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, TlsOptions, Txn,
+    TxnOp,
+};
 use std::sync::{mpsc as std_mpsc, Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
@@ -39,10 +42,105 @@ const RETRY: Duration = Duration::from_millis(200);
 /// Where a cluster's nodes meet in etcd.
 #[derive(Clone, Debug)]
 pub struct EtcdSettings {
-    /// etcd's client URLs (`http://127.0.0.1:2379`).
+    /// etcd's client URLs (`http://127.0.0.1:2379`, or `https://…` with [`Self::tls`]).
     pub endpoints: Vec<String>,
     /// TTL of the leader's lease (whole seconds in etcd; at least 1 s).
     pub lease_ttl: Duration,
+    /// The etcd user and password to authenticate as (etcd's auth enabled), if any.
+    pub auth: Option<EtcdAuth>,
+    /// TLS to etcd (`https://` endpoints): the CA that signed etcd's certificate and, for
+    /// etcd's `--client-cert-auth`, this node's certificate and key.
+    pub tls: Option<EtcdTls>,
+}
+
+/// An etcd user and its password (etcd's role-based access control: with auth enabled on
+/// etcd, a client without them can neither read nor write the cluster's keys).
+#[derive(Clone)]
+pub struct EtcdAuth {
+    /// The etcd user.
+    pub user: String,
+    /// Its password (never printed: `Debug` shows `***`).
+    pub password: String,
+}
+
+impl std::fmt::Debug for EtcdAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdAuth")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
+/// TLS to etcd, in PEM.
+#[derive(Clone)]
+pub struct EtcdTls {
+    /// The certificate authority that signed etcd's server certificate.
+    pub ca_pem: Vec<u8>,
+    /// This node's certificate and private key, for an etcd that checks its clients'
+    /// certificates (`--client-cert-auth`).
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+    /// The name etcd's certificate must carry, if not the endpoint's host.
+    pub domain: Option<String>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls")
+            .field("identity", &self.identity.is_some())
+            .field("domain", &self.domain)
+            .finish()
+    }
+}
+
+impl EtcdTls {
+    /// TLS trusting the CA in the PEM file `ca`, with this node's certificate and key from
+    /// `cert_key` (PEM files) for an etcd that checks client certificates.
+    ///
+    /// # Errors
+    /// The file that cannot be read, with its path.
+    pub fn from_files(
+        ca: &std::path::Path,
+        cert_key: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> std::io::Result<Self> {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", p.display())))
+        };
+        let identity = match cert_key {
+            Some((c, k)) => Some((read(c)?, read(k)?)),
+            None => None,
+        };
+        Ok(EtcdTls {
+            ca_pem: read(ca)?,
+            identity,
+            domain: None,
+        })
+    }
+}
+
+impl EtcdSettings {
+    /// The client options for these settings: timeouts, and the user and TLS if set.
+    fn options(&self, connect: Duration, request: Option<Duration>) -> ConnectOptions {
+        let mut o = ConnectOptions::new().with_connect_timeout(connect);
+        if let Some(t) = request {
+            o = o.with_timeout(t);
+        }
+        if let Some(a) = &self.auth {
+            o = o.with_user(a.user.clone(), a.password.clone());
+        }
+        if let Some(t) = &self.tls {
+            let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(t.ca_pem.clone()));
+            if let Some((cert, key)) = &t.identity {
+                tls = tls.identity(Identity::from_pem(cert.clone(), key.clone()));
+            }
+            if let Some(d) = &t.domain {
+                tls = tls.domain_name(d.clone());
+            }
+            o = o.with_tls(tls);
+        }
+        o
+    }
 }
 
 /// Who leads the cluster, as this node knows it.
@@ -95,6 +193,9 @@ struct State {
     refused_as_leader: u64,
     /// The lease the agent holds now.
     lease: Option<i64>,
+    /// Why the agent could not connect to etcd, while it cannot (unreachable, or it refused
+    /// the node's user, password or certificate).
+    refused: Option<String>,
 }
 
 /// Keys and their values.
@@ -167,15 +268,15 @@ impl Leadership {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (agent, endpoints) = (l.clone(), settings.endpoints.clone());
+        let (agent, settings) = (l.clone(), settings.clone());
         std::thread::Builder::new()
             .name(format!("riffle-etcd-{me}"))
             .spawn(move || {
                 runtime.block_on(async move {
                     let l = agent.clone();
                     tokio::select! {
-                        () = run(agent, endpoints.clone(), rx, events) => {}
-                        _ = stopping.wait_for(|v| *v) => revoke(&l, &endpoints).await,
+                        () = run(agent, settings.clone(), rx, events) => {}
+                        _ = stopping.wait_for(|v| *v) => revoke(&l, &settings).await,
                     }
                 });
                 let _ = done.send(());
@@ -214,6 +315,11 @@ impl Leadership {
     /// Who leads, as observed.
     pub(crate) fn view(&self) -> LeaderView {
         self.lock().view.clone()
+    }
+
+    /// Why the agent cannot connect to etcd, while it cannot.
+    pub(crate) fn connect_error(&self) -> Option<String> {
+        self.lock().refused.clone()
     }
 
     /// The epoch this node leads in, if it surely still does: it won the election and its
@@ -402,13 +508,13 @@ impl Leadership {
 
 /// Revokes the lease the agent holds, if any (on a fresh connection: the agent's own is
 /// being dropped).
-async fn revoke(l: &Leadership, endpoints: &[String]) {
+async fn revoke(l: &Leadership, settings: &EtcdSettings) {
     let Some(lease) = l.lock().lease.take() else {
         return;
     };
     l.deposed();
-    let options = ConnectOptions::new().with_connect_timeout(Duration::from_secs(1));
-    if let Ok(mut c) = Client::connect(endpoints, Some(options)).await {
+    let options = settings.options(Duration::from_secs(1), None);
+    if let Ok(mut c) = Client::connect(&settings.endpoints, Some(options)).await {
         let _ = tokio::time::timeout(Duration::from_secs(1), c.lease_revoke(lease)).await;
     }
 }
@@ -416,22 +522,23 @@ async fn revoke(l: &Leadership, endpoints: &[String]) {
 /// The agent: connects, serves requests, observes the election and campaigns for ever.
 async fn run(
     l: Arc<Leadership>,
-    endpoints: Vec<String>,
+    settings: EtcdSettings,
     requests: mpsc::UnboundedReceiver<Request>,
     events: std_mpsc::Sender<LeaderEvent>,
 ) {
-    let options = ConnectOptions::new()
-        .with_connect_timeout(Duration::from_secs(2))
-        .with_timeout(REQUEST_TIMEOUT);
+    let options = settings.options(Duration::from_secs(2), Some(REQUEST_TIMEOUT));
+    let endpoints = settings.endpoints;
     let client = loop {
         match Client::connect(&endpoints, Some(options.clone())).await {
             Ok(c) => break c,
             Err(e) => {
-                tracing::warn!(endpoints = ?endpoints, error = %e, "cannot reach etcd; trying again");
+                l.lock().refused = Some(e.to_string());
+                tracing::warn!(endpoints = ?endpoints, error = %e, "cannot reach etcd, or it refused this node's user or certificate; trying again");
                 tokio::time::sleep(RETRY * 5).await;
             }
         }
     };
+    l.lock().refused = None;
     tracing::info!(endpoints = ?endpoints, "connected to etcd; campaigning for the leadership");
     tokio::spawn(serve(l.clone(), client.clone(), requests));
     tokio::spawn(observe(l.clone(), client.clone(), events.clone()));

@@ -71,7 +71,7 @@ pub use guard::Limits;
 pub use handshake::{handshake, Established, HandshakeConfig, HandshakeError, Peer, Role};
 pub use hosting::{FrameError, HostedEnd};
 pub use job::{ClusterJob, JobBuilder, JobOptions};
-pub use leader::{EtcdSettings, LeaderView};
+pub use leader::{EtcdAuth, EtcdSettings, EtcdTls, LeaderView};
 pub use node::{Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, PendingCredits, RemoteMailbox};

@@ -197,10 +197,40 @@ impl NodeBuilder {
             .etcd
             .as_ref()
             .map_or(crate::leader::DEFAULT_LEASE_TTL, |e| e.lease_ttl);
+        let (auth, tls) = self
+            .cfg
+            .etcd
+            .take()
+            .map_or((None, None), |e| (e.auth, e.tls));
         self.cfg.etcd = Some(crate::leader::EtcdSettings {
             endpoints: endpoints.into_iter().map(Into::into).collect(),
             lease_ttl,
+            auth,
+            tls,
         });
+        self
+    }
+
+    /// Authenticates to etcd as `user` with `password` (for an etcd with auth enabled, so
+    /// that only the cluster's nodes can write its election and job records). Call after
+    /// [`Self::etcd`].
+    pub fn etcd_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        if let Some(e) = &mut self.cfg.etcd {
+            e.auth = Some(crate::leader::EtcdAuth {
+                user: user.into(),
+                password: password.into(),
+            });
+        }
+        self
+    }
+
+    /// Talks to etcd over TLS (`https://` endpoints), trusting `tls.ca_pem` and, for an
+    /// etcd that checks client certificates, presenting `tls.identity`. Call after
+    /// [`Self::etcd`].
+    pub fn etcd_tls(mut self, tls: crate::leader::EtcdTls) -> Self {
+        if let Some(e) = &mut self.cfg.etcd {
+            e.tls = Some(tls);
+        }
         self
     }
 
@@ -451,6 +481,14 @@ impl Node {
     /// without etcd).
     pub fn leader(&self) -> Option<LeaderView> {
         self.shared.leadership.as_ref().map(|l| l.view())
+    }
+
+    /// With etcd: why this node cannot connect to etcd, while it cannot — etcd unreachable,
+    /// or refusing the node's user and password ([`NodeBuilder::etcd_auth`]) or its TLS
+    /// ([`NodeBuilder::etcd_tls`]). The node keeps trying; `None` once connected (and
+    /// without etcd).
+    pub fn etcd_error(&self) -> Option<String> {
+        self.shared.leadership.as_ref()?.connect_error()
     }
 
     /// With etcd: blocks until a leader is known (or `timeout` passes) and returns it.

@@ -37,6 +37,12 @@ impl Etcd {
     /// # Panics
     /// If etcd is required and missing, or does not become ready within 30 s.
     pub fn start() -> Option<Etcd> {
+        Self::start_with("http", &[], None)
+    }
+
+    /// Starts etcd serving `scheme` client URLs with `extra` arguments (TLS files); `dir`
+    /// is its temporary directory if the caller made one.
+    fn start_with(scheme: &str, extra: &[String], dir: Option<tempfile::TempDir>) -> Option<Etcd> {
         let Some(bin) = binary() else {
             let required = std::env::var("RIFFLE_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
             assert!(
@@ -48,14 +54,14 @@ impl Etcd {
             );
             return None;
         };
-        let dir = tempfile::tempdir().expect("etcd data dir");
+        let dir = dir.unwrap_or_else(|| tempfile::tempdir().expect("etcd data dir"));
         let (client, peer) = (super::free_port(), super::free_port());
-        let url = format!("http://127.0.0.1:{client}");
+        let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
         let mut child = Command::new(&bin)
             .args(["--name", "riffle-test"])
             .arg("--data-dir")
-            .arg(dir.path())
+            .arg(dir.path().join("data"))
             .args([
                 "--listen-client-urls",
                 &url,
@@ -66,6 +72,7 @@ impl Etcd {
             .args(["--initial-advertise-peer-urls", &peer_url])
             .args(["--initial-cluster", &format!("riffle-test={peer_url}")])
             .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -93,6 +100,133 @@ impl Etcd {
             url,
             _dir: dir,
         })
+    }
+
+    /// Starts etcd serving only TLS (`https://`) and checking client certificates
+    /// (`--client-cert-auth`), with certificates made for the test by the `openssl` command
+    /// (a CA, the server's for 127.0.0.1, one client's); the PEM files are in
+    /// [`SecureEtcd::pem`]. Auth is not enabled yet: see [`SecureEtcd::enable_auth`].
+    pub fn start_secure() -> Option<SecureEtcd> {
+        binary()?;
+        let dir = tempfile::tempdir().expect("etcd dir");
+        let d = dir.path().to_path_buf();
+        make_certificates(&d);
+        let f = |n: &str| d.join(n).display().to_string();
+        let extra = [
+            "--cert-file".to_string(),
+            f("server.pem"),
+            "--key-file".to_string(),
+            f("server.key"),
+            "--trusted-ca-file".to_string(),
+            f("ca.pem"),
+            "--client-cert-auth".to_string(),
+        ];
+        let etcd = Self::start_with("https", &extra, Some(dir))?;
+        Some(SecureEtcd { etcd, dir: d })
+    }
+}
+
+/// An etcd that wants TLS and client certificates (see [`Etcd::start_secure`]).
+pub struct SecureEtcd {
+    /// The server (stopped on drop).
+    pub etcd: Etcd,
+    dir: std::path::PathBuf,
+}
+
+impl SecureEtcd {
+    /// The PEM file `name` (`ca.pem`, `client.pem`, `client.key`).
+    pub fn pem(&self, name: &str) -> std::path::PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Enables etcd's auth with user `root` (role `root`) and `password`, connecting with
+    /// the client certificate.
+    pub fn enable_auth(&self, password: &str) {
+        let read = |n: &str| std::fs::read(self.pem(n)).expect("pem");
+        let tls = etcd_client::TlsOptions::new()
+            .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+            .identity(etcd_client::Identity::from_pem(
+                read("client.pem"),
+                read("client.key"),
+            ));
+        let options = etcd_client::ConnectOptions::new().with_tls(tls);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut c = etcd_client::Client::connect([self.etcd.url.as_str()], Some(options))
+                .await
+                .expect("connect to etcd over TLS");
+            c.user_add("root", password, None).await.expect("user root");
+            c.user_grant_role("root", "root").await.expect("role root");
+            c.auth_enable().await.expect("auth enabled");
+        });
+    }
+}
+
+/// Makes `ca.pem`, `server.pem`/`server.key` (for 127.0.0.1 and localhost) and
+/// `client.pem`/`client.key` in `dir`, all P-256, valid for a day. The client's common name
+/// is `riffle-client`, which is no etcd user: etcd takes a certificate's common name as the
+/// user of a request without a password, so a certificate alone grants nothing here.
+fn make_certificates(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run openssl (apt-get install openssl): {e}"));
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "1", "-subj", "/CN=riffle-test-ca"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    run(&ca);
+    std::fs::write(
+        dir.join("server.ext"),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n",
+    )
+    .expect("server.ext");
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").expect("client.ext");
+    for (name, cn) in [("server", "/CN=localhost"), ("client", "/CN=riffle-client")] {
+        let (key, csr, pem, ext) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+            format!("{name}.ext"),
+        );
+        let mut req = vec!["req", "-subj", cn];
+        req.extend(ec);
+        req.extend(["-keyout", &key, "-out", &csr]);
+        run(&req);
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-out",
+            &pem,
+            "-extfile",
+            &ext,
+        ]);
     }
 }
 

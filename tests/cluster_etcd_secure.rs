@@ -1,0 +1,114 @@
+//! A cluster on an etcd that wants TLS, client certificates and a password: a real etcd
+//! (see `common::etcd`) serving only `https://`, checking client certificates, with auth
+//! enabled. A node that presents the CA, its certificate and the right password is elected
+//! leader; a node with a wrong password, without a client certificate or without TLS never
+//! connects, and says why (`Node::etcd_error`); a client without the password cannot read
+//! the cluster's keys.
+
+use crate::common::etcd::Etcd;
+use riffle::cluster::EtcdTls;
+use riffle::cluster::{Node, Secret};
+use std::time::{Duration, Instant};
+
+const SECRET: &[u8] = b"cluster etcd secure test";
+const PASSWORD: &str = "etcd password of the test";
+
+fn node(name: &str, url: &str) -> riffle::cluster::NodeBuilder {
+    Node::builder()
+        .name(name)
+        .secret(Secret::new(SECRET).expect("secret"))
+        .etcd([url])
+        .lease_ttl(Duration::from_secs(1))
+}
+
+/// Polls `node.etcd_error()` until it says something (there is no event for "not
+/// connected yet"); panics after 20 s.
+fn refusal(node: &Node) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(e) = node.etcd_error() {
+            return e;
+        }
+        assert!(Instant::now() < deadline, "no etcd error reported in 20 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn only_nodes_with_the_ca_their_certificate_and_the_password_use_a_secured_etcd() {
+    let Some(secure) = Etcd::start_secure() else {
+        return;
+    };
+    secure.enable_auth(PASSWORD);
+    let url = secure.etcd.url.clone();
+    assert!(url.starts_with("https://"), "{url}");
+    let full = || {
+        EtcdTls::from_files(
+            &secure.pem("ca.pem"),
+            Some((&secure.pem("client.pem"), &secure.pem("client.key"))),
+        )
+        .expect("pem files")
+    };
+
+    let good = node("n1", &url)
+        .etcd_tls(full())
+        .etcd_auth("root", PASSWORD)
+        .start()
+        .expect("n1 starts");
+    assert!(
+        good.wait_leads(Duration::from_secs(20)).is_some(),
+        "the node with the right credentials is elected; etcd error: {:?}",
+        good.etcd_error()
+    );
+    assert_eq!(good.etcd_error(), None);
+
+    let wrong = node("n2", &url)
+        .etcd_tls(full())
+        .etcd_auth("root", "not the password")
+        .start()
+        .expect("n2 starts");
+    let why = refusal(&wrong);
+    assert!(why.to_lowercase().contains("auth"), "wrong password: {why}");
+    assert_eq!(wrong.leads(), None);
+
+    let no_cert = node("n3", &url)
+        .etcd_tls(EtcdTls::from_files(&secure.pem("ca.pem"), None).expect("ca"))
+        .etcd_auth("root", PASSWORD)
+        .start()
+        .expect("n3 starts");
+    let why = refusal(&no_cert);
+    assert_eq!(no_cert.leads(), None, "without a client certificate: {why}");
+
+    let plain = node("n4", &url.replacen("https://", "http://", 1))
+        .etcd_auth("root", PASSWORD)
+        .start()
+        .expect("n4 starts");
+    let why = refusal(&plain);
+    assert_eq!(plain.leads(), None, "without TLS: {why}");
+
+    // A client with TLS and a certificate but no password cannot read the cluster's keys.
+    let read = |n: &str| std::fs::read(secure.pem(n)).expect("pem");
+    let tls = etcd_client::TlsOptions::new()
+        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
+        .identity(etcd_client::Identity::from_pem(
+            read("client.pem"),
+            read("client.key"),
+        ));
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let anonymous = rt.block_on(async {
+        let options = etcd_client::ConnectOptions::new().with_tls(tls);
+        let mut c = etcd_client::Client::connect([url.as_str()], Some(options)).await?;
+        let opts = etcd_client::GetOptions::new().with_prefix();
+        c.get("/riffle/", Some(opts)).await
+    });
+    match anonymous {
+        Ok(r) => panic!("read {} keys without the password", r.kvs().len()),
+        Err(e) => println!("a client without the password: {e}"),
+    }
+    for n in [plain, no_cert, wrong, good] {
+        n.shutdown();
+    }
+}
