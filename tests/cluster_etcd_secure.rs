@@ -87,13 +87,7 @@ fn only_nodes_with_the_ca_their_certificate_and_the_password_use_a_secured_etcd(
     assert_eq!(plain.leads(), None, "without TLS: {why}");
 
     // A client with TLS and a certificate but no password cannot read the cluster's keys.
-    let read = |n: &str| std::fs::read(secure.pem(n)).expect("pem");
-    let tls = etcd_client::TlsOptions::new()
-        .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
-        .identity(etcd_client::Identity::from_pem(
-            read("client.pem"),
-            read("client.key"),
-        ));
+    let tls = secure.client_tls();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

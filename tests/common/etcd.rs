@@ -139,17 +139,21 @@ impl SecureEtcd {
         self.dir.join(name)
     }
 
-    /// Enables etcd's auth with user `root` (role `root`) and `password`, connecting with
-    /// the client certificate.
-    pub fn enable_auth(&self, password: &str) {
+    /// TLS for a client of this etcd: its CA and the client certificate.
+    pub fn client_tls(&self) -> etcd_client::TlsOptions {
         let read = |n: &str| std::fs::read(self.pem(n)).expect("pem");
-        let tls = etcd_client::TlsOptions::new()
+        etcd_client::TlsOptions::new()
             .ca_certificate(etcd_client::Certificate::from_pem(read("ca.pem")))
             .identity(etcd_client::Identity::from_pem(
                 read("client.pem"),
                 read("client.key"),
-            ));
-        let options = etcd_client::ConnectOptions::new().with_tls(tls);
+            ))
+    }
+
+    /// Enables etcd's auth with user `root` (role `root`) and `password`, connecting with
+    /// the client certificate.
+    pub fn enable_auth(&self, password: &str) {
+        let options = etcd_client::ConnectOptions::new().with_tls(self.client_tls());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
