@@ -19,6 +19,11 @@
 //!   the current leader's epoch by observing the election, so it refuses what a job started
 //!   under an older epoch sends (`Refusals::fenced`).
 //!
+//! Whoever can write to the etcd can depose the leader or end its jobs, so the agent speaks
+//! TLS with a client certificate ([`EtcdTls`], [`crate::NodeBuilder::etcd_tls`]) and
+//! authenticates as an etcd user ([`EtcdAuth`], [`crate::NodeBuilder::etcd_auth`]) when
+//! told to; a refusal is reported by `Node::etcd_error` and retried.
+//!
 //! Without etcd a cluster has one fixed coordinator, the lowest live node id, and does not
 //! survive its loss.
 
