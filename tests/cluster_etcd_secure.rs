@@ -50,9 +50,14 @@ fn only_nodes_with_the_ca_their_certificate_and_the_password_use_a_secured_etcd(
         .expect("pem files")
     };
 
-    let good = node("n1", &url)
+    // The credentials given before the endpoints (the other nodes give them after).
+    let good = Node::builder()
+        .name("n1")
+        .secret(Secret::new(SECRET).expect("secret"))
         .etcd_tls(full())
         .etcd_auth("root", PASSWORD)
+        .etcd([url.as_str()])
+        .lease_ttl(Duration::from_secs(1))
         .start()
         .expect("n1 starts");
     assert!(
@@ -105,4 +110,34 @@ fn only_nodes_with_the_ca_their_certificate_and_the_password_use_a_secured_etcd(
     for n in [plain, no_cert, wrong, good] {
         n.shutdown();
     }
+}
+
+#[test]
+fn etcd_credentials_without_endpoints_are_refused_and_a_password_never_printed() {
+    let tls = || EtcdTls {
+        ca_pem: Vec::new(),
+        identity: None,
+        domain: None,
+    };
+    let alone = Node::builder()
+        .name("n1")
+        .secret(Secret::new(SECRET).expect("secret"))
+        .etcd_auth("root", PASSWORD)
+        .etcd_tls(tls())
+        .start();
+    match alone {
+        Err(riffle::cluster::NodeError::Config(why)) => assert!(why.contains("etcd"), "{why}"),
+        Err(e) => panic!("another error: {e}"),
+        Ok(_) => panic!("a node started with etcd credentials and no etcd"),
+    }
+    let auth = riffle::cluster::EtcdAuth {
+        user: "root".into(),
+        password: PASSWORD.into(),
+    };
+    let debug = format!("{auth:?}");
+    assert!(debug.contains("root"), "{debug}");
+    assert!(
+        !debug.contains(PASSWORD),
+        "the password is never printed: {debug}"
+    );
 }

@@ -212,26 +212,35 @@ impl NodeBuilder {
     }
 
     /// Authenticates to etcd as `user` with `password` (for an etcd with auth enabled, so
-    /// that only the cluster's nodes can write its election and job records). Call after
-    /// [`Self::etcd`].
+    /// that only the cluster's nodes can write its election and job records). Before or
+    /// after [`Self::etcd`]; without it, [`Self::start`] refuses.
     pub fn etcd_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
-        if let Some(e) = &mut self.cfg.etcd {
-            e.auth = Some(crate::leader::EtcdAuth {
-                user: user.into(),
-                password: password.into(),
-            });
-        }
+        self.etcd_settings().auth = Some(crate::leader::EtcdAuth {
+            user: user.into(),
+            password: password.into(),
+        });
         self
     }
 
     /// Talks to etcd over TLS (`https://` endpoints), trusting `tls.ca_pem` and, for an
-    /// etcd that checks client certificates, presenting `tls.identity`. Call after
-    /// [`Self::etcd`].
+    /// etcd that checks client certificates, presenting `tls.identity`. Before or after
+    /// [`Self::etcd`]; without it, [`Self::start`] refuses.
     pub fn etcd_tls(mut self, tls: crate::leader::EtcdTls) -> Self {
-        if let Some(e) = &mut self.cfg.etcd {
-            e.tls = Some(tls);
-        }
+        self.etcd_settings().tls = Some(tls);
         self
+    }
+
+    /// The etcd settings, made (without endpoints yet) if there are none: credentials given
+    /// first are kept for [`Self::etcd`], never dropped.
+    fn etcd_settings(&mut self) -> &mut crate::leader::EtcdSettings {
+        self.cfg
+            .etcd
+            .get_or_insert_with(|| crate::leader::EtcdSettings {
+                endpoints: Vec::new(),
+                lease_ttl: crate::leader::DEFAULT_LEASE_TTL,
+                auth: None,
+                tls: None,
+            })
     }
 
     /// TTL of the leader's lease on etcd (default [`crate::leader::DEFAULT_LEASE_TTL`];
@@ -258,7 +267,8 @@ impl NodeBuilder {
     /// Binds the listener and starts the node on its own thread.
     ///
     /// # Errors
-    /// [`NodeError::Config`] without a name or a secret, [`NodeError::Bind`] if the address
+    /// [`NodeError::Config`] without a name or a secret, or with etcd credentials but no
+    /// endpoints; [`NodeError::Bind`] if the address
     /// cannot be bound, [`NodeError::Runtime`] if the thread cannot start.
     pub fn start(self) -> Result<Node, NodeError> {
         let cfg = self.cfg;
@@ -282,6 +292,11 @@ impl NodeBuilder {
         let hs = handshake_config(&cfg, local, incarnation()).ok_or(NodeError::Config(
             "a node needs the cluster's shared secret (NodeBuilder::secret)",
         ))?;
+        if cfg.etcd.as_ref().is_some_and(|e| e.endpoints.is_empty()) {
+            return Err(NodeError::Config(
+                "etcd credentials or TLS without etcd endpoints (NodeBuilder::etcd)",
+            ));
+        }
         let (events, leader_events) = std::sync::mpsc::channel();
         let leadership = match &cfg.etcd {
             Some(etcd) => Some(
