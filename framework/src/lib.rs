@@ -64,8 +64,8 @@ pub use operator::{
     SourceStatus, SubtaskInfo,
 };
 pub use partition::{
-    KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, RingTable, Routing,
-    SubtaskNode, DEFAULT_VNODES,
+    BucketWord, KeyRing, ModuloPartitioner, PartitionScheme, Partitioner, RingHasher, RingTable,
+    RingTableOf, Routing, SubtaskNode, DEFAULT_VNODES,
 };
 pub use rescale::{ChainRescale, FitError, FitProblem, Gained, InPlaceSplit, RescaleReport};
 pub use stream::{DataStream, KeyedStream, SinkStream, StreamEnv, Windowed, WindowedStream};

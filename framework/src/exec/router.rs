@@ -5,7 +5,7 @@ use crate::config::{Batching, REMOTE_BATCH_BYTES};
 use crate::data::Data;
 use crate::error::StageError;
 use crate::event::{ChannelEvent, GiveBack, Payload, RecordBatch};
-use crate::partition::{Partitioner, Routing};
+use crate::partition::{Partitioner, RingTable, Routing};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
 
@@ -286,10 +286,14 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
                 pool: &self.pool,
             };
             let r = match partitioner {
-                Routing::Ring(ring) => {
-                    let table = ring.table();
-                    route_chunk(records, hash, |h| table.route(h), lanes, staging)
-                }
+                Routing::Ring(ring) => match ring.table() {
+                    RingTable::Narrow(t) => {
+                        route_chunk(records, hash, |h| t.route(h), lanes, staging)
+                    }
+                    RingTable::Wide(t) => {
+                        route_chunk(records, hash, |h| t.route(h), lanes, staging)
+                    }
+                },
                 Routing::Modulo(m) => route_chunk(records, hash, |h| m.route(h), lanes, staging),
             };
             return r.map_err(|(i, panic)| (i, StageError::from_panic(operator, panic)));
