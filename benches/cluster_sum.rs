@@ -170,12 +170,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     let codec_ns = codec_ns_per_record();
     let (mut single, mut cluster, mut bytes, mut share) = (vec![], vec![], vec![], vec![]);
-    let (mut writes_per_k, mut bytes_per_write) = (vec![], vec![]);
+    let (mut writes_per_k, mut bytes_per_write, mut direct) = (vec![], vec![], vec![]);
     let n1_writes = |node: &Node| {
         node.link_writes()
             .into_iter()
-            .filter(|(peer, _, _)| peer == "n2")
-            .fold((0, 0), |(w, b), (_, w2, b2)| (w + w2, b + b2))
+            .filter(|w| w.peer == "n2")
+            .fold((0, 0, 0), |(w, b, d), l| {
+                (w + l.writes, b + l.bytes, d + l.direct)
+            })
     };
     for _ in 0..runs {
         if !cluster_only {
@@ -209,6 +211,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .sum();
         let after = n1_writes(&node);
         let (writes, written) = (after.0 - before.0, after.1 - before.1);
+        direct.push((after.2 - before.2) as f64 * 100.0 / writes.max(1) as f64);
         let from_n1: f64 = r
             .subtasks
             .iter()
@@ -237,9 +240,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         median(bytes)
     );
     println!(
-        "  n1 -> n2 writes:               {:>12.2} per 1,000 records that crossed, {:.0} bytes per write",
+        "  n1 -> n2 writes:               {:>12.2} per 1,000 records that crossed, {:.0} bytes per write, {:.0} % by the sending thread",
         median(writes_per_k),
-        median(bytes_per_write)
+        median(bytes_per_write),
+        median(direct)
     );
     println!(
         "  codec: {codec_ns:.1} ns per record (encode + decode); share of the cluster run's CPU: {:.1} %",

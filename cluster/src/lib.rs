@@ -72,7 +72,7 @@ pub use handshake::{handshake, Established, HandshakeConfig, HandshakeError, Pee
 pub use hosting::{FrameError, HostedEnd};
 pub use job::{ClusterJob, JobBuilder, JobOptions};
 pub use leader::{EtcdAuth, EtcdSettings, EtcdTls, LeaderView};
-pub use node::{Member, Node, NodeBuilder, NodeError, Refusals, Status};
+pub use node::{LinkWrites, Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;
 pub use remote::{Inbox, LinkSender, PendingCredits, RemoteMailbox};
 pub use secret::{Secret, SecretError};

@@ -381,10 +381,8 @@ impl Reading {
         figures
             .into_iter()
             .for_each(riffle_actors::telemetry::put_live);
-        let _ = self
-            .session
-            .queue()
-            .send(Outgoing::Frame(Message::HeartbeatAck { seq }));
+        self.session
+            .enqueue(Outgoing::Frame(Message::HeartbeatAck { seq }));
     }
 
     /// Handles one frame.

@@ -126,12 +126,12 @@ fn heartbeat(
         // Heartbeats go on the links that are up (a session without a link drops them).
         let figures = riffle_actors::telemetry::take_live_updates();
         for (peer, s) in &st.sessions {
-            let sent = s.queue().send(Outgoing::Frame(Message::Heartbeat {
+            let sent = s.enqueue(Outgoing::Frame(Message::Heartbeat {
                 seq,
                 members: members.clone(),
                 figures: figures.clone(),
             }));
-            if let (Ok(()), Some(c)) = (sent, shared.net.counters.get(peer)) {
+            if let (true, Some(c)) = (sent, shared.net.counters.get(peer)) {
                 c.pinged(seq);
             }
         }

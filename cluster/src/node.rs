@@ -92,6 +92,20 @@ pub struct Refusals {
     pub fenced: u64,
 }
 
+/// The writes a node made on its connections to one peer ([`Node::link_writes`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LinkWrites {
+    /// The peer's node id.
+    pub peer: String,
+    /// Writes: a gathered buffer written by the session's writer task (one `write_all`), or
+    /// a frame written by the thread that sent it.
+    pub writes: u64,
+    /// Their bytes.
+    pub bytes: u64,
+    /// Of the writes, those made by the sending thread itself (the writer task was idle).
+    pub direct: u64,
+}
+
 /// Builds a [`Node`]:
 /// `Node::builder().name("n1").listen("127.0.0.1:0").secret(Secret::from_file(path)?).start()`.
 #[derive(Clone, Debug)]
@@ -601,9 +615,9 @@ impl Node {
         self.shared.net.members.lock().candidates.len()
     }
 
-    /// Per peer: the writes this node made on its connections to it so far (each a gathered
-    /// buffer of frames, one `write_all`) and their bytes — for measuring the data path.
-    pub fn link_writes(&self) -> Vec<(String, u64, u64)> {
+    /// Per peer, sorted: the writes this node made on its connections to it so far and their
+    /// bytes — for measuring the data path.
+    pub fn link_writes(&self) -> Vec<LinkWrites> {
         let mut v: Vec<_> = self
             .shared
             .net
@@ -611,10 +625,15 @@ impl Node {
             .iter()
             .map(|e| {
                 let (writes, bytes) = e.value().writes();
-                (e.key().clone(), writes, bytes)
+                LinkWrites {
+                    peer: e.key().clone(),
+                    writes,
+                    bytes,
+                    direct: e.value().direct_writes(),
+                }
             })
             .collect();
-        v.sort();
+        v.sort_by(|a, b| a.peer.cmp(&b.peer));
         v
     }
 
@@ -714,7 +733,7 @@ impl Node {
             .values()
             .filter_map(|s| {
                 let (done, wait) = std::sync::mpsc::channel();
-                s.queue().send(Outgoing::Flushed(done)).ok().map(|()| wait)
+                s.enqueue(Outgoing::Flushed(done)).then_some(wait)
             })
             .collect();
         for w in waits {

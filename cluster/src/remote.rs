@@ -12,6 +12,7 @@
 //! subtask's address and its record codec); a `Data` frame is decoded into the typed batch
 //! and delivered with a [`RemoteCredit`] whose drop sends the `Credit` frame back.
 
+use crate::session::Line;
 use crate::wire::{BatchBytes, EdgeAddress, Message, WireEvent};
 use actix::prelude::{Actor, AsyncContext, Context, Handler, Recipient};
 use riffle_actors::{Credit, DataMessage, RemoteCredit};
@@ -20,49 +21,50 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
-/// What a session's writer takes: a frame, or a request to say when the peer has
-/// acknowledged everything before it.
+/// What a session's writer takes: a frame, a request to say when the peer has
+/// acknowledged everything before it, or a nudge to write what a sender left pending.
 #[derive(Debug)]
 pub(crate) enum Outgoing {
     Frame(Message),
     Flushed(std::sync::mpsc::Sender<()>),
+    Kick,
 }
 
-/// Sends frames on one link (to one peer node).
-#[derive(Clone, Debug)]
+/// Sends frames on one link (to one peer node): into the peer's session, which writes them
+/// on whatever connection to the peer is up (see [`crate::session`]).
+#[derive(Clone)]
 pub struct LinkSender {
-    pub(crate) tx: mpsc::UnboundedSender<Outgoing>,
+    pub(crate) line: Arc<Line>,
     /// The peer's node id.
     pub peer: String,
+}
+
+impl std::fmt::Debug for LinkSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSender")
+            .field("peer", &self.peer)
+            .finish()
+    }
 }
 
 impl LinkSender {
     /// A sender whose link is closed: everything sent on it is dropped (a peer that is gone).
     pub fn closed(peer: &str) -> Self {
-        let (tx, _) = mpsc::unbounded_channel();
         LinkSender {
-            tx,
+            line: Line::closed(peer),
             peer: peer.to_string(),
         }
     }
 
-    /// Queues a frame; `false` if the link is closed.
+    /// Sends a frame; `false` if the link is closed.
     pub fn send(&self, m: Message) -> bool {
-        self.tx.send(Outgoing::Frame(m)).is_ok()
+        self.line.send(m).is_ok()
     }
 
-    /// Queues a frame; gives it back if the link is closed.
+    /// Sends a frame; gives it back if the link is closed.
     pub fn try_send(&self, m: Message) -> Result<(), Message> {
-        match self.tx.send(Outgoing::Frame(m)) {
-            Ok(()) => Ok(()),
-            Err(e) => match e.0 {
-                Outgoing::Frame(m) => Err(m),
-                // What comes back is what was sent: a frame.
-                Outgoing::Flushed(_) => Ok(()),
-            },
-        }
+        self.line.send(m)
     }
 }
 
@@ -366,6 +368,8 @@ pub(crate) struct LinkCounters {
     /// Writes on the connection (each `write_all` of a gathered buffer) and their bytes.
     writes: AtomicU64,
     written: AtomicU64,
+    /// Of the writes, those the sending thread made itself (no wake-up of the writer task).
+    direct: AtomicU64,
 }
 
 impl LinkCounters {
@@ -373,6 +377,17 @@ impl LinkCounters {
     pub(crate) fn wrote(&self, bytes: usize) {
         self.writes.fetch_add(1, Ordering::Relaxed);
         self.written.fetch_add(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// A frame was written by the thread that sent it, `bytes` of it at once.
+    pub(crate) fn wrote_direct(&self, bytes: usize) {
+        self.direct.fetch_add(1, Ordering::Relaxed);
+        self.wrote(bytes);
+    }
+
+    /// Writes the sending threads made themselves.
+    pub(crate) fn direct_writes(&self) -> u64 {
+        self.direct.load(Ordering::Relaxed)
     }
 
     /// Writes on the connection so far, and their bytes.

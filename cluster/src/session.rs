@@ -4,7 +4,11 @@
 //! declared down. Everything sent to the peer goes into the session, not into a connection:
 //! the session's writer numbers every *sequenced* frame (every frame but heartbeats, acks and
 //! the resume exchange; [`Message::sequenced`]), writes it on the current link, and keeps it
-//! until the peer acknowledges it. The peer counts the sequenced frames it received and
+//! until the peer acknowledges it. `Data` and `Credit` frames sent while the writer is idle
+//! are numbered, kept and written by the sending thread itself, with a non-blocking write
+//! (see [`Line`]): a record crossing to another node then wakes no thread on its way out,
+//! which is most of a lightly loaded link's latency on a machine whose wake-ups are slow.
+//! The peer counts the sequenced frames it received and
 //! handled, and says so with `Ack { received }` in its writes (at least once per heartbeat).
 //! When a link breaks, frames queued meanwhile stay in the session; when a link is made
 //! again, both sides start it with `Resume { session, peer_session, received }` and each
@@ -24,7 +28,7 @@ use crate::remote::{channel_key, ChannelKey, LinkCounters, LinkSender, Outgoing}
 use crate::secure::Sealer;
 use crate::wire::{encode, EdgeAddress, Message};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
@@ -179,6 +183,229 @@ pub struct SessionStats {
     pub unacked_bytes: u64,
 }
 
+/// What a session has on its connection, under one lock: the replay, the connection while
+/// nobody writes on it, and the bytes numbered and not written yet. Frames are numbered,
+/// sealed and appended in one critical section, so the order on the wire is the numbering.
+#[derive(Default)]
+struct Out {
+    replay: Replay,
+    /// The connection's write half while it is idle: the writer task takes it out for the
+    /// duration of an asynchronous write, and a sender finding it here may write itself.
+    idle: Option<OwnedWriteHalf>,
+    sealer: Option<Sealer>,
+    /// A connection is attached and has not failed.
+    live: bool,
+    /// The writer task ended with the session: nothing is sent any more.
+    closed: bool,
+    /// Sealed bytes of numbered frames not written yet, in order (the writer task writes
+    /// them).
+    pending: Vec<u8>,
+    /// Scratch for sealing a direct write.
+    sealed: Vec<u8>,
+}
+
+impl Out {
+    /// Appends `plain` (whole frames) to the bytes to write, sealed if the link is encrypted;
+    /// `false` if sealing failed (the connection is given up; the frames are in the replay).
+    fn append(&mut self, plain: &[u8]) -> bool {
+        let ok = match self.sealer.as_mut() {
+            Some(s) => s.seal(plain, &mut self.pending).is_ok(),
+            None => {
+                self.pending.extend_from_slice(plain);
+                true
+            }
+        };
+        if !ok {
+            self.broke();
+        }
+        ok
+    }
+
+    /// The connection failed: what it did not take is in the replay, for the next one.
+    fn broke(&mut self) {
+        self.live = false;
+        self.idle = None;
+        self.pending.clear();
+    }
+
+    /// Writes `plain` on the idle connection without waiting: what the socket does not take
+    /// now stays pending for the writer task. The bytes it wrote, and whether some are left.
+    fn write_now(&mut self, plain: &[u8]) -> (usize, bool) {
+        let bytes: &[u8] = match self.sealer.as_mut() {
+            Some(s) => {
+                self.sealed.clear();
+                if s.seal(plain, &mut self.sealed).is_err() {
+                    self.broke();
+                    return (0, false);
+                }
+                &self.sealed
+            }
+            None => plain,
+        };
+        let Some(w) = self.idle.as_ref() else {
+            return (0, false);
+        };
+        let mut at = 0;
+        while at < bytes.len() {
+            match w.try_write(&bytes[at..]) {
+                Ok(0) => break,
+                Ok(n) => at += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let rest = bytes[at..].to_vec();
+                    self.pending.extend_from_slice(&rest);
+                    return (at, true);
+                }
+                Err(_) => break,
+            }
+        }
+        if at < bytes.len() {
+            self.broke();
+        }
+        (at, false)
+    }
+}
+
+/// How a frame offered for a direct write fared.
+enum Direct {
+    /// Numbered, kept, and written (or pending for the writer task).
+    Done,
+    /// The writer task is busy or has frames queued: the frame goes behind them.
+    Queue(Message),
+    /// The session is over.
+    Closed(Message),
+}
+
+/// The sending side of a session, shared by its writer task and every [`LinkSender`].
+///
+/// Frames go through the writer task's queue, except `Data` and `Credit` frames offered while
+/// the writer is idle and has nothing queued: those the sending thread numbers, keeps, seals
+/// and writes itself with a non-blocking write, so that a record crossing to another node
+/// wakes no thread on the way out (what the socket does not take at once is left for the
+/// writer task). Order is kept: a frame is written directly only when no frame sent before
+/// it is still queued (`queued` counts them) and no write is under way.
+pub(crate) struct Line {
+    tx: mpsc::UnboundedSender<Outgoing>,
+    /// Items put in `tx` and not yet taken by the writer task.
+    queued: AtomicUsize,
+    out: Mutex<Out>,
+    /// Sequenced frames received from the peer and handled.
+    received: AtomicU64,
+    /// The last `Ack` written (reset for a new connection).
+    acked: AtomicU64,
+    counters: Arc<LinkCounters>,
+    peer: String,
+}
+
+fn lock(o: &Mutex<Out>) -> MutexGuard<'_, Out> {
+    o.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Line {
+    fn new(
+        peer: &str,
+        counters: Arc<LinkCounters>,
+    ) -> (Arc<Self>, mpsc::UnboundedReceiver<Outgoing>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let line = Line {
+            tx,
+            queued: AtomicUsize::new(0),
+            out: Mutex::default(),
+            received: AtomicU64::new(0),
+            acked: AtomicU64::new(0),
+            counters,
+            peer: peer.to_string(),
+        };
+        (Arc::new(line), rx)
+    }
+
+    /// A line whose session is over: everything sent on it is refused.
+    pub(crate) fn closed(peer: &str) -> Arc<Self> {
+        let (line, _) = Line::new(peer, Arc::default());
+        lock(&line.out).closed = true;
+        line
+    }
+
+    /// Puts `o` in the writer task's queue; gives it back if the session is over.
+    fn enqueue(&self, o: Outgoing) -> Option<Outgoing> {
+        self.queued.fetch_add(1, Ordering::AcqRel);
+        let refused = self.tx.send(o).err()?;
+        self.queued.fetch_sub(1, Ordering::AcqRel);
+        Some(refused.0)
+    }
+
+    /// Sends a frame: written at once when it may be (see [`Line`]), else queued; given back
+    /// if the session is over.
+    pub(crate) fn send(&self, m: Message) -> Result<(), Message> {
+        let m = if matches!(m, Message::Data { .. } | Message::Credit { .. }) {
+            match self.direct(m) {
+                Direct::Done => return Ok(()),
+                Direct::Closed(m) => return Err(m),
+                Direct::Queue(m) => m,
+            }
+        } else {
+            m
+        };
+        match self.enqueue(Outgoing::Frame(m)) {
+            Some(Outgoing::Frame(m)) => Err(m),
+            // Nothing, or what was sent: a frame.
+            _ => Ok(()),
+        }
+    }
+
+    /// Writes a sequenced frame on the idle connection, if nothing sent before it waits.
+    fn direct(&self, m: Message) -> Direct {
+        let mut o = lock(&self.out);
+        if o.closed {
+            return Direct::Closed(m);
+        }
+        if o.idle.is_none() || !o.pending.is_empty() || self.queued.load(Ordering::Acquire) != 0 {
+            return Direct::Queue(m);
+        }
+        let mut plain = Vec::new();
+        self.put_ack(&mut plain);
+        self.put(&m, &mut plain, Some(&mut o.replay));
+        let (wrote, left) = o.write_now(&plain);
+        drop(o);
+        if wrote > 0 {
+            self.counters.wrote_direct(wrote);
+        }
+        if left {
+            // The socket is full: the writer task writes the rest when it can.
+            let _ = self.tx.send(Outgoing::Kick);
+        }
+        Direct::Done
+    }
+
+    /// Encodes an `Ack` onto `buf` if the peer has not been told of everything received.
+    fn put_ack(&self, buf: &mut Vec<u8>) {
+        let received = self.received.load(Ordering::Acquire);
+        if received > self.acked.fetch_max(received, Ordering::AcqRel) {
+            self.put(&Message::Ack { received }, buf, None);
+        }
+    }
+
+    /// Encodes `m` onto `buf`; with a replay, the frame is also numbered and kept.
+    fn put(&self, m: &Message, buf: &mut Vec<u8>, replay: Option<&mut Replay>) {
+        let before = buf.len();
+        if encode(m, buf).is_err() {
+            tracing::error!(peer = %self.peer, "cannot encode a frame; dropped");
+            buf.truncate(before);
+            return;
+        }
+        self.counters.count(m, buf.len() - before);
+        if let Some(r) = replay {
+            keep(r, buf[before..].to_vec());
+        }
+    }
+}
+
+/// Numbers a sequenced frame and keeps it until the peer acknowledges it.
+fn keep(r: &mut Replay, frame: Vec<u8>) {
+    r.sent += 1;
+    r.bytes += frame.len();
+    r.frames.push_back((r.sent, frame));
+}
+
 /// One session with a peer (see the module docs).
 pub(crate) struct Session {
     /// This side's id for the session: random, never 0.
@@ -187,24 +414,17 @@ pub(crate) struct Session {
     pub(crate) incarnation: u64,
     /// The peer's session id (0 until the first resume exchange).
     peer_session: AtomicU64,
-    tx: mpsc::UnboundedSender<Outgoing>,
+    line: Arc<Line>,
     conns: mpsc::UnboundedSender<Conn>,
-    /// Sequenced frames received from the peer and handled.
-    received: Arc<AtomicU64>,
-    replay: Arc<Mutex<Replay>>,
     links: AtomicU64,
     resent: Arc<AtomicU64>,
-}
-
-fn lock(r: &Mutex<Replay>) -> MutexGuard<'_, Replay> {
-    r.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Session {
     /// A fresh session with `peer` (incarnation `incarnation`); its writer runs on the current
     /// tokio runtime until the session is dropped.
     pub(crate) fn start(peer: &str, incarnation: u64, counters: Arc<LinkCounters>) -> Arc<Self> {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (line, rx) = Line::new(peer, counters);
         let (conns, conn_rx) = mpsc::unbounded_channel();
         let mut id = 0;
         while id == 0 {
@@ -214,21 +434,16 @@ impl Session {
             id,
             incarnation,
             peer_session: AtomicU64::new(0),
-            tx,
+            line: line.clone(),
             conns,
-            received: Arc::default(),
-            replay: Arc::default(),
             links: AtomicU64::new(0),
             resent: Arc::default(),
         });
         let writer = Writer {
             rx,
             conns: conn_rx,
-            replay: s.replay.clone(),
-            received: s.received.clone(),
+            line,
             resent: s.resent.clone(),
-            counters,
-            peer: peer.to_string(),
         };
         tokio::spawn(writer.run());
         s
@@ -237,14 +452,15 @@ impl Session {
     /// A sender into this session.
     pub(crate) fn sender(&self, peer: &str) -> LinkSender {
         LinkSender {
-            tx: self.tx.clone(),
+            line: self.line.clone(),
             peer: peer.to_string(),
         }
     }
 
-    /// The raw queue into this session (heartbeats, flush requests).
-    pub(crate) fn queue(&self) -> &mpsc::UnboundedSender<Outgoing> {
-        &self.tx
+    /// Puts `o` in the writer's queue (heartbeats, flush requests); `false` if the session
+    /// is over.
+    pub(crate) fn enqueue(&self, o: Outgoing) -> bool {
+        self.line.enqueue(o).is_none()
     }
 
     /// What this side sends first on a new link.
@@ -252,7 +468,7 @@ impl Session {
         Message::Resume {
             session: self.id,
             peer_session: self.peer_session.load(Ordering::Acquire),
-            received: self.received.load(Ordering::Acquire),
+            received: self.line.received.load(Ordering::Acquire),
         }
     }
 
@@ -264,17 +480,17 @@ impl Session {
     /// Takes the peer's `Resume`: the verdict, and on `Resume` the peer's session id is
     /// adopted and what it received is forgotten here.
     pub(crate) fn on_resume(&self, theirs: ResumeState) -> Verdict {
-        let mut r = lock(&self.replay);
+        let mut o = lock(&self.line.out);
         let kept = Kept {
             session: self.id,
             peer_session: self.peer_session.load(Ordering::Acquire),
-            sent: r.sent,
-            first_kept: r.first_kept(),
+            sent: o.replay.sent,
+            first_kept: o.replay.first_kept(),
         };
         let v = decide(kept, theirs);
         if let Verdict::Resume { from } = v {
             self.peer_session.store(theirs.session, Ordering::Release);
-            r.trim(from);
+            o.replay.trim(from);
         }
         v
     }
@@ -287,102 +503,95 @@ impl Session {
 
     /// A sequenced frame from the peer was handled.
     pub(crate) fn on_received(&self) {
-        self.received.fetch_add(1, Ordering::AcqRel);
+        self.line.received.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The peer acknowledged the first `received` sequenced frames.
     pub(crate) fn on_ack(&self, received: u64) {
-        lock(&self.replay).trim(received);
+        lock(&self.line.out).replay.trim(received);
     }
 
     /// This session's figures.
     pub(crate) fn stats(&self, peer: &str) -> SessionStats {
-        let r = lock(&self.replay);
+        let o = lock(&self.line.out);
         SessionStats {
             peer: peer.to_string(),
             links: self.links.load(Ordering::Relaxed),
             resent: self.resent.load(Ordering::Relaxed),
-            unacked: r.frames.len() as u64,
-            unacked_bytes: r.bytes as u64,
+            unacked: o.replay.frames.len() as u64,
+            unacked_bytes: o.replay.bytes as u64,
         }
     }
 }
 
-/// The writing side of a session: numbers and keeps sequenced frames, writes them on the
-/// current connection, resends what a new connection's peer has not received.
+/// The writing task of a session: numbers and keeps the frames of its queue, writes what is
+/// pending on the current connection, resends what a new connection's peer has not received.
 struct Writer {
     rx: mpsc::UnboundedReceiver<Outgoing>,
     conns: mpsc::UnboundedReceiver<Conn>,
-    replay: Arc<Mutex<Replay>>,
-    received: Arc<AtomicU64>,
+    line: Arc<Line>,
     resent: Arc<AtomicU64>,
-    counters: Arc<LinkCounters>,
-    peer: String,
 }
 
-/// What one round of the writer gathered from its queue (flush requests are answered once
-/// the peer acknowledged everything before them, so a node that stops after a flush knows
-/// its last frames arrived).
+/// What one round of the writer took from its queue (flush requests are answered once the
+/// peer acknowledged everything before them, so a node that stops after a flush knows its
+/// last frames arrived).
 #[derive(Default)]
 struct Gathered {
+    /// Encoded frames, and the ends of the sequenced ones in `buf`.
     buf: Vec<u8>,
+    sequenced: Vec<(usize, usize)>,
     flushed: Vec<std::sync::mpsc::Sender<()>>,
     credits: Vec<(ChannelKey, EdgeAddress, u32)>,
+    /// Queue items taken (for [`Line::queued`]).
+    taken: usize,
 }
 
 impl Writer {
     async fn run(mut self) {
-        let mut conn: Option<Conn> = None;
-        let mut acked = 0u64;
-        let mut sealed = Vec::new();
         loop {
             tokio::select! {
                 biased;
                 c = self.conns.recv() => {
                     let Some(c) = c else { break };
-                    let again = lock(&self.replay).since(c.from);
-                    let frames = lock(&self.replay).frames.iter().filter(|f| f.0 > c.from).count();
-                    self.resent.fetch_add(frames as u64, Ordering::Relaxed);
-                    conn = Some(c);
-                    if !again.is_empty() {
-                        write(&mut conn, &again, &mut sealed).await;
-                    }
+                    self.attach(c);
                 }
                 m = self.rx.recv() => {
                     let Some(first) = m else { break };
-                    let mut g = self.gather(first, conn.is_some());
-                    let received = self.received.load(Ordering::Acquire);
-                    if received > acked && conn.is_some() {
-                        self.put(&Message::Ack { received }, &mut g.buf, false);
-                        acked = received;
-                    }
-                    if !g.flushed.is_empty() {
-                        let mut r = lock(&self.replay);
-                        for done in g.flushed.drain(..) {
-                            r.flushed_when_acked(done);
-                        }
-                    }
-                    if g.buf.is_empty() {
-                        continue;
-                    }
-                    if write(&mut conn, &g.buf, &mut sealed).await {
-                        self.counters.wrote(g.buf.len());
-                    } else {
-                        // The link broke: what it did not take is kept and resent on the next.
-                        acked = 0;
-                    }
+                    let g = self.gather(first);
+                    self.number(g);
                 }
             }
+            self.drain().await;
         }
+        let mut o = lock(&self.line.out);
+        o.closed = true;
+        o.broke();
     }
 
-    /// Takes `first` and whatever else is queued (up to a write's worth): sequenced frames
-    /// are numbered and kept, credits for one channel merged; unsequenced frames are written
-    /// only on a live connection.
-    fn gather(&mut self, first: Outgoing, live: bool) -> Gathered {
+    /// A new connection: what its peer has not received goes first.
+    fn attach(&mut self, c: Conn) {
+        let mut o = lock(&self.line.out);
+        let again = o.replay.since(c.from);
+        let frames = o.replay.frames.iter().filter(|f| f.0 > c.from).count();
+        self.resent.fetch_add(frames as u64, Ordering::Relaxed);
+        o.broke();
+        o.sealer = c.sealer;
+        o.idle = Some(c.w);
+        o.live = true;
+        self.line.acked.store(0, Ordering::Release);
+        o.append(&again);
+    }
+
+    /// Takes `first` and whatever else is queued (up to a write's worth), encoded; credits
+    /// for one channel are merged.
+    fn gather(&mut self, first: Outgoing) -> Gathered {
         let mut g = Gathered::default();
         let mut next = Some(first);
         while let Some(m) = next.take() {
+            if !matches!(m, Outgoing::Kick) {
+                g.taken += 1;
+            }
             match m {
                 Outgoing::Frame(Message::Credit { edge, n }) => {
                     let key = channel_key(&edge);
@@ -391,74 +600,170 @@ impl Writer {
                         None => g.credits.push((key, edge, n)),
                     }
                 }
-                Outgoing::Frame(m) if m.sequenced() => self.put(&m, &mut g.buf, true),
-                Outgoing::Frame(m) => {
-                    if live {
-                        self.put(&m, &mut g.buf, false);
-                    }
-                }
+                Outgoing::Frame(m) => g.put(&self.line, &m),
                 Outgoing::Flushed(done) => g.flushed.push(done),
+                Outgoing::Kick => {}
             }
             if g.buf.len() < WRITE_BATCH && g.credits.len() < MAX_MERGED_CREDITS {
                 next = self.rx.try_recv().ok();
             }
         }
         for (_, edge, n) in std::mem::take(&mut g.credits) {
-            self.put(&Message::Credit { edge, n }, &mut g.buf, true);
-        }
-        if !live {
-            g.buf.clear(); // kept in the replay; written when a link is made again
+            g.put(&self.line, &Message::Credit { edge, n });
         }
         g
     }
 
-    /// Encodes `m` onto `buf`; a sequenced frame is also numbered and kept.
-    fn put(&self, m: &Message, buf: &mut Vec<u8>, sequenced: bool) {
-        let before = buf.len();
-        if encode(m, buf).is_err() {
-            tracing::error!(peer = %self.peer, "cannot encode a frame; dropped");
-            buf.truncate(before);
-            return;
+    /// Numbers and keeps the gathered sequenced frames and appends what goes on the wire
+    /// (unsequenced frames only on a live connection; sequenced ones wait in the replay while
+    /// there is none).
+    fn number(&mut self, g: Gathered) {
+        let mut ack = Vec::new();
+        self.line.put_ack(&mut ack);
+        let mut o = lock(&self.line.out);
+        for &(from, to) in &g.sequenced {
+            keep(&mut o.replay, g.buf[from..to].to_vec());
         }
-        self.counters.count(m, buf.len() - before);
-        if sequenced {
-            let frame = buf[before..].to_vec();
-            let mut r = lock(&self.replay);
-            r.sent += 1;
-            let seq = r.sent;
-            r.bytes += frame.len();
-            r.frames.push_back((seq, frame));
+        for done in g.flushed {
+            o.replay.flushed_when_acked(done);
+        }
+        self.line.queued.fetch_sub(g.taken, Ordering::AcqRel);
+        if o.live && !(ack.is_empty() && g.buf.is_empty()) {
+            ack.extend_from_slice(&g.buf);
+            o.append(&ack);
+        }
+    }
+
+    /// Writes what is pending while the connection takes it.
+    async fn drain(&mut self) {
+        let mut spare = Vec::new();
+        loop {
+            let (mut w, bytes) = {
+                let mut o = lock(&self.line.out);
+                if o.pending.is_empty() {
+                    return;
+                }
+                let Some(w) = o.idle.take() else { return };
+                let bytes = std::mem::replace(&mut o.pending, std::mem::take(&mut spare));
+                (w, bytes)
+            };
+            let ok = w.write_all(&bytes).await.is_ok() && w.flush().await.is_ok();
+            let mut o = lock(&self.line.out);
+            if ok {
+                self.line.counters.wrote(bytes.len());
+                o.idle = Some(w);
+                spare = bytes;
+                spare.clear();
+            } else {
+                // The link broke: what it did not take is kept and resent on the next.
+                o.broke();
+                return;
+            }
         }
     }
 }
 
-/// Writes `bytes` on the connection (sealed when it is encrypted); `false` (and the
-/// connection dropped) if it broke or there is none.
-async fn write(conn: &mut Option<Conn>, bytes: &[u8], sealed: &mut Vec<u8>) -> bool {
-    let Some(c) = conn.as_mut() else {
-        return false;
-    };
-    let out: &[u8] = match c.sealer.as_mut() {
-        Some(s) => {
-            sealed.clear();
-            if s.seal(bytes, sealed).is_err() {
-                *conn = None;
-                return false;
-            }
-            sealed
+impl Gathered {
+    /// Encodes `m` onto the buffer, noting where a sequenced frame lies.
+    fn put(&mut self, line: &Line, m: &Message) {
+        let before = self.buf.len();
+        line.put(m, &mut self.buf, None);
+        if m.sequenced() && self.buf.len() > before {
+            self.sequenced.push((before, self.buf.len()));
         }
-        None => bytes,
-    };
-    if c.w.write_all(out).await.is_err() || c.w.flush().await.is_err() {
-        *conn = None;
-        return false;
     }
-    true
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::{read_frame, BatchBytes};
+    use riffle_framework::ChannelEvent;
+    use std::time::Duration;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A frame sent on an idle session is written by the sending thread; frames that two
+    /// threads send while heartbeat answers are queued between them arrive in each thread's
+    /// order, every one numbered and kept once.
+    #[tokio::test]
+    async fn frames_written_directly_and_queued_keep_each_senders_order() {
+        const N: u32 = 3_000;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("address");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let counters = Arc::new(LinkCounters::default());
+        let session = Session::start("peer", 1, counters.clone());
+        let (_r, w) = client.into_split();
+        session.attach(Conn {
+            w,
+            sealer: None,
+            from: 0,
+        });
+        let data = |channel: u32, n: u32| Message::Data {
+            edge: EdgeAddress {
+                job: 1,
+                epoch: 0,
+                chain: 0,
+                from: 0,
+                to: 0,
+                channel,
+            },
+            event: ChannelEvent::Batch(BatchBytes(n.to_le_bytes().to_vec())),
+        };
+        // An idle session: the sending thread writes the frame itself.
+        let link = session.sender("peer");
+        for n in 1..=2 {
+            assert!(link.send(data(2, n)));
+            let frame =
+                tokio::time::timeout(Duration::from_secs(30), read_frame(&mut server, 1 << 20))
+                    .await
+                    .expect("the frame comes")
+                    .expect("a frame");
+            assert_eq!(frame, data(2, n));
+        }
+        assert!(
+            counters.direct_writes() > 0,
+            "no frame was written directly"
+        );
+        let senders: Vec<_> = (0..2u32)
+            .map(|channel| {
+                let (link, s) = (session.sender("peer"), session.clone());
+                std::thread::spawn(move || {
+                    for n in 1..=N {
+                        assert!(link.send(data(channel, n)), "session closed");
+                        if n % 7 == 0 {
+                            s.enqueue(Outgoing::Frame(Message::HeartbeatAck { seq: n.into() }));
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut last = [0u32; 2];
+        let mut got = 0;
+        while got < 2 * N {
+            let frame =
+                tokio::time::timeout(Duration::from_secs(30), read_frame(&mut server, 1 << 20))
+                    .await
+                    .expect("frames keep coming")
+                    .expect("a frame");
+            if let Message::Data {
+                edge,
+                event: ChannelEvent::Batch(b),
+            } = frame
+            {
+                let c = edge.channel as usize;
+                let n = u32::from_le_bytes(b.0.try_into().expect("four bytes"));
+                assert_eq!(n, last[c] + 1, "channel {c} out of order");
+                last[c] = n;
+                got += 1;
+            }
+        }
+        for s in senders {
+            s.join().expect("sender");
+        }
+        assert_eq!(session.stats("peer").unacked, u64::from(2 * N + 2));
+    }
 
     fn kept(session: u64, peer_session: u64, sent: u64, first_kept: u64) -> Kept {
         Kept {
