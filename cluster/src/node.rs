@@ -259,11 +259,10 @@ impl NodeBuilder {
 
     /// TTL of the leader's lease on etcd (default [`crate::leader::DEFAULT_LEASE_TTL`];
     /// whole seconds, at least 1): a lost leader is replaced about this long after it died,
-    /// and a leader cut off from etcd stops coordinating within it.
+    /// and a leader cut off from etcd stops coordinating within it. Before or after
+    /// [`Self::etcd`]; without it, [`Self::start`] refuses.
     pub fn lease_ttl(mut self, ttl: Duration) -> Self {
-        if let Some(e) = &mut self.cfg.etcd {
-            e.lease_ttl = ttl;
-        }
+        self.etcd_settings().lease_ttl = ttl;
         self
     }
 
@@ -308,7 +307,7 @@ impl NodeBuilder {
         ))?;
         if cfg.etcd.as_ref().is_some_and(|e| e.endpoints.is_empty()) {
             return Err(NodeError::Config(
-                "etcd credentials or TLS without etcd endpoints (NodeBuilder::etcd)",
+                "etcd settings (credentials, TLS or lease TTL) without etcd endpoints (NodeBuilder::etcd)",
             ));
         }
         let (events, leader_events) = std::sync::mpsc::channel();
@@ -749,5 +748,36 @@ impl Node {
 impl Drop for Node {
     fn drop(&mut self) {
         self.stop_now();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_ttl_is_kept_whether_given_before_or_after_the_endpoints() {
+        let ttl = Duration::from_secs(3);
+        for b in [
+            Node::builder()
+                .lease_ttl(ttl)
+                .etcd(["http://127.0.0.1:2379"]),
+            Node::builder()
+                .etcd(["http://127.0.0.1:2379"])
+                .lease_ttl(ttl),
+        ] {
+            let etcd = b.cfg.etcd.expect("etcd settings");
+            assert_eq!((etcd.lease_ttl, etcd.endpoints.len()), (ttl, 1));
+        }
+        let alone = Node::builder()
+            .name("n1")
+            .secret(crate::Secret::new(b"a secret of enough bytes").expect("secret"))
+            .lease_ttl(ttl)
+            .start();
+        match alone {
+            Err(NodeError::Config(why)) => assert!(why.contains("lease TTL"), "{why}"),
+            Err(e) => panic!("another error: {e}"),
+            Ok(_) => panic!("a node started with a lease TTL and no etcd"),
+        }
     }
 }
