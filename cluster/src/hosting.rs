@@ -14,7 +14,7 @@ pub use crate::jobs::HostedEnd;
 use crate::jobs::{CoordinatedJob, HostedJob};
 use crate::placement::Placement;
 use crate::proxy::{ClusterResolver, JobProxy};
-use crate::remote::LinkSender;
+use crate::session::LinkSender;
 use crate::shared::Shared;
 use crate::wire::Message;
 use actix::prelude::*;

@@ -32,10 +32,10 @@
 
 use crate::authority::{Authority, JobRecord, RecordState};
 pub use crate::config::JobBuilder;
+use crate::counters::LinkTotals;
 use crate::jobs::CoordinatedJob;
 use crate::placement::Placement;
 use crate::proxy::{ClusterResolver, ClusterTasks};
-use crate::remote::LinkTotals;
 use crate::shared::Shared;
 use crate::wire::Message;
 use riffle_actors::chaos::ChaosHandle;

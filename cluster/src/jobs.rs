@@ -3,8 +3,8 @@
 //! drives coordinated jobs, `hosting.rs` runs hosted ones; both keep them here.
 
 use crate::config::JobBuilder;
+use crate::counters::LinkTotals;
 use crate::proxy::ClusterResolver;
-use crate::remote::LinkTotals;
 use actix::prelude::{ArbiterHandle, Recipient, System};
 use dashmap::DashMap;
 use riffle_actors::host::LocalHost;

@@ -45,6 +45,7 @@
 
 mod authority;
 mod config;
+mod counters;
 pub mod failover;
 pub mod guard;
 pub mod handshake;
@@ -74,8 +75,9 @@ pub use job::{ClusterJob, JobBuilder, JobOptions};
 pub use leader::{EtcdAuth, EtcdSettings, EtcdTls, LeaderView};
 pub use node::{LinkWrites, Member, Node, NodeBuilder, NodeError, Refusals, Status};
 pub use placement::Placement;
-pub use remote::{Inbox, LinkSender, PendingCredits, RemoteMailbox};
+pub use remote::{Inbox, PendingCredits, RemoteMailbox};
 pub use secret::{Secret, SecretError};
+pub use session::LinkSender;
 pub use session::SessionStats;
 pub use wire::{
     BatchBytes, EdgeAddress, Message, WireError, WireEvent, DEFAULT_MAX_FRAME, PROTOCOL_VERSION,

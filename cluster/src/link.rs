@@ -15,13 +15,11 @@ use crate::guard::Ticket;
 use crate::handshake::{handshake, HandshakeConfig, Role};
 use crate::hosting::FrameError;
 use crate::members::{declare_down, register, seen, unregister, Registered};
-use crate::remote::{
-    channel_key, deliver, CreditsReturned, Inbox, LinkBudget, LinkSender, Outgoing,
-};
+use crate::remote::{deliver, CreditsReturned, Inbox, LinkBudget};
 use crate::secure::Sealer;
-use crate::session::{Conn, ResumeState, Session, Verdict};
+use crate::session::{Conn, LinkSender, Outgoing, ResumeState, Session, Verdict};
 use crate::shared::Shared;
-use crate::wire::{encode, read_frame, write_frame, EdgeAddress, Message};
+use crate::wire::{channel_key, encode, read_frame, write_frame, EdgeAddress, Message};
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWriteExt};

@@ -10,9 +10,9 @@
 //! a member is up, a second link claiming its id from another address is refused.
 
 use crate::config::NodeConfig;
+use crate::counters::LinkCounters;
 use crate::handshake::{valid_node_id, Peer};
-use crate::remote::{LinkCounters, LinkSender};
-use crate::session::Session;
+use crate::session::{LinkSender, Session};
 use crate::wire::RefuseReason;
 use std::collections::HashMap;
 use std::net::IpAddr;

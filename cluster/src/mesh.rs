@@ -7,7 +7,7 @@ use crate::guard::Ticket;
 use crate::handshake::{HandshakeConfig, Role};
 use crate::link::link;
 use crate::members::{detect, to_dial, Status};
-use crate::remote::Outgoing;
+use crate::session::Outgoing;
 use crate::shared::Shared;
 use crate::wire::{Message, RefuseReason};
 use std::net::SocketAddr;

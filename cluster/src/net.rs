@@ -3,8 +3,11 @@
 //! remote mailboxes, the figures of each link, and the failure reports waiting for their
 //! coordinator's decision. Job proxies and resolvers hold this part, not the whole node.
 
+use crate::counters::{LinkCounters, LinkTotals};
 use crate::members::Membership;
-use crate::remote::{ChannelKey, CreditsReturned, Inbox, LinkCounters, LinkSender, LinkTotals};
+use crate::remote::{CreditsReturned, Inbox};
+use crate::session::LinkSender;
+use crate::wire::ChannelKey;
 use actix::prelude::Recipient;
 use dashmap::DashMap;
 use riffle_actors::Decision;

@@ -5,8 +5,9 @@
 
 use crate::net::Net;
 use crate::placement::Placement;
-use crate::remote::{channel_key, Inbox, LinkLookup, LinkSender, Release, RemoteMailbox};
-use crate::wire::{EdgeAddress, Message};
+use crate::remote::{Inbox, LinkLookup, Release, RemoteMailbox};
+use crate::session::LinkSender;
+use crate::wire::{channel_key, EdgeAddress, Message};
 use actix::prelude::*;
 use dashmap::DashMap;
 use riffle_actors::host::{RemoteTasks, Resolve, SpawnSpec};

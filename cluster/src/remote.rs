@@ -12,69 +12,15 @@
 //! subtask's address and its record codec); a `Data` frame is decoded into the typed batch
 //! and delivered with a [`RemoteCredit`] whose drop sends the `Credit` frame back.
 
-use crate::session::Line;
+use crate::session::LinkSender;
 use crate::wire::{BatchBytes, EdgeAddress, Message, WireEvent};
 use actix::prelude::{Actor, AsyncContext, Context, Handler, Recipient};
 use riffle_actors::{Credit, DataMessage, RemoteCredit};
 use riffle_framework::{BatchCodec, ChannelEvent, RecordBatch};
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-/// What a session's writer takes: a frame, a request to say when the peer has
-/// acknowledged everything before it, or a nudge to write what a sender left pending.
-#[derive(Debug)]
-pub(crate) enum Outgoing {
-    Frame(Message),
-    Flushed(std::sync::mpsc::Sender<()>),
-    Kick,
-}
-
-/// Sends frames on one link (to one peer node): into the peer's session, which writes them
-/// on whatever connection to the peer is up (see [`crate::session`]).
-#[derive(Clone)]
-pub struct LinkSender {
-    pub(crate) line: Arc<Line>,
-    /// The peer's node id.
-    pub peer: String,
-}
-
-impl std::fmt::Debug for LinkSender {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LinkSender")
-            .field("peer", &self.peer)
-            .finish()
-    }
-}
-
-impl LinkSender {
-    /// A sender whose link is closed: everything sent on it is dropped (a peer that is gone).
-    pub fn closed(peer: &str) -> Self {
-        LinkSender {
-            line: Line::closed(peer),
-            peer: peer.to_string(),
-        }
-    }
-
-    /// Sends a frame; `false` if the link is closed.
-    pub fn send(&self, m: Message) -> bool {
-        self.line.send(m).is_ok()
-    }
-
-    /// Sends a frame; gives it back if the link is closed.
-    pub fn try_send(&self, m: Message) -> Result<(), Message> {
-        self.line.send(m)
-    }
-}
-
-/// A channel, without its epoch: what credits are returned to.
-pub type ChannelKey = (u64, u32, u32, u32, u32);
-
-/// The channel of an edge address.
-pub fn channel_key(e: &EdgeAddress) -> ChannelKey {
-    (e.job, e.chain, e.from, e.to, e.channel)
-}
 
 /// Credits returned by the receiving node for a remote mailbox's channel.
 pub struct CreditsReturned(pub u32);
@@ -346,111 +292,6 @@ pub(crate) fn deliver(
         tracing::warn!(?edge, error = %e, "inbox unavailable; event dropped");
     }
     true
-}
-
-/// Per peer: bytes, frames, data frames, credit frames.
-pub(crate) type LinkTotals = Vec<(String, u64, u64, u64, u64)>;
-
-/// What a node wrote on its link to one peer, how often a link to it was made, and the
-/// round trip of its heartbeats.
-#[derive(Default)]
-pub(crate) struct LinkCounters {
-    bytes: AtomicU64,
-    frames: AtomicU64,
-    data: AtomicU64,
-    credit: AtomicU64,
-    /// Links made to the peer (authenticated and up).
-    links: AtomicU64,
-    /// The last heartbeat sent: its `seq` and when.
-    ping: std::sync::Mutex<Option<(u64, std::time::Instant)>>,
-    /// The last measured round trip in microseconds (0: none yet).
-    rtt_micros: AtomicU64,
-    /// Writes on the connection (each `write_all` of a gathered buffer) and their bytes.
-    writes: AtomicU64,
-    written: AtomicU64,
-    /// Of the writes, those the sending thread made itself (no wake-up of the writer task).
-    direct: AtomicU64,
-}
-
-impl LinkCounters {
-    /// A gathered buffer of `bytes` was written on the connection.
-    pub(crate) fn wrote(&self, bytes: usize) {
-        self.writes.fetch_add(1, Ordering::Relaxed);
-        self.written.fetch_add(bytes as u64, Ordering::Relaxed);
-    }
-
-    /// A frame was written by the thread that sent it, `bytes` of it at once.
-    pub(crate) fn wrote_direct(&self, bytes: usize) {
-        self.direct.fetch_add(1, Ordering::Relaxed);
-        self.wrote(bytes);
-    }
-
-    /// Writes the sending threads made themselves.
-    pub(crate) fn direct_writes(&self) -> u64 {
-        self.direct.load(Ordering::Relaxed)
-    }
-
-    /// Writes on the connection so far, and their bytes.
-    pub(crate) fn writes(&self) -> (u64, u64) {
-        (
-            self.writes.load(Ordering::Relaxed),
-            self.written.load(Ordering::Relaxed),
-        )
-    }
-
-    /// A link to the peer came up.
-    pub(crate) fn linked(&self) {
-        self.links.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Links made after the first: reconnects.
-    pub(crate) fn reconnects(&self) -> u64 {
-        self.links.load(Ordering::Relaxed).saturating_sub(1)
-    }
-
-    /// Heartbeat `seq` goes out now.
-    pub(crate) fn pinged(&self, seq: u64) {
-        let mut p = self.ping.lock().unwrap_or_else(|e| e.into_inner());
-        *p = Some((seq, std::time::Instant::now()));
-    }
-
-    /// The peer answered heartbeat `seq` (an answer to an older one is ignored).
-    pub(crate) fn answered(&self, seq: u64) {
-        let p = *self.ping.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((_, at)) = p.filter(|(sent, _)| *sent == seq) {
-            let micros = (at.elapsed().as_micros() as u64).max(1);
-            self.rtt_micros.store(micros, Ordering::Relaxed);
-        }
-    }
-
-    /// The last heartbeat round trip, if one was measured.
-    pub(crate) fn rtt(&self) -> Option<std::time::Duration> {
-        match self.rtt_micros.load(Ordering::Relaxed) {
-            0 => None,
-            us => Some(std::time::Duration::from_micros(us)),
-        }
-    }
-
-    pub(crate) fn count(&self, m: &Message, bytes: usize) {
-        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
-        self.frames.fetch_add(1, Ordering::Relaxed);
-        match m {
-            Message::Data { .. } => self.data.fetch_add(1, Ordering::Relaxed),
-            Message::Credit { .. } => self.credit.fetch_add(1, Ordering::Relaxed),
-            _ => 0,
-        };
-    }
-
-    /// The totals for `peer`: (peer, bytes, frames, data frames, credit frames).
-    pub(crate) fn totals(&self, peer: &str) -> (String, u64, u64, u64, u64) {
-        (
-            peer.to_string(),
-            self.bytes.load(Ordering::Relaxed),
-            self.frames.load(Ordering::Relaxed),
-            self.data.load(Ordering::Relaxed),
-            self.credit.load(Ordering::Relaxed),
-        )
-    }
 }
 
 /// The memory a peer's delivered, not yet handled batches hold on this node.

@@ -24,9 +24,9 @@
 //! the peer down (its jobs recover, as for a lost node) and starts a fresh session, and the
 //! link is made again. The rule is [`decide`], the same on both sides.
 
-use crate::remote::{channel_key, ChannelKey, LinkCounters, LinkSender, Outgoing};
+use crate::counters::LinkCounters;
 use crate::secure::Sealer;
-use crate::wire::{encode, EdgeAddress, Message};
+use crate::wire::{channel_key, encode, ChannelKey, EdgeAddress, Message};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -38,6 +38,54 @@ use tokio::sync::mpsc;
 const WRITE_BATCH: usize = 256 * 1024;
 /// Channels whose credits one write merges, at most.
 const MAX_MERGED_CREDITS: usize = 64;
+
+/// What a session's writer takes: a frame, a request to say when the peer has
+/// acknowledged everything before it, or a nudge to write what a sender left pending.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    Frame(Message),
+    Flushed(std::sync::mpsc::Sender<()>),
+    Kick,
+}
+
+/// Sends frames on one link (to one peer node): into the peer's session, which numbers them,
+/// keeps them until the peer acknowledges them and writes them on whatever connection to the
+/// peer is up. A `Data` or `Credit` frame sent while the session's writer is idle is written
+/// by the sending thread itself, without waking another thread.
+#[derive(Clone)]
+pub struct LinkSender {
+    pub(crate) line: Arc<Line>,
+    /// The peer's node id.
+    pub peer: String,
+}
+
+impl std::fmt::Debug for LinkSender {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LinkSender")
+            .field("peer", &self.peer)
+            .finish()
+    }
+}
+
+impl LinkSender {
+    /// A sender whose link is closed: everything sent on it is dropped (a peer that is gone).
+    pub fn closed(peer: &str) -> Self {
+        LinkSender {
+            line: Line::closed(peer),
+            peer: peer.to_string(),
+        }
+    }
+
+    /// Sends a frame; `false` if the link is closed.
+    pub fn send(&self, m: Message) -> bool {
+        self.line.send(m).is_ok()
+    }
+
+    /// Sends a frame; gives it back if the link is closed.
+    pub fn try_send(&self, m: Message) -> Result<(), Message> {
+        self.line.send(m)
+    }
+}
 
 /// A random number (derived from the clock if randomness fails: it still differs from the
 /// previous one) — for session ids and process incarnations.

@@ -90,6 +90,14 @@ pub struct EdgeAddress {
     pub channel: u32,
 }
 
+/// A channel, without its epoch: what credits are returned to.
+pub type ChannelKey = (u64, u32, u32, u32, u32);
+
+/// The channel of an edge address.
+pub fn channel_key(e: &EdgeAddress) -> ChannelKey {
+    (e.job, e.chain, e.from, e.to, e.channel)
+}
+
 /// First frame on a link, both ways (the dialling side sends first).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
