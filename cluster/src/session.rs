@@ -299,8 +299,7 @@ impl Out {
                 Ok(0) => break,
                 Ok(n) => at += n,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let rest = bytes[at..].to_vec();
-                    self.pending.extend_from_slice(&rest);
+                    self.pending.extend_from_slice(&bytes[at..]);
                     return (at, true);
                 }
                 Err(_) => break,
@@ -730,16 +729,12 @@ mod tests {
     use std::time::Duration;
     use tokio::net::{TcpListener, TcpStream};
 
-    /// A frame sent on an idle session is written by the sending thread; frames that two
-    /// threads send while heartbeat answers are queued between them arrive in each thread's
-    /// order, every one numbered and kept once.
-    #[tokio::test]
-    async fn frames_written_directly_and_queued_keep_each_senders_order() {
-        const N: u32 = 3_000;
+    /// A session with a connection attached, its counters, and the peer's end.
+    async fn linked() -> (Arc<Session>, Arc<LinkCounters>, TcpStream) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("address");
         let client = TcpStream::connect(addr).await.expect("connect");
-        let (mut server, _) = listener.accept().await.expect("accept");
+        let (server, _) = listener.accept().await.expect("accept");
         let counters = Arc::new(LinkCounters::default());
         let session = Session::start("peer", 1, counters.clone());
         let (_r, w) = client.into_split();
@@ -748,7 +743,13 @@ mod tests {
             sealer: None,
             from: 0,
         });
-        let data = |channel: u32, n: u32| Message::Data {
+        (session, counters, server)
+    }
+
+    /// A `Data` frame on `channel` carrying `bytes`.
+    fn data(channel: u32, n: u32, mut bytes: Vec<u8>) -> Message {
+        bytes.extend_from_slice(&n.to_le_bytes());
+        Message::Data {
             edge: EdgeAddress {
                 job: 1,
                 epoch: 0,
@@ -757,18 +758,31 @@ mod tests {
                 to: 0,
                 channel,
             },
-            event: ChannelEvent::Batch(BatchBytes(n.to_le_bytes().to_vec())),
-        };
+            event: ChannelEvent::Batch(BatchBytes(bytes)),
+        }
+    }
+
+    /// The next frame from the session.
+    async fn next(server: &mut TcpStream) -> Message {
+        tokio::time::timeout(Duration::from_secs(30), read_frame(server, 1 << 24))
+            .await
+            .expect("frames keep coming")
+            .expect("a frame")
+    }
+
+    /// A frame sent on an idle session is written by the sending thread; frames that two
+    /// threads send while heartbeat answers are queued between them arrive in each thread's
+    /// order, every one numbered and kept once.
+    #[tokio::test]
+    async fn frames_written_directly_and_queued_keep_each_senders_order() {
+        const N: u32 = 3_000;
+        let (session, counters, mut server) = linked().await;
+        let data = |channel: u32, n: u32| data(channel, n, Vec::new());
         // An idle session: the sending thread writes the frame itself.
         let link = session.sender("peer");
         for n in 1..=2 {
             assert!(link.send(data(2, n)));
-            let frame =
-                tokio::time::timeout(Duration::from_secs(30), read_frame(&mut server, 1 << 20))
-                    .await
-                    .expect("the frame comes")
-                    .expect("a frame");
-            assert_eq!(frame, data(2, n));
+            assert_eq!(next(&mut server).await, data(2, n));
         }
         assert!(
             counters.direct_writes() > 0,
@@ -790,11 +804,7 @@ mod tests {
         let mut last = [0u32; 2];
         let mut got = 0;
         while got < 2 * N {
-            let frame =
-                tokio::time::timeout(Duration::from_secs(30), read_frame(&mut server, 1 << 20))
-                    .await
-                    .expect("frames keep coming")
-                    .expect("a frame");
+            let frame = next(&mut server).await;
             if let Message::Data {
                 edge,
                 event: ChannelEvent::Batch(b),
@@ -885,6 +895,36 @@ mod tests {
         assert_eq!(decide(kept(1, 0, 10, 1), theirs(2, 0, 3)), Verdict::Broken);
         // A session id of 0 is no session.
         assert_eq!(decide(kept(1, 0, 0, 1), theirs(0, 0, 0)), Verdict::Broken);
+    }
+
+    /// Frames larger than the socket takes at once: the first is written in part by the
+    /// sending thread and finished by the writer task, the rest queue behind it, and all
+    /// arrive whole and in order.
+    #[tokio::test]
+    async fn what_the_socket_does_not_take_at_once_follows_in_order() {
+        const FRAMES: u32 = 32;
+        let (session, counters, mut server) = linked().await;
+        let link = session.sender("peer");
+        assert!(link.send(data(0, 0, Vec::new())));
+        assert_eq!(next(&mut server).await, data(0, 0, Vec::new()));
+        let big = |n: u32| data(0, n, vec![n as u8; 256 * 1024]);
+        // 8 MiB while nobody reads: more than the socket's buffers hold.
+        let sender = std::thread::spawn(move || {
+            for n in 1..=FRAMES {
+                assert!(link.send(big(n)), "session closed");
+            }
+        });
+        sender.join().expect("sender");
+        for n in 1..=FRAMES {
+            assert_eq!(next(&mut server).await, big(n), "frame {n}");
+        }
+        // Some went directly; what the socket did not take, the writer task wrote.
+        let (writes, direct) = (counters.writes().0, counters.direct_writes());
+        assert!(
+            direct >= 2 && writes > direct,
+            "{writes} writes, {direct} direct"
+        );
+        assert_eq!(session.stats("peer").unacked, u64::from(FRAMES) + 1);
     }
 
     #[test]
