@@ -253,9 +253,9 @@ struct Out {
 }
 
 impl Out {
-    /// Appends `plain` (whole frames) to the bytes to write, sealed if the link is encrypted;
-    /// `false` if sealing failed (the connection is given up; the frames are in the replay).
-    fn append(&mut self, plain: &[u8]) -> bool {
+    /// Appends `plain` (whole frames) to the bytes to write, sealed if the link is encrypted
+    /// (if sealing fails, the connection is given up; the frames are in the replay).
+    fn append(&mut self, plain: &[u8]) {
         let ok = match self.sealer.as_mut() {
             Some(s) => s.seal(plain, &mut self.pending).is_ok(),
             None => {
@@ -266,7 +266,6 @@ impl Out {
         if !ok {
             self.broke();
         }
-        ok
     }
 
     /// The connection failed: what it did not take is in the replay, for the next one.
@@ -592,6 +591,9 @@ struct Gathered {
     credits: Vec<(ChannelKey, EdgeAddress, u32)>,
     /// Queue items taken (for [`Line::queued`]).
     taken: usize,
+    /// A connection was up when the round began: without one, unsequenced frames and acks
+    /// are not even encoded (nor counted as written).
+    live: bool,
 }
 
 impl Writer {
@@ -633,7 +635,10 @@ impl Writer {
     /// Takes `first` and whatever else is queued (up to a write's worth), encoded; credits
     /// for one channel are merged.
     fn gather(&mut self, first: Outgoing) -> Gathered {
-        let mut g = Gathered::default();
+        let mut g = Gathered {
+            live: lock(&self.line.out).live,
+            ..Gathered::default()
+        };
         let mut next = Some(first);
         while let Some(m) = next.take() {
             if !matches!(m, Outgoing::Kick) {
@@ -647,7 +652,8 @@ impl Writer {
                         None => g.credits.push((key, edge, n)),
                     }
                 }
-                Outgoing::Frame(m) => g.put(&self.line, &m),
+                Outgoing::Frame(m) if g.live || m.sequenced() => g.put(&self.line, &m),
+                Outgoing::Frame(_) => {}
                 Outgoing::Flushed(done) => g.flushed.push(done),
                 Outgoing::Kick => {}
             }
@@ -666,7 +672,9 @@ impl Writer {
     /// there is none).
     fn number(&mut self, g: Gathered) {
         let mut ack = Vec::new();
-        self.line.put_ack(&mut ack);
+        if g.live {
+            self.line.put_ack(&mut ack);
+        }
         let mut o = lock(&self.line.out);
         for &(from, to) in &g.sequenced {
             keep(&mut o.replay, g.buf[from..to].to_vec());
