@@ -138,9 +138,15 @@ fn the_console_shows_a_running_job_and_rescales_it() {
             .iter()
             .find(|o| o.0.starts_with("count"))
             .map(|o| o.1);
-        (p == Some(3)).then_some(msg)
+        // The graph may show the new parallelism (a periodic refresh) before the answer to
+        // the rescale request has replaced the "rescale…" message: wait for both.
+        let done = msg.as_str().is_some_and(|m| !m.ends_with('…'));
+        (p == Some(3) && done).then_some(msg)
     });
-    let msg = rescaled.unwrap_or_else(|| panic!("no rescale shown: {:?}", operators(&browser)));
+    let msg = rescaled.unwrap_or_else(|| {
+        let msg = browser.eval("return document.getElementById('message').textContent;");
+        panic!("no rescale shown: {:?}, message {msg}", operators(&browser))
+    });
     assert!(
         msg.as_str().is_some_and(|m| m.contains("count now runs 3")),
         "{msg}"
