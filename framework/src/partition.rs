@@ -156,7 +156,10 @@ impl Partitioner for ModuloPartitioner {
 /// [`KeyRing::route_with_crate`] asks the crate instead, so tests can check the two agree.
 #[derive(Clone)]
 pub struct KeyRing {
-    ring: Ring<SubtaskNode, RingHasher>,
+    /// The crate's ring, built only when asked (tests and tools).
+    crate_ring: std::sync::OnceLock<Ring<SubtaskNode, RingHasher>>,
+    /// Virtual nodes of each subtask (at least 1).
+    weights: Vec<usize>,
     /// Inclusive end of each resident range, ascending; the last is `u64::MAX`.
     ends: Vec<u64>,
     /// Owner of each range.
@@ -201,18 +204,8 @@ impl KeyRing {
         } else {
             weights
         };
-        let nodes: Vec<(SubtaskNode, usize)> = weights
-            .iter()
-            .enumerate()
-            .map(|(i, w)| (SubtaskNode(i as u32), (*w).max(1)))
-            .collect();
-        let ring = RingBuilder::new(RingHasher).weighted_nodes(&nodes).build();
-        let mut ends = Vec::new();
-        let mut owners = Vec::new();
-        for r in ring.resident_ranges() {
-            ends.push(*r.keys().end());
-            owners.push(r.node().0);
-        }
+        let weights: Vec<usize> = weights.iter().map(|w| (*w).max(1)).collect();
+        let (mut ends, mut owners) = resident_ranges(&ring_points(&weights));
         // The crate's ranges end at u64::MAX; make sure of it, since lookups rely on it.
         if ends.last() != Some(&u64::MAX) {
             ends.push(u64::MAX);
@@ -224,19 +217,21 @@ impl KeyRing {
             .clamp(4, 24);
         let shift = 64 - bits;
         let narrow = ends.len() < (1 << 15) && weights.len() < (1 << 15);
+        let (parallelism, vnodes) = (weights.len(), weights.iter().copied().max().unwrap_or(1));
         let buckets = if narrow {
             Buckets::Narrow(compile::<u16>(&ends, &owners, bits))
         } else {
             Buckets::Wide(compile::<u32>(&ends, &owners, bits))
         };
         KeyRing {
-            ring,
+            crate_ring: std::sync::OnceLock::new(),
+            weights,
             ends,
             owners,
             buckets,
             shift,
-            parallelism: weights.len(),
-            vnodes: weights.iter().copied().max().unwrap_or(1),
+            parallelism,
+            vnodes,
         }
     }
 
@@ -268,7 +263,7 @@ impl KeyRing {
     /// The subtask that owns the key whose canonical bytes are `canonical`, asked of the
     /// `consistent_hash_ring` crate directly (binary search). For tests and tools.
     pub fn route_with_crate(&self, canonical: &[u8]) -> usize {
-        self.ring
+        self.crate_ring()
             .try_get(RawKey(canonical))
             .map_or(0, |n| n.0 as usize)
     }
@@ -282,10 +277,38 @@ impl KeyRing {
 
     /// The hash ranges whose owner differs between `self` and `other`, as
     /// `(range, old owner, new owner)`; this is what a rescale has to move.
+    ///
+    /// The pieces are the intersections of the two rings' resident ranges, in ring order,
+    /// exactly as `consistent_hash_ring::migrated_ranges` cuts them (a test checks it).
     pub fn migrated_ranges(&self, other: &KeyRing) -> Vec<(RangeInclusive<u64>, usize, usize)> {
-        consistent_hash_ring::migrated_ranges(&self.ring, &other.ring)
-            .map(|m| (m.keys().clone(), m.src().0 as usize, m.dst().0 as usize))
-            .collect()
+        let (mut i, mut j, mut start) = (0, 0, 0u64);
+        let mut out = Vec::new();
+        while i < self.ends.len() && j < other.ends.len() {
+            let end = self.ends[i].min(other.ends[j]);
+            let (src, dst) = (self.owners[i], other.owners[j]);
+            if src != dst {
+                out.push((start..=end, src as usize, dst as usize));
+            }
+            i += usize::from(self.ends[i] == end);
+            j += usize::from(other.ends[j] == end);
+            match end.checked_add(1) {
+                Some(next) => start = next,
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// The `consistent_hash_ring` crate's own ring of the same subtasks and weights, built
+    /// when first asked (its builder inserts into a sorted vector one virtual node at a time:
+    /// quadratic, half a second at P=64), for [`KeyRing::route_with_crate`].
+    fn crate_ring(&self) -> &Ring<SubtaskNode, RingHasher> {
+        self.crate_ring.get_or_init(|| {
+            let nodes: Vec<(SubtaskNode, usize)> = (self.weights.iter().enumerate())
+                .map(|(i, w)| (SubtaskNode(i as u32), *w))
+                .collect();
+            RingBuilder::new(RingHasher).weighted_nodes(&nodes).build()
+        })
     }
 
     /// Virtual nodes per subtask (the largest weight for a weighted ring).
@@ -297,6 +320,57 @@ impl KeyRing {
     pub fn ranges(&self) -> usize {
         self.ends.len()
     }
+}
+
+/// The ring crate's hash of `x` (XXH3-64 through [`RingHasher`]).
+fn ring_hash<T: Hash>(x: &T) -> u64 {
+    RingHasher.hash_one(x)
+}
+
+/// The virtual nodes of a ring where subtask `i` has `weights[i]` of them, as
+/// `(position, subtask)` sorted by position: the points `consistent_hash_ring`'s builder
+/// places, computed the way it does (subtask `i`'s first point is the hash of its node, each
+/// next one the hash of the last; a later subtask's point replaces an earlier one at the same
+/// position, and the position after a subtask's last point is cleared, as its `insert_weight`
+/// does), but gathered and sorted once instead of inserted one by one into a sorted vector.
+fn ring_points(weights: &[usize]) -> Vec<(u64, u32)> {
+    let total = weights.iter().sum();
+    let mut points: std::collections::HashMap<u64, u32> =
+        std::collections::HashMap::with_capacity(total);
+    for (i, w) in weights.iter().enumerate() {
+        let mut hash = ring_hash(&SubtaskNode(i as u32));
+        for _ in 0..*w {
+            points.insert(hash, i as u32);
+            hash = ring_hash(&hash);
+        }
+        while points.remove(&hash).is_some() {
+            hash = ring_hash(&hash);
+        }
+    }
+    let mut sorted: Vec<(u64, u32)> = points.into_iter().collect();
+    sorted.sort_unstable_by_key(|p| p.0);
+    sorted
+}
+
+/// The resident ranges of sorted ring `points` as (inclusive ends, owners), neighbours with
+/// the same owner merged, as `consistent_hash_ring`'s `Ring::resident_ranges` gives them: a
+/// point owns the positions after the previous point up to itself, and the positions after
+/// the last point wrap to the first point's owner.
+fn resident_ranges(points: &[(u64, u32)]) -> (Vec<u64>, Vec<u32>) {
+    let mut ends: Vec<u64> = Vec::with_capacity(points.len() + 1);
+    let mut owners: Vec<u32> = Vec::with_capacity(points.len() + 1);
+    let wrap = points.first().map(|p| (u64::MAX, p.1));
+    for (end, owner) in points.iter().copied().chain(wrap) {
+        if owners.last() == Some(&owner) {
+            if let Some(e) = ends.last_mut() {
+                *e = end;
+            }
+        } else {
+            ends.push(end);
+            owners.push(owner);
+        }
+    }
+    (ends, owners)
 }
 
 /// The compiled buckets of a [`KeyRing`], as narrow as its ranges allow.
@@ -540,6 +614,38 @@ mod tests {
                     ring.route_hash_slow(h),
                     "P={n} hash {h:#x}"
                 );
+            }
+        }
+    }
+
+    /// The crate's resident ranges of `ring`, as (ends, owners), and its migrated ranges.
+    fn crate_ranges(ring: &KeyRing) -> (Vec<u64>, Vec<u32>) {
+        (ring.crate_ring().resident_ranges())
+            .map(|r| (*r.keys().end(), r.node().0))
+            .unzip()
+    }
+
+    #[test]
+    fn the_ring_is_the_crates_and_moves_what_the_crate_says() {
+        let rings = [
+            KeyRing::with_vnodes(1, 8),
+            KeyRing::with_vnodes(2, 1024),
+            KeyRing::with_vnodes(3, 64),
+            KeyRing::with_vnodes(7, 100),
+            KeyRing::weighted(&[1024, 512, 2048, 1]),
+            KeyRing::weighted(&[300, 300, 0, 900, 17]),
+        ];
+        for ring in &rings {
+            assert_eq!((ring.ends.clone(), ring.owners.clone()), crate_ranges(ring));
+        }
+        for a in &rings {
+            for b in &rings {
+                let ours = a.migrated_ranges(b);
+                let theirs: Vec<_> =
+                    consistent_hash_ring::migrated_ranges(a.crate_ring(), b.crate_ring())
+                        .map(|m| (m.keys().clone(), m.src().0 as usize, m.dst().0 as usize))
+                        .collect();
+                assert_eq!(ours, theirs, "{a:?} -> {b:?}");
             }
         }
     }
