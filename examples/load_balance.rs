@@ -108,5 +108,16 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         moved(&r4, &r5),
         moved(&m4, &m5)
     );
+    // What a ring costs to build (once per keyed edge when a job starts or is rescaled).
+    for p in [2usize, 16, 64, 128] {
+        let started = std::time::Instant::now();
+        let ring = KeyRing::new(p);
+        println!(
+            "a ring of {p} subtasks x {} virtual nodes ({} ranges) built in {:.1} ms",
+            ring.vnodes(),
+            ring.ranges(),
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
     Ok(())
 }
