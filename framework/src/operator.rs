@@ -520,6 +520,8 @@ pub trait KeyedOperator: Send + 'static {
     /// the key's state. Event-time timers fire when the watermark reaches their time, before
     /// the watermark goes on downstream; processing-time timers when the wall clock does;
     /// every pending timer fires at the end of the input. May emit and register timers.
+    /// A key without state (never written, or cleared with [`Timers::clear_state`]) is handed
+    /// `State::default()` and still holds no state afterwards unless the call changed it.
     /// Default: nothing.
     ///
     /// # Errors

@@ -69,6 +69,18 @@ impl<K: Key, S: Default + Serialize + DeserializeOwned> KeyedTable<K, S> {
         self.states.len() as u64
     }
 
+    /// Forgets `key`'s state if it equals `S::default()` (compared by its encoding; a state
+    /// that cannot be encoded is kept).
+    fn drop_if_default(&mut self, key: &K) {
+        let Some(state) = self.states.get(key) else {
+            return;
+        };
+        let default = rmp_serde::to_vec(&S::default());
+        if matches!((rmp_serde::to_vec(state), default), (Ok(a), Ok(b)) if a == b) {
+            self.states.remove(key);
+        }
+    }
+
     /// The checkpoint entry: every key sorted by its hash, so that a range of the ring can be
     /// cut out for rescaling. A key with timers but no state is written with the default state.
     fn encode(&self, operator: &str) -> Result<Vec<u8>, StageError> {
@@ -210,8 +222,24 @@ where
         }
     }
 
-    /// Fires `timer` of `key`.
+    /// Fires `timer` of `key`. A key without state (never written, or cleared) is handed
+    /// `State::default()`, and keeps no state unless the call changed it: a timer left over
+    /// after `clear_state` must not bring the key back into memory and checkpoints.
     fn fire(&mut self, key: O::Key, timer: Timer, cx: &mut StageCx) -> Result<(), StageError> {
+        let stateless = !self.table.states.contains_key(&key);
+        let r = self.fire_with_state(&key, timer, cx);
+        if stateless {
+            self.table.drop_if_default(&key);
+        }
+        r
+    }
+
+    fn fire_with_state(
+        &mut self,
+        key: &O::Key,
+        timer: Timer,
+        cx: &mut StageCx,
+    ) -> Result<(), StageError> {
         let state = self.table.states.entry(key.clone()).or_default();
         let op = &mut self.op;
         let r = guarded_emit(
@@ -219,9 +247,9 @@ where
             &mut *self.next,
             cx,
             Some(&mut self.buf),
-            |out| op.on_timer(&key, state, timer, out),
+            |out| op.on_timer(key, state, timer, out),
         );
-        self.after_call(&key);
+        self.after_call(key);
         r.map(drop)
     }
 
@@ -622,5 +650,67 @@ mod tests {
             .rekey(&|h| h == one, &mut gained.iter())
             .expect("rekeyed");
         assert_eq!(restored.distinct_keys(), 1);
+    }
+
+    /// Counts per key `record % 10`, sets a timer at 100 and clears the key's state at once;
+    /// the timer of key 3 writes its state, the others only read it.
+    struct Forgetful;
+    impl KeyedOperator for Forgetful {
+        type Key = u64;
+        type In = u64;
+        type Out = (u64, u64);
+        type State = u64;
+        fn process(
+            &mut self,
+            _key: &u64,
+            count: &mut u64,
+            _record: u64,
+            out: &mut Output<'_, (u64, u64)>,
+        ) -> Result<(), crate::UserError> {
+            *count += 1;
+            let timers = out.timers()?;
+            timers.register_event_time(100);
+            timers.clear_state();
+            Ok(())
+        }
+        fn on_timer(
+            &mut self,
+            key: &u64,
+            count: &mut u64,
+            _timer: Timer,
+            out: &mut Output<'_, (u64, u64)>,
+        ) -> Result<(), crate::UserError> {
+            if *key == 3 {
+                *count = 42;
+            }
+            out.emit((*key, *count));
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_timer_of_a_cleared_key_keeps_no_state_unless_it_writes_one() {
+        let seen = Seen::default();
+        let sink = Keep {
+            seen: seen.clone(),
+            fail_on_7: false,
+        };
+        let next: BoxStage<(u64, u64)> = Box::new(SinkStage::new(sink, info("sink")));
+        let key_fn: fn(&u64) -> u64 = |r| r % 10;
+        let mut stage = KeyedStage::new(Forgetful, Arc::new(key_fn), info("forget"), next);
+        let mut cx = StageCx::new(0, 4);
+        for r in [1, 2, 3] {
+            stage.push(r, &mut cx).expect("pushed");
+        }
+        assert_eq!(stage.distinct_keys(), 0, "every key cleared its state");
+        stage.on_watermark(100, &mut cx).expect("timers fired");
+        let mut fired = seen.lock().expect("seen").clone();
+        fired.sort_unstable();
+        assert_eq!(fired, [(1, 0), (2, 0), (3, 42)]);
+        assert_eq!(
+            stage.distinct_keys(),
+            1,
+            "only the key whose timer wrote its state holds one"
+        );
     }
 }
