@@ -166,7 +166,7 @@ impl Drop for ProgressLine {
 /// Records the job's sources emitted so far, as their subtasks last published it.
 fn source_records(control: &riffle_actors::registry::JobControl) -> u64 {
     let plan = control.plan();
-    let job = &plan.config().name;
+    let job = plan.instance();
     (0..plan.chain_count())
         .filter(|&c| plan.is_source(c))
         .flat_map(|c| {

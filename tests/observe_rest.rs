@@ -121,7 +121,9 @@ fn every_route_with_a_rescale_and_a_savepoint_keeps_the_output_exact() {
         .into_string()
         .expect("text");
     assert!(
-        metrics.contains("riffle_rescales_total{job=\"rest-job\"} 1"),
+        metrics.contains(&format!(
+            "riffle_rescales_total{{job=\"rest-job\",job_id=\"{id}\"}} 1"
+        )),
         "the rescale is counted"
     );
     // `count` has two inputs: its subtasks align each checkpoint's barriers.
@@ -296,4 +298,66 @@ fn the_server_describes_itself_and_serves_the_console_and_its_nodes() {
     assert!(js.content_type().contains("javascript"));
     let (s, e) = call("GET", &format!("{base}/console/nope.js"), None);
     assert_eq!(s, 404, "{e}");
+}
+
+/// Two jobs of one name running side by side: each one's figures (REST and Prometheus) are
+/// its own. They used to be kept under the job's name, so one job showed the other's.
+#[test]
+fn jobs_of_one_name_keep_their_figures_apart() {
+    common::init_logging();
+    let http = riffle::http::serve("127.0.0.1:0".parse().expect("addr")).expect("HTTP");
+    let base = http.url();
+    let twin = |n: u64| {
+        let env = StreamEnv::new();
+        env.configure(|c| c.name = "twin".to_string());
+        env.generate(n, |i| (i % 7, 1u64))
+            .name("numbers")
+            .parallelism(1)
+            .key_by(|r: &(u64, u64)| r.0)
+            .sum(|r| r.1)
+            .parallelism(2)
+            .discard();
+        env.start().expect("start")
+    };
+    let jobs = [(twin(1_000), 1_000u64), (twin(3_000), 3_000u64)];
+    let ids: Vec<String> = jobs.iter().map(|(h, _)| h.id().to_string()).collect();
+    assert_ne!(ids[0], ids[1], "two jobs, two ids");
+    for ((handle, n), id) in jobs.into_iter().zip(&ids) {
+        let result = handle.wait().expect("job");
+        let emitted: u64 = result
+            .subtasks
+            .iter()
+            .filter(|m| m.chain.contains("numbers"))
+            .map(|m| m.records_out)
+            .sum();
+        assert_eq!(emitted, n, "job {id}");
+    }
+    let metrics = ureq::get(&format!("{base}/metrics"))
+        .call()
+        .expect("metrics")
+        .into_string()
+        .expect("text");
+    for (id, n) in ids.iter().zip([1_000u64, 3_000]) {
+        let (s, job) = call("GET", &format!("{base}/jobs/{id}"), None);
+        assert_eq!(s, 200, "{job}");
+        let source = job["chains"]
+            .as_array()
+            .expect("chains")
+            .iter()
+            .find(|c| c["source"] == true)
+            .expect("a source chain");
+        assert_eq!(source["records_out"], n, "job {id}: {source}");
+        // Its series in Prometheus, told apart by `job_id`.
+        let chain = source["name"].as_str().expect("name");
+        let line = metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("riffle_records_out_total{")
+                    && l.contains(&format!("job_id=\"{id}\""))
+                    && l.contains(&format!("operator=\"{chain}\""))
+            })
+            .unwrap_or_else(|| panic!("no series of job {id}:\n{metrics}"));
+        assert!(line.contains("job=\"twin\""), "{line}");
+        assert!(line.ends_with(&format!(" {n}")), "{line}");
+    }
 }

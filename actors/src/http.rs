@@ -360,7 +360,7 @@ fn subtask_views(
                 "subtask": t.subtask,
                 "node": j.control.node_of(t),
                 "state": state,
-                "figures": crate::telemetry::live(&j.name, name, t.subtask),
+                "figures": crate::telemetry::live(&j.id, name, t.subtask),
             })
         })
         .collect()
@@ -371,7 +371,7 @@ async fn show_job(id: web::Path<String>) -> HttpResponse {
         let plan = j.control.plan();
         let progress = j.control.progress();
         let chains: Vec<_> = (0..plan.chain_count())
-            .map(|c| chain_view(&plan, &j.name, c))
+            .map(|c| chain_view(&plan, &j.id, c))
             .collect();
         let mut body = summary(&j);
         body["failure"] = json!(progress.failure);

@@ -185,22 +185,32 @@ fn registry() -> &'static Mutex<Vec<Arc<RegisteredJob>>> {
     JOBS.get_or_init(|| Mutex::new(Vec::new()))
 }
 
-/// Registers a started job; returns its id.
-pub(crate) fn register(name: &str, control: JobControl) -> String {
+/// A new job id, unique in this process: a counter and the clock's nanoseconds, in hex.
+pub(crate) fn new_id() -> String {
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let nanos = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
-    let id = format!("{:08x}{:08x}", n as u32, nanos);
+    format!("{:08x}{:08x}", n as u32, nanos)
+}
+
+/// Registers a started job under `id` (one of [`new_id`], or a cluster job's own id, which
+/// replaces an ended entry of the same job, e.g. after the job moved to another coordinator
+/// of this process). The oldest ended jobs beyond the limit are forgotten, with their live
+/// figures.
+pub(crate) fn register(id: &str, name: &str, control: JobControl) {
     let mut jobs = registry().lock().unwrap_or_else(|e| e.into_inner());
-    // Forget the oldest ended jobs beyond the limit.
+    jobs.retain(|j| j.id != id);
     let ended: Vec<usize> = (0..jobs.len())
         .filter(|&i| jobs[i].control.progress().ended)
         .collect();
     if ended.len() >= KEEP_ENDED {
         let drop_n = ended.len() + 1 - KEEP_ENDED;
         let gone: Vec<usize> = ended.into_iter().take(drop_n).collect();
+        for &i in &gone {
+            crate::telemetry::forget_job(&jobs[i].id);
+        }
         let mut i = 0;
         jobs.retain(|_| {
             i += 1;
@@ -208,12 +218,11 @@ pub(crate) fn register(name: &str, control: JobControl) -> String {
         });
     }
     jobs.push(Arc::new(RegisteredJob {
-        id: id.clone(),
+        id: id.to_string(),
         name: name.to_string(),
         started: SystemTime::now(),
         control,
     }));
-    id
 }
 
 /// Every job this process runs or remembers, oldest first.

@@ -330,6 +330,10 @@ pub fn start_plan(plan: ExecutionPlan) -> Result<JobHandle, JobError> {
 
 fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHandle, JobError> {
     let restored = load_restore(&plan)?;
+    let mut plan = plan;
+    if plan.instance().is_empty() {
+        plan.set_instance(crate::registry::new_id());
+    }
     let plan = Arc::new(plan);
     let keep = plan.clone();
     let (tx, rx) = mpsc::channel();
@@ -360,7 +364,8 @@ fn start_with(plan: ExecutionPlan, dist: Option<Distribution>) -> Result<JobHand
         history,
         remote,
     };
-    let id = crate::registry::register(&keep.config().name, control.clone());
+    let id = keep.instance().to_string();
+    crate::registry::register(&id, &keep.config().name, control.clone());
     Ok(JobHandle {
         outcome: rx,
         thread: Some(thread),

@@ -7,8 +7,8 @@
 //!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|
-//! | `riffle_records_in_total` | counter | job, operator, subtask, node | records the subtask took in |
-//! | `riffle_records_out_total` | counter | job, operator, subtask, node | records it handed on |
+//! | `riffle_records_in_total` | counter | job, job_id, operator, subtask, node | records the subtask took in |
+//! | `riffle_records_out_total` | counter | job, job_id, operator, subtask, node | records it handed on |
 //! | `riffle_batches_in_total`, `riffle_batches_out_total` | counter | same | batches |
 //! | `riffle_remote_bytes_in_total`, `riffle_remote_bytes_out_total` | counter | same | batch bytes from and to subtasks on other nodes (cluster) |
 //! | `riffle_credit_stalls_total` | counter | same | times it waited for a credit |
@@ -18,14 +18,17 @@
 //! | `riffle_idle_ratio` | gauge | same | the rest (idleTimeMsPerSecond) |
 //! | `riffle_checkpoint_alignment_seconds` | gauge | same | the last checkpoint's barrier alignment at the subtask (first input to last) |
 //! | `riffle_event_time_lag_seconds` | gauge | same | wall clock minus the subtask's watermark (subtasks with event time) |
-//! | `riffle_checkpoints_completed_total`, `riffle_checkpoints_failed_total` | counter | job | checkpoints |
-//! | `riffle_checkpoint_duration_seconds`, `riffle_checkpoint_size_bytes` | gauge | job | of the last completed |
-//! | `riffle_restarts_total`, `riffle_recoveries_total` | counter | job | subtask restarts, job recoveries |
-//! | `riffle_rescales_total`, `riffle_rescale_pause_seconds` | counter, gauge | job | rescales in place, the last one's pause |
-//! | `riffle_dead_letters_total` | counter | job | poison records set aside |
+//! | `riffle_checkpoints_completed_total`, `riffle_checkpoints_failed_total` | counter | job, job_id | checkpoints |
+//! | `riffle_checkpoint_duration_seconds`, `riffle_checkpoint_size_bytes` | gauge | job, job_id | of the last completed |
+//! | `riffle_restarts_total`, `riffle_recoveries_total` | counter | job, job_id | subtask restarts, job recoveries |
+//! | `riffle_rescales_total`, `riffle_rescale_pause_seconds` | counter, gauge | job, job_id | rescales in place, the last one's pause |
+//! | `riffle_dead_letters_total` | counter | job, job_id | poison records set aside |
 //! | `riffle_link_bytes_total`, `riffle_link_frames_total` | counter | from, to | what a node wrote on its link to a peer (cluster) |
 //! | `riffle_link_reconnects_total` | counter | from, to | links made again to the peer after the first |
 //! | `riffle_link_rtt_seconds` | gauge | from, to | the last heartbeat round trip |
+//!
+//! `job` is the job's name, `job_id` its id ([`ExecutionPlan::instance`], the REST API's
+//! `/jobs/{id}`): jobs of one name running side by side keep their series apart.
 //!
 //! The three shares are measured over the last publishing interval (one second) and add up
 //! to 1. Prometheus wants base units, so they are ratios; times 1000 they are Flink's
@@ -33,6 +36,7 @@
 
 use metrics::{Counter, Gauge, Label};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use riffle_framework::ExecutionPlan;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -284,15 +288,21 @@ fn live_table() -> &'static dashmap::DashMap<LiveKey, LiveFigures> {
     LIVE.get_or_init(dashmap::DashMap::new)
 }
 
-/// The latest figures of subtask `subtask` of `operator` (a chain's name) in the job named
-/// `job`, if it published any in this process (or a peer node sent them, see
-/// [`forward_live`]).
+/// The latest figures of subtask `subtask` of `operator` (a chain's name) in the job whose id
+/// is `job` ([`ExecutionPlan::instance`]), if it published any in this process (or a peer
+/// node sent them, see [`forward_live`]).
 pub fn live(job: &str, operator: &str, subtask: usize) -> Option<LiveFigures> {
     let key = (job.to_string(), operator.to_string(), subtask);
     live_table().get(&key).map(|f| *f)
 }
 
-/// A subtask's figures as they travel between nodes: job, operator, subtask, figures.
+/// Forgets the live figures of the job whose id is `job` (the registry forgets ended jobs
+/// beyond its limit).
+pub fn forget_job(job: &str) {
+    live_table().retain(|k, _| k.0 != job);
+}
+
+/// A subtask's figures as they travel between nodes: job id, operator, subtask, figures.
 pub type LiveUpdate = (String, String, u32, LiveFigures);
 
 static FORWARD: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
@@ -324,22 +334,36 @@ pub fn put_live(update: LiveUpdate) {
     live_table().insert((job, op, s as usize), f);
 }
 
-/// The counter `name` of subtask `subtask` of `operator` (a chain) in job `job`, on this
-/// process's node: for figures counted outside the subtask (the cluster layer counts the
-/// bytes of its remote channels).
+/// The counter `name` of subtask `subtask` of `operator` (a chain) in the job `plan` runs,
+/// on this process's node: for figures counted outside the subtask (the cluster layer counts
+/// the bytes of its remote channels).
 pub fn subtask_counter(
     name: &'static str,
-    job: &str,
+    plan: &ExecutionPlan,
     operator: &str,
     subtask: usize,
 ) -> metrics::Counter {
-    let labels = [
-        Label::new("job", job.to_string()),
+    metrics::counter!(name, subtask_labels(plan, operator, subtask).iter())
+}
+
+/// The labels of a subtask's series: job, job_id, operator, subtask, node.
+fn subtask_labels(plan: &ExecutionPlan, operator: &str, subtask: usize) -> [Label; 5] {
+    let [job, job_id] = job_labels(plan);
+    [
+        job,
+        job_id,
         Label::new("operator", operator.to_string()),
         Label::new("subtask", subtask.to_string()),
         Label::new("node", node()),
-    ];
-    metrics::counter!(name, labels.iter())
+    ]
+}
+
+/// The labels of a job's series: its name and its id.
+fn job_labels(plan: &ExecutionPlan) -> [Label; 2] {
+    [
+        Label::new("job", plan.config().name.clone()),
+        Label::new("job_id", plan.instance().to_string()),
+    ]
 }
 
 /// The metric handles of one subtask.
@@ -373,17 +397,12 @@ pub(crate) struct SubtaskFigures {
 }
 
 impl SubtaskTelemetry {
-    pub(crate) fn new(job: &str, operator: &str, subtask: usize) -> Self {
-        let labels = [
-            Label::new("job", job.to_string()),
-            Label::new("operator", operator.to_string()),
-            Label::new("subtask", subtask.to_string()),
-            Label::new("node", node()),
-        ];
+    pub(crate) fn new(plan: &ExecutionPlan, operator: &str, subtask: usize) -> Self {
+        let labels = subtask_labels(plan, operator, subtask);
         let c = |name: &'static str| metrics::counter!(name, labels.iter());
         let g = |name: &'static str| metrics::gauge!(name, labels.iter());
         SubtaskTelemetry {
-            key: (job.to_string(), operator.to_string(), subtask),
+            key: (plan.instance().to_string(), operator.to_string(), subtask),
             last: (0, 0),
             records_in: c("riffle_records_in_total"),
             records_out: c("riffle_records_out_total"),
@@ -544,8 +563,8 @@ pub(crate) struct JobTelemetry {
 }
 
 impl JobTelemetry {
-    pub(crate) fn new(job: &str) -> Self {
-        let labels = [Label::new("job", job.to_string())];
+    pub(crate) fn new(plan: &ExecutionPlan) -> Self {
+        let labels = job_labels(plan);
         JobTelemetry {
             checkpoints_completed: metrics::counter!(
                 "riffle_checkpoints_completed_total",

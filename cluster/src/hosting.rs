@@ -464,7 +464,9 @@ fn host_job(
         .jobs
         .builder(name)
         .ok_or_else(|| format!("no job registered as `{name}`"))?;
-    let plan = Arc::new(plan_with(&builder, &options).map_err(|e| e.to_string())?);
+    let mut plan = plan_with(&builder, &options).map_err(|e| e.to_string())?;
+    plan.set_instance(crate::job::instance_id(job));
+    let plan = Arc::new(plan);
     let workers = plan.config().worker_count();
     let pin = plan.config().pins_workers();
     if shared.net.link_sender(coordinator).is_none() {

@@ -428,6 +428,28 @@ pub(crate) fn plan_with(
     Ok(plan)
 }
 
+/// The plan of job number `job` that places and routes (the restore is read only by the
+/// supervisor's own copy).
+fn routing_plan(
+    builder: &JobBuilder,
+    options: &JobOptions,
+    job: u64,
+) -> Result<ExecutionPlan, JobError> {
+    let options = JobOptions {
+        restore: None,
+        ..options.clone()
+    };
+    let mut plan = plan_with(builder, &options)?;
+    plan.set_instance(instance_id(job));
+    Ok(plan)
+}
+
+/// The id a cluster job runs under on every node ([`ExecutionPlan::instance`]: the REST
+/// API's job id and the `job_id` of its metrics): the cluster's job number in hex.
+pub(crate) fn instance_id(job: u64) -> String {
+    format!("{job:016x}")
+}
+
 /// The builder `name` with the options applied (`restore` only where it is read).
 fn build_with(
     builder: &JobBuilder,
@@ -483,19 +505,13 @@ pub(crate) fn run_job_in(
         .ok_or_else(|| ClusterError::UnknownJob {
             name: name.to_string(),
         })?;
-    let plan = Arc::new(plan_with(
-        &builder,
-        &JobOptions {
-            restore: None,
-            ..options.clone()
-        },
-    )?);
+    let job = random_id();
+    let plan = Arc::new(routing_plan(&builder, &options, job)?);
     let nodes = job_nodes(me, up, &options.exclude, epoch > 0)?;
     let (placement, by_node) = place(&plan, &nodes, &options.sticky);
     let chains: Vec<String> = (0..plan.chain_count())
         .map(|c| plan.chain_name(c).to_string())
         .collect();
-    let job = random_id();
     log_placement(job, &by_node, &chains);
     let authority = take_authority(shared, epoch, job, name, &options, checkpoint)?;
     let resolver = Arc::new(ClusterResolver::new(
@@ -519,7 +535,8 @@ pub(crate) fn run_job_in(
     });
     shared.jobs.coordinated.insert(job, coordinated.clone());
     // The supervisor owns its own copy of the (deterministic) plan.
-    let plan = plan_with(&builder, &options)?;
+    let mut plan = plan_with(&builder, &options)?;
+    plan.set_instance(instance_id(job));
     let savepoints = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
         Some(riffle_framework::CheckpointStorage::Dir(d)) => Some(d.join(&plan.config().name)),
         _ => None,

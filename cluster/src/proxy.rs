@@ -97,10 +97,9 @@ impl Resolve for ClusterResolver {
         let codec = self.plan.input_codec(to.chain)?;
         let net = self.net.clone();
         let lookup: LinkLookup = Arc::new(move |peer: &str| net.link_sender(peer));
-        let job = &self.plan.config().name;
         let counter = riffle_actors::telemetry::subtask_counter(
             "riffle_remote_bytes_out_total",
-            job,
+            &self.plan,
             self.plan.chain_name(from.chain),
             from.subtask,
         );
@@ -124,7 +123,7 @@ impl Resolve for ClusterResolver {
                     channels: u32::try_from(channels).unwrap_or(u32::MAX),
                     bytes_in: Some(riffle_actors::telemetry::subtask_counter(
                         "riffle_remote_bytes_in_total",
-                        &self.plan.config().name,
+                        &self.plan,
                         self.plan.chain_name(task.chain),
                         task.subtask,
                     )),

@@ -148,6 +148,7 @@ pub struct ExecutionPlan {
     node_chain: Vec<usize>,
     config: JobConfig,
     dead_letters: DeadLetterQueue,
+    instance: String,
 }
 
 impl std::fmt::Debug for ExecutionPlan {
@@ -224,6 +225,7 @@ impl ExecutionPlan {
             node_chain,
             config: g.config.clone(),
             dead_letters: g.dead_letters.clone(),
+            instance: String::new(),
         })
     }
 
@@ -367,6 +369,19 @@ impl ExecutionPlan {
             }
         }
         Ok(plan)
+    }
+
+    /// The id of the running job this plan belongs to: unique among the jobs of a process
+    /// (several jobs may share a name), the same on every node of a cluster job, and kept by
+    /// [`ExecutionPlan::rescaled`]. The runtime sets it when the job starts; empty before.
+    /// Live figures and metrics of subtasks are kept under it.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// Sets the id the runtime gives the running job (see [`ExecutionPlan::instance`]).
+    pub fn set_instance(&mut self, id: impl Into<String>) {
+        self.instance = id.into();
     }
 
     /// The queue behind the job's dead-letter stream.

@@ -250,7 +250,7 @@ impl SubtaskActor {
         let chain_name = s.plan.chain_name(s.task.chain).to_string();
         let head = s.plan.build_task(s.task, s.attempt);
         let telemetry =
-            crate::telemetry::SubtaskTelemetry::new(&cfg.name, &chain_name, s.task.subtask);
+            crate::telemetry::SubtaskTelemetry::new(&s.plan, &chain_name, s.task.subtask);
         let mut actor = SubtaskActor {
             metrics: SubtaskMetrics {
                 chain: chain_name.clone(),

@@ -108,7 +108,7 @@ pub(crate) struct Rescaling {
 impl JobSupervisor {
     pub(crate) fn new(s: Setup) -> Self {
         let cfg = s.plan.config();
-        let telemetry = crate::telemetry::JobTelemetry::new(&cfg.name);
+        let telemetry = crate::telemetry::JobTelemetry::new(&s.plan);
         JobSupervisor {
             alive: vec![true; s.workers.len()],
             // Worker picks draw from their own stream; backoff jitter from the restarts'.
