@@ -172,7 +172,7 @@ pub mod cli;
 /// at `/console/`. Off unless started: `riffle::http::serve("127.0.0.1:8081".parse()?)`.
 pub mod http {
     pub use riffle_actors::http::{
-        serve, set_cluster_view, HttpError, HttpServer, NodeInfo, OPENAPI,
+        serve, set_cluster_view, set_parts_view, HttpError, HttpServer, NodeInfo, PartInfo, OPENAPI,
     };
 }
 

@@ -266,6 +266,32 @@ fn every_node_of_a_local_cluster_serves_the_endpoints() {
         .unwrap_or_else(|| panic!("the coordinator lists the job: {jobs}"));
     assert_eq!(job["state"], "finished", "{job}");
     let id = job["id"].as_str().expect("id");
+    assert_eq!(
+        (&job["coordinator"], &job["part"]),
+        (&"n1".into(), &false.into()),
+        "{job}"
+    );
+    // The other nodes list it under the same id, as run there in part, and send a request
+    // for it to the coordinator by name.
+    for node in ["n2", "n3"] {
+        let jobs = get_json(&format!("{}/jobs", urls[node]));
+        let part = jobs
+            .as_array()
+            .and_then(|a| a.iter().find(|j| j["id"] == id))
+            .unwrap_or_else(|| panic!("{node} lists the job it ran in part: {jobs}"));
+        assert_eq!(part["part"], true, "{node}: {part}");
+        assert_eq!(part["coordinator"], "n1", "{node}: {part}");
+        assert_eq!(part["name"], "cluster-wordcount", "{node}: {part}");
+        assert_eq!(part["state"], "finished", "{node}: {part}");
+        match ureq::get(&format!("{}/jobs/{id}", urls[node])).call() {
+            Err(ureq::Error::Status(404, r)) => {
+                let body: serde_json::Value = r.into_json().expect("JSON");
+                let message = body["error"].as_str().unwrap_or_default();
+                assert!(message.contains("coordinator `n1`"), "{node}: {message}");
+            }
+            other => panic!("{node}: /jobs/{id} should be a 404 naming n1: {other:?}"),
+        }
+    }
     // Every subtask's figures, those of other nodes sent on their heartbeats (the last ones
     // may be a heartbeat away): 200,000 lines of 3 to 7 words (3 + i % 5), 1,000,000 words.
     let counted = |plan: &serde_json::Value| -> u64 {

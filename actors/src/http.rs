@@ -3,7 +3,7 @@
 //!
 //! | route | what |
 //! |---|---|
-//! | `GET /jobs` | every job: id, name, state, start |
+//! | `GET /jobs` | every job: id, name, state, start, coordinator; on a cluster node also the jobs it runs in part for a coordinator elsewhere (`"part": true`) |
 //! | `GET /jobs/{id}` | its plan (chains: name, parallelism, inputs) and each subtask's node and state |
 //! | `GET /jobs/{id}/checkpoints` | its completed checkpoints |
 //! | `POST /jobs/{id}/savepoints` | takes a savepoint; answers its id |
@@ -262,11 +262,62 @@ fn error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
     HttpResponse::build(status).json(json!({ "error": message }))
 }
 
+/// A job this process's node runs part of for a coordinator on another node, as `GET /jobs`
+/// lists it (the coordinator serves the job itself).
+#[derive(Clone, Debug)]
+pub struct PartInfo {
+    /// The job's id (the same on every node).
+    pub id: String,
+    /// The job's name.
+    pub name: String,
+    /// The node that coordinates it.
+    pub coordinator: String,
+    /// `running`, `finished` or `failed` (as far as this node's part goes).
+    pub state: &'static str,
+    /// When this node started its part.
+    pub started: std::time::SystemTime,
+}
+
+type PartsView = Arc<dyn Fn() -> Vec<PartInfo> + Send + Sync>;
+
+fn parts_view() -> &'static std::sync::RwLock<Option<PartsView>> {
+    static VIEW: std::sync::OnceLock<std::sync::RwLock<Option<PartsView>>> =
+        std::sync::OnceLock::new();
+    VIEW.get_or_init(|| std::sync::RwLock::new(None))
+}
+
+/// Sets which jobs `GET /jobs` lists as run here in part for a coordinator elsewhere (the
+/// cluster layer calls it when a node starts; the last call in a process wins). A job the
+/// process coordinates itself is listed once, as its own.
+pub fn set_parts_view(view: impl Fn() -> Vec<PartInfo> + Send + Sync + 'static) {
+    *parts_view().write().unwrap_or_else(|e| e.into_inner()) = Some(Arc::new(view));
+}
+
+/// The jobs run here in part and coordinated elsewhere (none outside a cluster).
+fn parts() -> Vec<PartInfo> {
+    let view = parts_view()
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    let own = registry::jobs();
+    view.map(|v| v())
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| !own.iter().any(|j| j.id == p.id))
+        .collect()
+}
+
+/// 404 for a job id this process does not serve; for a job it runs in part, the answer names
+/// the coordinator that does.
 fn unknown_job(id: &str) -> HttpResponse {
-    error(
-        actix_web::http::StatusCode::NOT_FOUND,
-        &format!("no job with id {id}"),
-    )
+    let message = match parts().into_iter().find(|p| p.id == id) {
+        Some(p) => format!(
+            "job {id} ({}) runs here in part; its coordinator `{}` serves it",
+            p.name, p.coordinator
+        ),
+        None => format!("no job with id {id}"),
+    };
+    error(actix_web::http::StatusCode::NOT_FOUND, &message)
 }
 
 /// The status a job's refusal gets.
@@ -290,11 +341,23 @@ fn summary(j: &RegisteredJob) -> serde_json::Value {
         "name": j.name,
         "state": j.state(),
         "started_ms": millis(j.started),
+        "coordinator": crate::telemetry::node_name(),
+        "part": false,
     })
 }
 
 async fn list_jobs() -> HttpResponse {
-    let jobs: Vec<_> = registry::jobs().iter().map(|j| summary(j)).collect();
+    let mut jobs: Vec<_> = registry::jobs().iter().map(|j| summary(j)).collect();
+    jobs.extend(parts().into_iter().map(|p| {
+        json!({
+            "id": p.id,
+            "name": p.name,
+            "state": p.state,
+            "started_ms": millis(p.started),
+            "coordinator": p.coordinator,
+            "part": true,
+        })
+    }));
     HttpResponse::Ok().json(jobs)
 }
 

@@ -343,6 +343,9 @@ fn on_job_start(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
     let started = (job, coordinator.as_str(), epoch);
     match host_job(shared, me, started, &name, &placement, options) {
         Ok(h) => {
+            // Listed under the job's own name, as its coordinator lists it.
+            let listed = &h.resolver.plan.config().name;
+            shared.jobs.part_started(job, listed, &coordinator);
             shared.jobs.hosted.insert(job, h);
         }
         Err(e) => {

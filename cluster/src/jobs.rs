@@ -67,6 +67,8 @@ pub(crate) struct Jobs {
     pub(crate) stats_waiters: DashMap<u64, std::sync::mpsc::Sender<(String, LinkTotals)>>,
     /// Hosted jobs that ended, oldest first, until [`Jobs::wait_hosted`] takes them.
     ended: Mutex<VecDeque<HostedEnd>>,
+    /// The jobs this node hosted lately, running or ended, oldest first (for `GET /jobs`).
+    parts: Mutex<VecDeque<HostedPart>>,
     ended_changed: Condvar,
     /// The ids of the jobs that ended here lately (coordinated or hosted), newest last: a
     /// frame for one of them is late, not wrong.
@@ -99,6 +101,20 @@ struct Orphan {
 
 /// Ended jobs whose ids a node remembers.
 const GONE_KEPT: usize = 1024;
+
+/// Hosted jobs a node lists (running ones are always listed; the oldest ended go first).
+const PARTS_KEPT: usize = 50;
+
+/// A job this node hosts or hosted part of, as its `GET /jobs` lists it.
+#[derive(Clone, Debug)]
+pub(crate) struct HostedPart {
+    pub(crate) job: u64,
+    pub(crate) name: String,
+    pub(crate) coordinator: String,
+    pub(crate) started: std::time::SystemTime,
+    /// `None` while it runs; then why it failed, if it did.
+    pub(crate) ended: Option<Option<String>>,
+}
 
 impl Jobs {
     /// The registry of `builders`, whose checkpoints go to `checkpoint_dir` if given.
@@ -301,8 +317,42 @@ impl Jobs {
         Some(h.resolver.placement.contains_key(&task))
     }
 
+    /// Records that this node started hosting job `job` for `coordinator`.
+    pub(crate) fn part_started(&self, job: u64, name: &str, coordinator: &str) {
+        let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.retain(|p| p.job != job);
+        while parts.len() >= PARTS_KEPT {
+            match parts.iter().position(|p| p.ended.is_some()) {
+                Some(i) => drop(parts.remove(i)),
+                None => break,
+            }
+        }
+        parts.push_back(HostedPart {
+            job,
+            name: name.to_string(),
+            coordinator: coordinator.to_string(),
+            started: std::time::SystemTime::now(),
+            ended: None,
+        });
+    }
+
+    /// The jobs this node hosts or hosted lately, oldest first.
+    pub(crate) fn parts(&self) -> Vec<HostedPart> {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
+        parts.iter().cloned().collect()
+    }
+
     /// Records that a hosted job ended and wakes [`Jobs::wait_hosted`].
     pub(crate) fn hosted_ended(&self, end: HostedEnd) {
+        if let Some(p) = self
+            .parts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter_mut()
+            .find(|p| p.job == end.job && p.ended.is_none())
+        {
+            p.ended = Some(end.error.clone());
+        }
         self.ended
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -348,6 +348,7 @@ impl NodeBuilder {
         riffle_actors::telemetry::set_node_name(&name);
         riffle_actors::telemetry::forward_live();
         publish_cluster_view(&shared, &name, local);
+        publish_parts_view(&shared);
         let (stop_tx, stop_rx) = watch::channel(false);
         let s = shared.clone();
         let thread = std::thread::Builder::new()
@@ -372,6 +373,32 @@ fn coordinator_of(shared: &Shared, me: &str) -> String {
     let mut ids = shared.net.up_peers();
     ids.push(me.to_string());
     ids.into_iter().min().unwrap_or_default()
+}
+
+/// Makes this process's `GET /jobs` list the jobs this node runs in part for a coordinator
+/// elsewhere (for as long as the node runs; the last node started in a process wins).
+fn publish_parts_view(shared: &Arc<Shared>) {
+    let weak = Arc::downgrade(shared);
+    riffle_actors::http::set_parts_view(move || {
+        let Some(shared) = weak.upgrade() else {
+            return Vec::new();
+        };
+        let parts = shared.jobs.parts();
+        parts
+            .into_iter()
+            .map(|p| riffle_actors::http::PartInfo {
+                id: crate::job::instance_id(p.job),
+                name: p.name,
+                coordinator: p.coordinator,
+                state: match p.ended {
+                    None => "running",
+                    Some(None) => "finished",
+                    Some(Some(_)) => "failed",
+                },
+                started: p.started,
+            })
+            .collect()
+    });
 }
 
 /// Makes this process's `GET /cluster/nodes` answer with the members node `me` sees (for as

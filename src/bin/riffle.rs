@@ -158,8 +158,11 @@ fn show(cli: &Cli, v: &Value) {
     }
     match &cli.command {
         Command::Jobs => {
-            let keys = ["id", "name", "state", "started_ms"];
-            table(&["ID", "NAME", "STATE", "STARTED (ms)"], &rows(v, &keys));
+            let keys = ["id", "name", "state", "started_ms", "coordinator"];
+            table(
+                &["ID", "NAME", "STATE", "STARTED (ms)", "COORDINATOR"],
+                &rows(v, &keys),
+            );
         }
         Command::Job { .. } => show_job(v),
         Command::Checkpoints { .. } => {

@@ -51,8 +51,13 @@ function say(text, error) {
   $("message").className = error ? "error" : "";
 }
 
+// Jobs run here in part for a coordinator on another node (that node's console shows them).
+let parts = [];
+
 async function refreshJobs() {
-  const jobs = await api("GET", "/jobs");
+  const all = await api("GET", "/jobs");
+  parts = all.filter((j) => j.part);
+  const jobs = all.filter((j) => !j.part);
   const select = $("job-select");
   const wanted = current || (location.hash.startsWith("#job=") ? location.hash.slice(5) : null);
   const running = jobs.filter((j) => j.state === "running");
@@ -150,7 +155,10 @@ async function refresh() {
   try {
     await refreshJobs();
     if (!current) {
-      $("job-facts").textContent = "no jobs in this process";
+      const elsewhere = parts.map((p) => `${p.name} (${p.state}, coordinated by ${p.coordinator})`);
+      $("job-facts").textContent = elsewhere.length
+        ? `no jobs coordinated in this process; parts of jobs run here: ${elsewhere.join(", ")}`
+        : "no jobs in this process";
       return;
     }
     const [job, checkpoints, nodes] = await Promise.all([
