@@ -9,7 +9,7 @@
 //! its part, feeds `Report` frames to its job supervisor and answers failures with `Decision`
 //! frames.
 
-use crate::job::{delta, plan_with, JobOptions};
+use crate::job::{delta, running_plan, JobOptions};
 pub use crate::jobs::HostedEnd;
 use crate::jobs::{CoordinatedJob, HostedJob};
 use crate::placement::Placement;
@@ -467,8 +467,7 @@ fn host_job(
         .jobs
         .builder(name)
         .ok_or_else(|| format!("no job registered as `{name}`"))?;
-    let mut plan = plan_with(&builder, &options).map_err(|e| e.to_string())?;
-    plan.set_instance(crate::job::instance_id(job));
+    let plan = running_plan(&builder, &options, job).map_err(|e| e.to_string())?;
     let plan = Arc::new(plan);
     let workers = plan.config().worker_count();
     let pin = plan.config().pins_workers();

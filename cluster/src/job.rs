@@ -439,7 +439,16 @@ fn routing_plan(
         restore: None,
         ..options.clone()
     };
-    let mut plan = plan_with(builder, &options)?;
+    running_plan(builder, &options, job)
+}
+
+/// The plan of job number `job`, under its cluster-wide id (see [`instance_id`]).
+pub(crate) fn running_plan(
+    builder: &JobBuilder,
+    options: &JobOptions,
+    job: u64,
+) -> Result<ExecutionPlan, JobError> {
+    let mut plan = plan_with(builder, options)?;
     plan.set_instance(instance_id(job));
     Ok(plan)
 }
@@ -535,8 +544,7 @@ pub(crate) fn run_job_in(
     });
     shared.jobs.coordinated.insert(job, coordinated.clone());
     // The supervisor owns its own copy of the (deterministic) plan.
-    let mut plan = plan_with(&builder, &options)?;
-    plan.set_instance(instance_id(job));
+    let plan = running_plan(&builder, &options, job)?;
     let savepoints = match plan.config().checkpoint.as_ref().map(|c| &c.storage) {
         Some(riffle_framework::CheckpointStorage::Dir(d)) => Some(d.join(&plan.config().name)),
         _ => None,

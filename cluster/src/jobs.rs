@@ -8,6 +8,7 @@ use crate::proxy::ClusterResolver;
 use actix::prelude::{ArbiterHandle, Recipient, System};
 use dashmap::DashMap;
 use riffle_actors::host::LocalHost;
+use riffle_actors::http::PartInfo;
 use riffle_actors::{Control, JobPorts};
 use riffle_framework::TaskId;
 use std::collections::{HashMap, VecDeque};
@@ -68,7 +69,7 @@ pub(crate) struct Jobs {
     /// Hosted jobs that ended, oldest first, until [`Jobs::wait_hosted`] takes them.
     ended: Mutex<VecDeque<HostedEnd>>,
     /// The jobs this node hosted lately, running or ended, oldest first (for `GET /jobs`).
-    parts: Mutex<VecDeque<HostedPart>>,
+    parts: Mutex<VecDeque<PartInfo>>,
     ended_changed: Condvar,
     /// The ids of the jobs that ended here lately (coordinated or hosted), newest last: a
     /// frame for one of them is late, not wrong.
@@ -105,16 +106,8 @@ const GONE_KEPT: usize = 1024;
 /// Hosted jobs a node lists (running ones are always listed; the oldest ended go first).
 const PARTS_KEPT: usize = 50;
 
-/// A job this node hosts or hosted part of, as its `GET /jobs` lists it.
-#[derive(Clone, Debug)]
-pub(crate) struct HostedPart {
-    pub(crate) job: u64,
-    pub(crate) name: String,
-    pub(crate) coordinator: String,
-    pub(crate) started: std::time::SystemTime,
-    /// `None` while it runs; then why it failed, if it did.
-    pub(crate) ended: Option<Option<String>>,
-}
+/// The state of a listed part that still runs.
+const RUNNING: &str = "running";
 
 impl Jobs {
     /// The registry of `builders`, whose checkpoints go to `checkpoint_dir` if given.
@@ -319,39 +312,45 @@ impl Jobs {
 
     /// Records that this node started hosting job `job` for `coordinator`.
     pub(crate) fn part_started(&self, job: u64, name: &str, coordinator: &str) {
+        let id = crate::job::instance_id(job);
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
-        parts.retain(|p| p.job != job);
+        parts.retain(|p| p.id != id);
         while parts.len() >= PARTS_KEPT {
-            match parts.iter().position(|p| p.ended.is_some()) {
+            match parts.iter().position(|p| p.state != RUNNING) {
                 Some(i) => drop(parts.remove(i)),
                 None => break,
             }
         }
-        parts.push_back(HostedPart {
-            job,
+        parts.push_back(PartInfo {
+            id,
             name: name.to_string(),
             coordinator: coordinator.to_string(),
+            state: RUNNING,
             started: std::time::SystemTime::now(),
-            ended: None,
         });
     }
 
     /// The jobs this node hosts or hosted lately, oldest first.
-    pub(crate) fn parts(&self) -> Vec<HostedPart> {
+    pub(crate) fn parts(&self) -> Vec<PartInfo> {
         let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
         parts.iter().cloned().collect()
     }
 
     /// Records that a hosted job ended and wakes [`Jobs::wait_hosted`].
     pub(crate) fn hosted_ended(&self, end: HostedEnd) {
+        let id = crate::job::instance_id(end.job);
         if let Some(p) = self
             .parts
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter_mut()
-            .find(|p| p.job == end.job && p.ended.is_none())
+            .find(|p| p.id == id && p.state == RUNNING)
         {
-            p.ended = Some(end.error.clone());
+            p.state = if end.error.is_some() {
+                "failed"
+            } else {
+                "finished"
+            };
         }
         self.ended
             .lock()

@@ -380,24 +380,8 @@ fn coordinator_of(shared: &Shared, me: &str) -> String {
 fn publish_parts_view(shared: &Arc<Shared>) {
     let weak = Arc::downgrade(shared);
     riffle_actors::http::set_parts_view(move || {
-        let Some(shared) = weak.upgrade() else {
-            return Vec::new();
-        };
-        let parts = shared.jobs.parts();
-        parts
-            .into_iter()
-            .map(|p| riffle_actors::http::PartInfo {
-                id: crate::job::instance_id(p.job),
-                name: p.name,
-                coordinator: p.coordinator,
-                state: match p.ended {
-                    None => "running",
-                    Some(None) => "finished",
-                    Some(Some(_)) => "failed",
-                },
-                started: p.started,
-            })
-            .collect()
+        weak.upgrade()
+            .map_or_else(Vec::new, |shared| shared.jobs.parts())
     });
 }
 
