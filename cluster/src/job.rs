@@ -33,7 +33,7 @@
 use crate::authority::{Authority, JobRecord, RecordState};
 pub use crate::config::JobBuilder;
 use crate::counters::LinkTotals;
-use crate::jobs::CoordinatedJob;
+use crate::jobs::{instance_id, CoordinatedJob};
 use crate::placement::Placement;
 use crate::proxy::{ClusterResolver, ClusterTasks};
 use crate::shared::Shared;
@@ -451,12 +451,6 @@ pub(crate) fn running_plan(
     let mut plan = plan_with(builder, options)?;
     plan.set_instance(instance_id(job));
     Ok(plan)
-}
-
-/// The id a cluster job runs under on every node ([`ExecutionPlan::instance`]: the REST
-/// API's job id and the `job_id` of its metrics): the cluster's job number in hex.
-pub(crate) fn instance_id(job: u64) -> String {
-    format!("{job:016x}")
 }
 
 /// The builder `name` with the options applied (`restore` only where it is read).

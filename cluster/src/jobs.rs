@@ -109,6 +109,12 @@ const PARTS_KEPT: usize = 50;
 /// The state of a listed part that still runs.
 const RUNNING: &str = "running";
 
+/// The id a cluster job runs under on every node (`ExecutionPlan::instance`: the REST API's
+/// job id and the `job_id` of its metrics): the cluster's job number in hex.
+pub(crate) fn instance_id(job: u64) -> String {
+    format!("{job:016x}")
+}
+
 impl Jobs {
     /// The registry of `builders`, whose checkpoints go to `checkpoint_dir` if given.
     pub(crate) fn new(
@@ -312,7 +318,7 @@ impl Jobs {
 
     /// Records that this node started hosting job `job` for `coordinator`.
     pub(crate) fn part_started(&self, job: u64, name: &str, coordinator: &str) {
-        let id = crate::job::instance_id(job);
+        let id = instance_id(job);
         let mut parts = self.parts.lock().unwrap_or_else(|e| e.into_inner());
         parts.retain(|p| p.id != id);
         while parts.len() >= PARTS_KEPT {
@@ -338,7 +344,7 @@ impl Jobs {
 
     /// Records that a hosted job ended and wakes [`Jobs::wait_hosted`].
     pub(crate) fn hosted_ended(&self, end: HostedEnd) {
-        let id = crate::job::instance_id(end.job);
+        let id = instance_id(end.job);
         if let Some(p) = self
             .parts
             .lock()
