@@ -383,56 +383,15 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     // A fresh secret for every run (also a resumed one).
     let _ = std::fs::remove_file(&secret_file);
     Secret::generate()?.write_new_file(&secret_file)?;
-    let ports: Vec<u16> = (0..n)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()))
-        .map(|a| a.map(|a| a.port()))
-        .collect::<Result<_, _>>()?;
+    // Each node listens on a port it takes itself (a port picked here and freed could be
+    // taken by another process before the node binds it); the first says which it took,
+    // and the others join through it.
     let exe = std::env::current_exe()?;
-    let mut children: Vec<Child> = Vec::new();
-    for (i, port) in ports.iter().enumerate() {
-        let mut cmd = Command::new(&exe);
-        cmd.args(["--node", &format!("n{}", i + 1)])
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--expect", &n.to_string()])
-            .arg("--secret-file")
-            .arg(&secret_file)
-            .arg("--dir")
-            .arg(dir);
-        if a.encrypt {
-            cmd.arg("--encrypt");
-        }
-        if let Some(url) = &a.etcd {
-            cmd.args(["--etcd", url]);
-        }
-        for (flag, file) in [
-            ("--etcd-ca", &a.etcd_ca),
-            ("--etcd-cert", &a.etcd_cert),
-            ("--etcd-key", &a.etcd_key),
-            ("--etcd-password-file", &a.etcd_password_file),
-        ] {
-            if let Some(f) = file {
-                cmd.arg(flag).arg(f);
-            }
-        }
-        if let Some(user) = &a.etcd_user {
-            cmd.args(["--etcd-user", user]);
-        }
-        if i > 0 {
-            cmd.args(["--seed", &format!("127.0.0.1:{}", ports[0])]);
-        }
-        cmd.args([
-            "--http",
-            if a.http == "off" {
-                "off"
-            } else {
-                "127.0.0.1:0"
-            },
-        ]);
-        cmd.args(["--linger", &a.linger.to_string()]);
-        cmd.args(["--lines", &a.lines.to_string()]);
-        if a.resume {
-            cmd.arg("--resume");
-        }
+    let (first, seed, relay) = start_first_node(node_command(&exe, 1, n, a, &secret_file))?;
+    let mut children: Vec<Child> = vec![first];
+    for i in 2..=n {
+        let mut cmd = node_command(&exe, i, n, a, &secret_file);
+        cmd.args(["--seed", &seed]);
         children.push(cmd.spawn()?);
     }
     // A stop signal goes on to every node.
@@ -451,6 +410,7 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
             failed.push(format!("n{} exited with {status}", i + 1));
         }
     }
+    let _ = relay.join();
     if !failed.is_empty() {
         return Err(failed.join("; ").into());
     }
@@ -476,6 +436,88 @@ fn local_cluster(n: usize, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }
+
+/// The command that runs node `n{i}` of a local cluster of `n` nodes (binary `exe`), listening on a free
+/// port of 127.0.0.1 (without a seed).
+fn node_command(exe: &Path, i: usize, n: usize, a: &Args, secret_file: &Path) -> Command {
+    let mut cmd = Command::new(exe);
+    cmd.args(["--node", &format!("n{i}")])
+        .args(["--listen", "127.0.0.1:0"])
+        .args(["--expect", &n.to_string()])
+        .arg("--secret-file")
+        .arg(secret_file)
+        .arg("--dir")
+        .arg(&a.dir);
+    if a.encrypt {
+        cmd.arg("--encrypt");
+    }
+    if let Some(url) = &a.etcd {
+        cmd.args(["--etcd", url]);
+    }
+    for (flag, file) in [
+        ("--etcd-ca", &a.etcd_ca),
+        ("--etcd-cert", &a.etcd_cert),
+        ("--etcd-key", &a.etcd_key),
+        ("--etcd-password-file", &a.etcd_password_file),
+    ] {
+        if let Some(f) = file {
+            cmd.arg(flag).arg(f);
+        }
+    }
+    if let Some(user) = &a.etcd_user {
+        cmd.args(["--etcd-user", user]);
+    }
+    let http = if a.http == "off" {
+        "off"
+    } else {
+        "127.0.0.1:0"
+    };
+    cmd.args(["--http", http]);
+    cmd.args(["--linger", &a.linger.to_string()]);
+    cmd.args(["--lines", &a.lines.to_string()]);
+    if a.resume {
+        cmd.arg("--resume");
+    }
+    cmd
+}
+
+/// Starts the first node with its stdout piped, echoes that stdout until the node says
+/// where it listens, and returns the node, that address (the others' seed) and the thread
+/// that echoes the rest.
+fn start_first_node(
+    mut cmd: Command,
+) -> Result<(Child, String, std::thread::JoinHandle<()>), Box<dyn std::error::Error>> {
+    use std::io::{BufRead, BufReader};
+    let mut child = cmd.stdout(std::process::Stdio::piped()).spawn()?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or("the first node's stdout is not piped")?;
+    let mut lines = BufReader::new(stdout).lines();
+    let mut seed = None;
+    for line in lines.by_ref().map_while(Result::ok) {
+        println!("{line}");
+        if let Some(addr) = line.split_once(LISTENING).map(|(_, a)| a.trim()) {
+            seed = Some(addr.to_string());
+            break;
+        }
+    }
+    let relay = std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            println!("{line}");
+        }
+    });
+    match seed {
+        Some(seed) => Ok((child, seed, relay)),
+        None => {
+            let status = child.wait()?;
+            Err(format!("n1 exited with {status} before it listened for peers").into())
+        }
+    }
+}
+
+/// What a node prints, followed by its address, once it listens for peers.
+const LISTENING: &str = ": listening for peers at ";
 
 /// The final count of every word: the largest running count in the published output.
 fn final_counts(dir: &Path) -> std::io::Result<HashMap<String, u64>> {
@@ -529,6 +571,7 @@ fn run_node(name: &str, a: &Args) -> Result<(), Box<dyn std::error::Error>> {
         builder = etcd_settings(builder.etcd([url.as_str()]), a)?;
     }
     let node = builder.start()?;
+    println!("{name}{LISTENING}{}", node.local_addr());
     // A stop signal: the coordinator stops a running job with a savepoint (the other nodes
     // then see it end); a lingering node ends.
     let running: Running = Arc::default();

@@ -62,17 +62,24 @@ fn sigterm(pid: u32) {
 }
 
 /// Reads `child`'s stdout until a line starts with `prefix`, sends it SIGTERM, and returns
-/// the rest of its stdout (until it closes).
-fn sigterm_after(child: &mut std::process::Child, prefix: &str) -> Vec<String> {
+/// the rest of its stdout (until it closes); `Err` with the lines read if stdout closed
+/// before such a line.
+fn sigterm_after(
+    child: &mut std::process::Child,
+    prefix: &str,
+) -> Result<Vec<String>, Vec<String>> {
     let stdout = child.stdout.take().expect("stdout piped");
     let mut lines = BufReader::new(stdout).lines();
-    let seen = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .any(|l| l.starts_with(prefix));
-    assert!(seen, "a line starting with {prefix:?}");
-    sigterm(child.id());
-    lines.map_while(Result::ok).collect()
+    let mut before = Vec::new();
+    for line in lines.by_ref().map_while(Result::ok) {
+        let seen = line.starts_with(prefix);
+        before.push(line);
+        if seen {
+            sigterm(child.id());
+            return Ok(lines.map_while(Result::ok).collect());
+        }
+    }
+    Err(before)
 }
 
 /// The `error: ` line a failed example ends with.
@@ -197,6 +204,14 @@ fn sigterm_stops_with_a_savepoint_and_resume_finishes_exactly() {
         .expect("starts");
     let rest = sigterm_after(&mut child, "job running");
     let out = child.wait_with_output().expect("exits");
+    let rest = rest.unwrap_or_else(|before| {
+        panic!(
+            "no \"job running\" line; {:?}\nstdout:\n{}\nstderr:\n{}",
+            out.status,
+            before.join("\n"),
+            text(&out.stderr)
+        )
+    });
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(0), "{rest:?}\n{err}");
     assert!(
@@ -480,15 +495,31 @@ fn sigterm_stops_a_local_cluster_at_a_savepoint_and_resume_finishes_exactly() {
         "--http",
         "off",
     ];
+    // The parent's stderr goes to a file: a pipe nobody reads could fill and stall it, and
+    // a failure shows why (for instance why no placement was printed).
+    let err_path = dir.path().join("parent.stderr");
+    let err_file = std::fs::File::create(&err_path).expect("stderr file");
     let mut parent = Command::new(example("cluster_wordcount"))
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(err_file)
         .spawn()
         .expect("starts");
-    let rest = sigterm_after(&mut parent, "placement");
+    let stderr = || std::fs::read_to_string(&err_path).unwrap_or_default();
+    let rest = match sigterm_after(&mut parent, "placement") {
+        Ok(rest) => rest,
+        Err(before) => {
+            let _ = parent.kill();
+            let status = parent.wait();
+            panic!(
+                "no placement line; exit {status:?}\nstdout:\n{}\nstderr:\n{}",
+                before.join("\n"),
+                stderr()
+            );
+        }
+    };
     let status = parent.wait().expect("exits");
-    assert!(status.success(), "{rest:?}");
+    assert!(status.success(), "{rest:?}\nstderr:\n{}", stderr());
     assert!(
         rest.iter().any(|l| l.starts_with("n1: stopped the job at savepoint")),
         "the coordinator stopped the job with a savepoint (raise --lines if it ended first): {rest:?}"
