@@ -45,8 +45,9 @@ pub struct RescaleOutcome {
     pub state: ChainRescale,
     /// How long the rescaled operator processed no record. In place: from holding the
     /// sources until the operator's first record after the switch (so it includes the
-    /// alignment of the checkpoint). By restart: from the request until the restarted job's
-    /// first record.
+    /// alignment of the checkpoint); on a job with no input ready, where no record came
+    /// within a second of the switch, until the sources were released. By restart: from the
+    /// request until the restarted job's first record.
     pub pause: std::time::Duration,
     /// Which subtasks a rescale in place touched; `None` if the job was rescaled by stopping
     /// at a savepoint and restarting (because it could not be done in place).

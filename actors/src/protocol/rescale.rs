@@ -23,7 +23,10 @@
 //!    whose channels change (see [`touched`]) re-wire in place.
 //! 4. **Resume.** Once every touched and every new subtask confirmed, the new subtasks run and
 //!    the sources are released ([`Step::Resume`]). The pause is measured from the hold to the
-//!    rescaled operator's first record.
+//!    rescaled operator's first record. A job with no input ready (an idle source) sends no
+//!    record: when none came within [`RESUME_GRACE`] of the resume, the rescale is answered
+//!    with the pause up to the resume (the operator then waited for input, not for the
+//!    rescale), instead of at the rescale's deadline.
 //!
 //! A failure at any point is an ordinary recovery: before the switch the held checkpoint is
 //! given up (the recovery resets the sources) and the rescale starts over after it; after the
@@ -35,6 +38,10 @@ use crate::error::JobError;
 use riffle_framework::{ChainRescale, ExecutionPlan, TaskId};
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
+
+/// How long a resumed rescale waits for the rescaled operator's first record before it
+/// answers without one (an idle job; see the module documentation).
+pub(crate) const RESUME_GRACE: Duration = Duration::from_secs(1);
 
 /// What a rescale in place did.
 #[derive(Clone, Debug, Default)]
@@ -138,6 +145,8 @@ pub(crate) struct Rescale {
     phase: Phase,
     /// When the sources were first held (the pause starts).
     held_at: Option<Instant>,
+    /// When the sources were released after the switch (see [`Rescale::resumed`]).
+    resumed_at: Option<Instant>,
     done: InPlace,
     /// The new subtasks (started paused; they run once the sources are released).
     started: Vec<TaskId>,
@@ -163,6 +172,7 @@ impl Rescale {
             timeout,
             phase: Phase::Holding { id: None },
             held_at: None,
+            resumed_at: None,
             done: InPlace::default(),
             started: Vec::new(),
         }
@@ -173,6 +183,12 @@ impl Rescale {
     /// gives up — before the switch by releasing the sources and failing
     /// ([`JobError::RescaleTimedOut`]), after it by a recovery.
     pub(crate) fn tick(&mut self, job: &JobView, now: Instant) -> Vec<Step> {
+        if let (Phase::Resuming, Some(at)) = (&self.phase, self.resumed_at) {
+            if now >= at + RESUME_GRACE {
+                tracing::info!("rescale: no record since the resume (the job is idle)");
+                return self.first_record(at);
+            }
+        }
         if now >= self.deadline {
             return self.past_deadline(job, now);
         }
@@ -238,6 +254,13 @@ impl Rescale {
             // Switched and released: the rescale is done even if no record comes.
             Phase::Resuming => self.first_record(now),
             Phase::Switching { waiting: None } | Phase::Over => Vec::new(),
+        }
+    }
+
+    /// The sources were released after the switch at `now` ([`Step::Resume`] carried out).
+    pub(crate) fn resumed(&mut self, now: Instant) {
+        if matches!(self.phase, Phase::Resuming) {
+            self.resumed_at = Some(now);
         }
     }
 

@@ -107,6 +107,9 @@ impl JobSupervisor {
                     }
                 }
                 self.release_sources();
+                if let Some(r) = &mut self.rescale {
+                    r.machine.resumed(Instant::now());
+                }
             }
             Step::Recover { waiting } => {
                 let Some(&task) = waiting.first() else { return };

@@ -98,6 +98,39 @@ fn scaling_up_holds_switches_and_resumes_once_every_subtask_confirmed() {
 }
 
 #[test]
+fn a_resumed_rescale_with_no_record_answers_after_the_grace_with_the_pause_until_the_resume() {
+    let mut r = rescale(3, 2, 3);
+    let t0 = Instant::now();
+    assert_eq!(names(&r.tick(&idle(), t0)), ["hold"]);
+    r.held(7, t0);
+    assert_eq!(
+        names(&r.checkpoint_completed(7)),
+        ["confirm-commit", "switch"]
+    );
+    assert!(r
+        .switched(switched_ok(vec![t(0), t(1)], vec![t(2)]))
+        .is_empty());
+    r.confirmed(t(0));
+    r.confirmed(t(2));
+    assert_eq!(names(&r.confirmed(t(1))), ["resume"]);
+    let resumed = t0 + Duration::from_millis(12);
+    r.resumed(resumed);
+    let almost = resumed + RESUME_GRACE - Duration::from_millis(1);
+    assert!(
+        r.tick(&idle(), almost).is_empty(),
+        "waits for a record first"
+    );
+    match &r.tick(&idle(), resumed + RESUME_GRACE)[..] {
+        [Step::Done(Ok(done))] => assert_eq!(done.pause, Duration::from_millis(12)),
+        other => panic!("expected done, got {:?}", names(other)),
+    }
+    assert!(
+        r.first_record(resumed + RESUME_GRACE * 2).is_empty(),
+        "answered once"
+    );
+}
+
+#[test]
 fn scaling_down_waits_for_the_leaving_subtasks_commits() {
     let mut r = rescale(1, 3, 1);
     assert_eq!(names(&r.tick(&idle(), Instant::now())), ["hold"]);
@@ -367,7 +400,10 @@ impl World {
                     let next = r.switched(result);
                     self.run(r, next)?;
                 }
-                Step::Resume { .. } => self.held = false,
+                Step::Resume { .. } => {
+                    self.held = false;
+                    r.resumed(self.now);
+                }
                 Step::Recover { .. } => {
                     self.held = false;
                     self.recovering = true;
