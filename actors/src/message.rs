@@ -126,15 +126,17 @@ pub struct Failure {
     pub(crate) poison_attempts: Option<u32>,
 }
 
-/// A failure cause on the wire: its kind and its message (user errors travel as text).
+/// A failure cause on the wire: its kind and its message (user errors travel as text; one
+/// that no restart can fix keeps that mark, see [`FailureCause::is_permanent`]).
 mod cause_serde {
-    use riffle_framework::FailureCause;
+    use riffle_framework::{FailureCause, Permanent};
     use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
     #[derive(Serialize, Deserialize)]
     enum Wire {
         Panic(String),
         Error(String),
+        Permanent(String),
         Stopped,
         Internal(String),
     }
@@ -142,6 +144,7 @@ mod cause_serde {
     pub fn serialize<S: Serializer>(c: &FailureCause, s: S) -> Result<S::Ok, S::Error> {
         match c {
             FailureCause::Panic(m) => Wire::Panic(m.clone()),
+            FailureCause::Error(e) if c.is_permanent() => Wire::Permanent(e.to_string()),
             FailureCause::Error(e) => Wire::Error(e.to_string()),
             FailureCause::Stopped => Wire::Stopped,
             FailureCause::Internal(m) => Wire::Internal((*m).to_string()),
@@ -153,6 +156,7 @@ mod cause_serde {
         Ok(match Wire::deserialize(d)? {
             Wire::Panic(m) => FailureCause::Panic(m),
             Wire::Error(m) => FailureCause::Error(m.into()),
+            Wire::Permanent(m) => FailureCause::Error(Permanent::new(m).into()),
             Wire::Stopped => FailureCause::Stopped,
             Wire::Internal(m) => FailureCause::Error(format!("internal error: {m}").into()),
         })
@@ -413,4 +417,54 @@ pub struct Committed {
 pub struct Replanned {
     pub(crate) task: TaskId,
     pub(crate) version: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use riffle_framework::{ConnectorError, Permanent};
+
+    fn over_the_wire(cause: FailureCause) -> FailureCause {
+        let failure = Failure {
+            operator: "read".into(),
+            cause,
+            injected: false,
+            poison_attempts: None,
+        };
+        let bytes = rmp_serde::to_vec(&failure).expect("encodes");
+        let back: Failure = rmp_serde::from_slice(&bytes).expect("decodes");
+        back.cause
+    }
+
+    #[test]
+    fn a_cause_no_restart_can_fix_stays_permanent_across_the_wire() {
+        let missing = ConnectorError::ReadFile {
+            path: "in.txt".into(),
+            source: std::io::Error::from(std::io::ErrorKind::NotFound),
+        };
+        let text = missing.to_string();
+        for cause in [
+            FailureCause::Error(missing.into()),
+            FailureCause::Error(Permanent::new("no such table").into()),
+        ] {
+            assert!(cause.is_permanent());
+            let back = over_the_wire(cause);
+            assert!(back.is_permanent(), "{back}");
+        }
+        let back = over_the_wire(FailureCause::Error(
+            ConnectorError::ReadFile {
+                path: "in.txt".into(),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            }
+            .into(),
+        ));
+        assert_eq!(back.to_string(), format!("returned error: {text}"));
+        for cause in [
+            FailureCause::Error("a passing hiccup".into()),
+            FailureCause::Panic("boom".into()),
+            FailureCause::Stopped,
+        ] {
+            assert!(!over_the_wire(cause).is_permanent());
+        }
+    }
 }
