@@ -543,6 +543,31 @@ fn sigterm_stops_a_local_cluster_at_a_savepoint_and_resume_finishes_exactly() {
     );
 }
 
+/// A run that ends normally says nothing alarming: nodes that shut down say so (`Leave`), so
+/// their peers log no closed links, no dials to them and no down peers, and a checkpoint the
+/// final one replaces is no warning either.
+#[test]
+fn a_local_cluster_that_ends_normally_logs_no_warning() {
+    let dir = tempfile::tempdir().expect("dir");
+    let d = dir.path().join("run");
+    let args = ["--local-cluster", "3", "--lines", "20000", "--http", "off"];
+    let out = run(
+        "cluster_wordcount",
+        &[&args[..], &["--dir", d.to_str().expect("path")]].concat(),
+    );
+    let (stdout, err) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{err}");
+    assert!(
+        stdout.contains("checked: the 3-node result equals"),
+        "{stdout}"
+    );
+    let alarming: Vec<&str> = err
+        .lines()
+        .filter(|l| l.contains(" WARN ") || l.contains(" ERROR "))
+        .collect();
+    assert!(alarming.is_empty(), "{}", alarming.join("\n"));
+}
+
 #[test]
 fn a_local_cluster_elects_its_leader_on_an_etcd_with_tls_and_a_password() {
     let Some(secure) = crate::common::etcd::Etcd::start_secure() else {

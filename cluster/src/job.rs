@@ -286,13 +286,18 @@ impl ClusterJob {
                 return Err(e.into());
             }
         }
+        // Who is away is decided before anyone is told: a node told may hear it, leave and
+        // be gone by the time the others are told, and is owed nothing.
+        let away = links.away_hosts(coordinated.as_deref());
         for link in links.shared.net.all_links() {
             let _ = link.send(Message::JobEnd {
                 job,
                 error: error.clone(),
             });
         }
-        links.owe_end_to_away_hosts(job, coordinated.as_deref(), &error);
+        for h in away {
+            links.shared.jobs.owe_end(&h, job, error.clone());
+        }
         outcome
     }
 }
@@ -306,16 +311,12 @@ struct JobLinks {
 }
 
 impl JobLinks {
-    /// Without etcd, nodes that hosted job `job` and are away now hear of its end when they
-    /// are back (with etcd they read it there).
-    fn owe_end_to_away_hosts(
-        &self,
-        job: u64,
-        coordinated: Option<&CoordinatedJob>,
-        error: &Option<String>,
-    ) {
+    /// Without etcd, the nodes that hosted the job and are away now: they hear of its end
+    /// when they are back (with etcd they read it there). A node that left on purpose is not
+    /// waited for.
+    fn away_hosts(&self, coordinated: Option<&CoordinatedJob>) -> Vec<String> {
         if self.shared.leadership.is_some() {
-            return;
+            return Vec::new();
         }
         let mut hosts = self.hosts.clone();
         if let Some(c) = coordinated {
@@ -323,11 +324,17 @@ impl JobLinks {
         }
         hosts.sort();
         hosts.dedup();
-        for h in hosts.iter().filter(|h| **h != self.me) {
-            if self.shared.net.link_sender(h).is_none() {
-                self.shared.jobs.owe_end(h, job, error.clone());
-            }
-        }
+        let members = self.shared.net.members.lock();
+        let left = |h: &String| {
+            members
+                .members
+                .get(h)
+                .is_some_and(|m| m.status == crate::Status::Left)
+        };
+        hosts
+            .into_iter()
+            .filter(|h| *h != self.me && !members.sessions.contains_key(h) && !left(h))
+            .collect()
     }
 
     /// Asks every hosting node for its links' traffic during job `job` (waits at most 2 s).

@@ -14,7 +14,7 @@ use crate::guard::RefusedCounts;
 use crate::guard::Ticket;
 use crate::handshake::{handshake, HandshakeConfig, Role};
 use crate::hosting::FrameError;
-use crate::members::{declare_down, register, seen, unregister, Registered};
+use crate::members::{declare_down, declare_left, register, seen, unregister, Registered};
 use crate::remote::{deliver, CreditsReturned, Inbox, LinkBudget};
 use crate::secure::Sealer;
 use crate::session::{Conn, LinkSender, Outgoing, ResumeState, Session, Verdict};
@@ -318,6 +318,8 @@ enum After {
     /// The peer broke the protocol in a way no link can mend: its session ends and it is
     /// lost to the jobs.
     Lost,
+    /// The peer left on purpose (its session ended and the jobs were told already).
+    Left,
 }
 
 impl Reading {
@@ -346,12 +348,16 @@ impl Reading {
                         }
                         match after {
                             After::Go => {}
-                            After::Close => return false,
+                            After::Close | After::Left => return false,
                             After::Lost => return true,
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(peer = %self.peer.node, error = %e, "link closed");
+                        if self.shared.net.members.lock().leaving {
+                            tracing::debug!(peer = %self.peer.node, error = %e, "link closed while this node leaves");
+                        } else {
+                            tracing::warn!(peer = %self.peer.node, error = %e, "link closed");
+                        }
                         return false;
                     }
                 }
@@ -445,6 +451,12 @@ impl Reading {
             Message::Ack { received } => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());
                 self.session.on_ack(received);
+            }
+            Message::Leave => {
+                tracing::info!(peer = %self.peer.node, "peer left (it shut down)");
+                declare_left(&mut shared.net.members.lock(), &self.peer.node);
+                lost(shared, &self.me, &self.peer.node);
+                return After::Left;
             }
             Message::Hello(_)
             | Message::Noise(_)

@@ -31,6 +31,9 @@ pub enum Status {
     Up,
     /// Silent for longer than the failure timeout, or its link closed and was not re-made.
     Down,
+    /// It said it was shutting down (a `Leave` frame): not dialled again; it is forgotten
+    /// as a down member is, or comes back through a new handshake.
+    Left,
 }
 
 /// One member as this node sees it.
@@ -81,6 +84,9 @@ pub(crate) struct State {
     /// Addresses being dialled now.
     pub(crate) dialing: std::collections::HashSet<String>,
     pub(crate) next_link: u64,
+    /// This node is shutting down (it sent its peers `Leave`): it dials nobody, and links
+    /// that close now are no news.
+    pub(crate) leaving: bool,
 }
 
 /// The membership state and the signal of its changes.
@@ -197,7 +203,9 @@ pub(crate) fn detect(cfg: &NodeConfig, st: &mut State) -> Vec<String> {
 
 /// Ends the session with `node` and closes its link (what was queued for it is dropped).
 pub(crate) fn drop_session(st: &mut State, node: &str) {
-    st.sessions.remove(node);
+    if let Some(s) = st.sessions.remove(node) {
+        s.end();
+    }
     if let Some(l) = st.links.remove(node) {
         l.kill.notify_one();
     }
@@ -206,8 +214,17 @@ pub(crate) fn drop_session(st: &mut State, node: &str) {
 /// Declares `node` down at once (its session broke, or it restarted): the caller tells the
 /// jobs, as for a node the failure detector declared down.
 pub(crate) fn declare_down(st: &mut State, node: &str) {
+    mark(st, node, Status::Down);
+}
+
+/// `node` said it leaves (a `Leave` frame): as [`declare_down`], but it is not dialled again.
+pub(crate) fn declare_left(st: &mut State, node: &str) {
+    mark(st, node, Status::Left);
+}
+
+fn mark(st: &mut State, node: &str, status: Status) {
     if let Some(m) = st.members.get_mut(node) {
-        m.status = Status::Down;
+        m.status = status;
         m.down_since = Some(Instant::now());
     }
     drop_session(st, node);
@@ -216,12 +233,18 @@ pub(crate) fn declare_down(st: &mut State, node: &str) {
 /// The addresses to dial now, with the node id expected at each (`None` for a seed).
 pub(crate) fn to_dial(cfg: &NodeConfig, st: &mut State) -> Vec<(String, Option<String>)> {
     let mut dial: Vec<(String, Option<String>)> = Vec::new();
+    if st.leaving {
+        return dial;
+    }
     // Members without a link are dialled, down ones too (that is how a partition heals).
     // Between two live nodes only the one with the lower id dials: if both dialled at once,
     // each side could keep the link it registered first and refuse the other, so both links
     // would close — and frames already sent on them would be lost. Candidates are dialled by
     // the same rule; the other side learns of us and dials.
     for (node, m) in &st.members {
+        if m.status == Status::Left {
+            continue;
+        }
         let mine = cfg.name < *node || m.status == Status::Down;
         if !st.links.contains_key(node) && mine {
             dial.push((m.listen.clone(), Some(node.clone())));
@@ -330,7 +353,11 @@ pub(crate) fn unregister(shared: &Membership, node: &str, id: u64) {
 pub(crate) fn seen(shared: &Membership, peer: &Peer, me: &str, members: Vec<(String, String)>) {
     let mut st = shared.lock();
     let mut changed = false;
-    if let Some(m) = st.members.get_mut(&peer.node) {
+    if let Some(m) = st
+        .members
+        .get_mut(&peer.node)
+        .filter(|m| m.status != Status::Left)
+    {
         if m.status == Status::Down {
             changed = true;
         }

@@ -24,7 +24,7 @@ use crate::remote::{Inbox, RemoteMailbox};
 use crate::secret::Secret;
 use crate::session::{LinkSender, Outgoing, SessionStats};
 use crate::shared::Shared;
-use crate::wire::{channel_key, EdgeAddress, DEFAULT_MAX_FRAME};
+use crate::wire::{channel_key, EdgeAddress, Message, DEFAULT_MAX_FRAME};
 use actix::prelude::{Actor, Addr};
 use riffle_actors::JobError;
 use riffle_framework::BatchCodec;
@@ -417,6 +417,7 @@ fn publish_cluster_view(shared: &Arc<Shared>, me: &str, local: SocketAddr) {
                 state: match m.status {
                     Status::Up => "up",
                     Status::Down => "down",
+                    Status::Left => "left",
                 }
                 .to_string(),
                 name: m.node,
@@ -733,7 +734,23 @@ impl Node {
         if let Some(l) = &self.shared.leadership {
             l.shutdown();
         }
-        // Frames already queued (a job's end, for one) go out before the links close.
+        // Frames already queued (a job's end, for one) go out and are acknowledged before
+        // the links close; then a `Leave`, so that peers take this node for gone at once and
+        // quietly (its wait ends as soon as it is written: nothing numbered is unacknowledged).
+        self.shared.net.members.lock().leaving = true;
+        self.flush_links(None);
+        self.flush_links(Some(Message::Leave));
+        let _ = self.stop.send(true);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Node {
+    /// Sends `last` (if any) on every session, then waits (at most a second per session) until
+    /// the peer acknowledged everything numbered before it, or the session ended.
+    fn flush_links(&self, last: Option<Message>) {
         let waits: Vec<_> = self
             .shared
             .net
@@ -742,16 +759,15 @@ impl Node {
             .sessions
             .values()
             .filter_map(|s| {
+                if let Some(m) = &last {
+                    s.enqueue(Outgoing::Frame(m.clone()));
+                }
                 let (done, wait) = std::sync::mpsc::channel();
                 s.enqueue(Outgoing::Flushed(done)).then_some(wait)
             })
             .collect();
         for w in waits {
             let _ = w.recv_timeout(Duration::from_secs(1));
-        }
-        let _ = self.stop.send(true);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
         }
     }
 }

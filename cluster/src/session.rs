@@ -245,6 +245,9 @@ struct Out {
     live: bool,
     /// The writer task ended with the session: nothing is sent any more.
     closed: bool,
+    /// The session is over for the membership (its peer left or was declared down): the
+    /// peer will acknowledge nothing more, so nobody waits for it (see [`Session::end`]).
+    ended: bool,
     /// Sealed bytes of numbered frames not written yet, in order (the writer task writes
     /// them).
     pending: Vec<u8>,
@@ -505,6 +508,14 @@ impl Session {
 
     /// Puts `o` in the writer's queue (heartbeats, flush requests); `false` if the session
     /// is over.
+    /// The session is over (its peer left or was declared down): whoever waits for the peer
+    /// to acknowledge what was sent ([`Outgoing::Flushed`]) stops waiting.
+    pub(crate) fn end(&self) {
+        let mut o = lock(&self.line.out);
+        o.ended = true;
+        o.replay.waiters.clear();
+    }
+
     pub(crate) fn enqueue(&self, o: Outgoing) -> bool {
         self.line.enqueue(o).is_none()
     }
@@ -680,7 +691,10 @@ impl Writer {
             keep(&mut o.replay, g.buf[from..to].to_vec());
         }
         for done in g.flushed {
-            o.replay.flushed_when_acked(done);
+            // Over: dropping `done` ends the wait.
+            if !o.ended {
+                o.replay.flushed_when_acked(done);
+            }
         }
         self.line.queued.fetch_sub(g.taken, Ordering::AcqRel);
         if o.live && !(ack.is_empty() && g.buf.is_empty()) {

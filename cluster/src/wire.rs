@@ -312,6 +312,10 @@ pub enum Message {
         /// The job.
         job: u64,
     },
+    /// The sender shuts down on purpose: its last frame on the link. The receiver takes it
+    /// for gone at once (its jobs' parts there are lost, as for a node declared down), does
+    /// not dial it again, and logs it at info instead of warning of a closed link.
+    Leave,
 }
 
 impl Message {
@@ -337,6 +341,7 @@ impl Message {
             Message::Resume { .. } => 18,
             Message::Abandoned { .. } => 19,
             Message::HeartbeatAck { .. } => 20,
+            Message::Leave => 21,
         }
     }
 
@@ -367,11 +372,12 @@ impl Message {
                 | Message::HeartbeatAck { .. }
                 | Message::Ack { .. }
                 | Message::Resume { .. }
+                | Message::Leave
         )
     }
 }
 
-const MAX_TAG: u8 = 20;
+const MAX_TAG: u8 = 21;
 /// Tag 3 was version 1's `Welcome`; no message has it now.
 const RETIRED_TAG: u8 = 3;
 
@@ -514,6 +520,7 @@ mod tests {
                 figures: vec![("job".into(), "op".into(), 1, Default::default())],
             },
             Message::HeartbeatAck { seq: 9 },
+            Message::Leave,
             Message::Data {
                 edge: EdgeAddress {
                     job: 1,

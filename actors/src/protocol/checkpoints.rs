@@ -106,6 +106,17 @@ impl Coordinator {
             tracing::warn!(checkpoint = p.id, why, "checkpoint discarded");
         }
     }
+
+    /// Gives up the checkpoint in flight because the job finished and the final checkpoint
+    /// takes its place (nothing is lost: the final one covers everything).
+    pub(crate) fn replace_pending_by_final(&mut self) {
+        if let Some(p) = self.pending.take() {
+            tracing::info!(
+                checkpoint = p.id,
+                "the job finished; the final checkpoint replaces the one in flight"
+            );
+        }
+    }
 }
 
 impl Coordinator {

@@ -173,7 +173,7 @@ impl JobSupervisor {
         if c.pending.as_ref().is_some_and(|p| p.final_) || !c.uncommitted.is_empty() {
             return;
         }
-        c.abort_pending("the job finished; taking the final checkpoint");
+        c.replace_pending_by_final();
         self.trigger(false, true, false);
     }
 }
