@@ -1,9 +1,12 @@
-//! Failures of subtasks hosted on another node: one that no restart can fix (a `Permanent`
+//! Failures across nodes: a subtask hosted on another node that fails for good (a `Permanent`
 //! error) fails the job at once, as it does in one process — its cause crosses the wire with
-//! that mark instead of as plain text that would be retried.
+//! that mark instead of as plain text that would be retried; and without etcd, the hosts of
+//! a coordinator that shut down (and said so) end their part at once instead of waiting for
+//! its word.
 //!
 //! Two nodes run in this process. Each builds the job from its own registered definition, so
-//! only the subtasks hosted on `n2` fail: a failure there must reach the coordinator `n1`.
+//! in the first test only the subtasks hosted on `n2` fail: a failure there must reach the
+//! coordinator `n1`.
 
 use riffle::cluster::{Node, Secret};
 use riffle::errors::Permanent;
@@ -92,4 +95,56 @@ fn a_permanent_error_on_another_node_fails_the_job_at_once() {
         n2.shutdown();
         n1.shutdown();
     }
+}
+
+/// A job that runs until it is stopped: `0..` paced (1 ms per 100 records), summed per key.
+fn endless() -> StreamEnv {
+    let env = StreamEnv::new();
+    env.set_parallelism(2);
+    env.configure(|c| c.name = "endless".to_string());
+    env.sequence(0..u64::MAX)
+        .map(|x: u64| {
+            if x % 100 == 0 {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            x
+        })
+        .key_by(|x: &u64| x % 100)
+        .sum(|x: &u64| *x)
+        .name("sum")
+        .discard();
+    env
+}
+
+/// Without etcd a host waits ten failure timeouts for a lost coordinator to come back and
+/// tell the job's end; a coordinator that shut down (it said so) will not, so its hosts end
+/// their part at once. The failure timeout here is 20 s: the wait would be 200 s, and the
+/// test gives the host 60 s.
+#[test]
+fn hosts_of_a_coordinator_that_shut_down_end_their_part_at_once() {
+    crate::common::init_logging();
+    let start = |name: &str, seeds: Vec<String>| {
+        Node::builder()
+            .name(name)
+            .seeds(seeds)
+            .secret(Secret::new(SECRET).expect("secret"))
+            .failure_timeout(Duration::from_secs(20))
+            .register_job("endless", endless)
+            .start()
+            .expect("node starts")
+    };
+    let n1 = start("n1", Vec::new());
+    let n2 = start("n2", vec![n1.local_addr().to_string()]);
+    let up = n1.wait_members(Duration::from_secs(30), |m| !m.is_empty());
+    assert!(!up.is_empty(), "n2 joined");
+    let j = n1.run_job("endless").expect("the job starts");
+    assert!(j.placement.contains_key("n2"), "{:?}", j.placement);
+    n1.shutdown();
+    let end = n2
+        .wait_hosted(Duration::from_secs(60))
+        .expect("n2 ended its part without waiting out the grace");
+    let error = end.error.expect("the job failed on n2");
+    assert!(error.contains("n1"), "{error}");
+    drop(j);
+    n2.shutdown();
 }

@@ -576,7 +576,7 @@ fn report_agreed_end(
 pub(crate) fn expire_orphans(shared: &Shared) {
     let (now, up) = (std::time::Instant::now(), shared.net.up_peers());
     for (job, name, coordinator) in shared.jobs.expired_orphans(now, &up) {
-        tracing::error!(job, %coordinator, "the coordinator did not come back: the job failed here (coordinator loss is not survived without etcd)");
+        tracing::error!(job, %coordinator, "the coordinator left or did not come back: the job failed here (coordinator loss is not survived without etcd)");
         match shared.net.link_sender(&coordinator) {
             Some(link) => {
                 let _ = link.send(Message::Abandoned { job });
@@ -690,8 +690,19 @@ pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[Str
             // Without etcd nobody else can finish the job: its part here stops, and this
             // node reports the outcome the coordinator tells it if it comes back within the
             // grace ([`expire_orphans`]), else that the job failed.
-            tracing::error!(job, coordinator = %node, grace = ?shared.jobs.grace, "the coordinator was lost; the job stops here and waits for its word");
-            shared.jobs.orphaned(job, &h.name, node);
+            let left = shared
+                .net
+                .members
+                .lock()
+                .members
+                .get(node)
+                .is_some_and(|m| m.status == crate::Status::Left);
+            if left {
+                tracing::error!(job, coordinator = %node, "the coordinator shut down; the job stops here");
+            } else {
+                tracing::error!(job, coordinator = %node, grace = ?shared.jobs.grace, "the coordinator was lost; the job stops here and waits for its word");
+            }
+            shared.jobs.orphaned(job, &h.name, node, left);
         }
     }
 }

@@ -131,8 +131,10 @@ impl Jobs {
     }
 
     /// Job `job` (named `name`) lost its coordinator: it waits for its word until the grace
-    /// passes.
-    pub(crate) fn orphaned(&self, job: u64, name: &str, coordinator: &str) {
+    /// passes — not at all if the coordinator `left` on purpose (it shut down: no process
+    /// will come back that knows the job).
+    pub(crate) fn orphaned(&self, job: u64, name: &str, coordinator: &str, left: bool) {
+        let wait = if left { Duration::ZERO } else { self.grace };
         self.orphans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -140,7 +142,7 @@ impl Jobs {
                 job,
                 name: name.to_string(),
                 coordinator: coordinator.to_string(),
-                until: Instant::now() + self.grace,
+                until: Instant::now() + wait,
             });
     }
 
