@@ -100,7 +100,10 @@ fn riffle(n: u64, p: usize) -> Duration {
 fn riffle_with(n: u64, p: usize, checkpoint_every: Option<Duration>) -> Duration {
     let env = StreamEnv::new();
     env.set_parallelism(p);
-    if let Some(w) = std::env::var("KEYED_SUM_WORKERS").ok().and_then(|w| w.parse().ok()) {
+    if let Some(w) = std::env::var("KEYED_SUM_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
         env.configure(|c| c.workers = Some(w));
     }
     if let Some(every) = checkpoint_every {

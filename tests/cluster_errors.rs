@@ -118,7 +118,7 @@ fn endless() -> StreamEnv {
 
 /// Without etcd a host waits ten failure timeouts for a lost coordinator to come back and
 /// tell the job's end; a coordinator that shut down (it said so) will not, so its hosts end
-/// their part at once. The failure timeout here is 20 s: the wait would be 200 s, and the
+/// their part at once — and the coordinator's own part of the job stops with it. The failure timeout here is 20 s: the wait would be 200 s, and the
 /// test gives the host 60 s.
 #[test]
 fn hosts_of_a_coordinator_that_shut_down_end_their_part_at_once() {
@@ -145,6 +145,8 @@ fn hosts_of_a_coordinator_that_shut_down_end_their_part_at_once() {
         .expect("n2 ended its part without waiting out the grace");
     let error = end.error.expect("the job failed on n2");
     assert!(error.contains("n1"), "{error}");
-    drop(j);
+    // Its own threads do not outlive the node (nobody could continue the job without it).
+    let err = j.wait().expect_err("the job was cancelled");
+    assert!(matches!(err, JobError::Cancelled { .. }), "{err:?}");
     n2.shutdown();
 }

@@ -721,6 +721,7 @@ impl Node {
     }
 
     fn stop_now(&mut self) {
+        self.cancel_coordinated();
         // Nodes that hosted a job and were away when it ended wait for its outcome; give
         // them the grace they give us to come back and hear it.
         let jobs = &self.shared.jobs;
@@ -748,6 +749,35 @@ impl Node {
 }
 
 impl Node {
+    /// Without etcd, the jobs this node coordinates cannot outlive it (nobody else can
+    /// continue them): they are cancelled, so that their own threads stop and their hosts
+    /// hear the end. With etcd another node takes over as leader and continues them from
+    /// their latest checkpoint, so they are left to that.
+    fn cancel_coordinated(&self) {
+        if self.shared.leadership.is_some() {
+            return;
+        }
+        let jobs: Vec<u64> = self
+            .shared
+            .jobs
+            .coordinated
+            .iter()
+            .map(|e| *e.key())
+            .collect();
+        for job in jobs {
+            let Some(r) = riffle_actors::registry::job(&crate::jobs::instance_id(job)) else {
+                continue;
+            };
+            if !r.control.progress().ended {
+                tracing::warn!(
+                    job,
+                    "the node shuts down: the job it coordinates is cancelled"
+                );
+                let _ = r.control.cancel("its coordinator shut down");
+            }
+        }
+    }
+
     /// Sends `last` (if any) on every session, then waits (at most a second per session) until
     /// the peer acknowledged everything numbered before it, or the session ended.
     fn flush_links(&self, last: Option<Message>) {
