@@ -746,9 +746,7 @@ impl Node {
             let _ = t.join();
         }
     }
-}
 
-impl Node {
     /// Without etcd, the jobs this node coordinates cannot outlive it (nobody else can
     /// continue them): they are cancelled, so that their own threads stop and their hosts
     /// hear the end. With etcd another node takes over as leader and continues them from
