@@ -409,60 +409,10 @@ fn a_new_subtask_that_never_confirms_a_rescale_makes_the_job_recover_exactly() {
     assert_eq!(finals(&counts.take()), expected());
 }
 
-/// How many [`Gated`] subtasks emitted the first half of their share and have nothing ready.
-static GATED_IDLE: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-/// Set by the test to let [`Gated`] emit the second halves.
+/// How many subtasks of the gated source reached its hold.
+static GATED_HELD: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+/// Set by the test to let the gated source emit the second halves.
 static GATED_OPEN: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-/// A replayable source of `(key(i), 1)` for its subtask's share of `0..N` that has nothing
-/// ready after the first half of it until [`GATED_OPEN`] is set (like a socket with no data).
-#[derive(Default)]
-struct Gated {
-    next: u64,
-    gate: u64,
-    end: u64,
-    idle: bool,
-}
-
-impl Source for Gated {
-    type Out = (u64, u64);
-    fn on_start(&mut self, info: &SubtaskInfo) -> Result<(), UserError> {
-        let (s, p) = (info.index as u64, info.parallelism as u64);
-        (self.next, self.end) = (s * N / p, (s + 1) * N / p);
-        self.gate = (self.next + self.end) / 2;
-        Ok(())
-    }
-    fn produce(&mut self, out: &mut Output<'_, (u64, u64)>) -> Result<SourceStatus, UserError> {
-        use std::sync::atomic::Ordering::SeqCst;
-        if self.next == self.end {
-            return Ok(SourceStatus::Finished);
-        }
-        if self.next == self.gate && !GATED_OPEN.load(SeqCst) {
-            if !std::mem::replace(&mut self.idle, true) {
-                GATED_IDLE.fetch_add(1, SeqCst);
-            }
-            return Ok(SourceStatus::Idle);
-        }
-        let end = if self.next < self.gate {
-            self.gate
-        } else {
-            self.end
-        };
-        let upto = end.min(self.next + out.budget().max(1) as u64);
-        for i in self.next..upto {
-            out.emit((key(i), 1));
-        }
-        self.next = upto;
-        Ok(SourceStatus::More)
-    }
-    fn position(&self) -> Result<Option<Position>, UserError> {
-        Position::encode(&self.next).map(Some)
-    }
-    fn seek(&mut self, p: &Position) -> Result<(), UserError> {
-        self.next = p.decode()?;
-        Ok(())
-    }
-}
 
 #[test]
 fn a_rescale_of_a_job_with_no_input_ready_is_answered_without_waiting_for_a_record() {
@@ -477,12 +427,15 @@ fn a_rescale_of_a_job_with_no_input_ready_is_answered_without_waiting_for_a_reco
         cp.rescale_timeout = timeout;
         c.checkpoint = Some(cp);
     });
-    let records = env.source(|_: &SubtaskInfo| Gated::default());
+    // Records `(i % KEYS, 1)`, idle halfway through each source subtask's share until opened.
+    let records = env.source(|_: &SubtaskInfo| {
+        common::gated::Gated::new(N, KEYS, &GATED_OPEN).counting_holds(&GATED_HELD)
+    });
     let counts = count(records, 2);
     let mut handle = env.start().expect("start");
     // The first half is through and checkpointed; the source has nothing ready.
     let idle_from = handle
-        .wait_until(|_| GATED_IDLE.load(SeqCst) == 2)
+        .wait_until(|_| GATED_HELD.load(SeqCst) == 2)
         .checkpoints;
     handle.wait_until(|pr| pr.checkpoints >= idle_from + 2);
     let r = handle.rescale("count", 3).expect("rescale");
@@ -496,5 +449,10 @@ fn a_rescale_of_a_job_with_no_input_ready_is_answered_without_waiting_for_a_reco
     );
     GATED_OPEN.store(true, SeqCst);
     handle.wait().expect("finishes at parallelism 3");
-    assert_eq!(finals(&counts.take()), expected());
+    let each: HashMap<u64, u64> = (0..KEYS).map(|k| (k, N / KEYS)).collect();
+    assert_eq!(
+        finals(&counts.take()),
+        each,
+        "every key counted N / KEYS times"
+    );
 }

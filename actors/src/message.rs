@@ -436,29 +436,26 @@ mod tests {
         back.cause
     }
 
-    #[test]
-    fn a_cause_no_restart_can_fix_stays_permanent_across_the_wire() {
-        let missing = ConnectorError::ReadFile {
+    /// A missing input file: an error no restart can fix.
+    fn missing() -> ConnectorError {
+        ConnectorError::ReadFile {
             path: "in.txt".into(),
             source: std::io::Error::from(std::io::ErrorKind::NotFound),
-        };
-        let text = missing.to_string();
+        }
+    }
+
+    #[test]
+    fn a_cause_no_restart_can_fix_stays_permanent_across_the_wire() {
         for cause in [
-            FailureCause::Error(missing.into()),
+            FailureCause::Error(missing().into()),
             FailureCause::Error(Permanent::new("no such table").into()),
         ] {
             assert!(cause.is_permanent());
             let back = over_the_wire(cause);
             assert!(back.is_permanent(), "{back}");
         }
-        let back = over_the_wire(FailureCause::Error(
-            ConnectorError::ReadFile {
-                path: "in.txt".into(),
-                source: std::io::Error::from(std::io::ErrorKind::NotFound),
-            }
-            .into(),
-        ));
-        assert_eq!(back.to_string(), format!("returned error: {text}"));
+        let back = over_the_wire(FailureCause::Error(missing().into()));
+        assert_eq!(back.to_string(), format!("returned error: {}", missing()));
         for cause in [
             FailureCause::Error("a passing hiccup".into()),
             FailureCause::Panic("boom".into()),

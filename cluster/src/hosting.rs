@@ -690,13 +690,7 @@ pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[Str
             // Without etcd nobody else can finish the job: its part here stops, and this
             // node reports the outcome the coordinator tells it if it comes back within the
             // grace ([`expire_orphans`]), else that the job failed.
-            let left = shared
-                .net
-                .members
-                .lock()
-                .members
-                .get(node)
-                .is_some_and(|m| m.status == crate::Status::Left);
+            let left = shared.net.members.lock().left(node);
             if left {
                 tracing::error!(job, coordinator = %node, "the coordinator shut down; the job stops here");
             } else {

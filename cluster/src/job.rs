@@ -325,15 +325,9 @@ impl JobLinks {
         hosts.sort();
         hosts.dedup();
         let members = self.shared.net.members.lock();
-        let left = |h: &String| {
-            members
-                .members
-                .get(h)
-                .is_some_and(|m| m.status == crate::Status::Left)
-        };
         hosts
             .into_iter()
-            .filter(|h| *h != self.me && !members.sessions.contains_key(h) && !left(h))
+            .filter(|h| *h != self.me && !members.sessions.contains_key(h) && !members.left(h))
             .collect()
     }
 

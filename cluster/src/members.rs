@@ -217,6 +217,15 @@ pub(crate) fn declare_down(st: &mut State, node: &str) {
     mark(st, node, Status::Down);
 }
 
+impl State {
+    /// Whether member `node` left on purpose (see [`Status::Left`]).
+    pub(crate) fn left(&self, node: &str) -> bool {
+        self.members
+            .get(node)
+            .is_some_and(|m| m.status == Status::Left)
+    }
+}
+
 /// `node` said it leaves (a `Leave` frame): as [`declare_down`], but it is not dialled again.
 pub(crate) fn declare_left(st: &mut State, node: &str) {
     mark(st, node, Status::Left);

@@ -2,7 +2,7 @@
 //! checkpoints still pass) at the middle of its share until the test opens its gate.
 
 use riffle::prelude::*;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Emits `(i % keys, 1)` for its share of `0..n`, holding at the middle until `gate` opens.
 pub struct Gated {
@@ -12,6 +12,9 @@ pub struct Gated {
     n: u64,
     keys: u64,
     gate: &'static AtomicBool,
+    /// Counts the subtasks that reached the hold (each once), if given.
+    held: Option<&'static AtomicUsize>,
+    counted: bool,
 }
 
 impl Gated {
@@ -24,7 +27,16 @@ impl Gated {
             n,
             keys,
             gate,
+            held: None,
+            counted: false,
         }
+    }
+
+    /// Each subtask adds one to `held` when it first holds (so a test knows when every
+    /// subtask has emitted the first half of its share).
+    pub fn counting_holds(mut self, held: &'static AtomicUsize) -> Self {
+        self.held = Some(held);
+        self
     }
 }
 
@@ -38,6 +50,12 @@ impl Source for Gated {
     }
     fn produce(&mut self, out: &mut Output<'_, (u64, u64)>) -> Result<SourceStatus, UserError> {
         if self.next >= self.hold_at && !self.gate.load(Ordering::SeqCst) {
+            if let Some(held) = self
+                .held
+                .filter(|_| !std::mem::replace(&mut self.counted, true))
+            {
+                held.fetch_add(1, Ordering::SeqCst);
+            }
             return Ok(SourceStatus::Idle);
         }
         for _ in 0..out.budget() {
