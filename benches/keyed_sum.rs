@@ -106,6 +106,18 @@ fn riffle_with(n: u64, p: usize, checkpoint_every: Option<Duration>) -> Duration
     {
         env.configure(|c| c.workers = Some(w));
     }
+    if let Some(v) = std::env::var("KEYED_SUM_VNODES")
+        .ok()
+        .and_then(|w| w.parse::<usize>().ok())
+    {
+        env.configure(|c| {
+            c.partitioning = if v == 0 {
+                riffle::routing::PartitionScheme::Modulo
+            } else {
+                riffle::routing::PartitionScheme::Ring { vnodes: v }
+            }
+        });
+    }
     if let Some(every) = checkpoint_every {
         env.configure(|c| c.checkpoint = Some(riffle::prelude::CheckpointConfig::every(every)));
     }

@@ -1,16 +1,25 @@
 //! Restoring a savepoint at another parallelism: a keyed running sum saved at parallelism 4
 //! continues exactly at 6 and at 2, and only the keys the new ring hands over move.
 
+use crate::common::gated::Gated;
 use riffle::prelude::*;
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 const N: u64 = 1_000_000;
 const KEYS: u64 = 10_000;
 
+/// Holds the first job's sources at the middle of their shares until the savepoint is taken
+/// (the restored jobs find it open).
+static GATE: AtomicBool = AtomicBool::new(false);
+/// The first job's source subtasks that reached the hold.
+static HELD: AtomicUsize = AtomicUsize::new(0);
+
+/// The key of record `i` (what [`Gated`] emits).
 fn key(i: u64) -> u64 {
-    i.wrapping_mul(0x9E37_79B9_7F4A_7C15) % KEYS
+    i % KEYS
 }
 
 fn job(
@@ -26,7 +35,7 @@ fn job(
         c.restore = restore;
     });
     let out = env
-        .generate(N, |i| (key(i), 1u64))
+        .source(|_: &SubtaskInfo| Gated::new(N, KEYS, &GATE).counting_holds(&HELD))
         .parallelism(2)
         .key_by(|r: &(u64, u64)| r.0)
         .sum(|r| r.1)
@@ -51,8 +60,11 @@ fn a_savepoint_at_parallelism_4_restores_exactly_at_6_and_at_2() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (env, first) = job(dir.path(), 4, None);
     let handle = env.start().expect("start");
-    handle.wait_until(|p| p.checkpoints >= 2);
+    // The savepoint is taken while both sources hold at the middle of their input, so the
+    // job cannot end before it, however fast the machine runs it.
+    handle.wait_until(|p| p.checkpoints >= 2 && HELD.load(Ordering::SeqCst) == 2);
     let id = handle.savepoint().expect("savepoint");
+    GATE.store(true, Ordering::SeqCst);
     handle.wait().expect("first job");
     let first = first.take();
     let mut all: HashMap<(u64, u64), u32> = HashMap::new();

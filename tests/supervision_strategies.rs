@@ -78,7 +78,19 @@ fn a_poison_record_goes_to_the_dead_letter_output() {
 /// its attempts instead of restarting until the limit.
 #[test]
 fn a_panicking_key_selector_is_the_keyed_operators_poison() {
+    panicking_key_selector_at(2);
+}
+
+/// The same with one keyed subtask: its router does not hash (every key goes to the one
+/// channel), so the keyed operator's own call of the selector meets the panic.
+#[test]
+fn a_panicking_key_selector_is_the_keyed_operators_poison_at_parallelism_1() {
+    panicking_key_selector_at(1);
+}
+
+fn panicking_key_selector_at(parallelism: usize) {
     let env = poison_env(PoisonAction::DeadLetter);
+    env.set_parallelism(parallelism);
     let out = env
         .sequence(0..10_000)
         .key_by(|x: &u64| {

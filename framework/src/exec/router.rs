@@ -156,6 +156,23 @@ impl<T> Staging<'_, T> {
     }
 }
 
+/// Moves `records` into `lane`, staging each batch that fills up.
+fn append<T>(
+    lane: &mut Lane<T>,
+    records: &mut Vec<T>,
+    staged: &mut Vec<(usize, Vec<T>)>,
+    pool: &BufferPool<T>,
+) {
+    let mut rest = records.drain(..);
+    while rest.len() > 0 {
+        let room = lane.limit.saturating_sub(lane.buf.len()).max(1);
+        lane.buf.extend(rest.by_ref().take(room));
+        if lane.buf.len() >= lane.limit {
+            staged.push((0, lane.take(pool)));
+        }
+    }
+}
+
 /// Routes a chunk by key into the channel buffers: hash, pick the channel, buffer. One
 /// `catch_unwind` for the chunk; a key selector that panics stops it there, with the index of
 /// the record at hand (the unit of work then fails and is rolled back).
@@ -273,6 +290,12 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         _cx: &mut StageCx,
     ) -> Result<(), (usize, StageError)> {
         self.pushed += records.len() as u64;
+        if let (Route::Key { .. }, [_]) = (&self.route, self.lanes.as_slice()) {
+            // One channel: every key goes there, so no hash (the keyed operator calls its
+            // key selector itself, and fails as the same operator if it panics).
+            append(&mut self.lanes[0], records, &mut self.staged, &self.pool);
+            return Ok(());
+        }
         if let Route::Key {
             hash,
             partitioner,
@@ -556,6 +579,41 @@ mod tests {
         assert!(chunk.is_empty(), "the chunk is taken whole");
         let mut fine: Vec<u64> = vec![1, 2, 3];
         router.push_many(&mut fine, &mut cx).expect("no panic");
+    }
+
+    #[test]
+    fn one_keyed_channel_takes_every_record_in_order_without_hashing() {
+        let route = Route::Key {
+            hash: |_: &u64| -> u64 { unreachable!("one channel needs no hash") },
+            partitioner: crate::PartitionScheme::default().build(1),
+            operator: std::sync::Arc::from("keyed"),
+        };
+        let mut router = Router::new(route, 0, 1, Batching::records(4), 0);
+        let mut cx = StageCx::new(1, 4);
+        router
+            .push_many(&mut (0..3).collect(), &mut cx)
+            .expect("pushed");
+        router.commit(&mut cx).expect("committed");
+        // A unit of work that fills two batches and is rolled back leaves the three
+        // committed records, not a batch more.
+        router
+            .push_many(&mut (3..10).collect(), &mut cx)
+            .expect("pushed");
+        router.rollback();
+        assert!(queued(&mut cx).is_empty(), "nothing was sent");
+        router
+            .push_many(&mut (3..10).collect(), &mut cx)
+            .expect("pushed");
+        router.commit(&mut cx).expect("committed");
+        router.flush(&mut cx);
+        let batches: Vec<Vec<u64>> = queued(&mut cx)
+            .into_iter()
+            .map(|b| *b.payload.downcast::<Vec<u64>>().expect("a Vec<u64>"))
+            .collect();
+        assert_eq!(
+            batches,
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+        );
     }
 
     /// The batches queued on channel 0, taken out of `cx`.
