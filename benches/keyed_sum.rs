@@ -16,6 +16,8 @@
 //! processes, alternately) is printed after the checkpointing cost.
 //!
 //! `KEYED_SUM_ONLY=riffle|hand [N] [P]` runs one side once (for profilers).
+//! `KEYED_SUM_WORKERS=N` sets Riffle's worker threads; `KEYED_SUM_VNODES=N` the ring's virtual
+//! nodes per subtask (`0`: `hash mod N` instead of the ring), to measure what the ring costs.
 //!
 //! Peak RSS (VmHWM of the whole benchmark process) is printed at the end; for one
 //! configuration alone use `/usr/bin/time -v target/release/deps/keyed_sum-* N P`.
