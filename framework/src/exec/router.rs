@@ -290,10 +290,12 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
         _cx: &mut StageCx,
     ) -> Result<(), (usize, StageError)> {
         self.pushed += records.len() as u64;
-        if let (Route::Key { .. }, [_]) = (&self.route, self.lanes.as_slice()) {
-            // One channel: every key goes there, so no hash (the keyed operator calls its
-            // key selector itself, and fails as the same operator if it panics).
-            append(&mut self.lanes[0], records, &mut self.staged, &self.pool);
+        if let [lane] = self.lanes.as_mut_slice() {
+            // One channel: every record goes there, whatever the route (a broadcast makes one
+            // copy), so the chunk moves over whole. A keyed route needs no hash: the keyed
+            // operator calls its key selector itself, and fails as the same operator if it
+            // panics.
+            append(lane, records, &mut self.staged, &self.pool);
             return Ok(());
         }
         if let Route::Key {
@@ -579,6 +581,20 @@ mod tests {
         assert!(chunk.is_empty(), "the chunk is taken whole");
         let mut fine: Vec<u64> = vec![1, 2, 3];
         router.push_many(&mut fine, &mut cx).expect("no panic");
+    }
+
+    #[test]
+    fn one_channel_takes_every_record_of_any_route_in_order() {
+        for route in [Route::Forward, Route::Rebalance, Route::Broadcast] {
+            let mut router: Router<u64> = Router::new(route, 0, 1, Batching::records(4), 0);
+            let mut cx = StageCx::new(1, 4);
+            router
+                .push_many(&mut (0..6).collect(), &mut cx)
+                .expect("pushed");
+            router.close(&mut cx).expect("closed");
+            let sizes: Vec<usize> = queued(&mut cx).iter().map(|b| b.len).collect();
+            assert_eq!(sizes, vec![4, 2]);
+        }
     }
 
     #[test]
