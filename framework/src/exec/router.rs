@@ -156,19 +156,14 @@ impl<T> Staging<'_, T> {
     }
 }
 
-/// Moves `records` into `lane`, staging each batch that fills up.
-fn append<T>(
-    lane: &mut Lane<T>,
-    records: &mut Vec<T>,
-    staged: &mut Vec<(usize, Vec<T>)>,
-    pool: &BufferPool<T>,
-) {
+/// Moves `records` into channel 0's `lane`, staging each batch that fills up.
+fn append<T>(lane: &mut Lane<T>, records: &mut Vec<T>, mut staging: Staging<'_, T>) {
     let mut rest = records.drain(..);
     while rest.len() > 0 {
         let room = lane.limit.saturating_sub(lane.buf.len()).max(1);
         lane.buf.extend(rest.by_ref().take(room));
         if lane.buf.len() >= lane.limit {
-            staged.push((0, lane.take(pool)));
+            staging.stage(0, lane);
         }
     }
 }
@@ -244,10 +239,15 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
 
 impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Router<T, H> {
     /// Buffers `record` in the channel its route picks; a key selector that panics fails
-    /// as the keyed operator.
+    /// as the keyed operator. With one channel every route picks it, and a keyed one needs
+    /// no hash (see [`Stage::push_many`]).
     #[inline]
     fn place(&mut self, record: T) -> Result<(), StageError> {
         let n = self.lanes.len();
+        if n == 1 {
+            self.buffer(0, record);
+            return Ok(());
+        }
         match &self.route {
             Route::Forward => self.buffer(0, record),
             Route::Rebalance => {
@@ -295,7 +295,11 @@ impl<T: Data, H: Fn(&T) -> u64 + Send + 'static> Stage<T> for Router<T, H> {
             // copy), so the chunk moves over whole. A keyed route needs no hash: the keyed
             // operator calls its key selector itself, and fails as the same operator if it
             // panics.
-            append(lane, records, &mut self.staged, &self.pool);
+            let staging = Staging {
+                staged: &mut self.staged,
+                pool: &self.pool,
+            };
+            append(lane, records, staging);
             return Ok(());
         }
         if let Route::Key {
@@ -621,6 +625,8 @@ mod tests {
             .push_many(&mut (3..10).collect(), &mut cx)
             .expect("pushed");
         router.commit(&mut cx).expect("committed");
+        router.push(10, &mut cx).expect("pushed one by one");
+        router.commit(&mut cx).expect("committed");
         router.flush(&mut cx);
         let batches: Vec<Vec<u64>> = queued(&mut cx)
             .into_iter()
@@ -628,7 +634,7 @@ mod tests {
             .collect();
         assert_eq!(
             batches,
-            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9]]
+            vec![vec![0, 1, 2, 3], vec![4, 5, 6, 7], vec![8, 9, 10]]
         );
     }
 
