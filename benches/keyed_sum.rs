@@ -1,7 +1,8 @@
 //! Keyed running sum: Riffle against hand-written loops doing the same work, in one run.
 //!
 //! `cargo bench --bench keyed_sum -- [N] [P] [RUNS]` (defaults: 10,000,000 records, P = 1 and
-//! 2, 3 runs each; the median is printed).
+//! 2, 3 runs each after one uncounted warm-up run of each side; the median and the spread
+//! of the counted runs are printed).
 //!
 //! Workload (fixed by the project's benchmark issue): record i = (key, 1u64) with
 //! key = i.wrapping_mul(0x9E3779B97F4A7C15) % 100_000; key_by key; running sum per key,
@@ -15,7 +16,8 @@
 //! The cost of metrics (P=2 with the Prometheus recorder installed versus not, in child
 //! processes, alternately) is printed after the checkpointing cost.
 //!
-//! `KEYED_SUM_ONLY=riffle|hand [N] [P]` runs one side once (for profilers).
+//! `KEYED_SUM_ONLY=riffle|hand [N] [P] [RUNS]` runs one side RUNS times (once by default) in
+//! one process, without a warm-up (for profilers).
 //! `KEYED_SUM_WORKERS=N` sets Riffle's worker threads; `KEYED_SUM_VNODES=N` the ring's virtual
 //! nodes per subtask (`0`: `hash mod N` instead of the ring), to measure what the ring costs.
 //!
@@ -330,18 +332,26 @@ fn main() {
     if let Ok(mode) = std::env::var("RIFFLE_BENCH_CHILD") {
         return metrics_child(&mode, child_n);
     }
-    // For profiling one side alone: `KEYED_SUM_ONLY=riffle|hand N P` runs it once.
+    // For profiling one side alone: `KEYED_SUM_ONLY=riffle|hand N P [RUNS]` runs it RUNS times
+    // (once by default) in this process.
     if let Ok(side) = std::env::var("KEYED_SUM_ONLY") {
         let p = std::env::args()
             .nth(2)
             .and_then(|a| a.parse().ok())
             .unwrap_or(2);
-        let took = match (side.as_str(), p) {
-            ("hand", 1) => hand_one(child_n),
-            ("hand", _) => hand_two(child_n),
-            _ => riffle(child_n, p),
-        };
-        return println!("{side} P={p}: {:.0} rec/s", rate(child_n, took));
+        let runs: usize = std::env::args()
+            .nth(3)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(1);
+        for _ in 0..runs {
+            let took = match (side.as_str(), p) {
+                ("hand", 1) => hand_one(child_n),
+                ("hand", _) => hand_two(child_n),
+                _ => riffle(child_n, p),
+            };
+            println!("{side} P={p}: {:.0} rec/s", rate(child_n, took));
+        }
+        return;
     }
     // `cargo bench` passes `--bench`; ignore flags.
     let args: Vec<String> = std::env::args()
@@ -358,7 +368,7 @@ fn main() {
     };
     let runs: usize = args.get(2).and_then(|a| a.parse().ok()).unwrap_or(3).max(1);
     println!(
-        "keyed_sum: N = {n}, {runs} runs each, median; {} cores",
+        "keyed_sum: N = {n}, {runs} runs each after one warm-up run, median; {} cores",
         std::thread::available_parallelism()
             .map(|c| c.get())
             .unwrap_or(1)
@@ -366,6 +376,15 @@ fn main() {
     for &p in &ps {
         let mut r = Vec::new();
         let mut h = Vec::new();
+        // One uncounted run of each side first: the first job of a process pays one-off
+        // costs (fresh allocator arenas and pages for its worker threads, cold code) that a
+        // running job does not, and they made the first run 10-25 % slower than the rest.
+        let (wr, wh) = (riffle(n, p), if p == 1 { hand_one(n) } else { hand_two(n) });
+        eprintln!(
+            "    warm-up (not counted): riffle {:.3}s, hand-written {:.3}s",
+            wr.as_secs_f64(),
+            wh.as_secs_f64()
+        );
         for _ in 0..runs {
             // Interleave the two so that machine noise hits both alike.
             let (ri, hi) = (riffle(n, p), if p == 1 { hand_one(n) } else { hand_two(n) });
