@@ -378,7 +378,7 @@ fn main() {
         let mut h = Vec::new();
         // One uncounted run of each side first: the first job of a process pays one-off
         // costs (fresh allocator arenas and pages for its worker threads, cold code) that a
-        // running job does not, and they made the first run 10-25 % slower than the rest.
+        // running job does not, and they made the first run 5-25 % slower than the rest.
         let (wr, wh) = (riffle(n, p), if p == 1 { hand_one(n) } else { hand_two(n) });
         eprintln!(
             "    warm-up (not counted): riffle {:.3}s, hand-written {:.3}s",
