@@ -22,6 +22,13 @@ use std::time::Instant;
 pub use crate::rng::Rng;
 
 /// A running job.
+///
+/// Dropping the handle detaches the job, as dropping a [`std::thread::JoinHandle`] detaches
+/// its thread: the job runs on to its end (or until the process exits), its result goes
+/// unread, and it can still be reached through a [`crate::registry::JobControl`] taken
+/// before (from [`JobHandle::control`]) or through the HTTP API. To end it, call
+/// [`JobHandle::wait`], [`JobHandle::stop_with_savepoint`] or
+/// [`crate::registry::JobControl::cancel`] first.
 pub struct JobHandle {
     outcome: mpsc::Receiver<Outcome>,
     thread: Option<JoinHandle<()>>,
