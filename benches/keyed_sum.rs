@@ -262,6 +262,15 @@ fn hand_two(n: u64) -> Duration {
     took
 }
 
+/// The hand-written baseline for parallelism `p`: one thread for P=1, two threads otherwise.
+fn hand(n: u64, p: usize) -> Duration {
+    if p == 1 {
+        hand_one(n)
+    } else {
+        hand_two(n)
+    }
+}
+
 fn median(mut v: Vec<Duration>) -> Duration {
     v.sort();
     v[v.len() / 2]
@@ -344,9 +353,8 @@ fn main() {
             .and_then(|a| a.parse().ok())
             .unwrap_or(1);
         for _ in 0..runs {
-            let took = match (side.as_str(), p) {
-                ("hand", 1) => hand_one(child_n),
-                ("hand", _) => hand_two(child_n),
+            let took = match side.as_str() {
+                "hand" => hand(child_n, p),
                 _ => riffle(child_n, p),
             };
             println!("{side} P={p}: {:.0} rec/s", rate(child_n, took));
@@ -379,7 +387,7 @@ fn main() {
         // One uncounted run of each side first: the first job of a process pays one-off
         // costs (fresh allocator arenas and pages for its worker threads, cold code) that a
         // running job does not, and they made the first run 5-25 % slower than the rest.
-        let (wr, wh) = (riffle(n, p), if p == 1 { hand_one(n) } else { hand_two(n) });
+        let (wr, wh) = (riffle(n, p), hand(n, p));
         eprintln!(
             "    warm-up (not counted): riffle {:.3}s, hand-written {:.3}s",
             wr.as_secs_f64(),
@@ -387,7 +395,7 @@ fn main() {
         );
         for _ in 0..runs {
             // Interleave the two so that machine noise hits both alike.
-            let (ri, hi) = (riffle(n, p), if p == 1 { hand_one(n) } else { hand_two(n) });
+            let (ri, hi) = (riffle(n, p), hand(n, p));
             eprintln!(
                 "    run: riffle {:.3}s, hand-written {:.3}s, ratio {:.2}",
                 ri.as_secs_f64(),
