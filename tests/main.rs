@@ -22,6 +22,7 @@ mod cluster_failover;
 mod cluster_job;
 mod cluster_link_reset;
 mod cluster_membership;
+mod cluster_partial_partition;
 mod cluster_partition;
 mod cluster_remote;
 mod cluster_rescale;

@@ -287,6 +287,7 @@ pub(crate) fn on_frame(
             }
         }
         Message::JobEnd { job, error } => on_job_end(shared, peer, job, error),
+        Message::Dismiss { job } => on_dismiss(shared, peer, job),
         _ => {}
     }
     Ok(())
@@ -307,6 +308,25 @@ fn on_job_end(shared: &Arc<Shared>, peer: &str, job: u64, error: Option<String>)
         stop_hosted(shared, job, &h);
         let name = h.name.clone();
         shared.jobs.hosted_ended(HostedEnd { job, name, error });
+    }
+}
+
+/// A `Dismiss` from `peer`: its coordinator declared this node lost to job `job` (a link
+/// between this node and another of the job's stayed down) and placed its subtasks elsewhere.
+/// The part here stops and waits for the job's end, as when the coordinator is lost: told by
+/// the coordinator, or read from etcd.
+fn on_dismiss(shared: &Arc<Shared>, peer: &str, job: u64) {
+    if hosted_by(shared, job, peer, "dismiss").is_none() {
+        return;
+    }
+    let Some((_, h)) = shared.jobs.hosted.remove(&job) else {
+        return;
+    };
+    stop_hosted(shared, job, &h);
+    tracing::warn!(job, coordinator = %peer, "the coordinator declared this node lost to the job (a link to another of its nodes stayed down): its part here stops and waits for the job's end");
+    match shared.leadership.clone() {
+        Some(l) => report_agreed_end(shared, l, job, h.name.clone()),
+        None => shared.jobs.dismissed(job, &h.name, peer),
     }
 }
 
@@ -626,47 +646,72 @@ fn on_abandoned(shared: &Arc<Shared>, peer: &str, job: u64) {
     }
 }
 
-/// Node `node` is down: re-place its subtasks of every job this node coordinates, and stop
-/// hosting the jobs it coordinated.
-pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[String]) {
+/// The nodes left to job placement when `node` is lost: the members up (as `up` lists them)
+/// but `node`, and this node.
+pub(crate) fn survivors(me: &str, node: &str, up: &[String]) -> Vec<String> {
     let mut survivors: Vec<String> = up.iter().filter(|n| *n != node).cloned().collect();
     survivors.push(me.to_string());
-    let ring = Placement::new(survivors.iter().map(|n| (n.as_str(), 1)));
-    let jobs: Vec<(u64, Arc<CoordinatedJob>)> = shared
+    survivors
+}
+
+/// The jobs this node coordinates.
+pub(crate) fn coordinated_jobs(shared: &Shared) -> Vec<(u64, Arc<CoordinatedJob>)> {
+    shared
         .jobs
         .coordinated
         .iter()
         .map(|e| (*e.key(), e.value().clone()))
+        .collect()
+}
+
+/// Node `node` is lost to job `job`, which this node coordinates: its subtasks are placed on
+/// `survivors`, the other hosting nodes are told, and the job recovers from its latest
+/// checkpoint. `false` if `node` held no subtask of the job.
+pub(crate) fn re_place(
+    me: &str,
+    job: u64,
+    c: &CoordinatedJob,
+    node: &str,
+    survivors: &[String],
+) -> bool {
+    let lost: Vec<TaskId> = c
+        .resolver
+        .placement
+        .iter()
+        .filter(|e| e.value() == node)
+        .map(|e| *e.key())
         .collect();
-    for (job, c) in jobs {
-        let lost: Vec<TaskId> = c
-            .resolver
-            .placement
-            .iter()
-            .filter(|e| e.value() == node)
-            .map(|e| *e.key())
-            .collect();
-        if lost.is_empty() {
-            continue;
-        }
-        let moves: Vec<(TaskId, String)> = lost
-            .iter()
-            .map(|&t| (t, ring.node_of(t).unwrap_or(me).to_string()))
-            .collect();
-        c.resolver.apply_moves(&moves);
-        tracing::warn!(job, %node, moved = moves.len(), "node lost: its subtasks are re-placed");
-        for s in survivors.iter().filter(|n| n.as_str() != me) {
-            let _ = c.resolver.link_to(s).send(Message::Placement {
-                job,
-                moves: moves.clone(),
-            });
-        }
-        if let Some(p) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
-            p.node_lost.do_send(NodeLost {
-                node: node.to_string(),
-                tasks: lost,
-            });
-        }
+    if lost.is_empty() {
+        return false;
+    }
+    let ring = Placement::new(survivors.iter().map(|n| (n.as_str(), 1)));
+    let moves: Vec<(TaskId, String)> = lost
+        .iter()
+        .map(|&t| (t, ring.node_of(t).unwrap_or(me).to_string()))
+        .collect();
+    c.resolver.apply_moves(&moves);
+    tracing::warn!(job, %node, moved = moves.len(), "node lost: its subtasks are re-placed");
+    for s in survivors.iter().filter(|n| n.as_str() != me) {
+        let _ = c.resolver.link_to(s).send(Message::Placement {
+            job,
+            moves: moves.clone(),
+        });
+    }
+    if let Some(p) = c.ports.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        p.node_lost.do_send(NodeLost {
+            node: node.to_string(),
+            tasks: lost,
+        });
+    }
+    true
+}
+
+/// Node `node` is down: re-place its subtasks of every job this node coordinates, and stop
+/// hosting the jobs it coordinated.
+pub(crate) fn on_node_down(shared: &Arc<Shared>, me: &str, node: &str, up: &[String]) {
+    let survivors = survivors(me, node, up);
+    for (job, c) in coordinated_jobs(shared) {
+        re_place(me, job, &c, node, &survivors);
     }
     let orphaned: Vec<u64> = shared
         .jobs

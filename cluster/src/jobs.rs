@@ -92,12 +92,16 @@ pub(crate) struct Jobs {
     failovers_changed: Condvar,
 }
 
-/// A hosted job whose coordinator was lost (without etcd).
+/// A hosted job whose coordinator was lost, or that its coordinator dismissed this node from
+/// (without etcd).
 struct Orphan {
     job: u64,
     name: String,
     coordinator: String,
     until: Instant,
+    /// The coordinator dismissed this node from the job (it runs on without it): its later
+    /// orders for the job are late, not a sign that it lost track of the job.
+    dismissed: bool,
 }
 
 /// Ended jobs whose ids a node remembers.
@@ -143,6 +147,22 @@ impl Jobs {
                 name: name.to_string(),
                 coordinator: coordinator.to_string(),
                 until: Instant::now() + wait,
+                dismissed: false,
+            });
+    }
+
+    /// Job `job` (named `name`) dismissed this node: it waits for its coordinator's word of
+    /// the job's end while the coordinator stays up, and for the grace once it is lost.
+    pub(crate) fn dismissed(&self, job: u64, name: &str, coordinator: &str) {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Orphan {
+                job,
+                name: name.to_string(),
+                coordinator: coordinator.to_string(),
+                until: Instant::now() + self.grace,
+                dismissed: true,
             });
     }
 
@@ -164,7 +184,7 @@ impl Jobs {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
-            .any(|x| x.job == job && x.coordinator == coordinator);
+            .any(|x| x.job == job && x.coordinator == coordinator && !x.dismissed);
         waiting
             || self
                 .abandoned

@@ -65,6 +65,8 @@ pub mod secret;
 pub mod secure;
 mod session;
 mod shared;
+mod suspicions;
+mod verdict;
 pub mod wire;
 
 pub use authority::Failover;

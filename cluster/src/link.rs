@@ -97,9 +97,9 @@ fn tell_abandoned(shared: &Shared, coordinator: &str) {
     }
 }
 
-/// Tells the jobs that `node` is lost (its process restarted, or its session broke), as the
-/// failure detector does for a silent node.
-fn lost(shared: &Arc<Shared>, me: &str, node: &str) {
+/// Tells the jobs that `node` left on purpose (it said so with `Leave`): every node hears it,
+/// so each decides for the jobs it answers for.
+fn left(shared: &Arc<Shared>, me: &str, node: &str) {
     shared.net.members.notify();
     let up = shared.net.up_peers();
     crate::hosting::on_node_down(shared, me, node, &up);
@@ -184,8 +184,15 @@ async fn resume(
         Verdict::Resume { from } => {
             // Under the membership's lock, so that a waiter on the sessions cannot miss it.
             let st = shared.net.members.lock();
-            session.attach(Conn { w, sealer, from });
+            let id = up.reg.id;
+            session.attach(Conn {
+                id,
+                w,
+                sealer,
+                from,
+            });
             drop(st);
+            crate::verdict::on_reachable(shared, &peer.node);
             tell_abandoned(shared, &peer.node);
             crate::hosting::deliver_owed_ends(shared, &peer.node);
             shared.net.members.notify();
@@ -198,7 +205,7 @@ async fn resume(
             tracing::warn!(peer = %peer.node, ran, "the peer did not keep our session; link closed");
             if ran {
                 declare_down(&mut shared.net.members.lock(), &peer.node);
-                lost(shared, &hs.node, &peer.node);
+                crate::verdict::on_session_lost(shared, &hs.node, &peer.node);
             }
             None
         }
@@ -230,7 +237,7 @@ pub(crate) async fn link(
     }
     let peer = up.peer.clone();
     if up.reg.restarted {
-        lost(&shared, &hs.node, &peer.node);
+        crate::verdict::on_session_lost(&shared, &hs.node, &peer.node);
     }
     let Some(reader) = resume(&shared, &hs, &peer, &up, stream, max).await else {
         return unregister(&shared.net.members, &peer.node, up.reg.id);
@@ -255,10 +262,12 @@ pub(crate) async fn link(
     // two (length, then body) per frame.
     let reader = Box::new(tokio::io::BufReader::with_capacity(READ_BUFFER, reader));
     let lost_peer = reading.run(reader, max, stop, up.reg.kill).await;
+    // The whole link closes, both halves: the peer sees it closed and links again.
+    up.reg.session.detach(up.reg.id);
     drop(ticket);
     if lost_peer {
         declare_down(&mut shared.net.members.lock(), &peer.node);
-        lost(&shared, &hs.node, &peer.node);
+        crate::verdict::on_session_lost(&shared, &hs.node, &peer.node);
     }
     unregister(&shared.net.members, &peer.node, up.reg.id);
 }
@@ -440,13 +449,18 @@ impl Reading {
             | Message::Placement { .. }
             | Message::JobEnd { .. }
             | Message::StatsRequest { .. }
-            | Message::Stats { .. }) => {
+            | Message::Stats { .. }
+            | Message::Dismiss { .. }) => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());
                 let back = self.back.clone();
                 if let Err(e) = crate::hosting::on_frame(shared, &self.me, &self.peer.node, m, back)
                 {
                     return self.bad_frame(e);
                 }
+            }
+            m @ (Message::Unreachable { .. } | Message::Reachable { .. }) => {
+                seen(&shared.net.members, &self.peer, &self.me, Vec::new());
+                crate::verdict::on_frame(shared, &self.me, &self.peer.node, m);
             }
             Message::Ack { received } => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());
@@ -455,7 +469,7 @@ impl Reading {
             Message::Leave => {
                 tracing::info!(peer = %self.peer.node, "peer left (it shut down)");
                 declare_left(&mut shared.net.members.lock(), &self.peer.node);
-                lost(shared, &self.me, &self.peer.node);
+                left(shared, &self.me, &self.peer.node);
                 return After::Left;
             }
             Message::Hello(_)

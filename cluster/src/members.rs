@@ -6,8 +6,11 @@
 //! whose handshake proved both the secret and that node id (the dialling side names the id it
 //! expects at the address). Candidates are bounded in number and forgotten after a while; a
 //! member that stays down is forgotten after `NodeBuilder::forget_after`. A peer declared down
-//! loses its link, so it can only come back through a new handshake, as a fresh member; while
-//! a member is up, a second link claiming its id from another address is refused.
+//! loses its link, so it can only come back through a new handshake; its session (the frames
+//! it has not acknowledged) ends only when its loss is decided — by this node for the jobs it
+//! coordinates and for a coordinator of jobs it hosts, by their coordinator otherwise
+//! (`hosting::on_node_silent`) — so a link that comes back resumes without losing a frame.
+//! While a member is up, a second link claiming its id from another address is refused.
 
 use crate::config::NodeConfig;
 use crate::counters::LinkCounters;
@@ -193,11 +196,24 @@ pub(crate) fn detect(cfg: &NodeConfig, st: &mut State) -> Vec<String> {
     let ttl = cfg.failure_timeout * 5;
     st.candidates
         .retain(|_, c| now.duration_since(c.since) < ttl);
-    // A peer declared down loses its link and its session: if it comes back, it does so
-    // through a new handshake, as a fresh member with a fresh session.
+    // A peer declared down loses its link, so that it is dialled afresh, but not its session:
+    // a suspicion is not a decision (see `hosting::on_node_silent`). What was sent to it stays
+    // kept until it acknowledges it on the next link, or until the node's loss is decided
+    // (its session then ends), and its channels wait under their credits meanwhile.
     for node in &down {
-        drop_session(st, node);
+        if let Some(l) = st.links.remove(node) {
+            l.kill.notify_one();
+        }
     }
+    // A member forgotten has no session left either.
+    let members = &st.members;
+    st.sessions.retain(|node, s| {
+        let keep = members.contains_key(node);
+        if !keep {
+            s.end();
+        }
+        keep
+    });
     down
 }
 

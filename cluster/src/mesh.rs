@@ -106,7 +106,8 @@ fn accept(
     ));
 }
 
-/// One heartbeat round: detect silent peers, send heartbeats, dial unlinked members.
+/// One heartbeat round: detect silent peers (suspicions: see [`crate::verdict`]), send
+/// heartbeats, decide the suspicions that are due, dial unlinked members.
 fn heartbeat(
     cfg: &NodeConfig,
     hs: &HandshakeConfig,
@@ -142,11 +143,11 @@ fn heartbeat(
     publish_links(&cfg.name, shared);
     if !down.is_empty() {
         shared.net.members.notify();
-        let up = shared.net.up_peers();
         for node in down {
-            crate::hosting::on_node_down(shared, &cfg.name, &node, &up);
+            crate::verdict::on_node_silent(shared, &cfg.name, &node);
         }
     }
+    crate::verdict::judge(shared, &cfg.name);
     for (addr, expect) in dial {
         let (hs, shared, stop) = (hs.clone(), shared.clone(), stop.clone());
         let (max, budget) = (cfg.max_frame, cfg.link_budget);

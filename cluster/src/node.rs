@@ -331,6 +331,9 @@ impl NodeBuilder {
             admission: Some(Admission::new(cfg.limits.clone().unwrap_or_default())),
             refused: Default::default(),
             leadership,
+            suspicions: std::sync::Mutex::new(crate::suspicions::Suspicions::new(
+                cfg.failure_timeout,
+            )),
         });
         if shared.leadership.is_some() {
             let (s, me) = (shared.clone(), cfg.name.clone());

@@ -208,9 +208,10 @@ impl Replay {
     }
 }
 
-/// A connection handed to a session's writer: its write half, its sealer when encrypted, and
-/// how many sequenced frames the peer has received.
+/// A connection handed to a session's writer: its link's id, its write half, its sealer when
+/// encrypted, and how many sequenced frames the peer has received.
 pub(crate) struct Conn {
+    pub(crate) id: u64,
     pub(crate) w: OwnedWriteHalf,
     pub(crate) sealer: Option<Sealer>,
     pub(crate) from: u64,
@@ -243,6 +244,11 @@ struct Out {
     sealer: Option<Sealer>,
     /// A connection is attached and has not failed.
     live: bool,
+    /// The link id of the connection attached last (see [`Session::detach`]).
+    conn: u64,
+    /// The highest link id detached: a connection of that link or an older one that reaches
+    /// the writer after its link closed is not attached.
+    detached: u64,
     /// The writer task ended with the session: nothing is sent any more.
     closed: bool,
     /// The session is over for the membership (its peer left or was declared down): the
@@ -341,6 +347,8 @@ pub(crate) struct Line {
     received: AtomicU64,
     /// The last `Ack` written (reset for a new connection).
     acked: AtomicU64,
+    /// Signalled when a connection is detached: a write under way on it is abandoned.
+    detached: tokio::sync::Notify,
     counters: Arc<LinkCounters>,
     peer: String,
 }
@@ -361,6 +369,7 @@ impl Line {
             out: Mutex::default(),
             received: AtomicU64::new(0),
             acked: AtomicU64::new(0),
+            detached: tokio::sync::Notify::new(),
             counters,
             peer: peer.to_string(),
         };
@@ -558,6 +567,19 @@ impl Session {
         let _ = self.conns.send(conn);
     }
 
+    /// The link `id` closed (its reader ended): its connection is given up, both halves — a
+    /// write under way on it is abandoned, and what it did not deliver is in the replay for
+    /// the next link. A link that is not the one attached changes nothing.
+    pub(crate) fn detach(&self, id: u64) {
+        let mut o = lock(&self.line.out);
+        o.detached = o.detached.max(id);
+        if o.conn == id {
+            o.broke();
+            drop(o);
+            self.line.detached.notify_one();
+        }
+    }
+
     /// A sequenced frame from the peer was handled.
     pub(crate) fn on_received(&self) {
         self.line.received.fetch_add(1, Ordering::AcqRel);
@@ -632,6 +654,10 @@ impl Writer {
     /// A new connection: what its peer has not received goes first.
     fn attach(&mut self, c: Conn) {
         let mut o = lock(&self.line.out);
+        if c.id <= o.detached {
+            // Its link closed before the writer took it.
+            return;
+        }
         let again = o.replay.since(c.from);
         let frames = o.replay.frames.iter().filter(|f| f.0 > c.from).count();
         self.resent.fetch_add(frames as u64, Ordering::Relaxed);
@@ -639,6 +665,7 @@ impl Writer {
         o.sealer = c.sealer;
         o.idle = Some(c.w);
         o.live = true;
+        o.conn = c.id;
         self.line.acked.store(0, Ordering::Release);
         o.append(&again);
     }
@@ -703,7 +730,8 @@ impl Writer {
         }
     }
 
-    /// Writes what is pending while the connection takes it.
+    /// Writes what is pending while the connection takes it (and it stays attached: a peer
+    /// that stopped reading holds a write only until its link is detached).
     async fn drain(&mut self) {
         let mut spare = Vec::new();
         loop {
@@ -716,8 +744,26 @@ impl Writer {
                 let bytes = std::mem::replace(&mut o.pending, std::mem::take(&mut spare));
                 (w, bytes)
             };
-            let ok = w.write_all(&bytes).await.is_ok() && w.flush().await.is_ok();
+            let ok = {
+                let write = async { w.write_all(&bytes).await.and(w.flush().await) };
+                tokio::pin!(write);
+                loop {
+                    tokio::select! {
+                        r = &mut write => break r.is_ok(),
+                        _ = self.line.detached.notified() => {
+                            if !lock(&self.line.out).live {
+                                break false;
+                            }
+                        }
+                    }
+                }
+            };
             let mut o = lock(&self.line.out);
+            if !o.live {
+                // Detached: the next connection starts from the replay, and this one is
+                // dropped (closed).
+                return;
+            }
             if ok {
                 self.line.counters.wrote(bytes.len());
                 o.idle = Some(w);
@@ -761,6 +807,7 @@ mod tests {
         let session = Session::start("peer", 1, counters.clone());
         let (_r, w) = client.into_split();
         session.attach(Conn {
+            id: 1,
             w,
             sealer: None,
             from: 0,

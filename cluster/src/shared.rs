@@ -1,6 +1,6 @@
 //! Everything a node's runtime and its API share, in owned parts: the network side
-//! ([`Net`]: members, links, inboxes), the registry of jobs ([`Jobs`]), admission control
-//! and the counts of what the node refused. Calls go one way: the mesh and the links use the
+//! ([`Net`]: members, links, inboxes), the registry of jobs ([`Jobs`]), admission control,
+//! the counts of what the node refused, and the suspicions about unreachable members. Calls go one way: the mesh and the links use the
 //! parts; the parts never call back up.
 
 use crate::guard::{Admission, RefusedCounts};
@@ -20,4 +20,6 @@ pub(crate) struct Shared {
     pub(crate) refused: RefusedCounts,
     /// The election on etcd, if the node is configured with it (see [`crate::leader`]).
     pub(crate) leadership: Option<Arc<crate::leader::Leadership>>,
+    /// Who cannot reach whom, as reported to this node and by it (see [`crate::verdict`]).
+    pub(crate) suspicions: std::sync::Mutex<crate::suspicions::Suspicions>,
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 10;
+pub const PROTOCOL_VERSION: u8 = 11;
 
 /// Default largest frame accepted on an authenticated link (16 MiB).
 pub const DEFAULT_MAX_FRAME: u32 = 16 << 20;
@@ -316,6 +316,32 @@ pub enum Message {
     /// for gone at once (its jobs' parts there are lost, as for a node declared down), does
     /// not dial it again, and logs it at info instead of warning of a closed link.
     Leave,
+    /// Hosting node → the coordinator of a job it hosts: the sender has not heard from
+    /// `node`, another member, for longer than the failure timeout (`lost: false`; the
+    /// session with it is kept, and the channels to it wait), or their session broke and
+    /// frames between them may be lost (`lost: true`). The coordinator decides: unless the
+    /// sender says `Reachable` within a failure timeout, or at once when `lost`, `node` is
+    /// declared lost to every job that has parts on both.
+    Unreachable {
+        /// The member the sender cannot reach.
+        node: String,
+        /// Frames between the two may be lost (their session broke).
+        lost: bool,
+    },
+    /// Hosting node → coordinator: the link to `node` came back and its session resumed
+    /// with every frame kept; the suspicion of `Unreachable` is withdrawn.
+    Reachable {
+        /// The member reached again.
+        node: String,
+    },
+    /// Coordinator → hosting node: the coordinator declared the receiver lost to job `job`
+    /// (a link between it and another node of the job stayed down) and placed its subtasks
+    /// elsewhere; the receiver stops its part and waits for the job's end, as a node that
+    /// lost its coordinator does.
+    Dismiss {
+        /// The job.
+        job: u64,
+    },
 }
 
 impl Message {
@@ -342,6 +368,9 @@ impl Message {
             Message::Abandoned { .. } => 19,
             Message::HeartbeatAck { .. } => 20,
             Message::Leave => 21,
+            Message::Unreachable { .. } => 22,
+            Message::Reachable { .. } => 23,
+            Message::Dismiss { .. } => 24,
         }
     }
 
@@ -355,6 +384,7 @@ impl Message {
             | Message::Decision { job, .. }
             | Message::Placement { job, .. }
             | Message::StatsRequest { job }
+            | Message::Dismiss { job }
             | Message::JobEnd { job, .. } => Some(*job),
             _ => None,
         }
@@ -377,7 +407,7 @@ impl Message {
     }
 }
 
-const MAX_TAG: u8 = 21;
+const MAX_TAG: u8 = 24;
 /// Tag 3 was version 1's `Welcome`; no message has it now.
 const RETIRED_TAG: u8 = 3;
 
@@ -544,6 +574,12 @@ mod tests {
                 n: 2,
             },
             Message::Ack { received: 77 },
+            Message::Unreachable {
+                node: "n3".into(),
+                lost: true,
+            },
+            Message::Reachable { node: "n3".into() },
+            Message::Dismiss { job: 8 },
             Message::Resume {
                 session: 5,
                 peer_session: 0,
