@@ -165,6 +165,8 @@ fn trial(case: Case, expected: &[String]) -> Option<String> {
         assert!(Instant::now() < deadline, "no checkpoint was committed");
         std::thread::sleep(Duration::from_millis(5));
     }
+    // A hang is a failure: past this, the process ends with the case named.
+    let watchdog = hang_watchdog(case, Duration::from_secs(120));
     let before = cluster.held_back(a, b);
     cluster.hold(a, b, case.both);
     // The fault itself lasts this long.
@@ -205,7 +207,21 @@ fn trial(case: Case, expected: &[String]) -> Option<String> {
     for n in cluster.nodes {
         n.shutdown();
     }
+    let _ = watchdog.send(());
     Some(ended)
+}
+
+/// Ends the test process (status 1, naming `case`) unless told within `limit` that the trial
+/// ended: a trial that hangs fails instead of holding the suite.
+fn hang_watchdog(case: Case, limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            eprintln!("{case:?}: the trial hung for {limit:?} (no outcome); failing");
+            std::process::exit(1);
+        }
+    });
+    done
 }
 
 #[test]
