@@ -47,7 +47,7 @@
 //! records each node handled, the traffic of each link and the top words; with
 //! `--local-cluster` the parent checks the result against the counts computed directly.
 
-use riffle::cluster::{JobOptions, Node, Secret};
+use riffle::cluster::{ClusterError, JobOptions, Node, Secret};
 use riffle::prelude::*;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -547,8 +547,9 @@ fn follow(node: &Node, name: &str) -> Result<(), Box<dyn std::error::Error>> {
         .wait_hosted(Duration::from_secs(600))
         .ok_or("no job ended within 10 minutes")?;
     let error = match node.wait_job_end("wordcount", Duration::from_secs(10)) {
-        Some(agreed) => agreed.err(),
-        None => end.error,
+        Ok(agreed) => agreed.err(),
+        Err(ClusterError::NoEtcd) => end.error,
+        Err(e) => Some(e.to_string()),
     };
     match error {
         None => Ok(()),
@@ -677,7 +678,19 @@ fn coordinate(
             .collect();
         println!("  {n}: {}", names.join(", "));
     }
-    let result = job.wait()?;
+    let result = match job.wait() {
+        Ok(result) => result,
+        Err(JobError::Cluster(ClusterError::Fenced { reason, .. })) => {
+            // Another leader continues the job (this node may win the election again): its
+            // outcome is the one agreed in etcd.
+            println!("{name}: fenced ({reason}); waiting for the job's agreed end");
+            return match node.wait_job_end("wordcount", Duration::from_secs(600))? {
+                Ok(()) => Ok(()),
+                Err(e) => Err(format!("{name}: the job failed (as agreed in etcd): {e}").into()),
+            };
+        }
+        Err(e) => return Err(e.into()),
+    };
     if let Ok(mut slot) = running.lock() {
         *slot = None;
     }
@@ -685,8 +698,10 @@ fn coordinate(
         println!("{name}: stopped at savepoint {sp}; continue with --resume --dir DIR");
         return Ok(());
     }
-    if let Some(Err(e)) = node.wait_job_end("wordcount", Duration::from_secs(10)) {
-        return Err(format!("{name}: the job failed (as agreed in etcd): {e}").into());
+    match node.wait_job_end("wordcount", Duration::from_secs(10)) {
+        Ok(Ok(())) | Err(ClusterError::NoEtcd) => {}
+        Ok(Err(e)) => return Err(format!("{name}: the job failed (as agreed in etcd): {e}").into()),
+        Err(e) => return Err(format!("{name}: no agreed end of the job: {e}").into()),
     }
     println!("\nper node (records in, batches in, credit stalls):");
     for f in result.per_node() {

@@ -185,6 +185,7 @@ pub mod metrics {
 /// Nodes and jobs across them: a node process joins a cluster with its shared secret, and a
 /// job's subtasks are placed over the live nodes.
 pub mod cluster {
+    pub use riffle_actors::ClusterError;
     pub use riffle_cluster::{
         ClusterJob, EtcdAuth, EtcdTls, HostedEnd, JobBuilder, JobOptions, Limits, Member, Node,
         NodeBuilder, NodeError, Placement, Refusals, Secret, SecretError, Status,

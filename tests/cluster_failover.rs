@@ -94,9 +94,9 @@ fn node_process_entry() {
         }
     };
     let agreed = match node.wait_job_end("sum", Duration::from_secs(600)) {
-        Some(Ok(())) => "ok".to_string(),
-        Some(Err(e)) => format!("error: {e}"),
-        None => "none".to_string(),
+        Ok(Ok(())) => "ok".to_string(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(e) => format!("none: {e}"),
     };
     let outcome = format!(
         "own={own}\nagreed={agreed}\nfenced_frames={}\nrefused_as_leader={}\n",

@@ -224,6 +224,25 @@ pub enum ClusterError {
         /// What failed.
         reason: String,
     },
+    /// etcd kept failing (unreachable, restarting, paused) for as long as the caller waited
+    /// (tried again with backoff meanwhile): what etcd records — a job's agreed end — is not
+    /// known here. Every node that waited as long reports this same error.
+    #[error("coordination unavailable: etcd kept failing for {waited:?}: {reason}")]
+    CoordinationUnavailable {
+        /// The last failure.
+        reason: String,
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+    /// etcd answered, and job `name` had not ended by the deadline.
+    #[error("job `{name}` had not ended by the deadline")]
+    NotEnded {
+        /// The job's registered name.
+        name: String,
+    },
+    /// The node is not configured with etcd, which this needs.
+    #[error("this node runs without etcd")]
+    NoEtcd,
 }
 
 impl JobError {

@@ -62,7 +62,11 @@ fn cluster_error(e: LeaderError) -> ClusterError {
     match e {
         LeaderError::Fenced { epoch } => ClusterError::Fenced {
             epoch,
-            reason: "etcd refused the leader's write: another node leads".to_string(),
+            reason: "etcd refused the leader's write: its election key is gone (its lease expired or was revoked), so another node leads or will".to_string(),
+        },
+        LeaderError::Lapsed { epoch } => ClusterError::Fenced {
+            epoch,
+            reason: "the leader's lease was not surely alive (etcd did not renew it in time, or the node was paused): it wrote nothing (etcd was not asked) and gives the leadership up".to_string(),
         },
         LeaderError::Etcd(reason) => ClusterError::Etcd { reason },
     }
@@ -135,37 +139,104 @@ impl Authority {
         self.write(|r| r.rescaled = rescaled.to_vec())
     }
 
-    /// The job ended (`error`: why it failed): agreed in etcd before anyone is told.
+    /// The job ended (`error`: why it failed): agreed in etcd before anyone is told. While
+    /// etcd fails, the write is tried again with backoff for [`END_WRITE_DEADLINE`].
+    ///
+    /// # Errors
+    /// [`ClusterError::Fenced`] if this node no longer leads (the next leader continues the
+    /// job and records its end); [`ClusterError::CoordinationUnavailable`] if etcd failed
+    /// until the deadline.
     pub(crate) fn ended(&self, error: Option<&str>) -> Result<(), ClusterError> {
-        self.write(|r| {
-            r.state = match error {
-                None => RecordState::Succeeded,
-                Some(e) => RecordState::Failed(e.to_string()),
+        let state = match error {
+            None => RecordState::Succeeded,
+            Some(e) => RecordState::Failed(e.to_string()),
+        };
+        let deadline = std::time::Instant::now() + END_WRITE_DEADLINE;
+        let mut pause = END_RETRY.0;
+        loop {
+            match self.write(|r| r.state = state.clone()) {
+                Err(ClusterError::Etcd { reason }) => {
+                    let left = deadline.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(ClusterError::CoordinationUnavailable {
+                            reason,
+                            waited: END_WRITE_DEADLINE,
+                        });
+                    }
+                    tracing::warn!(job = %self.name(), %reason, "cannot record the job's end in etcd; trying again");
+                    std::thread::sleep(pause.min(left));
+                    pause = (pause * 2).min(END_RETRY.1);
+                }
+                other => return other,
             }
-        })
+        }
+    }
+
+    fn name(&self) -> String {
+        self.record
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .name
+            .clone()
     }
 }
 
-/// The outcome of job `name` as its record says once it ended: `Ok(())` if it succeeded,
-/// `Err(error)` if it failed; `None` if `timeout` passed first or etcd failed.
+/// How long a leader tries to record a job's end while etcd fails.
+pub(crate) const END_WRITE_DEADLINE: Duration = Duration::from_secs(60);
+
+/// How long one watch for a job's end waits before it is made again (so a watch that etcd
+/// dropped silently, as a restarted etcd does, is replaced).
+const END_WATCH: Duration = Duration::from_secs(5);
+
+/// The first and the longest pause between tries while etcd fails.
+const END_RETRY: (Duration, Duration) = (Duration::from_millis(100), Duration::from_secs(2));
+
+/// The outcome of job `name` as its record says once it ended: `Ok(Ok(()))` if it succeeded,
+/// `Ok(Err(error))` if it failed. While etcd fails (unreachable, restarting, paused), it is
+/// tried again with backoff until `timeout` passes.
+///
+/// # Errors
+/// [`ClusterError::CoordinationUnavailable`] if etcd failed until `timeout` passed (the
+/// outcome is not known here); [`ClusterError::NotEnded`] if etcd answered and the job had
+/// not ended by then.
 pub(crate) fn agreed_end(
     l: &Leadership,
     name: &str,
     timeout: Duration,
-) -> Option<Result<(), String>> {
+) -> Result<Result<(), String>, ClusterError> {
     let ended = |b: &[u8]| {
         serde_json::from_slice::<JobRecord>(b).is_ok_and(|r| r.state != RecordState::Running)
     };
-    let body = match l.await_value(&l.job_key(name), ended, timeout) {
-        Ok(b) => b,
-        Err(e) => {
-            tracing::warn!(job = %name, error = %e, "no agreed end of the job");
-            return None;
+    let deadline = std::time::Instant::now() + timeout;
+    let (mut pause, mut failure) = (END_RETRY.0, None::<String>);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return Err(match failure {
+                Some(reason) => ClusterError::CoordinationUnavailable {
+                    reason,
+                    waited: timeout,
+                },
+                None => ClusterError::NotEnded {
+                    name: name.to_string(),
+                },
+            });
         }
-    };
-    match serde_json::from_slice::<JobRecord>(&body).ok()?.state {
-        RecordState::Succeeded => Some(Ok(())),
-        RecordState::Failed(e) => Some(Err(e)),
-        RecordState::Running => None,
+        match l.await_value(&l.job_key(name), ended, left.min(END_WATCH)) {
+            Ok(Some(body)) => match serde_json::from_slice::<JobRecord>(&body).map(|r| r.state) {
+                Ok(RecordState::Succeeded) => return Ok(Ok(())),
+                Ok(RecordState::Failed(e)) => return Ok(Err(e)),
+                _ => failure = Some("the job's record does not decode".to_string()),
+            },
+            Ok(None) => failure = None,
+            Err(e) => {
+                if failure.is_none() {
+                    tracing::warn!(job = %name, error = %e, "cannot read the job's agreed end from etcd; trying again");
+                }
+                failure = Some(e.to_string());
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(END_RETRY.1);
+            }
+        }
     }
 }

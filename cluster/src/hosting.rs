@@ -580,10 +580,11 @@ fn report_agreed_end(
     let spawned = std::thread::Builder::new()
         .name(format!("riffle-end-{job:x}"))
         .spawn(move || {
-            if let Some(end) = crate::authority::agreed_end(&l, &name, AGREED_END_WAIT) {
-                let error = end.err();
-                s.jobs.hosted_ended(HostedEnd { job, name, error });
-            }
+            let error = match crate::authority::agreed_end(&l, &name, AGREED_END_WAIT) {
+                Ok(end) => end.err(),
+                Err(e) => Some(e.to_string()),
+            };
+            s.jobs.hosted_ended(HostedEnd { job, name, error });
         });
     if let Err(e) = spawned {
         tracing::error!(error = %e, "cannot start a thread to wait for a job's end");

@@ -160,9 +160,17 @@ pub struct LeaderView {
 /// Why etcd refused or could not take a leader's write.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LeaderError {
-    /// This node does not hold the leadership of that epoch any more: another node leads.
-    #[error("fenced: this node no longer leads (epoch {epoch})")]
+    /// etcd refused the write: this node's election key of that epoch is gone (its lease
+    /// expired or was revoked), so another node leads or will.
+    #[error("fenced: etcd refused the write, this node no longer leads (epoch {epoch})")]
     Fenced {
+        /// The epoch it led in.
+        epoch: u64,
+    },
+    /// Nothing was written: this node's lease is not surely alive (etcd did not renew it in
+    /// time, or this node was paused), so it may not act as the leader of that epoch.
+    #[error("fenced: the lease of epoch {epoch} is not surely alive; etcd was not asked")]
+    Lapsed {
         /// The epoch it led in.
         epoch: u64,
     },
@@ -198,6 +206,8 @@ struct State {
     refused_as_leader: u64,
     /// The lease the agent holds now.
     lease: Option<i64>,
+    /// The TTL etcd granted the lease (etcd raises a TTL below its minimum).
+    granted: Option<Duration>,
     /// Why the agent could not connect to etcd, while it cannot (unreachable, or it refused
     /// the node's user, password or certificate).
     refused: Option<String>,
@@ -223,11 +233,13 @@ enum Request {
         prefix: String,
         reply: std_mpsc::Sender<Result<KeyValues, LeaderError>>,
     },
-    /// The value of `key` once `until` holds for it (watched, not polled).
+    /// The value of `key` once `until` holds for it (watched, not polled), or `None` once
+    /// `within` passed.
     Await {
         key: String,
         until: Until,
-        reply: std_mpsc::Sender<Result<Vec<u8>, LeaderError>>,
+        within: Duration,
+        reply: std_mpsc::Sender<Result<Option<Vec<u8>>, LeaderError>>,
     },
 }
 
@@ -239,8 +251,9 @@ pub(crate) struct Leadership {
     state: Mutex<State>,
     changed: Condvar,
     requests: mpsc::UnboundedSender<Request>,
-    /// Wakes the leading agent to give the leadership up ([`Leadership::resign`]).
-    resign: tokio::sync::Notify,
+    /// The epoch whose leadership the agent must give up ([`Leadership::resign`]); a value,
+    /// not a signal, so a request made before the agent waits for it is not missed.
+    resign: watch::Sender<u64>,
     /// Stops the agent ([`Leadership::shutdown`]).
     stop: watch::Sender<bool>,
     /// Signalled when the agent stopped.
@@ -266,7 +279,7 @@ impl Leadership {
             state: Mutex::new(State::default()),
             changed: Condvar::new(),
             requests: tx,
-            resign: tokio::sync::Notify::new(),
+            resign: watch::channel(0).0,
             stop,
             stopped: Mutex::new(Some(stopped)),
         });
@@ -363,14 +376,27 @@ impl Leadership {
         self.lock().refused_as_leader += 1;
     }
 
-    /// Gives the leadership up (revokes the lease), if this node has it: after it stopped
-    /// its jobs because its lease was not surely alive, a new election — which this node
-    /// may win again — makes some leader continue them.
+    /// Gives the leadership up (revokes the lease), if this node has it: after a path fenced
+    /// it (its lease was not surely alive, or etcd refused its write), a new election —
+    /// which this node may win again — makes some leader continue its jobs within the
+    /// lease's TTL.
     pub(crate) fn resign(&self) {
-        if self.lock().mine.is_some() {
-            tracing::warn!("giving up the leadership: a new election continues the jobs");
-            self.resign.notify_waiters();
+        let Some(epoch) = self.lock().mine.as_ref().map(|m| m.epoch) else {
+            return;
+        };
+        if *self.resign.borrow() != epoch {
+            tracing::warn!(
+                epoch,
+                "giving up the leadership (revoking the lease): a new election continues the jobs"
+            );
+            self.resign.send_replace(epoch);
         }
+    }
+
+    /// The TTL of the leader's lease as etcd granted it (what was asked until a lease is
+    /// granted): how long a lost leader stays the leader.
+    pub(crate) fn lease_ttl(&self) -> Duration {
+        self.lock().granted.unwrap_or(self.ttl)
     }
 
     /// Blocks until some node leads (or `timeout` passes); the view then. When this node
@@ -401,7 +427,8 @@ impl Leadership {
     ) -> Result<(), LeaderError> {
         if !self.holds_epoch(epoch) {
             self.lock().refused_as_leader += 1;
-            return Err(LeaderError::Fenced { epoch });
+            self.resign();
+            return Err(LeaderError::Lapsed { epoch });
         }
         let (reply, rx) = std_mpsc::channel();
         let req = Request::PutFenced {
@@ -413,6 +440,7 @@ impl Leadership {
         let r = self.ask(req, rx);
         if matches!(r, Err(LeaderError::Fenced { .. })) {
             self.lock().refused_as_leader += 1;
+            self.resign();
         }
         r
     }
@@ -427,21 +455,28 @@ impl Leadership {
         self.ask(Request::List { prefix, reply }, rx)
     }
 
-    /// The value of `key` once `until` holds for it; waits on etcd's watch at most
-    /// `timeout`.
+    /// The value of `key` once `until` holds for it; `None` if `within` passed first (etcd
+    /// answered, the value is not there yet). Waits on etcd's watch.
     ///
     /// # Errors
-    /// [`LeaderError::Etcd`] if etcd failed or `timeout` passed first.
+    /// [`LeaderError::Etcd`] if etcd failed, or did not answer within `within` and a little
+    /// more.
     pub(crate) fn await_value(
         &self,
         key: &str,
         until: impl Fn(&[u8]) -> bool + Send + 'static,
-        timeout: Duration,
-    ) -> Result<Vec<u8>, LeaderError> {
+        within: Duration,
+    ) -> Result<Option<Vec<u8>>, LeaderError> {
         let (reply, rx) = std_mpsc::channel();
         let key = key.to_string();
         let until = Box::new(until);
-        self.ask_for(Request::Await { key, until, reply }, rx, timeout)
+        let req = Request::Await {
+            key,
+            until,
+            within,
+            reply,
+        };
+        self.ask_for(req, rx, within + REQUEST_TIMEOUT)
     }
 
     fn ask<T>(
@@ -567,11 +602,27 @@ async fn campaign_once(
 ) -> Result<(), etcd_client::Error> {
     let ttl = l.ttl.as_secs().max(1) as i64;
     let granted_at = Instant::now();
-    let lease = client.lease_grant(ttl, None).await?.id();
-    l.lock().lease = Some(lease);
-    l.renewed(granted_at + l.ttl.mul_f64(0.8));
+    let grant = client.lease_grant(ttl, None).await?;
+    let lease = grant.id();
+    let granted = Duration::from_secs(grant.ttl().max(1) as u64);
+    if granted != l.ttl {
+        tracing::warn!(asked = ?l.ttl, ?granted, "etcd granted the leader's lease another TTL than asked (it raises a TTL below its minimum, 1.5 × its election timeout): a lost leader is replaced after the granted one");
+    }
+    {
+        let mut st = l.lock();
+        st.lease = Some(lease);
+        st.granted = Some(granted);
+    }
+    l.renewed(granted_at + granted.mul_f64(0.8));
     let (lost_tx, mut lost) = watch::channel(false);
-    let keeper = tokio::spawn(keep_alive(l.clone(), client.clone(), lease, lost_tx));
+    let keeper = tokio::spawn(keep_alive(
+        l.clone(),
+        client.clone(),
+        lease,
+        granted,
+        lost_tx,
+    ));
+    let mut resign = l.resign.subscribe();
     let name = format!("{}/leader", l.prefix);
     let won = tokio::select! {
         r = client.campaign(name, l.me.clone(), lease) => Some(r),
@@ -589,7 +640,7 @@ async fn campaign_once(
             let _ = events.send(LeaderEvent::Elected(epoch));
             tokio::select! {
                 _ = lost.wait_for(|v| *v) => {}
-                () = l.resign.notified() => {}
+                _ = resign.wait_for(|e| *e == epoch) => {}
             }
         }
     }
@@ -599,9 +650,16 @@ async fn campaign_once(
     Ok(())
 }
 
-/// Renews `lease` every third of its TTL; says when it is lost (expired, or etcd gone).
-async fn keep_alive(l: Arc<Leadership>, mut client: Client, lease: i64, lost: watch::Sender<bool>) {
-    let every = l.ttl / 3;
+/// Renews `lease` (granted for `ttl`) every third of its TTL; says when it is lost (expired,
+/// or etcd gone).
+async fn keep_alive(
+    l: Arc<Leadership>,
+    mut client: Client,
+    lease: i64,
+    ttl: Duration,
+    lost: watch::Sender<bool>,
+) {
+    let every = ttl / 3;
     let result: Result<(), String> = async {
         let (mut keeper, mut stream) = client
             .lease_keep_alive(lease)
@@ -611,7 +669,7 @@ async fn keep_alive(l: Arc<Leadership>, mut client: Client, lease: i64, lost: wa
             let sent = Instant::now();
             keeper.keep_alive().await.map_err(|e| e.to_string())?;
             match stream.message().await {
-                Ok(Some(r)) if r.ttl() > 0 => l.renewed(sent + l.ttl.mul_f64(0.8)),
+                Ok(Some(r)) if r.ttl() > 0 => l.renewed(sent + ttl.mul_f64(0.8)),
                 Ok(_) => return Err("the lease expired".to_string()),
                 Err(e) => return Err(e.to_string()),
             }
@@ -681,9 +739,19 @@ async fn serve(l: Arc<Leadership>, client: Client, mut requests: mpsc::Unbounded
                         .map_err(|e| LeaderError::Etcd(e.to_string()));
                     let _ = reply.send(r);
                 }
-                Request::Await { key, until, reply } => {
-                    let r = await_value(&mut client, key, until).await;
-                    let _ = reply.send(r.map_err(|e| LeaderError::Etcd(e.to_string())));
+                Request::Await {
+                    key,
+                    until,
+                    within,
+                    reply,
+                } => {
+                    let r = tokio::time::timeout(within, await_value(&mut client, key, until));
+                    let r = match r.await {
+                        Ok(Ok(v)) => Ok(Some(v)),
+                        Ok(Err(e)) => Err(LeaderError::Etcd(e.to_string())),
+                        Err(_) => Ok(None),
+                    };
+                    let _ = reply.send(r);
                 }
             }
         });

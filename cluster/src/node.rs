@@ -545,6 +545,14 @@ impl Node {
         self.shared.leadership.as_ref()?.wait_holds(timeout)
     }
 
+    /// With etcd: the TTL of this node's lease as etcd granted it (etcd raises a TTL below
+    /// its minimum — 1.5 × its election timeout, 2 s with its default settings — so a 1 s
+    /// lease asked of a stock etcd is a 2 s one); what was asked until a lease is granted.
+    /// A lost leader is replaced about this long after it stopped renewing it.
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        Some(self.shared.leadership.as_ref()?.lease_ttl())
+    }
+
     /// With etcd: the epoch this node leads in, if it surely leads now.
     pub fn leads(&self) -> Option<u64> {
         self.shared.leadership.as_ref().and_then(|l| l.holds())
@@ -552,12 +560,25 @@ impl Node {
 
     /// With etcd: blocks until job `name` ended (or `timeout` passes) and returns its
     /// outcome as the leader recorded it in etcd — the same on every node, whoever
-    /// coordinated it and whatever happened to this node meanwhile: `Some(Ok(()))` if it
-    /// succeeded, `Some(Err(error))` if it failed. `None` without etcd, or if `timeout` passed
-    /// first. (It is the latest end recorded under that name: ask once the job was
-    /// submitted.)
-    pub fn wait_job_end(&self, name: &str, timeout: Duration) -> Option<Result<(), String>> {
-        let l = self.shared.leadership.as_ref()?;
+    /// coordinated it and whatever happened to this node meanwhile: `Ok(Ok(()))` if it
+    /// succeeded, `Ok(Err(error))` if it failed. While etcd fails (unreachable, restarting,
+    /// paused) it is asked again with backoff until `timeout` passes. (It is the latest end
+    /// recorded under that name: ask once the job was submitted.)
+    ///
+    /// # Errors
+    /// [`ClusterError::CoordinationUnavailable`] if etcd kept failing until `timeout`;
+    /// [`ClusterError::NotEnded`] if the job had not ended by then; [`ClusterError::NoEtcd`]
+    /// without etcd.
+    pub fn wait_job_end(
+        &self,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<Result<(), String>, riffle_actors::ClusterError> {
+        let l = self
+            .shared
+            .leadership
+            .as_ref()
+            .ok_or(riffle_actors::ClusterError::NoEtcd)?;
         crate::authority::agreed_end(l, name, timeout)
     }
 

@@ -1,7 +1,9 @@
 //! A real etcd server for a test: Debian's `etcd` binary (package `etcd-server`, installed by
 //! `.ci/run`), started on free 127.0.0.1 ports with a temporary data directory and stopped
-//! by process id when dropped. Its heartbeat is 50 ms and its election timeout 500 ms, so
-//! leases as short as 1 s are honoured.
+//! by process id when dropped. [`Etcd::start`] tunes its heartbeat to 50 ms and its election
+//! timeout to 500 ms, so leases as short as 1 s are honoured; [`Etcd::stock`] keeps etcd's
+//! defaults. A test can pause it (SIGSTOP), let it run again, or kill and restart it on its
+//! data directory.
 //!
 //! Outside CI, a machine without etcd skips the tests that need it and says why; with
 //! `RIFFLE_REQUIRE_SERVICES=1` (set by `.ci/run`) a missing etcd is a failure.
@@ -15,6 +17,8 @@ pub struct Etcd {
     child: Child,
     /// Its client URL (`http://127.0.0.1:PORT`).
     pub url: String,
+    /// The binary and its arguments, to start it again on its data directory.
+    command: (String, Vec<String>),
     _dir: tempfile::TempDir,
 }
 
@@ -30,6 +34,15 @@ fn binary() -> Option<String> {
         .map(|p| p.display().to_string())
 }
 
+/// How an etcd for a test is tuned.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Timing {
+    /// 50 ms heartbeat, 500 ms election timeout: leases as short as 1 s are honoured.
+    Quick,
+    /// etcd's defaults (100 ms, 1 s): the shortest lease it grants is 2 s.
+    Stock,
+}
+
 impl Etcd {
     /// Starts etcd and waits until it serves clients (it says so on its log). `None` — with
     /// the reason printed — if there is no etcd here and services are not required.
@@ -37,12 +50,23 @@ impl Etcd {
     /// # Panics
     /// If etcd is required and missing, or does not become ready within 30 s.
     pub fn start() -> Option<Etcd> {
-        Self::start_with("http", &[], None)
+        Self::start_with("http", &[], None, Timing::Quick)
+    }
+
+    /// As [`Etcd::start`], with etcd's default heartbeat and election timeout (its shortest
+    /// lease is then 2 s: a 1 s lease asked for is granted as 2 s).
+    pub fn stock() -> Option<Etcd> {
+        Self::start_with("http", &[], None, Timing::Stock)
     }
 
     /// Starts etcd serving `scheme` client URLs with `extra` arguments (TLS files); `dir`
     /// is its temporary directory if the caller made one.
-    fn start_with(scheme: &str, extra: &[String], dir: Option<tempfile::TempDir>) -> Option<Etcd> {
+    fn start_with(
+        scheme: &str,
+        extra: &[String],
+        dir: Option<tempfile::TempDir>,
+        timing: Timing,
+    ) -> Option<Etcd> {
         let Some(bin) = binary() else {
             let required = std::env::var("RIFFLE_REQUIRE_SERVICES").is_ok_and(|v| v == "1");
             assert!(
@@ -58,48 +82,52 @@ impl Etcd {
         let (client, peer) = (super::free_port(), super::free_port());
         let url = format!("{scheme}://127.0.0.1:{client}");
         let peer_url = format!("http://127.0.0.1:{peer}");
-        let mut child = Command::new(&bin)
-            .args(["--name", "riffle-test"])
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args([
-                "--listen-client-urls",
-                &url,
-                "--advertise-client-urls",
-                &url,
-            ])
-            .args(["--listen-peer-urls", &peer_url])
-            .args(["--initial-advertise-peer-urls", &peer_url])
-            .args(["--initial-cluster", &format!("riffle-test={peer_url}")])
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        let stderr = child.stderr.take().expect("etcd's stderr");
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut told = false;
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !told && line.contains("ready to serve client requests") {
-                    let _ = tx.send(());
-                    told = true;
-                }
-                if std::env::var("RIFFLE_ETCD_LOG").is_ok() {
-                    eprintln!("etcd: {line}");
-                }
-            }
-        });
-        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
-            let _ = child.kill();
-            panic!("etcd did not become ready within 30 s");
+        let mut args: Vec<String> = vec!["--name".into(), "riffle-test".into()];
+        args.push("--data-dir".into());
+        args.push(dir.path().join("data").display().to_string());
+        for (flag, value) in [
+            ("--listen-client-urls", url.clone()),
+            ("--advertise-client-urls", url.clone()),
+            ("--listen-peer-urls", peer_url.clone()),
+            ("--initial-advertise-peer-urls", peer_url.clone()),
+            ("--initial-cluster", format!("riffle-test={peer_url}")),
+        ] {
+            args.push(flag.into());
+            args.push(value);
         }
+        if timing == Timing::Quick {
+            args.extend(
+                ["--heartbeat-interval", "50", "--election-timeout", "500"].map(String::from),
+            );
+        }
+        args.extend(extra.iter().cloned());
+        let child = spawn(&bin, &args);
         Some(Etcd {
             child,
             url,
+            command: (bin, args),
             _dir: dir,
         })
+    }
+
+    /// Stops the server with SIGSTOP (it answers nothing, and its leases' clocks stand
+    /// still, until [`Etcd::resume`]).
+    pub fn pause(&self) {
+        signal(self.child.id(), "STOP");
+    }
+
+    /// Lets a paused server run again (SIGCONT).
+    pub fn resume(&self) {
+        signal(self.child.id(), "CONT");
+    }
+
+    /// Kills the server (SIGKILL) and starts it again on its data directory, the same
+    /// ports, after `down`; returns once it serves clients again.
+    pub fn kill_and_restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::thread::sleep(down);
+        self.child = spawn(&self.command.0, &self.command.1);
     }
 
     /// Starts etcd serving only TLS (`https://`) and checking client certificates
@@ -121,7 +149,7 @@ impl Etcd {
             f("ca.pem"),
             "--client-cert-auth".to_string(),
         ];
-        let etcd = Self::start_with("https", &extra, Some(dir))?;
+        let etcd = Self::start_with("https", &extra, Some(dir), Timing::Quick)?;
         Some(SecureEtcd { etcd, dir: d })
     }
 }
@@ -232,6 +260,47 @@ fn make_certificates(dir: &std::path::Path) {
             &ext,
         ]);
     }
+}
+
+/// Starts `bin args` and waits until it serves clients (it says so on its log).
+///
+/// # Panics
+/// If it cannot start, or is not ready within 30 s.
+fn spawn(bin: &str, args: &[String]) -> Child {
+    let mut child = Command::new(bin)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
+    let stderr = child.stderr.take().expect("etcd's stderr");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut told = false;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if !told && line.contains("ready to serve client requests") {
+                let _ = tx.send(());
+                told = true;
+            }
+            if std::env::var("RIFFLE_ETCD_LOG").is_ok() {
+                eprintln!("etcd: {line}");
+            }
+        }
+    });
+    if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+        let _ = child.kill();
+        panic!("etcd did not become ready within 30 s");
+    }
+    child
+}
+
+/// Sends signal `sig` (`STOP`, `CONT`) to process `pid`.
+fn signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -{sig} {pid} failed");
 }
 
 impl Drop for Etcd {
