@@ -166,7 +166,7 @@ fn trial(case: Case, expected: &[String]) -> Option<String> {
         std::thread::sleep(Duration::from_millis(5));
     }
     // A hang is a failure: past this, the process ends with the case named.
-    let watchdog = hang_watchdog(case, Duration::from_secs(120));
+    let watchdog = common::watchdog(format!("{case:?}"), Duration::from_secs(120));
     let before = cluster.held_back(a, b);
     cluster.hold(a, b, case.both);
     // The fault itself lasts this long.
@@ -209,19 +209,6 @@ fn trial(case: Case, expected: &[String]) -> Option<String> {
     }
     let _ = watchdog.send(());
     Some(ended)
-}
-
-/// Ends the test process (status 1, naming `case`) unless told within `limit` that the trial
-/// ended: a trial that hangs fails instead of holding the suite.
-fn hang_watchdog(case: Case, limit: Duration) -> std::sync::mpsc::Sender<()> {
-    let (done, wait) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
-            eprintln!("{case:?}: the trial hung for {limit:?} (no outcome); failing");
-            std::process::exit(1);
-        }
-    });
-    done
 }
 
 #[test]

@@ -17,6 +17,7 @@ mod cluster_bad_input;
 mod cluster_data_path;
 mod cluster_deadlines;
 mod cluster_errors;
+mod cluster_etcd_outage;
 mod cluster_etcd_secure;
 mod cluster_failover;
 mod cluster_job;

@@ -230,3 +230,17 @@ pub fn final_sums(out: Vec<(u64, u64)>) -> std::collections::HashMap<u64, u64> {
     }
     finals
 }
+
+/// Ends the test process (status 1, naming `what`) unless told within `limit` that the trial
+/// ended (send on the returned channel, or drop it on a panic): a trial that hangs fails
+/// instead of holding the suite.
+pub fn watchdog(what: String, limit: Duration) -> std::sync::mpsc::Sender<()> {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    std::thread::spawn(move || {
+        if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = wait.recv_timeout(limit) {
+            eprintln!("{what}: the trial hung for {limit:?} (no outcome); failing");
+            std::process::exit(1);
+        }
+    });
+    done
+}
