@@ -15,15 +15,8 @@
 use crate::common;
 
 use common::etcd::Etcd;
-use common::proxy::{Proxy, DOWN, UP};
-use riffle::cluster::{Node, Status};
-use std::collections::HashMap;
-use std::path::Path;
+use common::proxied::{Cluster, FAILURE_TIMEOUT, NAMES};
 use std::time::{Duration, Instant};
-
-const SECRET: &[u8] = b"partial partition test secret";
-const NAMES: [&str; 3] = ["n1", "n2", "n3"];
-const FAILURE_TIMEOUT: Duration = Duration::from_millis(400);
 
 fn sum_job() -> common::SumJob {
     common::SumJob {
@@ -35,88 +28,6 @@ fn sum_job() -> common::SumJob {
         checkpoint_ms: 50,
         pace: 100,
         pace_ms: 1,
-    }
-}
-
-/// Three nodes whose every link passes through a proxy of its own.
-struct Cluster {
-    nodes: Vec<Node>,
-    /// `(i, j)`: the proxy node `i` dials node `j` through.
-    proxies: HashMap<(usize, usize), Proxy>,
-}
-
-impl Cluster {
-    fn start(dir: &Path, etcd: Option<&Etcd>) -> Cluster {
-        let addrs: Vec<String> = (0..3)
-            .map(|_| format!("127.0.0.1:{}", common::free_port()))
-            .collect();
-        let mut proxies = HashMap::new();
-        for i in 0..3 {
-            for j in (0..3).filter(|&j| j != i) {
-                proxies.insert((i, j), Proxy::start(addrs[j].clone()));
-            }
-        }
-        let nodes = (0..3)
-            .map(|i| {
-                let routes: Vec<(String, String)> = (0..3)
-                    .filter(|&j| j != i)
-                    .map(|j| (addrs[j].clone(), proxies[&(i, j)].addr.clone()))
-                    .collect();
-                let d = dir.to_path_buf();
-                let mut b = Node::builder()
-                    .name(NAMES[i])
-                    .listen(&addrs[i])
-                    .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
-                    .heartbeat(Duration::from_millis(50))
-                    .failure_timeout(FAILURE_TIMEOUT)
-                    .dial_via(move |a| {
-                        routes
-                            .iter()
-                            .find(|(real, _)| real == a)
-                            .map_or_else(|| a.to_string(), |(_, via)| via.clone())
-                    })
-                    .register_job("sum", move || sum_job().build(&d));
-                if i > 0 {
-                    b = b.seeds([addrs[0].clone()]);
-                }
-                if let Some(e) = etcd {
-                    b = b.etcd([e.url.clone()]).lease_ttl(Duration::from_secs(1));
-                }
-                b.start().expect("node")
-            })
-            .collect::<Vec<_>>();
-        for n in &nodes {
-            let m = n.wait_members(Duration::from_secs(20), |m| {
-                m.len() == 2 && m.iter().all(|x| x.status == Status::Up)
-            });
-            assert!(
-                m.len() == 2 && m.iter().all(|x| x.status == Status::Up),
-                "{} sees the other two: {m:?}",
-                n.name()
-            );
-        }
-        Cluster { nodes, proxies }
-    }
-
-    /// Holds the link between nodes `a` and `b`: `a → b` always, `b → a` too if `both`.
-    fn hold(&self, a: usize, b: usize, both: bool) {
-        // On a's proxy to b, a is the client: a → b is UP. On b's proxy to a, it is DOWN.
-        let (ab, ba) = if both {
-            (UP | DOWN, UP | DOWN)
-        } else {
-            (UP, DOWN)
-        };
-        self.proxies[&(a, b)].hold(ab);
-        self.proxies[&(b, a)].hold(ba);
-    }
-
-    fn release(&self, a: usize, b: usize) {
-        self.proxies[&(a, b)].hold(0);
-        self.proxies[&(b, a)].hold(0);
-    }
-
-    fn held_back(&self, a: usize, b: usize) -> u64 {
-        self.proxies[&(a, b)].held_back() + self.proxies[&(b, a)].held_back()
     }
 }
 
@@ -137,7 +48,15 @@ fn trial(case: Case, expected: &[String]) -> Option<String> {
         None
     };
     let dir = tempfile::tempdir().expect("tempdir");
-    let cluster = Cluster::start(dir.path(), etcd.as_ref());
+    let job = sum_job();
+    let cluster = Cluster::start(|b| {
+        let d = dir.path().to_path_buf();
+        let b = b.register_job("sum", move || job.build(&d));
+        match &etcd {
+            Some(e) => b.etcd([e.url.clone()]).lease_ttl(Duration::from_secs(1)),
+            None => b,
+        }
+    });
     let coordinator = match &etcd {
         Some(_) => {
             let leader = cluster.nodes[0]

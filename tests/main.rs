@@ -20,6 +20,7 @@ mod cluster_errors;
 mod cluster_etcd_outage;
 mod cluster_etcd_secure;
 mod cluster_failover;
+mod cluster_handshake_flood;
 mod cluster_job;
 mod cluster_link_reset;
 mod cluster_membership;

@@ -7,14 +7,21 @@
 //!   [`Limits::max_pending_per_addr`] from the connection's IP address;
 //! - the node has [`Limits::max_connections`] accepted connections (pending or linked), or
 //!   [`Limits::max_connections_per_addr`] from the connection's IP address;
-//! - the connection's address failed [`Limits::max_failures`] handshakes within
-//!   [`Limits::failure_window`];
 //! - the process is within [`Limits::fd_reserve`] files of its open-file limit, so that an
 //!   attacker's connections can never take the files a running job needs.
 //!
 //! A ticket returns its place when dropped. Before the handshake completes a peer's frames are
 //! limited to `HANDSHAKE_MAX_FRAME` bytes, and the handshake has a deadline, so an unfinished
 //! handshake holds one socket and a few KiB for at most that long.
+//!
+//! Failed handshakes are counted ([`crate::Node::refusals`]) and end their own connection,
+//! and nothing else: an address is never locked out for them. Nodes share addresses (the
+//! processes of one host, pods behind one address), so a lockout by address would let anyone
+//! who fails handshakes from that address — or a third party whose traffic appears to come
+//! from it — keep the honest nodes there from linking again, for as long as it goes on. A
+//! flood of handshakes is bounded by the pending limits instead: it costs a node at most
+//! `max_pending` handshakes at once, and an address at most `max_pending_per_addr` of them,
+//! however fast it fails.
 
 use crate::wire::RefuseReason;
 use std::collections::HashMap;
@@ -34,11 +41,6 @@ pub struct Limits {
     pub max_connections: usize,
     /// Accepted connections at once from one IP address, pending or linked (default 64).
     pub max_connections_per_addr: usize,
-    /// Failed handshakes from one IP address within `failure_window` before that address is
-    /// refused until the window passes (default 32).
-    pub max_failures: u32,
-    /// The window of `max_failures` (default 10 s).
-    pub failure_window: Duration,
     /// Open files kept free for the node's jobs: new connections are refused when fewer
     /// remain below the process's limit (default 128).
     pub fd_reserve: usize,
@@ -51,8 +53,6 @@ impl Default for Limits {
             max_pending_per_addr: 16,
             max_connections: 256,
             max_connections_per_addr: 64,
-            max_failures: 32,
-            failure_window: Duration::from_secs(10),
             fd_reserve: 128,
         }
     }
@@ -64,7 +64,6 @@ struct Counts {
     connections: usize,
     per_addr: HashMap<IpAddr, usize>,
     conns_per_addr: HashMap<IpAddr, usize>,
-    failures: HashMap<IpAddr, (u32, Instant)>,
     refused: u64,
     files: FileGauge,
 }
@@ -141,13 +140,6 @@ impl Admission {
             c.refused += 1;
             Err(r)
         };
-        if let Some((n, since)) = c.failures.get(&ip).copied() {
-            if since.elapsed() > l.failure_window {
-                c.failures.remove(&ip);
-            } else if n >= l.max_failures {
-                return refuse(&mut c, RefuseReason::RateLimited);
-            }
-        }
         let pending_from_ip = c.per_addr.get(&ip).copied().unwrap_or(0);
         let conns_from_ip = c.conns_per_addr.get(&ip).copied().unwrap_or(0);
         if c.pending >= l.max_pending
@@ -168,21 +160,6 @@ impl Admission {
             ip,
             pending: true,
         })
-    }
-
-    /// Counts a failed handshake from `ip`.
-    pub(crate) fn failed(&self, ip: IpAddr) {
-        let mut c = self.lock();
-        let window = self.limits.failure_window;
-        let e = c.failures.entry(ip).or_insert((0, Instant::now()));
-        if e.1.elapsed() > window {
-            *e = (0, Instant::now());
-        }
-        e.0 += 1;
-        // The table stays small: forget addresses whose window passed.
-        if c.failures.len() > 4096 {
-            c.failures.retain(|_, (_, t)| t.elapsed() <= window);
-        }
     }
 
     /// Connections refused so far.
@@ -313,18 +290,21 @@ mod tests {
     }
 
     #[test]
-    fn failures_rate_limit_an_address_for_a_window() {
+    fn failed_handshakes_never_lock_an_address_out() {
         let adm = Admission::new(Limits {
-            max_failures: 2,
-            failure_window: Duration::from_millis(50),
+            max_pending_per_addr: 2,
             ..Limits::default()
         });
-        adm.failed(ip(1));
-        adm.failed(ip(1));
-        assert_eq!(adm.admit(ip(1)).err(), Some(RefuseReason::RateLimited));
-        assert!(adm.admit(ip(2)).is_ok(), "other addresses are not limited");
-        std::thread::sleep(Duration::from_millis(60));
-        assert!(adm.admit(ip(1)).is_ok(), "the window passed");
+        // A thousand failed handshakes from an address: each held a place while it ran and
+        // gave it back when it failed.
+        for _ in 0..1000 {
+            drop(adm.admit(ip(1)).expect("a place"));
+        }
+        let mut honest = adm
+            .admit(ip(1))
+            .expect("a node at that address is admitted");
+        honest.linked();
+        assert_eq!(adm.refused(), 0);
     }
 
     #[test]

@@ -46,10 +46,8 @@ async fn establish(
     let est = match handshake(stream, hs, role).await {
         Ok(e) => e,
         Err(e) => {
+            // Counted; the connection ends, and nothing else is held against its address.
             RefusedCounts::add(&shared.refused.handshakes);
-            if let (Some(adm), Some(ip), Some(_)) = (&shared.admission, ip, ticket.as_ref()) {
-                adm.failed(ip);
-            }
             tracing::warn!(error = %e, "link refused");
             return None;
         }

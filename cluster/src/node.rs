@@ -72,7 +72,8 @@ pub enum NodeError {
 /// What a node refused since it started ([`Node::refusals`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Refusals {
-    /// Connections turned away before their handshake (limits, rate limit, open files).
+    /// Connections turned away before their handshake (pending and connection limits, open
+    /// files).
     pub connections: u64,
     /// Handshakes that failed: wrong secret, cluster or version, own id, malformed, late.
     pub handshakes: u64,

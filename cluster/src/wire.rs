@@ -140,7 +140,9 @@ pub enum RefuseReason {
     /// The node is at its limit of connections or pending handshakes, or near its limit of
     /// open files; try again later.
     Busy,
-    /// Too many failed handshakes from this address lately; try again later.
+    /// Too many failed handshakes from this address lately (not sent since protocol 11: an
+    /// address is no longer locked out for failed handshakes; kept so that the reasons keep
+    /// their numbers).
     RateLimited,
     /// A node id that is empty, too long or not printable.
     BadNodeId,

@@ -6,6 +6,7 @@ pub mod etcd;
 pub mod gated;
 pub mod insider;
 pub mod prometheus;
+pub mod proxied;
 pub mod proxy;
 
 use riffle::prelude::*;
