@@ -91,10 +91,11 @@ fn node_process_entry() {
         }
     };
     let mut report = format!(
-        "recoveries={} nodes_lost={} checkpoints={}\n",
+        "recoveries={} nodes_lost={} checkpoints={} elapsed_ms={}\n",
         result.recoveries.len(),
         result.nodes_lost.join(","),
-        result.checkpoints.len()
+        result.checkpoints.len(),
+        result.elapsed.as_millis()
     );
     for r in &result.recoveries {
         report += &format!(
