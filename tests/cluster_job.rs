@@ -337,53 +337,47 @@ fn a_node_restarted_under_its_id_at_once_is_a_lost_node() {
 fn a_coordinator_paused_past_the_failure_timeout_has_one_outcome_on_every_node() {
     // Without etcd: the coordinator (n1) is paused (SIGSTOP) for 2 s, four failure timeouts;
     // n2 and n3 declare it lost and stop their part of the job. They must not report the job
-    // failed while n1, running again, finishes it alone and reports success: they wait (ten
-    // failure timeouts) for its word, and it tells them the outcome when they are linked
-    // again. Either every node reports success or every node reports the failure — never
-    // both.
-    let dir = tempfile::tempdir().expect("tempdir");
-    let mut cluster = start_cluster(3, dir.path(), true);
-    wait_for_a_commit(&mut cluster, dir.path());
-    let pid = cluster.children[0].id().to_string();
-    let signal = |sig: &str| {
-        let ok = Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .expect("kill");
-        assert!(ok.success(), "kill {sig} n1");
-    };
-    signal("-STOP");
-    // Fault timing, not synchronisation: the pause is the fault.
-    std::thread::sleep(Duration::from_secs(2));
-    signal("-CONT");
-    let statuses = wait_all(&mut cluster, Duration::from_secs(180));
-    let errors: Vec<String> = (1..=3)
-        .map(|i| {
-            std::fs::read_to_string(dir.path().join(format!("error-n{i}"))).unwrap_or_default()
-        })
-        .collect();
-    for (i, (s, e)) in statuses.iter().zip(&errors).enumerate() {
-        println!("n{}: {s} {e}", i + 1);
-    }
-    let ok: Vec<bool> = statuses.iter().map(|s| s.success()).collect();
-    assert!(
-        ok.iter().all(|x| *x) || ok.iter().all(|x| !*x),
-        "one outcome on every node: {statuses:?} {errors:?}"
-    );
-    if ok[0] {
-        common::assert_same_output(
-            common::published_output(dir.path()),
-            sum_job(false).single_process_output(),
-        );
-    } else {
+    // failed while n1, running again, finishes it alone: they wait (ten failure timeouts) for
+    // its word, answer its orders for the job with `Stopped` if it had not declared them lost
+    // yet (it then goes on without them), and it tells them the end when they are linked
+    // again. Every node reports success, and the output is exact. `RIFFLE_PAUSE_TRIALS`
+    // trials (default 1; one in three failed everywhere before `Stopped`).
+    let trials: usize = std::env::var("RIFFLE_PAUSE_TRIALS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1);
+    let expected = sum_job(false).single_process_output();
+    for trial in 0..trials {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut cluster = start_cluster(3, dir.path(), true);
+        wait_for_a_commit(&mut cluster, dir.path());
+        let pid = cluster.children[0].id().to_string();
+        let signal = |sig: &str| {
+            let ok = Command::new("kill")
+                .args([sig, &pid])
+                .status()
+                .expect("kill");
+            assert!(ok.success(), "kill {sig} n1");
+        };
+        signal("-STOP");
+        // Fault timing, not synchronisation: the pause is the fault.
+        std::thread::sleep(Duration::from_secs(2));
+        signal("-CONT");
+        let statuses = wait_all(&mut cluster, Duration::from_secs(180));
+        let errors: Vec<String> = (1..=3)
+            .map(|i| {
+                std::fs::read_to_string(dir.path().join(format!("error-n{i}"))).unwrap_or_default()
+            })
+            .collect();
+        for (i, (s, e)) in statuses.iter().zip(&errors).enumerate() {
+            println!("trial {trial}: n{}: {s} {e}", i + 1);
+        }
         assert!(
-            errors[0].contains("declared this coordinator lost"),
-            "{}",
-            errors[0]
+            statuses.iter().all(|s| s.success()),
+            "trial {trial}: every node reports success: {statuses:?} {errors:?}"
         );
-        assert!(
-            errors[1].contains("coordinator") && errors[2].contains("coordinator"),
-            "{errors:?}"
-        );
+        let report = std::fs::read_to_string(dir.path().join("report")).expect("report");
+        println!("trial {trial}: {}", report.lines().next().unwrap_or(""));
+        common::assert_same_output(common::published_output(dir.path()), expected.clone());
     }
 }

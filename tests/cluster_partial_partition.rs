@@ -95,13 +95,14 @@ fn trial(case: Case, expected: &[String]) -> Option<String> {
         cluster.held_back(a, b) > before,
         "{case:?}: the hold kept no traffic back"
     );
+    let id = job.id();
     let result = job
         .wait()
         .unwrap_or_else(|e| panic!("{case:?}: the job failed: {e}"));
     common::assert_same_output(common::published_output(dir.path()), expected.to_vec());
     for w in [a, b] {
         let end = cluster.nodes[w]
-            .wait_hosted(Duration::from_secs(30))
+            .wait_hosted_job(id, Duration::from_secs(30))
             .unwrap_or_else(|| panic!("{case:?}: {} reports no outcome", NAMES[w]));
         assert_eq!(
             end.error, None,

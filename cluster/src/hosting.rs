@@ -238,13 +238,23 @@ pub(crate) fn on_frame(
         m @ Message::JobStart { .. } => on_job_start(shared, me, peer, m),
         Message::Abandoned { job } => on_abandoned(shared, peer, job),
         Message::Spawn { job, .. } | Message::Control { job, .. }
+            if shared.jobs.awaits_word(job, peer) =>
+        {
+            // Its coordinator, back, still drives a job whose part stopped here when this
+            // node declared it lost, and whose end this node still waits for: the job goes
+            // on without this node (told once per order; the coordinator acts once).
+            tracing::warn!(job, coordinator = %peer, "an order for a job whose part stopped here; telling the coordinator to go on without this node");
+            let _ = back.send(Message::Stopped { job });
+        }
+        Message::Spawn { job, .. } | Message::Control { job, .. }
             if shared.jobs.dropped(job, peer) =>
         {
-            // Its coordinator, back, still drives a job this node dropped when it declared
-            // the coordinator lost: it cannot run here any more, and the job fails.
+            // This node reported the job failed when its coordinator did not come back in
+            // time: the job fails everywhere.
             tracing::warn!(job, coordinator = %peer, "an order for a job dropped here; telling the coordinator");
             let _ = back.send(Message::Abandoned { job });
         }
+        Message::Stopped { job } => on_stopped(shared, me, peer, job),
         Message::Spawn { job, task, spec } => return on_spawn(shared, peer, job, task, &spec),
         Message::Control { job, task, body } => return on_control(shared, peer, job, task, &body),
         Message::Report { job, body } => return on_report(shared, peer, job, &body, back),
@@ -622,6 +632,24 @@ pub(crate) fn deliver_owed_ends(shared: &Shared, node: &str) {
         for (job, error) in owed {
             let _ = link.send(Message::JobEnd { job, error });
         }
+    }
+}
+
+/// `peer` stopped its part of job `job` when it declared this coordinator lost, and waits
+/// for its word: the job goes on without it (if `peer` hosted part of it; anyone else is
+/// refused).
+fn on_stopped(shared: &Arc<Shared>, me: &str, peer: &str, job: u64) {
+    let Some(c) = shared.jobs.coordinated.get(&job).map(|c| c.clone()) else {
+        return;
+    };
+    if !c.first_nodes.iter().any(|n| n == peer)
+        && !c.resolver.placement.iter().any(|e| e.value() == peer)
+    {
+        return refuse(shared, job, peer, "stopped");
+    }
+    let survivors = survivors(me, peer, &shared.net.up_peers());
+    if re_place(me, job, &c, peer, &survivors) {
+        tracing::warn!(job, node = %peer, "a hosting node stopped its part when it lost this coordinator: the job goes on without it");
     }
 }
 

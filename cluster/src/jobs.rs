@@ -194,6 +194,16 @@ impl Jobs {
                 .any(|(j, c)| *j == job && c == coordinator)
     }
 
+    /// Whether this node stopped hosting job `job` of `coordinator` when it lost the
+    /// coordinator, and still waits for its word (it has not reported the job failed).
+    pub(crate) fn awaits_word(&self, job: u64, coordinator: &str) -> bool {
+        self.orphans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|x| x.job == job && x.coordinator == coordinator && !x.dismissed)
+    }
+
     /// The orphaned jobs whose grace passed by `now`: (job, name, coordinator). A job whose
     /// coordinator is among `up` again (it came back and is finishing the job) waits for
     /// its word while it stays up: its grace starts over.
@@ -387,12 +397,14 @@ impl Jobs {
         self.ended_changed.notify_all();
     }
 
-    /// The oldest hosted job's end not taken yet; waits for one at most `timeout`.
-    pub(crate) fn wait_hosted(&self, timeout: Duration) -> Option<HostedEnd> {
+    /// The oldest hosted job's end not taken yet (of job `job` only, if given); waits for
+    /// one at most `timeout`.
+    pub(crate) fn wait_hosted(&self, job: Option<u64>, timeout: Duration) -> Option<HostedEnd> {
         let deadline = Instant::now() + timeout;
         let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(e) = ended.pop_front() {
+            let at = ended.iter().position(|e| job.is_none_or(|j| e.job == j));
+            if let Some(e) = at.and_then(|i| ended.remove(i)) {
                 return Some(e);
             }
             let left = deadline.saturating_duration_since(Instant::now());

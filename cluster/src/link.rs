@@ -448,7 +448,8 @@ impl Reading {
             | Message::JobEnd { .. }
             | Message::StatsRequest { .. }
             | Message::Stats { .. }
-            | Message::Dismiss { .. }) => {
+            | Message::Dismiss { .. }
+            | Message::Stopped { .. }) => {
                 seen(&shared.net.members, &self.peer, &self.me, Vec::new());
                 let back = self.back.clone();
                 if let Err(e) = crate::hosting::on_frame(shared, &self.me, &self.peer.node, m, back)

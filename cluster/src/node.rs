@@ -627,8 +627,16 @@ impl Node {
     /// Blocks until a job this node hosted (as a non-coordinator) ends, or `timeout` passes.
     /// With etcd, a job this node continued as a new leader reports its end here too, and a
     /// hosted job whose coordinator was lost is not an end (the next leader continues it).
+    /// The ends are taken oldest first, whichever job they are of; see
+    /// [`Node::wait_hosted_job`] for one job's.
     pub fn wait_hosted(&self, timeout: Duration) -> Option<HostedEnd> {
-        self.shared.jobs.wait_hosted(timeout)
+        self.shared.jobs.wait_hosted(None, timeout)
+    }
+
+    /// As [`Node::wait_hosted`], for the job of id `job` only (`ClusterJob::id`; the ends of
+    /// other jobs stay for their callers).
+    pub fn wait_hosted_job(&self, job: u64, timeout: Duration) -> Option<HostedEnd> {
+        self.shared.jobs.wait_hosted(Some(job), timeout)
     }
 
     /// What this node refused since it started.

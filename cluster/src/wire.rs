@@ -344,6 +344,14 @@ pub enum Message {
         /// The job.
         job: u64,
     },
+    /// Hosting node → coordinator, without etcd: the sender stopped its part of job `job`
+    /// when it lost the coordinator, and waits for the coordinator's word of the job's end;
+    /// the coordinator, running again and driving the job, goes on without the sender (its
+    /// subtasks are placed elsewhere and the job recovers), and tells it the end.
+    Stopped {
+        /// The job.
+        job: u64,
+    },
 }
 
 impl Message {
@@ -373,6 +381,7 @@ impl Message {
             Message::Unreachable { .. } => 22,
             Message::Reachable { .. } => 23,
             Message::Dismiss { .. } => 24,
+            Message::Stopped { .. } => 25,
         }
     }
 
@@ -409,7 +418,7 @@ impl Message {
     }
 }
 
-const MAX_TAG: u8 = 24;
+const MAX_TAG: u8 = 25;
 /// Tag 3 was version 1's `Welcome`; no message has it now.
 const RETIRED_TAG: u8 = 3;
 
@@ -582,6 +591,7 @@ mod tests {
             },
             Message::Reachable { node: "n3".into() },
             Message::Dismiss { job: 8 },
+            Message::Stopped { job: 9 },
             Message::Resume {
                 session: 5,
                 peer_session: 0,
