@@ -15,12 +15,9 @@
 use crate::common;
 
 use common::etcd::Etcd;
-use riffle::cluster::{Node, Status};
-use std::path::Path;
+use common::proxied::{Cluster, NAMES};
 use std::time::{Duration, Instant};
 
-const SECRET: &[u8] = b"etcd outage test secret";
-const NAMES: [&str; 3] = ["n1", "n2", "n3"];
 /// What the nodes ask for; a stock etcd grants its minimum, 2 s.
 const ASKED_TTL: Duration = Duration::from_secs(1);
 const GRANTED_TTL: Duration = Duration::from_secs(2);
@@ -28,16 +25,7 @@ const GRANTED_TTL: Duration = Duration::from_secs(2);
 const DEADLINE: Duration = Duration::from_secs(90);
 
 fn sum_job() -> common::SumJob {
-    common::SumJob {
-        records: 600_000,
-        sources: 4,
-        parallelism: 4,
-        workers: 1,
-        keys: 1_000,
-        checkpoint_ms: 50,
-        pace: 100,
-        pace_ms: 1,
-    }
+    common::SumJob::paced_trial()
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -57,43 +45,18 @@ enum When {
     Ending,
 }
 
-fn start_nodes(dir: &Path, etcd: &Etcd) -> Vec<Node> {
-    let first = format!("127.0.0.1:{}", common::free_port());
-    let nodes: Vec<Node> = NAMES
-        .iter()
-        .enumerate()
-        .map(|(i, name)| {
-            let d = dir.to_path_buf();
-            let mut b = Node::builder()
-                .name(name)
-                .secret(riffle::cluster::Secret::new(SECRET).expect("secret"))
-                .heartbeat(Duration::from_millis(50))
-                .failure_timeout(Duration::from_millis(400))
-                .etcd([etcd.url.clone()])
-                .lease_ttl(ASKED_TTL)
-                .register_job("sum", move || sum_job().build(&d));
-            b = if i == 0 {
-                b.listen(&first)
-            } else {
-                b.seeds([first.clone()])
-            };
-            b.start().expect("node")
-        })
-        .collect();
-    for n in &nodes {
-        let m = n.wait_members(Duration::from_secs(20), |m| {
-            m.len() == 2 && m.iter().all(|x| x.status == Status::Up)
-        });
-        assert_eq!(m.len(), 2, "{} sees the other two: {m:?}", n.name());
-    }
-    nodes
-}
-
 /// Runs one trial; what it ended in, for the report.
 fn trial(fault: Fault, when: When, expected: &[String]) -> Option<String> {
     let mut etcd = Etcd::stock()?;
     let dir = tempfile::tempdir().expect("tempdir");
-    let nodes = start_nodes(dir.path(), &etcd);
+    let d = dir.path().to_path_buf();
+    let cluster = Cluster::start(|b| {
+        let d = d.clone();
+        b.register_job("sum", move || sum_job().build(&d))
+            .etcd([etcd.url.clone()])
+            .lease_ttl(ASKED_TTL)
+    });
+    let nodes = &cluster.nodes;
     let leader = nodes[0]
         .wait_leader(Duration::from_secs(30))
         .expect("a leader is elected");
@@ -131,7 +94,7 @@ fn trial(fault: Fault, when: When, expected: &[String]) -> Option<String> {
     let healed = Instant::now();
     let own = std::thread::spawn(move || job.wait().map(|_| ()).map_err(|e| e.to_string()));
     let mut ends = Vec::new();
-    for n in &nodes {
+    for n in nodes {
         let end = n
             .wait_job_end("sum", DEADLINE)
             .unwrap_or_else(|e| panic!("{fault:?} {when:?}: {} has no outcome: {e}", n.name()));
@@ -164,7 +127,7 @@ fn trial(fault: Fault, when: When, expected: &[String]) -> Option<String> {
             )
         }
     };
-    for n in nodes {
+    for n in cluster.nodes {
         n.shutdown();
     }
     let _ = watchdog.send(());
@@ -177,10 +140,7 @@ fn trial(fault: Fault, when: When, expected: &[String]) -> Option<String> {
 #[test]
 fn etcd_paused_or_restarted_during_a_job_or_its_end_leaves_one_exact_outcome() {
     common::init_logging();
-    let trials: usize = std::env::var("RIFFLE_ETCD_OUTAGE_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let trials = common::trials("RIFFLE_ETCD_OUTAGE_TRIALS");
     let only = std::env::var("RIFFLE_ETCD_OUTAGE_ONLY").ok();
     let expected = sum_job().single_process_output();
     for when in [When::Running, When::Ending] {

@@ -318,10 +318,7 @@ fn figure(outcome: &str, key: &str) -> u64 {
 
 #[test]
 fn a_killed_leader_is_replaced_and_the_job_continues_exactly() {
-    let trials: usize = std::env::var("RIFFLE_FAILOVER_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let trials = common::trials("RIFFLE_FAILOVER_TRIALS");
     let expected = sum_job().single_process_output();
     // `RIFFLE_FAILOVER_ETCD=stock`: an etcd with its default settings (its shortest lease,
     // and so the 1 s one asked for, is 2 s) instead of the quick one.

@@ -16,16 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn sum_job() -> common::SumJob {
-    common::SumJob {
-        records: 600_000,
-        sources: 4,
-        parallelism: 4,
-        workers: 1,
-        keys: 1_000,
-        checkpoint_ms: 50,
-        pace: 100,
-        pace_ms: 1,
-    }
+    common::SumJob::paced_trial()
 }
 
 /// Connects to `addrs` in turn, `per_second` times a second, each time sending bytes that are

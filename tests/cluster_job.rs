@@ -281,10 +281,7 @@ fn a_node_restarted_under_its_id_at_once_is_a_lost_node() {
     // old one is lost and the job recovers without it, exactly. CI runs
     // `RIFFLE_SAME_ID_TRIALS` trials (default 1); the 5 are `RIFFLE_SAME_ID_TRIALS=5`.
     use std::os::unix::process::ExitStatusExt;
-    let trials: usize = std::env::var("RIFFLE_SAME_ID_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let trials = common::trials("RIFFLE_SAME_ID_TRIALS");
     let expected = sum_job(false).single_process_output();
     for trial in 0..trials {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -342,10 +339,7 @@ fn a_coordinator_paused_past_the_failure_timeout_has_one_outcome_on_every_node()
     // yet (it then goes on without them), and it tells them the end when they are linked
     // again. Every node reports success, and the output is exact. `RIFFLE_PAUSE_TRIALS`
     // trials (default 1; one in three failed everywhere before `Stopped`).
-    let trials: usize = std::env::var("RIFFLE_PAUSE_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let trials = common::trials("RIFFLE_PAUSE_TRIALS");
     let expected = sum_job(false).single_process_output();
     for trial in 0..trials {
         let dir = tempfile::tempdir().expect("tempdir");

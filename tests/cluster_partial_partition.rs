@@ -19,16 +19,7 @@ use common::proxied::{Cluster, FAILURE_TIMEOUT, NAMES};
 use std::time::{Duration, Instant};
 
 fn sum_job() -> common::SumJob {
-    common::SumJob {
-        records: 600_000,
-        sources: 4,
-        parallelism: 4,
-        workers: 1,
-        keys: 1_000,
-        checkpoint_ms: 50,
-        pace: 100,
-        pace_ms: 1,
-    }
+    common::SumJob::paced_trial()
 }
 
 /// One case: the hold's length in tenths of the failure timeout, both directions or one,
@@ -134,10 +125,7 @@ fn trial(case: Case, expected: &[String]) -> Option<String> {
 #[test]
 fn a_worker_link_held_past_the_failure_timeout_ends_in_one_decision_and_exact_output() {
     common::init_logging();
-    let trials: usize = std::env::var("RIFFLE_PARTIAL_TRIALS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1);
+    let trials = common::trials("RIFFLE_PARTIAL_TRIALS");
     let expected = sum_job().single_process_output();
     assert_eq!(expected.len(), 600_000);
     for etcd in [false, true] {

@@ -139,6 +139,23 @@ impl Jobs {
     /// will come back that knows the job).
     pub(crate) fn orphaned(&self, job: u64, name: &str, coordinator: &str, left: bool) {
         let wait = if left { Duration::ZERO } else { self.grace };
+        self.wait_for_word(job, name, coordinator, wait, false);
+    }
+
+    /// Job `job` (named `name`) dismissed this node: it waits for its coordinator's word of
+    /// the job's end while the coordinator stays up, and for the grace once it is lost.
+    pub(crate) fn dismissed(&self, job: u64, name: &str, coordinator: &str) {
+        self.wait_for_word(job, name, coordinator, self.grace, true);
+    }
+
+    fn wait_for_word(
+        &self,
+        job: u64,
+        name: &str,
+        coordinator: &str,
+        wait: Duration,
+        dismissed: bool,
+    ) {
         self.orphans
             .lock()
             .unwrap_or_else(|e| e.into_inner())
@@ -147,22 +164,7 @@ impl Jobs {
                 name: name.to_string(),
                 coordinator: coordinator.to_string(),
                 until: Instant::now() + wait,
-                dismissed: false,
-            });
-    }
-
-    /// Job `job` (named `name`) dismissed this node: it waits for its coordinator's word of
-    /// the job's end while the coordinator stays up, and for the grace once it is lost.
-    pub(crate) fn dismissed(&self, job: u64, name: &str, coordinator: &str) {
-        self.orphans
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Orphan {
-                job,
-                name: name.to_string(),
-                coordinator: coordinator.to_string(),
-                until: Instant::now() + self.grace,
-                dismissed: true,
+                dismissed,
             });
     }
 

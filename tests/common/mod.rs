@@ -105,6 +105,23 @@ pub struct SumJob {
 }
 
 impl SumJob {
+    /// The job of the fault trials: 600,000 records from 4 sources, paced (1 ms every 100
+    /// records per source), summed over 4,000 keys at parallelism 4 with checkpoints every
+    /// 50 ms, one worker per node: a second or two undisturbed, long enough to take a fault
+    /// in the middle.
+    pub fn paced_trial() -> SumJob {
+        SumJob {
+            records: 600_000,
+            sources: 4,
+            parallelism: 4,
+            workers: 1,
+            keys: 1_000,
+            checkpoint_ms: 50,
+            pace: 100,
+            pace_ms: 1,
+        }
+    }
+
     /// The key of record `x`.
     pub fn key(&self, x: u64) -> u64 {
         let p = self.sources as u64;
@@ -244,4 +261,12 @@ pub fn watchdog(what: String, limit: Duration) -> std::sync::mpsc::Sender<()> {
         }
     });
     done
+}
+
+/// The number of trials environment variable `var` asks for (1 if unset).
+pub fn trials(var: &str) -> usize {
+    std::env::var(var)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
 }
