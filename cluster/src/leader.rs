@@ -41,8 +41,12 @@ pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(5);
 /// How long a blocking request to etcd waits for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
 
-/// How long the agent waits before it tries etcd again after an error.
+/// How long the agent waits before it tries etcd again after an error (doubling while it
+/// keeps failing, up to [`MAX_RETRY`]).
 const RETRY: Duration = Duration::from_millis(200);
+
+/// The longest pause between two tries of etcd.
+const MAX_RETRY: Duration = Duration::from_secs(2);
 
 /// Where a cluster's nodes meet in etcd.
 #[derive(Clone, Debug)]
@@ -568,13 +572,14 @@ async fn run(
 ) {
     let options = settings.options(Duration::from_secs(2), Some(REQUEST_TIMEOUT));
     let endpoints = settings.endpoints;
+    let mut backoff = Backoff::default();
     let client = loop {
         match Client::connect(&endpoints, Some(options.clone())).await {
             Ok(c) => break c,
             Err(e) => {
                 l.lock().refused = Some(e.to_string());
                 tracing::warn!(endpoints = ?endpoints, error = %e, "cannot reach etcd, or it refused this node's user or certificate; trying again");
-                tokio::time::sleep(RETRY * 5).await;
+                backoff.wait().await;
             }
         }
     };
@@ -582,15 +587,34 @@ async fn run(
     tracing::info!(endpoints = ?endpoints, "connected to etcd; campaigning for the leadership");
     tokio::spawn(serve(l.clone(), client.clone(), requests));
     tokio::spawn(observe(l.clone(), client.clone(), events.clone()));
+    let mut backoff = Backoff::default();
     loop {
-        if let Err(e) = campaign_once(&l, client.clone(), &events).await {
-            tracing::warn!(error = %e, "etcd: the campaign failed; trying again");
+        match campaign_once(&l, client.clone(), &events).await {
+            Ok(()) => backoff = Backoff::default(),
+            Err(e) => tracing::warn!(error = %e, "etcd: the campaign failed; trying again"),
         }
         if let Some(epoch) = l.deposed() {
             tracing::warn!(epoch, "lost the leadership");
             let _ = events.send(LeaderEvent::Deposed(epoch));
         }
-        tokio::time::sleep(RETRY).await;
+        backoff.wait().await;
+    }
+}
+
+/// The pause before the agent tries etcd again: [`RETRY`] at first, doubling to
+/// [`MAX_RETRY`] while etcd keeps failing.
+struct Backoff(Duration);
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Backoff(RETRY)
+    }
+}
+
+impl Backoff {
+    async fn wait(&mut self) {
+        tokio::time::sleep(self.0).await;
+        self.0 = (self.0 * 2).min(MAX_RETRY);
     }
 }
 

@@ -33,6 +33,8 @@ pub enum Status {
     /// Heard from within the failure timeout.
     Up,
     /// Silent for longer than the failure timeout, or its link closed and was not re-made.
+    /// Its session is kept until its loss is decided (see `verdict`): a link made again
+    /// resumes it.
     Down,
     /// It said it was shutting down (a `Leave` frame): not dialled again; it is forgotten
     /// as a down member is, or comes back through a new handshake.
@@ -131,8 +133,9 @@ impl Membership {
         }
     }
 
-    /// A sender into the session with `peer`, if it has one (it is a member not declared
-    /// down; frames wait in the session while its link is being made again).
+    /// A sender into the session with `peer`, if it has one (a member whose loss was not
+    /// decided; frames wait in the session while its link is being made again, also while it
+    /// is suspected down).
     pub(crate) fn link_sender(&self, peer: &str) -> Option<LinkSender> {
         self.lock().sessions.get(peer).map(|s| s.sender(peer))
     }
