@@ -567,9 +567,12 @@ impl Node {
     /// recorded under that name: ask once the job was submitted.)
     ///
     /// # Errors
-    /// [`ClusterError::CoordinationUnavailable`] if etcd kept failing until `timeout`;
-    /// [`ClusterError::NotEnded`] if the job had not ended by then; [`ClusterError::NoEtcd`]
-    /// without etcd.
+    /// [`CoordinationUnavailable`] if etcd kept failing until `timeout`; [`NotEnded`] if the
+    /// job had not ended by then; [`NoEtcd`] without etcd.
+    ///
+    /// [`CoordinationUnavailable`]: riffle_actors::ClusterError::CoordinationUnavailable
+    /// [`NotEnded`]: riffle_actors::ClusterError::NotEnded
+    /// [`NoEtcd`]: riffle_actors::ClusterError::NoEtcd
     pub fn wait_job_end(
         &self,
         name: &str,
