@@ -20,6 +20,6 @@ pub(crate) struct Shared {
     pub(crate) refused: RefusedCounts,
     /// The election on etcd, if the node is configured with it (see [`crate::leader`]).
     pub(crate) leadership: Option<Arc<crate::leader::Leadership>>,
-    /// Who cannot reach whom, as reported to this node and by it (see [`crate::verdict`]).
+    /// Who cannot reach whom, as reported to this node and by it (see the `verdict` module).
     pub(crate) suspicions: std::sync::Mutex<crate::suspicions::Suspicions>,
 }

@@ -2,7 +2,7 @@
 //! in): as a coordinator, which of its hosting nodes cannot reach which other member and since
 //! when the verdict is due; as a hosting node, which members it reported unreachable and to
 //! which coordinators, so that it can withdraw the report once the link is back.
-//! [`crate::verdict`] carries the decisions out.
+//! The `verdict` module carries the decisions out.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
