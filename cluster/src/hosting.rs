@@ -642,9 +642,7 @@ fn on_stopped(shared: &Arc<Shared>, me: &str, peer: &str, job: u64) {
     let Some(c) = shared.jobs.coordinated.get(&job).map(|c| c.clone()) else {
         return;
     };
-    if !c.first_nodes.iter().any(|n| n == peer)
-        && !c.resolver.placement.iter().any(|e| e.value() == peer)
-    {
+    if !c.has_part_on(peer) {
         return refuse(shared, job, peer, "stopped");
     }
     let survivors = survivors(me, peer, &shared.net.up_peers());
@@ -659,9 +657,7 @@ fn on_abandoned(shared: &Arc<Shared>, peer: &str, job: u64) {
     let Some(c) = shared.jobs.coordinated.get(&job).map(|c| c.clone()) else {
         return;
     };
-    let hosted = c.first_nodes.iter().any(|n| n == peer)
-        || c.resolver.placement.iter().any(|e| e.value() == peer);
-    if !hosted {
+    if !c.has_part_on(peer) {
         return refuse(shared, job, peer, "abandoned");
     }
     let ports = c.ports.lock().unwrap_or_else(|e| e.into_inner()).clone();

@@ -25,6 +25,14 @@ pub(crate) struct CoordinatedJob {
     pub(crate) first_nodes: Vec<String>,
 }
 
+impl CoordinatedJob {
+    /// Whether node `node` hosts, or hosted when the job started, part of the job.
+    pub(crate) fn has_part_on(&self, node: &str) -> bool {
+        self.first_nodes.iter().any(|n| n == node)
+            || self.resolver.placement.iter().any(|e| e.value() == node)
+    }
+}
+
 /// A job this node hosts subtasks of (it is not the coordinator).
 pub(crate) struct HostedJob {
     /// The job's registered name.

@@ -33,11 +33,7 @@ fn suspicions(shared: &Shared) -> MutexGuard<'_, crate::suspicions::Suspicions> 
 /// Whether this node decides about `node` itself: it coordinates a job with parts on it, or
 /// `node` coordinates a job hosted here.
 fn decides(shared: &Shared, node: &str) -> bool {
-    let hosts = shared.jobs.coordinated.iter().any(|c| {
-        c.first_nodes.iter().any(|n| n == node)
-            || c.resolver.placement.iter().any(|e| e.value() == node)
-    });
-    hosts || shared.jobs.hosted.iter().any(|h| h.coordinator == node)
+    hosts_here(shared, node) || shared.jobs.hosted.iter().any(|h| h.coordinator == node)
 }
 
 /// The failure detector declared `node` down (silent past the failure timeout; its session is
@@ -114,21 +110,20 @@ pub(crate) fn on_reachable(shared: &Shared, node: &str) {
 
 /// Whether `peer` hosts part of a job this node coordinates (only they may report).
 fn hosts_here(shared: &Shared, peer: &str) -> bool {
-    shared.jobs.coordinated.iter().any(|c| {
-        c.first_nodes.iter().any(|n| n == peer)
-            || c.resolver.placement.iter().any(|e| e.value() == peer)
-    })
+    shared.jobs.coordinated.iter().any(|c| c.has_part_on(peer))
 }
 
-/// An `Unreachable` or `Reachable` frame from `peer` (other frames are ignored). A report
-/// from a node that hosts nothing this node coordinates is refused and counted.
+/// An `Unreachable` or `Reachable` frame from `peer` (other frames are ignored). An
+/// `Unreachable` from a node that hosts nothing this node coordinates is refused and counted.
 pub(crate) fn on_frame(shared: &Arc<Shared>, me: &str, peer: &str, msg: Message) {
     let (node, lost) = match msg {
         Message::Unreachable { node, lost } => (node, Some(lost)),
         Message::Reachable { node } => (node, None),
         _ => return,
     };
-    if !hosts_here(shared, peer) {
+    // A withdrawal changes nothing but its sender's own report (it may come after the job
+    // ended); a report must come from a node of a job coordinated here.
+    if lost.is_some() && !hosts_here(shared, peer) {
         crate::guard::RefusedCounts::add(&shared.refused.frames);
         tracing::warn!(%peer, %node, "a reachability report from a node that hosts no job coordinated here; refused");
         return;
