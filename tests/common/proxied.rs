@@ -2,7 +2,7 @@
 //! dials node `j` through proxy `(i, j)`), so that a test can hold or reset any one link.
 
 use super::proxy::{Proxy, DOWN, UP};
-use riffle::cluster::{Node, NodeBuilder, Status};
+use riffle::cluster::{Node, NodeBuilder, NodeError, Status};
 use std::collections::HashMap;
 use std::time::Duration;
 
@@ -25,6 +25,18 @@ impl Cluster {
     /// secret, timing and routes set (it registers the jobs, and adds etcd if wanted), and
     /// waits until each sees the other two.
     pub fn start(f: impl Fn(NodeBuilder) -> NodeBuilder) -> Cluster {
+        // The ports are picked before the nodes bind them (the proxies must know them), so
+        // another test can take one first: the whole cluster is then started again.
+        for _ in 0..5 {
+            match Self::try_start(&f) {
+                Ok(c) => return c,
+                Err(e) => println!("a port was taken meanwhile ({e}); starting again"),
+            }
+        }
+        panic!("no free ports for the cluster in five tries");
+    }
+
+    fn try_start(f: &impl Fn(NodeBuilder) -> NodeBuilder) -> Result<Cluster, NodeError> {
         let addrs: Vec<String> = (0..3)
             .map(|_| format!("127.0.0.1:{}", super::free_port()))
             .collect();
@@ -55,9 +67,12 @@ impl Cluster {
                 if i > 0 {
                     b = b.seeds([addrs[0].clone()]);
                 }
-                f(b).start().expect("node")
+                match f(b).start() {
+                    Err(e @ NodeError::Bind { .. }) => Err(e),
+                    other => Ok(other.expect("node")),
+                }
             })
-            .collect::<Vec<_>>();
+            .collect::<Result<Vec<_>, _>>()?;
         for n in &nodes {
             let m = n.wait_members(Duration::from_secs(20), |m| {
                 m.len() == 2 && m.iter().all(|x| x.status == Status::Up)
@@ -68,7 +83,7 @@ impl Cluster {
                 n.name()
             );
         }
-        Cluster { nodes, proxies }
+        Ok(Cluster { nodes, proxies })
     }
 
     /// The proxies of the link between nodes `a` and `b`, both ways.
